@@ -1,0 +1,3 @@
+//! The method and its baselines.
+
+pub mod shift;

@@ -1,0 +1,1 @@
+//! Evaluation: per-group accuracy, worst-group accuracy, selection.
