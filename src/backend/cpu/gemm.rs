@@ -1,0 +1,210 @@
+//! Matrix products on the CPU.
+//!
+//! `C (m×n) = op(A) · op(B)`, row-major, with a transposed operand read through swapped
+//! strides (never copied). Three paths:
+//!
+//! - **thin output** (`n ≤ THIN`, e.g. an 1800→2 linear layer's forward): each output row is
+//!   `n` dot products of a contiguous row of A with a column of B, so A streams through the
+//!   cache once: `4·m·k` bytes read for `2·m·n·k` flops — bandwidth-bound, as it must be;
+//! - **thin left** (`m ≤ THIN`, e.g. that layer's weight gradient `dZᵀ·X`): `m` running
+//!   `axpy`s over the rows of B, again one pass over B;
+//! - otherwise `matrixmultiply::sgemm` (packed, cache-blocked), split into fixed blocks of
+//!   output rows across rayon threads when the product is large.
+//!
+//! A general GEMM would pack the whole 1000×1800 operand of the thin cases first, moving
+//! twice the bytes the product needs.
+//!
+//! Determinism: each output element is accumulated in a fixed order by one thread; the row
+//! blocks have a fixed size, so results do not depend on the thread count.
+
+use rayon::prelude::*;
+
+/// Widest output (in columns, or rows for the thin-left path) handled by the thin paths.
+const THIN: usize = 4;
+/// Products above this many multiply-adds are split across threads.
+const PAR_MIN_MACS: usize = 1 << 21;
+/// Rows per parallel block of the general path.
+const ROW_BLOCK: usize = 64;
+
+/// Eight-lane dot product: the fixed lane split lets the compiler vectorize the loop while
+/// keeping the summation order independent of the machine.
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let chunks = a.len() / 8;
+    for c in 0..chunks {
+        let (x, y) = (&a[c * 8..c * 8 + 8], &b[c * 8..c * 8 + 8]);
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for i in chunks * 8..a.len() {
+        s += a[i] * b[i];
+    }
+    s
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn matmul(
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    lhs_t: bool,
+    rhs_t: bool,
+) -> Vec<f32> {
+    let mut c = vec![0.0f32; m * n];
+    if m == 0 || n == 0 {
+        return c;
+    }
+    if k == 0 {
+        return c;
+    }
+    let macs = m * n * k;
+    // Strides of op(A) (m×k) and op(B) (k×n) in their stored buffers.
+    let (rsa, csa) = if lhs_t { (1, m) } else { (k, 1) };
+    let (rsb, csb) = if rhs_t { (1, k) } else { (n, 1) };
+
+    if n <= THIN && !lhs_t {
+        // Columns of op(B) as contiguous vectors (k·n values: tiny).
+        let cols: Vec<Vec<f32>> = (0..n)
+            .map(|j| (0..k).map(|p| b[p * rsb + j * csb]).collect())
+            .collect();
+        let row = |(i, out): (usize, &mut [f32])| {
+            let ar = &a[i * k..(i + 1) * k];
+            for (j, o) in out.iter_mut().enumerate() {
+                *o = dot(ar, &cols[j]);
+            }
+        };
+        if macs >= PAR_MIN_MACS {
+            c.par_chunks_mut(n).enumerate().for_each(row);
+        } else {
+            c.chunks_mut(n).enumerate().for_each(row);
+        }
+        return c;
+    }
+
+    if m <= THIN && !rhs_t {
+        // C[i, :] = Σ_p A(i, p) · B[p, :], accumulated over p in order, split by columns.
+        const COLS: usize = 256;
+        let a_at = |i: usize, p: usize| a[i * rsa + p * csa];
+        let block = |c0: usize, width: usize, out: &mut [f32]| {
+            // out is m × width, row stride width.
+            for p in 0..k {
+                let br = &b[p * n + c0..p * n + c0 + width];
+                for i in 0..m {
+                    let s = a_at(i, p);
+                    let o = &mut out[i * width..(i + 1) * width];
+                    for (o, &v) in o.iter_mut().zip(br) {
+                        *o += s * v;
+                    }
+                }
+            }
+        };
+        let blocks: Vec<(usize, Vec<f32>)> = if macs >= PAR_MIN_MACS {
+            (0..n.div_ceil(COLS))
+                .into_par_iter()
+                .map(|bi| {
+                    let c0 = bi * COLS;
+                    let w = COLS.min(n - c0);
+                    let mut out = vec![0.0f32; m * w];
+                    block(c0, w, &mut out);
+                    (c0, out)
+                })
+                .collect()
+        } else {
+            let mut out = vec![0.0f32; m * n];
+            block(0, n, &mut out);
+            vec![(0, out)]
+        };
+        for (c0, out) in blocks {
+            let w = out.len() / m;
+            for i in 0..m {
+                c[i * n + c0..i * n + c0 + w].copy_from_slice(&out[i * w..(i + 1) * w]);
+            }
+        }
+        return c;
+    }
+
+    let sgemm_rows = |r0: usize, rows: usize, out: &mut [f32]| {
+        // SAFETY: the pointers cover op(A) rows r0..r0+rows (m×k with strides rsa, csa),
+        // op(B) (k×n with rsb, csb) and `out` (rows×n, row stride n), all in bounds of
+        // their slices; matrixmultiply reads A and B and writes only `out`.
+        unsafe {
+            matrixmultiply::sgemm(
+                rows,
+                k,
+                n,
+                1.0,
+                a.as_ptr().add(r0 * rsa),
+                rsa as isize,
+                csa as isize,
+                b.as_ptr(),
+                rsb as isize,
+                csb as isize,
+                0.0,
+                out.as_mut_ptr(),
+                n as isize,
+                1,
+            )
+        }
+    };
+    if macs >= PAR_MIN_MACS && m > ROW_BLOCK {
+        c.par_chunks_mut(ROW_BLOCK * n)
+            .enumerate()
+            .for_each(|(bi, out)| sgemm_rows(bi * ROW_BLOCK, out.len() / n, out));
+    } else {
+        sgemm_rows(0, m, &mut c);
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, ta: bool, tb: bool) -> Vec<f64> {
+        let mut c = vec![0.0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                for p in 0..k {
+                    let x = if ta { a[p * m + i] } else { a[i * k + p] };
+                    let y = if tb { b[j * k + p] } else { b[p * n + j] };
+                    c[i * n + j] += x as f64 * y as f64;
+                }
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn all_paths_match_naive() {
+        let mut rng = crate::rng::Rng::new(1);
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (7, 5, 3),
+            (1000, 37, 2),
+            (2, 1000, 300),
+            (65, 70, 66),
+            (300, 200, 150),
+            (3, 9, 4),
+        ] {
+            for ta in [false, true] {
+                for tb in [false, true] {
+                    let a = rng.normal_vec(m * k);
+                    let b = rng.normal_vec(k * n);
+                    let got = matmul(&a, &b, m, k, n, ta, tb);
+                    let want = naive(&a, &b, m, k, n, ta, tb);
+                    for (g, w) in got.iter().zip(&want) {
+                        assert!(
+                            (*g as f64 - w).abs() <= 1e-4 * (1.0 + w.abs()) * (k as f64).sqrt(),
+                            "m{m} k{k} n{n} ta{ta} tb{tb}: {g} vs {w}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,581 @@
+//! Backends: where tensor data lives and the primitive kernels that operate on it.
+//!
+//! The autodiff layer above speaks only to [`Storage`] and [`IndexStorage`], which dispatch to
+//! the CPU backend ([`cpu`]) or, with the `cuda` feature, the CUDA backend (`cuda`). Every
+//! backend implements the same short list of primitives ([`BackendStorage`]): composite ops and
+//! every backward rule are built from them, so a backend that implements the list runs
+//! training end to end. All buffers are contiguous row-major f32; shapes travel beside them.
+
+pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+
+use crate::error::{Error, Result};
+use crate::shape::Shape;
+
+/// Elementwise unary maps.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum UnaryOp {
+    Neg,
+    Exp,
+    Log,
+    Tanh,
+    Relu,
+    Sigmoid,
+    Sqrt,
+    Square,
+    Recip,
+    /// `1` where `x > 0`, else `0` (no gradient: a mask).
+    Step,
+    /// `mul * x + add`.
+    Affine {
+        mul: f32,
+        add: f32,
+    },
+    /// `x^p`.
+    Powf(f32),
+}
+
+/// Elementwise binary maps with NumPy broadcasting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Maximum,
+    /// `1` where `lhs == rhs`, else `0` (no gradient: a mask).
+    Eq,
+}
+
+/// Reductions over one axis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReduceOp {
+    Sum,
+    Max,
+}
+
+/// Optimizer hyperparameters for the fused SGD update (PyTorch semantics).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SgdStep {
+    pub lr: f32,
+    pub momentum: f32,
+    pub dampening: f32,
+    pub weight_decay: f32,
+    pub nesterov: bool,
+    /// First step with momentum: the buffer is set to the gradient, not blended.
+    pub first_step: bool,
+}
+
+/// Optimizer hyperparameters for the fused Adam/AdamW update (PyTorch semantics).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamStep {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// AdamW: weight decay applied to the parameter, not added to the gradient.
+    pub decoupled: bool,
+    /// 1-based step count for bias correction.
+    pub step: u32,
+}
+
+/// The fused shifted softmax-cross-entropy's inputs besides the logits.
+pub struct XentArgs<'a, S, I> {
+    pub shift: Option<&'a S>,
+    pub labels: &'a I,
+    pub weights: Option<&'a S>,
+    pub rows: usize,
+    pub cols: usize,
+    /// Multiplies the gradient: `1/N` for a mean, `1/sum(w)` for a weighted mean, 1 for none.
+    pub grad_scale: f32,
+    pub write_grad: bool,
+}
+
+/// The primitive kernels every backend provides. Buffers are contiguous row-major f32.
+pub trait BackendStorage: Sized {
+    type Index;
+
+    fn len(&self) -> usize;
+    fn to_host(&self) -> Result<Vec<f32>>;
+    fn unary(&self, op: UnaryOp) -> Result<Self>;
+    /// `out = lhs op rhs`, with both operands broadcast to `out`.
+    fn binary(
+        &self,
+        rhs: &Self,
+        op: BinaryOp,
+        lhs_shape: &Shape,
+        rhs_shape: &Shape,
+        out: &Shape,
+    ) -> Result<Self>;
+    /// `mask != 0 ? on_true : on_false`, all of the same length.
+    fn where_cond(&self, on_true: &Self, on_false: &Self) -> Result<Self>;
+    /// Reduce `(outer, len, inner)` over the middle axis to `(outer, inner)`.
+    fn reduce(&self, op: ReduceOp, outer: usize, len: usize, inner: usize) -> Result<Self>;
+    /// `op(lhs) · op(rhs)` with `op(lhs)` m×k and `op(rhs)` k×n; a transposed operand is
+    /// stored as its transpose (k×m or n×k) and read with swapped strides, never copied.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul(
+        &self,
+        rhs: &Self,
+        m: usize,
+        k: usize,
+        n: usize,
+        lhs_t: bool,
+        rhs_t: bool,
+    ) -> Result<Self>;
+    /// Rows `idx` of a `? × cols` matrix.
+    fn index_select_rows(&self, cols: usize, idx: &Self::Index) -> Result<Self>;
+    /// `out[idx[i]] += self[i]` into a zero `out_rows × cols` matrix.
+    fn index_add_rows(&self, cols: usize, idx: &Self::Index, out_rows: usize) -> Result<Self>;
+    /// `out[i] = self[i, idx[i]]`.
+    fn gather_cols(&self, rows: usize, cols: usize, idx: &Self::Index) -> Result<Self>;
+    /// `out[i, idx[i]] = self[i]`, zero elsewhere.
+    fn scatter_cols(&self, rows: usize, cols: usize, idx: &Self::Index) -> Result<Self>;
+    /// Copies a `rows × cols` block between strided row-major buffers.
+    #[allow(clippy::too_many_arguments)]
+    fn copy2d(
+        &self,
+        dst: &mut Self,
+        rows: usize,
+        cols: usize,
+        src_stride: usize,
+        dst_stride: usize,
+        src_offset: usize,
+        dst_offset: usize,
+    ) -> Result<()>;
+    fn transpose2d(&self, rows: usize, cols: usize) -> Result<Self>;
+    /// Row softmax (or log-softmax) of a `rows × cols` matrix.
+    fn softmax_rows(&self, rows: usize, cols: usize, log: bool) -> Result<Self>;
+    /// Index of the largest value of each row (first on ties).
+    fn argmax_rows(&self, rows: usize, cols: usize) -> Result<Self::Index>;
+    /// Fused shifted softmax-cross-entropy: per-row weighted losses and, when asked,
+    /// `dz = grad_scale * w_i * (softmax(z_i + s_i) - onehot(y_i))`.
+    fn xent(&self, args: XentArgs<'_, Self, Self::Index>) -> Result<(Self, Option<Self>)>;
+    /// Sum of all elements, in a fixed order.
+    fn sum_all(&self) -> Result<Self>;
+    fn sgd_update(&mut self, grad: &Self, momentum_buf: Option<&mut Self>, h: SgdStep)
+        -> Result<()>;
+    fn adam_update(&mut self, grad: &Self, m: &mut Self, v: &mut Self, h: AdamStep) -> Result<()>;
+}
+
+/// Where tensors live.
+#[derive(Clone, Debug)]
+pub enum Device {
+    Cpu,
+    #[cfg(feature = "cuda")]
+    Cuda(cuda::CudaDevice),
+}
+
+impl PartialEq for Device {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Device::Cpu, Device::Cpu) => true,
+            #[cfg(feature = "cuda")]
+            (Device::Cuda(a), Device::Cuda(b)) => a.same_device(b),
+            #[cfg(feature = "cuda")]
+            _ => false,
+        }
+    }
+}
+
+impl Device {
+    /// The first CUDA device, or an error that says why there is none (never a panic).
+    pub fn cuda_if_available() -> Result<Device> {
+        #[cfg(feature = "cuda")]
+        {
+            Ok(Device::Cuda(cuda::CudaDevice::new(0)?))
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            Err(Error::Device(
+                "this build has no CUDA support: rebuild with `--features cuda`".into(),
+            ))
+        }
+    }
+
+    /// Parses `cpu`, `cuda` or `cuda:N`.
+    pub fn parse(name: &str) -> Result<Device> {
+        match name {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Device::cuda_if_available(),
+            other => match other.strip_prefix("cuda:") {
+                #[cfg(feature = "cuda")]
+                Some(n) => {
+                    let ordinal = n
+                        .parse::<usize>()
+                        .map_err(|_| Error::arg("device", format!("bad CUDA ordinal `{n}`")))?;
+                    Ok(Device::Cuda(cuda::CudaDevice::new(ordinal)?))
+                }
+                #[cfg(not(feature = "cuda"))]
+                Some(_) => Device::cuda_if_available(),
+                None => Err(Error::arg(
+                    "device",
+                    format!("`{other}`: expected cpu, cuda or cuda:N"),
+                )),
+            },
+        }
+    }
+
+    pub fn is_cpu(&self) -> bool {
+        matches!(self, Device::Cpu)
+    }
+
+    pub(crate) fn storage_from_vec(&self, data: Vec<f32>) -> Result<Storage> {
+        match self {
+            Device::Cpu => Ok(Storage::Cpu(cpu::CpuStorage(data))),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(d) => Ok(Storage::Cuda(d.storage_from_host(&data)?)),
+        }
+    }
+
+    pub(crate) fn zeros_storage(&self, len: usize) -> Result<Storage> {
+        match self {
+            Device::Cpu => Ok(Storage::Cpu(cpu::CpuStorage(vec![0.0; len]))),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(d) => Ok(Storage::Cuda(d.zeros(len)?)),
+        }
+    }
+
+    pub(crate) fn full_storage(&self, len: usize, value: f32) -> Result<Storage> {
+        match self {
+            Device::Cpu => Ok(Storage::Cpu(cpu::CpuStorage(vec![value; len]))),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(d) => Ok(Storage::Cuda(d.full(len, value)?)),
+        }
+    }
+
+    pub(crate) fn index_from_vec(&self, data: Vec<u32>) -> Result<IndexStorage> {
+        match self {
+            Device::Cpu => Ok(IndexStorage::Cpu(data)),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(d) => Ok(IndexStorage::Cuda(d.index_from_host(&data)?)),
+        }
+    }
+
+    /// Waits for queued device work (a no-op on the CPU); for timing.
+    pub fn synchronize(&self) -> Result<()> {
+        match self {
+            Device::Cpu => Ok(()),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(d) => d.synchronize(),
+        }
+    }
+}
+
+/// Tensor data on some device.
+pub enum Storage {
+    Cpu(cpu::CpuStorage),
+    #[cfg(feature = "cuda")]
+    Cuda(cuda::CudaStorage),
+}
+
+/// u32 indices (labels, row ids) on some device.
+pub enum IndexStorage {
+    Cpu(Vec<u32>),
+    #[cfg(feature = "cuda")]
+    Cuda(cuda::CudaIndex),
+}
+
+impl IndexStorage {
+    pub fn len(&self) -> usize {
+        match self {
+            IndexStorage::Cpu(v) => v.len(),
+            #[cfg(feature = "cuda")]
+            IndexStorage::Cuda(c) => c.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn to_host(&self) -> Result<Vec<u32>> {
+        match self {
+            IndexStorage::Cpu(v) => Ok(v.clone()),
+            #[cfg(feature = "cuda")]
+            IndexStorage::Cuda(c) => c.to_host(),
+        }
+    }
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn device_mismatch(op: &'static str) -> Error {
+    Error::Device(format!("{op}: operands live on different devices"))
+}
+
+/// Applies a backend method to one storage, keeping the variant.
+macro_rules! unary_dispatch {
+    ($s:expr, $x:ident => $body:expr) => {
+        match $s {
+            Storage::Cpu($x) => Ok(Storage::Cpu($body?)),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda($x) => Ok(Storage::Cuda($body?)),
+        }
+    };
+}
+
+/// Applies a backend method to two storages of the same variant.
+macro_rules! binary_dispatch {
+    ($op:expr, $a:expr, $b:expr, ($x:ident, $y:ident) => $body:expr) => {
+        match ($a, $b) {
+            (Storage::Cpu($x), Storage::Cpu($y)) => Ok(Storage::Cpu($body?)),
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda($x), Storage::Cuda($y)) => Ok(Storage::Cuda($body?)),
+            #[cfg(feature = "cuda")]
+            _ => Err(device_mismatch($op)),
+        }
+    };
+}
+
+/// Applies a backend method to a storage and an index storage of the same device.
+macro_rules! index_dispatch {
+    ($op:expr, $a:expr, $i:expr, ($x:ident, $idx:ident) => $body:expr) => {
+        match ($a, $i) {
+            (Storage::Cpu($x), IndexStorage::Cpu($idx)) => Ok(Storage::Cpu($body?)),
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda($x), IndexStorage::Cuda($idx)) => Ok(Storage::Cuda($body?)),
+            #[cfg(feature = "cuda")]
+            _ => Err(device_mismatch($op)),
+        }
+    };
+}
+
+impl Storage {
+    pub fn len(&self) -> usize {
+        match self {
+            Storage::Cpu(s) => s.len(),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(s) => s.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn to_host(&self) -> Result<Vec<f32>> {
+        match self {
+            Storage::Cpu(s) => s.to_host(),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(s) => s.to_host(),
+        }
+    }
+
+    pub fn unary(&self, op: UnaryOp) -> Result<Storage> {
+        unary_dispatch!(self, s => s.unary(op))
+    }
+
+    pub fn binary(
+        &self,
+        rhs: &Storage,
+        op: BinaryOp,
+        lhs_shape: &Shape,
+        rhs_shape: &Shape,
+        out: &Shape,
+    ) -> Result<Storage> {
+        binary_dispatch!("binary", self, rhs, (a, b) => a.binary(b, op, lhs_shape, rhs_shape, out))
+    }
+
+    pub fn where_cond(&self, on_true: &Storage, on_false: &Storage) -> Result<Storage> {
+        match (self, on_true, on_false) {
+            (Storage::Cpu(m), Storage::Cpu(t), Storage::Cpu(f)) => {
+                Ok(Storage::Cpu(m.where_cond(t, f)?))
+            }
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda(m), Storage::Cuda(t), Storage::Cuda(f)) => {
+                Ok(Storage::Cuda(m.where_cond(t, f)?))
+            }
+            #[cfg(feature = "cuda")]
+            _ => Err(device_mismatch("where_cond")),
+        }
+    }
+
+    pub fn reduce(&self, op: ReduceOp, outer: usize, len: usize, inner: usize) -> Result<Storage> {
+        unary_dispatch!(self, s => s.reduce(op, outer, len, inner))
+    }
+
+    pub fn matmul(
+        &self,
+        rhs: &Storage,
+        dims: (usize, usize, usize),
+        lhs_t: bool,
+        rhs_t: bool,
+    ) -> Result<Storage> {
+        let (m, k, n) = dims;
+        binary_dispatch!("matmul", self, rhs, (a, b) => a.matmul(b, m, k, n, lhs_t, rhs_t))
+    }
+
+    pub fn index_select_rows(&self, cols: usize, idx: &IndexStorage) -> Result<Storage> {
+        index_dispatch!("index_select", self, idx, (s, i) => s.index_select_rows(cols, i))
+    }
+
+    pub fn index_add_rows(
+        &self,
+        cols: usize,
+        idx: &IndexStorage,
+        out_rows: usize,
+    ) -> Result<Storage> {
+        index_dispatch!("index_add", self, idx, (s, i) => s.index_add_rows(cols, i, out_rows))
+    }
+
+    pub fn gather_cols(&self, rows: usize, cols: usize, idx: &IndexStorage) -> Result<Storage> {
+        index_dispatch!("gather", self, idx, (s, i) => s.gather_cols(rows, cols, i))
+    }
+
+    pub fn scatter_cols(&self, rows: usize, cols: usize, idx: &IndexStorage) -> Result<Storage> {
+        index_dispatch!("scatter", self, idx, (s, i) => s.scatter_cols(rows, cols, i))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn copy2d(
+        &self,
+        dst: &mut Storage,
+        rows: usize,
+        cols: usize,
+        src_stride: usize,
+        dst_stride: usize,
+        src_offset: usize,
+        dst_offset: usize,
+    ) -> Result<()> {
+        match (self, dst) {
+            (Storage::Cpu(s), Storage::Cpu(d)) => s.copy2d(
+                d, rows, cols, src_stride, dst_stride, src_offset, dst_offset,
+            ),
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda(s), Storage::Cuda(d)) => s.copy2d(
+                d, rows, cols, src_stride, dst_stride, src_offset, dst_offset,
+            ),
+            #[cfg(feature = "cuda")]
+            _ => Err(device_mismatch("copy2d")),
+        }
+    }
+
+    pub fn transpose2d(&self, rows: usize, cols: usize) -> Result<Storage> {
+        unary_dispatch!(self, s => s.transpose2d(rows, cols))
+    }
+
+    pub fn softmax_rows(&self, rows: usize, cols: usize, log: bool) -> Result<Storage> {
+        unary_dispatch!(self, s => s.softmax_rows(rows, cols, log))
+    }
+
+    pub fn argmax_rows(&self, rows: usize, cols: usize) -> Result<IndexStorage> {
+        match self {
+            Storage::Cpu(s) => Ok(IndexStorage::Cpu(s.argmax_rows(rows, cols)?)),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(s) => Ok(IndexStorage::Cuda(s.argmax_rows(rows, cols)?)),
+        }
+    }
+
+    pub fn sum_all(&self) -> Result<Storage> {
+        unary_dispatch!(self, s => s.sum_all())
+    }
+
+    /// Fused shifted softmax-CE; see [`BackendStorage::xent`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn xent(
+        &self,
+        shift: Option<&Storage>,
+        labels: &IndexStorage,
+        weights: Option<&Storage>,
+        rows: usize,
+        cols: usize,
+        grad_scale: f32,
+        write_grad: bool,
+    ) -> Result<(Storage, Option<Storage>)> {
+        match (self, labels) {
+            (Storage::Cpu(z), IndexStorage::Cpu(y)) => {
+                let shift = match shift {
+                    None => None,
+                    Some(Storage::Cpu(s)) => Some(s),
+                    #[cfg(feature = "cuda")]
+                    Some(_) => return Err(device_mismatch("shifted_cross_entropy")),
+                };
+                let weights = match weights {
+                    None => None,
+                    Some(Storage::Cpu(w)) => Some(w),
+                    #[cfg(feature = "cuda")]
+                    Some(_) => return Err(device_mismatch("shifted_cross_entropy")),
+                };
+                let (l, g) = z.xent(XentArgs {
+                    shift,
+                    labels: y,
+                    weights,
+                    rows,
+                    cols,
+                    grad_scale,
+                    write_grad,
+                })?;
+                Ok((Storage::Cpu(l), g.map(Storage::Cpu)))
+            }
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda(z), IndexStorage::Cuda(y)) => {
+                let shift = match shift {
+                    None => None,
+                    Some(Storage::Cuda(s)) => Some(s),
+                    Some(_) => return Err(device_mismatch("shifted_cross_entropy")),
+                };
+                let weights = match weights {
+                    None => None,
+                    Some(Storage::Cuda(w)) => Some(w),
+                    Some(_) => return Err(device_mismatch("shifted_cross_entropy")),
+                };
+                let (l, g) = z.xent(XentArgs {
+                    shift,
+                    labels: y,
+                    weights,
+                    rows,
+                    cols,
+                    grad_scale,
+                    write_grad,
+                })?;
+                Ok((Storage::Cuda(l), g.map(Storage::Cuda)))
+            }
+            #[cfg(feature = "cuda")]
+            _ => Err(device_mismatch("shifted_cross_entropy")),
+        }
+    }
+
+    pub fn sgd_update(
+        &mut self,
+        grad: &Storage,
+        momentum_buf: Option<&mut Storage>,
+        h: SgdStep,
+    ) -> Result<()> {
+        match (self, grad, momentum_buf) {
+            (Storage::Cpu(p), Storage::Cpu(g), None) => p.sgd_update(g, None, h),
+            (Storage::Cpu(p), Storage::Cpu(g), Some(Storage::Cpu(b))) => {
+                p.sgd_update(g, Some(b), h)
+            }
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda(p), Storage::Cuda(g), None) => p.sgd_update(g, None, h),
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda(p), Storage::Cuda(g), Some(Storage::Cuda(b))) => {
+                p.sgd_update(g, Some(b), h)
+            }
+            #[cfg(feature = "cuda")]
+            _ => Err(device_mismatch("sgd_update")),
+        }
+    }
+
+    pub fn adam_update(
+        &mut self,
+        grad: &Storage,
+        m: &mut Storage,
+        v: &mut Storage,
+        h: AdamStep,
+    ) -> Result<()> {
+        match (self, grad, m, v) {
+            (Storage::Cpu(p), Storage::Cpu(g), Storage::Cpu(m), Storage::Cpu(v)) => {
+                p.adam_update(g, m, v, h)
+            }
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda(p), Storage::Cuda(g), Storage::Cuda(m), Storage::Cuda(v)) => {
+                p.adam_update(g, m, v, h)
+            }
+            #[cfg(feature = "cuda")]
+            _ => Err(device_mismatch("adam_update")),
+        }
+    }
+}

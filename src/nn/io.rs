@@ -1,0 +1,82 @@
+//! Parameters to and from safetensors files (f32, little-endian, names as in
+//! [`Module::named_parameters`](super::Module::named_parameters)).
+
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, TensorView};
+
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// Writes `params` to `path`; the file is written to a temporary name first and renamed,
+/// so an existing file is never left half-written.
+pub fn save_parameters(params: &[(String, Tensor)], path: &Path) -> Result<()> {
+    let data: Vec<(String, Vec<u8>, Vec<usize>)> = params
+        .iter()
+        .map(|(n, t)| {
+            let bytes = t.to_vec()?.iter().flat_map(|v| v.to_le_bytes()).collect();
+            Ok((n.clone(), bytes, t.dims().to_vec()))
+        })
+        .collect::<Result<_>>()?;
+    let views = data
+        .iter()
+        .map(|(n, b, s)| {
+            TensorView::new(Dtype::F32, s.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| Error::File {
+                    path: path.to_path_buf(),
+                    tensor: n.clone(),
+                    problem: e.to_string(),
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = safetensors::serialize(views, None).map_err(|e| Error::File {
+        path: path.to_path_buf(),
+        tensor: String::new(),
+        problem: e.to_string(),
+    })?;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    let tmp = path.with_extension("safetensors.partial");
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// Loads `path` into `params` in place; every parameter must be present with its shape and
+/// dtype F32. Nothing is changed unless every tensor checks out.
+pub fn load_parameters(params: &[(String, Tensor)], path: &Path) -> Result<()> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::File {
+        path: path.to_path_buf(),
+        tensor: String::new(),
+        problem: format!("not a safetensors file: {e}"),
+    })?;
+    let bad = |tensor: &str, problem: String| Error::File {
+        path: path.to_path_buf(),
+        tensor: tensor.to_string(),
+        problem,
+    };
+    let mut staged = Vec::with_capacity(params.len());
+    for (name, t) in params {
+        let view = file
+            .tensor(name)
+            .map_err(|_| bad(name, "missing".into()))?;
+        if view.dtype() != Dtype::F32 {
+            return Err(bad(name, format!("dtype {:?}, expected F32", view.dtype())));
+        }
+        if view.shape() != t.dims() {
+            return Err(bad(name, format!("shape {:?}, expected {:?}", view.shape(), t.dims())));
+        }
+        let values: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        staged.push(Tensor::from_vec(values, t.shape().clone(), t.device())?);
+    }
+    for ((_, t), v) in params.iter().zip(&staged) {
+        t.assign(v)?;
+    }
+    Ok(())
+}

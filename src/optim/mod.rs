@@ -1,0 +1,195 @@
+//! Optimizers with PyTorch's semantics, as fused in-place updates on each parameter's
+//! buffer (one kernel per parameter per step; state buffers live on the parameter's
+//! device and are allocated once).
+//!
+//! - [`Sgd`]: `d = g + wd·p`; with momentum `b = μ·b + (1-τ)·d` (`b = d` on the first
+//!   step), `d = nesterov ? d + μ·b : b`; `p -= lr·d`.
+//! - [`Adam`]: `g += wd·p` (L2 style; AdamW instead scales `p *= 1 - lr·wd`);
+//!   `m = β1·m + (1-β1)·g`, `v = β2·v + (1-β2)·g²`;
+//!   `p -= (lr / (1-β1^t)) · m / (√v / √(1-β2^t) + ε)` — ε outside the square root.
+
+use crate::autograd::GradStore;
+use crate::backend::{AdamStep, SgdStep, Storage};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// Applies one update from a gradient store.
+pub trait Optimizer {
+    /// Updates every parameter that has a gradient in `grads` (others are left alone, as
+    /// PyTorch skips parameters whose `.grad` is `None`).
+    fn step(&mut self, grads: &GradStore) -> Result<()>;
+    fn learning_rate(&self) -> f32;
+    fn set_learning_rate(&mut self, lr: f32);
+}
+
+fn check_hparam(name: &'static str, v: f32, ok: bool) -> Result<()> {
+    if !v.is_finite() || !ok {
+        return Err(Error::arg(name, format!("{v} is out of range")));
+    }
+    Ok(())
+}
+
+/// Stochastic gradient descent with momentum, dampening, Nesterov and L2 weight decay.
+pub struct Sgd {
+    params: Vec<Tensor>,
+    buffers: Vec<Option<Storage>>,
+    pub lr: f32,
+    pub momentum: f32,
+    pub dampening: f32,
+    pub weight_decay: f32,
+    pub nesterov: bool,
+}
+
+impl Sgd {
+    pub fn new(params: Vec<Tensor>, lr: f32) -> Result<Sgd> {
+        Sgd::with_options(params, lr, 0.0, 0.0, 0.0, false)
+    }
+
+    pub fn with_options(
+        params: Vec<Tensor>,
+        lr: f32,
+        momentum: f32,
+        dampening: f32,
+        weight_decay: f32,
+        nesterov: bool,
+    ) -> Result<Sgd> {
+        check_hparam("lr", lr, lr >= 0.0)?;
+        check_hparam("momentum", momentum, momentum >= 0.0)?;
+        check_hparam("weight_decay", weight_decay, weight_decay >= 0.0)?;
+        if nesterov && (momentum <= 0.0 || dampening != 0.0) {
+            return Err(Error::arg("nesterov", "needs momentum > 0 and zero dampening"));
+        }
+        let buffers = params.iter().map(|_| None).collect();
+        Ok(Sgd {
+            params,
+            buffers,
+            lr,
+            momentum,
+            dampening,
+            weight_decay,
+            nesterov,
+        })
+    }
+}
+
+impl Optimizer for Sgd {
+    fn step(&mut self, grads: &GradStore) -> Result<()> {
+        for (p, buf) in self.params.iter().zip(self.buffers.iter_mut()) {
+            let Some(g) = grads.get(p) else { continue };
+            let first_step = buf.is_none();
+            if self.momentum != 0.0 && buf.is_none() {
+                *buf = Some(p.device().zeros_storage(p.elem_count())?);
+            }
+            let h = SgdStep {
+                lr: self.lr,
+                momentum: self.momentum,
+                dampening: self.dampening,
+                weight_decay: self.weight_decay,
+                nesterov: self.nesterov,
+                first_step,
+            };
+            let g = g.storage();
+            p.storage_mut().sgd_update(&g, buf.as_mut(), h)?;
+        }
+        Ok(())
+    }
+
+    fn learning_rate(&self) -> f32 {
+        self.lr
+    }
+
+    fn set_learning_rate(&mut self, lr: f32) {
+        self.lr = lr;
+    }
+}
+
+/// Adam (L2 weight decay) or AdamW (decoupled weight decay).
+pub struct Adam {
+    params: Vec<Tensor>,
+    moments: Vec<Option<(Storage, Storage)>>,
+    steps: Vec<u32>,
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    pub decoupled: bool,
+}
+
+impl Adam {
+    /// Adam with PyTorch's defaults (β = (0.9, 0.999), ε = 1e-8) and L2 weight decay.
+    pub fn new(params: Vec<Tensor>, lr: f32, weight_decay: f32) -> Result<Adam> {
+        Adam::with_options(params, lr, (0.9, 0.999), 1e-8, weight_decay, false)
+    }
+
+    /// AdamW with PyTorch's defaults.
+    pub fn adamw(params: Vec<Tensor>, lr: f32, weight_decay: f32) -> Result<Adam> {
+        Adam::with_options(params, lr, (0.9, 0.999), 1e-8, weight_decay, true)
+    }
+
+    pub fn with_options(
+        params: Vec<Tensor>,
+        lr: f32,
+        betas: (f32, f32),
+        eps: f32,
+        weight_decay: f32,
+        decoupled: bool,
+    ) -> Result<Adam> {
+        check_hparam("lr", lr, lr >= 0.0)?;
+        check_hparam("beta1", betas.0, (0.0..1.0).contains(&betas.0))?;
+        check_hparam("beta2", betas.1, (0.0..1.0).contains(&betas.1))?;
+        check_hparam("eps", eps, eps >= 0.0)?;
+        check_hparam("weight_decay", weight_decay, weight_decay >= 0.0)?;
+        let n = params.len();
+        Ok(Adam {
+            params,
+            moments: (0..n).map(|_| None).collect(),
+            steps: vec![0; n],
+            lr,
+            beta1: betas.0,
+            beta2: betas.1,
+            eps,
+            weight_decay,
+            decoupled,
+        })
+    }
+}
+
+impl Optimizer for Adam {
+    fn step(&mut self, grads: &GradStore) -> Result<()> {
+        for ((p, moments), step) in self
+            .params
+            .iter()
+            .zip(self.moments.iter_mut())
+            .zip(self.steps.iter_mut())
+        {
+            let Some(g) = grads.get(p) else { continue };
+            if moments.is_none() {
+                let dev = p.device();
+                *moments = Some((dev.zeros_storage(p.elem_count())?, dev.zeros_storage(p.elem_count())?));
+            }
+            let (m, v) = moments.as_mut().expect("moments were just initialised");
+            *step += 1;
+            let h = AdamStep {
+                lr: self.lr,
+                beta1: self.beta1,
+                beta2: self.beta2,
+                eps: self.eps,
+                weight_decay: self.weight_decay,
+                decoupled: self.decoupled,
+                step: *step,
+            };
+            let g = g.storage();
+            p.storage_mut().adam_update(&g, m, v, h)?;
+        }
+        Ok(())
+    }
+
+    fn learning_rate(&self) -> f32 {
+        self.lr
+    }
+
+    fn set_learning_rate(&mut self, lr: f32) {
+        self.lr = lr;
+    }
+}
