@@ -1,1 +1,5 @@
 //! Evaluation: per-group accuracy, worst-group accuracy, selection.
+
+pub mod memscore;
+pub mod metrics;
+pub mod selection;
