@@ -65,10 +65,14 @@ pub(super) fn backward(op: &Op, out: &Tensor, g: &Tensor) -> Result<Vec<(Tensor,
                 }
                 BinaryOp::Eq => return Ok(vec![]),
             };
-            vec![
-                (a.clone(), sum_to(&da, a.shape())?),
-                (b.clone(), sum_to(&db, b.shape())?),
-            ]
+            let mut out = Vec::with_capacity(2);
+            if a.tracks_grad() {
+                out.push((a.clone(), sum_to(&da, a.shape())?));
+            }
+            if b.tracks_grad() {
+                out.push((b.clone(), sum_to(&db, b.shape())?));
+            }
+            out
         }
         Op::Reduce(x, ReduceOp::Sum, _) => vec![(x.clone(), g.broadcast_as(x.shape().clone())?)],
         Op::Reduce(x, ReduceOp::Max, axis) => {
@@ -86,19 +90,28 @@ pub(super) fn backward(op: &Op, out: &Tensor, g: &Tensor) -> Result<Vec<(Tensor,
             // With C = op(A)·op(B): d op(A) = g·op(B)ᵀ and d op(B) = op(A)ᵀ·g; a stored
             // transpose receives the transpose of that, written as a product that reads its
             // operands transposed instead of copying them.
-            let da = match (lhs_t, rhs_t) {
-                (false, false) => g.matmul_t(rhs)?,
-                (false, true) => g.matmul(rhs)?,
-                (true, false) => rhs.matmul_t(g)?,
-                (true, true) => rhs.t_matmul_t(g)?,
-            };
-            let db = match (lhs_t, rhs_t) {
-                (false, false) => lhs.t_matmul(g)?,
-                (true, false) => lhs.matmul(g)?,
-                (false, true) => g.t_matmul(lhs)?,
-                (true, true) => g.t_matmul_t(lhs)?,
-            };
-            vec![(lhs.clone(), da), (rhs.clone(), db)]
+            // An operand that needs no gradient (a data batch) costs nothing: its gradient
+            // would be as large as the data.
+            let mut out = Vec::with_capacity(2);
+            if lhs.tracks_grad() {
+                let da = match (lhs_t, rhs_t) {
+                    (false, false) => g.matmul_t(rhs)?,
+                    (false, true) => g.matmul(rhs)?,
+                    (true, false) => rhs.matmul_t(g)?,
+                    (true, true) => rhs.t_matmul_t(g)?,
+                };
+                out.push((lhs.clone(), da));
+            }
+            if rhs.tracks_grad() {
+                let db = match (lhs_t, rhs_t) {
+                    (false, false) => lhs.t_matmul(g)?,
+                    (true, false) => lhs.matmul(g)?,
+                    (false, true) => g.t_matmul(lhs)?,
+                    (true, true) => g.t_matmul_t(lhs)?,
+                };
+                out.push((rhs.clone(), db));
+            }
+            out
         }
         Op::Reshape(x) => vec![(x.clone(), g.reshape(x.shape().clone())?)],
         Op::Transpose(x) => vec![(x.clone(), g.t()?)],

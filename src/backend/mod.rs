@@ -98,6 +98,9 @@ pub trait BackendStorage: Sized {
     type Index;
 
     fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     fn to_host(&self) -> Result<Vec<f32>>;
     fn unary(&self, op: UnaryOp) -> Result<Self>;
     /// `out = lhs op rhs`, with both operands broadcast to `out`.

@@ -26,23 +26,98 @@ const PAR_MIN_MACS: usize = 1 << 21;
 /// Rows per parallel block of the general path.
 const ROW_BLOCK: usize = 64;
 
-/// Eight-lane dot product: the fixed lane split lets the compiler vectorize the loop while
-/// keeping the summation order independent of the machine.
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let chunks = a.len() / 8;
-    for c in 0..chunks {
-        let (x, y) = (&a[c * 8..c * 8 + 8], &b[c * 8..c * 8 + 8]);
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
+/// Accumulators per output in the thin-output kernel: 4 independent chains of 8 lanes hide
+/// the add latency and map onto 8-wide vector registers.
+const LANES: usize = 32;
+
+/// `out[j] = a · cols[j]` for every column `j`, one pass over `a`. The summation order is
+/// fixed (32 strided partial sums, then a fixed tree, then the tail in order), so every
+/// instruction set gives the same bits.
+#[inline(always)]
+fn row_dots_generic(a: &[f32], cols: &[Vec<f32>], out: &mut [f32]) {
+    let k = a.len();
+    let body = k / LANES * LANES;
+    let mut acc = [[0.0f32; LANES]; THIN];
+    let n = cols.len();
+    let mut p = 0;
+    while p < body {
+        let x = &a[p..p + LANES];
+        for j in 0..n {
+            let c = &cols[j][p..p + LANES];
+            for l in 0..LANES {
+                acc[j][l] += x[l] * c[l];
+            }
+        }
+        p += LANES;
+    }
+    for j in 0..n {
+        let mut w = acc[j];
+        let mut width = LANES / 2;
+        while width > 0 {
+            for l in 0..width {
+                w[l] += w[l + width];
+            }
+            width /= 2;
+        }
+        let mut s = w[0];
+        for q in body..k {
+            s += a[q] * cols[j][q];
+        }
+        out[j] = s;
+    }
+}
+
+/// `out[i, :] += a(i, p) · b_row` for the `m` rows of a thin left operand.
+#[inline(always)]
+fn axpy_rows_generic(coef: &[f32], b_row: &[f32], out: &mut [f32], width: usize) {
+    for (i, &s) in coef.iter().enumerate() {
+        let o = &mut out[i * width..(i + 1) * width];
+        for (o, &v) in o.iter_mut().zip(b_row) {
+            *o += s * v;
         }
     }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for i in chunks * 8..a.len() {
-        s += a[i] * b[i];
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn row_dots_avx2(a: &[f32], cols: &[Vec<f32>], out: &mut [f32]) {
+    row_dots_generic(a, cols, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn axpy_rows_avx2(coef: &[f32], b_row: &[f32], out: &mut [f32], width: usize) {
+    axpy_rows_generic(coef, b_row, out, width)
+}
+
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVX2.get_or_init(|| is_x86_feature_detected!("avx2"))
     }
-    s
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+fn row_dots(a: &[f32], cols: &[Vec<f32>], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2 support was detected at run time.
+        return unsafe { row_dots_avx2(a, cols, out) };
+    }
+    row_dots_generic(a, cols, out)
+}
+
+fn axpy_rows(coef: &[f32], b_row: &[f32], out: &mut [f32], width: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2 support was detected at run time.
+        return unsafe { axpy_rows_avx2(coef, b_row, out, width) };
+    }
+    axpy_rows_generic(coef, b_row, out, width)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -72,12 +147,7 @@ pub(super) fn matmul(
         let cols: Vec<Vec<f32>> = (0..n)
             .map(|j| (0..k).map(|p| b[p * rsb + j * csb]).collect())
             .collect();
-        let row = |(i, out): (usize, &mut [f32])| {
-            let ar = &a[i * k..(i + 1) * k];
-            for (j, o) in out.iter_mut().enumerate() {
-                *o = dot(ar, &cols[j]);
-            }
-        };
+        let row = |(i, out): (usize, &mut [f32])| row_dots(&a[i * k..(i + 1) * k], &cols, out);
         if macs >= PAR_MIN_MACS {
             c.par_chunks_mut(n).enumerate().for_each(row);
         } else {
@@ -92,15 +162,12 @@ pub(super) fn matmul(
         let a_at = |i: usize, p: usize| a[i * rsa + p * csa];
         let block = |c0: usize, width: usize, out: &mut [f32]| {
             // out is m × width, row stride width.
+            let mut coef = [0.0f32; THIN];
             for p in 0..k {
-                let br = &b[p * n + c0..p * n + c0 + width];
-                for i in 0..m {
-                    let s = a_at(i, p);
-                    let o = &mut out[i * width..(i + 1) * width];
-                    for (o, &v) in o.iter_mut().zip(br) {
-                        *o += s * v;
-                    }
+                for (i, c) in coef.iter_mut().enumerate().take(m) {
+                    *c = a_at(i, p);
                 }
+                axpy_rows(&coef[..m], &b[p * n + c0..p * n + c0 + width], out, width);
             }
         };
         let blocks: Vec<(usize, Vec<f32>)> = if macs >= PAR_MIN_MACS {

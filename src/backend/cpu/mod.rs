@@ -282,7 +282,7 @@ impl BackendStorage for CpuStorage {
     }
 
     fn index_select_rows(&self, cols: usize, idx: &Vec<u32>) -> Result<Self> {
-        let rows = if cols == 0 { 0 } else { self.0.len() / cols };
+        let rows = self.0.len().checked_div(cols).unwrap_or(0);
         check_index("index_select", idx, rows)?;
         let mut out = Vec::with_capacity(idx.len() * cols);
         for &i in idx {
