@@ -1,1 +1,228 @@
-//! (in progress)
+//! Minibatches and group balancing.
+//!
+//! - [`Batcher`]: seeded shuffled minibatches over `0..n`. Each epoch is one permutation
+//!   (`Rng::permutation`), cut into consecutive batches of `batch_size`; the last batch of an
+//!   epoch holds the remainder (`n mod batch_size` examples when that is not 0), so every
+//!   example is seen exactly once per epoch. The next epoch draws a new permutation from the
+//!   same generator, so the whole sequence of batches is a function of the seed.
+//!   `batch_size >= n` means full batch: every call returns `0..n` in the original order.
+//! - [`group_weights_balanced`]: per-example weights `w_i = n / (G * n_{g_i})` with `G` the
+//!   number of groups present, so each present group carries total weight `n / G` and the
+//!   weights average 1 (RWG, "reweight groups").
+//! - [`WeightedSampler`]: draws with replacement, `P(i) = w_i / Σ w`, by inverting the
+//!   cumulative sums (f64) with a binary search: `O(log n)` per draw, one uniform each.
+//! - [`subsample_groups`]: keeps `min_g n_g` examples of every present group, chosen at random
+//!   (SUBG, "subsample groups"): the first `min_g n_g` of each group in the order of one random
+//!   permutation of `0..n`.
+
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+
+/// Seeded shuffled minibatches over `0..n` (see the module docs).
+#[derive(Clone, Debug)]
+pub struct Batcher {
+    n: usize,
+    batch_size: usize,
+    rng: Rng,
+    order: Vec<usize>,
+    pos: usize,
+    epoch: usize,
+}
+
+impl Batcher {
+    /// A batcher over `0..n`; `batch_size >= n` gives full, unshuffled batches.
+    pub fn new(n: usize, batch_size: usize, seed: u64) -> Result<Batcher> {
+        if n == 0 {
+            return Err(Error::arg("n", "cannot batch an empty training set"));
+        }
+        if batch_size == 0 {
+            return Err(Error::arg("batch_size", "must be at least 1"));
+        }
+        let mut rng = Rng::new(seed);
+        let order = if batch_size >= n {
+            (0..n).collect()
+        } else {
+            rng.permutation(n)
+        };
+        Ok(Batcher {
+            n,
+            batch_size,
+            rng,
+            order,
+            pos: 0,
+            epoch: 0,
+        })
+    }
+
+    /// Whether every batch is the whole set in its original order.
+    pub fn is_full_batch(&self) -> bool {
+        self.batch_size >= self.n
+    }
+
+    /// The next batch of indices; starts a freshly shuffled epoch when the current one is used
+    /// up.
+    pub fn next_batch(&mut self) -> &[usize] {
+        if self.is_full_batch() {
+            self.epoch += 1;
+            return &self.order;
+        }
+        if self.pos >= self.n {
+            self.order = self.rng.permutation(self.n);
+            self.pos = 0;
+        }
+        if self.pos == 0 {
+            self.epoch += 1;
+        }
+        let start = self.pos;
+        self.pos = (start + self.batch_size).min(self.n);
+        &self.order[start..self.pos]
+    }
+
+    /// Epochs started so far (1 after the first call to [`Batcher::next_batch`]).
+    pub fn epoch(&self) -> usize {
+        self.epoch
+    }
+
+    /// Batches per epoch, `ceil(n / batch_size)`.
+    pub fn batches_per_epoch(&self) -> usize {
+        self.n.div_ceil(self.batch_size)
+    }
+
+    /// Number of examples.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Batch size as given (the full set when at least `n`).
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+}
+
+fn group_counts(op: &'static str, groups: &[u32], n_groups: usize) -> Result<Vec<usize>> {
+    let mut counts = vec![0usize; n_groups];
+    for (position, &g) in groups.iter().enumerate() {
+        match counts.get_mut(g as usize) {
+            Some(c) => *c += 1,
+            None => {
+                return Err(Error::IndexOutOfRange {
+                    op,
+                    position,
+                    index: g as usize,
+                    size: n_groups,
+                })
+            }
+        }
+    }
+    Ok(counts)
+}
+
+/// Per-example weights that give every present group the same total weight, `n / G`, with
+/// `G` the number of present groups (the weights average 1).
+pub fn group_weights_balanced(groups: &[u32], n_groups: usize) -> Result<Vec<f32>> {
+    if groups.is_empty() {
+        return Err(Error::Data(
+            "group_weights_balanced: the training set is empty".into(),
+        ));
+    }
+    let counts = group_counts("group_weights_balanced", groups, n_groups)?;
+    let present = counts.iter().filter(|&&c| c > 0).count();
+    let n = groups.len() as f64;
+    Ok(groups
+        .iter()
+        .map(|&g| (n / (present as f64 * counts[g as usize] as f64)) as f32)
+        .collect())
+}
+
+/// Draws indices with replacement, with probability proportional to per-example weights.
+#[derive(Clone, Debug)]
+pub struct WeightedSampler {
+    cumulative: Vec<f64>,
+    last_positive: usize,
+    rng: Rng,
+    batch: Vec<usize>,
+}
+
+impl WeightedSampler {
+    /// A sampler for `weights` (finite, non-negative, not all zero).
+    pub fn new(weights: &[f32], seed: u64) -> Result<WeightedSampler> {
+        if weights.is_empty() {
+            return Err(Error::arg("weights", "no examples to sample from"));
+        }
+        let mut cumulative = Vec::with_capacity(weights.len());
+        let mut total = 0.0f64;
+        let mut last_positive = None;
+        for (i, &w) in weights.iter().enumerate() {
+            if !w.is_finite() || w < 0.0 {
+                return Err(Error::arg(
+                    "weights",
+                    format!("weight {w} at position {i} is not finite and >= 0"),
+                ));
+            }
+            if w > 0.0 {
+                last_positive = Some(i);
+            }
+            total += w as f64;
+            cumulative.push(total);
+        }
+        let last_positive =
+            last_positive.ok_or_else(|| Error::arg("weights", "all weights are zero"))?;
+        Ok(WeightedSampler {
+            cumulative,
+            last_positive,
+            rng: Rng::new(seed),
+            batch: Vec::new(),
+        })
+    }
+
+    /// One index, `P(i) = w_i / Σ w`.
+    pub fn sample(&mut self) -> usize {
+        let total = self.cumulative[self.last_positive];
+        let u = self.rng.uniform_f64() * total;
+        // First index whose cumulative sum exceeds u: zero-weight entries repeat the previous
+        // sum and are never chosen. The clamp guards `u` rounding up to `total`.
+        self.cumulative
+            .partition_point(|&c| c <= u)
+            .min(self.last_positive)
+    }
+
+    /// `batch_size` independent draws.
+    pub fn next_batch(&mut self, batch_size: usize) -> &[usize] {
+        let mut batch = std::mem::take(&mut self.batch);
+        batch.clear();
+        batch.extend((0..batch_size).map(|_| self.sample()));
+        self.batch = batch;
+        &self.batch
+    }
+}
+
+/// SUBG: the indices (sorted) of `min_g n_g` random examples from every present group, where
+/// `n_g` counts the examples of group `g`. Group ids at or above `n_groups` count as groups of
+/// their own. Empty input gives an empty result.
+pub fn subsample_groups(groups: &[u32], n_groups: usize, rng: &mut Rng) -> Vec<usize> {
+    let size = groups
+        .iter()
+        .map(|&g| g as usize + 1)
+        .max()
+        .unwrap_or(0)
+        .max(n_groups);
+    let mut counts = vec![0usize; size];
+    for &g in groups {
+        counts[g as usize] += 1;
+    }
+    let Some(keep) = counts.iter().copied().filter(|&c| c > 0).min() else {
+        return Vec::new();
+    };
+    let mut taken = vec![0usize; size];
+    let mut kept: Vec<usize> = rng
+        .permutation(groups.len())
+        .into_iter()
+        .filter(|&i| {
+            let t = &mut taken[groups[i] as usize];
+            *t += 1;
+            *t <= keep
+        })
+        .collect();
+    kept.sort_unstable();
+    kept
+}
