@@ -1089,7 +1089,11 @@ impl TickFormat {
             text.parse().unwrap_or(f64::NAN)
         };
         let decimals = (0..10)
-            .find(|&d| ticks.iter().all(|&t| (shown(t, d) - t).abs() <= 1e-3 * step))
+            .find(|&d| {
+                ticks
+                    .iter()
+                    .all(|&t| (shown(t, d) - t).abs() <= 1e-3 * step)
+            })
             .unwrap_or(10);
         TickFormat {
             range,
@@ -2538,30 +2542,37 @@ mod tests {
 
     #[test]
     fn tick_labels_are_distinct_and_exact() {
-        for range in [
-            (0.0, 1.0),
-            (0.0, 1000.0),
-            (-1.5, 1.5),
-            (0.0, 0.003),
-            (2.85, 3.15),
-            (0.0, 3e5),
-            (-0.2, 1.0),
-            (12345.677, 12345.680),
-            (-0.000146, 0.000479),
-            (123456.70, 123456.73),
+        // (range, longest acceptable label)
+        for (range, longest) in [
+            ((0.0, 1.0), 3),
+            ((0.0, 1000.0), 4),
+            ((-1.5, 1.5), 4),
+            ((0.0, 0.003), 6),
+            ((2.85, 3.15), 4),
+            ((0.0, 3e5), 5),
+            ((-0.2, 1.0), 4),
+            ((12345.677, 12345.680), 10),
+            ((-0.000146, 0.000479), 6),
+            ((123456.70, 123456.73), 12),
         ] {
             let format = TickFormat::new(range, TICK_COUNT);
+            let ticks = format.ticks();
             let labels = format.labels();
             assert!(labels.len() >= 2, "{range:?}: {labels:?}");
             let mut unique = labels.clone();
             unique.dedup();
             assert_eq!(unique.len(), labels.len(), "{range:?}: {labels:?}");
-            for label in &labels {
+            for (tick, label) in ticks.iter().zip(&labels) {
+                let value: f64 = label.parse().unwrap();
                 assert!(
-                    !label.starts_with("-0") || label.parse::<f64>().unwrap() != 0.0,
+                    (value - tick).abs() <= 1e-3 * format.step,
+                    "{label} for {tick}"
+                );
+                assert!(
+                    !label.starts_with('-') || value != 0.0,
                     "negative zero: {label}"
                 );
-                assert!(label.len() <= 8, "{range:?}: {label}");
+                assert!(label.len() <= longest, "{range:?}: {labels:?}");
             }
         }
     }
