@@ -36,6 +36,9 @@ pub struct Checkpoint {
     pub te: SplitMetrics,
     /// Validation metrics over XRM-inferred groups `(y, m)`, when inferred groups exist.
     pub va_gi: Option<SplitMetrics>,
+    /// Training-set metrics with the true groups, when the run evaluates on training data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tr: Option<SplitMetrics>,
 }
 
 /// What selects a checkpoint (and a hyperparameter draw).
@@ -439,6 +442,7 @@ mod tests {
             va: metrics(va_avg, va_wga),
             te: metrics(0.5, 0.25),
             va_gi: gi_wga.map(|w| metrics(va_avg, w)),
+            tr: None,
         }
     }
 

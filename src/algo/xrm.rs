@@ -1,0 +1,803 @@
+//! XRM, cross-risk minimization (Pezeshki et al. 2024): held-out logits for every training
+//! example and inferred groups, as PAPER.md §3 states it.
+//!
+//! - Twins `A` and `B` of one [`ModelSpec`], initialized from independent streams.
+//! - Each training example `i` is assigned once to its held-in twin: `assignment[i] = 0` (A)
+//!   or `1` (B), a fair coin per example from the seed. The other twin never trains on it.
+//! - Dynamic labels `y_dyn` start as `y`. Each step takes a batch `B` and splits it into
+//!   `B_A` and `B_B` by assignment. Before the update, under `no_grad`, the held-out logits
+//!   `B(x_{B_A})` and `A(x_{B_B})` are computed. The held-in logits `A(x_{B_A})` and
+//!   `B(x_{B_B})` train on `y_dyn` with
+//!   - [`XrmLoss::ClassBalanced`]: `Σ_{c present} mean_{i ∈ B, y_dyn,i = c} CE_i`, i.e. row
+//!     weights `1/n_c` and a sum over both twins' rows, or
+//!   - [`XrmLoss::Mean`]: `mean_{i ∈ B} CE_i`;
+//!
+//!   one optimizer over both twins' parameters takes one step.
+//! - After the step, label flipping from the held-out logits `h_i` of the batch: with
+//!   `p_i, ŷ_i = max, argmax softmax(h_i)`, set `y_dyn,i = ŷ_i` with probability
+//!   [`flip_probability`]`(p_i, K) = (p_i − 1/K) · K/(K−1)`, one uniform per row (A's rows
+//!   first, then B's, each in batch order). Flips persist; a later flip back to `y_i` undoes
+//!   one. `flip_rate = mean_i 1[y_dyn,i ≠ y_i]` is recorded every `log_every` steps and at the
+//!   last step.
+//! - At the end: `heldout_logits[i]` from the twin that did not train on `i`; the inferred
+//!   bit `m_i = 1[argmax A(x_i) ≠ y_i] ∨ 1[argmax B(x_i) ≠ y_i]` on training and validation
+//!   examples; inferred groups `g = 2y + m`. If some class present in a split lacks either
+//!   bit value there, the run is *degenerate* (reported, not an error; its flip rate counts as
+//!   0 for hyperparameter selection, as in the reference).
+//!
+//! With full batches the twins' row subsets are gathered once; otherwise each step gathers the
+//! batch rows of each twin with `index_select`. Per-step host work is `O(|B| · K)` (labels and
+//! held-out probabilities).
+//!
+//! Files ([`XrmOutput::save`] / [`XrmOutput::load`]): `xrm.safetensors` holds
+//! `heldout_logits` (F32 `[n_tr, K]`), `assignment` (U8 `[n_tr]`), `y_dyn`, `y_tr` (I64
+//! `[n_tr]`), `y_va` (I64 `[n_va]`), `inferred_tr` (U8 `[n_tr]`), `inferred_va` (U8 `[n_va]`);
+//! `xrm.json` holds the data set's name and sizes, the model and config, the flip-rate
+//! history, group counts and the degeneracy verdict. Both are written to temporary names and
+//! renamed (the JSON last), so a failed save leaves earlier files intact.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use safetensors::tensor::{Dtype, TensorView};
+use serde::{Deserialize, Serialize};
+
+use super::model::{ModelSpec, OptimizerSpec};
+use crate::autograd::no_grad;
+use crate::backend::Device;
+use crate::data::batch::Batcher;
+use crate::data::{Dataset, Split};
+use crate::error::{Error, Result};
+use crate::eval::metrics::split_metrics;
+use crate::nn::Module;
+use crate::ops::Reduction;
+use crate::rng::Rng;
+use crate::tensor::{Indices, Tensor};
+
+const STREAM_TWIN_A: u64 = 1;
+const STREAM_TWIN_B: u64 = 2;
+const STREAM_ASSIGN: u64 = 3;
+const STREAM_BATCH: u64 = 4;
+const STREAM_FLIP: u64 = 5;
+
+/// File names inside an XRM output directory.
+pub const XRM_TENSORS_FILE: &str = "xrm.safetensors";
+pub const XRM_JSON_FILE: &str = "xrm.json";
+const FORMAT: &str = "memaware-xrm-v1";
+
+/// The held-in loss of the twins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum XrmLoss {
+    /// Sum over classes present in the batch of the mean CE over that class's rows (by `y_dyn`).
+    ClassBalanced,
+    /// Mean CE over the batch (the Figure-1 recipe).
+    Mean,
+}
+
+fn cpu() -> Device {
+    Device::Cpu
+}
+
+/// How XRM runs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct XrmConfig {
+    pub steps: usize,
+    /// Examples per batch, both twins together; `>= n` means full batch.
+    pub batch_size: usize,
+    /// One optimizer over both twins' parameters.
+    pub optimizer: OptimizerSpec,
+    pub loss: XrmLoss,
+    pub seed: u64,
+    /// Where the run computes (not saved: a loaded output reports the CPU).
+    #[serde(skip, default = "cpu")]
+    pub device: Device,
+    /// Record the flip rate every this many steps (and at the last step).
+    pub log_every: usize,
+}
+
+/// XRM's results (see the module docs).
+#[derive(Clone, Debug)]
+pub struct XrmOutput {
+    /// Name of the data set it was computed on.
+    pub dataset: String,
+    pub classes: usize,
+    pub model_spec: ModelSpec,
+    pub config: XrmConfig,
+    /// `n_tr × K`, row-major: logits of the twin that never trained on each example.
+    pub heldout_logits: Vec<f32>,
+    /// Held-in twin per training example: 0 = A, 1 = B.
+    pub assignment: Vec<u8>,
+    /// Dynamic labels after the last flip.
+    pub y_dyn: Vec<u32>,
+    /// `(step, flip rate)`, step being the 0-based index of the update just applied.
+    pub flip_rate_history: Vec<(usize, f64)>,
+    pub final_flip_rate: f64,
+    /// Inferred bit `m` per training example (0 or 1).
+    pub inferred_tr: Vec<u32>,
+    /// Inferred bit `m` per validation example (0 or 1).
+    pub inferred_va: Vec<u32>,
+    /// Why the inferred groups are degenerate, if they are.
+    pub degenerate: Option<String>,
+    /// Held-out accuracy against `y` per true training group `n_attr · y + a`.
+    pub heldout_acc_by_group: Vec<Option<f64>>,
+    /// Training speed (0 for a loaded output).
+    pub steps_per_s: f64,
+}
+
+/// The probability that XRM flips an example's dynamic label to the held-out prediction when
+/// that prediction has probability `p` (the largest of `K` classes): `(p − 1/K) · K/(K−1)`,
+/// 0 at the uniform prediction, 1 at a certain one; clamped to `[0, 1]` against rounding.
+/// Returns 0 for `k < 2` (nothing to flip to).
+pub fn flip_probability(p: f64, k: usize) -> f64 {
+    if k < 2 {
+        return 0.0;
+    }
+    let k = k as f64;
+    ((p - 1.0 / k) * k / (k - 1.0)).clamp(0.0, 1.0)
+}
+
+/// Largest softmax probability and its class (first on ties), in f64.
+fn max_softmax(logits: &[f32]) -> (f64, u32) {
+    let mut best = 0usize;
+    for (j, &v) in logits.iter().enumerate() {
+        if v > logits[best] {
+            best = j;
+        }
+    }
+    let max = logits[best] as f64;
+    let total: f64 = logits.iter().map(|&v| (v as f64 - max).exp()).sum();
+    (1.0 / total, best as u32)
+}
+
+fn flip_rate(y_dyn: &[u32], y: &[u32]) -> f64 {
+    y_dyn.iter().zip(y).filter(|(a, b)| a != b).count() as f64 / y.len().max(1) as f64
+}
+
+/// Row positions of `rows` that belong to twin `t`.
+fn rows_of(rows: &[usize], assignment: &[u8], t: u8) -> Vec<usize> {
+    rows.iter()
+        .copied()
+        .filter(|&i| assignment[i] == t)
+        .collect()
+}
+
+/// Loss on one twin's held-in rows: `Σ w_i CE_i` with the given per-row weights.
+fn held_in_loss(
+    logits: &Tensor,
+    labels: &[u32],
+    weights: Vec<f32>,
+    device: &Device,
+) -> Result<Tensor> {
+    let y = Indices::new(labels.to_vec(), device)?;
+    let w = Tensor::from_vec(weights, labels.len(), device)?;
+    logits.shifted_cross_entropy(&y, None, Some(&w), Reduction::Sum)
+}
+
+/// The trained twins: `a` holds in the examples with `assignment == 0`, `b` the others.
+pub struct XrmTwins {
+    pub a: Box<dyn Module>,
+    pub b: Box<dyn Module>,
+}
+
+/// Runs XRM on `ds` (see the module docs).
+///
+/// Errors: an invalid data set or config (zero steps, batch size or `log_every`), a
+/// non-finite loss.
+pub fn run_xrm(ds: &Dataset, model_spec: &ModelSpec, cfg: &XrmConfig) -> Result<XrmOutput> {
+    run_xrm_with_twins(ds, model_spec, cfg).map(|(out, _)| out)
+}
+
+/// [`run_xrm`], also returning the trained twins.
+pub fn run_xrm_with_twins(
+    ds: &Dataset,
+    model_spec: &ModelSpec,
+    cfg: &XrmConfig,
+) -> Result<(XrmOutput, XrmTwins)> {
+    ds.validate()?;
+    if cfg.steps == 0 {
+        return Err(Error::arg("steps", "XRM needs at least one step"));
+    }
+    if cfg.batch_size == 0 {
+        return Err(Error::arg("batch_size", "must be at least 1"));
+    }
+    if cfg.log_every == 0 {
+        return Err(Error::arg("log_every", "must be at least 1"));
+    }
+    let (n, d, k) = (ds.train.n, ds.d(), ds.classes);
+    let device = &cfg.device;
+    let root = Rng::new(cfg.seed);
+    let twin_a = model_spec.build(d, k, &mut root.fork(STREAM_TWIN_A), device)?;
+    let twin_b = model_spec.build(d, k, &mut root.fork(STREAM_TWIN_B), device)?;
+    let mut params = twin_a.parameters();
+    params.extend(twin_b.parameters());
+    let mut optimizer = cfg.optimizer.build(params)?;
+    let mut assign_rng = root.fork(STREAM_ASSIGN);
+    let assignment: Vec<u8> = (0..n)
+        .map(|_| u8::from(assign_rng.bernoulli(0.5)))
+        .collect();
+    let mut flip_rng = root.fork(STREAM_FLIP);
+    let mut batcher = Batcher::new(n, cfg.batch_size, root.fork(STREAM_BATCH).next_u64())?;
+
+    let x_tr = Tensor::from_slice(&ds.train.x, (n, d), device)?;
+    let all: Vec<usize> = (0..n).collect();
+    let rows_a_all = rows_of(&all, &assignment, 0);
+    let rows_b_all = rows_of(&all, &assignment, 1);
+    let gather = |rows: &[usize]| -> Result<Option<Tensor>> {
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        x_tr.index_select(&Indices::from_usize(rows, device)?)
+            .map(Some)
+    };
+    // The twins' held-in subsets, gathered once (used every step with full batches, and for
+    // the final held-out logits).
+    let x_a_all = gather(&rows_a_all)?;
+    let x_b_all = gather(&rows_b_all)?;
+
+    let mut y_dyn = ds.train.y.clone();
+    let mut history = Vec::new();
+    let start = Instant::now();
+    for step in 0..cfg.steps {
+        let full = batcher.is_full_batch();
+        let batch = batcher.next_batch();
+        let (rows_a, rows_b, x_a, x_b) = if full {
+            (
+                rows_a_all.clone(),
+                rows_b_all.clone(),
+                x_a_all.clone(),
+                x_b_all.clone(),
+            )
+        } else {
+            let (ra, rb) = (
+                rows_of(batch, &assignment, 0),
+                rows_of(batch, &assignment, 1),
+            );
+            let (xa, xb) = (gather(&ra)?, gather(&rb)?);
+            (ra, rb, xa, xb)
+        };
+        let labels_a: Vec<u32> = rows_a.iter().map(|&i| y_dyn[i]).collect();
+        let labels_b: Vec<u32> = rows_b.iter().map(|&i| y_dyn[i]).collect();
+        let batch_len = rows_a.len() + rows_b.len();
+        let weight_of = |labels: &[u32], counts: &[usize]| -> Vec<f32> {
+            labels
+                .iter()
+                .map(|&c| match cfg.loss {
+                    XrmLoss::ClassBalanced => 1.0 / counts[c as usize] as f32,
+                    XrmLoss::Mean => 1.0 / batch_len as f32,
+                })
+                .collect()
+        };
+        let mut counts = Split::counts(&labels_a, k);
+        for (c, extra) in counts.iter_mut().zip(Split::counts(&labels_b, k)) {
+            *c += extra;
+        }
+
+        // Held-out logits of the batch, before the update.
+        let (ho_a, ho_b) = no_grad(|| -> Result<_> {
+            let ho_a = x_a
+                .as_ref()
+                .map(|x| twin_b.forward(x)?.to_vec())
+                .transpose()?;
+            let ho_b = x_b
+                .as_ref()
+                .map(|x| twin_a.forward(x)?.to_vec())
+                .transpose()?;
+            Ok((ho_a, ho_b))
+        })?;
+        let mut loss: Option<Tensor> = None;
+        for (twin, x, labels) in [(&twin_a, &x_a, &labels_a), (&twin_b, &x_b, &labels_b)] {
+            if let Some(x) = x {
+                let part = held_in_loss(
+                    &twin.forward(x)?,
+                    labels,
+                    weight_of(labels, &counts),
+                    device,
+                )?;
+                loss = Some(match loss {
+                    Some(l) => l.add(&part)?,
+                    None => part,
+                });
+            }
+        }
+        let loss = loss.expect("a batch has at least one row, held in by A or B");
+        let grads = loss.backward()?;
+        optimizer.step(&grads)?;
+
+        // Label flipping from the pre-update held-out predictions.
+        for (rows, ho) in [(&rows_a, &ho_a), (&rows_b, &ho_b)] {
+            if let Some(ho) = ho {
+                for (&i, h) in rows.iter().zip(ho.chunks_exact(k)) {
+                    let (p, yhat) = max_softmax(h);
+                    if flip_rng.uniform_f64() < flip_probability(p, k) {
+                        y_dyn[i] = yhat;
+                    }
+                }
+            }
+        }
+        if step % cfg.log_every == 0 || step + 1 == cfg.steps {
+            history.push((step, flip_rate(&y_dyn, &ds.train.y)));
+        }
+    }
+    let steps_per_s = cfg.steps as f64 / start.elapsed().as_secs_f64().max(1e-12);
+
+    // Held-out logits of every training example, from the twin that never trained on it.
+    let mut heldout_logits = vec![0.0f32; n * k];
+    no_grad(|| -> Result<()> {
+        for (rows, x, other) in [
+            (&rows_a_all, &x_a_all, &twin_b),
+            (&rows_b_all, &x_b_all, &twin_a),
+        ] {
+            if let Some(x) = x {
+                let h = other.forward(x)?.to_vec()?;
+                for (&i, row) in rows.iter().zip(h.chunks_exact(k)) {
+                    heldout_logits[i * k..(i + 1) * k].copy_from_slice(row);
+                }
+            }
+        }
+        Ok(())
+    })?;
+    let inferred_tr = cross_mistakes(twin_a.as_ref(), twin_b.as_ref(), &ds.train, device)?;
+    let inferred_va = cross_mistakes(twin_a.as_ref(), twin_b.as_ref(), &ds.valid, device)?;
+    let heldout_pred = crate::eval::metrics::argmax_rows(&heldout_logits, k);
+    let heldout_acc_by_group = split_metrics(
+        &heldout_pred,
+        &ds.train.y,
+        &ds.train.groups(ds.n_attr),
+        ds.n_groups(),
+        k,
+    )?
+    .group_acc;
+    let degenerate = degeneracy(ds, &inferred_tr, &inferred_va);
+    let final_flip_rate = flip_rate(&y_dyn, &ds.train.y);
+    let output = XrmOutput {
+        dataset: ds.name.clone(),
+        classes: k,
+        model_spec: model_spec.clone(),
+        config: cfg.clone(),
+        heldout_logits,
+        assignment,
+        y_dyn,
+        flip_rate_history: history,
+        final_flip_rate,
+        inferred_tr,
+        inferred_va,
+        degenerate,
+        heldout_acc_by_group,
+        steps_per_s,
+    };
+    Ok((
+        output,
+        XrmTwins {
+            a: twin_a,
+            b: twin_b,
+        },
+    ))
+}
+
+/// `m_i = 1[A mispredicts y_i] ∨ 1[B mispredicts y_i]` over a split.
+fn cross_mistakes(
+    a: &dyn Module,
+    b: &dyn Module,
+    split: &Split,
+    device: &Device,
+) -> Result<Vec<u32>> {
+    let pred_a = super::train::predict(a, split, device)?;
+    let pred_b = super::train::predict(b, split, device)?;
+    Ok(split
+        .y
+        .iter()
+        .zip(pred_a.iter().zip(&pred_b))
+        .map(|(&y, (&pa, &pb))| u32::from(pa != y || pb != y))
+        .collect())
+}
+
+/// Counts of inferred groups `2y + m` in `0..2K`.
+fn inferred_counts(y: &[u32], bits: &[u32], classes: usize) -> Vec<usize> {
+    let groups: Vec<u32> = y.iter().zip(bits).map(|(&y, &m)| 2 * y + m).collect();
+    Split::counts(&groups, 2 * classes)
+}
+
+/// The first (split, class, bit) with no example, among the classes present in the split.
+fn degeneracy(ds: &Dataset, inferred_tr: &[u32], inferred_va: &[u32]) -> Option<String> {
+    for (name, split, bits) in [
+        ("training", &ds.train, inferred_tr),
+        ("validation", &ds.valid, inferred_va),
+    ] {
+        let counts = inferred_counts(&split.y, bits, ds.classes);
+        for c in 0..ds.classes {
+            let (m0, m1) = (counts[2 * c], counts[2 * c + 1]);
+            if m0 + m1 == 0 {
+                continue;
+            }
+            if m0 == 0 || m1 == 0 {
+                let (missing, what) = if m0 == 0 {
+                    (0, "every example of the class is mispredicted by a twin")
+                } else {
+                    (1, "no example of the class is mispredicted by either twin")
+                };
+                return Some(format!(
+                    "{name} split: no example of class {c} with inferred bit {missing} ({what})"
+                ));
+            }
+        }
+    }
+    None
+}
+
+impl XrmOutput {
+    /// Number of training examples.
+    pub fn n_tr(&self) -> usize {
+        self.assignment.len()
+    }
+
+    /// The flip rate that selects XRM's hyperparameters: 0 for a degenerate run, as the
+    /// reference reports it, else the final flip rate.
+    pub fn selection_flip_rate(&self) -> f64 {
+        if self.degenerate.is_some() {
+            0.0
+        } else {
+            self.final_flip_rate
+        }
+    }
+
+    /// Inferred training groups `2y + m` (in `0..2K`).
+    pub fn inferred_groups_tr(&self, ds: &Dataset) -> Vec<u32> {
+        ds.train
+            .y
+            .iter()
+            .zip(&self.inferred_tr)
+            .map(|(&y, &m)| 2 * y + m)
+            .collect()
+    }
+
+    /// Inferred validation groups `2y + m` (in `0..2K`).
+    pub fn inferred_groups_va(&self, ds: &Dataset) -> Vec<u32> {
+        ds.valid
+            .y
+            .iter()
+            .zip(&self.inferred_va)
+            .map(|(&y, &m)| 2 * y + m)
+            .collect()
+    }
+
+    /// Checks that this output fits `ds`: the same class count and training and validation
+    /// sizes ([`XrmOutput::load`] also checks the labels). Errors are `Error::Data` naming what
+    /// differs.
+    pub fn check_matches(&self, ds: &Dataset) -> Result<()> {
+        let (n, k) = (ds.train.n, ds.classes);
+        let mismatch = |what: String| {
+            Error::Data(format!(
+                "XRM outputs (computed on `{}`) do not fit data set `{}`: {what}",
+                self.dataset, ds.name
+            ))
+        };
+        if self.classes != k {
+            return Err(mismatch(format!(
+                "{} classes, the data set has {k}",
+                self.classes
+            )));
+        }
+        for (name, len, want) in [
+            ("held-out logits", self.heldout_logits.len(), n * k),
+            ("assignment", self.assignment.len(), n),
+            ("dynamic labels", self.y_dyn.len(), n),
+            ("inferred training bits", self.inferred_tr.len(), n),
+            (
+                "inferred validation bits",
+                self.inferred_va.len(),
+                ds.valid.n,
+            ),
+        ] {
+            if len != want {
+                return Err(mismatch(format!("{len} {name}, expected {want}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `xrm.safetensors` and `xrm.json` into `dir` (created if needed); see the module
+    /// docs. Both files go to temporary names first and are renamed only once both are
+    /// written, so an error leaves any earlier output in `dir` as it was.
+    pub fn save(&self, dir: impl AsRef<Path>, ds: &Dataset) -> Result<()> {
+        let dir = dir.as_ref();
+        self.check_matches(ds)?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let tensors_path = dir.join(XRM_TENSORS_FILE);
+        let json_path = dir.join(XRM_JSON_FILE);
+        let tensors = self.tensor_bytes(ds, &tensors_path)?;
+        let json = serde_json::to_vec_pretty(&self.record(ds)).map_err(|e| Error::Json {
+            path: json_path.clone(),
+            message: e.to_string(),
+        })?;
+        let tmp_tensors = dir.join(format!("{XRM_TENSORS_FILE}.partial"));
+        let tmp_json = dir.join(format!("{XRM_JSON_FILE}.partial"));
+        let written = std::fs::write(&tmp_tensors, tensors)
+            .map_err(|e| Error::io(&tmp_tensors, e))
+            .and_then(|_| std::fs::write(&tmp_json, json).map_err(|e| Error::io(&tmp_json, e)));
+        if let Err(e) = written {
+            // Best effort: a leftover temporary file is harmless, the error matters.
+            let _ = std::fs::remove_file(&tmp_tensors);
+            if tmp_json.is_file() {
+                let _ = std::fs::remove_file(&tmp_json);
+            }
+            return Err(e);
+        }
+        std::fs::rename(&tmp_tensors, &tensors_path).map_err(|e| Error::io(&tensors_path, e))?;
+        std::fs::rename(&tmp_json, &json_path).map_err(|e| Error::io(&json_path, e))
+    }
+
+    fn tensor_bytes(&self, ds: &Dataset, path: &Path) -> Result<Vec<u8>> {
+        let (n, k, n_va) = (ds.train.n, ds.classes, ds.valid.n);
+        let f32_bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+        let i64_bytes =
+            |v: &[u32]| -> Vec<u8> { v.iter().flat_map(|&x| (x as i64).to_le_bytes()).collect() };
+        let u8_bytes = |v: &[u32]| -> Vec<u8> { v.iter().map(|&x| x as u8).collect() };
+        let data: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = vec![
+            (
+                "heldout_logits",
+                Dtype::F32,
+                vec![n, k],
+                f32_bytes(&self.heldout_logits),
+            ),
+            ("assignment", Dtype::U8, vec![n], self.assignment.clone()),
+            ("y_dyn", Dtype::I64, vec![n], i64_bytes(&self.y_dyn)),
+            ("y_tr", Dtype::I64, vec![n], i64_bytes(&ds.train.y)),
+            ("y_va", Dtype::I64, vec![n_va], i64_bytes(&ds.valid.y)),
+            (
+                "inferred_tr",
+                Dtype::U8,
+                vec![n],
+                u8_bytes(&self.inferred_tr),
+            ),
+            (
+                "inferred_va",
+                Dtype::U8,
+                vec![n_va],
+                u8_bytes(&self.inferred_va),
+            ),
+        ];
+        let file_error = |tensor: &str, problem: String| Error::File {
+            path: path.to_path_buf(),
+            tensor: tensor.to_string(),
+            problem,
+        };
+        let views = data
+            .iter()
+            .map(|(name, dtype, shape, bytes)| {
+                TensorView::new(*dtype, shape.clone(), bytes)
+                    .map(|v| (name.to_string(), v))
+                    .map_err(|e| file_error(name, e.to_string()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        safetensors::serialize(views, None).map_err(|e| file_error("", e.to_string()))
+    }
+
+    fn record(&self, ds: &Dataset) -> XrmRecord {
+        XrmRecord {
+            format: FORMAT.to_string(),
+            dataset: DatasetRecord {
+                name: ds.name.clone(),
+                classes: ds.classes,
+                n_tr: ds.train.n,
+                n_va: ds.valid.n,
+            },
+            model_spec: self.model_spec.clone(),
+            config: self.config.clone(),
+            flip_rate_history: self.flip_rate_history.clone(),
+            final_flip_rate: self.final_flip_rate,
+            degenerate: self.degenerate.clone(),
+            heldout_acc_by_group: self.heldout_acc_by_group.clone(),
+            inferred_group_counts_tr: inferred_counts(&ds.train.y, &self.inferred_tr, ds.classes),
+            inferred_group_counts_va: inferred_counts(&ds.valid.y, &self.inferred_va, ds.classes),
+            steps_per_s: self.steps_per_s,
+        }
+    }
+
+    /// Reads the files [`XrmOutput::save`] wrote in `dir` and checks them against `ds`.
+    ///
+    /// Errors (each `Error::File` naming the file and the tensor, or `Error::Json` for a JSON
+    /// file that does not parse): a missing file; a file that is not a complete safetensors
+    /// file (truncated, corrupt); a missing tensor; a tensor with the wrong dtype or a shape
+    /// that does not match the data set (`n_tr`, `K`, `n_va`); values out of range (labels
+    /// `>= K`, bits or assignments other than 0/1, non-finite logits); training or validation
+    /// labels that differ from the data set's (outputs of another data set or seed).
+    pub fn load(dir: impl AsRef<Path>, ds: &Dataset) -> Result<XrmOutput> {
+        let dir = dir.as_ref();
+        let json_path = dir.join(XRM_JSON_FILE);
+        let tensors_path = dir.join(XRM_TENSORS_FILE);
+        let read = |path: &PathBuf| -> Result<Vec<u8>> {
+            std::fs::read(path).map_err(|e| Error::File {
+                path: path.clone(),
+                tensor: String::new(),
+                problem: format!("cannot read the XRM output ({e}); run XRM first"),
+            })
+        };
+        let json = read(&json_path)?;
+        let record: XrmRecord = serde_json::from_slice(&json).map_err(|e| Error::Json {
+            path: json_path.clone(),
+            message: e.to_string(),
+        })?;
+        if record.format != FORMAT {
+            return Err(Error::File {
+                path: json_path,
+                tensor: String::new(),
+                problem: format!("format `{}`, expected `{FORMAT}`", record.format),
+            });
+        }
+        let (n, k, n_va) = (ds.train.n, ds.classes, ds.valid.n);
+        let expected = DatasetRecord {
+            name: record.dataset.name.clone(),
+            classes: k,
+            n_tr: n,
+            n_va,
+        };
+        if record.dataset != expected {
+            return Err(Error::File {
+                path: json_path,
+                tensor: "dataset".into(),
+                problem: format!(
+                    "written for {:?}, but the data set `{}` has {k} classes, {n} training and \
+                     {n_va} validation examples",
+                    record.dataset, ds.name
+                ),
+            });
+        }
+
+        let bytes = read(&tensors_path)?;
+        let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::File {
+            path: tensors_path.clone(),
+            tensor: String::new(),
+            problem: format!("not a complete safetensors file (truncated or corrupt?): {e}"),
+        })?;
+        let bad = |tensor: &str, problem: String| Error::File {
+            path: tensors_path.clone(),
+            tensor: tensor.to_string(),
+            problem,
+        };
+        let view = |name: &str, dtype: Dtype, shape: &[usize]| -> Result<Vec<u8>> {
+            let v = file.tensor(name).map_err(|_| bad(name, "missing".into()))?;
+            if v.dtype() != dtype {
+                return Err(bad(
+                    name,
+                    format!("dtype {:?}, expected {dtype:?}", v.dtype()),
+                ));
+            }
+            if v.shape() != shape {
+                return Err(bad(
+                    name,
+                    format!(
+                        "shape {:?}, expected {shape:?} for data set `{}` (n_tr = {n}, K = {k}, n_va = {n_va})",
+                        v.shape(),
+                        ds.name
+                    ),
+                ));
+            }
+            Ok(v.data().to_vec())
+        };
+        let labels = |name: &str, len: usize, limit: usize| -> Result<Vec<u32>> {
+            view(name, Dtype::I64, &[len])?
+                .chunks_exact(8)
+                .enumerate()
+                .map(|(i, c)| {
+                    let v =
+                        i64::from_le_bytes(c.try_into().expect("chunks_exact(8) gives 8 bytes"));
+                    if v < 0 || v as usize >= limit {
+                        Err(bad(
+                            name,
+                            format!("value {v} at row {i} is outside 0..{limit}"),
+                        ))
+                    } else {
+                        Ok(v as u32)
+                    }
+                })
+                .collect()
+        };
+        let bits = |name: &str, len: usize| -> Result<Vec<u32>> {
+            view(name, Dtype::U8, &[len])?
+                .iter()
+                .enumerate()
+                .map(|(i, &b)| {
+                    if b > 1 {
+                        Err(bad(name, format!("value {b} at row {i} is not 0 or 1")))
+                    } else {
+                        Ok(b as u32)
+                    }
+                })
+                .collect()
+        };
+        let heldout_logits: Vec<f32> = view("heldout_logits", Dtype::F32, &[n, k])?
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("chunks_exact(4) gives 4 bytes")))
+            .collect();
+        if let Some(i) = heldout_logits.iter().position(|v| !v.is_finite()) {
+            return Err(bad(
+                "heldout_logits",
+                format!("non-finite value at row {}, class {}", i / k, i % k),
+            ));
+        }
+        let assignment: Vec<u8> = bits("assignment", n)?.iter().map(|&b| b as u8).collect();
+        let y_dyn = labels("y_dyn", n, k)?;
+        for (name, stored, actual) in [
+            ("y_tr", labels("y_tr", n, k)?, &ds.train.y),
+            ("y_va", labels("y_va", n_va, k)?, &ds.valid.y),
+        ] {
+            if let Some(i) = stored.iter().zip(actual.iter()).position(|(a, b)| a != b) {
+                return Err(bad(
+                    name,
+                    format!(
+                        "label {} at row {i} differs from the data set's {} (outputs of another \
+                         data set or seed?)",
+                        stored[i], actual[i]
+                    ),
+                ));
+            }
+        }
+        let inferred_tr = bits("inferred_tr", n)?;
+        let inferred_va = bits("inferred_va", n_va)?;
+        Ok(XrmOutput {
+            dataset: record.dataset.name,
+            classes: k,
+            model_spec: record.model_spec,
+            config: record.config,
+            heldout_logits,
+            assignment,
+            y_dyn,
+            flip_rate_history: record.flip_rate_history,
+            final_flip_rate: record.final_flip_rate,
+            inferred_tr,
+            inferred_va,
+            degenerate: record.degenerate,
+            heldout_acc_by_group: record.heldout_acc_by_group,
+            steps_per_s: 0.0,
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct DatasetRecord {
+    name: String,
+    classes: usize,
+    n_tr: usize,
+    n_va: usize,
+}
+
+/// The JSON half of a saved XRM output.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct XrmRecord {
+    format: String,
+    dataset: DatasetRecord,
+    model_spec: ModelSpec,
+    config: XrmConfig,
+    flip_rate_history: Vec<(usize, f64)>,
+    final_flip_rate: f64,
+    degenerate: Option<String>,
+    heldout_acc_by_group: Vec<Option<f64>>,
+    inferred_group_counts_tr: Vec<usize>,
+    inferred_group_counts_va: Vec<usize>,
+    steps_per_s: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flip_probability_endpoints_and_midpoint() {
+        for k in [2usize, 3, 10] {
+            assert_eq!(flip_probability(1.0 / k as f64, k), 0.0);
+            assert!((flip_probability(1.0, k) - 1.0).abs() < 1e-15);
+        }
+        assert!((flip_probability(0.75, 2) - 0.5).abs() < 1e-15);
+        assert_eq!(flip_probability(0.9, 1), 0.0);
+    }
+
+    #[test]
+    fn max_softmax_matches_the_definition() {
+        let (p, c) = max_softmax(&[0.0, (3.0f32).ln(), 0.0]);
+        assert_eq!(c, 1);
+        assert!((p - 0.6).abs() < 1e-7);
+        let (p, c) = max_softmax(&[2.0, 2.0]);
+        assert_eq!((p, c), (0.5, 0));
+    }
+}
