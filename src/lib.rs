@@ -19,6 +19,7 @@
 pub mod algo;
 pub mod autograd;
 pub mod backend;
+pub mod cli;
 pub mod data;
 pub mod error;
 pub mod eval;
@@ -26,6 +27,7 @@ pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod report;
+pub mod repro;
 pub mod rng;
 pub mod shape;
 pub mod tensor;
