@@ -25,45 +25,46 @@ const THIN: usize = 4;
 const PAR_MIN_MACS: usize = 1 << 21;
 /// Rows per parallel block of the general path.
 const ROW_BLOCK: usize = 64;
+/// Largest thin-left output (elements) that each thread keeps a private copy of.
+const ROW_SPLIT_MAX_OUT: usize = 1 << 14;
 
 /// Accumulators per output in the thin-output kernel: 4 independent chains of 8 lanes hide
 /// the add latency and map onto 8-wide vector registers.
 const LANES: usize = 32;
 
-/// `out[j] = a · cols[j]` for every column `j`, one pass over `a`. The summation order is
+/// `out[j] = a · cols[j]` for every column `j < N`, one pass over `a`. The summation order is
 /// fixed (32 strided partial sums, then a fixed tree, then the tail in order), so every
-/// instruction set gives the same bits.
+/// instruction set gives the same bits. `N` is a constant so the accumulators stay in
+/// registers.
 #[inline(always)]
-fn row_dots_generic(a: &[f32], cols: &[Vec<f32>], out: &mut [f32]) {
+fn row_dots_n<const N: usize>(a: &[f32], cols: &[Vec<f32>], out: &mut [f32]) {
     let k = a.len();
     let body = k / LANES * LANES;
-    let mut acc = [[0.0f32; LANES]; THIN];
-    let n = cols.len();
-    let mut p = 0;
-    while p < body {
-        let x = &a[p..p + LANES];
-        for j in 0..n {
-            let c = &cols[j][p..p + LANES];
+    let cols: [&[f32]; N] = std::array::from_fn(|j| &cols[j][..k]);
+    let mut acc = [[0.0f32; LANES]; N];
+    for p in (0..body).step_by(LANES) {
+        let x: &[f32; LANES] = a[p..p + LANES].try_into().expect("slice of LANES elements");
+        for j in 0..N {
+            let c: &[f32; LANES] = cols[j][p..p + LANES]
+                .try_into()
+                .expect("slice of LANES elements");
             for l in 0..LANES {
                 acc[j][l] += x[l] * c[l];
             }
         }
-        p += LANES;
     }
-    for j in 0..n {
-        let mut w = acc[j];
-        let mut width = LANES / 2;
-        while width > 0 {
-            for l in 0..width {
-                w[l] += w[l + width];
-            }
-            width /= 2;
-        }
-        let mut s = w[0];
-        for q in body..k {
-            s += a[q] * cols[j][q];
-        }
-        out[j] = s;
+    for j in 0..N {
+        out[j] = finish_lanes(acc[j], &a[body..], &cols[j][body..k]);
+    }
+}
+
+#[inline(always)]
+fn row_dots_generic(a: &[f32], cols: &[Vec<f32>], out: &mut [f32]) {
+    match cols.len() {
+        1 => row_dots_n::<1>(a, cols, out),
+        2 => row_dots_n::<2>(a, cols, out),
+        3 => row_dots_n::<3>(a, cols, out),
+        _ => row_dots_n::<4>(a, cols, out),
     }
 }
 
@@ -78,16 +79,95 @@ fn axpy_rows_generic(coef: &[f32], b_row: &[f32], out: &mut [f32], width: usize)
     }
 }
 
+/// AVX2 versions of the two thin kernels with the same association as the generic code
+/// (products rounded, then added; lane `l` of register `c` is partial sum `8c + l`), so
+/// both give the same bits.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn row_dots_avx2(a: &[f32], cols: &[Vec<f32>], out: &mut [f32]) {
-    row_dots_generic(a, cols, out)
+mod avx2 {
+    use super::LANES;
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2")]
+    unsafe fn row_dots_n<const N: usize>(a: &[f32], cols: &[Vec<f32>], out: &mut [f32]) {
+        let k = a.len();
+        let body = k / LANES * LANES;
+        let mut acc = [[_mm256_setzero_ps(); 4]; N];
+        let mut p = 0;
+        while p < body {
+            // SAFETY: p + 32 <= body <= k, the length of `a` and of every column.
+            let x = [
+                _mm256_loadu_ps(a.as_ptr().add(p)),
+                _mm256_loadu_ps(a.as_ptr().add(p + 8)),
+                _mm256_loadu_ps(a.as_ptr().add(p + 16)),
+                _mm256_loadu_ps(a.as_ptr().add(p + 24)),
+            ];
+            for j in 0..N {
+                let c = cols[j].as_ptr().add(p);
+                for r in 0..4 {
+                    let prod = _mm256_mul_ps(x[r], _mm256_loadu_ps(c.add(8 * r)));
+                    acc[j][r] = _mm256_add_ps(acc[j][r], prod);
+                }
+            }
+            p += LANES;
+        }
+        for j in 0..N {
+            let mut w = [0.0f32; LANES];
+            for r in 0..4 {
+                _mm256_storeu_ps(w.as_mut_ptr().add(8 * r), acc[j][r]);
+            }
+            out[j] = super::finish_lanes(w, &a[body..], &cols[j][body..k]);
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn row_dots(a: &[f32], cols: &[Vec<f32>], out: &mut [f32]) {
+        match cols.len() {
+            1 => row_dots_n::<1>(a, cols, out),
+            2 => row_dots_n::<2>(a, cols, out),
+            3 => row_dots_n::<3>(a, cols, out),
+            _ => row_dots_n::<4>(a, cols, out),
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn axpy_rows(coef: &[f32], b_row: &[f32], out: &mut [f32], width: usize) {
+        let body = width / 8 * 8;
+        for (i, &s) in coef.iter().enumerate() {
+            let o = out[i * width..(i + 1) * width].as_mut_ptr();
+            let sv = _mm256_set1_ps(s);
+            let mut q = 0;
+            while q < body {
+                // SAFETY: q + 8 <= width, the length of this output row and of `b_row`.
+                let prod = _mm256_mul_ps(sv, _mm256_loadu_ps(b_row.as_ptr().add(q)));
+                _mm256_storeu_ps(o.add(q), _mm256_add_ps(_mm256_loadu_ps(o.add(q)), prod));
+                q += 8;
+            }
+            for q in body..width {
+                *o.add(q) += s * b_row[q];
+            }
+        }
+    }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn axpy_rows_avx2(coef: &[f32], b_row: &[f32], out: &mut [f32], width: usize) {
-    axpy_rows_generic(coef, b_row, out, width)
+/// Folds 32 partial sums with a fixed tree, then adds the tail products in order.
+#[inline(always)]
+fn finish_lanes(mut w: [f32; LANES], a_tail: &[f32], c_tail: &[f32]) -> f32 {
+    let mut width = LANES / 2;
+    while width > 0 {
+        for l in 0..width {
+            w[l] += w[l + width];
+        }
+        width /= 2;
+    }
+    let mut s = w[0];
+    for (&x, &c) in a_tail.iter().zip(c_tail) {
+        s += x * c;
+    }
+    s
 }
 
 fn has_avx2() -> bool {
@@ -106,7 +186,7 @@ fn row_dots(a: &[f32], cols: &[Vec<f32>], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: AVX2 support was detected at run time.
-        return unsafe { row_dots_avx2(a, cols, out) };
+        return unsafe { avx2::row_dots(a, cols, out) };
     }
     row_dots_generic(a, cols, out)
 }
@@ -115,7 +195,7 @@ fn axpy_rows(coef: &[f32], b_row: &[f32], out: &mut [f32], width: usize) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: AVX2 support was detected at run time.
-        return unsafe { axpy_rows_avx2(coef, b_row, out, width) };
+        return unsafe { avx2::axpy_rows(coef, b_row, out, width) };
     }
     axpy_rows_generic(coef, b_row, out, width)
 }
@@ -170,6 +250,32 @@ pub(super) fn matmul(
                 axpy_rows(&coef[..m], &b[p * n + c0..p * n + c0 + width], out, width);
             }
         };
+        if macs >= PAR_MIN_MACS && m * n <= ROW_SPLIT_MAX_OUT {
+            // B streams row after row (prefetch-friendly) into a per-chunk copy of the small
+            // output; the fixed chunks of K_CHUNK rows are then added in order, so the
+            // result does not depend on the thread count.
+            const K_CHUNK: usize = 64;
+            let partials: Vec<Vec<f32>> = (0..k.div_ceil(K_CHUNK))
+                .into_par_iter()
+                .map(|ci| {
+                    let mut out = vec![0.0f32; m * n];
+                    let mut coef = [0.0f32; THIN];
+                    for p in ci * K_CHUNK..((ci + 1) * K_CHUNK).min(k) {
+                        for (i, c) in coef.iter_mut().enumerate().take(m) {
+                            *c = a_at(i, p);
+                        }
+                        axpy_rows(&coef[..m], &b[p * n..(p + 1) * n], &mut out, n);
+                    }
+                    out
+                })
+                .collect();
+            for part in &partials {
+                for (o, &v) in c.iter_mut().zip(part) {
+                    *o += v;
+                }
+            }
+            return c;
+        }
         let blocks: Vec<(usize, Vec<f32>)> = if macs >= PAR_MIN_MACS {
             (0..n.div_ceil(COLS))
                 .into_par_iter()
