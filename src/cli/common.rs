@@ -1,12 +1,15 @@
 //! Helpers shared by the subcommands: naming a data set on the command line, choosing the
 //! device, output folders that say which run produced what, progress bars that stay quiet
-//! when the output is not a terminal, and JSON files written atomically.
+//! when the output is not a terminal, and JSON files written atomically; the model and
+//! optimizer flags, and the recipe each data set gets when those flags are left open.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::algo::model::{ModelSpec, OptimizerSpec};
+use crate::algo::xrm::XrmLoss;
 use crate::backend::Device;
 use crate::data::colormnist::{color_mnist, load_mnist_idx, load_mnist_sample, ColorMnistConfig};
 use crate::data::features::load_features;
@@ -148,6 +151,480 @@ pub fn write_text(path: &Path, text: &str) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
+/// A spinner on stderr for work that reports no progress of its own (elapsed time only),
+/// hidden when stderr is not a terminal.
+pub fn spinner(message: &str) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    let style = indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+    bar.set_style(style);
+    bar.set_message(message.to_string());
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    bar
+}
+
+/// Help text for `--model`.
+pub const MODEL_HELP: &str = "Classifier: `linear` (one layer d → K with bias, PyTorch's \
+default init), `linear:nobias`, or `mlp:W1,W2,…[:relu|tanh][:pytorch|xavier]` (hidden widths, \
+then activation and init in any order; defaults relu, pytorch), e.g. `mlp:390,390:relu:xavier` \
+[default: per data set, see --help]";
+
+/// Parses a `--model` value (see [`MODEL_HELP`]) into a [`ModelSpec`].
+///
+/// Errors (`InvalidArgument` named `model`): an unknown model kind, an `mlp` without hidden
+/// widths, a width that is not a positive integer, an unknown or repeated option.
+pub fn parse_model_spec(spec: &str) -> Result<ModelSpec> {
+    let bad = |detail: String| Error::arg("model", format!("`{spec}`: {detail}"));
+    let mut parts = spec.trim().split(':');
+    let kind = parts.next().unwrap_or_default();
+    match kind {
+        "linear" => {
+            let bias = match parts.next() {
+                None | Some("bias") => true,
+                Some("nobias") => false,
+                Some(other) => {
+                    return Err(bad(format!(
+                        "unknown linear option `{other}`; expected bias or nobias"
+                    )))
+                }
+            };
+            if let Some(extra) = parts.next() {
+                return Err(bad(format!(
+                    "unexpected `:{extra}` after the linear option"
+                )));
+            }
+            Ok(ModelSpec::Linear { bias })
+        }
+        "mlp" => {
+            let widths = parts
+                .next()
+                .filter(|w| !w.trim().is_empty())
+                .ok_or_else(|| bad("an MLP needs its hidden widths, e.g. `mlp:390,390`".into()))?;
+            let hidden = widths
+                .split(',')
+                .map(|w| match w.trim().parse::<usize>() {
+                    Ok(v) if v > 0 => Ok(v),
+                    _ => Err(bad(format!("hidden width `{w}` is not a positive integer"))),
+                })
+                .collect::<Result<Vec<usize>>>()?;
+            let (mut activation, mut init) = (None, None);
+            for option in parts {
+                let slot = match option {
+                    "relu" | "tanh" => &mut activation,
+                    "pytorch" | "xavier" => &mut init,
+                    other => {
+                        return Err(bad(format!(
+                            "unknown MLP option `{other}`; expected relu, tanh, pytorch or xavier"
+                        )))
+                    }
+                };
+                if let Some(previous) = slot.replace(option) {
+                    return Err(bad(format!("`{option}` conflicts with `{previous}`")));
+                }
+            }
+            Ok(ModelSpec::Mlp {
+                hidden,
+                activation: activation.unwrap_or("relu").to_string(),
+                init: init.unwrap_or("pytorch").to_string(),
+            })
+        }
+        other => Err(bad(format!(
+            "unknown model `{other}`; expected linear, linear:nobias or mlp:WIDTHS"
+        ))),
+    }
+}
+
+/// The `--model` spelling of `spec`: `parse_model_spec(&model_spec_string(m)) == m`.
+pub fn model_spec_string(spec: &ModelSpec) -> String {
+    match spec {
+        ModelSpec::Linear { bias: true } => "linear".into(),
+        ModelSpec::Linear { bias: false } => "linear:nobias".into(),
+        ModelSpec::Mlp {
+            hidden,
+            activation,
+            init,
+        } => {
+            let widths: Vec<String> = hidden.iter().map(usize::to_string).collect();
+            format!("mlp:{}:{activation}:{init}", widths.join(","))
+        }
+    }
+}
+
+/// The optimizers `--optimizer` names.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// SGD with momentum (`--momentum`) and L2 weight decay.
+    Sgd,
+    /// Adam, β = (0.9, 0.999), ε = 1e-8, L2 weight decay.
+    Adam,
+    /// AdamW, β = (0.9, 0.999), ε = 1e-8, decoupled weight decay.
+    Adamw,
+}
+
+impl OptimizerKind {
+    /// The command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            OptimizerKind::Sgd => "sgd",
+            OptimizerKind::Adam => "adam",
+            OptimizerKind::Adamw => "adamw",
+        }
+    }
+}
+
+impl std::str::FromStr for OptimizerKind {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "sgd" => Ok(OptimizerKind::Sgd),
+            "adam" => Ok(OptimizerKind::Adam),
+            "adamw" => Ok(OptimizerKind::Adamw),
+            other => Err(Error::arg(
+                "optimizer",
+                format!("unknown optimizer `{other}`; expected sgd, adam or adamw"),
+            )),
+        }
+    }
+}
+
+/// The optimizer that `--optimizer`, `--lr`, `--momentum` and `--weight-decay` describe.
+///
+/// Errors (`InvalidArgument`): a learning rate that is not positive and finite, a momentum
+/// outside `[0, 1)`, a negative or non-finite weight decay, a non-zero momentum for Adam or
+/// AdamW (their β are fixed).
+pub fn optimizer_spec(
+    kind: OptimizerKind,
+    lr: f32,
+    momentum: f32,
+    weight_decay: f32,
+) -> Result<OptimizerSpec> {
+    if !(lr.is_finite() && lr > 0.0) {
+        return Err(Error::arg(
+            "lr",
+            format!("must be positive and finite, got {lr}"),
+        ));
+    }
+    if !(0.0..1.0).contains(&momentum) {
+        return Err(Error::arg(
+            "momentum",
+            format!("must be in [0, 1), got {momentum}"),
+        ));
+    }
+    if !(weight_decay.is_finite() && weight_decay >= 0.0) {
+        return Err(Error::arg(
+            "weight_decay",
+            format!("must be finite and >= 0, got {weight_decay}"),
+        ));
+    }
+    Ok(match kind {
+        OptimizerKind::Sgd => OptimizerSpec::Sgd {
+            lr,
+            momentum,
+            weight_decay,
+        },
+        OptimizerKind::Adam | OptimizerKind::Adamw if momentum != 0.0 => {
+            return Err(Error::arg(
+                "momentum",
+                format!(
+                    "{} has no momentum setting (β = (0.9, 0.999)); momentum {momentum} applies to sgd only",
+                    kind.name()
+                ),
+            ))
+        }
+        OptimizerKind::Adam => OptimizerSpec::Adam { lr, weight_decay },
+        OptimizerKind::Adamw => OptimizerSpec::AdamW { lr, weight_decay },
+    })
+}
+
+/// `sgd lr 0.01 momentum 0.9 weight decay 0.0001`-style description of `spec`.
+pub fn optimizer_string(spec: &OptimizerSpec) -> String {
+    match *spec {
+        OptimizerSpec::Sgd {
+            lr,
+            momentum,
+            weight_decay,
+        } => format!("sgd lr {lr} momentum {momentum} weight decay {weight_decay}"),
+        OptimizerSpec::Adam { lr, weight_decay } => {
+            format!("adam lr {lr} weight decay {weight_decay}")
+        }
+        OptimizerSpec::AdamW { lr, weight_decay } => {
+            format!("adamw lr {lr} weight decay {weight_decay}")
+        }
+    }
+}
+
+/// Parses `--batch-size`: a positive integer, or `full` (every step sees the whole training
+/// set; returned as `usize::MAX`, which the batchers read as full batch).
+pub fn parse_batch_size(s: &str) -> std::result::Result<usize, String> {
+    if s == "full" {
+        return Ok(usize::MAX);
+    }
+    match s.parse::<usize>() {
+        Ok(b) if b > 0 => Ok(b),
+        _ => Err(format!("`{s}` is neither a positive integer nor `full`")),
+    }
+}
+
+/// The recipe a data set gets when flags leave it open (documented in [`RECIPE_DEFAULTS_HELP`]).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RecipeDefaults {
+    pub model: ModelSpec,
+    pub optimizer: OptimizerKind,
+    pub lr: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    pub steps: usize,
+    /// `None`: full batch.
+    pub batch_size: Option<usize>,
+    /// XRM's held-in loss.
+    pub xrm_loss: XrmLoss,
+    pub checkpoint_freq: usize,
+}
+
+/// Help text listing each data set's defaults.
+pub const RECIPE_DEFAULTS_HELP: &str = "\
+Defaults per data set (each flag given overrides its part):
+  interpretable     linear:nobias, full batch, sgd lr 1e-2 (3e-2 when sigma_eps = 0), no momentum
+                    or weight decay, 1000 steps, XRM loss `mean`, checkpoint every 10 steps
+                    (the paper's Figure-1 script)
+  colormnist        mlp:390,390:relu:xavier, full batch, adam lr 1e-3, no weight decay, 501
+                    steps, XRM loss `class-balanced`, checkpoint every 25 steps (the IRM/XRM MLP)
+  waterbirds-like,  linear (with bias) on frozen features, batch 128, sgd lr 1e-3 momentum 0.9,
+  feature files     weight decay 1e-4, 1001 steps, XRM loss `class-balanced`, checkpoint every
+                    50 steps (the paper's Waterbirds protocol, Table 1)
+Switching --optimizer away from the data set's default resets --lr to 1e-3 (adam, adamw) or
+1e-2 (sgd) and --momentum to 0 unless they are given.";
+
+/// The default recipe for `ds` (see [`RECIPE_DEFAULTS_HELP`]).
+pub fn recipe_defaults(ds: &Dataset) -> RecipeDefaults {
+    match ds.name.as_str() {
+        "interpretable" => {
+            // sigma_eps = 0 leaves every noise coordinate (columns 2..d) at zero; the paper
+            // trains that case with lr 3e-2.
+            let d = ds.d();
+            let noiseless = d > 2
+                && ds
+                    .train
+                    .x
+                    .chunks_exact(d)
+                    .all(|row| row[2..].iter().all(|&v| v == 0.0));
+            RecipeDefaults {
+                model: ModelSpec::linear_no_bias(),
+                optimizer: OptimizerKind::Sgd,
+                lr: if noiseless { 3e-2 } else { 1e-2 },
+                momentum: 0.0,
+                weight_decay: 0.0,
+                steps: 1000,
+                batch_size: None,
+                xrm_loss: XrmLoss::Mean,
+                checkpoint_freq: 10,
+            }
+        }
+        "colormnist" => RecipeDefaults {
+            model: ModelSpec::Mlp {
+                hidden: vec![390, 390],
+                activation: "relu".into(),
+                init: "xavier".into(),
+            },
+            optimizer: OptimizerKind::Adam,
+            lr: 1e-3,
+            momentum: 0.0,
+            weight_decay: 0.0,
+            steps: 501,
+            batch_size: None,
+            xrm_loss: XrmLoss::ClassBalanced,
+            checkpoint_freq: 25,
+        },
+        _ => RecipeDefaults {
+            model: ModelSpec::Linear { bias: true },
+            optimizer: OptimizerKind::Sgd,
+            lr: 1e-3,
+            momentum: 0.9,
+            weight_decay: 1e-4,
+            steps: 1001,
+            batch_size: Some(128),
+            xrm_loss: XrmLoss::ClassBalanced,
+            checkpoint_freq: 50,
+        },
+    }
+}
+
+/// The flags `xrm` and `train` share: the data, the model, the optimizer, the run length,
+/// the seed, the device and the output folder.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    #[arg(long, value_name = "SPEC", help = DATA_HELP)]
+    pub data: String,
+    /// Seed of the data set's generator (synthetic draws, ColorMNIST's split and noise)
+    /// [default: --seed]. Phase 1 and phase 2 must use the same data: give both the same
+    /// --seed/--data-seed.
+    #[arg(long, value_name = "N")]
+    pub data_seed: Option<u64>,
+    #[arg(long, value_name = "SPEC", help = MODEL_HELP)]
+    pub model: Option<String>,
+    /// Optimizer steps (one batch each) [default: per data set]
+    #[arg(long, value_name = "N")]
+    pub steps: Option<usize>,
+    /// Examples per batch, or `full` for the whole training set every step (any value >= the
+    /// training set's size is full batch) [default: per data set]
+    #[arg(long, value_name = "B|full", value_parser = parse_batch_size)]
+    pub batch_size: Option<usize>,
+    /// Optimizer [default: per data set]
+    #[arg(long, value_enum)]
+    pub optimizer: Option<OptimizerKind>,
+    /// Learning rate [default: per data set and optimizer]
+    #[arg(long, value_name = "LR")]
+    pub lr: Option<f32>,
+    /// SGD momentum in [0, 1) (no dampening, no Nesterov); sgd only [default: per data set]
+    #[arg(long, value_name = "M")]
+    pub momentum: Option<f32>,
+    /// Weight decay: L2 for sgd and adam, decoupled for adamw [default: per data set]
+    #[arg(long, value_name = "WD")]
+    pub weight_decay: Option<f32>,
+    /// Seed of the run: model initialization, batch order, and (XRM) the held-in assignment
+    /// and label flips. The same seed gives bitwise-identical results.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub seed: u64,
+    /// Where to compute: cpu, cuda or cuda:N (cuda needs a build with `--features cuda`)
+    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+    pub device: String,
+    /// Output folder; each run writes into its own subfolder named after the run
+    #[arg(long, value_name = "DIR", default_value = "runs")]
+    pub out: PathBuf,
+}
+
+impl Default for RunArgs {
+    fn default() -> Self {
+        RunArgs {
+            data: "interpretable".into(),
+            data_seed: None,
+            model: None,
+            steps: None,
+            batch_size: None,
+            optimizer: None,
+            lr: None,
+            momentum: None,
+            weight_decay: None,
+            seed: 0,
+            device: "cpu".into(),
+            out: PathBuf::from("runs"),
+        }
+    }
+}
+
+/// [`RunArgs`] with every default filled in for one data set.
+#[derive(Clone, Debug)]
+pub struct ResolvedRun {
+    pub model: ModelSpec,
+    pub optimizer: OptimizerSpec,
+    pub optimizer_kind: OptimizerKind,
+    pub steps: usize,
+    /// At most the training set's size (equal to it: full batch).
+    pub batch_size: usize,
+    pub device: Device,
+    pub defaults: RecipeDefaults,
+}
+
+impl RunArgs {
+    /// The seed of the data set's generator.
+    pub fn data_seed(&self) -> u64 {
+        self.data_seed.unwrap_or(self.seed)
+    }
+
+    /// Loads `--data` with the data seed.
+    pub fn load_data(&self) -> Result<Dataset> {
+        load_dataset(&self.data, self.data_seed())
+    }
+
+    /// Fills the flags left open with `ds`'s defaults and builds the model and optimizer specs.
+    pub fn resolve(&self, ds: &Dataset) -> Result<ResolvedRun> {
+        let defaults = recipe_defaults(ds);
+        let model = match &self.model {
+            Some(m) => parse_model_spec(m)?,
+            None => defaults.model.clone(),
+        };
+        let kind = self.optimizer.unwrap_or(defaults.optimizer);
+        let same_optimizer = kind == defaults.optimizer;
+        let lr = self.lr.unwrap_or(match (same_optimizer, kind) {
+            (true, _) => defaults.lr,
+            (false, OptimizerKind::Sgd) => 1e-2,
+            (false, _) => 1e-3,
+        });
+        let momentum = self.momentum.unwrap_or(if same_optimizer {
+            defaults.momentum
+        } else {
+            0.0
+        });
+        let weight_decay = self.weight_decay.unwrap_or(defaults.weight_decay);
+        let optimizer = optimizer_spec(kind, lr, momentum, weight_decay)?;
+        let steps = self.steps.unwrap_or(defaults.steps);
+        if steps == 0 {
+            return Err(Error::arg("steps", "must be at least 1"));
+        }
+        let batch_size = self
+            .batch_size
+            .or(defaults.batch_size)
+            .unwrap_or(usize::MAX)
+            .min(ds.train.n);
+        Ok(ResolvedRun {
+            model,
+            optimizer,
+            optimizer_kind: kind,
+            steps,
+            batch_size,
+            device: parse_device(&self.device)?,
+            defaults,
+        })
+    }
+
+    /// A file-name-safe label of the data set: the built-in name with its options
+    /// (`interpretable-n200-d300`), `colormnist-idx` for MNIST IDX files, a features file's
+    /// stem; with `-dseedN` when the data seed differs from the run seed.
+    pub fn data_label(&self, ds: &Dataset) -> String {
+        let (name, arg) = match self.data.split_once(':') {
+            Some((n, a)) => (n, Some(a)),
+            None => (self.data.as_str(), None),
+        };
+        let mut label = match (name, arg) {
+            ("interpretable", Some(options)) => {
+                let options: String = options
+                    .chars()
+                    .filter(|c| *c != '=')
+                    .map(|c| if c == ',' { '-' } else { c })
+                    .collect();
+                format!("interpretable-{options}")
+            }
+            ("colormnist", Some(_)) => "colormnist-idx".into(),
+            ("interpretable" | "colormnist" | "waterbirds-like", None) => name.into(),
+            _ => ds.name.clone(),
+        };
+        label = label
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        if self.data_seed() != self.seed {
+            label.push_str(&format!("-dseed{}", self.data_seed()));
+        }
+        label
+    }
+}
+
+/// Formats an accuracy in `[0, 1]` with three decimals, `-` when absent.
+pub fn fmt_acc(acc: Option<f64>) -> String {
+    acc.map_or_else(|| "-".to_string(), |a| format!("{a:.3}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,5 +635,111 @@ mod tests {
         assert_eq!((ds.train.n, ds.d()), (100, 50));
         assert!(load_dataset("interpretable:bogus=1", 0).is_err());
         assert!(load_dataset("/no/such/file.safetensors", 0).is_err());
+    }
+
+    #[test]
+    fn model_specs_parse_and_print_back() {
+        assert_eq!(
+            parse_model_spec("linear").unwrap(),
+            ModelSpec::Linear { bias: true }
+        );
+        assert_eq!(
+            parse_model_spec("linear:nobias").unwrap(),
+            ModelSpec::linear_no_bias()
+        );
+        let mlp = parse_model_spec("mlp:390,390:xavier").unwrap();
+        assert_eq!(
+            mlp,
+            ModelSpec::Mlp {
+                hidden: vec![390, 390],
+                activation: "relu".into(),
+                init: "xavier".into(),
+            }
+        );
+        for m in [
+            ModelSpec::Linear { bias: true },
+            ModelSpec::linear_no_bias(),
+            mlp,
+        ] {
+            assert_eq!(parse_model_spec(&model_spec_string(&m)).unwrap(), m);
+        }
+        for bad in [
+            "",
+            "conv",
+            "mlp",
+            "mlp:",
+            "mlp:0",
+            "mlp:3,x",
+            "mlp:4:gelu",
+            "mlp:4:relu:tanh",
+            "linear:maybe",
+            "linear:bias:x",
+        ] {
+            assert!(
+                matches!(
+                    parse_model_spec(bad),
+                    Err(Error::InvalidArgument { name: "model", .. })
+                ),
+                "{bad:?} should be rejected"
+            );
+        }
+    }
+
+    #[test]
+    fn optimizer_flags_are_checked() {
+        assert_eq!(
+            optimizer_spec(OptimizerKind::Sgd, 0.1, 0.9, 1e-4).unwrap(),
+            OptimizerSpec::Sgd {
+                lr: 0.1,
+                momentum: 0.9,
+                weight_decay: 1e-4
+            }
+        );
+        assert_eq!(
+            optimizer_spec(OptimizerKind::Adamw, 1e-3, 0.0, 0.0).unwrap(),
+            OptimizerSpec::AdamW {
+                lr: 1e-3,
+                weight_decay: 0.0
+            }
+        );
+        assert!(optimizer_spec(OptimizerKind::Adam, 1e-3, 0.9, 0.0).is_err());
+        assert!(optimizer_spec(OptimizerKind::Sgd, 0.0, 0.0, 0.0).is_err());
+        assert!(optimizer_spec(OptimizerKind::Sgd, 0.1, 1.0, 0.0).is_err());
+        assert!(optimizer_spec(OptimizerKind::Sgd, 0.1, 0.0, f32::NAN).is_err());
+        assert_eq!(parse_batch_size("full"), Ok(usize::MAX));
+        assert_eq!(parse_batch_size("64"), Ok(64));
+        assert!(parse_batch_size("0").is_err());
+    }
+
+    #[test]
+    fn defaults_follow_the_data_set_and_flags_override_them() {
+        let ds = load_dataset("interpretable:n=50,d=20", 0).unwrap();
+        let args = RunArgs {
+            data: "interpretable:n=50,d=20".into(),
+            ..Default::default()
+        };
+        let r = args.resolve(&ds).unwrap();
+        assert_eq!(r.model, ModelSpec::linear_no_bias());
+        assert_eq!(r.optimizer, OptimizerSpec::plain_sgd(1e-2));
+        assert_eq!((r.steps, r.batch_size), (1000, 50));
+        assert_eq!(args.data_label(&ds), "interpretable-n50-d20");
+        let noiseless = load_dataset("interpretable:n=50,d=20,sigma=0", 0).unwrap();
+        assert_eq!(recipe_defaults(&noiseless).lr, 3e-2);
+        let args = RunArgs {
+            optimizer: Some(OptimizerKind::Adam),
+            batch_size: Some(16),
+            data_seed: Some(3),
+            ..args
+        };
+        let r = args.resolve(&ds).unwrap();
+        assert_eq!(
+            r.optimizer,
+            OptimizerSpec::Adam {
+                lr: 1e-3,
+                weight_decay: 0.0
+            }
+        );
+        assert_eq!(r.batch_size, 16);
+        assert_eq!(args.data_label(&ds), "interpretable-n50-d20-dseed3");
     }
 }

@@ -101,11 +101,11 @@ mod avx2 {
                 _mm256_loadu_ps(a.as_ptr().add(p + 16)),
                 _mm256_loadu_ps(a.as_ptr().add(p + 24)),
             ];
-            for j in 0..N {
-                let c = cols[j].as_ptr().add(p);
-                for r in 0..4 {
-                    let prod = _mm256_mul_ps(x[r], _mm256_loadu_ps(c.add(8 * r)));
-                    acc[j][r] = _mm256_add_ps(acc[j][r], prod);
+            for (acc_j, col) in acc.iter_mut().zip(cols) {
+                let c = col.as_ptr().add(p);
+                for (r, (acc_r, &x_r)) in acc_j.iter_mut().zip(&x).enumerate() {
+                    let prod = _mm256_mul_ps(x_r, _mm256_loadu_ps(c.add(8 * r)));
+                    *acc_r = _mm256_add_ps(*acc_r, prod);
                 }
             }
             p += LANES;
@@ -146,8 +146,8 @@ mod avx2 {
                 _mm256_storeu_ps(o.add(q), _mm256_add_ps(_mm256_loadu_ps(o.add(q)), prod));
                 q += 8;
             }
-            for q in body..width {
-                *o.add(q) += s * b_row[q];
+            for (q, &v) in b_row.iter().enumerate().take(width).skip(body) {
+                *o.add(q) += s * v;
             }
         }
     }
