@@ -1,14 +1,176 @@
-//! `memaware sweep` (in progress).
+//! `memaware sweep`: random hyperparameter draws × seeds for one or more methods on one data
+//! set, with model selection (PAPER.md §4; the protocol is in [`crate::algo::sweep`]).
+//!
+//! Writes under `OUT/<data set>/`: `xrm/` (XRM's draws and seeds, when needed), one folder per
+//! method with `sweep.json` and a folder per run (`run.json`, `checkpoints.jsonl`), and
+//! `sweep.md`, the results table, which it also prints.
 
-use crate::error::Result;
+use std::path::PathBuf;
+
+use super::common::{load_dataset, parse_device, progress_bar, write_text, DATA_HELP};
+use crate::algo::sweep::{run_sweeps, MethodKind, MethodPlan, Parallelism, Progress};
+use crate::error::{Error, Result};
+use crate::eval::selection::Criterion;
+use crate::repro::table1::{entry_dir, preset_sweep, row_label, Preset, Sizes};
+use crate::report::table::ResultsTable;
 
 /// Arguments of `memaware sweep`.
 #[derive(clap::Args, Debug, Clone, Default)]
-pub struct Args {}
+pub struct Args {
+    /// The data set. ColorMNIST gets the MLP/Adam recipe of Table 1, anything else a linear
+    /// head with SGD (momentum 0.9); see `memaware table1 --help`.
+    #[arg(long, required = true, long_help = DATA_HELP)]
+    pub data: String,
+    /// Methods, comma-separated: erm, group_dro, jtt, xrm_group_dro, mat, rwg, subg. They share
+    /// the draws and XRM's phase.
+    #[arg(long, required = true, value_delimiter = ',')]
+    pub method: Vec<String>,
+    /// Random hyperparameter draws per method (and for XRM unless --xrm-draws) [default: 10].
+    #[arg(long)]
+    pub draws: Option<usize>,
+    /// Seeds the winning draw of each criterion runs over (the first is the selection seed)
+    /// [default: 3].
+    #[arg(long)]
+    pub seeds: Option<usize>,
+    /// Training steps per run [default: 1001].
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Evaluate every this many steps (and at the last) [default: 50].
+    #[arg(long)]
+    pub checkpoint_freq: Option<usize>,
+    /// Selection criteria, comma-separated: va_wga (validation group annotations), va_gi_wga
+    /// (XRM-inferred validation groups), va_avg [default: va_wga,va_gi_wga].
+    #[arg(long, value_delimiter = ',')]
+    pub select: Vec<String>,
+    /// XRM hyperparameter draws (highest final flip rate wins) [default: --draws].
+    #[arg(long)]
+    pub xrm_draws: Option<usize>,
+    /// XRM training steps [default: --steps].
+    #[arg(long)]
+    pub xrm_steps: Option<usize>,
+    /// Seeds the draws and the training runs (seeds `seed .. seed + S`).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Seeds the built-in data sets.
+    #[arg(long, default_value_t = 0)]
+    pub data_seed: u64,
+    /// Output folder [default: runs/sweep].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// `runs` (independent runs in parallel across cores) or `ops` (one run at a time,
+    /// parallel inside each op) [default: runs].
+    #[arg(long)]
+    pub parallel: Option<String>,
+    /// `cpu`, `cuda` or `cuda:N` [default: cpu].
+    #[arg(long)]
+    pub device: Option<String>,
+}
 
-pub fn run(_args: &Args) -> Result<()> {
-    Err(crate::error::Error::arg(
-        "command",
-        "`sweep` is not available yet",
-    ))
+pub fn run(args: &Args) -> Result<()> {
+    if args.data.is_empty() {
+        return Err(Error::arg("data", "name a data set with --data"));
+    }
+    let kinds: Vec<MethodKind> = args
+        .method
+        .iter()
+        .map(|m| m.parse())
+        .collect::<Result<_>>()?;
+    if kinds.is_empty() {
+        return Err(Error::arg("method", "name at least one method with --method"));
+    }
+    let criteria: Vec<Criterion> = if args.select.is_empty() {
+        vec![Criterion::VaWga, Criterion::VaGiWga]
+    } else {
+        args.select
+            .iter()
+            .map(|c| c.parse())
+            .collect::<Result<_>>()?
+    };
+    let ds = load_dataset(&args.data, args.data_seed)?;
+    let sizes = Sizes {
+        steps: args.steps.unwrap_or(Sizes::FULL.steps),
+        draws: args.draws.unwrap_or(Sizes::FULL.draws),
+        seeds: args.seeds.unwrap_or(3),
+    };
+    let mut cfg = preset_sweep(Preset::for_spec(&args.data), sizes, args.seed);
+    if let Some(f) = args.checkpoint_freq {
+        cfg.checkpoint_freq = f;
+    }
+    cfg.xrm.draws = args.xrm_draws.unwrap_or(sizes.draws);
+    cfg.xrm.steps = args.xrm_steps.unwrap_or(sizes.steps);
+    cfg.parallelism = args
+        .parallel
+        .as_deref()
+        .unwrap_or("runs")
+        .parse::<Parallelism>()?;
+    cfg.device = parse_device(args.device.as_deref().unwrap_or("cpu"))?;
+    let plans: Vec<MethodPlan> = kinds
+        .iter()
+        .map(|&kind| MethodPlan {
+            kind,
+            criteria: criteria.clone(),
+        })
+        .collect();
+
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs/sweep"));
+    let dir = entry_dir(&out, &ds.name);
+    let bar = progress_bar(0, "sweep");
+    let progress = |p: Progress<'_>| match p {
+        Progress::Queued(n) => bar.inc_length(n as u64),
+        Progress::Finished(label) => {
+            bar.set_message(label.to_string());
+            bar.inc(1);
+        }
+    };
+    let set = run_sweeps(&ds, &plans, &cfg, &dir, &progress)?;
+    bar.finish_and_clear();
+
+    let mut table = ResultsTable::new(vec![ds.name.clone()]);
+    let mut notes = String::new();
+    for &c in &criteria {
+        for s in &set.sweeps {
+            if let Some(sel) = s.selection(c) {
+                table.push_row(row_label(s.method, c), vec![Some(sel.cell.clone())])?;
+                let seeds: Vec<String> = sel.seeds.iter().map(|s| s.seed.to_string()).collect();
+                notes.push_str(&format!(
+                    "- {}: draw {} (lr {:.2e}, batch {}, weight decay {:.2e}, tau {}, eta {:.2e}), \
+                     seeds {}\n",
+                    row_label(s.method, c),
+                    sel.winner,
+                    sel.hparams.lr,
+                    sel.hparams.batch_size,
+                    sel.hparams.weight_decay,
+                    sel.hparams.tau,
+                    sel.hparams.eta,
+                    seeds.join(", ")
+                ));
+            }
+        }
+    }
+    let md = format!(
+        "{}\nTest accuracy (%), mean ± sample std over seeds; Avg is the plain test accuracy.\n\n\
+         Winning draws:\n{notes}",
+        table.to_markdown()
+    );
+    write_text(&dir.join("sweep.md"), &md)?;
+    println!("{md}");
+    if let Some(x) = &set.xrm {
+        println!(
+            "XRM: draw {} chosen (final flip rate {:.3} at seed {}); {} of {} seeds degenerate",
+            x.record.chosen_draw,
+            x.record.seeds[0].final_flip_rate,
+            x.record.seeds[0].seed,
+            x.record
+                .seeds
+                .iter()
+                .filter(|s| s.degenerate.is_some())
+                .count(),
+            x.record.seeds.len()
+        );
+    }
+    println!("wrote {}", dir.display());
+    Ok(())
 }

@@ -1,14 +1,183 @@
-//! `memaware table1` (in progress).
+//! `memaware table1`: the offline Table 1 ([`crate::repro::table1`]).
+//!
+//! Loads every data set first (so a bad feature file fails before any training), runs every
+//! method's sweep on each, writes `table1.md` and `table1.json` under `--out`, and prints the
+//! Markdown, the worst-group margins and the wall time.
 
-use crate::error::Result;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use super::common::{load_dataset, parse_device, progress_bar, DATA_HELP};
+use crate::algo::sweep::{MethodKind, Parallelism, Progress};
+use crate::data::features::load_features;
+use crate::error::{Error, Result};
+use crate::repro::table1::{
+    margin_lines, preset_sweep, run_table1, Preset, Sizes, Table1Config, Table1Entry, TABLE_JSON,
+    TABLE_MD,
+};
+
+/// Built-in columns of the table, by their `--data` names, with their column labels.
+const BUILTINS: [(&str, &str); 2] = [
+    ("colormnist", "ColorMNIST"),
+    ("waterbirds-like", "Waterbirds-like"),
+];
 
 /// Arguments of `memaware table1`.
 #[derive(clap::Args, Debug, Clone, Default)]
-pub struct Args {}
+pub struct Args {
+    /// Smoke-test sizes: 201 steps, 2 draws, 2 seeds (under 2 minutes in release); the full
+    /// table runs 1001 steps, 10 draws and 5 seeds.
+    #[arg(long)]
+    pub quick: bool,
+    /// Output folder: table1.md, table1.json and one folder of runs per data set
+    /// [default: results/table1].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Adds a column (repeatable). A features file (`.safetensors`, or a folder with `x.npy`
+    /// and `meta.csv`) gets a linear head trained with SGD; a built-in name works too.
+    #[arg(long = "data", value_name = "SPEC", long_help = DATA_HELP)]
+    pub data: Vec<String>,
+    /// Leave out the built-in columns (ColorMNIST, Waterbirds-like); only `--data` columns.
+    #[arg(long)]
+    pub no_builtin: bool,
+    /// Seeds the hyperparameter draws and the training runs (seeds `seed .. seed + S`).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Seeds the built-in data sets (splits, label noise, synthetic features).
+    #[arg(long, default_value_t = 0)]
+    pub data_seed: u64,
+    /// Hyperparameter draws per method (and for XRM) [default: 10, quick 2].
+    #[arg(long)]
+    pub draws: Option<usize>,
+    /// Seeds the winning draw runs over [default: 5, quick 2].
+    #[arg(long)]
+    pub seeds: Option<usize>,
+    /// Training steps of every run, XRM's included [default: 1001, quick 201].
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Methods, comma-separated [default: erm,group_dro,jtt,xrm_group_dro,mat].
+    #[arg(long, value_delimiter = ',')]
+    pub methods: Vec<String>,
+    /// `runs`: independent runs in parallel across cores (one task per run); `ops`: one run
+    /// at a time, parallel inside each op [default: runs].
+    #[arg(long)]
+    pub parallel: Option<String>,
+    /// `cpu`, `cuda` or `cuda:N` [default: cpu].
+    #[arg(long)]
+    pub device: Option<String>,
+}
 
-pub fn run(_args: &Args) -> Result<()> {
-    Err(crate::error::Error::arg(
-        "command",
-        "`table1` is not available yet",
-    ))
+/// Load average of the last minute, when the system tells it (Linux).
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The table's configuration from the arguments, data sets loaded and validated.
+pub fn config(args: &Args) -> Result<Table1Config> {
+    let base = if args.quick {
+        Sizes::QUICK
+    } else {
+        Sizes::FULL
+    };
+    let sizes = Sizes {
+        steps: args.steps.unwrap_or(base.steps),
+        draws: args.draws.unwrap_or(base.draws),
+        seeds: args.seeds.unwrap_or(base.seeds),
+    };
+    let parallelism: Parallelism = args.parallel.as_deref().unwrap_or("runs").parse()?;
+    let device = parse_device(args.device.as_deref().unwrap_or("cpu"))?;
+    let methods: Vec<MethodKind> = if args.methods.is_empty() {
+        MethodKind::TABLE1.to_vec()
+    } else {
+        args.methods
+            .iter()
+            .map(|m| m.parse())
+            .collect::<Result<_>>()?
+    };
+
+    let mut specs: Vec<(String, String)> = Vec::new();
+    if !args.no_builtin {
+        specs.extend(BUILTINS.iter().map(|(s, l)| (s.to_string(), l.to_string())));
+    }
+    for spec in &args.data {
+        let path = std::path::Path::new(spec);
+        let label = if path.exists() {
+            path.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| spec.clone())
+        } else {
+            spec.clone()
+        };
+        specs.push((spec.clone(), label));
+    }
+    if specs.is_empty() {
+        return Err(Error::arg(
+            "data",
+            "no data set: drop --no-builtin or add --data",
+        ));
+    }
+    let mut entries = Vec::with_capacity(specs.len());
+    for (spec, label) in specs {
+        let path = std::path::Path::new(&spec);
+        // A path loads as a features file, whose errors name the file, tensor and problem.
+        let dataset = if path.exists() {
+            let ds = load_features(path, &label)?;
+            ds.validate()?;
+            ds
+        } else {
+            load_dataset(&spec, args.data_seed)?
+        };
+        let mut sweep = preset_sweep(Preset::for_spec(&spec), sizes, args.seed);
+        sweep.parallelism = parallelism;
+        sweep.device = device.clone();
+        entries.push(Table1Entry {
+            label,
+            dataset,
+            sweep,
+        });
+    }
+    Ok(Table1Config {
+        entries,
+        methods,
+        out: args
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("results/table1")),
+    })
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    let cfg = config(args)?;
+    let load_before = load_average();
+    let start = Instant::now();
+    let bar = progress_bar(0, "table1");
+    let progress = |p: Progress<'_>| match p {
+        Progress::Queued(n) => bar.inc_length(n as u64),
+        Progress::Finished(label) => {
+            bar.set_message(label.to_string());
+            bar.inc(1);
+        }
+    };
+    let outcome = run_table1(&cfg, &progress)?;
+    bar.finish_and_clear();
+    let seconds = start.elapsed().as_secs_f64();
+    println!("{}", outcome.markdown);
+    for line in margin_lines(&outcome.record.margins) {
+        println!("{line}");
+    }
+    let load = |l: Option<f64>| l.map_or("unknown".to_string(), |v| format!("{v:.2}"));
+    println!(
+        "\ntable1: {seconds:.1} s on {} threads (load average {} before, {} after); wrote {} and {}",
+        rayon::current_num_threads(),
+        load(load_before),
+        load(load_average()),
+        cfg.out.join(TABLE_MD).display(),
+        cfg.out.join(TABLE_JSON).display()
+    );
+    Ok(())
 }

@@ -47,10 +47,19 @@ pub fn save_parameters(params: &[(String, Tensor)], path: &Path) -> Result<()> {
 /// dtype F32. Nothing is changed unless every tensor checks out.
 pub fn load_parameters(params: &[(String, Tensor)], path: &Path) -> Result<()> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::File {
-        path: path.to_path_buf(),
-        tensor: String::new(),
-        problem: format!("not a safetensors file: {e}"),
+    let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
+        let (tensor, problem) = match truncated_tensor(&bytes) {
+            Some(name) => (
+                name,
+                format!("its data lies past the end of the file (truncated?): {e}"),
+            ),
+            None => (String::new(), format!("not a safetensors file: {e}")),
+        };
+        Error::File {
+            path: path.to_path_buf(),
+            tensor,
+            problem,
+        }
     })?;
     let bad = |tensor: &str, problem: String| Error::File {
         path: path.to_path_buf(),
@@ -79,4 +88,26 @@ pub fn load_parameters(params: &[(String, Tensor)], path: &Path) -> Result<()> {
         t.assign(v)?;
     }
     Ok(())
+}
+
+/// For a file whose header is intact but whose data was cut short, the tensor stored first
+/// among those whose bytes are missing. The header is the 8-byte little-endian length `n`,
+/// then `n` bytes of JSON mapping each name to `{dtype, shape, data_offsets: [start, end]}`
+/// relative to the data that follows.
+fn truncated_tensor(bytes: &[u8]) -> Option<String> {
+    let n = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
+    let header_end = n.checked_add(8)?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(bytes.get(8..header_end)?).ok()?;
+    let available = (bytes.len() - header_end) as u64;
+    header
+        .iter()
+        .filter(|(name, _)| name.as_str() != "__metadata__")
+        .filter_map(|(name, info)| {
+            let offsets = info.get("data_offsets")?;
+            let (start, end) = (offsets.get(0)?.as_u64()?, offsets.get(1)?.as_u64()?);
+            (end > available).then_some((start, name))
+        })
+        .min()
+        .map(|(_, name)| name.clone())
 }

@@ -395,11 +395,11 @@ impl Tensor {
     pub fn narrow(&self, axis: usize, start: usize, len: usize) -> Result<Tensor> {
         self.shape().check_axis("narrow", axis)?;
         let dim = self.dims()[axis];
-        if start + len > dim {
+        if start.checked_add(len).map_or(true, |end| end > dim) {
             return Err(Error::bad_shape(
                 "narrow",
                 self.dims(),
-                format!("range {start}..{} exceeds axis {axis} of size {dim}", start + len),
+                format!("{len} entries from {start} exceed axis {axis} of size {dim}"),
             ));
         }
         let (outer, _, inner) = self.shape().split_at_axis(axis);
@@ -488,6 +488,9 @@ impl Tensor {
 
     /// Mean squared error `mean((self - target)²)`, composed from primitives.
     pub fn mse(&self, target: &Tensor) -> Result<Tensor> {
+        if self.shape() != target.shape() {
+            return Err(Error::shape("mse", self.dims(), target.dims()));
+        }
         let loss = self.sub(target)?.square()?.mean_all()?;
         check_finite(&loss, "mse")?;
         Ok(loss)
@@ -496,7 +499,15 @@ impl Tensor {
     /// Mean cross-entropy of logits against labels, composed from primitives
     /// (`log_softmax → gather → mean`); the reference for the fused op.
     pub fn cross_entropy(&self, labels: &Indices) -> Result<Tensor> {
-        let (_, c) = self.shape().dims2("cross_entropy")?;
+        let (rows, c) = self.shape().dims2("cross_entropy")?;
+        if labels.len() != rows {
+            return Err(Error::shape_detail(
+                "cross_entropy",
+                self.dims(),
+                &[labels.len()],
+                "one label per row",
+            ));
+        }
         check_labels(labels, c, "cross_entropy")?;
         let loss = self.log_softmax()?.gather(labels)?.mean_all()?.neg()?;
         check_finite(&loss, "cross_entropy")?;

@@ -110,12 +110,12 @@ mod avx2 {
             }
             p += LANES;
         }
-        for j in 0..N {
+        for ((o, acc_j), col) in out.iter_mut().zip(&acc).zip(cols) {
             let mut w = [0.0f32; LANES];
-            for r in 0..4 {
-                _mm256_storeu_ps(w.as_mut_ptr().add(8 * r), acc[j][r]);
+            for (r, &v) in acc_j.iter().enumerate() {
+                _mm256_storeu_ps(w.as_mut_ptr().add(8 * r), v);
             }
-            out[j] = super::finish_lanes(w, &a[body..], &cols[j][body..k]);
+            *o = super::finish_lanes(w, &a[body..], &col[body..k]);
         }
     }
 

@@ -79,6 +79,9 @@ fn map_broadcast(
     f: impl Fn(f32, f32) -> f32 + Sync + Send + Copy,
 ) -> Vec<f32> {
     let n = out.elem_count();
+    if n == 0 {
+        return Vec::new();
+    }
     if a.len() == n && b.len() == n {
         return map_zip(a, b, f);
     }
@@ -236,6 +239,10 @@ impl BackendStorage for CpuStorage {
             ReduceOp::Max => acc.max(v),
         };
         let mut out = vec![init; outer * inner];
+        if out.is_empty() {
+            // A zero-size result (an empty dimension besides the reduced one).
+            return Ok(CpuStorage(out));
+        }
         let reduce_block = |o: &mut [f32], block: &[f32]| {
             // block is len × inner; each output column is accumulated in row order.
             for row in block.chunks(inner) {

@@ -2,6 +2,14 @@
 //! (`torch.optim.SGD` and the single-tensor `torch.optim.Adam`/`AdamW` paths), so that
 //! parity with PyTorch holds to the last few ulps.
 //!
+//! PyTorch holds hyperparameters as Python floats (f64) and rounds each scalar to f32 only
+//! where a kernel uses it: `1 - β1` and `1 - β2` are formed in f64 from the decimal β, and the
+//! bias corrections and `lr / (1 - β1^t)` stay in f64. Our hyperparameters arrive as f32
+//! (`0.999f32` is 0.99900001287…, so `1 - β2` in f32 is 1.3e-5 off PyTorch's), so Adam takes
+//! each one as the shortest decimal that rounds to it — the number the user wrote — before
+//! doing that f64 arithmetic. SGD uses every hyperparameter only as an f32 kernel scalar,
+//! exactly as PyTorch does.
+//!
 //! Memory traffic per step: SGD reads p, g (and the momentum buffer) and writes p (and the
 //! buffer); Adam reads p, g, m, v and writes p, m, v — one pass each.
 
@@ -38,15 +46,24 @@ pub(super) fn sgd(p: &mut [f32], g: &[f32], buf: Option<&mut [f32]>, h: SgdStep)
     }
 }
 
+/// The shortest decimal that rounds to `x` (what a user wrote as `0.999`), as an f64.
+fn as_written(x: f32) -> f64 {
+    // f32's `Display` prints the shortest text that parses back to the same f32.
+    x.to_string().parse().unwrap_or(x as f64)
+}
+
 pub(super) fn adam(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: AdamStep) {
-    let t = h.step.max(1) as i32;
-    // Bias corrections in f64, as PyTorch computes them in Python floats.
-    let bc1 = 1.0 - (h.beta1 as f64).powi(t);
-    let bc2_sqrt = (1.0 - (h.beta2 as f64).powi(t)).sqrt();
-    let step_size = (h.lr as f64 / bc1) as f32;
-    let bc2_sqrt = bc2_sqrt as f32;
-    let (b1, b2) = (h.beta1, h.beta2);
-    let decay = 1.0 - h.lr * h.weight_decay;
+    let t = h.step.max(1) as f64;
+    let (beta1, beta2, lr) = (as_written(h.beta1), as_written(h.beta2), as_written(h.lr));
+    // Bias corrections in f64, as PyTorch computes them in Python floats (`beta ** step`,
+    // `bias_correction2 ** 0.5`).
+    let bc1 = 1.0 - beta1.powf(t);
+    let bc2_sqrt = (1.0 - beta2.powf(t)).powf(0.5) as f32;
+    let step_size = (lr / bc1) as f32;
+    let one_minus_b1 = (1.0 - beta1) as f32;
+    let one_minus_b2 = (1.0 - beta2) as f32;
+    let b2 = h.beta2;
+    let decay = (1.0 - lr * as_written(h.weight_decay)) as f32;
     for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
         let g = if h.decoupled {
             *p *= decay;
@@ -57,8 +74,8 @@ pub(super) fn adam(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: Ad
             g
         };
         // lerp(m, g, 1 - b1) as PyTorch evaluates it for weights below 0.5.
-        *m += (1.0 - b1) * (g - *m);
-        *v = *v * b2 + (1.0 - b2) * g * g;
+        *m += one_minus_b1 * (g - *m);
+        *v = *v * b2 + one_minus_b2 * g * g;
         let denom = v.sqrt() / bc2_sqrt + h.eps;
         // addcdiv: p + (-step_size · m) / denom
         *p += (-step_size * *m) / denom;
