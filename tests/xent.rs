@@ -1,0 +1,391 @@
+//! The fused shifted softmax-cross-entropy against the composite it replaces
+//! (`z + s → log_softmax → gather → weighting → reduction`), against an f64 reference at
+//! logits of ±1e4, and on bad input.
+//!
+//! Both paths evaluate the same f32 formula per row (`lse = max + ln Σ exp(u - max)`), with
+//! sums that may associate differently. Losses are sums of non-negative terms, so they must
+//! agree to 1e-5 relative to the largest compared value (a few f32 roundings over up to 1000
+//! classes). A gradient entry is `scale·w_i·(p_ij - [j = y_i])` with `p` a probability
+//! computed to a few ulps of 1, and `p_y - 1` cancels: its error is absolute, so gradients
+//! must agree to `8·ε_f32·scale·max w·max proj` (ε_f32 = 2^-23).
+
+use memaware::{Device, Error, Indices, Reduction, Result, Rng, Tensor};
+
+/// Losses: `|a - b| ≤ REL · max|b|`.
+const REL: f32 = 1e-5;
+
+fn cpu() -> Device {
+    Device::Cpu
+}
+
+fn tensor(values: Vec<f32>, shape: impl Into<memaware::Shape>) -> Tensor {
+    Tensor::from_vec(values, shape, &cpu()).expect("test tensor: values match the shape")
+}
+
+fn labels(values: Vec<u32>) -> Indices {
+    Indices::new(values, &cpu()).expect("indices on the CPU")
+}
+
+/// Reference: composed from primitive ops, each with its own backward rule.
+fn composite(
+    z: &Tensor,
+    y: &Indices,
+    shift: Option<&Tensor>,
+    weights: Option<&Tensor>,
+    reduction: Reduction,
+) -> Result<Tensor> {
+    let u = match shift {
+        Some(s) => z.broadcast_add(s)?,
+        None => z.clone(),
+    };
+    let picked = u.log_softmax()?.gather(y)?;
+    let per_row = match weights {
+        Some(w) => picked.mul(w)?,
+        None => picked,
+    }
+    .neg()?;
+    match reduction {
+        Reduction::None => Ok(per_row),
+        Reduction::Mean => per_row.mean_all(),
+        Reduction::Sum => per_row.sum_all(),
+        Reduction::WeightedMean => {
+            let w = weights.expect("WeightedMean is only exercised with weights");
+            per_row.sum_all()?.div(&w.sum_all()?)
+        }
+    }
+}
+
+/// The loss value and `∂(Σ proj ⊙ loss)/∂z` (a projection makes a per-row loss scalar).
+fn value_and_grad(
+    z: &Tensor,
+    proj: &Tensor,
+    loss_fn: impl Fn(&Tensor) -> Result<Tensor>,
+) -> (Vec<f32>, Vec<f32>) {
+    let zv = z.copy().unwrap().variable();
+    let loss = loss_fn(&zv).unwrap();
+    let value = loss.to_vec().unwrap();
+    let scalar = if loss.rank() == 0 {
+        loss
+    } else {
+        loss.mul(proj).unwrap().sum_all().unwrap()
+    };
+    let grads = scalar.backward().unwrap();
+    let g = grads.require(&zv).unwrap().to_vec().unwrap();
+    (value, g)
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(g.is_finite(), "{what}: element {i} is {g}");
+        assert!(
+            (g - w).abs() <= atol,
+            "{what}: element {i}: fused {g} vs reference {w} (allowed {atol})"
+        );
+    }
+}
+
+fn max_abs(v: &[f32]) -> f32 {
+    v.iter().fold(0.0f32, |m, x| m.max(x.abs()))
+}
+
+fn reductions(weighted: bool) -> Vec<Reduction> {
+    let mut r = vec![Reduction::None, Reduction::Mean, Reduction::Sum];
+    if weighted {
+        r.push(Reduction::WeightedMean);
+    }
+    r
+}
+
+/// Every combination of shift, weights and reduction at `n × c`.
+fn compare_with_composite(n: usize, c: usize, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let z = tensor(
+        rng.normal_vec(n * c).iter().map(|v| 3.0 * v).collect(),
+        (n, c),
+    );
+    let s = tensor(rng.normal_vec(n * c), (n, c));
+    let w_host = rng.uniform_vec(n, 0.1, 2.0);
+    let w = tensor(w_host.clone(), n);
+    let y = labels((0..n).map(|_| rng.below(c as u64) as u32).collect());
+    let proj_host = rng.uniform_vec(n, 0.5, 1.5);
+    let proj = tensor(proj_host.clone(), n);
+    for shift in [None, Some(&s)] {
+        for weights in [None, Some(&w)] {
+            for r in reductions(weights.is_some()) {
+                let what = format!(
+                    "N={n} C={c} shift={} weights={} {r:?}",
+                    shift.is_some(),
+                    weights.is_some()
+                );
+                let (fv, fg) = value_and_grad(&z, &proj, |z| {
+                    z.shifted_cross_entropy(&y, shift, weights, r)
+                });
+                let (cv, cg) = value_and_grad(&z, &proj, |z| composite(z, &y, shift, weights, r));
+                assert_close(&format!("{what}: value"), &fv, &cv, REL * max_abs(&cv));
+                let w_max = weights.map_or(1.0, |_| max_abs(&w_host));
+                let scale = match r {
+                    Reduction::None | Reduction::Sum => 1.0,
+                    Reduction::Mean => 1.0 / n as f32,
+                    Reduction::WeightedMean => 1.0 / w_host.iter().sum::<f32>(),
+                };
+                let grad_tol = 8.0 * f32::EPSILON * scale * w_max * max_abs(&proj_host);
+                assert_close(&format!("{what}: gradient"), &fg, &cg, grad_tol);
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_equals_composite_c2() {
+    // 16384 × 2 = 2^15 elements: the row-parallel path.
+    for (i, n) in [1, 7, 64, 16384].into_iter().enumerate() {
+        compare_with_composite(n, 2, 100 + i as u64);
+    }
+}
+
+#[test]
+fn fused_equals_composite_c3() {
+    for (i, n) in [1, 5, 64, 12000].into_iter().enumerate() {
+        compare_with_composite(n, 3, 200 + i as u64);
+    }
+}
+
+#[test]
+fn fused_equals_composite_c10() {
+    // 4096 × 10 ≥ 2^15: parallel.
+    for (i, n) in [1, 9, 64, 4096].into_iter().enumerate() {
+        compare_with_composite(n, 10, 300 + i as u64);
+    }
+}
+
+#[test]
+fn fused_equals_composite_c1000() {
+    // 40 × 1000 ≥ 2^15: parallel.
+    for (i, n) in [1, 3, 40].into_iter().enumerate() {
+        compare_with_composite(n, 1000, 400 + i as u64);
+    }
+}
+
+/// Per-row loss `w·(lse(u) - u_y)` and gradient `scale·w·(softmax(u) - onehot(y))` in f64.
+fn reference_f64(u: &[f64], y: &[u32], w: &[f64], c: usize, scale: f64) -> (Vec<f64>, Vec<f64>) {
+    let mut losses = Vec::new();
+    let mut grad = Vec::new();
+    for (i, row) in u.chunks(c).enumerate() {
+        let m = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let lse = m + row.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+        let yi = y[i] as usize;
+        losses.push(w[i] * (lse - row[yi]));
+        for (j, v) in row.iter().enumerate() {
+            let onehot = if j == yi { 1.0 } else { 0.0 };
+            grad.push(scale * w[i] * ((v - lse).exp() - onehot));
+        }
+    }
+    (losses, grad)
+}
+
+#[test]
+fn finite_and_correct_at_logits_of_1e4() {
+    let (n, c) = (6, 5);
+    // Rows mix ±1e4 with near-ties (so some probabilities are far from 0 and 1) and labels on
+    // the largest, a middling and the smallest logit.
+    #[rustfmt::skip]
+    let z: Vec<f32> = vec![
+        1e4, 1e4 - 1.0, -1e4, 0.0, -1e4 + 2.0,
+        -1e4, -1e4, -1e4 + 0.5, -1e4 + 3.0, -1e4,
+        1e4, -1e4, 1e4, 1e4 - 2.0, 0.0,
+        -1e4, 1e4, -1e4, 1e4, -1e4,
+        1e4, 1e4, 1e4, 1e4, 1e4,
+        -1e4, -1e4 + 1.0, 1e4 - 0.5, 1e4, 5.0,
+    ];
+    let y: Vec<u32> = vec![0, 3, 1, 4, 2, 2];
+    let mut rng = Rng::new(7);
+    let s: Vec<f32> = rng.normal_vec(n * c).iter().map(|v| 2.0 * v).collect();
+    let w: Vec<f32> = rng.uniform_vec(n, 0.5, 2.0);
+    let zt = tensor(z.clone(), (n, c));
+    let st = tensor(s.clone(), (n, c));
+    let wt = tensor(w.clone(), n);
+    let yt = labels(y.clone());
+    let proj = tensor(vec![1.0; n], n);
+    for with_shift in [false, true] {
+        for with_weights in [false, true] {
+            for r in reductions(with_weights) {
+                let what = format!("±1e4 shift={with_shift} weights={with_weights} {r:?}");
+                let shift = with_shift.then_some(&st);
+                let weights = with_weights.then_some(&wt);
+                let (value, grad) = value_and_grad(&zt, &proj, |z| {
+                    z.shifted_cross_entropy(&yt, shift, weights, r)
+                });
+                let u: Vec<f64> = z
+                    .iter()
+                    .zip(&s)
+                    .map(|(&a, &b)| a as f64 + if with_shift { b as f64 } else { 0.0 })
+                    .collect();
+                let w64: Vec<f64> = if with_weights {
+                    w.iter().map(|&v| v as f64).collect()
+                } else {
+                    vec![1.0; n]
+                };
+                let scale = match r {
+                    Reduction::None | Reduction::Sum => 1.0,
+                    Reduction::Mean => 1.0 / n as f64,
+                    Reduction::WeightedMean => 1.0 / w64.iter().sum::<f64>(),
+                };
+                let (ref_losses, ref_grad) = reference_f64(&u, &y, &w64, c, scale);
+                // f32 represents numbers near 1e4 to ±ε·1e4 ≈ 1.2e-3: u = z + s, the max and
+                // lse each round once, so the loss is good to a few of those, and
+                // exp(u - lse) to a relative few times 1e-3.
+                let ulp_1e4 = (f32::EPSILON * 1e4) as f64;
+                let w_max = w64.iter().copied().fold(0.0, f64::max);
+                let want_value: Vec<f64> = match r {
+                    Reduction::None => ref_losses.clone(),
+                    _ => vec![ref_losses.iter().sum::<f64>() * scale],
+                };
+                let value_tol = match r {
+                    Reduction::None => 4.0 * ulp_1e4 * w_max,
+                    _ => 4.0 * ulp_1e4 * w_max * n as f64 * scale,
+                };
+                for (got, want) in value.iter().zip(&want_value) {
+                    assert!(got.is_finite(), "{what}: loss {got}");
+                    let err = (*got as f64 - want).abs();
+                    // Plus f32 rounding of a total up to ~2e4.
+                    let tol = value_tol + 4.0 * f32::EPSILON as f64 * want.abs();
+                    assert!(
+                        err <= tol,
+                        "{what}: loss {got} vs f64 {want} (error {err}, allowed {tol})"
+                    );
+                }
+                let grad_tol = 4.0 * ulp_1e4 * w_max * scale;
+                for (i, (got, want)) in grad.iter().zip(&ref_grad).enumerate() {
+                    assert!(got.is_finite(), "{what}: gradient element {i} is {got}");
+                    let err = (*got as f64 - want).abs();
+                    assert!(
+                        err <= grad_tol,
+                        "{what}: gradient element {i}: {got} vs f64 {want} (allowed {grad_tol})"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn gradient_rows_sum_to_zero() {
+    // Σ_j scale·w_i·(p_ij - [j = y_i]) = scale·w_i·(1 - 1) = 0 for every row.
+    let (n, c) = (4096, 10);
+    let mut rng = Rng::new(11);
+    let z = tensor(
+        rng.normal_vec(n * c).iter().map(|v| 4.0 * v).collect(),
+        (n, c),
+    );
+    let s = tensor(rng.normal_vec(n * c), (n, c));
+    let w: Vec<f32> = rng.uniform_vec(n, 0.1, 3.0);
+    let wt = tensor(w.clone(), n);
+    let y = labels((0..n).map(|_| rng.below(c as u64) as u32).collect());
+    let proj = tensor(vec![1.0; n], n);
+    for r in reductions(true) {
+        let (_, g) = value_and_grad(&z, &proj, |z| {
+            z.shifted_cross_entropy(&y, Some(&s), Some(&wt), r)
+        });
+        let scale = match r {
+            Reduction::None | Reduction::Sum => 1.0,
+            Reduction::Mean => 1.0 / n as f32,
+            Reduction::WeightedMean => 1.0 / w.iter().sum::<f32>(),
+        };
+        for (i, row) in g.chunks(c).enumerate() {
+            let sum: f32 = row.iter().sum();
+            // C terms of magnitude ≤ scale·w_i, each rounded once, then summed.
+            let tol = 4.0 * c as f32 * f32::EPSILON * scale * w[i];
+            assert!(
+                sum.abs() <= tol,
+                "{r:?}: row {i} sums to {sum} (allowed {tol})"
+            );
+            // The label's entry carries the -scale·w_i·(1 - p_y) that balances the rest.
+            let yi = y.to_vec().unwrap()[i] as usize;
+            assert!(
+                row[yi] < 0.0 && row[yi] >= -scale * w[i] * (1.0 + 1e-6),
+                "{r:?}: row {i}"
+            );
+        }
+    }
+}
+
+#[test]
+fn label_out_of_range_is_an_error() {
+    let z = tensor(vec![0.0; 6], (2, 3));
+    for bad in [3u32, 7, u32::MAX] {
+        let y = labels(vec![0, bad]);
+        for r in reductions(false) {
+            match z.shifted_cross_entropy(&y, None, None, r) {
+                Err(Error::LabelOutOfRange {
+                    op,
+                    row,
+                    label,
+                    classes,
+                }) => {
+                    assert_eq!(op, "shifted_cross_entropy");
+                    assert_eq!((row, label, classes), (1, bad, 3));
+                }
+                other => panic!("label {bad}, {r:?}: expected LabelOutOfRange, got {other:?}"),
+            }
+        }
+    }
+    // The same with gradients being recorded.
+    let zv = z.variable();
+    let err = zv
+        .shifted_cross_entropy(&labels(vec![3, 0]), None, None, Reduction::Mean)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::LabelOutOfRange {
+                row: 0,
+                label: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn non_finite_inputs_are_an_error_naming_the_op() {
+    let y = labels(vec![0, 1]);
+    let finite = tensor(vec![0.5, -1.0, 2.0, 0.0, 1.0, -2.0], (2, 3));
+    let poisoned = |v: f32| tensor(vec![0.5, -1.0, 2.0, 0.0, v, -2.0], (2, 3));
+    let cases = [
+        ("NaN logit", poisoned(f32::NAN), None),
+        ("+inf logit", poisoned(f32::INFINITY), None),
+        ("NaN shift", finite.clone(), Some(poisoned(f32::NAN))),
+    ];
+    for (what, z, shift) in cases {
+        for r in reductions(false) {
+            for track in [false, true] {
+                let z = if track { z.variable() } else { z.clone() };
+                let err = z
+                    .shifted_cross_entropy(&y, shift.as_ref(), None, r)
+                    .expect_err(what);
+                assert!(
+                    matches!(
+                        err,
+                        Error::NonFinite {
+                            op: "shifted_cross_entropy",
+                            ..
+                        }
+                    ),
+                    "{what} {r:?}: {err:?}"
+                );
+                assert!(err.to_string().contains("shifted_cross_entropy"), "{err}");
+            }
+        }
+    }
+}
+
+#[test]
+fn weighted_mean_needs_weights() {
+    let z = tensor(vec![0.0; 4], (2, 2));
+    let err = z
+        .shifted_cross_entropy(&labels(vec![0, 1]), None, None, Reduction::WeightedMean)
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
+}
