@@ -851,7 +851,9 @@ fn figure(report: &Figure1Report, train: &Split) -> Figure {
         if let Some(seed0) = run.seeds.first() {
             let [w0, w1] = seed0.plane_weights;
             if let Some(mut boundary) = linear_boundary_2d((w0[0], w0[1]), (w1[0], w1[1]), range) {
-                boundary.label = format!("decision boundary (seed {first_seed})");
+                // The plane is the slice where the noise coordinates are 0 (as for a test point
+                // without noise); each noisy training point is classified with its own noise.
+                boundary.label = format!("boundary at ε = 0 (seed {first_seed})");
                 boundary.style = LineStyle::solid(PALETTE_BLACK);
                 lines.push(boundary);
             }

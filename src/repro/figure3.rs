@@ -244,7 +244,7 @@ impl Figure3Report {
             t.push_str(&format!(
                 "  {:<5} {:>7} {:>21} {:>22} {:>9} {:>9.2}   {}\n",
                 s.name,
-                format!("{:e}", s.sigma_eps),
+                sigma_text(s.sigma_eps),
                 format!("{:.4} ± {:.4}", m.test_mse.mean, m.test_mse.std),
                 format!("{:.0} ({}–{})", m.steps.mean, m.steps_min, m.steps_max),
                 format!("{}/{}", m.converged, n),
@@ -257,6 +257,15 @@ impl Figure3Report {
             self.training_s_per_seed.mean, self.training_s_total
         ));
         t
+    }
+}
+
+/// `0`, `1e-4`, `1e-3`: the noise scale as the paper writes it.
+fn sigma_text(sigma: f32) -> String {
+    if sigma == 0.0 {
+        "0".into()
+    } else {
+        format!("{sigma:e}")
     }
 }
 
@@ -480,11 +489,7 @@ fn figure(report: &Figure3Report) -> Figure {
                 title: format!(
                     "{}: σ_ε = {}, MSE {:.4}, {:.0} steps",
                     s.name,
-                    if s.sigma_eps == 0.0 {
-                        "0".to_string()
-                    } else {
-                        format!("{:e}", s.sigma_eps)
-                    },
+                    sigma_text(s.sigma_eps),
                     m.test_mse.mean,
                     m.steps.mean
                 ),

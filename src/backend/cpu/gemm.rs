@@ -170,21 +170,9 @@ fn finish_lanes(mut w: [f32; LANES], a_tail: &[f32], c_tail: &[f32]) -> f32 {
     s
 }
 
-fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVX2.get_or_init(|| is_x86_feature_detected!("avx2"))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 fn row_dots(a: &[f32], cols: &[Vec<f32>], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
+    if super::has_avx2() {
         // SAFETY: AVX2 support was detected at run time.
         return unsafe { avx2::row_dots(a, cols, out) };
     }
@@ -193,7 +181,7 @@ fn row_dots(a: &[f32], cols: &[Vec<f32>], out: &mut [f32]) {
 
 fn axpy_rows(coef: &[f32], b_row: &[f32], out: &mut [f32], width: usize) {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
+    if super::has_avx2() {
         // SAFETY: AVX2 support was detected at run time.
         return unsafe { avx2::axpy_rows(coef, b_row, out, width) };
     }

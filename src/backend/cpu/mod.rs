@@ -9,6 +9,7 @@
 //! pool costs more than the work.
 
 mod gemm;
+mod math;
 mod optim;
 mod xent;
 
@@ -22,6 +23,20 @@ use crate::shape::Shape;
 pub(crate) const PAR_MIN_ELEMS: usize = 1 << 15;
 /// Fixed chunk for parallel elementwise loops (independent of the thread count).
 const CHUNK: usize = 1 << 13;
+
+/// Whether the CPU has AVX2 (checked once). Kernels with an AVX2 version compute the same
+/// bits as their portable version; only the speed differs.
+pub(crate) fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVX2.get_or_init(|| is_x86_feature_detected!("avx2"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
 
 /// A host buffer.
 #[derive(Clone, Debug, PartialEq)]
@@ -177,11 +192,11 @@ impl BackendStorage for CpuStorage {
         let x = &self.0;
         let out = match op {
             UnaryOp::Neg => map_unary(x, |v| -v),
-            UnaryOp::Exp => map_unary(x, f32::exp),
+            UnaryOp::Exp => map_unary(x, math::exp),
             UnaryOp::Log => map_unary(x, f32::ln),
             UnaryOp::Tanh => map_unary(x, f32::tanh),
             UnaryOp::Relu => map_unary(x, |v| if v > 0.0 { v } else { 0.0 }),
-            UnaryOp::Sigmoid => map_unary(x, |v| 1.0 / (1.0 + (-v).exp())),
+            UnaryOp::Sigmoid => map_unary(x, |v| 1.0 / (1.0 + math::exp(-v))),
             UnaryOp::Sqrt => map_unary(x, f32::sqrt),
             UnaryOp::Square => map_unary(x, |v| v * v),
             UnaryOp::Recip => map_unary(x, |v| 1.0 / v),
@@ -365,11 +380,8 @@ impl BackendStorage for CpuStorage {
         let mut out = vec![0.0f32; rows * cols];
         let row_op = |o: &mut [f32], x: &[f32]| {
             let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0f32;
-            for (o, &v) in o.iter_mut().zip(x) {
-                *o = (v - m).exp();
-                sum += *o;
-            }
+            o.copy_from_slice(x);
+            let sum = math::exp_shifted_sum(o, m);
             if log {
                 let lse = m + sum.ln();
                 o.iter_mut().zip(x).for_each(|(o, &v)| *o = v - lse);

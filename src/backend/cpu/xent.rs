@@ -7,7 +7,7 @@
 //! u_i    = z_i + s_i
 //! lse_i  = max(u_i) + ln Σ_j exp(u_ij - max(u_i))
 //! loss_i = w_i · (lse_i - u_iy)
-//! dz_ij  = grad_scale · w_i · (exp(u_ij - lse_i) - [j = y_i])
+//! dz_ij  = grad_scale · w_i · (exp(u_ij - max u_i) / Σ_j exp(u_ij - max u_i) - [j = y_i])
 //! ```
 //!
 //! One pass over each row: `z` and `s` are read once, `u` is kept in the output gradient
@@ -60,25 +60,20 @@ pub(super) fn shifted_xent(
     // One row: `u` is scratch for z + s (the gradient row when it is written).
     let row_op = |i: usize, u: &mut [f32]| -> f32 {
         let zr = &z[i * cols..(i + 1) * cols];
-        match shift {
-            Some(s) => {
-                let sr = &s[i * cols..(i + 1) * cols];
-                for ((u, &a), &b) in u.iter_mut().zip(zr).zip(sr) {
-                    *u = a + b;
-                }
-            }
-            None => u.copy_from_slice(zr),
-        }
-        let m = u.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let sum: f32 = u.iter().map(|&v| (v - m).exp()).sum();
-        let lse = m + sum.ln();
+        let sr = shift.map(|s| &s[i * cols..(i + 1) * cols]);
+        let m = super::math::load_max(zr, sr, u);
         let y = labels[i] as usize;
+        let u_y = u[y];
+        // One exp per element: u becomes exp(u - m), and softmax = that / Σ.
+        let sum = super::math::exp_shifted_sum(u, m);
+        let lse = m + sum.ln();
         let w = weights.map_or(1.0, |w| w[i]);
-        let loss = w * (lse - u[y]);
+        let loss = w * (lse - u_y);
         if write_grad {
             let scale = grad_scale * w;
+            let factor = scale / sum;
             for v in u.iter_mut() {
-                *v = scale * (*v - lse).exp();
+                *v *= factor;
             }
             u[y] -= scale;
         }
@@ -101,14 +96,18 @@ pub(super) fn shifted_xent(
                 .for_each(body);
         }
     } else {
-        let body = |(i, l): (usize, &mut f32)| {
-            let mut scratch = vec![0.0f32; cols];
-            *l = row_op(i, &mut scratch);
-        };
+        let body = |scratch: &mut Vec<f32>, (i, l): (usize, &mut f32)| *l = row_op(i, scratch);
         if rows * cols >= PAR_MIN_ELEMS {
-            losses.par_iter_mut().enumerate().for_each(body);
+            losses
+                .par_iter_mut()
+                .enumerate()
+                .for_each_init(|| vec![0.0f32; cols], body);
         } else {
-            losses.iter_mut().enumerate().for_each(body);
+            let mut scratch = vec![0.0f32; cols];
+            losses
+                .iter_mut()
+                .enumerate()
+                .for_each(|item| body(&mut scratch, item));
         }
     }
     Ok((
