@@ -367,7 +367,8 @@ fn in_out_by_group(records: &[ModelRecord], groups: &[u32], n_groups: usize) -> 
     }
     (0..n_groups)
         .map(|g| {
-            let mean = |sum: f64, side: usize| (count[g][side] > 0).then(|| sum / count[g][side] as f64);
+            let mean =
+                |sum: f64, side: usize| (count[g][side] > 0).then(|| sum / count[g][side] as f64);
             GroupInOut {
                 acc_in: mean(correct[g][0] as f64, 0),
                 acc_out: mean(correct[g][1] as f64, 1),
@@ -470,11 +471,19 @@ pub fn xrm_proxy(
         .map(|(i, o)| i - o)
         .collect();
     let held_out_error: Vec<f64> = held_out_prob.iter().map(|p| 1.0 - p).collect();
-    let flipped: Vec<bool> = xrm.y_dyn.iter().zip(&ds.train.y).map(|(a, b)| a != b).collect();
+    let flipped: Vec<bool> = xrm
+        .y_dyn
+        .iter()
+        .zip(&ds.train.y)
+        .map(|(a, b)| a != b)
+        .collect();
     let groups = ds.train.groups(ds.n_attr);
     let n_groups = ds.n_groups();
     let some = |v: &[f64]| -> Vec<Option<f64>> { v.iter().map(|&v| Some(v)).collect() };
-    let flipped_values: Vec<Option<f64>> = flipped.iter().map(|&f| Some(f64::from(u8::from(f)))).collect();
+    let flipped_values: Vec<Option<f64>> = flipped
+        .iter()
+        .map(|&f| Some(f64::from(u8::from(f))))
+        .collect();
     let flipped_share = group_summary(&flipped_values, &groups, n_groups)?
         .into_iter()
         .map(|s| s.mean)
@@ -791,6 +800,22 @@ pub fn run_memscore(
     })
 }
 
+/// Bins of `width` centred on its multiples, from the one nearest `min` (clamped to −1, and at
+/// most −`width`) to the one holding 1: `(bin count, range)`.
+fn centred_bins(min: f64, width: f32) -> (usize, (f32, f32)) {
+    let w = f64::from(width);
+    let first_centre = (min.max(-1.0) / w).round().min(-1.0);
+    let last_centre = (1.0 / w).round();
+    let bins = (last_centre - first_centre) as usize + 1;
+    (
+        bins,
+        (
+            ((first_centre - 0.5) * w) as f32,
+            ((last_centre + 0.5) * w) as f32,
+        ),
+    )
+}
+
 fn fmt_opt(v: Option<f64>) -> String {
     v.map_or_else(|| "–".to_string(), |v| format!("{v:.3}"))
 }
@@ -844,7 +869,13 @@ impl MemscoreReport {
         let mut out = format!(
             "# Memorization scores: `{}`\n\n{} training examples, M = {} subset models, share {}, \
              {} steps per model, seed {}; MAT tau = {}.\n\n",
-            self.dataset, self.n_train, est.models, est.share, est.steps, est.seed, self.experiment.tau
+            self.dataset,
+            self.n_train,
+            est.models,
+            est.share,
+            est.steps,
+            est.seed,
+            self.experiment.tau
         );
         for (score, title) in [
             ("acc", "mem_acc (correctness in − out)"),
@@ -866,7 +897,11 @@ impl MemscoreReport {
                 fmt_opt(m.split_half.prob.mean_abs_diff),
                 fmt_opt(m.split_half.prob.spearman),
                 m.wall_s,
-                if m.parallel { " (parallel)" } else { " (sequential)" }
+                if m.parallel {
+                    " (parallel)"
+                } else {
+                    " (sequential)"
+                }
             ));
         }
         out.push_str(&format!(
@@ -883,7 +918,10 @@ impl MemscoreReport {
                 .unwrap_or_default()
         ));
         for (g, label) in self.group_labels.iter().enumerate() {
-            let (a, b) = (&self.proxy.summary[g], &self.proxy.summary_held_out_error[g]);
+            let (a, b) = (
+                &self.proxy.summary[g],
+                &self.proxy.summary_held_out_error[g],
+            );
             out.push_str(&format!(
                 "| {label} | {} | {} | {} | {} | {} |\n",
                 fmt_opt(a.mean),
@@ -943,15 +981,7 @@ impl MemscoreReport {
                 s.iter().flatten().copied().collect::<Vec<_>>()
             })
             .fold(f64::INFINITY, f64::min);
-        let w = f64::from(self.experiment.bin_width);
-        // Scores lie in [−1, 1]; the first bin centre is the multiple of w nearest the minimum.
-        let first_centre = (all_min.max(-1.0) / w).round().min(-1.0);
-        let last_centre = (1.0 / w).round();
-        let bins = (last_centre - first_centre) as usize + 1;
-        let range = (
-            ((first_centre - 0.5) * w) as f32,
-            ((last_centre + 0.5) * w) as f32,
-        );
+        let (bins, range) = centred_bins(all_min, self.experiment.bin_width);
         let x_label = if score == "acc" {
             "memorization score (correctness)"
         } else {
@@ -1008,4 +1038,50 @@ pub fn write_memscore(report: &MemscoreReport, dir: &Path) -> Result<Vec<PathBuf
         )?);
     }
     Ok(paths)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn true_label_probability_is_the_softmax_entry() {
+        // Row 0: logits (0, ln 3) → p = (1/4, 3/4), label 1; row 1: a tie, label 0 → 1/2 and
+        // argmax takes the first class.
+        let logits = [0.0f32, 3f32.ln(), 2.0, 2.0];
+        let (correct, prob) = true_label_results(&logits, &[1, 0], 2);
+        assert_eq!(correct, vec![true, true]);
+        assert!((prob[0] - 0.75).abs() < 1e-6);
+        assert!((prob[1] - 0.5).abs() < 1e-6);
+        // Large logits do not overflow.
+        let (_, prob) = true_label_results(&[1000.0, 0.0], &[1], 2);
+        assert!(prob[0] >= 0.0 && prob[0] < 1e-30);
+    }
+
+    #[test]
+    fn pearson_known_values() {
+        assert!((pearson(&[1.0, 2.0, 3.0], &[2.0, 4.0, 6.0]) - 1.0).abs() < 1e-12);
+        assert!((pearson(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]) + 1.0).abs() < 1e-12);
+        // x = (0, 1, 2, 3), y = (0, 1, 0, 1): cov = 1, var_x = 5, var_y = 1 → 1 / sqrt(5).
+        let r = pearson(&[0.0, 1.0, 2.0, 3.0], &[0.0, 1.0, 0.0, 1.0]);
+        assert!((r - 1.0 / 5f64.sqrt()).abs() < 1e-12);
+        assert!(pearson(&[1.0, 1.0], &[1.0, 2.0]).is_nan());
+        assert!(pearson(&[1.0], &[1.0]).is_nan());
+    }
+
+    #[test]
+    fn histogram_bins_are_centred_and_cover_the_scores() {
+        // Minimum −0.23 with width 0.05: centres −0.25, …, 1.0 → 26 bins over [−0.275, 1.025].
+        let (bins, (lo, hi)) = centred_bins(-0.23, 0.05);
+        assert_eq!(bins, 26);
+        assert!((lo + 0.275).abs() < 1e-6 && (hi - 1.025).abs() < 1e-6);
+        // A non-negative minimum still gets one bin below zero; no score at all likewise.
+        for min in [0.3, f64::INFINITY] {
+            let (bins, (lo, _)) = centred_bins(min, 0.1);
+            assert_eq!(bins, 12);
+            assert!((lo + 0.15).abs() < 1e-6);
+        }
+        // Scores never go below −1.
+        assert_eq!(centred_bins(-5.0, 0.5).0, 5);
+    }
 }

@@ -57,9 +57,9 @@ fn map_unary(x: &[f32], f: impl Fn(f32) -> f32 + Sync + Send) -> Vec<f32> {
     if x.len() >= PAR_MIN_ELEMS {
         out.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
-            .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, &v)| *o = f(v)));
+            .for_each(|(o, i)| math::map(i, o, &f));
     } else {
-        out.iter_mut().zip(x).for_each(|(o, &v)| *o = f(v));
+        math::map(x, &mut out, &f);
     }
     out
 }
@@ -194,7 +194,7 @@ impl BackendStorage for CpuStorage {
             UnaryOp::Neg => map_unary(x, |v| -v),
             UnaryOp::Exp => map_unary(x, math::exp),
             UnaryOp::Log => map_unary(x, f32::ln),
-            UnaryOp::Tanh => map_unary(x, f32::tanh),
+            UnaryOp::Tanh => map_unary(x, math::tanh),
             UnaryOp::Relu => map_unary(x, |v| if v > 0.0 { v } else { 0.0 }),
             UnaryOp::Sigmoid => map_unary(x, |v| 1.0 / (1.0 + math::exp(-v))),
             UnaryOp::Sqrt => map_unary(x, f32::sqrt),

@@ -64,20 +64,60 @@ pub(super) fn adam(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: Ad
     let one_minus_b2 = (1.0 - beta2) as f32;
     let b2 = h.beta2;
     let decay = (1.0 - lr * as_written(h.weight_decay)) as f32;
+    let c = AdamConsts {
+        step_size,
+        bc2_sqrt,
+        one_minus_b1,
+        one_minus_b2,
+        b2,
+        decay,
+        eps: h.eps,
+        weight_decay: h.weight_decay,
+        decoupled: h.decoupled,
+    };
+    #[cfg(target_arch = "x86_64")]
+    if super::has_avx2() {
+        // SAFETY: AVX2 support was detected at run time.
+        return unsafe { adam_avx2(p, g, m, v, &c) };
+    }
+    adam_loop(p, g, m, v, &c)
+}
+
+struct AdamConsts {
+    step_size: f32,
+    bc2_sqrt: f32,
+    one_minus_b1: f32,
+    one_minus_b2: f32,
+    b2: f32,
+    decay: f32,
+    eps: f32,
+    weight_decay: f32,
+    decoupled: bool,
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn adam_avx2(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: &AdamConsts) {
+    adam_loop(p, g, m, v, c)
+}
+
+/// The element loop; the same arithmetic with or without AVX2 (no fused multiply-adds).
+#[inline(always)]
+fn adam_loop(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: &AdamConsts) {
     for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-        let g = if h.decoupled {
-            *p *= decay;
+        let g = if c.decoupled {
+            *p *= c.decay;
             g
-        } else if h.weight_decay != 0.0 {
-            g + h.weight_decay * *p
+        } else if c.weight_decay != 0.0 {
+            g + c.weight_decay * *p
         } else {
             g
         };
         // lerp(m, g, 1 - b1) as PyTorch evaluates it for weights below 0.5.
-        *m += one_minus_b1 * (g - *m);
-        *v = *v * b2 + one_minus_b2 * g * g;
-        let denom = v.sqrt() / bc2_sqrt + h.eps;
+        *m += c.one_minus_b1 * (g - *m);
+        *v = *v * c.b2 + c.one_minus_b2 * g * g;
+        let denom = v.sqrt() / c.bc2_sqrt + c.eps;
         // addcdiv: p + (-step_size · m) / denom
-        *p += (-step_size * *m) / denom;
+        *p += (-c.step_size * *m) / denom;
     }
 }
