@@ -61,7 +61,12 @@ pub struct Indices {
 
 impl std::fmt::Debug for Indices {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Indices{{len: {}, device: {:?}}}", self.len(), self.device)
+        write!(
+            f,
+            "Indices{{len: {}, device: {:?}}}",
+            self.len(),
+            self.device
+        )
     }
 }
 
@@ -211,9 +216,16 @@ impl Tensor {
     }
 
     /// Standard normal times `std` from `rng`.
-    pub fn randn(rng: &mut Rng, shape: impl Into<Shape>, std: f32, device: &Device) -> Result<Tensor> {
+    pub fn randn(
+        rng: &mut Rng,
+        shape: impl Into<Shape>,
+        std: f32,
+        device: &Device,
+    ) -> Result<Tensor> {
         let shape = shape.into();
-        let v = (0..shape.elem_count()).map(|_| std * rng.normal()).collect();
+        let v = (0..shape.elem_count())
+            .map(|_| std * rng.normal())
+            .collect();
         Tensor::from_vec(v, shape, device)
     }
 
@@ -309,7 +321,11 @@ impl Tensor {
     /// The rows of a matrix.
     pub fn to_vec2(&self) -> Result<Vec<Vec<f32>>> {
         let (_, c) = self.dims2()?;
-        Ok(self.to_vec()?.chunks(c.max(1)).map(|r| r.to_vec()).collect())
+        Ok(self
+            .to_vec()?
+            .chunks(c.max(1))
+            .map(|r| r.to_vec())
+            .collect())
     }
 
     /// The value of a one-element tensor.

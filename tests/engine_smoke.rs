@@ -33,12 +33,24 @@ fn smoke_grad_and_train() {
     )
     .unwrap();
     assert!(r.passed(), "{r:?}");
-    let mlp = Mlp::new(&[4, 16, 3], Activation::Relu, true, Init::PyTorchDefault, &mut rng, &dev).unwrap();
+    let mlp = Mlp::new(
+        &[4, 16, 3],
+        Activation::Relu,
+        true,
+        Init::PyTorchDefault,
+        &mut rng,
+        &dev,
+    )
+    .unwrap();
     let x = Tensor::randn(&mut rng, (5, 4), 1.0, &dev).unwrap();
     let mut opt = Adam::new(mlp.parameters(), 1e-2, 0.0).unwrap();
     let mut last = 0.0;
     for _ in 0..200 {
-        let loss = mlp.forward(&x).unwrap().shifted_cross_entropy(&y, None, None, Reduction::Mean).unwrap();
+        let loss = mlp
+            .forward(&x)
+            .unwrap()
+            .shifted_cross_entropy(&y, None, None, Reduction::Mean)
+            .unwrap();
         last = loss.to_scalar().unwrap();
         let g = loss.backward().unwrap();
         opt.step(&g).unwrap();

@@ -37,7 +37,10 @@ pub fn check_gradients(
     atol: f64,
     rtol: f64,
 ) -> Result<GradCheck> {
-    let vars: Vec<Tensor> = inputs.iter().map(|t| t.copy().map(|c| c.variable())).collect::<Result<_>>()?;
+    let vars: Vec<Tensor> = inputs
+        .iter()
+        .map(|t| t.copy().map(|c| c.variable()))
+        .collect::<Result<_>>()?;
     let out = f(&vars)?;
     let mut rng = Rng::new(0x6772_6164);
     let r = Tensor::from_vec(

@@ -266,7 +266,10 @@ impl Tensor {
         let _guard = NoGradGuard::new();
         let order = reverse_topological(self);
         let mut grads: HashMap<TensorId, Tensor> = HashMap::new();
-        grads.insert(self.id(), Tensor::ones(self.shape().clone(), self.device())?);
+        grads.insert(
+            self.id(),
+            Tensor::ones(self.shape().clone(), self.device())?,
+        );
         let mut store = GradStore::default();
         for node in order {
             let Some(grad) = grads.remove(&node.id()) else {

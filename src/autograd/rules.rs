@@ -143,8 +143,15 @@ pub(super) fn backward(op: &Op, out: &Tensor, g: &Tensor) -> Result<Vec<(Tensor,
             let len = g.dims()[*axis];
             let (outer, _, inner) = input.shape().split_at_axis(*axis);
             let mut dx = input.device().zeros_storage(input.elem_count())?;
-            g.storage()
-                .copy2d(&mut dx, outer, len * inner, len * inner, dim * inner, 0, start * inner)?;
+            g.storage().copy2d(
+                &mut dx,
+                outer,
+                len * inner,
+                len * inner,
+                dim * inner,
+                0,
+                start * inner,
+            )?;
             let dx = Tensor::from_storage(dx, input.shape().clone(), input.device().clone());
             vec![(input.clone(), dx)]
         }

@@ -158,8 +158,12 @@ pub trait BackendStorage: Sized {
     fn xent(&self, args: XentArgs<'_, Self, Self::Index>) -> Result<(Self, Option<Self>)>;
     /// Sum of all elements, in a fixed order.
     fn sum_all(&self) -> Result<Self>;
-    fn sgd_update(&mut self, grad: &Self, momentum_buf: Option<&mut Self>, h: SgdStep)
-        -> Result<()>;
+    fn sgd_update(
+        &mut self,
+        grad: &Self,
+        momentum_buf: Option<&mut Self>,
+        h: SgdStep,
+    ) -> Result<()>;
     fn adam_update(&mut self, grad: &Self, m: &mut Self, v: &mut Self, h: AdamStep) -> Result<()>;
 }
 

@@ -68,14 +68,15 @@ pub fn load_parameters(params: &[(String, Tensor)], path: &Path) -> Result<()> {
     };
     let mut staged = Vec::with_capacity(params.len());
     for (name, t) in params {
-        let view = file
-            .tensor(name)
-            .map_err(|_| bad(name, "missing".into()))?;
+        let view = file.tensor(name).map_err(|_| bad(name, "missing".into()))?;
         if view.dtype() != Dtype::F32 {
             return Err(bad(name, format!("dtype {:?}, expected F32", view.dtype())));
         }
         if view.shape() != t.dims() {
-            return Err(bad(name, format!("shape {:?}, expected {:?}", view.shape(), t.dims())));
+            return Err(bad(
+                name,
+                format!("shape {:?}, expected {:?}", view.shape(), t.dims()),
+            ));
         }
         let values: Vec<f32> = view
             .data()

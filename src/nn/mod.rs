@@ -32,7 +32,10 @@ pub trait Module: Send + Sync {
     /// Parameters with stable names (`layers.0.weight`, ...), in a fixed order.
     fn named_parameters(&self) -> Vec<(String, Tensor)>;
     fn parameters(&self) -> Vec<Tensor> {
-        self.named_parameters().into_iter().map(|(_, t)| t).collect()
+        self.named_parameters()
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect()
     }
 }
 
@@ -55,7 +58,10 @@ impl Linear {
         device: &Device,
     ) -> Result<Linear> {
         if in_dim == 0 || out_dim == 0 {
-            return Err(Error::arg("dims", format!("linear layer {in_dim} → {out_dim}")));
+            return Err(Error::arg(
+                "dims",
+                format!("linear layer {in_dim} → {out_dim}"),
+            ));
         }
         let (w_bound, b_bound) = match init {
             Init::PyTorchDefault => {
@@ -72,8 +78,12 @@ impl Linear {
                 rng.uniform_vec(n, -bound, bound)
             }
         };
-        let weight = Tensor::from_vec(draw(rng, out_dim * in_dim, w_bound), (out_dim, in_dim), device)?
-            .variable();
+        let weight = Tensor::from_vec(
+            draw(rng, out_dim * in_dim, w_bound),
+            (out_dim, in_dim),
+            device,
+        )?
+        .variable();
         let bias = if bias {
             Some(Tensor::from_vec(draw(rng, out_dim, b_bound), out_dim, device)?.variable())
         } else {
@@ -148,7 +158,10 @@ impl Mlp {
         device: &Device,
     ) -> Result<Mlp> {
         if widths.len() < 2 {
-            return Err(Error::arg("widths", "an MLP needs at least input and output widths"));
+            return Err(Error::arg(
+                "widths",
+                "an MLP needs at least input and output widths",
+            ));
         }
         let layers = widths
             .windows(2)

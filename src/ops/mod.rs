@@ -28,7 +28,13 @@ impl Tensor {
         ))
     }
 
-    fn binary_op(&self, rhs: &Tensor, op: BinaryOp, name: &'static str, broadcast: bool) -> Result<Tensor> {
+    fn binary_op(
+        &self,
+        rhs: &Tensor,
+        op: BinaryOp,
+        name: &'static str,
+        broadcast: bool,
+    ) -> Result<Tensor> {
         self.check_same_device(rhs, name)?;
         let out = if broadcast {
             self.shape().broadcast(rhs.shape(), name)?
@@ -47,9 +53,13 @@ impl Tensor {
             let (a, b) = (self.storage(), rhs.storage());
             a.binary(&b, op, self.shape(), rhs.shape(), &out)?
         };
-        Ok(Tensor::from_op(storage, out, self.device(), &[self, rhs], || {
-            Op::Binary(self.clone(), rhs.clone(), op)
-        }))
+        Ok(Tensor::from_op(
+            storage,
+            out,
+            self.device(),
+            &[self, rhs],
+            || Op::Binary(self.clone(), rhs.clone(), op),
+        ))
     }
 
     /// Elementwise `self + rhs` (equal shapes).
@@ -157,7 +167,11 @@ impl Tensor {
         self.shape().check_axis(name, axis)?;
         let (outer, len, inner) = self.shape().split_at_axis(axis);
         if len == 0 {
-            return Err(Error::bad_shape(name, self.dims(), "reduction over an empty axis"));
+            return Err(Error::bad_shape(
+                name,
+                self.dims(),
+                "reduction over an empty axis",
+            ));
         }
         let storage = self.storage().reduce(op, outer, len, inner)?;
         Ok(Tensor::from_op(
@@ -251,12 +265,22 @@ impl Tensor {
     pub fn t(&self) -> Result<Tensor> {
         let (r, c) = self.shape().dims2("transpose")?;
         let storage = self.storage().transpose2d(r, c)?;
-        Ok(Tensor::from_op(storage, Shape::from((c, r)), self.device(), &[self], || {
-            Op::Transpose(self.clone())
-        }))
+        Ok(Tensor::from_op(
+            storage,
+            Shape::from((c, r)),
+            self.device(),
+            &[self],
+            || Op::Transpose(self.clone()),
+        ))
     }
 
-    fn matmul_impl(&self, rhs: &Tensor, lhs_t: bool, rhs_t: bool, name: &'static str) -> Result<Tensor> {
+    fn matmul_impl(
+        &self,
+        rhs: &Tensor,
+        lhs_t: bool,
+        rhs_t: bool,
+        name: &'static str,
+    ) -> Result<Tensor> {
         self.check_same_device(rhs, name)?;
         let (ar, ac) = self.shape().dims2(name)?;
         let (br, bc) = rhs.shape().dims2(name)?;
@@ -274,14 +298,18 @@ impl Tensor {
             let (a, b) = (self.storage(), rhs.storage());
             a.matmul(&b, (m, k, n), lhs_t, rhs_t)?
         };
-        Ok(Tensor::from_op(storage, Shape::from((m, n)), self.device(), &[self, rhs], || {
-            Op::Matmul {
+        Ok(Tensor::from_op(
+            storage,
+            Shape::from((m, n)),
+            self.device(),
+            &[self, rhs],
+            || Op::Matmul {
                 lhs: self.clone(),
                 rhs: rhs.clone(),
                 lhs_t,
                 rhs_t,
-            }
-        }))
+            },
+        ))
     }
 
     /// `self · rhs`.
@@ -305,19 +333,29 @@ impl Tensor {
     /// Rows `idx` of a matrix (or of the first axis of any tensor).
     pub fn index_select(&self, idx: &Indices) -> Result<Tensor> {
         if self.rank() == 0 {
-            return Err(Error::bad_shape("index_select", self.dims(), "needs rank >= 1"));
+            return Err(Error::bad_shape(
+                "index_select",
+                self.dims(),
+                "needs rank >= 1",
+            ));
         }
         if idx.device() != self.device() {
-            return Err(Error::Device("index_select: indices on another device".into()));
+            return Err(Error::Device(
+                "index_select: indices on another device".into(),
+            ));
         }
         let rows = self.dims()[0];
         let cols = self.elem_count() / rows.max(1);
         let storage = self.storage().index_select_rows(cols, &idx.storage)?;
         let mut dims = self.dims().to_vec();
         dims[0] = idx.len();
-        Ok(Tensor::from_op(storage, Shape::from(dims), self.device(), &[self], || {
-            Op::IndexSelect(self.clone(), idx.clone())
-        }))
+        Ok(Tensor::from_op(
+            storage,
+            Shape::from(dims),
+            self.device(),
+            &[self],
+            || Op::IndexSelect(self.clone(), idx.clone()),
+        ))
     }
 
     /// `out[i] = self[i, idx[i]]` for a matrix: picks one column per row (a label's logit).
@@ -335,9 +373,13 @@ impl Tensor {
             return Err(Error::Device("gather: indices on another device".into()));
         }
         let storage = self.storage().gather_cols(rows, cols, &idx.storage)?;
-        Ok(Tensor::from_op(storage, Shape::from(rows), self.device(), &[self], || {
-            Op::Gather(self.clone(), idx.clone())
-        }))
+        Ok(Tensor::from_op(
+            storage,
+            Shape::from(rows),
+            self.device(),
+            &[self],
+            || Op::Gather(self.clone(), idx.clone()),
+        ))
     }
 
     /// Concatenation along `axis`; all other dimensions must agree.
@@ -416,11 +458,17 @@ impl Tensor {
             start * inner,
             0,
         )?;
-        Ok(Tensor::from_op(out, out_shape, self.device(), &[self], || Op::Narrow {
-            input: self.clone(),
-            axis,
-            start,
-        }))
+        Ok(Tensor::from_op(
+            out,
+            out_shape,
+            self.device(),
+            &[self],
+            || Op::Narrow {
+                input: self.clone(),
+                axis,
+                start,
+            },
+        ))
     }
 
     /// `mask != 0 ? on_true : on_false`, elementwise; all three of one shape. `self` is the mask.
@@ -456,13 +504,19 @@ impl Tensor {
         let cols = *self.dims().last().expect("rank >= 1 checked above");
         let rows = self.elem_count() / cols.max(1);
         let storage = self.storage().softmax_rows(rows, cols, log)?;
-        Ok(Tensor::from_op(storage, self.shape().clone(), self.device(), &[self], || {
-            if log {
-                Op::LogSoftmax(self.clone())
-            } else {
-                Op::Softmax(self.clone())
-            }
-        }))
+        Ok(Tensor::from_op(
+            storage,
+            self.shape().clone(),
+            self.device(),
+            &[self],
+            || {
+                if log {
+                    Op::LogSoftmax(self.clone())
+                } else {
+                    Op::Softmax(self.clone())
+                }
+            },
+        ))
     }
 
     /// Softmax over the last axis.

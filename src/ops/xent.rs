@@ -39,10 +39,19 @@ impl Tensor {
         const OP: &str = "shifted_cross_entropy";
         let (rows, cols) = self.shape().dims2(OP)?;
         if rows == 0 || cols == 0 {
-            return Err(Error::bad_shape(OP, self.dims(), "needs at least one row and one class"));
+            return Err(Error::bad_shape(
+                OP,
+                self.dims(),
+                "needs at least one row and one class",
+            ));
         }
         if labels.len() != rows {
-            return Err(Error::shape_detail(OP, self.dims(), &[labels.len()], "one label per row"));
+            return Err(Error::shape_detail(
+                OP,
+                self.dims(),
+                &[labels.len()],
+                "one label per row",
+            ));
         }
         if labels.device() != self.device() {
             return Err(Error::Device(format!("{OP}: labels on another device")));
@@ -50,22 +59,31 @@ impl Tensor {
         if let Some(s) = shift {
             self.check_same_device(s, OP)?;
             if s.shape() != self.shape() {
-                return Err(Error::shape_detail(OP, self.dims(), s.dims(), "shift must match the logits"));
+                return Err(Error::shape_detail(
+                    OP,
+                    self.dims(),
+                    s.dims(),
+                    "shift must match the logits",
+                ));
             }
         }
         if let Some(w) = weights {
             self.check_same_device(w, OP)?;
             if w.dims() != [rows] {
-                return Err(Error::shape_detail(OP, self.dims(), w.dims(), "weights must be one per row"));
+                return Err(Error::shape_detail(
+                    OP,
+                    self.dims(),
+                    w.dims(),
+                    "weights must be one per row",
+                ));
             }
         }
         let grad_scale = match reduction {
             Reduction::None | Reduction::Sum => 1.0,
             Reduction::Mean => 1.0 / rows as f32,
             Reduction::WeightedMean => {
-                let w = weights.ok_or_else(|| {
-                    Error::arg("reduction", "WeightedMean needs per-row weights")
-                })?;
+                let w = weights
+                    .ok_or_else(|| Error::arg("reduction", "WeightedMean needs per-row weights"))?;
                 let total = w.sum_all()?.to_scalar()?;
                 if !(total.is_finite() && total > 0.0) {
                     return Err(Error::NonFinite {
@@ -99,12 +117,16 @@ impl Tensor {
                 let scaled = if grad_scale == 1.0 {
                     total
                 } else {
-                    total.unary(crate::backend::UnaryOp::Affine { mul: grad_scale, add: 0.0 })?
+                    total.unary(crate::backend::UnaryOp::Affine {
+                        mul: grad_scale,
+                        add: 0.0,
+                    })?
                 };
                 (scaled, Shape::from(()))
             }
         };
-        let unit_grad = unit_grad.map(|g| Tensor::from_storage(g, self.shape().clone(), device.clone()));
+        let unit_grad =
+            unit_grad.map(|g| Tensor::from_storage(g, self.shape().clone(), device.clone()));
         let loss = Tensor::from_op(storage, shape, device, &[self], || Op::ShiftedXent {
             logits: self.clone(),
             unit_grad: unit_grad

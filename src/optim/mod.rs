@@ -57,7 +57,10 @@ impl Sgd {
         check_hparam("momentum", momentum, momentum >= 0.0)?;
         check_hparam("weight_decay", weight_decay, weight_decay >= 0.0)?;
         if nesterov && (momentum <= 0.0 || dampening != 0.0) {
-            return Err(Error::arg("nesterov", "needs momentum > 0 and zero dampening"));
+            return Err(Error::arg(
+                "nesterov",
+                "needs momentum > 0 and zero dampening",
+            ));
         }
         let buffers = params.iter().map(|_| None).collect();
         Ok(Sgd {
@@ -166,7 +169,10 @@ impl Optimizer for Adam {
             let Some(g) = grads.get(p) else { continue };
             if moments.is_none() {
                 let dev = p.device();
-                *moments = Some((dev.zeros_storage(p.elem_count())?, dev.zeros_storage(p.elem_count())?));
+                *moments = Some((
+                    dev.zeros_storage(p.elem_count())?,
+                    dev.zeros_storage(p.elem_count())?,
+                ));
             }
             let (m, v) = moments.as_mut().expect("moments were just initialised");
             *step += 1;

@@ -124,14 +124,21 @@ pub(crate) fn exp_shifted_sum(v: &mut [f32], shift: f32) -> f32 {
 #[inline(always)]
 fn load_max_generic(z: &[f32], s: Option<&[f32]>, u: &mut [f32]) -> f32 {
     match s {
-        Some(s) => u.iter_mut().zip(z.iter().zip(s)).for_each(|(u, (&a, &b))| *u = a + b),
+        Some(s) => u
+            .iter_mut()
+            .zip(z.iter().zip(s))
+            .for_each(|(u, (&a, &b))| *u = a + b),
         None => u.copy_from_slice(z),
     }
     let mut lanes = [f32::NEG_INFINITY; 8];
     let body = u.len() / 8 * 8;
     for chunk in u[..body].chunks_exact(8) {
         for l in 0..8 {
-            lanes[l] = if chunk[l] > lanes[l] { chunk[l] } else { lanes[l] };
+            lanes[l] = if chunk[l] > lanes[l] {
+                chunk[l]
+            } else {
+                lanes[l]
+            };
         }
     }
     let mut m = lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max);

@@ -116,15 +116,21 @@ fn map_broadcast(
         len == last && s.dims().last().copied() == Some(last) && len * (n / last.max(1)) == n
     };
     if a.len() == n && is_row(b_shape, b.len()) {
-        o.chunks_mut(last)
-            .zip(a.chunks(last))
-            .for_each(|(o, a)| o.iter_mut().zip(a).zip(b).for_each(|((o, &x), &y)| *o = f(x, y)));
+        o.chunks_mut(last).zip(a.chunks(last)).for_each(|(o, a)| {
+            o.iter_mut()
+                .zip(a)
+                .zip(b)
+                .for_each(|((o, &x), &y)| *o = f(x, y))
+        });
         return o;
     }
     if b.len() == n && is_row(a_shape, a.len()) {
-        o.chunks_mut(last)
-            .zip(b.chunks(last))
-            .for_each(|(o, b)| o.iter_mut().zip(a).zip(b).for_each(|((o, &x), &y)| *o = f(x, y)));
+        o.chunks_mut(last).zip(b.chunks(last)).for_each(|(o, b)| {
+            o.iter_mut()
+                .zip(a)
+                .zip(b)
+                .for_each(|((o, &x), &y)| *o = f(x, y))
+        });
         return o;
     }
     // Column: (R, 1) against (R, C).
@@ -330,7 +336,9 @@ impl BackendStorage for CpuStorage {
     fn gather_cols(&self, rows: usize, cols: usize, idx: &Vec<u32>) -> Result<Self> {
         check_index("gather", idx, cols)?;
         Ok(CpuStorage(
-            (0..rows).map(|r| self.0[r * cols + idx[r] as usize]).collect(),
+            (0..rows)
+                .map(|r| self.0[r * cols + idx[r] as usize])
+                .collect(),
         ))
     }
 

@@ -27,7 +27,11 @@ pub(super) fn sgd(p: &mut [f32], g: &[f32], buf: Option<&mut [f32]>, h: SgdStep)
     match buf {
         Some(buf) if momentum != 0.0 => {
             for ((p, &g), b) in p.iter_mut().zip(g).zip(buf.iter_mut()) {
-                let d = if weight_decay != 0.0 { g + weight_decay * *p } else { g };
+                let d = if weight_decay != 0.0 {
+                    g + weight_decay * *p
+                } else {
+                    g
+                };
                 *b = if first_step {
                     d
                 } else {
@@ -39,7 +43,11 @@ pub(super) fn sgd(p: &mut [f32], g: &[f32], buf: Option<&mut [f32]>, h: SgdStep)
         }
         _ => {
             for (p, &g) in p.iter_mut().zip(g) {
-                let d = if weight_decay != 0.0 { g + weight_decay * *p } else { g };
+                let d = if weight_decay != 0.0 {
+                    g + weight_decay * *p
+                } else {
+                    g
+                };
                 *p -= lr * d;
             }
         }

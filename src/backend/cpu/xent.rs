@@ -35,11 +35,7 @@ pub(super) fn shifted_xent(
         grad_scale,
         write_grad,
     } = args;
-    if let Some((row, &label)) = labels
-        .iter()
-        .enumerate()
-        .find(|(_, &y)| y as usize >= cols)
-    {
+    if let Some((row, &label)) = labels.iter().enumerate().find(|(_, &y)| y as usize >= cols) {
         return Err(Error::LabelOutOfRange {
             op: "shifted_cross_entropy",
             row,
@@ -110,8 +106,5 @@ pub(super) fn shifted_xent(
                 .for_each(|item| body(&mut scratch, item));
         }
     }
-    Ok((
-        CpuStorage(losses),
-        write_grad.then_some(CpuStorage(grad)),
-    ))
+    Ok((CpuStorage(losses), write_grad.then_some(CpuStorage(grad))))
 }
