@@ -313,9 +313,15 @@ pub(super) fn matmul(
         }
     };
     if macs >= PAR_MIN_MACS && m > ROW_BLOCK {
-        c.par_chunks_mut(ROW_BLOCK * n)
+        // One block of rows per thread: each block packs all of op(B), so fewer, larger
+        // blocks pack less. The split cannot change any bit of the result: matrixmultiply
+        // computes every element of C with the same sequence of operations wherever its row
+        // falls (the k-blocking depends on k alone).
+        let blocks = rayon::current_num_threads().clamp(1, m / ROW_BLOCK);
+        let rows_per_block = m.div_ceil(blocks);
+        c.par_chunks_mut(rows_per_block * n)
             .enumerate()
-            .for_each(|(bi, out)| sgemm_rows(bi * ROW_BLOCK, out.len() / n, out));
+            .for_each(|(bi, out)| sgemm_rows(bi * rows_per_block, out.len() / n, out));
     } else {
         sgemm_rows(0, m, &mut c);
     }
