@@ -271,13 +271,16 @@ impl Tensor {
             Tensor::ones(self.shape().clone(), self.device())?,
         );
         let mut store = GradStore::default();
+        let root = self.id();
         for node in order {
             let Some(grad) = grads.remove(&node.id()) else {
                 continue;
             };
             match node.op() {
                 Some(op) => {
-                    for (input, g) in rules::backward(op, &node, &grad)? {
+                    // The root's gradient is exactly 1: rules may skip multiplying by it.
+                    let unit = node.id() == root;
+                    for (input, g) in rules::backward(op, &node, &grad, unit)? {
                         if !input.tracks_grad() {
                             continue;
                         }

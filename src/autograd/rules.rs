@@ -27,7 +27,14 @@ pub(crate) fn sum_to(g: &Tensor, shape: &Shape) -> Result<Tensor> {
     t.reshape(shape.clone())
 }
 
-pub(super) fn backward(op: &Op, out: &Tensor, g: &Tensor) -> Result<Vec<(Tensor, Tensor)>> {
+/// `g_is_one` says that `g` is the seed of `backward` (all ones), which the fused
+/// cross-entropy uses to hand over its precomputed gradient without another pass over it.
+pub(super) fn backward(
+    op: &Op,
+    out: &Tensor,
+    g: &Tensor,
+    g_is_one: bool,
+) -> Result<Vec<(Tensor, Tensor)>> {
     Ok(match op {
         Op::Unary(x, u) => {
             let dx = match *u {
@@ -175,6 +182,9 @@ pub(super) fn backward(op: &Op, out: &Tensor, g: &Tensor) -> Result<Vec<(Tensor,
             let last = x.rank() - 1;
             let gsum = g.sum_keepdim(last)?;
             vec![(x.clone(), g.sub(&out.exp()?.broadcast_mul(&gsum)?)?)]
+        }
+        Op::ShiftedXent { logits, unit_grad } if g_is_one => {
+            vec![(logits.clone(), unit_grad.clone())]
         }
         Op::ShiftedXent { logits, unit_grad } => {
             let upstream = if g.rank() == 0 {
