@@ -11,8 +11,8 @@ use super::common::{load_dataset, parse_device, progress_bar, write_text, DATA_H
 use crate::algo::sweep::{run_sweeps, MethodKind, MethodPlan, Parallelism, Progress};
 use crate::error::{Error, Result};
 use crate::eval::selection::Criterion;
-use crate::repro::table1::{entry_dir, preset_sweep, row_label, Preset, Sizes};
 use crate::report::table::ResultsTable;
+use crate::repro::table1::{entry_dir, preset_sweep, row_label, Preset, Sizes};
 
 /// Arguments of `memaware sweep`.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -76,7 +76,10 @@ pub fn run(args: &Args) -> Result<()> {
         .map(|m| m.parse())
         .collect::<Result<_>>()?;
     if kinds.is_empty() {
-        return Err(Error::arg("method", "name at least one method with --method"));
+        return Err(Error::arg(
+            "method",
+            "name at least one method with --method",
+        ));
     }
     let criteria: Vec<Criterion> = if args.select.is_empty() {
         vec![Criterion::VaWga, Criterion::VaGiWga]

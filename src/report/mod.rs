@@ -1,4 +1,4 @@
 //! Results as tables and figures.
 
-pub mod table;
 pub mod plot;
+pub mod table;

@@ -432,7 +432,7 @@ fn markdown(record: &Table1Record) -> String {
 /// column in parallel per its [`SweepConfig::parallelism`]), builds the table and the
 /// margins, and writes `table1.md` and `table1.json` under `cfg.out`.
 ///
-/// Errors: no column or no method, column labels that repeat, and whatever
+/// Errors: no column or no method, columns whose labels (or folders) coincide, and whatever
 /// [`run_sweeps`] reports.
 pub fn run_table1(cfg: &Table1Config, progress: ProgressFn<'_>) -> Result<Table1Outcome> {
     if cfg.entries.is_empty() {
@@ -441,11 +441,21 @@ pub fn run_table1(cfg: &Table1Config, progress: ProgressFn<'_>) -> Result<Table1
     if cfg.methods.is_empty() {
         return Err(Error::arg("method", "the table needs at least one method"));
     }
+    // Two columns must not share a folder of runs (nor a label).
     for (i, e) in cfg.entries.iter().enumerate() {
-        if cfg.entries[..i].iter().any(|o| o.label == e.label) {
+        let dir = entry_dir(&cfg.out, &e.label);
+        if let Some(o) = cfg.entries[..i]
+            .iter()
+            .find(|o| o.label == e.label || entry_dir(&cfg.out, &o.label) == dir)
+        {
             return Err(Error::arg(
                 "data",
-                format!("data set `{}` appears twice", e.label),
+                format!(
+                    "data sets `{}` and `{}` would share the folder {}",
+                    o.label,
+                    e.label,
+                    dir.display()
+                ),
             ));
         }
     }
@@ -460,8 +470,7 @@ pub fn run_table1(cfg: &Table1Config, progress: ProgressFn<'_>) -> Result<Table1
         .collect();
     let rows = table_rows(&cfg.methods);
     let mut table = ResultsTable::new(cfg.entries.iter().map(|e| e.label.clone()).collect());
-    let mut cells_by_row: Vec<Vec<Option<TableCell>>> =
-        vec![Vec::new(); rows.len()];
+    let mut cells_by_row: Vec<Vec<Option<TableCell>>> = vec![Vec::new(); rows.len()];
     let mut cell_records = Vec::new();
     let mut margins = Vec::new();
     let mut summaries = Vec::new();

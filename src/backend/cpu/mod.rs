@@ -453,13 +453,29 @@ impl BackendStorage for CpuStorage {
     }
 }
 
-/// Sum with a fixed association: blocks of [`CHUNK`] summed left to right, then the block
-/// sums left to right. Independent of the thread count.
+/// Sum with a fixed association: blocks of [`CHUNK`], each summed in 8 interleaved lanes
+/// (then a fixed tree), then the block sums left to right. Independent of the thread count;
+/// the lanes also cut the rounding error of a long sequential sum by about 8×.
 pub(crate) fn sum_fixed_order(x: &[f32]) -> f32 {
+    fn block_sum(c: &[f32]) -> f32 {
+        let mut lanes = [0.0f32; 8];
+        let body = c.len() / 8 * 8;
+        for chunk in c[..body].chunks_exact(8) {
+            for l in 0..8 {
+                lanes[l] += chunk[l];
+            }
+        }
+        let mut s = ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6]))
+            + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]));
+        for &v in &c[body..] {
+            s += v;
+        }
+        s
+    }
     if x.len() >= PAR_MIN_ELEMS {
-        let partial: Vec<f32> = x.par_chunks(CHUNK).map(|c| c.iter().sum()).collect();
+        let partial: Vec<f32> = x.par_chunks(CHUNK).map(block_sum).collect();
         partial.iter().sum()
     } else {
-        x.chunks(CHUNK).map(|c| c.iter().sum::<f32>()).sum()
+        x.chunks(CHUNK).map(block_sum).sum()
     }
 }

@@ -1,0 +1,1147 @@
+//! Model selection by random hyperparameter search (PAPER.md §4), for one data set and one or
+//! more methods.
+//!
+//! # The protocol ([`run_sweeps`])
+//!
+//! Let `S = seeds = [s_0, …, s_{S-1}]` and `N = draws`. Draw `i` is
+//! `h_i = draw(space, Rng::new(hparam_seed).fork(i))`, so every method (and XRM) sees the same
+//! learning rate, batch size and weight decay at index `i`, as the reference's `hparams_comb`.
+//!
+//! 1. **XRM** (only when a method needs it or a criterion reads inferred groups): draws
+//!    `h_0 … h_{X-1}` trained at seed `s_0`; the draw with the highest
+//!    [`XrmOutput::selection_flip_rate`] wins (0 for a degenerate run; ties go to the lower
+//!    index); the winner is rerun at every other seed. The output at seed `s` is shared by
+//!    every method's runs at seed `s` (an in-memory cache per (data set, seed), saved to disk).
+//! 2. **Draws**: every method trains once per draw at seed `s_0`, with XRM's seed-`s_0` output
+//!    when there is one (MAT's shift, XRM + GroupDRO's groups, and the inferred validation
+//!    groups that `va_gi_wga` reads, for every method). Every checkpoint is recorded.
+//! 3. **Selection**, for each criterion `c` separately but from the *same* runs: each draw's
+//!    checkpoint is the last one reaching the best value of `c`
+//!    ([`select_checkpoint`]); the best draw has the highest selected value, ties broken by the
+//!    validation average accuracy at that checkpoint, then by the lower index
+//!    ([`pick_best_draw`]).
+//! 4. **Seeds**: the winning draw is rerun at `s_1 … s_{S-1}` (its run at `s_0` is the draw run
+//!    itself: runs are deterministic, so rerunning it would give the same bits, as in the
+//!    reference, which selects at seed 0 and then runs seeds `0..S`). Each seed's checkpoint is
+//!    selected by `c` again; the test metrics there give the table cell: mean ± **sample
+//!    standard deviation** (`n − 1`) over the `S` seeds.
+//!
+//! A draw whose training fails (a non-finite loss under a large step size, say) is recorded
+//! with its error and takes no part in selection; a failing rerun is an error.
+//!
+//! # Parallelism
+//!
+//! Runs are independent and seeded independently, so the result does not depend on the order
+//! they run in. [`Parallelism::Runs`] maps each phase's runs over rayon's pool (one task per
+//! run); [`Parallelism::Ops`] runs them one after the other and leaves the cores to the
+//! row-parallel kernels inside each op. The CPU kernels split work into fixed chunks, so both
+//! give bitwise-identical results. Runs on a CUDA device always go one at a time.
+//!
+//! `Runs` is the default: Table 1's steps are small (batches of 8–128 rows), most of their ops
+//! fall below the kernels' parallel thresholds, and per-thread CPU time on the 2-core machine
+//! shows 58% (ColorMNIST) to 78% (Waterbirds-like) of an `Ops` sweep's work on one thread,
+//! against under 25% serial work for `Runs` (data loading), which keeps both cores busy.
+//!
+//! # Files
+//!
+//! Under the output folder of one data set:
+//! - `xrm/draw{i:02}_seed{s}/xrm.{json,safetensors}`, one folder per XRM run, and
+//!   `xrm/xrm_phase.json` (every draw's flip rate, the chosen draw, each seed's verdict);
+//! - `{method}/draw{i:02}_seed{s}/run.json` (what the run is: method, hyperparameters, seed,
+//!   optimizer, XRM seed) and `checkpoints.jsonl` (every checkpoint, written as it is made);
+//! - `{method}/sweep.json`: the [`SweepOutcome`] — the configuration, every run, and for each
+//!   criterion the per-draw selected values, the winner and the per-seed test metrics.
+//!
+//! [`reselect`] applies any criterion again to the recorded `checkpoints.jsonl` files.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::model::{ModelSpec, OptimizerSpec};
+use super::train::{run_method_with, Method, TrainConfig};
+use super::xrm::{run_xrm, XrmConfig, XrmLoss, XrmOutput};
+use crate::backend::Device;
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::eval::metrics::SplitMetrics;
+use crate::eval::selection::{
+    draw, pick_best_draw, read_jsonl, select_checkpoint, Checkpoint, Criterion, HparamSpace,
+    Hparams,
+};
+use crate::report::table::TableCell;
+use crate::rng::Rng;
+
+/// File names inside a sweep's folders.
+pub const SWEEP_FILE: &str = "sweep.json";
+pub const RUN_FILE: &str = "run.json";
+pub const CHECKPOINTS_FILE: &str = "checkpoints.jsonl";
+pub const XRM_PHASE_FILE: &str = "xrm_phase.json";
+const FORMAT: &str = "memaware-sweep-v1";
+
+/// A method of the sweep, before its hyperparameters are drawn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MethodKind {
+    Erm,
+    GroupDro,
+    Jtt,
+    XrmGroupDro,
+    Mat,
+    Rwg,
+    Subg,
+}
+
+impl MethodKind {
+    /// Every method, in table order.
+    pub const ALL: [MethodKind; 7] = [
+        MethodKind::Erm,
+        MethodKind::GroupDro,
+        MethodKind::Jtt,
+        MethodKind::XrmGroupDro,
+        MethodKind::Mat,
+        MethodKind::Rwg,
+        MethodKind::Subg,
+    ];
+    /// The methods of the paper's Table 1.
+    pub const TABLE1: [MethodKind; 5] = [
+        MethodKind::Erm,
+        MethodKind::GroupDro,
+        MethodKind::Jtt,
+        MethodKind::XrmGroupDro,
+        MethodKind::Mat,
+    ];
+
+    /// Name in files and on the command line (as [`Method::name`]).
+    pub fn name(self) -> &'static str {
+        match self {
+            MethodKind::Erm => "erm",
+            MethodKind::GroupDro => "group_dro",
+            MethodKind::Jtt => "jtt",
+            MethodKind::XrmGroupDro => "xrm_group_dro",
+            MethodKind::Mat => "mat",
+            MethodKind::Rwg => "rwg",
+            MethodKind::Subg => "subg",
+        }
+    }
+
+    /// Name in tables.
+    pub fn label(self) -> &'static str {
+        match self {
+            MethodKind::Erm => "ERM",
+            MethodKind::GroupDro => "GroupDRO",
+            MethodKind::Jtt => "JTT",
+            MethodKind::XrmGroupDro => "XRM+GroupDRO",
+            MethodKind::Mat => "MAT",
+            MethodKind::Rwg => "RWG",
+            MethodKind::Subg => "SUBG",
+        }
+    }
+
+    /// The method with draw `h`'s hyperparameters, for runs of `steps` steps (JTT's first
+    /// stage is [`Hparams::jtt_steps`]).
+    pub fn method(self, h: &Hparams, steps: usize) -> Method {
+        match self {
+            MethodKind::Erm => Method::Erm,
+            MethodKind::GroupDro => Method::GroupDro { eta: h.eta as f32 },
+            MethodKind::Jtt => Method::Jtt {
+                first_stage_steps: h.jtt_steps(steps),
+                lambda_up: h.jtt_lambda as f32,
+            },
+            MethodKind::XrmGroupDro => Method::XrmGroupDro { eta: h.eta as f32 },
+            MethodKind::Mat => Method::Mat { tau: h.tau },
+            MethodKind::Rwg => Method::Rwg,
+            MethodKind::Subg => Method::Subg,
+        }
+    }
+
+    /// Whether the method needs XRM's outputs.
+    pub fn needs_xrm(self) -> bool {
+        matches!(self, MethodKind::Mat | MethodKind::XrmGroupDro)
+    }
+
+    /// Whether the method reads the true training groups.
+    pub fn uses_training_groups(self) -> bool {
+        matches!(
+            self,
+            MethodKind::GroupDro | MethodKind::Rwg | MethodKind::Subg
+        )
+    }
+
+    /// The selection settings under which the method appears in Table 1: a method trained on
+    /// true training groups only with validation annotations (`va_wga`), the others also
+    /// without any annotation (`va_gi_wga`).
+    pub fn table_criteria(self) -> Vec<Criterion> {
+        if self.uses_training_groups() {
+            vec![Criterion::VaWga]
+        } else {
+            vec![Criterion::VaWga, Criterion::VaGiWga]
+        }
+    }
+}
+
+impl std::fmt::Display for MethodKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for MethodKind {
+    type Err = Error;
+
+    /// Accepts the [`MethodKind::name`]s, the table labels (any case) and `groupdro`,
+    /// `xrm_groupdro`, `xrm+groupdro`.
+    fn from_str(s: &str) -> Result<Self> {
+        let key = s.trim().to_ascii_lowercase().replace(['-', '+'], "_");
+        let found = match key.as_str() {
+            "groupdro" => Some(MethodKind::GroupDro),
+            "xrm_groupdro" => Some(MethodKind::XrmGroupDro),
+            _ => MethodKind::ALL.into_iter().find(|m| m.name() == key),
+        };
+        found.ok_or_else(|| {
+            Error::arg(
+                "method",
+                format!(
+                    "unknown method `{s}`; expected one of erm, group_dro, jtt, xrm_group_dro, \
+                     mat, rwg, subg"
+                ),
+            )
+        })
+    }
+}
+
+/// How independent runs share the cores (see the module docs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Parallelism {
+    /// Runs in parallel over rayon's pool, one task per run.
+    #[default]
+    Runs,
+    /// One run at a time, parallel inside each op.
+    Ops,
+}
+
+impl FromStr for Parallelism {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "runs" => Ok(Parallelism::Runs),
+            "ops" => Ok(Parallelism::Ops),
+            other => Err(Error::arg(
+                "parallel",
+                format!("`{other}`: expected runs or ops"),
+            )),
+        }
+    }
+}
+
+/// How XRM's phase runs inside a sweep.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct XrmPlan {
+    /// Hyperparameter draws (the first `draws` of the sweep's draws).
+    pub draws: usize,
+    pub steps: usize,
+    pub loss: XrmLoss,
+}
+
+fn cpu() -> Device {
+    Device::Cpu
+}
+
+/// Everything a sweep needs besides the data and the methods.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SweepConfig {
+    pub model: ModelSpec,
+    /// The optimizer family and its fixed settings (momentum); each draw replaces the learning
+    /// rate and the weight decay.
+    pub optimizer: OptimizerSpec,
+    pub space: HparamSpace,
+    /// Training steps of every run.
+    pub steps: usize,
+    pub checkpoint_freq: usize,
+    /// Hyperparameter draws per method.
+    pub draws: usize,
+    /// Training seeds; the first one is the selection seed.
+    pub seeds: Vec<u64>,
+    /// Seeds the draws: draw `i` comes from `Rng::new(hparam_seed).fork(i)`.
+    pub hparam_seed: u64,
+    pub xrm: XrmPlan,
+    pub parallelism: Parallelism,
+    /// Where the runs compute (not saved: a loaded sweep reports the CPU).
+    #[serde(skip, default = "cpu")]
+    pub device: Device,
+}
+
+impl SweepConfig {
+    /// Checks counts and ranges before anything runs.
+    pub fn validate(&self) -> Result<()> {
+        self.space.validate()?;
+        for (name, v) in [
+            ("steps", self.steps),
+            ("checkpoint_freq", self.checkpoint_freq),
+            ("draws", self.draws),
+            ("xrm.draws", self.xrm.draws),
+            ("xrm.steps", self.xrm.steps),
+        ] {
+            if v == 0 {
+                return Err(Error::arg("sweep", format!("`{name}` must be at least 1")));
+            }
+        }
+        if self.seeds.is_empty() {
+            return Err(Error::arg("seeds", "a sweep needs at least one seed"));
+        }
+        let distinct: BTreeSet<u64> = self.seeds.iter().copied().collect();
+        if distinct.len() != self.seeds.len() {
+            return Err(Error::arg(
+                "seeds",
+                format!("seeds {:?} repeat a value", self.seeds),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Hyperparameter draw `i`.
+    pub fn hparams(&self, i: usize) -> Result<Hparams> {
+        draw(&self.space, &mut Rng::new(self.hparam_seed).fork(i as u64))
+    }
+
+    /// The optimizer of a run with draw `h`: the configured family with `h`'s learning rate
+    /// and weight decay.
+    pub fn optimizer_for(&self, h: &Hparams) -> OptimizerSpec {
+        let (lr, weight_decay) = (h.lr as f32, h.weight_decay as f32);
+        match self.optimizer {
+            OptimizerSpec::Sgd { momentum, .. } => OptimizerSpec::Sgd {
+                lr,
+                momentum,
+                weight_decay,
+            },
+            OptimizerSpec::Adam { .. } => OptimizerSpec::Adam { lr, weight_decay },
+            OptimizerSpec::AdamW { .. } => OptimizerSpec::AdamW { lr, weight_decay },
+        }
+    }
+
+    fn effective_parallelism(&self) -> Parallelism {
+        if self.device.is_cpu() {
+            self.parallelism
+        } else {
+            Parallelism::Ops
+        }
+    }
+}
+
+/// What a sweep reports while it runs.
+#[derive(Clone, Copy, Debug)]
+pub enum Progress<'a> {
+    /// This many more runs are queued.
+    Queued(usize),
+    /// A run finished (its label, e.g. `mat/draw03_seed0`).
+    Finished(&'a str),
+}
+
+/// A progress callback; it is called from several threads.
+pub type ProgressFn<'a> = &'a (dyn Fn(Progress<'_>) + Sync);
+
+/// Maps `f` over `jobs` with the chosen parallelism, keeping the order.
+fn map_jobs<T, R, F>(parallelism: Parallelism, jobs: &[T], f: F) -> Vec<R>
+where
+    T: Sync,
+    R: Send,
+    F: Fn(&T) -> R + Sync + Send,
+{
+    match parallelism {
+        Parallelism::Runs => jobs.par_iter().with_max_len(1).map(f).collect(),
+        Parallelism::Ops => jobs.iter().map(f).collect(),
+    }
+}
+
+/// Folder name of the run of draw `draw` at seed `seed`.
+pub fn run_label(draw: usize, seed: u64) -> String {
+    format!("draw{draw:02}_seed{seed}")
+}
+
+/// Writes `value` as pretty JSON through a temporary file and a rename.
+fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| Error::Json {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let tmp = path.with_extension("json.partial");
+    std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::Json {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+fn create_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))
+}
+
+// ---------------------------------------------------------------------------------------------
+// XRM phase
+
+/// One XRM run of the phase.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct XrmRunRecord {
+    pub label: String,
+    pub draw: usize,
+    pub seed: u64,
+    pub hparams: Hparams,
+    pub final_flip_rate: f64,
+    /// The flip rate that selects XRM's draw: 0 for a degenerate run.
+    pub selection_flip_rate: f64,
+    pub degenerate: Option<String>,
+    /// Held-out accuracy per true training group.
+    pub heldout_acc_by_group: Vec<Option<f64>>,
+    /// Inferred training and validation groups `2y + m`: counts.
+    pub inferred_counts_tr: Vec<usize>,
+    pub inferred_counts_va: Vec<usize>,
+    pub error: Option<String>,
+}
+
+/// What XRM's phase chose, per seed (the JSON half of [`XrmPhase`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct XrmPhaseRecord {
+    /// The draws, at the selection seed.
+    pub draws: Vec<XrmRunRecord>,
+    /// The draw with the highest selection flip rate.
+    pub chosen_draw: usize,
+    /// The chosen draw's run at each seed (the first is its draw run).
+    pub seeds: Vec<XrmRunRecord>,
+}
+
+/// XRM's phase: the record and the outputs per seed, shared by every method of the sweep.
+#[derive(Clone, Debug)]
+pub struct XrmPhase {
+    pub record: XrmPhaseRecord,
+    pub outputs: BTreeMap<u64, Arc<XrmOutput>>,
+}
+
+impl XrmPhase {
+    /// XRM's output at `seed`.
+    pub fn output(&self, seed: u64) -> Result<&XrmOutput> {
+        self.outputs.get(&seed).map(|o| o.as_ref()).ok_or_else(|| {
+            Error::Data(format!(
+                "no XRM output for seed {seed} (the phase ran seeds {:?})",
+                self.outputs.keys().collect::<Vec<_>>()
+            ))
+        })
+    }
+}
+
+fn inferred_counts(y: &[u32], bits: &[u32], classes: usize) -> Vec<usize> {
+    let mut counts = vec![0usize; 2 * classes];
+    for (&y, &m) in y.iter().zip(bits) {
+        counts[(2 * y + m) as usize] += 1;
+    }
+    counts
+}
+
+fn xrm_record(
+    ds: &Dataset,
+    draw: usize,
+    seed: u64,
+    hparams: &Hparams,
+    out: &Result<XrmOutput>,
+) -> XrmRunRecord {
+    let base = XrmRunRecord {
+        label: run_label(draw, seed),
+        draw,
+        seed,
+        hparams: hparams.clone(),
+        final_flip_rate: f64::NAN,
+        selection_flip_rate: f64::NAN,
+        degenerate: None,
+        heldout_acc_by_group: Vec::new(),
+        inferred_counts_tr: Vec::new(),
+        inferred_counts_va: Vec::new(),
+        error: None,
+    };
+    match out {
+        Ok(o) => XrmRunRecord {
+            final_flip_rate: o.final_flip_rate,
+            selection_flip_rate: o.selection_flip_rate(),
+            degenerate: o.degenerate.clone(),
+            heldout_acc_by_group: o.heldout_acc_by_group.clone(),
+            inferred_counts_tr: inferred_counts(&ds.train.y, &o.inferred_tr, ds.classes),
+            inferred_counts_va: inferred_counts(&ds.valid.y, &o.inferred_va, ds.classes),
+            ..base
+        },
+        Err(e) => XrmRunRecord {
+            error: Some(e.to_string()),
+            ..base
+        },
+    }
+}
+
+/// Runs XRM's phase of a sweep (see the module docs) and saves every run under `dir`.
+pub fn run_xrm_phase(
+    ds: &Dataset,
+    cfg: &SweepConfig,
+    dir: &Path,
+    progress: ProgressFn<'_>,
+) -> Result<XrmPhase> {
+    cfg.validate()?;
+    create_dir(dir)?;
+    let parallelism = cfg.effective_parallelism();
+    let xrm_cfg = |h: &Hparams, seed: u64| XrmConfig {
+        steps: cfg.xrm.steps,
+        batch_size: h.batch_size,
+        optimizer: cfg.optimizer_for(h),
+        loss: cfg.xrm.loss,
+        seed,
+        device: cfg.device.clone(),
+        log_every: cfg.checkpoint_freq,
+    };
+    let run_one =
+        |draw: usize, seed: u64, h: &Hparams| -> Result<(XrmRunRecord, Option<XrmOutput>)> {
+            let label = run_label(draw, seed);
+            let out = run_xrm(ds, &cfg.model, &xrm_cfg(h, seed));
+            if let Ok(o) = &out {
+                o.save(dir.join(&label), ds)?;
+            }
+            progress(Progress::Finished(&format!("xrm/{label}")));
+            let record = xrm_record(ds, draw, seed, h, &out);
+            Ok((record, out.ok()))
+        };
+
+    let s0 = cfg.seeds[0];
+    let draw_hparams: Vec<Hparams> = (0..cfg.xrm.draws)
+        .map(|i| cfg.hparams(i))
+        .collect::<Result<_>>()?;
+    progress(Progress::Queued(cfg.xrm.draws));
+    let draw_runs: Vec<(XrmRunRecord, Option<XrmOutput>)> = map_jobs(
+        parallelism,
+        &draw_hparams.iter().enumerate().collect::<Vec<_>>(),
+        |(i, h)| run_one(*i, s0, h),
+    )
+    .into_iter()
+    .collect::<Result<_>>()?;
+    // Highest selection flip rate; failed runs (NaN) never win; ties go to the lower index.
+    let chosen = draw_runs
+        .iter()
+        .enumerate()
+        .filter(|(_, (r, o))| o.is_some() && !r.selection_flip_rate.is_nan())
+        .fold(None::<(usize, f64)>, |best, (i, (r, _))| match best {
+            Some((_, b)) if r.selection_flip_rate <= b => best,
+            _ => Some((i, r.selection_flip_rate)),
+        })
+        .map(|(i, _)| i)
+        .ok_or_else(|| {
+            Error::Data(format!(
+                "XRM: all {} draws failed on `{}`; first error: {}",
+                draw_runs.len(),
+                ds.name,
+                draw_runs[0].0.error.as_deref().unwrap_or("unknown")
+            ))
+        })?;
+    let mut records: Vec<XrmRunRecord> = Vec::with_capacity(draw_runs.len());
+    let mut chosen_output = None;
+    for (i, (r, o)) in draw_runs.into_iter().enumerate() {
+        if i == chosen {
+            chosen_output = o;
+        }
+        records.push(r);
+    }
+    let chosen_output = chosen_output.expect("the chosen draw has an output");
+    let h = draw_hparams[chosen].clone();
+
+    let others: Vec<u64> = cfg.seeds[1..].to_vec();
+    progress(Progress::Queued(others.len()));
+    let seed_runs: Vec<(XrmRunRecord, Option<XrmOutput>)> =
+        map_jobs(parallelism, &others, |&s| run_one(chosen, s, &h))
+            .into_iter()
+            .collect::<Result<_>>()?;
+    let mut outputs = BTreeMap::new();
+    let mut seed_records = vec![records[chosen].clone()];
+    outputs.insert(s0, Arc::new(chosen_output));
+    for (r, o) in seed_runs {
+        let o = o.ok_or_else(|| {
+            Error::Data(format!(
+                "XRM at seed {} (draw {chosen}) failed: {}",
+                r.seed,
+                r.error.as_deref().unwrap_or("unknown")
+            ))
+        })?;
+        outputs.insert(r.seed, Arc::new(o));
+        seed_records.push(r);
+    }
+    let record = XrmPhaseRecord {
+        draws: records,
+        chosen_draw: chosen,
+        seeds: seed_records,
+    };
+    write_json_atomic(&dir.join(XRM_PHASE_FILE), &record)?;
+    Ok(XrmPhase { record, outputs })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Runs
+
+/// One training run of a sweep (`run.json` holds the same, written before training).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// Folder name under the method's folder: `draw{i:02}_seed{s}`.
+    pub label: String,
+    pub dataset: String,
+    pub kind: MethodKind,
+    pub draw: usize,
+    pub seed: u64,
+    pub hparams: Hparams,
+    pub method: Method,
+    pub optimizer: OptimizerSpec,
+    pub batch_size: usize,
+    pub steps: usize,
+    pub checkpoint_freq: usize,
+    /// The seed of the XRM output the run read, if any.
+    pub xrm_seed: Option<u64>,
+    /// Filled after training.
+    pub checkpoints: usize,
+    pub steps_per_s: f64,
+    /// JTT: size of the first stage's error set.
+    pub jtt_errors: Option<usize>,
+    /// Why the run failed, if it did.
+    pub error: Option<String>,
+}
+
+/// A run's record and its checkpoints.
+#[derive(Clone, Debug)]
+pub struct RunResult {
+    pub record: RunRecord,
+    pub checkpoints: Vec<Checkpoint>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct RunJob {
+    kind: MethodKind,
+    draw: usize,
+    seed: u64,
+}
+
+fn run_job(
+    ds: &Dataset,
+    job: RunJob,
+    cfg: &SweepConfig,
+    hparams: &Hparams,
+    xrm: Option<&XrmPhase>,
+    out: &Path,
+    progress: ProgressFn<'_>,
+) -> Result<RunResult> {
+    let label = run_label(job.draw, job.seed);
+    let dir = out.join(job.kind.name()).join(&label);
+    create_dir(&dir)?;
+    let method = job.kind.method(hparams, cfg.steps);
+    let optimizer = cfg.optimizer_for(hparams);
+    let xrm_out = xrm.map(|p| p.output(job.seed)).transpose()?;
+    let mut record = RunRecord {
+        label: label.clone(),
+        dataset: ds.name.clone(),
+        kind: job.kind,
+        draw: job.draw,
+        seed: job.seed,
+        hparams: hparams.clone(),
+        method: method.clone(),
+        optimizer: optimizer.clone(),
+        batch_size: hparams.batch_size,
+        steps: cfg.steps,
+        checkpoint_freq: cfg.checkpoint_freq,
+        xrm_seed: xrm_out.map(|_| job.seed),
+        checkpoints: 0,
+        steps_per_s: 0.0,
+        jtt_errors: None,
+        error: None,
+    };
+    write_json_atomic(&dir.join(RUN_FILE), &record)?;
+    let train_cfg = TrainConfig {
+        steps: cfg.steps,
+        batch_size: hparams.batch_size,
+        optimizer,
+        checkpoint_freq: cfg.checkpoint_freq,
+        seed: job.seed,
+        device: cfg.device.clone(),
+        eval_train: false,
+        checkpoints_path: Some(dir.join(CHECKPOINTS_FILE)),
+    };
+    let outcome = run_method_with(
+        ds,
+        &method,
+        &cfg.model,
+        &train_cfg,
+        xrm_out,
+        &mut |_| Ok(()),
+    );
+    let checkpoints = match outcome {
+        Ok(o) => {
+            record.checkpoints = o.outcome.checkpoints.len();
+            record.steps_per_s = o.outcome.steps_per_s;
+            record.jtt_errors = o.jtt_error_set.as_ref().map(Vec::len);
+            o.outcome.checkpoints
+        }
+        Err(e) => {
+            record.error = Some(e.to_string());
+            Vec::new()
+        }
+    };
+    progress(Progress::Finished(&format!("{}/{label}", job.kind.name())));
+    Ok(RunResult {
+        record,
+        checkpoints,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Selection
+
+/// A draw's selected checkpoint under one criterion.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DrawChoice {
+    pub draw: usize,
+    /// Index and step of the selected checkpoint.
+    pub index: usize,
+    pub step: usize,
+    /// The criterion's value there.
+    pub value: f64,
+    /// Validation average accuracy there (the tie-break between draws).
+    pub va_avg: f64,
+}
+
+/// One seed of the winning draw under one criterion.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SeedChoice {
+    pub seed: u64,
+    /// The run's folder name.
+    pub run: String,
+    pub index: usize,
+    pub step: usize,
+    pub value: f64,
+    pub va: SplitMetrics,
+    pub te: SplitMetrics,
+}
+
+/// Model selection under one criterion.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Selection {
+    pub criterion: Criterion,
+    /// Per draw (at the selection seed): its selected checkpoint, `None` for a failed run.
+    pub draws: Vec<Option<DrawChoice>>,
+    pub winner: usize,
+    pub hparams: Hparams,
+    /// The winner's selected checkpoint at each seed whose run is recorded, in seed order.
+    pub seeds: Vec<SeedChoice>,
+    /// Seeds of the sweep whose run of the winner is not recorded (possible only when a
+    /// criterion is applied afterwards, by [`reselect`]).
+    pub missing_seeds: Vec<u64>,
+    /// Test metrics over the recorded seeds: mean ± sample std, per-group accuracies, counts.
+    pub cell: TableCell,
+}
+
+/// The selected checkpoint of one run, as a [`DrawChoice`].
+fn choose_in_run(draw: usize, cps: &[Checkpoint], c: Criterion) -> Result<DrawChoice> {
+    let (index, value) = select_checkpoint(cps, c)?;
+    Ok(DrawChoice {
+        draw,
+        index,
+        step: cps[index].step,
+        value,
+        va_avg: cps[index].va.avg_acc,
+    })
+}
+
+/// The winning draw under `c` among `draw_runs` (one entry per draw at the selection seed;
+/// `None` or a failed run takes no part). Returns every draw's choice and the winner.
+fn choose_winner(
+    draw_runs: &[Option<&RunResult>],
+    c: Criterion,
+) -> Result<(Vec<Option<DrawChoice>>, usize)> {
+    let choices: Vec<Option<DrawChoice>> = draw_runs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| match r {
+            Some(r) if r.record.error.is_none() => choose_in_run(i, &r.checkpoints, c).map(Some),
+            _ => Ok(None),
+        })
+        .collect::<Result<_>>()?;
+    let values: Vec<(f64, f64)> = choices
+        .iter()
+        .map(|ch| {
+            ch.as_ref()
+                .map_or((f64::NAN, f64::NAN), |d| (d.value, d.va_avg))
+        })
+        .collect();
+    let winner = pick_best_draw(&values).ok_or_else(|| {
+        let first_error = draw_runs
+            .iter()
+            .flatten()
+            .find_map(|r| r.record.error.clone())
+            .unwrap_or_else(|| "no run recorded".into());
+        Error::Data(format!(
+            "selection by {c}: none of the {} draws has a usable run; first error: {first_error}",
+            draw_runs.len()
+        ))
+    })?;
+    Ok((choices, winner))
+}
+
+/// Model selection under `c` over `runs` (any order; keyed by draw and seed): the winner
+/// among the draws at `seeds[0]`, then its selected checkpoint at each seed (see the module
+/// docs). Seeds without a recorded run of the winner are listed in `missing_seeds`; a
+/// recorded run of the winner that failed is an error.
+pub fn select(runs: &[RunResult], draws: usize, seeds: &[u64], c: Criterion) -> Result<Selection> {
+    let s0 = *seeds
+        .first()
+        .ok_or_else(|| Error::arg("seeds", "selection needs at least one seed"))?;
+    let find = |draw: usize, seed: u64| {
+        runs.iter()
+            .find(|r| r.record.draw == draw && r.record.seed == seed)
+    };
+    let draw_runs: Vec<Option<&RunResult>> = (0..draws).map(|i| find(i, s0)).collect();
+    let (choices, winner) = choose_winner(&draw_runs, c)?;
+    let mut seed_choices = Vec::new();
+    let mut missing = Vec::new();
+    let mut hparams = None;
+    for &s in seeds {
+        let Some(run) = find(winner, s) else {
+            missing.push(s);
+            continue;
+        };
+        if let Some(e) = &run.record.error {
+            return Err(Error::Data(format!(
+                "selection by {c}: the winning draw {winner} failed at seed {s}: {e}"
+            )));
+        }
+        hparams.get_or_insert_with(|| run.record.hparams.clone());
+        let (index, value) = select_checkpoint(&run.checkpoints, c)?;
+        let cp = &run.checkpoints[index];
+        seed_choices.push(SeedChoice {
+            seed: s,
+            run: run.record.label.clone(),
+            index,
+            step: cp.step,
+            value,
+            va: cp.va.clone(),
+            te: cp.te.clone(),
+        });
+    }
+    let te: Vec<SplitMetrics> = seed_choices.iter().map(|s| s.te.clone()).collect();
+    Ok(Selection {
+        criterion: c,
+        draws: choices,
+        winner,
+        hparams: hparams.expect("the winner's run at the selection seed is recorded"),
+        seeds: seed_choices,
+        missing_seeds: missing,
+        cell: TableCell::from_seeds(&te)?,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sweeps
+
+/// A method and the criteria it is selected by.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MethodPlan {
+    pub kind: MethodKind,
+    pub criteria: Vec<Criterion>,
+}
+
+/// One method's sweep on one data set: what `sweep.json` holds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SweepOutcome {
+    pub format: String,
+    pub dataset: String,
+    pub method: MethodKind,
+    pub config: SweepConfig,
+    /// The draws (in draw order), then the seed reruns.
+    pub runs: Vec<RunRecord>,
+    /// One per criterion, in the plan's order.
+    pub selections: Vec<Selection>,
+    /// XRM's phase when the sweep ran it (shared by all methods of one data set).
+    pub xrm: Option<XrmPhaseRecord>,
+}
+
+impl SweepOutcome {
+    /// The selection under `c`, if the sweep made one.
+    pub fn selection(&self, c: Criterion) -> Option<&Selection> {
+        self.selections.iter().find(|s| s.criterion == c)
+    }
+
+    /// Reads a `sweep.json`.
+    pub fn load(path: impl AsRef<Path>) -> Result<SweepOutcome> {
+        let path = path.as_ref();
+        let out: SweepOutcome = read_json(path)?;
+        if out.format != FORMAT {
+            return Err(Error::File {
+                path: path.to_path_buf(),
+                tensor: "format".into(),
+                problem: format!("`{}`, expected `{FORMAT}`", out.format),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// The sweeps of several methods on one data set, and XRM's phase they shared.
+#[derive(Clone, Debug)]
+pub struct SweepSet {
+    pub xrm: Option<XrmPhase>,
+    pub sweeps: Vec<SweepOutcome>,
+}
+
+/// Runs the protocol of the module docs for every method of `plans` on `ds`, writing under
+/// `out` (see "Files"). All methods share the draws and XRM's phase; runs of different
+/// methods go in parallel like the draws of one.
+///
+/// Errors: an invalid config or data set, no plan, a plan without criteria, a method listed
+/// twice, I/O errors, every draw of a method failing, a failing rerun.
+pub fn run_sweeps(
+    ds: &Dataset,
+    plans: &[MethodPlan],
+    cfg: &SweepConfig,
+    out: &Path,
+    progress: ProgressFn<'_>,
+) -> Result<SweepSet> {
+    cfg.validate()?;
+    ds.validate()?;
+    if plans.is_empty() {
+        return Err(Error::arg("method", "a sweep needs at least one method"));
+    }
+    let mut seen = BTreeSet::new();
+    for p in plans {
+        if p.criteria.is_empty() {
+            return Err(Error::arg(
+                "select",
+                format!("method {} has no selection criterion", p.kind),
+            ));
+        }
+        if !seen.insert(p.kind) {
+            return Err(Error::arg(
+                "method",
+                format!("method {} is listed twice", p.kind),
+            ));
+        }
+    }
+    create_dir(out)?;
+    let parallelism = cfg.effective_parallelism();
+    let needs_xrm = plans
+        .iter()
+        .any(|p| p.kind.needs_xrm() || p.criteria.contains(&Criterion::VaGiWga));
+    let xrm = if needs_xrm {
+        Some(run_xrm_phase(ds, cfg, &out.join("xrm"), progress)?)
+    } else {
+        None
+    };
+    let hparams: Vec<Hparams> = (0..cfg.draws)
+        .map(|i| cfg.hparams(i))
+        .collect::<Result<_>>()?;
+    let s0 = cfg.seeds[0];
+
+    // Phase 2: every method × draw at the selection seed.
+    let jobs: Vec<RunJob> = plans
+        .iter()
+        .flat_map(|p| {
+            (0..cfg.draws).map(move |draw| RunJob {
+                kind: p.kind,
+                draw,
+                seed: s0,
+            })
+        })
+        .collect();
+    progress(Progress::Queued(jobs.len()));
+    let run = |j: &RunJob| run_job(ds, *j, cfg, &hparams[j.draw], xrm.as_ref(), out, progress);
+    let mut results: Vec<RunResult> = map_jobs(parallelism, &jobs, run)
+        .into_iter()
+        .collect::<Result<_>>()?;
+
+    // Phase 3: the winners of every criterion, at the other seeds (each run once).
+    let mut reruns: BTreeSet<(MethodKind, usize, u64)> = BTreeSet::new();
+    for p in plans {
+        let draw_runs: Vec<Option<&RunResult>> = (0..cfg.draws)
+            .map(|d| {
+                results
+                    .iter()
+                    .find(|r| r.record.kind == p.kind && r.record.draw == d)
+            })
+            .collect();
+        for &c in &p.criteria {
+            let (_, winner) = choose_winner(&draw_runs, c)
+                .map_err(|e| Error::Data(format!("{} on `{}`: {e}", p.kind.label(), ds.name)))?;
+            reruns.extend(cfg.seeds[1..].iter().map(|&s| (p.kind, winner, s)));
+        }
+    }
+    let rerun_jobs: Vec<RunJob> = reruns
+        .into_iter()
+        .map(|(kind, draw, seed)| RunJob { kind, draw, seed })
+        .collect();
+    progress(Progress::Queued(rerun_jobs.len()));
+    for r in map_jobs(parallelism, &rerun_jobs, run) {
+        let r = r?;
+        if let Some(e) = &r.record.error {
+            return Err(Error::Data(format!(
+                "{} on `{}`: rerun {} failed: {e}",
+                r.record.kind.label(),
+                ds.name,
+                r.record.label
+            )));
+        }
+        results.push(r);
+    }
+
+    let mut sweeps = Vec::with_capacity(plans.len());
+    for p in plans {
+        let runs: Vec<RunResult> = results
+            .iter()
+            .filter(|r| r.record.kind == p.kind)
+            .cloned()
+            .collect();
+        let selections = p
+            .criteria
+            .iter()
+            .map(|&c| select(&runs, cfg.draws, &cfg.seeds, c))
+            .collect::<Result<Vec<_>>>()?;
+        let outcome = SweepOutcome {
+            format: FORMAT.into(),
+            dataset: ds.name.clone(),
+            method: p.kind,
+            config: cfg.clone(),
+            runs: runs.into_iter().map(|r| r.record).collect(),
+            selections,
+            xrm: xrm.as_ref().map(|x| x.record.clone()),
+        };
+        write_json_atomic(&out.join(p.kind.name()).join(SWEEP_FILE), &outcome)?;
+        sweeps.push(outcome);
+    }
+    Ok(SweepSet { xrm, sweeps })
+}
+
+/// Applies `criteria` again to the checkpoints a sweep recorded: reads
+/// `{sweep_dir}/{label}/checkpoints.jsonl` of every run of `sweep` that did not fail, then
+/// [`select`]s. A criterion whose winner was not rerun at every seed lists the seeds it lacks
+/// in [`Selection::missing_seeds`].
+///
+/// Errors: a missing or unreadable checkpoint file (named), a checkpoint without the
+/// criterion's value (`va_gi_wga` on a sweep that ran without XRM).
+pub fn reselect(
+    sweep: &SweepOutcome,
+    sweep_dir: &Path,
+    criteria: &[Criterion],
+) -> Result<Vec<Selection>> {
+    let runs: Vec<RunResult> = sweep
+        .runs
+        .iter()
+        .map(|r| {
+            let checkpoints = if r.error.is_some() {
+                Vec::new()
+            } else {
+                read_jsonl(sweep_dir.join(&r.label).join(CHECKPOINTS_FILE))?
+            };
+            Ok(RunResult {
+                record: r.clone(),
+                checkpoints,
+            })
+        })
+        .collect::<Result<_>>()?;
+    criteria
+        .iter()
+        .map(|&c| select(&runs, sweep.config.draws, &sweep.config.seeds, c))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_names_parse_and_round_trip() {
+        for m in MethodKind::ALL {
+            assert_eq!(m.name().parse::<MethodKind>().unwrap(), m);
+            assert_eq!(m.label().parse::<MethodKind>().unwrap(), m);
+        }
+        assert_eq!(
+            "groupdro".parse::<MethodKind>().unwrap(),
+            MethodKind::GroupDro
+        );
+        assert_eq!(
+            "xrm+groupdro".parse::<MethodKind>().unwrap(),
+            MethodKind::XrmGroupDro
+        );
+        assert!(matches!(
+            "dro".parse::<MethodKind>(),
+            Err(Error::InvalidArgument { name: "method", .. })
+        ));
+    }
+
+    #[test]
+    fn draws_map_to_methods_and_optimizers() {
+        let cfg = SweepConfig {
+            model: ModelSpec::Linear { bias: true },
+            optimizer: OptimizerSpec::Sgd {
+                lr: 0.0,
+                momentum: 0.9,
+                weight_decay: 0.0,
+            },
+            space: HparamSpace::paper(),
+            steps: 1001,
+            checkpoint_freq: 50,
+            draws: 3,
+            seeds: vec![0, 1],
+            hparam_seed: 7,
+            xrm: XrmPlan {
+                draws: 2,
+                steps: 10,
+                loss: XrmLoss::ClassBalanced,
+            },
+            parallelism: Parallelism::Runs,
+            device: Device::Cpu,
+        };
+        cfg.validate().unwrap();
+        let h = cfg.hparams(1).unwrap();
+        assert_eq!(h, cfg.hparams(1).unwrap());
+        assert_ne!(h, cfg.hparams(0).unwrap());
+        assert_eq!(
+            cfg.optimizer_for(&h),
+            OptimizerSpec::Sgd {
+                lr: h.lr as f32,
+                momentum: 0.9,
+                weight_decay: h.weight_decay as f32
+            }
+        );
+        assert_eq!(
+            MethodKind::Jtt.method(&h, 1001),
+            Method::Jtt {
+                first_stage_steps: h.jtt_steps(1001),
+                lambda_up: h.jtt_lambda as f32
+            }
+        );
+        assert_eq!(MethodKind::Mat.method(&h, 5), Method::Mat { tau: h.tau });
+        let mut bad = cfg.clone();
+        bad.seeds = vec![3, 3];
+        assert!(bad.validate().is_err());
+        bad.seeds.clear();
+        assert!(bad.validate().is_err());
+        let mut bad = cfg;
+        bad.draws = 0;
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn table_criteria_leave_out_unannotated_selection_for_group_methods() {
+        assert_eq!(
+            MethodKind::GroupDro.table_criteria(),
+            vec![Criterion::VaWga]
+        );
+        assert_eq!(
+            MethodKind::Mat.table_criteria(),
+            vec![Criterion::VaWga, Criterion::VaGiWga]
+        );
+    }
+}
