@@ -458,7 +458,11 @@ fn sums_and_maxima_over_each_axis_match_the_cpu() {
         // bound against an f64 reference.
         let what = format!("sum of all {dims:?}");
         let exact: f64 = data.iter().map(|&x| x as f64).sum();
-        let scale: f64 = data.iter().map(|&x| (x as f64).abs()).sum::<f64>().max(f64::MIN_POSITIVE);
+        let scale: f64 = data
+            .iter()
+            .map(|&x| (x as f64).abs())
+            .sum::<f64>()
+            .max(f64::MIN_POSITIVE);
         for (backend, value) in [
             ("gpu", host(&d.sum_all().unwrap())[0]),
             ("cpu", host(&c.sum_all().unwrap())[0]),
