@@ -69,6 +69,18 @@ fn row_dots_generic(a: &[f32], cols: &[Vec<f32>], out: &mut [f32]) {
 }
 
 /// `out[i, :] += a(i, p) · b_row` for the `m` rows of a thin left operand.
+/// `out[i, :] += (c[i][0]·b[0] + c[i][1]·b[1]) + (c[i][2]·b[2] + c[i][3]·b[3])`: four rows of
+/// B per pass over the output, so the output row is loaded and stored once per four rows.
+#[inline(always)]
+fn axpy4_rows_generic(coef: &[[f32; 4]], b: [&[f32]; 4], out: &mut [f32], width: usize) {
+    for (i, c) in coef.iter().enumerate() {
+        let o = &mut out[i * width..(i + 1) * width];
+        for (q, o) in o.iter_mut().enumerate() {
+            *o += (c[0] * b[0][q] + c[1] * b[1][q]) + (c[2] * b[2][q] + c[3] * b[3][q]);
+        }
+    }
+}
+
 #[inline(always)]
 fn axpy_rows_generic(coef: &[f32], b_row: &[f32], out: &mut [f32], width: usize) {
     for (i, &s) in coef.iter().enumerate() {
@@ -151,6 +163,51 @@ mod avx2 {
             }
         }
     }
+
+    /// # Safety
+    /// The CPU must support AVX2; every `b[r]` holds at least `width` values and `out`
+    /// `coef.len() * width`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn axpy4_rows(
+        coef: &[[f32; 4]],
+        b: [&[f32]; 4],
+        out: &mut [f32],
+        width: usize,
+    ) {
+        let body = width / 8 * 8;
+        let mut q = 0;
+        while q < body {
+            // SAFETY: q + 8 <= width, within every row of B and every output row.
+            let bv = [
+                _mm256_loadu_ps(b[0].as_ptr().add(q)),
+                _mm256_loadu_ps(b[1].as_ptr().add(q)),
+                _mm256_loadu_ps(b[2].as_ptr().add(q)),
+                _mm256_loadu_ps(b[3].as_ptr().add(q)),
+            ];
+            for (i, c) in coef.iter().enumerate() {
+                let o = out.as_mut_ptr().add(i * width + q);
+                let t01 = _mm256_add_ps(
+                    _mm256_mul_ps(_mm256_set1_ps(c[0]), bv[0]),
+                    _mm256_mul_ps(_mm256_set1_ps(c[1]), bv[1]),
+                );
+                let t23 = _mm256_add_ps(
+                    _mm256_mul_ps(_mm256_set1_ps(c[2]), bv[2]),
+                    _mm256_mul_ps(_mm256_set1_ps(c[3]), bv[3]),
+                );
+                _mm256_storeu_ps(
+                    o,
+                    _mm256_add_ps(_mm256_loadu_ps(o), _mm256_add_ps(t01, t23)),
+                );
+            }
+            q += 8;
+        }
+        for (i, c) in coef.iter().enumerate() {
+            let o = &mut out[i * width..(i + 1) * width];
+            for (qq, o) in o.iter_mut().enumerate().skip(body) {
+                *o += (c[0] * b[0][qq] + c[1] * b[1][qq]) + (c[2] * b[2][qq] + c[3] * b[3][qq]);
+            }
+        }
+    }
 }
 
 /// Folds 32 partial sums with a fixed tree, then adds the tail products in order.
@@ -177,6 +234,53 @@ fn row_dots(a: &[f32], cols: &[Vec<f32>], out: &mut [f32]) {
         return unsafe { avx2::row_dots(a, cols, out) };
     }
     row_dots_generic(a, cols, out)
+}
+
+fn axpy4_rows(coef: &[[f32; 4]], b: [&[f32]; 4], out: &mut [f32], width: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if super::has_avx2() {
+        // SAFETY: AVX2 support was detected at run time; the caller passes rows of `width`.
+        return unsafe { avx2::axpy4_rows(coef, b, out, width) };
+    }
+    axpy4_rows_generic(coef, b, out, width)
+}
+
+/// `out (m × width) += A(:, rows) · B[rows, c0..c0 + width]`, four rows of B at a time, then
+/// the remaining rows one by one: the fixed association of the thin-left product.
+#[allow(clippy::too_many_arguments)]
+fn accumulate_rows(
+    a_at: &impl Fn(usize, usize) -> f32,
+    m: usize,
+    rows: std::ops::Range<usize>,
+    b: &[f32],
+    n: usize,
+    c0: usize,
+    width: usize,
+    out: &mut [f32],
+) {
+    let row = |p: usize| &b[p * n + c0..p * n + c0 + width];
+    let mut p = rows.start;
+    let mut coef4 = [[0.0f32; 4]; THIN];
+    while p + 4 <= rows.end {
+        for (i, c) in coef4.iter_mut().enumerate().take(m) {
+            *c = [a_at(i, p), a_at(i, p + 1), a_at(i, p + 2), a_at(i, p + 3)];
+        }
+        axpy4_rows(
+            &coef4[..m],
+            [row(p), row(p + 1), row(p + 2), row(p + 3)],
+            out,
+            width,
+        );
+        p += 4;
+    }
+    let mut coef = [0.0f32; THIN];
+    while p < rows.end {
+        for (i, c) in coef.iter_mut().enumerate().take(m) {
+            *c = a_at(i, p);
+        }
+        axpy_rows(&coef[..m], row(p), out, width);
+        p += 1;
+    }
 }
 
 fn axpy_rows(coef: &[f32], b_row: &[f32], out: &mut [f32], width: usize) {
@@ -230,13 +334,7 @@ pub(super) fn matmul(
         let a_at = |i: usize, p: usize| a[i * rsa + p * csa];
         let block = |c0: usize, width: usize, out: &mut [f32]| {
             // out is m × width, row stride width.
-            let mut coef = [0.0f32; THIN];
-            for p in 0..k {
-                for (i, c) in coef.iter_mut().enumerate().take(m) {
-                    *c = a_at(i, p);
-                }
-                axpy_rows(&coef[..m], &b[p * n + c0..p * n + c0 + width], out, width);
-            }
+            accumulate_rows(&a_at, m, 0..k, b, n, c0, width, out);
         };
         if macs >= PAR_MIN_MACS && m * n <= ROW_SPLIT_MAX_OUT {
             // B streams row after row (prefetch-friendly) into a per-chunk copy of the small
@@ -247,13 +345,8 @@ pub(super) fn matmul(
                 .into_par_iter()
                 .map(|ci| {
                     let mut out = vec![0.0f32; m * n];
-                    let mut coef = [0.0f32; THIN];
-                    for p in ci * K_CHUNK..((ci + 1) * K_CHUNK).min(k) {
-                        for (i, c) in coef.iter_mut().enumerate().take(m) {
-                            *c = a_at(i, p);
-                        }
-                        axpy_rows(&coef[..m], &b[p * n..(p + 1) * n], &mut out, n);
-                    }
+                    let rows = ci * K_CHUNK..((ci + 1) * K_CHUNK).min(k);
+                    accumulate_rows(&a_at, m, rows, b, n, 0, n, &mut out);
                     out
                 })
                 .collect();
@@ -344,6 +437,28 @@ mod tests {
             }
         }
         c
+    }
+
+    #[test]
+    fn vector_kernels_give_the_portable_bits() {
+        let mut rng = crate::rng::Rng::new(9);
+        let width = 1003;
+        let rows: Vec<Vec<f32>> = (0..4).map(|_| rng.normal_vec(width)).collect();
+        let coef = [[0.3f32, -1.7, 2.2, 0.01], [1.1, 0.5, -0.25, 3.0]];
+        let start = rng.normal_vec(2 * width);
+        let (mut fast, mut portable) = (start.clone(), start);
+        let b = [&rows[0][..], &rows[1][..], &rows[2][..], &rows[3][..]];
+        axpy4_rows(&coef, b, &mut fast, width);
+        axpy4_rows_generic(&coef, b, &mut portable, width);
+        assert!(fast
+            .iter()
+            .zip(&portable)
+            .all(|(x, y)| x.to_bits() == y.to_bits()));
+        let cols: Vec<Vec<f32>> = (0..3).map(|_| rng.normal_vec(width)).collect();
+        let (mut d_fast, mut d_portable) = ([0.0f32; 3], [0.0f32; 3]);
+        row_dots(&rows[0], &cols, &mut d_fast);
+        row_dots_generic(&rows[0], &cols, &mut d_portable);
+        assert_eq!(d_fast.map(f32::to_bits), d_portable.map(f32::to_bits));
     }
 
     #[test]
