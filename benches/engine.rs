@@ -111,6 +111,25 @@ fn train_step(c: &mut Criterion) {
                 )
             })
         });
+        // The same step through the fused linear + cross-entropy op (one pass over x).
+        group.bench_function("linear_1800x2_sgd_fused", |bench| {
+            bench.iter(|| {
+                step(
+                    || {
+                        x.linear_shifted_cross_entropy(
+                            &model.weight,
+                            None,
+                            &y,
+                            None,
+                            None,
+                            Reduction::Mean,
+                        )
+                        .map(|(loss, _)| loss)
+                    },
+                    &mut opt,
+                )
+            })
+        });
     }
 
     // (b) MLP 392→390→390→2, ReLU, Xavier init, Adam (lr 1e-3, L2 weight decay 1e-4), CE.

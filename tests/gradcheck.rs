@@ -456,6 +456,36 @@ gradient_checks! {
         ops
     }
 
+    linear_shifted_cross_entropy => {
+        // Gradients of the weight and bias through the fused linear + CE op (the input is a
+        // constant, as a data batch is; then the fused kernel runs).
+        let mut rng = Rng::new(22);
+        let (n, d, c) = (8, 6, 3);
+        let x = randn(&mut rng, (n, d));
+        let w = randn(&mut rng, (c, d));
+        let b = randn(&mut rng, c);
+        let y = labels(&mut rng, n, c);
+        let s = randn(&mut rng, (n, c));
+        let wt = tensor(rng.uniform_vec(n, 0.2, 2.0), n);
+        let mut ops = Vec::new();
+        for (shift, weights, r) in [
+            (None, None, Reduction::Mean),
+            (Some(&s), None, Reduction::Mean),
+            (Some(&s), Some(&wt), Reduction::Sum),
+            (None, Some(&wt), Reduction::WeightedMean),
+        ] {
+            ops.extend(check(
+                "linear_shifted_cross_entropy",
+                |v| {
+                    x.linear_shifted_cross_entropy(&v[0], Some(&v[1]), &y, shift, weights, r)
+                        .map(|(loss, _)| loss)
+                },
+                &[w.clone(), b.clone()],
+            ));
+        }
+        ops
+    }
+
     small_network => {
         // Everything together: tanh(x·W1ᵀ + b1)·W2ᵀ + b2 under the fused loss, gradients of
         // all four parameters and of the input.

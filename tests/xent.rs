@@ -389,3 +389,76 @@ fn weighted_mean_needs_weights() {
         .unwrap_err();
     assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
 }
+
+/// The fused linear + cross-entropy op equals `x·Wᵀ + b → shifted_cross_entropy` in loss,
+/// logits and the gradients of W and b, at sizes that take its parallel path.
+#[test]
+fn fused_linear_cross_entropy_equals_the_composite() {
+    let dev = Device::Cpu;
+    let mut rng = Rng::new(31);
+    for &(n, d, c) in &[(5usize, 7usize, 2usize), (1000, 1800, 2), (333, 129, 4)] {
+        let x = Tensor::randn(&mut rng, (n, d), 1.0, &dev).unwrap();
+        let w = Tensor::randn(&mut rng, (c, d), 0.05, &dev)
+            .unwrap()
+            .variable();
+        let b = Tensor::randn(&mut rng, c, 0.1, &dev).unwrap().variable();
+        let y = Indices::new((0..n).map(|i| (i * 7 % c) as u32).collect(), &dev).unwrap();
+        let s = Tensor::randn(&mut rng, (n, c), 1.0, &dev).unwrap();
+        let wt = Tensor::from_vec(rng.uniform_vec(n, 0.2, 2.0), n, &dev).unwrap();
+        for (shift, weights, r) in [
+            (Some(&s), None, Reduction::Mean),
+            (None, Some(&wt), Reduction::Mean),
+            (Some(&s), Some(&wt), Reduction::Sum),
+            (None, Some(&wt), Reduction::WeightedMean),
+        ] {
+            let (loss, logits) = x
+                .linear_shifted_cross_entropy(&w, Some(&b), &y, shift, weights, r)
+                .unwrap();
+            let g = loss.backward().unwrap();
+            let z = x.matmul_t(&w).unwrap().broadcast_add(&b).unwrap();
+            let reference = z.shifted_cross_entropy(&y, shift, weights, r).unwrap();
+            let gr = reference.backward().unwrap();
+            let close = |a: &[f32], b: &[f32], what: &str| {
+                let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+                let den: f64 = b
+                    .iter()
+                    .map(|y| (*y as f64).powi(2))
+                    .sum::<f64>()
+                    .max(1e-30);
+                assert!(
+                    (num / den).sqrt() < 1e-5,
+                    "{what} (n {n}, d {d}, c {c}, {r:?}, weights {}): {}",
+                    weights.is_some(),
+                    (num / den).sqrt()
+                );
+            };
+            close(
+                &[loss.to_scalar().unwrap()],
+                &[reference.to_scalar().unwrap()],
+                "loss",
+            );
+            close(&logits.to_vec().unwrap(), &z.to_vec().unwrap(), "logits");
+            close(
+                &g.get(&w).unwrap().to_vec().unwrap(),
+                &gr.get(&w).unwrap().to_vec().unwrap(),
+                "dW",
+            );
+            close(
+                &g.get(&b).unwrap().to_vec().unwrap(),
+                &gr.get(&b).unwrap().to_vec().unwrap(),
+                "db",
+            );
+        }
+    }
+    // A label out of range is a typed error on the fused path too.
+    let x = Tensor::zeros((3, 4), &dev).unwrap();
+    let w = Tensor::zeros((2, 4), &dev).unwrap().variable();
+    let y = Indices::new(vec![0, 2, 1], &dev).unwrap();
+    let err = x
+        .linear_shifted_cross_entropy(&w, None, &y, None, None, Reduction::Mean)
+        .unwrap_err();
+    assert!(
+        matches!(err, memaware::Error::LabelOutOfRange { .. }),
+        "{err}"
+    );
+}

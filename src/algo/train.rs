@@ -621,7 +621,23 @@ pub fn train(
                 gathered.3.as_ref(),
             )
         };
-        let logits = model.forward(x)?;
+        // A linear model under a mean loss trains through the fused linear + cross-entropy
+        // op: one pass over the batch for logits, loss and weight gradient.
+        let fused = match (&dro, model.as_linear()) {
+            (None, Some(lin)) => Some(x.linear_shifted_cross_entropy(
+                &lin.weight,
+                lin.bias.as_ref(),
+                y,
+                shift,
+                weights,
+                Reduction::Mean,
+            )?),
+            _ => None,
+        };
+        let logits = match &fused {
+            Some((_, z)) => z.clone(),
+            None => model.forward(x)?,
+        };
         if let Some(mut cp) = pending.take() {
             let ev = evaluator
                 .as_ref()
@@ -629,8 +645,9 @@ pub fn train(
             cp.tr = Some(ev.train_metrics(&logits.argmax_rows()?.to_vec()?)?);
             emit(cp)?;
         }
-        let loss = match (&mut dro, &fit.groups) {
-            (Some(dro), Some(groups)) => {
+        let loss = match (fused, &mut dro, &fit.groups) {
+            (Some((loss, _)), _, _) => loss,
+            (None, Some(dro), Some(groups)) => {
                 let rows = logits.shifted_cross_entropy(y, None, None, Reduction::None)?;
                 let batch_groups: Vec<u32> = if full {
                     groups.clone()

@@ -53,6 +53,14 @@ pub(crate) enum Op {
         logits: Tensor,
         unit_grad: Tensor,
     },
+    /// Fused linear layer + shifted softmax-CE: the gradients of the weight and bias for a
+    /// unit upstream gradient, computed in the forward pass.
+    LinearXent {
+        weight: Tensor,
+        bias: Option<Tensor>,
+        grad_w: Tensor,
+        grad_b: Tensor,
+    },
 }
 
 /// The name of every op kind, so that a test can insist each one has a gradient check.
@@ -88,6 +96,7 @@ pub const OP_NAMES: &[&str] = &[
     "softmax",
     "log_softmax",
     "shifted_cross_entropy",
+    "linear_shifted_cross_entropy",
 ];
 
 impl Op {
@@ -129,6 +138,7 @@ impl Op {
             Op::Softmax(_) => "softmax",
             Op::LogSoftmax(_) => "log_softmax",
             Op::ShiftedXent { .. } => "shifted_cross_entropy",
+            Op::LinearXent { .. } => "linear_shifted_cross_entropy",
         }
     }
 
@@ -147,6 +157,7 @@ impl Op {
             | Op::ShiftedXent { logits: x, .. } => vec![x],
             Op::Binary(a, b, _) | Op::Matmul { lhs: a, rhs: b, .. } => vec![a, b],
             Op::Concat(xs, _) => xs.iter().collect(),
+            Op::LinearXent { weight, bias, .. } => std::iter::once(weight).chain(bias).collect(),
             Op::Where {
                 on_true, on_false, ..
             } => vec![on_true, on_false],

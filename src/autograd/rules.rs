@@ -183,6 +183,23 @@ pub(super) fn backward(
             let gsum = g.sum_keepdim(last)?;
             vec![(x.clone(), g.sub(&out.exp()?.broadcast_mul(&gsum)?)?)]
         }
+        Op::LinearXent {
+            weight,
+            bias,
+            grad_w,
+            grad_b,
+        } => {
+            let (gw, gb) = if g_is_one {
+                (grad_w.clone(), grad_b.clone())
+            } else {
+                (grad_w.broadcast_mul(g)?, grad_b.broadcast_mul(g)?)
+            };
+            let mut out = vec![(weight.clone(), gw)];
+            if let Some(b) = bias {
+                out.push((b.clone(), gb));
+            }
+            out
+        }
         Op::ShiftedXent { logits, unit_grad } if g_is_one => {
             vec![(logits.clone(), unit_grad.clone())]
         }

@@ -37,6 +37,11 @@ pub trait Module: Send + Sync {
             .map(|(_, t)| t)
             .collect()
     }
+    /// The layer itself when the module is a single [`Linear`], so that training can fuse it
+    /// with the loss (`Tensor::linear_shifted_cross_entropy`).
+    fn as_linear(&self) -> Option<&Linear> {
+        None
+    }
 }
 
 /// `y = x · Wᵀ + b`.
@@ -108,6 +113,10 @@ impl Module for Linear {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
         }
+    }
+
+    fn as_linear(&self) -> Option<&Linear> {
+        Some(self)
     }
 
     fn named_parameters(&self) -> Vec<(String, Tensor)> {

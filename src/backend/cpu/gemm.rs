@@ -227,7 +227,7 @@ fn finish_lanes(mut w: [f32; LANES], a_tail: &[f32], c_tail: &[f32]) -> f32 {
     s
 }
 
-fn row_dots(a: &[f32], cols: &[Vec<f32>], out: &mut [f32]) {
+pub(super) fn row_dots(a: &[f32], cols: &[Vec<f32>], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if super::has_avx2() {
         // SAFETY: AVX2 support was detected at run time.
@@ -248,7 +248,7 @@ fn axpy4_rows(coef: &[[f32; 4]], b: [&[f32]; 4], out: &mut [f32], width: usize) 
 /// `out (m × width) += A(:, rows) · B[rows, c0..c0 + width]`, four rows of B at a time, then
 /// the remaining rows one by one: the fixed association of the thin-left product.
 #[allow(clippy::too_many_arguments)]
-fn accumulate_rows(
+pub(super) fn accumulate_rows(
     a_at: &impl Fn(usize, usize) -> f32,
     m: usize,
     rows: std::ops::Range<usize>,

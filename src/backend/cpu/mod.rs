@@ -9,6 +9,7 @@
 //! pool costs more than the work.
 
 mod gemm;
+pub(crate) mod linear_xent;
 mod math;
 mod optim;
 mod xent;
