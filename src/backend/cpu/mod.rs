@@ -12,6 +12,7 @@ mod gemm;
 pub(crate) mod linear_xent;
 mod math;
 mod optim;
+mod pool;
 mod xent;
 
 use rayon::prelude::*;
@@ -42,6 +43,15 @@ pub(crate) fn has_avx2() -> bool {
 /// A host buffer.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CpuStorage(pub Vec<f32>);
+
+impl Drop for CpuStorage {
+    fn drop(&mut self) {
+        // Large buffers go back to the pool instead of the allocator (see `pool`).
+        if self.0.len() >= pool::MIN_LEN {
+            pool::give(std::mem::take(&mut self.0));
+        }
+    }
+}
 
 impl CpuStorage {
     pub fn as_slice(&self) -> &[f32] {

@@ -48,7 +48,8 @@ pub(super) fn shifted_xent(
     let weights = weights.map(|w| w.as_slice());
     let mut losses = vec![0.0f32; rows];
     let mut grad = if write_grad {
-        vec![0.0f32; rows * cols]
+        // Every element is written below.
+        super::pool::take_for_overwrite(rows * cols)
     } else {
         Vec::new()
     };
