@@ -9,8 +9,9 @@
 
 use super::Reduction;
 use crate::autograd::Op;
-use crate::backend::cpu::linear_xent::{linear_xent, total, LinearXentArgs, MAX_CLASSES};
-use crate::backend::Storage;
+use crate::backend::cpu::linear_xent::{linear_xent, LinearXentArgs, MAX_CLASSES};
+use crate::backend::cpu::sum_fixed_order;
+use crate::backend::{IndexStorage, Storage};
 use crate::error::{Error, Result};
 use crate::shape::Shape;
 use crate::tensor::{Indices, Tensor};
@@ -49,8 +50,13 @@ impl Tensor {
                 ));
             }
         }
+        let on_cpu = |t: Option<&Tensor>| t.map_or(true, |t| t.device().is_cpu());
         let fused = self.device().is_cpu()
             && weight.device().is_cpu()
+            && on_cpu(bias)
+            && on_cpu(shift)
+            && on_cpu(weights)
+            && labels.device().is_cpu()
             && c <= MAX_CLASSES
             && n > 0
             && !self.tracks_grad()
@@ -93,24 +99,34 @@ impl Tensor {
                 ));
             }
         }
-        let host = |t: &Tensor| -> Result<Vec<f32>> { t.to_vec() };
+        // Borrow every operand's host buffer: no copies on the training step's path.
         let (x, w) = (self.storage(), weight.storage());
-        // Irrefutable without the `cuda` feature.
-        #[allow(irrefutable_let_patterns)]
-        let (Storage::Cpu(x), Storage::Cpu(w)) = (&*x, &*w) else {
+        let (b, s, wt) = (
+            bias.map(|t| t.storage()),
+            shift.map(|t| t.storage()),
+            weights.map(|t| t.storage()),
+        );
+        let (Some(x_v), Some(w_v)) = (host_slice(&x), host_slice(&w)) else {
             return Err(Error::Device(format!(
                 "{OP}: the fused path needs CPU tensors"
             )));
         };
-        let bias_v = bias.map(host).transpose()?;
-        let shift_v = shift.map(host).transpose()?;
-        let weights_v = weights.map(host).transpose()?;
-        let labels_v = labels.to_vec()?;
+        let bias_v = b.as_deref().and_then(host_slice);
+        let shift_v = s.as_deref().and_then(host_slice);
+        let weights_v = wt.as_deref().and_then(host_slice);
+        // Irrefutable without the `cuda` feature.
+        #[allow(irrefutable_let_patterns)]
+        let IndexStorage::Cpu(labels_v) = &*labels.storage
+        else {
+            return Err(Error::Device(format!(
+                "{OP}: the fused path needs CPU labels"
+            )));
+        };
         let grad_scale = match reduction {
             Reduction::Mean => 1.0 / n as f32,
             Reduction::Sum | Reduction::None => 1.0,
             Reduction::WeightedMean => {
-                let total: f32 = weights_v.as_deref().map_or(0.0, |w| w.iter().sum());
+                let total: f32 = weights_v.map_or(0.0, |w| w.iter().sum());
                 if !(total.is_finite() && total > 0.0) {
                     return Err(Error::NonFinite {
                         op: OP,
@@ -121,19 +137,19 @@ impl Tensor {
             }
         };
         let out = linear_xent(LinearXentArgs {
-            x: x.as_slice(),
+            x: x_v,
             n,
             d,
-            w: w.as_slice(),
+            w: w_v,
             classes: c,
-            bias: bias_v.as_deref(),
-            shift: shift_v.as_deref(),
-            labels: &labels_v,
-            weights: weights_v.as_deref(),
+            bias: bias_v,
+            shift: shift_v,
+            labels: labels_v,
+            weights: weights_v,
             grad_scale,
         })?;
         let device = self.device();
-        let loss_value = total(&out.row_losses) * grad_scale;
+        let loss_value = sum_fixed_order(&out.row_losses) * grad_scale;
         let logits = Tensor::from_vec(out.logits, (n, c), device)?;
         let grad_w = Tensor::from_vec(out.grad_w, (c, d), device)?;
         let grad_b = Tensor::from_vec(out.grad_b, c, device)?;
@@ -150,5 +166,14 @@ impl Tensor {
         });
         super::check_finite(&loss, OP)?;
         Ok((loss, logits))
+    }
+}
+
+/// The host buffer behind a storage (`None` on a device).
+fn host_slice(s: &Storage) -> Option<&[f32]> {
+    match s {
+        Storage::Cpu(c) => Some(c.as_slice()),
+        #[cfg(feature = "cuda")]
+        Storage::Cuda(_) => None,
     }
 }

@@ -12,7 +12,7 @@
 use rayon::prelude::*;
 
 use super::gemm::{accumulate_rows, row_dots};
-use super::{math, sum_fixed_order};
+use super::math;
 use crate::error::{Error, Result};
 
 /// Rows per block.
@@ -98,7 +98,6 @@ pub(crate) fn linear_xent(a: LinearXentArgs<'_>) -> Result<LinearXentOut> {
         }
         (gw, gb)
     };
-    let blocks = logits.chunks_mut(ROWS * c).zip(row_losses.chunks_mut(ROWS));
     let partials: Vec<(Vec<f32>, Vec<f32>)> = if n * d >= 1 << 18 {
         logits
             .par_chunks_mut(ROWS * c)
@@ -107,7 +106,12 @@ pub(crate) fn linear_xent(a: LinearXentArgs<'_>) -> Result<LinearXentOut> {
             .map(block)
             .collect()
     } else {
-        blocks.enumerate().map(block).collect()
+        logits
+            .chunks_mut(ROWS * c)
+            .zip(row_losses.chunks_mut(ROWS))
+            .enumerate()
+            .map(block)
+            .collect()
     };
     let mut grad_w = vec![0.0f32; c * d];
     let mut grad_b = vec![0.0f32; c];
@@ -121,9 +125,4 @@ pub(crate) fn linear_xent(a: LinearXentArgs<'_>) -> Result<LinearXentOut> {
         grad_w,
         grad_b,
     })
-}
-
-/// Sum of the per-row losses in the crate's fixed order.
-pub(crate) fn total(row_losses: &[f32]) -> f32 {
-    sum_fixed_order(row_losses)
 }
