@@ -85,6 +85,7 @@ fn erm_without_evaluation(sigma_eps: f32, lr: f32) -> Result<f64> {
         seed: 0,
         device: Device::Cpu,
         eval_train: false,
+        eval_valid: true,
         checkpoints_path: None,
     };
     let start = Instant::now();

@@ -50,6 +50,7 @@ fn train_cfg(steps: usize, batch_size: usize, lr: f32, checkpoint_freq: usize) -
         seed: 0,
         device: Device::Cpu,
         eval_train: false,
+        eval_valid: true,
         checkpoints_path: None,
     }
 }
@@ -348,6 +349,7 @@ fn selection_picks_the_last_best_checkpoint_of_a_real_run() {
     let path = dir.join("checkpoints.jsonl");
     let cfg = TrainConfig {
         eval_train: true,
+        eval_valid: true,
         checkpoints_path: Some(path.clone()),
         ..train_cfg(300, usize::MAX, 1e-2, 5)
     };
@@ -376,16 +378,43 @@ fn selection_picks_the_last_best_checkpoint_of_a_real_run() {
     let (index, value) = select_checkpoint(cps, Criterion::VaWga).unwrap();
     let best = cps
         .iter()
-        .map(|c| c.va.worst_group_acc)
+        .map(|c| c.valid().unwrap().worst_group_acc)
         .fold(f64::NEG_INFINITY, f64::max);
     let last_best = cps
         .iter()
-        .rposition(|c| c.va.worst_group_acc == best)
+        .rposition(|c| c.valid().unwrap().worst_group_acc == best)
         .unwrap();
     assert_eq!((index, value), (last_best, best));
     // The run is not trivially flat: selection has something to choose.
-    assert!(cps.iter().any(|c| c.va.worst_group_acc < best));
+    assert!(cps
+        .iter()
+        .any(|c| c.valid().unwrap().worst_group_acc < best));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_run_without_validation_records_test_metrics_and_refuses_selection() {
+    let ds = small_data(6);
+    let run = |eval_valid: bool| {
+        let cfg = TrainConfig {
+            eval_valid,
+            ..train_cfg(30, usize::MAX, 1e-2, 5)
+        };
+        run_method(&ds, &Method::Erm, &ModelSpec::linear_no_bias(), &cfg, None).unwrap()
+    };
+    let (with, without) = (run(true), run(false));
+    let (a, b) = (&with.outcome.checkpoints, &without.outcome.checkpoints);
+    assert_eq!(a.len(), b.len());
+    for (ca, cb) in a.iter().zip(b) {
+        assert!(ca.va.is_some() && cb.va.is_none() && cb.va_gi.is_none());
+        // Validation is only read, never trained on: test metrics and losses are the same.
+        assert_eq!((ca.step, ca.train_loss), (cb.step, cb.train_loss));
+        assert_eq!(ca.te, cb.te);
+    }
+    for c in [Criterion::VaWga, Criterion::VaAvg] {
+        assert!(matches!(select_checkpoint(b, c), Err(Error::Data(_))));
+    }
+    assert!(matches!(b[0].valid(), Err(Error::Data(m)) if m.contains("step 0")));
 }
 
 #[test]
@@ -395,6 +424,7 @@ fn training_accuracy_from_the_training_pass_equals_a_separate_evaluation() {
     let ds = small_data(7);
     let cfg = TrainConfig {
         eval_train: true,
+        eval_valid: true,
         ..train_cfg(40, usize::MAX, 1e-2, 3)
     };
     let spec = ModelSpec::linear_no_bias();
@@ -541,6 +571,7 @@ fn figure1(n: usize, d: usize, checkpoint_freq: usize) -> Figure1Report {
     let epochs = 1000;
     let cfg = |lr: f32| TrainConfig {
         eval_train: true,
+        eval_valid: true,
         ..train_cfg(epochs, usize::MAX, lr, checkpoint_freq)
     };
     let timed = |what: &str, t: Instant| {

@@ -120,16 +120,16 @@ fn sweep_selects_per_checkpoint_per_draw_and_reruns_the_winner() {
                 let best = cps
                     .iter()
                     .map(|cp| match sel.criterion {
-                        Criterion::VaWga => cp.va.worst_group_acc,
+                        Criterion::VaWga => cp.valid().unwrap().worst_group_acc,
                         _ => cp.va_gi.as_ref().unwrap().worst_group_acc,
                     })
                     .fold(f64::NEG_INFINITY, f64::max);
                 assert_eq!(value, best);
                 let choice = sel.draws[d].as_ref().unwrap();
                 assert_eq!((choice.index, choice.value), (index, value));
-                assert_eq!(choice.va_avg, cps[index].va.avg_acc);
+                assert_eq!(choice.va_avg, cps[index].valid().unwrap().avg_acc);
                 assert_eq!(choice.step, cps[index].step);
-                values.push((value, cps[index].va.avg_acc));
+                values.push((value, cps[index].valid().unwrap().avg_acc));
             }
             assert_eq!(sel.winner, expected_winner(&values), "{:?}", values);
             let top = values.iter().map(|v| v.0).fold(f64::NEG_INFINITY, f64::max);
@@ -199,7 +199,7 @@ fn sweep_selects_per_checkpoint_per_draw_and_reruns_the_winner() {
             .map(|d| {
                 let cps = checkpoints_of(method_dir, &run_label(d, cfg.seeds[0]));
                 let (i, v) = select_checkpoint(&cps, Criterion::VaAvg).unwrap();
-                (v, cps[i].va.avg_acc)
+                (v, cps[i].valid().unwrap().avg_acc)
             })
             .collect();
         assert_eq!(sel.winner, expected_winner(&values));

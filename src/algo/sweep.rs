@@ -670,6 +670,7 @@ fn run_job(
         seed: job.seed,
         device: cfg.device.clone(),
         eval_train: false,
+        eval_valid: true,
         checkpoints_path: Some(dir.join(CHECKPOINTS_FILE)),
     };
     let outcome = run_method_with(
@@ -753,7 +754,7 @@ fn choose_in_run(draw: usize, cps: &[Checkpoint], c: Criterion) -> Result<DrawCh
         index,
         step: cps[index].step,
         value,
-        va_avg: cps[index].va.avg_acc,
+        va_avg: cps[index].valid()?.avg_acc,
     })
 }
 
@@ -828,7 +829,7 @@ pub fn select(runs: &[RunResult], draws: usize, seeds: &[u64], c: Criterion) -> 
             index,
             step: cp.step,
             value,
-            va: cp.va.clone(),
+            va: cp.valid()?.clone(),
             te: cp.te.clone(),
         });
     }

@@ -25,9 +25,9 @@
 //! # Checkpoints
 //!
 //! After the update with 0-based index `s`, when `s % checkpoint_freq == 0` or `s` is the last
-//! step, the model is evaluated under `no_grad` on validation and test with the true groups
-//! `g = n_attr · y + a`, on validation with XRM-inferred groups `g = 2y + m` when given, and on
-//! the training set when `eval_train` is set. `Checkpoint::step` is `s` (the checkpoint
+//! step, the model is evaluated under `no_grad` on test and (when `eval_valid` is set)
+//! validation with the true groups `g = n_attr · y + a`, on validation with XRM-inferred
+//! groups `g = 2y + m` when given, and on the training set when `eval_train` is set. `Checkpoint::step` is `s` (the checkpoint
 //! reflects `s + 1` updates), as the reference records it; `train_loss` is the objective on
 //! the step's batch before the update. With full batches on the whole training set, the
 //! training forward pass of step `s + 1` computes exactly the logits of the model that the
@@ -77,6 +77,10 @@ pub struct TrainConfig {
     pub device: Device,
     /// Also evaluate on the training set at each checkpoint (`Checkpoint::tr`).
     pub eval_train: bool,
+    /// Evaluate on the validation set at each checkpoint (`Checkpoint::va`, and `va_gi` when
+    /// inferred groups are given). Model selection needs it; a run that only records
+    /// training and test curves saves one pass over the validation features per checkpoint.
+    pub eval_valid: bool,
     /// A JSON-lines file that receives each checkpoint as it is made (created or truncated).
     pub checkpoints_path: Option<PathBuf>,
 }
@@ -521,7 +525,9 @@ pub fn train(
 ) -> Result<TrainOutcome> {
     ds.validate()?;
     cfg.validate()?;
-    check_validation_groups(ds)?;
+    if cfg.eval_valid {
+        check_validation_groups(ds)?;
+    }
     let (n, d, k) = (ds.train.n, ds.d(), ds.classes);
     let device = &cfg.device;
     if let Some(rows) = &setup.rows {
@@ -567,6 +573,7 @@ pub fn train(
         Some(Evaluator::new(
             ds,
             device,
+            cfg.eval_valid,
             setup.va_inferred_groups.clone(),
         )?)
     } else {
@@ -661,6 +668,14 @@ pub fn train(
             _ => logits.shifted_cross_entropy(y, shift, weights, Reduction::Mean)?,
         };
         final_train_loss = loss.to_scalar()? as f64;
+        // The loss is read back every step anyway, so checking it here catches a diverging
+        // run on every device (the CPU kernels also check inside the op).
+        if !final_train_loss.is_finite() {
+            return Err(Error::NonFinite {
+                op: "train",
+                what: format!("the training loss at step {step} is {final_train_loss}"),
+            });
+        }
         let grads = loss.backward()?;
         optimizer.step(&grads)?;
 
@@ -694,10 +709,11 @@ pub fn train(
     })
 }
 
-/// Validation and test data on the device, with the labels and groups metrics need.
+/// Validation (when evaluated) and test data on the device, with the labels and groups
+/// metrics need.
 struct Evaluator<'a> {
     ds: &'a Dataset,
-    x_va: Tensor,
+    x_va: Option<Tensor>,
     x_te: Tensor,
     g_tr: Vec<u32>,
     g_va: Vec<u32>,
@@ -706,11 +722,18 @@ struct Evaluator<'a> {
 }
 
 impl<'a> Evaluator<'a> {
-    fn new(ds: &'a Dataset, device: &Device, va_inferred: Option<Vec<u32>>) -> Result<Self> {
+    fn new(
+        ds: &'a Dataset,
+        device: &Device,
+        eval_valid: bool,
+        va_inferred: Option<Vec<u32>>,
+    ) -> Result<Self> {
         let d = ds.d();
         Ok(Evaluator {
             ds,
-            x_va: Tensor::from_slice(&ds.valid.x, (ds.valid.n, d), device)?,
+            x_va: eval_valid
+                .then(|| Tensor::from_slice(&ds.valid.x, (ds.valid.n, d), device))
+                .transpose()?,
             x_te: Tensor::from_slice(&ds.test.x, (ds.test.n, d), device)?,
             g_tr: ds.train.groups(ds.n_attr),
             g_va: ds.valid.groups(ds.n_attr),
@@ -735,17 +758,26 @@ impl<'a> Evaluator<'a> {
 
     fn checkpoint(&self, model: &dyn Module, step: usize, train_loss: f64) -> Result<Checkpoint> {
         let n_groups = self.ds.n_groups();
-        let pred_va = predict_tensor(model, &self.x_va)?;
-        let pred_te = predict_tensor(model, &self.x_te)?;
-        let va_gi = self
-            .va_inferred
+        let pred_va = self
+            .x_va
             .as_ref()
-            .map(|g| self.metrics(&pred_va, &self.ds.valid, g, 2 * self.ds.classes))
+            .map(|x| predict_tensor(model, x))
             .transpose()?;
+        let pred_te = predict_tensor(model, &self.x_te)?;
+        let (va, va_gi) = match &pred_va {
+            Some(pred) => (
+                Some(self.metrics(pred, &self.ds.valid, &self.g_va, n_groups)?),
+                self.va_inferred
+                    .as_ref()
+                    .map(|g| self.metrics(pred, &self.ds.valid, g, 2 * self.ds.classes))
+                    .transpose()?,
+            ),
+            None => (None, None),
+        };
         Ok(Checkpoint {
             step,
             train_loss,
-            va: self.metrics(&pred_va, &self.ds.valid, &self.g_va, n_groups)?,
+            va,
             te: self.metrics(&pred_te, &self.ds.test, &self.g_te, n_groups)?,
             va_gi,
             tr: None,
@@ -855,6 +887,7 @@ pub fn run_method_with(
             let stage1_cfg = TrainConfig {
                 steps: *first_stage_steps,
                 eval_train: false,
+                eval_valid: true,
                 checkpoints_path: None,
                 ..cfg.clone()
             };

@@ -357,6 +357,8 @@ pub fn run(args: &Args) -> Result<()> {
         seed: args.run.seed,
         device: r.device.clone(),
         eval_train: args.eval_train,
+        // The command selects checkpoints on validation.
+        eval_valid: true,
         checkpoints_path: Some(checkpoints_path.clone()),
     };
     let bar = common::progress_bar(r.steps as u64, args.method.name());
@@ -475,7 +477,10 @@ fn print_report(ds: &Dataset, summary: &Summary, select: Criterion, outcome: &Me
             name, m.avg_acc, m.worst_group_acc, m.worst_class_acc
         );
     };
-    row("validation", &cp.va);
+    let Some(va) = cp.va.as_ref() else {
+        return;
+    };
+    row("validation", va);
     row("test", &cp.te);
     if let Some(gi) = &cp.va_gi {
         row("va (y,m)", gi);
@@ -485,7 +490,7 @@ fn print_report(ds: &Dataset, summary: &Summary, select: Criterion, outcome: &Me
         "group", "y", "a", "validation (n)", "test (n)"
     );
     for g in 0..ds.n_groups() {
-        let (nv, nt) = (cp.va.group_count[g], cp.te.group_count[g]);
+        let (nv, nt) = (va.group_count[g], cp.te.group_count[g]);
         if nv == 0 && nt == 0 {
             continue;
         }
@@ -494,7 +499,7 @@ fn print_report(ds: &Dataset, summary: &Summary, select: Criterion, outcome: &Me
             g,
             g / ds.n_attr,
             g % ds.n_attr,
-            common::fmt_acc(cp.va.group_acc[g]),
+            common::fmt_acc(va.group_acc[g]),
             nv,
             common::fmt_acc(cp.te.group_acc[g]),
             nt

@@ -30,8 +30,10 @@ use crate::rng::Rng;
 pub struct Checkpoint {
     pub step: usize,
     pub train_loss: f64,
-    /// Validation metrics with the true groups.
-    pub va: SplitMetrics,
+    /// Validation metrics with the true groups; `None` when the run did not evaluate on
+    /// validation (`TrainConfig::eval_valid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub va: Option<SplitMetrics>,
     /// Test metrics with the true groups.
     pub te: SplitMetrics,
     /// Validation metrics over XRM-inferred groups `(y, m)`, when inferred groups exist.
@@ -39,6 +41,20 @@ pub struct Checkpoint {
     /// Training-set metrics with the true groups, when the run evaluates on training data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tr: Option<SplitMetrics>,
+}
+
+impl Checkpoint {
+    /// The validation metrics; an error naming the step when the run did not evaluate on
+    /// validation.
+    pub fn valid(&self) -> Result<&SplitMetrics> {
+        self.va.as_ref().ok_or_else(|| {
+            Error::Data(format!(
+                "the checkpoint at step {} has no validation metrics (the run was configured \
+                 without validation)",
+                self.step
+            ))
+        })
+    }
 }
 
 /// What selects a checkpoint (and a hyperparameter draw).
@@ -89,13 +105,14 @@ impl FromStr for Criterion {
     }
 }
 
-/// The criterion's value at a checkpoint; `None` when `va_gi_wga` is asked of a checkpoint
-/// without inferred-group metrics, or the value is NaN.
+/// The criterion's value at a checkpoint; `None` when the checkpoint lacks the metrics the
+/// criterion reads (validation, or inferred-group validation for `va_gi_wga`), or the value
+/// is NaN.
 pub fn criterion_value(c: Criterion, cp: &Checkpoint) -> Option<f64> {
     let v = match c {
-        Criterion::VaWga => cp.va.worst_group_acc,
+        Criterion::VaWga => cp.va.as_ref()?.worst_group_acc,
         Criterion::VaGiWga => cp.va_gi.as_ref()?.worst_group_acc,
-        Criterion::VaAvg => cp.va.avg_acc,
+        Criterion::VaAvg => cp.va.as_ref()?.avg_acc,
     };
     (!v.is_nan()).then_some(v)
 }
@@ -116,7 +133,9 @@ pub fn select_checkpoint(cps: &[Checkpoint], c: Criterion) -> Result<(usize, f64
             Error::Data(format!(
                 "select_checkpoint: checkpoint {i} (step {}) has no value for {c}{}",
                 cp.step,
-                if c == Criterion::VaGiWga && cp.va_gi.is_none() {
+                if cp.va.is_none() {
+                    " (the run did not evaluate on validation)"
+                } else if c == Criterion::VaGiWga && cp.va_gi.is_none() {
                     " (no inferred-group validation metrics)"
                 } else {
                     ""
@@ -439,7 +458,7 @@ mod tests {
         Checkpoint {
             step,
             train_loss: 1.0 / (step + 1) as f64,
-            va: metrics(va_avg, va_wga),
+            va: Some(metrics(va_avg, va_wga)),
             te: metrics(0.5, 0.25),
             va_gi: gi_wga.map(|w| metrics(va_avg, w)),
             tr: None,
@@ -503,7 +522,10 @@ mod tests {
             Err(Error::Data(_))
         ));
         let mut nan = with;
-        nan.va.worst_group_acc = f64::NAN;
+        nan.va
+            .as_mut()
+            .expect("cp() sets validation metrics")
+            .worst_group_acc = f64::NAN;
         assert_eq!(criterion_value(Criterion::VaWga, &nan), None);
     }
 

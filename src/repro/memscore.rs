@@ -284,6 +284,7 @@ pub fn estimate(
             seed: seeds[m],
             device: device.clone(),
             eval_train: false,
+            eval_valid: true,
             checkpoints_path: None,
         };
         let setup = TrainSetup {
