@@ -17,7 +17,7 @@ use memaware::algo::xrm::{
 };
 use memaware::data::synthetic::{interpretable, is_minority, InterpretableConfig};
 use memaware::data::{Dataset, Split};
-use memaware::eval::metrics::SplitMetrics;
+use memaware::eval::metrics::{split_metrics, SplitMetrics};
 use memaware::eval::selection::{read_jsonl, select_checkpoint, Criterion};
 use memaware::{Device, Error, Rng, Tensor};
 
@@ -390,6 +390,53 @@ fn selection_picks_the_last_best_checkpoint_of_a_real_run() {
         .iter()
         .any(|c| c.valid().unwrap().worst_group_acc < best));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn every_checkpoint_of_a_wide_linear_run_equals_a_live_evaluation_of_that_step() {
+    // d ≥ 512: a linear model's checkpoints are evaluated in batches of parameter snapshots.
+    // The run of `s` steps ends in the model of step s − 1 of the long run (same seed, same
+    // updates); evaluating it directly must give that step's checkpoint.
+    let ds = figure1_data(150, 700, 0.5, 3);
+    let steps = 21;
+    let cfg = |steps: usize| TrainConfig {
+        eval_train: true,
+        ..train_cfg(steps, usize::MAX, 1e-2, 1)
+    };
+    let spec = ModelSpec::linear_no_bias();
+    let mut streamed = Vec::new();
+    let long = run_method_with(&ds, &Method::Erm, &spec, &cfg(steps), None, &mut |cp| {
+        streamed.push(cp.clone());
+        Ok(())
+    })
+    .unwrap();
+    let cps = &long.outcome.checkpoints;
+    assert_eq!(&streamed, cps);
+    assert_eq!(
+        cps.iter().map(|c| c.step).collect::<Vec<_>>(),
+        (0..steps).collect::<Vec<_>>()
+    );
+    let n_groups = ds.n_groups();
+    for s in 1..=steps {
+        let short = run_method(&ds, &Method::Erm, &spec, &cfg(s), None).unwrap();
+        let model = short.outcome.model.as_ref();
+        let live = |split: &Split| {
+            let pred = predict(model, split, &Device::Cpu).unwrap();
+            split_metrics(
+                &pred,
+                &split.y,
+                &split.groups(ds.n_attr),
+                n_groups,
+                ds.classes,
+            )
+            .unwrap()
+        };
+        let cp = &cps[s - 1];
+        assert_eq!(cp.te, live(&ds.test), "step {}", s - 1);
+        assert_eq!(cp.va.as_ref(), Some(&live(&ds.valid)), "step {}", s - 1);
+        assert_eq!(cp.tr.as_ref(), Some(&live(&ds.train)), "step {}", s - 1);
+        assert_eq!(short.outcome.checkpoints.last(), Some(cp));
+    }
 }
 
 #[test]

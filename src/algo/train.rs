@@ -51,7 +51,7 @@ use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
 use crate::eval::metrics::{split_metrics, SplitMetrics};
 use crate::eval::selection::{Checkpoint, JsonlWriter};
-use crate::nn::Module;
+use crate::nn::{Linear, Module};
 use crate::ops::Reduction;
 use crate::rng::Rng;
 use crate::tensor::{Indices, Tensor};
@@ -596,108 +596,142 @@ pub fn train(
         checkpoints.push(cp);
         Ok(())
     };
+    // A linear model on the CPU is evaluated in batches of parameter snapshots (see
+    // `Evaluator::held_out_of_snapshots`): one pass over the evaluation features serves
+    // `snapshots_per_pass` checkpoints, with the same bits as one pass each.
+    let snapshots_per_pass = match (model.as_linear(), device.is_cpu()) {
+        (Some(_), true) => {
+            let s = (SNAPSHOT_COLUMNS / k).max(1);
+            (s > 1 && crate::backend::cpu::dot_products_cover(d, s * k)).then_some(s)
+        }
+        _ => None,
+    };
+    let mut queue = CheckpointQueue::default();
 
     let start = Instant::now();
-    let mut pending: Option<Checkpoint> = None;
     let mut final_train_loss = f64::NAN;
-    for step in 0..cfg.steps {
-        let full = batcher.is_full_batch();
-        let batch = batcher.next_batch();
-        let gathered;
-        let (x, y, shift, weights) = if full {
-            (&fit.x, &fit.y, fit.shift.as_ref(), fit.weights.as_ref())
-        } else {
-            let idx = Indices::from_usize(batch, device)?;
-            let labels: Vec<u32> = batch.iter().map(|&p| fit.y_host[p]).collect();
-            gathered = (
-                fit.x.index_select(&idx)?,
-                Indices::new(labels, device)?,
-                fit.shift
-                    .as_ref()
-                    .map(|s| s.index_select(&idx))
-                    .transpose()?,
-                fit.weights
-                    .as_ref()
-                    .map(|w| w.index_select(&idx))
-                    .transpose()?,
-            );
-            (
-                &gathered.0,
-                &gathered.1,
-                gathered.2.as_ref(),
-                gathered.3.as_ref(),
-            )
-        };
-        // A linear model under a mean loss trains through the fused linear + cross-entropy
-        // op: one pass over the batch for logits, loss and weight gradient.
-        let fused = match (&dro, model.as_linear()) {
-            (None, Some(lin)) => Some(x.linear_shifted_cross_entropy(
-                &lin.weight,
-                lin.bias.as_ref(),
-                y,
-                shift,
-                weights,
-                Reduction::Mean,
-            )?),
-            _ => None,
-        };
-        let logits = match &fused {
-            Some((_, z)) => z.clone(),
-            None => model.forward(x)?,
-        };
-        if let Some(mut cp) = pending.take() {
-            let ev = evaluator
-                .as_ref()
-                .expect("checkpoints are pending only when evaluating");
-            cp.tr = Some(ev.train_metrics(&logits.argmax_rows()?.to_vec()?)?);
-            emit(cp)?;
-        }
-        let loss = match (fused, &mut dro, &fit.groups) {
-            (Some((loss, _)), _, _) => loss,
-            (None, Some(dro), Some(groups)) => {
-                let rows = logits.shifted_cross_entropy(y, None, None, Reduction::None)?;
-                let batch_groups: Vec<u32> = if full {
-                    groups.clone()
-                } else {
-                    batch.iter().map(|&p| groups[p]).collect()
-                };
-                let w = dro.update(&rows.to_vec()?, &batch_groups)?;
-                let w = Tensor::from_vec(w, batch_groups.len(), device)?;
-                rows.mul(&w)?.sum_all()?
-            }
-            _ => logits.shifted_cross_entropy(y, shift, weights, Reduction::Mean)?,
-        };
-        final_train_loss = loss.to_scalar()? as f64;
-        // The loss is read back every step anyway, so checking it here catches a diverging
-        // run on every device (the CPU kernels also check inside the op).
-        if !final_train_loss.is_finite() {
-            return Err(Error::NonFinite {
-                op: "train",
-                what: format!("the training loss at step {step} is {final_train_loss}"),
-            });
-        }
-        let grads = loss.backward()?;
-        optimizer.step(&grads)?;
-
-        let due = step % cfg.checkpoint_freq == 0 || step + 1 == cfg.steps;
-        if let (true, Some(ev)) = (due, evaluator.as_ref()) {
-            let mut cp = ev.checkpoint(model.as_ref(), step, final_train_loss)?;
-            if cfg.eval_train && reuse_train_logits {
-                pending = Some(cp);
+    let trained = (|| -> Result<()> {
+        for step in 0..cfg.steps {
+            let full = batcher.is_full_batch();
+            let batch = batcher.next_batch();
+            let gathered;
+            let (x, y, shift, weights) = if full {
+                (&fit.x, &fit.y, fit.shift.as_ref(), fit.weights.as_ref())
             } else {
-                if cfg.eval_train {
-                    cp.tr = Some(ev.train_metrics(&predict_tensor(model.as_ref(), &x_tr)?)?);
+                let idx = Indices::from_usize(batch, device)?;
+                let labels: Vec<u32> = batch.iter().map(|&p| fit.y_host[p]).collect();
+                gathered = (
+                    fit.x.index_select(&idx)?,
+                    Indices::new(labels, device)?,
+                    fit.shift
+                        .as_ref()
+                        .map(|s| s.index_select(&idx))
+                        .transpose()?,
+                    fit.weights
+                        .as_ref()
+                        .map(|w| w.index_select(&idx))
+                        .transpose()?,
+                );
+                (
+                    &gathered.0,
+                    &gathered.1,
+                    gathered.2.as_ref(),
+                    gathered.3.as_ref(),
+                )
+            };
+            // A linear model under a mean loss trains through the fused linear + cross-entropy
+            // op: one pass over the batch for logits, loss and weight gradient.
+            let fused = match (&dro, model.as_linear()) {
+                (None, Some(lin)) => Some(x.linear_shifted_cross_entropy(
+                    &lin.weight,
+                    lin.bias.as_ref(),
+                    y,
+                    shift,
+                    weights,
+                    Reduction::Mean,
+                )?),
+                _ => None,
+            };
+            let logits = match &fused {
+                Some((_, z)) => z.clone(),
+                None => model.forward(x)?,
+            };
+            if let Some(waiting) = queue.awaiting_train_metrics(step) {
+                let ev = evaluator
+                    .as_ref()
+                    .expect("checkpoints wait only when evaluating");
+                waiting.tr = Some(ev.train_metrics(&logits.argmax_rows()?.to_vec()?)?);
+                queue.emit_ready(&mut emit)?;
+            }
+            let loss = match (fused, &mut dro, &fit.groups) {
+                (Some((loss, _)), _, _) => loss,
+                (None, Some(dro), Some(groups)) => {
+                    let rows = logits.shifted_cross_entropy(y, None, None, Reduction::None)?;
+                    let batch_groups: Vec<u32> = if full {
+                        groups.clone()
+                    } else {
+                        batch.iter().map(|&p| groups[p]).collect()
+                    };
+                    let w = dro.update(&rows.to_vec()?, &batch_groups)?;
+                    let w = Tensor::from_vec(w, batch_groups.len(), device)?;
+                    rows.mul(&w)?.sum_all()?
                 }
-                emit(cp)?;
+                _ => logits.shifted_cross_entropy(y, shift, weights, Reduction::Mean)?,
+            };
+            final_train_loss = loss.to_scalar()? as f64;
+            // The loss is read back every step anyway, so checking it here catches a diverging
+            // run on every device (the CPU kernels also check inside the op).
+            if !final_train_loss.is_finite() {
+                return Err(Error::NonFinite {
+                    op: "train",
+                    what: format!("the training loss at step {step} is {final_train_loss}"),
+                });
+            }
+            let grads = loss.backward()?;
+            optimizer.step(&grads)?;
+
+            let due = step % cfg.checkpoint_freq == 0 || step + 1 == cfg.steps;
+            if let (true, Some(ev)) = (due, evaluator.as_ref()) {
+                let mut waiting = Waiting {
+                    step,
+                    train_loss: final_train_loss,
+                    held_out: None,
+                    snapshot: None,
+                    tr: None,
+                    train_from_next_step: cfg.eval_train && reuse_train_logits,
+                };
+                match (snapshots_per_pass, model.as_linear()) {
+                    (Some(_), Some(lin)) => waiting.snapshot = Some(LinearSnapshot::of(lin)?),
+                    _ => waiting.held_out = Some(ev.held_out(model.as_ref())?),
+                }
+                if cfg.eval_train && !reuse_train_logits {
+                    waiting.tr = Some(ev.train_metrics(&predict_tensor(model.as_ref(), &x_tr)?)?);
+                }
+                queue.push(waiting);
+                if let Some(s) = snapshots_per_pass {
+                    if queue.snapshots() >= s {
+                        queue.evaluate_snapshots(ev)?;
+                    }
+                }
+                queue.emit_ready(&mut emit)?;
             }
         }
-    }
-    if let Some(mut cp) = pending.take() {
-        let ev = evaluator
-            .as_ref()
-            .expect("checkpoints are pending only when evaluating");
-        cp.tr = Some(ev.train_metrics(&predict_tensor(model.as_ref(), &x_tr)?)?);
-        emit(cp)?;
+        Ok(())
+    })();
+    // Whatever ended the loop, checkpoints already made are completed and emitted: the last
+    // one's training metrics by a final forward pass, deferred ones by their snapshots.
+    if let Some(ev) = evaluator.as_ref() {
+        let finish = (|| -> Result<()> {
+            if let Some(waiting) = queue.awaiting_train_metrics_at_end() {
+                waiting.tr = Some(ev.train_metrics(&predict_tensor(model.as_ref(), &x_tr)?)?);
+            }
+            queue.evaluate_snapshots(ev)?;
+            queue.emit_ready(&mut emit)
+        })();
+        trained?;
+        finish?;
+    } else {
+        trained?;
     }
     let elapsed = start.elapsed().as_secs_f64();
     Ok(TrainOutcome {
@@ -756,15 +790,37 @@ impl<'a> Evaluator<'a> {
         self.metrics(pred, &self.ds.train, &self.g_tr, self.ds.n_groups())
     }
 
-    fn checkpoint(&self, model: &dyn Module, step: usize, train_loss: f64) -> Result<Checkpoint> {
-        let n_groups = self.ds.n_groups();
+    /// Validation and test metrics of the model as it is now.
+    fn held_out(&self, model: &dyn Module) -> Result<HeldOutMetrics> {
         let pred_va = self
             .x_va
             .as_ref()
             .map(|x| predict_tensor(model, x))
             .transpose()?;
         let pred_te = predict_tensor(model, &self.x_te)?;
-        let (va, va_gi) = match &pred_va {
+        self.held_out_metrics(pred_va.as_deref(), &pred_te)
+    }
+
+    /// Validation and test metrics of each snapshot of a linear model, from one product per
+    /// split: `X · [W_1; …; W_S]ᵀ`, whose columns `s·K .. (s+1)·K` are snapshot `s`'s logits
+    /// before its bias. The CPU's dot-product path computes every column with the same
+    /// operations as the live model's `X · W_sᵀ`, and the bias is added in f32 as
+    /// `broadcast_add` does, so the predictions are the ones a per-step evaluation makes.
+    fn held_out_of_snapshots(&self, snapshots: &[&LinearSnapshot]) -> Result<Vec<HeldOutMetrics>> {
+        let pred_va = self
+            .x_va
+            .as_ref()
+            .map(|x| snapshot_predictions(x, snapshots))
+            .transpose()?;
+        let pred_te = snapshot_predictions(&self.x_te, snapshots)?;
+        (0..snapshots.len())
+            .map(|s| self.held_out_metrics(pred_va.as_ref().map(|p| &p[s][..]), &pred_te[s]))
+            .collect()
+    }
+
+    fn held_out_metrics(&self, pred_va: Option<&[u32]>, pred_te: &[u32]) -> Result<HeldOutMetrics> {
+        let n_groups = self.ds.n_groups();
+        let (va, va_gi) = match pred_va {
             Some(pred) => (
                 Some(self.metrics(pred, &self.ds.valid, &self.g_va, n_groups)?),
                 self.va_inferred
@@ -774,14 +830,161 @@ impl<'a> Evaluator<'a> {
             ),
             None => (None, None),
         };
-        Ok(Checkpoint {
-            step,
-            train_loss,
+        Ok(HeldOutMetrics {
             va,
-            te: self.metrics(&pred_te, &self.ds.test, &self.g_te, n_groups)?,
             va_gi,
-            tr: None,
+            te: self.metrics(pred_te, &self.ds.test, &self.g_te, n_groups)?,
         })
+    }
+}
+
+/// `argmax (x_i W_sᵀ + b_s)` for every row `i` of `x` and every snapshot `s`, from one product
+/// `x · [W_1; …; W_S]ᵀ`.
+fn snapshot_predictions(x: &Tensor, snapshots: &[&LinearSnapshot]) -> Result<Vec<Vec<u32>>> {
+    let Some(first) = snapshots.first() else {
+        return Ok(Vec::new());
+    };
+    let k = first.classes;
+    let d = first.weight.len() / k.max(1);
+    let mut stacked = Vec::with_capacity(snapshots.len() * k * d);
+    for s in snapshots {
+        stacked.extend_from_slice(&s.weight);
+    }
+    let width = snapshots.len() * k;
+    let w = Tensor::from_vec(stacked, (width, d), x.device())?;
+    let z = no_grad(|| x.matmul_t(&w)?.to_vec())?;
+    Ok(snapshots
+        .iter()
+        .enumerate()
+        .map(|(s, snap)| {
+            z.chunks_exact(width)
+                .map(|row| {
+                    let mut logits = row[s * k..(s + 1) * k].to_vec();
+                    if let Some(b) = &snap.bias {
+                        for (z, b) in logits.iter_mut().zip(b) {
+                            *z += b;
+                        }
+                    }
+                    crate::backend::cpu::argmax_first_max(&logits) as u32
+                })
+                .collect()
+        })
+        .collect())
+}
+
+/// Output columns of one snapshot-evaluation product: snapshots of a `K`-class linear model
+/// are evaluated `SNAPSHOT_COLUMNS / K` at a time.
+const SNAPSHOT_COLUMNS: usize = 32;
+
+/// The validation and test metrics of one checkpoint.
+struct HeldOutMetrics {
+    va: Option<SplitMetrics>,
+    va_gi: Option<SplitMetrics>,
+    te: SplitMetrics,
+}
+
+/// A linear model's parameters at a checkpoint, kept for a later evaluation.
+struct LinearSnapshot {
+    classes: usize,
+    /// `K × d`, row-major.
+    weight: Vec<f32>,
+    bias: Option<Vec<f32>>,
+}
+
+impl LinearSnapshot {
+    fn of(layer: &Linear) -> Result<Self> {
+        Ok(LinearSnapshot {
+            classes: layer.weight.dims()[0],
+            weight: layer.weight.to_vec()?,
+            bias: layer.bias.as_ref().map(Tensor::to_vec).transpose()?,
+        })
+    }
+}
+
+/// A checkpoint whose metrics are still being gathered.
+struct Waiting {
+    step: usize,
+    train_loss: f64,
+    held_out: Option<HeldOutMetrics>,
+    /// Set while the held-out metrics wait for a batched snapshot evaluation.
+    snapshot: Option<LinearSnapshot>,
+    tr: Option<SplitMetrics>,
+    /// The training metrics come from the next step's training forward pass.
+    train_from_next_step: bool,
+}
+
+impl Waiting {
+    fn is_complete(&self) -> bool {
+        self.held_out.is_some() && (self.tr.is_some() || !self.train_from_next_step)
+    }
+}
+
+/// Checkpoints in step order; each is emitted once it and every earlier one are complete.
+#[derive(Default)]
+struct CheckpointQueue {
+    waiting: std::collections::VecDeque<Waiting>,
+}
+
+impl CheckpointQueue {
+    fn push(&mut self, waiting: Waiting) {
+        self.waiting.push_back(waiting);
+    }
+
+    /// Checkpoints waiting for a snapshot evaluation.
+    fn snapshots(&self) -> usize {
+        self.waiting.iter().filter(|w| w.snapshot.is_some()).count()
+    }
+
+    /// The checkpoint of the step before `step`, when it takes its training metrics from
+    /// this step's training pass.
+    fn awaiting_train_metrics(&mut self, step: usize) -> Option<&mut Waiting> {
+        self.waiting
+            .back_mut()
+            .filter(|w| w.train_from_next_step && w.tr.is_none() && w.step + 1 == step)
+    }
+
+    /// The last checkpoint, when it still waits for training metrics that no next step will
+    /// bring.
+    fn awaiting_train_metrics_at_end(&mut self) -> Option<&mut Waiting> {
+        self.waiting
+            .back_mut()
+            .filter(|w| w.train_from_next_step && w.tr.is_none())
+    }
+
+    fn evaluate_snapshots(&mut self, ev: &Evaluator<'_>) -> Result<()> {
+        let snapshots: Vec<&LinearSnapshot> = self
+            .waiting
+            .iter()
+            .filter_map(|w| w.snapshot.as_ref())
+            .collect();
+        let metrics = ev.held_out_of_snapshots(&snapshots)?;
+        let mut metrics = metrics.into_iter();
+        for w in self.waiting.iter_mut().filter(|w| w.snapshot.is_some()) {
+            w.held_out = metrics.next();
+            w.snapshot = None;
+        }
+        Ok(())
+    }
+
+    fn emit_ready(&mut self, emit: &mut dyn FnMut(Checkpoint) -> Result<()>) -> Result<()> {
+        while self.waiting.front().is_some_and(Waiting::is_complete) {
+            let w = self
+                .waiting
+                .pop_front()
+                .expect("the front was just seen complete");
+            let held_out = w
+                .held_out
+                .expect("a complete checkpoint has held-out metrics");
+            emit(Checkpoint {
+                step: w.step,
+                train_loss: w.train_loss,
+                va: held_out.va,
+                te: held_out.te,
+                va_gi: held_out.va_gi,
+                tr: w.tr,
+            })?;
+        }
+        Ok(())
     }
 }
 
@@ -953,6 +1156,31 @@ pub fn run_method_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nn::Init;
+
+    #[test]
+    fn batched_snapshots_predict_what_each_live_model_predicts() {
+        let (n, d) = (257, 600);
+        let mut rng = Rng::new(11);
+        // Logits near zero make near-ties, where any difference in rounding would show.
+        let x = Tensor::from_vec(rng.normal_vec(n * d), (n, d), &Device::Cpu).unwrap();
+        for bias in [false, true] {
+            let models: Vec<Linear> = (0..5)
+                .map(|_| Linear::new(d, 2, bias, Init::PyTorchDefault, &mut rng, &Device::Cpu))
+                .collect::<Result<_>>()
+                .unwrap();
+            let snapshots: Vec<LinearSnapshot> = models
+                .iter()
+                .map(|m| LinearSnapshot::of(m).unwrap())
+                .collect();
+            let refs: Vec<&LinearSnapshot> = snapshots.iter().collect();
+            assert!(crate::backend::cpu::dot_products_cover(d, 2 * refs.len()));
+            let batched = snapshot_predictions(&x, &refs).unwrap();
+            for (model, got) in models.iter().zip(&batched) {
+                assert_eq!(got, &predict_tensor(model, &x).unwrap());
+            }
+        }
+    }
 
     #[test]
     fn group_dro_weights_reproduce_the_group_weighted_loss() {

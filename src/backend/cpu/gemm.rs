@@ -21,6 +21,11 @@ use rayon::prelude::*;
 
 /// Widest output (in columns, or rows for the thin-left path) handled by the thin paths.
 const THIN: usize = 4;
+/// Widest output handled by the dot-product path in groups of [`THIN`] columns, when rows are
+/// long enough that streaming A once beats packing it (e.g. a batch of weight snapshots).
+const DOTS_MAX_COLS: usize = 64;
+/// Shortest rows for which wide outputs take the dot-product path.
+const DOTS_MIN_K: usize = 512;
 /// Products above this many multiply-adds are split across threads.
 const PAR_MIN_MACS: usize = 1 << 21;
 /// Rows per parallel block of the general path.
@@ -292,6 +297,11 @@ fn axpy_rows(coef: &[f32], b_row: &[f32], out: &mut [f32], width: usize) {
     axpy_rows_generic(coef, b_row, out, width)
 }
 
+/// Whether `op(A) · op(B)` with an untransposed A takes the dot-product path.
+pub(super) fn dot_path_covers(k: usize, n: usize) -> bool {
+    n <= THIN || (n <= DOTS_MAX_COLS && k >= DOTS_MIN_K)
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(super) fn matmul(
     a: &[f32],
@@ -314,12 +324,20 @@ pub(super) fn matmul(
     let (rsa, csa) = if lhs_t { (1, m) } else { (k, 1) };
     let (rsb, csb) = if rhs_t { (1, k) } else { (n, 1) };
 
-    if n <= THIN && !lhs_t {
-        // Columns of op(B) as contiguous vectors (k·n values: tiny).
+    if !lhs_t && dot_path_covers(k, n) {
+        // Columns of op(B) as contiguous vectors (k·n values: small). Each row of A is read
+        // once from memory and stays in L1 while its dots with every group of THIN columns
+        // are taken; the dot of one row with one column is the same sequence of operations
+        // whatever the group, so every element has the bits the one-group path gives it.
         let cols: Vec<Vec<f32>> = (0..n)
             .map(|j| (0..k).map(|p| b[p * rsb + j * csb]).collect())
             .collect();
-        let row = |(i, out): (usize, &mut [f32])| row_dots(&a[i * k..(i + 1) * k], &cols, out);
+        let row = |(i, out): (usize, &mut [f32])| {
+            let a_row = &a[i * k..(i + 1) * k];
+            for (group, out) in cols.chunks(THIN).zip(out.chunks_mut(THIN)) {
+                row_dots(a_row, group, out);
+            }
+        };
         if macs >= PAR_MIN_MACS {
             c.par_chunks_mut(n).enumerate().for_each(row);
         } else {
@@ -462,6 +480,23 @@ mod tests {
     }
 
     #[test]
+    fn wide_dot_products_give_each_column_its_thin_path_bits() {
+        let mut rng = crate::rng::Rng::new(4);
+        let (m, k, n) = (5, 1800, 32);
+        let a = rng.normal_vec(m * k);
+        let b = rng.normal_vec(n * k); // n × k: rows are the columns of op(B)
+        let wide = matmul(&a, &b, m, k, n, false, true);
+        for j0 in (0..n).step_by(2) {
+            let thin = matmul(&a, &b[j0 * k..(j0 + 2) * k], m, k, 2, false, true);
+            for i in 0..m {
+                for dj in 0..2 {
+                    assert_eq!(wide[i * n + j0 + dj].to_bits(), thin[i * 2 + dj].to_bits());
+                }
+            }
+        }
+    }
+
+    #[test]
     fn all_paths_match_naive() {
         let mut rng = crate::rng::Rng::new(1);
         for &(m, k, n) in &[
@@ -472,6 +507,8 @@ mod tests {
             (65, 70, 66),
             (300, 200, 150),
             (3, 9, 4),
+            (33, 600, 14),
+            (9, 1800, 32),
         ] {
             for ta in [false, true] {
                 for tb in [false, true] {

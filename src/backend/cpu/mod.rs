@@ -28,6 +28,23 @@ const CHUNK: usize = 1 << 13;
 
 /// Whether the CPU has AVX2 (checked once). Kernels with an AVX2 version compute the same
 /// bits as their portable version; only the speed differs.
+/// Whether an `m × k` by `(n × k)ᵀ` product takes the dot-product path, which computes each
+/// output column with the same operations whatever `n` is (see `gemm`).
+pub(crate) fn dot_products_cover(k: usize, n: usize) -> bool {
+    gemm::dot_path_covers(k, n)
+}
+
+/// Index of the first maximum of `row`; NaN never wins. The rule of `argmax_rows`.
+pub(crate) fn argmax_first_max(row: &[f32]) -> usize {
+    let mut best = 0usize;
+    for (j, &v) in row.iter().enumerate() {
+        if v > row[best] || (row[best].is_nan() && !v.is_nan()) {
+            best = j;
+        }
+    }
+    best
+}
+
 pub(crate) fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -426,17 +443,7 @@ impl BackendStorage for CpuStorage {
 
     fn argmax_rows(&self, rows: usize, cols: usize) -> Result<Vec<u32>> {
         Ok((0..rows)
-            .map(|r| {
-                let row = &self.0[r * cols..(r + 1) * cols];
-                let mut best = 0usize;
-                for (j, &v) in row.iter().enumerate() {
-                    // NaN never wins; the first maximum wins ties.
-                    if v > row[best] || (row[best].is_nan() && !v.is_nan()) {
-                        best = j;
-                    }
-                }
-                best as u32
-            })
+            .map(|r| argmax_first_max(&self.0[r * cols..(r + 1) * cols]) as u32)
             .collect())
     }
 
