@@ -3,9 +3,13 @@
 //! `C (m×n) = op(A) · op(B)`, row-major, with a transposed operand read through swapped
 //! strides (never copied). Three paths:
 //!
-//! - **thin output** (`n ≤ THIN`, e.g. an 1800→2 linear layer's forward): each output row is
-//!   `n` dot products of a contiguous row of A with a column of B, so A streams through the
-//!   cache once: `4·m·k` bytes read for `2·m·n·k` flops — bandwidth-bound, as it must be;
+//! - **dot products** (`n ≤ THIN`, e.g. an 1800→2 linear layer's forward, or `n ≤ 64` with
+//!   `k ≥ 512`, e.g. 16 snapshots of that layer evaluated at once): each output row is `n`
+//!   dot products of a contiguous row of A with a column of B, taken two rows by up to four
+//!   columns at a time, so A streams through the cache once: `4·m·k` bytes read for
+//!   `2·m·n·k` flops. Every dot has the same 32 partial sums and the same final tree
+//!   whatever the blocking and the instruction set, so a column has the same bits in a
+//!   product of any width;
 //! - **thin left** (`m ≤ THIN`, e.g. that layer's weight gradient `dZᵀ·X`): `m` running
 //!   `axpy`s over the rows of B, again one pass over B;
 //! - otherwise `matrixmultiply::sgemm` (packed, cache-blocked), split into fixed blocks of
@@ -215,6 +219,85 @@ mod avx2 {
     }
 }
 
+/// AVX-512F: two rows of A against up to four columns at once. Partial sum `l` of each dot
+/// is lane `l % 16` of register `l / 16`, updated with a rounded product and then an add, in
+/// the order of the portable code: the same bits. Two rows share every column load and four
+/// columns share every row load, and the 16 accumulators fit the 32 vector registers.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::LANES;
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn two_rows_n<const N: usize>(a: [&[f32]; 2], cols: &[Vec<f32>], out: [&mut [f32]; 2]) {
+        let k = a[0].len();
+        let body = k / LANES * LANES;
+        let mut acc = [[[_mm512_setzero_ps(); 2]; N]; 2];
+        let mut p = 0;
+        while p < body {
+            // SAFETY: p + 32 <= body <= k, the length of both rows and of every column.
+            let x = [
+                [
+                    _mm512_loadu_ps(a[0].as_ptr().add(p)),
+                    _mm512_loadu_ps(a[0].as_ptr().add(p + 16)),
+                ],
+                [
+                    _mm512_loadu_ps(a[1].as_ptr().add(p)),
+                    _mm512_loadu_ps(a[1].as_ptr().add(p + 16)),
+                ],
+            ];
+            for (j, col) in cols.iter().enumerate().take(N) {
+                let c = [
+                    _mm512_loadu_ps(col.as_ptr().add(p)),
+                    _mm512_loadu_ps(col.as_ptr().add(p + 16)),
+                ];
+                for r in 0..2 {
+                    for h in 0..2 {
+                        acc[r][j][h] = _mm512_add_ps(acc[r][j][h], _mm512_mul_ps(x[r][h], c[h]));
+                    }
+                }
+            }
+            p += LANES;
+        }
+        for (r, out) in out.into_iter().enumerate() {
+            for (j, (o, col)) in out.iter_mut().zip(cols).enumerate().take(N) {
+                let mut w = [0.0f32; LANES];
+                _mm512_storeu_ps(w.as_mut_ptr(), acc[r][j][0]);
+                _mm512_storeu_ps(w.as_mut_ptr().add(16), acc[r][j][1]);
+                *o = super::finish_lanes(w, &a[r][body..], &col[body..k]);
+            }
+        }
+    }
+
+    /// `out[r][j] = a[r] · cols[j]` for two rows and `cols.len() ≤ 4` columns.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; both rows and every column hold `a[0].len()` values.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn two_rows(a: [&[f32]; 2], cols: &[Vec<f32>], out: [&mut [f32]; 2]) {
+        match cols.len() {
+            1 => two_rows_n::<1>(a, cols, out),
+            2 => two_rows_n::<2>(a, cols, out),
+            3 => two_rows_n::<3>(a, cols, out),
+            _ => two_rows_n::<4>(a, cols, out),
+        }
+    }
+}
+
+/// `out[r][j] = a[r] · cols[j]` for two rows of A and at most [`THIN`] columns, with the bits
+/// of [`row_dots`] on each row.
+pub(super) fn two_row_dots(a: [&[f32]; 2], cols: &[Vec<f32>], out: [&mut [f32]; 2]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::has_avx512() {
+        // SAFETY: AVX-512F support was detected at run time; callers pass rows and columns of
+        // one length.
+        return unsafe { avx512::two_rows(a, cols, out) };
+    }
+    let [o0, o1] = out;
+    row_dots(a[0], cols, o0);
+    row_dots(a[1], cols, o1);
+}
+
 /// Folds 32 partial sums with a fixed tree, then adds the tail products in order.
 #[inline(always)]
 fn finish_lanes(mut w: [f32; LANES], a_tail: &[f32], c_tail: &[f32]) -> f32 {
@@ -332,16 +415,30 @@ pub(super) fn matmul(
         let cols: Vec<Vec<f32>> = (0..n)
             .map(|j| (0..k).map(|p| b[p * rsb + j * csb]).collect())
             .collect();
-        let row = |(i, out): (usize, &mut [f32])| {
-            let a_row = &a[i * k..(i + 1) * k];
-            for (group, out) in cols.chunks(THIN).zip(out.chunks_mut(THIN)) {
-                row_dots(a_row, group, out);
+        // Pairs of rows: each column load serves both (see `two_row_dots`).
+        let pair = |(pi, out): (usize, &mut [f32])| {
+            let i = 2 * pi;
+            let a0 = &a[i * k..(i + 1) * k];
+            if out.len() == 2 * n {
+                let a1 = &a[(i + 1) * k..(i + 2) * k];
+                let (o0, o1) = out.split_at_mut(n);
+                for ((group, o0), o1) in cols
+                    .chunks(THIN)
+                    .zip(o0.chunks_mut(THIN))
+                    .zip(o1.chunks_mut(THIN))
+                {
+                    two_row_dots([a0, a1], group, [o0, o1]);
+                }
+            } else {
+                for (group, o) in cols.chunks(THIN).zip(out.chunks_mut(THIN)) {
+                    row_dots(a0, group, o);
+                }
             }
         };
         if macs >= PAR_MIN_MACS {
-            c.par_chunks_mut(n).enumerate().for_each(row);
+            c.par_chunks_mut(2 * n).enumerate().for_each(pair);
         } else {
-            c.chunks_mut(n).enumerate().for_each(row);
+            c.chunks_mut(2 * n).enumerate().for_each(pair);
         }
         return c;
     }
@@ -477,6 +574,15 @@ mod tests {
         row_dots(&rows[0], &cols, &mut d_fast);
         row_dots_generic(&rows[0], &cols, &mut d_portable);
         assert_eq!(d_fast.map(f32::to_bits), d_portable.map(f32::to_bits));
+        for n in 1..=4 {
+            let (mut r0, mut r1) = ([0.0f32; 4], [0.0f32; 4]);
+            two_row_dots([&rows[1], &rows[2]], &cols[..n.min(3)], [&mut r0, &mut r1]);
+            let (mut p0, mut p1) = ([0.0f32; 4], [0.0f32; 4]);
+            row_dots_generic(&rows[1], &cols[..n.min(3)], &mut p0);
+            row_dots_generic(&rows[2], &cols[..n.min(3)], &mut p1);
+            assert_eq!(r0.map(f32::to_bits), p0.map(f32::to_bits));
+            assert_eq!(r1.map(f32::to_bits), p1.map(f32::to_bits));
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@
 
 use rayon::prelude::*;
 
-use super::gemm::{accumulate_rows, row_dots};
+use super::gemm::{accumulate_rows, row_dots, two_row_dots};
 use super::math;
 use crate::error::{Error, Result};
 
@@ -59,10 +59,20 @@ pub(crate) fn linear_xent(a: LinearXentArgs<'_>) -> Result<LinearXentOut> {
         let r0 = bi * ROWS;
         let rows = l.len();
         let mut dz = vec![0.0f32; rows * c];
+        // Logits two rows at a time (each column load serves both rows).
+        for (pi, zp) in z.chunks_mut(2 * c).enumerate() {
+            let i = r0 + 2 * pi;
+            let x0 = &a.x[i * d..(i + 1) * d];
+            if zp.len() == 2 * c {
+                let (z0, z1) = zp.split_at_mut(c);
+                two_row_dots([x0, &a.x[(i + 1) * d..(i + 2) * d]], &cols, [z0, z1]);
+            } else {
+                row_dots(x0, &cols, zp);
+            }
+        }
         for r in 0..rows {
             let i = r0 + r;
             let zr = &mut z[r * c..(r + 1) * c];
-            row_dots(&a.x[i * d..(i + 1) * d], &cols, zr);
             if let Some(b) = a.bias {
                 zr.iter_mut().zip(b).for_each(|(z, &b)| *z += b);
             }

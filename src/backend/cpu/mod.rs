@@ -26,8 +26,6 @@ pub(crate) const PAR_MIN_ELEMS: usize = 1 << 15;
 /// Fixed chunk for parallel elementwise loops (independent of the thread count).
 const CHUNK: usize = 1 << 13;
 
-/// Whether the CPU has AVX2 (checked once). Kernels with an AVX2 version compute the same
-/// bits as their portable version; only the speed differs.
 /// Whether an `m × k` by `(n × k)ᵀ` product takes the dot-product path, which computes each
 /// output column with the same operations whatever `n` is (see `gemm`).
 pub(crate) fn dot_products_cover(k: usize, n: usize) -> bool {
@@ -45,11 +43,26 @@ pub(crate) fn argmax_first_max(row: &[f32]) -> usize {
     best
 }
 
+/// Whether the CPU has AVX2 (checked once). Kernels with an AVX2 version compute the same
+/// bits as their portable version; only the speed differs.
 pub(crate) fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         *AVX2.get_or_init(|| is_x86_feature_detected!("avx2"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether the CPU has AVX-512F (checked once); its kernels, too, give the portable bits.
+pub(crate) fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVX512.get_or_init(|| is_x86_feature_detected!("avx512f"))
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
