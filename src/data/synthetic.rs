@@ -450,7 +450,7 @@ fn waterbirds_split(
     let laid_out: Vec<u32> = counts
         .iter()
         .enumerate()
-        .flat_map(|(g, &c)| std::iter::repeat(g as u32).take(c))
+        .flat_map(|(g, &c)| std::iter::repeat_n(g as u32, c))
         .collect();
     let groups: Vec<u32> = rng
         .permutation(laid_out.len())

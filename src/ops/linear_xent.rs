@@ -50,7 +50,7 @@ impl Tensor {
                 ));
             }
         }
-        let on_cpu = |t: Option<&Tensor>| t.map_or(true, |t| t.device().is_cpu());
+        let on_cpu = |t: Option<&Tensor>| t.is_none_or(|t| t.device().is_cpu());
         let fused = self.device().is_cpu()
             && weight.device().is_cpu()
             && on_cpu(bias)

@@ -438,7 +438,7 @@ impl Tensor {
     pub fn narrow(&self, axis: usize, start: usize, len: usize) -> Result<Tensor> {
         self.shape().check_axis("narrow", axis)?;
         let dim = self.dims()[axis];
-        if start.checked_add(len).map_or(true, |end| end > dim) {
+        if start.checked_add(len).is_none_or(|end| end > dim) {
             return Err(Error::bad_shape(
                 "narrow",
                 self.dims(),
