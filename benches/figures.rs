@@ -1,96 +1,67 @@
 //! Figure-level training times, measured the way benches/pytorch_reference.py `--figures`
-//! measures PyTorch: training only (data generation, plotting and files excluded), one seed.
+//! measures PyTorch: training only (data generation, plotting and files excluded).
 //!
 //! ```text
-//! cargo bench --bench figures [-- --repeats N]
+//! cargo bench --bench figures [-- --seeds N] [--repeats R] [--in-turn]
 //! ```
 //!
-//! - Figure 1: the three runs of one seed (ERM σ_ε = 0, ERM σ_ε = 0.5, XRM + MAT σ_ε = 0.5),
+//! - Figure 1: the three runs of each seed (ERM σ_ε = 0, ERM σ_ε = 0.5, XRM + MAT σ_ε = 0.5),
 //!   1000 full-batch epochs per phase, every epoch evaluated on train and test (the reference
-//!   logs group accuracies every epoch too): 4000 updates in all. Where the time goes: each
-//!   ERM run is also timed without per-epoch evaluation (one evaluation at the end), and the
-//!   MAT run is split into XRM and MAT.
-//! - Figure 3: the good, bad and ugly fits of one seed (Adam until MSE < 1e-6). Step counts
-//!   depend on the seed (the reference uses torch seed 123, we use seed 0), so the steps/s
-//!   ratio is printed beside the wall-time ratio.
+//!   logs group accuracies every epoch too): 4000 updates per seed.
+//! - Figure 3: the good, bad and ugly fits of each seed (Adam until MSE < 1e-6). Step counts
+//!   depend on the seed by a factor of 2, in PyTorch too, so compare over several seeds; the
+//!   steps/s ratio is printed beside the wall-time ratio.
 //!
-//! With `--repeats N` each figure runs N times and the fastest run is reported (the machine is
-//! shared; the minimum is the least disturbed). When `results/pytorch_reference.json` exists
-//! (written by benches/pytorch_reference.py --figures), the ratios against PyTorch's
-//! `figure1_total_s` / `figure3_total_s` are printed.
+//! `--seeds N` (default 5, the main job's count) runs seeds 0..N, as `cargo run --release`
+//! does: the figure's wall time is what the bench reports, with the runs concurrent on the
+//! CPU (the default of both figures). `--in-turn` also times the runs one after the other,
+//! each product split across the cores. With `--repeats R` each figure runs R times and the
+//! fastest run is reported (the machine is shared; the minimum is the least disturbed).
+//!
+//! When `results/pytorch_reference.json` exists (benches/pytorch_reference.py --figures
+//! --figure-seeds N), the ratios against PyTorch's `figure1_total_s` / `figure3_total_s` are
+//! printed per seed (each total divided by its own seed count).
 
 use std::path::Path;
-use std::time::Instant;
 
-use memaware::algo::model::{ModelSpec, OptimizerSpec};
-use memaware::algo::train::{run_method, Method, TrainConfig};
-use memaware::data::synthetic::{interpretable, InterpretableConfig};
-use memaware::repro::figure1::{self, Figure1Config, Figure1Run};
-use memaware::repro::figure3::{self, Figure3Config, Setting};
-use memaware::{Device, Result};
+use memaware::repro::figure1::{self, Figure1Config, Figure1Report, Figure1Run};
+use memaware::repro::figure3::{self, Figure3Config, Figure3Report, Setting};
+use memaware::Result;
 
 const REFERENCE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/results/pytorch_reference.json"
 );
 
-/// PyTorch's figure totals and step counts, when the reference file holds them.
-struct Reference {
-    figure1_s: Option<f64>,
-    figure3_s: Option<f64>,
-    figure3_steps: Option<f64>,
+/// One of PyTorch's figure totals, with the seeds it covers.
+struct ReferenceFigure {
+    total_s: f64,
+    seeds: usize,
+    steps: Option<f64>,
 }
 
-fn read_reference(path: &Path) -> Option<Reference> {
+fn read_reference(path: &Path, key: &str) -> Option<ReferenceFigure> {
     let text = std::fs::read_to_string(path).ok()?;
     let json: serde_json::Value = serde_json::from_str(&text).ok()?;
-    // Either {"workloads": {"figure1_total_s": {"total_s": ..}}} or a flat {"figure1_total_s": ..}.
-    let total = |key: &str| -> Option<f64> {
-        let w = json.get("workloads").and_then(|w| w.get(key));
-        w.and_then(|v| v.get("total_s").and_then(|t| t.as_f64()))
-            .or_else(|| w.and_then(|v| v.as_f64()))
-            .or_else(|| json.get(key).and_then(|v| v.as_f64()))
-    };
-    let figure3_steps = json
-        .pointer("/workloads/figure3_total_s/detail/steps")
-        .and_then(|v| v.as_f64());
-    Some(Reference {
-        figure1_s: total("figure1_total_s"),
-        figure3_s: total("figure3_total_s"),
-        figure3_steps,
+    let w = json.get("workloads")?.get(key)?;
+    Some(ReferenceFigure {
+        total_s: w.get("total_s")?.as_f64()?,
+        // Files written before --figure-seeds existed cover the reference's one seed.
+        seeds: w
+            .pointer("/detail/seeds")
+            .and_then(|s| s.as_array())
+            .map_or(1, Vec::len),
+        steps: w.pointer("/detail/steps").and_then(|v| v.as_f64()),
     })
 }
 
-fn repeats_from_args() -> usize {
+fn arg_value(name: &str) -> Option<usize> {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
-        .position(|a| a == "--repeats")
+        .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .filter(|&n: &usize| n >= 1)
-        .unwrap_or(1)
-}
-
-/// Seconds of one ERM run on the Figure-1 data with a single evaluation at the end.
-fn erm_without_evaluation(sigma_eps: f32, lr: f32) -> Result<f64> {
-    let ds = interpretable(&InterpretableConfig {
-        sigma_eps,
-        ..Default::default()
-    })?;
-    let cfg = TrainConfig {
-        steps: 1000,
-        batch_size: usize::MAX,
-        optimizer: OptimizerSpec::plain_sgd(lr),
-        checkpoint_freq: 1000,
-        seed: 0,
-        device: Device::Cpu,
-        eval_train: false,
-        eval_valid: true,
-        checkpoints_path: None,
-    };
-    let start = Instant::now();
-    run_method(&ds, &Method::Erm, &ModelSpec::linear_no_bias(), &cfg, None)?;
-    Ok(start.elapsed().as_secs_f64())
 }
 
 /// The 1-minute load average, which says how much other processes disturbed the timings.
@@ -101,139 +72,166 @@ fn load_average() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+fn fastest<R>(repeats: usize, run: impl Fn() -> Result<R>, total: impl Fn(&R) -> f64) -> Result<R> {
+    let mut best: Option<R> = None;
+    for _ in 0..repeats {
+        let r = run()?;
+        if best.as_ref().is_none_or(|b| total(&r) < total(b)) {
+            best = Some(r);
+        }
+    }
+    Ok(best.expect("repeats >= 1"))
+}
+
+fn figure1_with(seeds: usize, concurrent: bool, repeats: usize) -> Result<Figure1Report> {
+    let cfg = Figure1Config {
+        seeds: (0..seeds as u64).collect(),
+        concurrent_runs: concurrent,
+        ..Default::default()
+    };
+    fastest(repeats, || figure1::run(&cfg), |r| r.training_s_total)
+}
+
+fn figure3_with(seeds: usize, concurrent: bool, repeats: usize) -> Result<Figure3Report> {
+    let cfg = Figure3Config {
+        seeds: (0..seeds as u64).collect(),
+        concurrent_runs: concurrent,
+        ..Default::default()
+    };
+    fastest(repeats, || figure3::run(&cfg), |r| r.training_s_total)
+}
+
+fn print_figure1(report: &Figure1Report, how: &str) {
+    let seeds = report.config.seeds.len();
+    println!(
+        "Figure 1, {seeds} seed(s), {how}: {:.2} s wall ({:.2} s per seed), {:.0} updates/s",
+        report.training_s_total,
+        report.training_s_total / seeds as f64,
+        (4000 * seeds) as f64 / report.training_s_total
+    );
+    for run in Figure1Run::ALL {
+        let r = report.run(run);
+        print!(
+            "  {:<14} {:>6.2} s per seed (its own wall time)",
+            r.name, r.summary.training_s.mean
+        );
+        let xrm: Vec<(f64, f64)> = r
+            .seeds
+            .iter()
+            .filter_map(|s| s.xrm.as_ref().map(|x| (x.xrm_s, x.mat_s)))
+            .collect();
+        if !xrm.is_empty() {
+            let n = xrm.len() as f64;
+            print!(
+                "  (XRM twins {:.2} s, MAT {:.2} s)",
+                xrm.iter().map(|x| x.0).sum::<f64>() / n,
+                xrm.iter().map(|x| x.1).sum::<f64>() / n
+            );
+        }
+        println!();
+    }
+}
+
+/// Total steps of every fit of every seed.
+fn figure3_steps(report: &Figure3Report) -> usize {
+    report
+        .settings
+        .iter()
+        .flat_map(|s| &s.seeds)
+        .map(|f| f.steps)
+        .sum()
+}
+
+fn print_figure3(report: &Figure3Report, how: &str) {
+    let seeds = report.config.seeds.len();
+    let steps = figure3_steps(report);
+    println!(
+        "Figure 3, {seeds} seed(s), {how}: {:.2} s wall ({:.2} s per seed), {steps} steps, {:.0} steps/s",
+        report.training_s_total,
+        report.training_s_total / seeds as f64,
+        steps as f64 / report.training_s_total
+    );
+    for setting in Setting::ALL {
+        let s = report.setting(setting);
+        let own: f64 = s.seeds.iter().map(|f| f.training_s).sum();
+        let steps: usize = s.seeds.iter().map(|f| f.steps).sum();
+        println!(
+            "  {:<5} {:>7} steps ({:.0} per seed)  {:>6.0} steps/s per fit",
+            setting.name(),
+            steps,
+            steps as f64 / seeds as f64,
+            steps as f64 / own
+        );
+    }
+}
+
 fn main() -> Result<()> {
-    let repeats = repeats_from_args();
+    let repeats = arg_value("--repeats").unwrap_or(1);
+    let seeds = arg_value("--seeds").unwrap_or(5);
+    let in_turn = std::env::args().any(|a| a == "--in-turn");
     println!(
         "{} logical CPUs, load average {} at the start",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         load_average()
     );
-    let reference = read_reference(Path::new(REFERENCE));
 
-    let mut fig1: Option<figure1::Figure1Report> = None;
-    for _ in 0..repeats {
-        let r = figure1::run(&Figure1Config {
-            seeds: vec![0],
-            ..Default::default()
-        })?;
-        if fig1
-            .as_ref()
-            .map_or(true, |best| r.training_s_total < best.training_s_total)
-        {
-            fig1 = Some(r);
-        }
+    let fig1 = figure1_with(seeds, true, repeats)?;
+    print_figure1(&fig1, "runs concurrent");
+    if in_turn {
+        print_figure1(&figure1_with(seeds, false, repeats)?, "runs in turn");
     }
-    let fig1 = fig1.expect("repeats >= 1");
-    println!("Figure 1, seed 0, training only (fastest of {repeats}):");
-    for run in Figure1Run::ALL {
-        let r = fig1.run(run);
-        let s = &r.seeds[0];
-        print!(
-            "  {:<14} {:>7.2} s  {:>8.0} updates/s",
-            r.name, s.training_s, s.steps_per_s
-        );
-        if let Some(x) = &s.xrm {
-            print!("  (XRM twins {:.2} s, MAT {:.2} s)", x.xrm_s, x.mat_s);
-        }
-        println!();
+    let fig3 = figure3_with(seeds, true, repeats)?;
+    print_figure3(&fig3, "fits concurrent");
+    if in_turn {
+        print_figure3(&figure3_with(seeds, false, repeats)?, "fits in turn");
     }
-    println!(
-        "  total          {:>7.2} s  {:>8.0} updates/s",
-        fig1.training_s_total,
-        4000.0 / fig1.training_s_total
-    );
-    println!("  where the time goes: the ERM runs again with one evaluation at the end instead of every epoch");
-    for (name, sigma, lr, with_eval) in [
-        (
-            "erm_sigma0",
-            0.0,
-            3e-2,
-            fig1.run(Figure1Run::ErmClean).seeds[0].training_s,
-        ),
-        (
-            "erm_sigma0.5",
-            0.5,
-            1e-2,
-            fig1.run(Figure1Run::ErmNoisy).seeds[0].training_s,
-        ),
-    ] {
-        let bare = erm_without_evaluation(sigma, lr)?;
-        println!(
-            "  {name:<14} {bare:>7.2} s  {:>8.0} updates/s  (per-epoch evaluation costs {:.2} s, {:.0}% of the run)",
-            1000.0 / bare,
-            with_eval - bare,
-            100.0 * (with_eval - bare) / with_eval
-        );
-    }
-
-    let mut fig3: Option<figure3::Figure3Report> = None;
-    for _ in 0..repeats {
-        let r = figure3::run(&Figure3Config {
-            seeds: vec![0],
-            ..Default::default()
-        })?;
-        if fig3
-            .as_ref()
-            .map_or(true, |best| r.training_s_total < best.training_s_total)
-        {
-            fig3 = Some(r);
-        }
-    }
-    let fig3 = fig3.expect("repeats >= 1");
-    println!("Figure 3, seed 0, training only (fastest of {repeats}):");
-    let mut steps3 = 0usize;
-    for setting in Setting::ALL {
-        let s = &fig3.setting(setting).seeds[0];
-        steps3 += s.steps;
-        println!(
-            "  {:<5} {:>7} steps {:>7.2} s  {:>8.0} steps/s",
-            setting.name(),
-            s.steps,
-            s.training_s,
-            s.steps_per_s
-        );
-    }
-    let steps3_per_s = steps3 as f64 / fig3.training_s_total;
-    println!(
-        "  total {steps3:>7} steps {:>7.2} s  {steps3_per_s:>8.0} steps/s",
-        fig3.training_s_total
-    );
-
     println!("load average {} at the end", load_average());
-    match reference {
-        None => {
-            println!("no {REFERENCE}: run benches/pytorch_reference.py --figures for the ratios")
-        }
+
+    let path = Path::new(REFERENCE);
+    if !path.exists() {
+        println!("no {REFERENCE}: run benches/pytorch_reference.py --figures for the ratios");
+        return Ok(());
+    }
+    println!("against PyTorch ({REFERENCE}), per seed:");
+    match read_reference(path, "figure1_total_s") {
         Some(r) => {
-            println!("against PyTorch ({REFERENCE}):");
-            match r.figure1_s {
-                Some(t) => println!(
-                    "  Figure 1: PyTorch {t:.2} s, ours {:.2} s: speed-up {:.2}×",
-                    fig1.training_s_total,
-                    t / fig1.training_s_total
-                ),
-                None => println!("  Figure 1: no figure1_total_s in the file"),
-            }
-            match r.figure3_s {
-                Some(t) => {
-                    print!(
-                        "  Figure 3: PyTorch {t:.2} s, ours {:.2} s: speed-up {:.2}×",
-                        fig3.training_s_total,
-                        t / fig3.training_s_total
-                    );
-                    if let Some(steps) = r.figure3_steps {
-                        let theirs = steps / t;
-                        print!(
-                            "; per step PyTorch {theirs:.0} steps/s ({steps:.0} steps), ours \
-                             {steps3_per_s:.0}: speed-up {:.2}×",
-                            steps3_per_s / theirs
-                        );
-                    }
-                    println!();
-                }
-                None => println!("  Figure 3: no figure3_total_s in the file"),
-            }
+            let (theirs, ours) = (
+                r.total_s / r.seeds as f64,
+                fig1.training_s_total / seeds as f64,
+            );
+            println!(
+                "  Figure 1: PyTorch {theirs:.2} s ({} seed(s)), ours {ours:.2} s ({seeds}): speed-up {:.2}×",
+                r.seeds,
+                theirs / ours
+            );
         }
+        None => println!("  Figure 1: no figure1_total_s in the file"),
+    }
+    match read_reference(path, "figure3_total_s") {
+        Some(r) => {
+            let (theirs, ours) = (
+                r.total_s / r.seeds as f64,
+                fig3.training_s_total / seeds as f64,
+            );
+            print!(
+                "  Figure 3: PyTorch {theirs:.2} s ({} seed(s)), ours {ours:.2} s ({seeds}): speed-up {:.2}×",
+                r.seeds,
+                theirs / ours
+            );
+            if let Some(steps) = r.steps {
+                let theirs_rate = steps / r.total_s;
+                let ours_rate = figure3_steps(&fig3) as f64 / fig3.training_s_total;
+                print!(
+                    "; steps per seed PyTorch {:.0}, ours {:.0}; steps/s PyTorch {theirs_rate:.0}, \
+                     ours {ours_rate:.0}: {:.2}×",
+                    steps / r.seeds as f64,
+                    figure3_steps(&fig3) as f64 / seeds as f64,
+                    ours_rate / theirs_rate
+                );
+            }
+            println!();
+        }
+        None => println!("  Figure 3: no figure3_total_s in the file"),
     }
     Ok(())
 }

@@ -16,7 +16,8 @@ time (benches/*.rs), so that scripts/bench-table.py can set the two side by side
                GFLOP/s = 2*m*k*n / time
   --figures    figure-level wall times of the paper's reference scripts (Figure 1: ERM at
                sigma_eps 0 and 0.5, XRM twins + MAT at 0.5; Figure 3: good/bad/ugly MLP fits),
-               reimplemented faithfully, training time only (data generation excluded)
+               reimplemented faithfully, training time only (data generation excluded), summed
+               over --figure-seeds seeds (Figure 3's step counts vary with the seed by 2x)
 
 Each micro-benchmark warms up, then times `--repeats` batches of steps (time.perf_counter), each
 batch long enough to last about `--repeat-seconds`, and reports the median time per step. The
@@ -525,21 +526,35 @@ def measured_run(args, run) -> dict:
     return best
 
 
+def figure1_seeds(args) -> list[int]:
+    # The reference seeds its splits with seed + {0, 1, 2}: seeds 10 apart share no stream.
+    return [1234 + 10 * i for i in range(args.figure_seeds)]
+
+
+def figure3_seeds(args) -> list[int]:
+    return [123 + i for i in range(args.figure_seeds)]
+
+
 def bench_figure1(args) -> dict:
-    runs = {
-        "erm_sigma0_lr3e-2": measured_run(args, lambda: figure1_erm(0.0, lr=3e-2)),
-        "erm_sigma0.5_lr1e-2": measured_run(args, lambda: figure1_erm(0.5, lr=1e-2)),
-        "mat_sigma0.5_tau0.1": measured_run(args, lambda: figure1_mat(0.5, temp=0.1)),
-    }
+    runs = {}
+    for seed in figure1_seeds(args):
+        suffix = "" if seed == 1234 else f"_seed{seed}"
+        runs[f"erm_sigma0_lr3e-2{suffix}"] = measured_run(
+            args, lambda: figure1_erm(0.0, lr=3e-2, seed=seed))
+        runs[f"erm_sigma0.5_lr1e-2{suffix}"] = measured_run(
+            args, lambda: figure1_erm(0.5, lr=1e-2, seed=seed))
+        runs[f"mat_sigma0.5_tau0.1{suffix}"] = measured_run(
+            args, lambda: figure1_mat(0.5, temp=0.1, seed=seed))
     total = sum(r["seconds"] for r in runs.values())
-    # Epochs: 1000 per ERM run; 1000 twin epochs + 1000 MAT epochs for the MAT run.
-    epochs = 1000 + 1000 + 2000
+    # Epochs per seed: 1000 per ERM run; 1000 twin epochs + 1000 MAT epochs for the MAT run.
+    epochs = (1000 + 1000 + 2000) * args.figure_seeds
     return {
         "steps_per_s": epochs / total,
         "ms_per_step": total / epochs * 1e3,
         "total_s": total,
         "detail": {
             "seed": 1234,
+            "seeds": figure1_seeds(args),
             "epochs_counted": epochs,
             "runs": runs,
             "note": "training time only; per-epoch train/test group accuracy logging as in the "
@@ -599,11 +614,12 @@ def figure3_run(x_noise_std: float, seed: int = 123, max_steps: float = 1e5) -> 
 
 
 def bench_figure3(args) -> dict:
-    runs = {
-        "good_sigma1e-4": measured_run(args, lambda: figure3_run(1e-4)),
-        "bad_sigma1e-3": measured_run(args, lambda: figure3_run(1e-3)),
-        "ugly_sigma0": measured_run(args, lambda: figure3_run(0.0)),
-    }
+    runs = {}
+    for seed in figure3_seeds(args):
+        suffix = "" if seed == 123 else f"_seed{seed}"
+        runs[f"good_sigma1e-4{suffix}"] = measured_run(args, lambda: figure3_run(1e-4, seed=seed))
+        runs[f"bad_sigma1e-3{suffix}"] = measured_run(args, lambda: figure3_run(1e-3, seed=seed))
+        runs[f"ugly_sigma0{suffix}"] = measured_run(args, lambda: figure3_run(0.0, seed=seed))
     total = sum(r["seconds"] for r in runs.values())
     steps = sum(r["steps"] for r in runs.values())
     return {
@@ -612,6 +628,7 @@ def bench_figure3(args) -> dict:
         "total_s": total,
         "detail": {
             "seed": 123,
+            "seeds": figure3_seeds(args),
             "steps": steps,
             "runs": runs,
             "note": "Adam 1e-3 full batch until train MSE < 1e-6 or 1e5 steps; loss.item() "
@@ -632,6 +649,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     parser.add_argument("--out", type=Path, default=Path("results/pytorch_reference.json"))
     parser.add_argument("--figures", action="store_true", help="also time the Figure 1 and 3 scripts")
+    parser.add_argument("--figure-seeds", type=int, default=1, metavar="N",
+                        help="seeds per figure (Figure 1: 1234, 1244, ...; Figure 3: 123, 124, ...); "
+                        "totals are summed over them (default 1, the reference scripts' one seed)")
     parser.add_argument("--repeats", type=int, default=9, help="timed batches per workload")
     parser.add_argument("--repeat-seconds", type=float, default=0.3, help="target length of one batch")
     parser.add_argument("--warmup-seconds", type=float, default=0.5)

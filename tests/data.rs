@@ -395,7 +395,7 @@ fn balanced_group_weights_give_every_present_group_the_same_mass() {
     // Group 3 is absent: it must not take a share.
     let mut groups = Vec::new();
     for (g, c) in [(0u32, 50usize), (1, 7), (2, 20), (4, 3)] {
-        groups.extend(std::iter::repeat(g).take(c));
+        groups.extend(std::iter::repeat_n(g, c));
     }
     let w = group_weights_balanced(&groups, 5).unwrap();
     let n = groups.len() as f64;
@@ -470,7 +470,7 @@ fn subsampling_keeps_the_smallest_group_count_from_every_group() {
     let mut rng = Rng::new(4);
     let mut groups = Vec::new();
     for (g, c) in [(2u32, 20usize), (0, 50), (3, 7)] {
-        groups.extend(std::iter::repeat(g).take(c));
+        groups.extend(std::iter::repeat_n(g, c));
     }
     let perm = rng.permutation(groups.len());
     let groups: Vec<u32> = perm.iter().map(|&i| groups[i]).collect();

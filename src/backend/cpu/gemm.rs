@@ -1,7 +1,7 @@
 //! Matrix products on the CPU.
 //!
 //! `C (m×n) = op(A) · op(B)`, row-major, with a transposed operand read through swapped
-//! strides (never copied). Three paths:
+//! strides (never copied). Four paths:
 //!
 //! - **dot products** (`n ≤ THIN`, e.g. an 1800→2 linear layer's forward, or `n ≤ 64` with
 //!   `k ≥ 512`, e.g. 16 snapshots of that layer evaluated at once): each output row is `n`
@@ -12,6 +12,8 @@
 //!   product of any width;
 //! - **thin left** (`m ≤ THIN`, e.g. that layer's weight gradient `dZᵀ·X`): `m` running
 //!   `axpy`s over the rows of B, again one pass over B;
+//! - **one small dimension** (`k ≤ 32` or `m ≤ 32`, below the parallel threshold, e.g. the
+//!   20-example batches of Figure 3): the unpacked kernels of `small_gemm`;
 //! - otherwise `matrixmultiply::sgemm` (packed, cache-blocked), split into fixed blocks of
 //!   output rows across rayon threads when the product is large.
 //!
@@ -22,6 +24,8 @@
 //! blocks have a fixed size, so results do not depend on the thread count.
 
 use rayon::prelude::*;
+
+use super::small_gemm;
 
 /// Widest output (in columns, or rows for the thin-left path) handled by the thin paths.
 const THIN: usize = 4;
@@ -493,6 +497,17 @@ pub(super) fn matmul(
             for i in 0..m {
                 c[i * n + c0..i * n + c0 + w].copy_from_slice(&out[i * w..(i + 1) * w]);
             }
+        }
+        return c;
+    }
+
+    if macs < PAR_MIN_MACS && (k <= small_gemm::SMALL_K_MAX || m <= small_gemm::SMALL_M_MAX) {
+        // One small dimension: the unpacked kernels (a packed GEMM would copy the large
+        // operand for every call, about as costly as the product itself).
+        if k <= small_gemm::SMALL_K_MAX {
+            small_gemm::small_k(a, rsa, csa, b, rsb, csb, m, k, n, &mut c);
+        } else {
+            small_gemm::small_m(a, rsa, csa, b, rsb, csb, m, k, n, &mut c);
         }
         return c;
     }

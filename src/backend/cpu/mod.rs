@@ -13,6 +13,7 @@ pub(crate) mod linear_xent;
 mod math;
 mod optim;
 mod pool;
+mod small_gemm;
 mod xent;
 
 use rayon::prelude::*;
