@@ -10,7 +10,10 @@
 //!   (N=2^22 C=16; N=2^16 C=1024; N=2048 C=32768) and at MAT's shapes (N ∈ {64, 256},
 //!   C ∈ {2, 10}, and N=256 C=10 as PyTorch's script has it), counting `12·N·C + 8·N` bytes
 //!   (read z, s; write dz; read y; write the row loss), as benches/pytorch_gpu.py does:
-//!   - `fused_kernel`: one call of the backend's fused primitive (loss rows and dz),
+//!   - `fused_kernel`: one call of the backend's fused primitive (loss rows and dz), with
+//!     the kernel the plan picks (`fused_kernel_name`),
+//!   - `previous_kernel`: the same call on the kernels that predate the single-pass ones
+//!     (`xent_small_c`, `xent_warp_row`, `xent_block_row`), for comparison,
 //!   - `fused_autograd`: `z.shifted_cross_entropy(y, s, Mean)` and `backward()` through the
 //!     tensor API (adds the mean and the upstream-gradient product),
 //!   - `composite`: `(z + s).log_softmax().gather(y).mean().neg()` and `backward()`;
@@ -32,6 +35,18 @@ use memaware::nn::{Activation, Init, Linear, Mlp, Module};
 use memaware::optim::{Adam, Optimizer, Sgd};
 use memaware::{Device, Indices, Reduction, Result, Rng, Tensor};
 use serde_json::{json, Map, Value};
+
+/// The fused cross-entropy kernels (kernels/README.md), to name the one a call ran.
+const XENT_KERNELS: [&str; 8] = [
+    "xent_group_vec_f32",
+    "xent_warp_vec_f32",
+    "xent_warp_vec8_f32",
+    "xent_block_vec_f32",
+    "xent_block_scalar_f32",
+    "xent_small_c_f32",
+    "xent_warp_row_f32",
+    "xent_block_row_f32",
+];
 
 struct Options {
     json: Option<PathBuf>,
@@ -186,10 +201,24 @@ fn run(dev: &CudaDevice, sizes: &Sizes) -> Result<Value> {
         let s = Storage::Cuda(dev.storage_from_host(&s_host)?);
         let y = IndexStorage::Cuda(dev.index_from_host(&y_host)?);
         let scale = 1.0 / rows as f32;
+        let counts = || XENT_KERNELS.map(|k| dev.kernel_launches(k).unwrap_or(0));
+        let before = counts();
         let kernel_ms = time_ms(dev, calls, sizes.repeats, || {
             z.xent(Some(&s), &y, None, rows, cols, scale, true)
                 .map(drop)
         })?;
+        let kernel_name = XENT_KERNELS
+            .iter()
+            .zip(before.iter().zip(counts()))
+            .find(|(_, (b, a))| a > *b)
+            .map_or("?", |(k, _)| *k);
+        dev.set_xent_previous_kernels(true);
+        let previous = time_ms(dev, calls, sizes.repeats, || {
+            z.xent(Some(&s), &y, None, rows, cols, scale, true)
+                .map(drop)
+        });
+        dev.set_xent_previous_kernels(false);
+        let previous_ms = previous?;
         drop((z, s, y));
 
         // Through the tensor API: fused, then composite.
@@ -215,6 +244,10 @@ fn run(dev: &CudaDevice, sizes: &Sizes) -> Result<Value> {
             "fused_kernel_us": kernel_ms * 1e3,
             "fused_kernel_GB_per_s": gbs(kernel_ms),
             "fused_kernel_pct_of_copy": 100.0 * gbs(kernel_ms) / copy_gbs,
+            "fused_kernel_name": kernel_name,
+            "previous_kernel_us": previous_ms * 1e3,
+            "previous_kernel_GB_per_s": gbs(previous_ms),
+            "previous_kernel_pct_of_copy": 100.0 * gbs(previous_ms) / copy_gbs,
             "fused_autograd_us": autograd_ms * 1e3,
             "fused_autograd_GB_per_s": gbs(autograd_ms),
             "composite_us": composite_ms * 1e3,
@@ -222,10 +255,12 @@ fn run(dev: &CudaDevice, sizes: &Sizes) -> Result<Value> {
             "calls_per_sample": calls,
         });
         println!(
-            "xent {entry_key}: fused kernel {:.2} us ({:.1} GB/s, {:.0}% of copy), fused via autograd {:.2} us, composite {:.2} us",
+            "xent {entry_key}: fused kernel {:.2} us ({:.1} GB/s, {:.0}% of copy, {kernel_name}), previous kernels {:.2} us ({:.0}% of copy), fused via autograd {:.2} us, composite {:.2} us",
             kernel_ms * 1e3,
             gbs(kernel_ms),
             100.0 * gbs(kernel_ms) / copy_gbs,
+            previous_ms * 1e3,
+            100.0 * gbs(previous_ms) / copy_gbs,
             autograd_ms * 1e3,
             composite_ms * 1e3
         );
@@ -329,6 +364,11 @@ fn print_table(v: &Value) {
         for (key, e) in xent {
             for (label, us, gbs) in [
                 ("fused", "fused_kernel_us", "fused_kernel_GB_per_s"),
+                (
+                    "fused, previous",
+                    "previous_kernel_us",
+                    "previous_kernel_GB_per_s",
+                ),
                 (
                     "fused+autograd",
                     "fused_autograd_us",

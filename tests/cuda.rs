@@ -31,11 +31,13 @@ use std::sync::{Mutex, MutexGuard};
 
 use memaware::algo::model::{ModelSpec, OptimizerSpec};
 use memaware::algo::train::{predict, run_method, run_method_with, Method, TrainConfig};
-use memaware::algo::xrm::{run_xrm, XrmConfig, XrmLoss};
+use memaware::algo::xrm::{flip_targets, run_xrm, XrmConfig, XrmLoss};
+use memaware::backend::cpu::CpuStorage;
 use memaware::backend::cuda::CudaDevice;
+use memaware::backend::{IndexStorage, Storage};
 use memaware::data::colormnist::{color_mnist, load_mnist_sample, ColorMnistConfig};
 use memaware::data::synthetic::{interpretable, is_minority, InterpretableConfig};
-use memaware::data::Dataset;
+use memaware::data::{Dataset, Split};
 use memaware::eval::selection::Checkpoint;
 use memaware::nn::{Activation, Init, Mlp, Module};
 use memaware::optim::{Adam, Optimizer, Sgd};
@@ -112,7 +114,7 @@ macro_rules! gpu_or_skip {
 // ---------------------------------------------------------------------------- comparisons
 
 const ROWS: [usize; 5] = [1, 31, 33, 1000, 65537];
-const CLASSES: [usize; 5] = [2, 3, 10, 1000, 32768];
+const CLASSES: [usize; 6] = [2, 3, 10, 1000, 1001, 32768];
 
 const ELEMENTWISE: f64 = 1e-5;
 const REDUCTION: f64 = 1e-4;
@@ -866,6 +868,172 @@ fn fused_shifted_cross_entropy_matches_the_cpu_forward_and_backward() {
     }
 }
 
+/// Every fused cross-entropy kernel (kernels/README.md, xent.cu) with the shapes the backend
+/// sends it, by the device's launch counts.
+const XENT_PATHS: [(&str, &[(usize, usize)]); 8] = [
+    (
+        "xent_group_vec_f32",
+        &[(65537, 4), (1000, 12), (33, 16), (31, 128), (1, 32)],
+    ),
+    ("xent_warp_vec_f32", &[(1000, 132), (33, 256), (31, 512)]),
+    ("xent_warp_vec8_f32", &[(1000, 1000), (31, 1024), (1, 516)]),
+    (
+        "xent_block_vec_f32",
+        &[(33, 1028), (31, 4096), (1, 16384), (31, 16388), (33, 32768)],
+    ),
+    (
+        "xent_block_scalar_f32",
+        &[(33, 1025), (1, 16385), (31, 32767)],
+    ),
+    (
+        "xent_small_c_f32",
+        &[(65537, 10), (1000, 3), (31, 2), (1, 31)],
+    ),
+    ("xent_warp_row_f32", &[(1000, 1001), (33, 33), (31, 1022)]),
+    ("xent_block_row_f32", &[(33, 32772), (1, 40000)]),
+];
+
+fn launches(g: &Gpu, kernel: &str) -> u64 {
+    g.cuda
+        .kernel_launches(kernel)
+        .unwrap_or_else(|| panic!("the backend does not launch {kernel}"))
+}
+
+/// The fused op on both devices with a shift and row weights (weighted mean) and, without
+/// them, the plain mean; asserts the GPU against the CPU (loss and gradient).
+fn check_fused_ce(g: &Gpu, rng: &mut Rng, rows: usize, cols: usize, what: &str) {
+    let n = rows * cols;
+    let z = uniform(rng, n, -6.0, 6.0);
+    let s: Vec<f32> = (0..n).map(|_| 2.0 * rng.normal()).collect();
+    let w = uniform(rng, rows, 0.1, 2.0);
+    let y = labels(rng, rows, cols);
+    let (cz, gz) = pair(&z, &[rows, cols], g);
+    let (cs, gs) = pair(&s, &[rows, cols], g);
+    let (cw, gw) = pair(&w, &[rows], g);
+    let (cy, gy) = index_pair(&y, g);
+    let up = Tensor::ones(rows, &Device::Cpu).unwrap();
+    let gup = Tensor::ones(rows, &g.dev).unwrap();
+    let total_w: f64 = w.iter().map(|&v| v as f64).sum();
+    for weighted in [true, false] {
+        let (reduction, ws, wg) = if weighted {
+            (Reduction::WeightedMean, Some(&cw), Some(&gw))
+        } else {
+            (Reduction::Mean, None, None)
+        };
+        let shift = (weighted).then_some(&cs);
+        let gshift = (weighted).then_some(&gs);
+        let (cl, cg) = fused_ce(&cz, &cy, shift, ws, reduction, &up);
+        let (gl, gg) = fused_ce(&gz, &gy, gshift, wg, reduction, &gup);
+        let what = format!("{what} {rows}×{cols}, {reduction:?}");
+        assert_norm(&format!("loss, {what}"), &gl, &cl, REDUCTION);
+        let coef: Vec<f64> = (0..rows)
+            .map(|i| {
+                if weighted {
+                    w[i] as f64 / total_w
+                } else {
+                    1.0 / rows as f64
+                }
+            })
+            .collect();
+        assert_rows_scaled(
+            &format!("gradient, {what}"),
+            &gg,
+            &cg,
+            cols,
+            &coef,
+            REDUCTION,
+        );
+    }
+}
+
+#[test]
+fn every_fused_cross_entropy_kernel_is_picked_and_matches_the_cpu() {
+    let g = gpu_or_skip!();
+    let mut rng = Rng::new(16);
+    for (kernel, shapes) in XENT_PATHS {
+        for &(rows, cols) in shapes {
+            let before = launches(&g, kernel);
+            check_fused_ce(&g, &mut rng, rows, cols, kernel);
+            assert!(
+                launches(&g, kernel) > before,
+                "{rows}×{cols} did not run {kernel}"
+            );
+        }
+    }
+}
+
+#[test]
+fn fused_cross_entropy_special_values_match_the_cpu_on_every_kernel() {
+    let g = gpu_or_skip!();
+    let mut rng = Rng::new(17);
+    for (kernel, shapes) in XENT_PATHS {
+        let cols = shapes.iter().map(|s| s.1).max().unwrap_or(2);
+        // Rows: plain; label shifted to -inf (loss +inf); every class but the label at -inf
+        // (loss 0); all -inf (NaN); a NaN logit; a +inf logit; plain.
+        let rows = 7;
+        let mut z = uniform(&mut rng, rows * cols, -6.0, 6.0);
+        let mut s = vec![0.0f32; rows * cols];
+        let y = labels(&mut rng, rows, cols);
+        let inf = f32::INFINITY;
+        s[cols + y[1] as usize] = -inf;
+        s[cols + (y[1] as usize + 1) % cols] = -inf;
+        for j in 0..cols {
+            if j != y[2] as usize {
+                s[2 * cols + j] = -inf;
+            }
+            s[3 * cols + j] = -inf;
+        }
+        z[4 * cols + cols / 2] = f32::NAN;
+        z[5 * cols + cols - 1] = inf;
+        // The backend primitive itself: the tensor op refuses non-finite losses.
+        let run = |z: Storage, s: Storage, y: IndexStorage| -> (Vec<f32>, Vec<f32>) {
+            let (loss, grad) = z.xent(Some(&s), &y, None, rows, cols, 0.5, true).unwrap();
+            (loss.to_host().unwrap(), grad.unwrap().to_host().unwrap())
+        };
+        let (cl, cg) = run(
+            Storage::Cpu(CpuStorage(z.clone())),
+            Storage::Cpu(CpuStorage(s.clone())),
+            IndexStorage::Cpu(y.clone()),
+        );
+        let before = launches(&g, kernel);
+        let (gl, gg) = run(
+            Storage::Cuda(g.cuda.storage_from_host(&z).unwrap()),
+            Storage::Cuda(g.cuda.storage_from_host(&s).unwrap()),
+            IndexStorage::Cuda(g.cuda.index_from_host(&y).unwrap()),
+        );
+        assert!(
+            launches(&g, kernel) > before,
+            "{rows}×{cols} did not run {kernel}"
+        );
+        let what = format!("{kernel} {rows}×{cols}");
+        assert_eq!(cl[1], inf, "{what}: the CPU's loss with the label at -inf");
+        assert!(
+            cl[3].is_nan() && cl[4].is_nan() && cl[5].is_nan(),
+            "{what}: {cl:?}"
+        );
+        for (r, (&a, &b)) in gl.iter().zip(&cl).enumerate() {
+            assert!(
+                a == b || (a.is_nan() && b.is_nan()) || (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                "{what}: loss of row {r}: gpu {a:e} vs cpu {b:e}"
+            );
+        }
+        for (r, (gr, cr)) in gg.chunks(cols).zip(cg.chunks(cols)).enumerate() {
+            if cr.iter().any(|v| v.is_nan()) {
+                assert_exact(&format!("{what}: NaN gradient row {r}"), gr, cr);
+            } else {
+                assert_rows_scaled(
+                    &format!("{what}: gradient row {r}"),
+                    gr,
+                    cr,
+                    cols,
+                    &[0.5],
+                    REDUCTION,
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn composite_cross_entropy_matches_the_cpu() {
     let g = gpu_or_skip!();
@@ -1068,6 +1236,109 @@ fn steady_state_training_steps_allocate_nothing_on_the_device() {
     );
 }
 
+// ---------------------------------------------------------------------------- XRM flips
+
+/// Held-out logits with the rows a flip step meets: confident and uncertain ones, a row of
+/// equal values, a tie between the first and the last class, a NaN.
+fn flip_logits(rng: &mut Rng, rows: usize, k: usize) -> Vec<f32> {
+    let mut h: Vec<f32> = (0..rows * k)
+        .map(|i| [0.01f32, 0.5, 2.0, 8.0][(i / k) % 4] * rng.normal())
+        .collect();
+    if rows > 5 {
+        h[2 * k..3 * k].fill(1.5);
+        h[3 * k] = 9.0;
+        h[4 * k - 1] = 9.0;
+        h[5 * k + k / 2] = f32::NAN;
+    }
+    h
+}
+
+#[test]
+fn xrm_label_flips_on_the_device_equal_the_cpu_flips() {
+    let g = gpu_or_skip!();
+    let mut rng = Rng::new(18);
+    for (rows, k) in [
+        (1, 2),
+        (6, 2),
+        (31, 2),
+        (257, 3),
+        (1000, 10),
+        (65537, 2),
+        (40, 1),
+    ] {
+        let h = flip_logits(&mut rng, rows, k);
+        let u: Vec<f64> = (0..rows).map(|_| rng.uniform_f64()).collect();
+        let (c, d) = pair(&h, &[rows, k], &g);
+        let before = launches(&g, "xrm_flip_targets_f32");
+        let cpu = flip_targets(&c, &u).unwrap();
+        let gpu = flip_targets(&d, &u).unwrap();
+        assert_eq!(gpu, cpu, "{rows}×{k}: flips on the device and on the CPU");
+        assert_eq!(
+            launches(&g, "xrm_flip_targets_f32") > before,
+            k >= 2,
+            "{rows}×{k}: the flip runs on the device"
+        );
+        let flips = cpu.iter().filter(|t| t.is_some()).count();
+        if rows >= 1000 {
+            assert!(
+                flips > rows / 10 && flips < rows * 9 / 10,
+                "{rows}×{k}: {flips} flips"
+            );
+        }
+        if k < 2 {
+            assert_eq!(flips, 0);
+        }
+    }
+    let d = Tensor::zeros((3, 2), &g.dev).unwrap();
+    assert!(flip_targets(&d, &[0.5]).is_err(), "one uniform per row");
+}
+
+#[test]
+fn xrm_flips_the_same_labels_on_the_device_as_on_the_cpu() {
+    let g = gpu_or_skip!();
+    // One feature and no bias: each logit is one product x·w, the same bits on both devices;
+    // with a learning rate of 0 the twins keep their initial weights, so the held-out logits
+    // of every step agree exactly and so must every flip.
+    let mut rng = Rng::new(19);
+    let mut split = |n: usize| {
+        let x: Vec<f32> = (0..n).map(|_| 3.0 * rng.normal()).collect();
+        let y = labels(&mut rng, n, 3);
+        Split::new(x, 1, y, None).unwrap()
+    };
+    let ds = Dataset {
+        name: "xrm-flips".into(),
+        classes: 3,
+        n_attr: 1,
+        train: split(300),
+        valid: split(40),
+        test: split(40),
+    };
+    let spec = ModelSpec::Linear { bias: false };
+    for (batch_size, loss) in [(64, XrmLoss::ClassBalanced), (usize::MAX, XrmLoss::Mean)] {
+        let cfg = |device: &Device| XrmConfig {
+            steps: 12,
+            batch_size,
+            optimizer: OptimizerSpec::plain_sgd(0.0),
+            loss,
+            seed: 3,
+            device: device.clone(),
+            log_every: 1,
+        };
+        let cpu = run_xrm(&ds, &spec, &cfg(&Device::Cpu)).unwrap();
+        let before = launches(&g, "xrm_flip_targets_f32");
+        let gpu = run_xrm(&ds, &spec, &cfg(&g.dev)).unwrap();
+        assert!(launches(&g, "xrm_flip_targets_f32") > before);
+        assert_eq!(gpu.heldout_logits, cpu.heldout_logits, "batch {batch_size}");
+        assert_eq!(gpu.y_dyn, cpu.y_dyn, "batch {batch_size}: dynamic labels");
+        assert_eq!(gpu.flip_rate_history, cpu.flip_rate_history);
+        assert!(
+            cpu.final_flip_rate > 0.0,
+            "batch {batch_size}: nothing flipped"
+        );
+        assert_eq!(gpu.inferred_tr, cpu.inferred_tr);
+    }
+}
+
 // ---------------------------------------------------------------------------- training parity
 
 fn figure1_data(n: usize, d: usize) -> Dataset {
@@ -1102,6 +1373,7 @@ fn mat_config(epochs: usize, device: &Device) -> TrainConfig {
         seed: 0,
         device: device.clone(),
         eval_train: true,
+        eval_valid: true,
         checkpoints_path: None,
     }
 }
@@ -1111,7 +1383,7 @@ fn correct_counts(cp: &Checkpoint, ds: &Dataset) -> [i64; 3] {
     let count = |acc: f64, n: usize| (acc * n as f64).round() as i64;
     [
         cp.tr.as_ref().map_or(-1, |m| count(m.avg_acc, ds.train.n)),
-        count(cp.va.avg_acc, ds.valid.n),
+        cp.va.as_ref().map_or(-1, |m| count(m.avg_acc, ds.valid.n)),
         count(cp.te.avg_acc, ds.test.n),
     ]
 }
@@ -1278,6 +1550,7 @@ fn colormnist_mlp_training_matches_the_cpu_and_stops_allocating() {
         seed: 0,
         device: device.clone(),
         eval_train: false,
+        eval_valid: true,
         checkpoints_path: None,
     };
     let cpu = run_method(&ds, &Method::Erm, &spec, &cfg(&Device::Cpu), None).unwrap();

@@ -18,7 +18,11 @@
 //!   [`flip_probability`]`(p_i, K) = (p_i − 1/K) · K/(K−1)`, one uniform per row (A's rows
 //!   first, then B's, each in batch order). Flips persist; a later flip back to `y_i` undoes
 //!   one. `flip_rate = mean_i 1[y_dyn,i ≠ y_i]` is recorded every `log_every` steps and at the
-//!   last step.
+//!   last step. [`flip_targets`] computes a flip step, in f64 (`p_i` as `1/Σ_j exp(h_ij −
+//!   h_iŷ)`): on the host for CPU tensors, on the device for CUDA tensors (the held-out
+//!   logits never leave the GPU: the uniforms, drawn on the host from the seeded stream, go
+//!   up and the flip targets come back, 12 bytes a row), with the same uniforms and the same
+//!   f64 operations, so both flip the same rows.
 //! - At the end: `heldout_logits[i]` from the twin that did not train on `i`; the inferred
 //!   bit `m_i = 1[argmax A(x_i) ≠ y_i] ∨ 1[argmax B(x_i) ≠ y_i]` on training and validation
 //!   examples; inferred groups `g = 2y + m`. If some class present in a split lacks either
@@ -26,8 +30,8 @@
 //!   0 for hyperparameter selection, as in the reference).
 //!
 //! With full batches the twins' row subsets are gathered once; otherwise each step gathers the
-//! batch rows of each twin with `index_select`. Per-step host work is `O(|B| · K)` (labels and
-//! held-out probabilities).
+//! batch rows of each twin with `index_select`. Per-step host work is `O(|B|)` on a GPU
+//! (labels, weights, uniforms) and `O(|B| · K)` on the CPU (also the held-out probabilities).
 //!
 //! Files ([`XrmOutput::save`] / [`XrmOutput::load`]): `xrm.safetensors` holds
 //! `heldout_logits` (F32 `[n_tr, K]`), `assignment` (U8 `[n_tr]`), `y_dyn`, `y_tr` (I64
@@ -148,6 +152,43 @@ fn max_softmax(logits: &[f32]) -> (f64, u32) {
     let max = logits[best] as f64;
     let total: f64 = logits.iter().map(|&v| (v as f64 - max).exp()).sum();
     (1.0 / total, best as u32)
+}
+
+/// One XRM flip step on held-out logits `heldout` (`rows × K`, on any device) with one
+/// uniform in `[0, 1)` per row: for each row, `Some(ŷ)` when its dynamic label flips to the
+/// held-out prediction `ŷ` (`uniforms[i] <` [`flip_probability`]`(p_i, K)`, `p_i` and `ŷ` the
+/// largest softmax probability and its first class, in f64), `None` when it keeps its label.
+/// CPU tensors are flipped on the host; CUDA tensors on the device, without copying the
+/// logits back (`CudaStorage::xrm_flip_targets`), giving the same flips for the same
+/// uniforms (CUDA's f64 `exp` may differ from the host's in the last bit, which can change a
+/// flip only for a uniform within a few ulps of its probability).
+///
+/// Errors: `heldout` not a matrix, `uniforms.len()` not its number of rows, device errors.
+pub fn flip_targets(heldout: &Tensor, uniforms: &[f64]) -> Result<Vec<Option<u32>>> {
+    let (rows, k) = heldout.dims2()?;
+    if uniforms.len() != rows {
+        return Err(Error::arg(
+            "uniforms",
+            format!("{} uniforms for {rows} held-out rows", uniforms.len()),
+        ));
+    }
+    #[cfg(feature = "cuda")]
+    {
+        if let crate::backend::Storage::Cuda(s) = &*heldout.storage() {
+            return s.xrm_flip_targets(rows, k, uniforms);
+        }
+    }
+    if k < 2 {
+        return Ok(vec![None; rows]);
+    }
+    let h = heldout.to_vec()?;
+    Ok(h.chunks_exact(k)
+        .zip(uniforms)
+        .map(|(row, &u)| {
+            let (p, yhat) = max_softmax(row);
+            (u < flip_probability(p, k)).then_some(yhat)
+        })
+        .collect())
 }
 
 fn flip_rate(y_dyn: &[u32], y: &[u32]) -> f64 {
@@ -273,16 +314,10 @@ pub fn run_xrm_with_twins(
             *c += extra;
         }
 
-        // Held-out logits of the batch, before the update.
+        // Held-out logits of the batch, before the update (they stay on the device).
         let (ho_a, ho_b) = no_grad(|| -> Result<_> {
-            let ho_a = x_a
-                .as_ref()
-                .map(|x| twin_b.forward(x)?.to_vec())
-                .transpose()?;
-            let ho_b = x_b
-                .as_ref()
-                .map(|x| twin_a.forward(x)?.to_vec())
-                .transpose()?;
+            let ho_a = x_a.as_ref().map(|x| twin_b.forward(x)).transpose()?;
+            let ho_b = x_b.as_ref().map(|x| twin_a.forward(x)).transpose()?;
             Ok((ho_a, ho_b))
         })?;
         let mut loss: Option<Tensor> = None;
@@ -304,12 +339,12 @@ pub fn run_xrm_with_twins(
         let grads = loss.backward()?;
         optimizer.step(&grads)?;
 
-        // Label flipping from the pre-update held-out predictions.
+        // Label flipping from the pre-update held-out predictions: one uniform per row.
         for (rows, ho) in [(&rows_a, &ho_a), (&rows_b, &ho_b)] {
             if let Some(ho) = ho {
-                for (&i, h) in rows.iter().zip(ho.chunks_exact(k)) {
-                    let (p, yhat) = max_softmax(h);
-                    if flip_rng.uniform_f64() < flip_probability(p, k) {
+                let uniforms: Vec<f64> = rows.iter().map(|_| flip_rng.uniform_f64()).collect();
+                for (&i, target) in rows.iter().zip(flip_targets(ho, &uniforms)?) {
+                    if let Some(yhat) = target {
                         y_dyn[i] = yhat;
                     }
                 }

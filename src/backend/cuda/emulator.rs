@@ -5,8 +5,11 @@
 //! kernels/README.md (ranges of columns a variant handles, what it leaves unwritten, error
 //! flags, split-K and two-stage slabs, which launch shapes are required exactly), so the
 //! backend's choice of kernels, grids, strides, leading dimensions and offsets, its index
-//! checks, pool and poisoning can be exercised and compared with the CPU backend. It says
-//! nothing about the real kernels' speed or last-bit rounding: the GPU tests do.
+//! checks, pool and poisoning can be exercised and compared with the CPU backend. The
+//! single-pass cross-entropy kernels and the XRM flip are mirrored more closely: the same
+//! per-thread partition of each row and the same reduction trees (the flip: the same f64
+//! steps, hence the same bits as the CPU path). It says nothing about the real kernels'
+//! speed or their last-bit rounding (CUDA's `expf` is not Rust's): the GPU tests do.
 //!
 //! Memory: every buffer is registered with its address range. A kernel argument is resolved
 //! to the live buffer that contains it, and every element access is bounds-checked against
@@ -25,10 +28,19 @@ use crate::error::{Error, Result};
 /// Live emulated buffers: start address → length in 4-byte words.
 static LIVE: Mutex<BTreeMap<u64, usize>> = Mutex::new(BTreeMap::new());
 
+/// 256 bytes, 256-byte aligned: the allocation unit of [`HostBuf`], so that emulated buffers
+/// are aligned like `cuMemAlloc`'s (and float4 kernels find their rows 16-byte aligned).
+#[repr(C, align(256))]
+#[derive(Clone, Copy)]
+struct Aligned256([u32; 64]);
+
 /// Host memory standing in for a device buffer of 4-byte words.
 pub(super) struct HostBuf {
     ptr: *mut u32,
+    /// Words the buffer exposes (its registered length).
     len: usize,
+    /// 256-byte units allocated.
+    units: usize,
 }
 
 // SAFETY: the buffer is plain heap memory owned by this value; concurrent access goes
@@ -41,11 +53,13 @@ impl HostBuf {
     /// `len` words of all-ones bytes (at least one word, so every buffer has an address).
     pub(super) fn new(len: usize) -> HostBuf {
         let len = len.max(1);
-        let ptr = Box::into_raw(vec![u32::MAX; len].into_boxed_slice()) as *mut u32;
+        let units = len.div_ceil(64);
+        let ptr =
+            Box::into_raw(vec![Aligned256([u32::MAX; 64]); units].into_boxed_slice()) as *mut u32;
         if let Ok(mut live) = LIVE.lock() {
             live.insert(ptr as u64, len);
         }
-        HostBuf { ptr, len }
+        HostBuf { ptr, len, units }
     }
 
     pub(super) fn addr(&self) -> u64 {
@@ -62,11 +76,12 @@ impl Drop for HostBuf {
         if let Ok(mut live) = LIVE.lock() {
             live.remove(&(self.ptr as u64));
         }
-        // SAFETY: `ptr` and `len` come from `Box::into_raw` of a boxed slice in `new`, and
-        // are freed exactly once, here.
+        // SAFETY: `ptr` and `units` come from `Box::into_raw` of a boxed slice of `units`
+        // `Aligned256` in `new`, and are freed exactly once, here.
         unsafe {
             drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(
-                self.ptr, self.len,
+                self.ptr as *mut Aligned256,
+                self.units,
             )))
         };
     }
@@ -133,7 +148,7 @@ fn resolve(addr: u64) -> Result<(u64, usize)> {
         .map_err(|_| Error::Cuda("emulator: buffer registry poisoned".into()))?;
     if let Some((&start, &len)) = live.range(..=addr).next_back() {
         let end = start + 4 * len as u64;
-        if addr < end && (addr - start) % 4 == 0 {
+        if addr < end && (addr - start).is_multiple_of(4) {
             return Ok((start, len));
         }
     }
@@ -216,6 +231,14 @@ struct Args<'a, 'f> {
 }
 
 impl<'f> Args<'_, 'f> {
+    /// The address of pointer argument `i` (0 for anything else).
+    fn addr(&self, i: usize) -> u64 {
+        match self.args[i] {
+            Arg::Ptr(a) => a,
+            _ => 0,
+        }
+    }
+
     fn p(&self, i: usize) -> Result<View<'f>> {
         match self.args[i] {
             Arg::Ptr(a) => view(a, self.fault, self.name),
@@ -272,6 +295,7 @@ pub(super) fn run(
     kernel: Kernel,
     grid: (u32, u32, u32),
     block: (u32, u32, u32),
+    smem_bytes: u32,
     args: &[Arg],
 ) -> Result<()> {
     let fault = Cell::new(None);
@@ -281,7 +305,7 @@ pub(super) fn run(
         name: kernel.name(),
     };
     let name = kernel.name();
-    if block.0 * block.1 * block.2 > 1024 || block.0 % 32 != 0 {
+    if block.0 * block.1 * block.2 > 1024 || !block.0.is_multiple_of(32) {
         return Err(Error::Cuda(format!(
             "emulator: {name}: bad block {block:?}"
         )));
@@ -647,6 +671,106 @@ pub(super) fn run(
                 }
             }
         }
+        K::XentGroupVec
+        | K::XentWarpVec
+        | K::XentWarpVec8
+        | K::XentBlockVec
+        | K::XentBlockScalar => {
+            let vec = kernel != K::XentBlockScalar;
+            if vec {
+                // A float4 access at an address that is not 16-byte aligned faults on a GPU.
+                for (i, what) in [(0, "z"), (1, "s"), (5, "dz")] {
+                    if !a.addr(i).is_multiple_of(16) {
+                        return Err(Error::Cuda(format!(
+                            "emulated device fault: {name}: misaligned address of `{what}`"
+                        )));
+                    }
+                }
+            }
+            let x = XentArgs {
+                z: a.p(0)?,
+                s: a.p(1)?,
+                y: a.p(2)?,
+                w: a.p(3)?,
+                loss: a.p(4)?,
+                dz: a.p(5)?,
+                rows: a.u(6),
+                cols: a.u(7),
+                grad_scale: a.f(8),
+                write_grad: a.u(9) != 0,
+                bad: a.p(10)?,
+            };
+            if x.write_grad && x.dz.is_null() {
+                return Err(Error::Cuda(format!(
+                    "emulator: {name}: write_grad without dz"
+                )));
+            }
+            let cols = x.cols;
+            let aligned_cols = cols.is_multiple_of(4);
+            match kernel {
+                K::XentGroupVec if aligned_cols && (4..=128).contains(&cols) => {
+                    xent_vec_rows(&x, next_pow2(cols / 4), 1)
+                }
+                K::XentWarpVec if aligned_cols && (129..=512).contains(&cols) => {
+                    xent_vec_rows(&x, 32, if cols <= 256 { 2 } else { 4 })
+                }
+                K::XentWarpVec8 if aligned_cols && (513..=1024).contains(&cols) => {
+                    xent_vec_rows(&x, 32, 8)
+                }
+                K::XentBlockVec | K::XentBlockScalar if block.1 == 1 && block.2 == 1 => {
+                    // The kernel's dispatch on blockDim.x; outside it, nothing is written.
+                    let b = block.0 as usize;
+                    let vs = if cols <= 32 * b {
+                        XENT_BLOCK_VS
+                    } else {
+                        XENT_BLOCK_VS_LONG
+                    };
+                    let fits = matches!(b, 64 | 128 | 256 | 512)
+                        && (cols <= 32 * b || (b == 512 && cols <= 64 * b))
+                        && smem_bytes as usize >= b * vs * 16
+                        && (!vec || aligned_cols);
+                    if fits {
+                        xent_block_rows(&x, b, vs, vec);
+                    }
+                }
+                _ => {}
+            }
+        }
+        K::XrmFlipTargets => {
+            if !a.addr(1).is_multiple_of(8) {
+                return Err(Error::Cuda(format!(
+                    "emulated device fault: {name}: misaligned address of `u`"
+                )));
+            }
+            let (logits, u, target, rows, k) = (a.p(0)?, a.p(1)?, a.p(2)?, a.u(3), a.u(4));
+            // The kernel's f64 steps, in its order (kernels/xrm.cu).
+            let kd = k as f64;
+            for i in 0..rows {
+                let mut out = u32::MAX;
+                if k >= 2 {
+                    let row = |j: usize| logits.f(i * k + j);
+                    let (mut best, mut best_v) = (0usize, row(0));
+                    for j in 1..k {
+                        if row(j) > best_v {
+                            best_v = row(j);
+                            best = j;
+                        }
+                    }
+                    let mx = best_v as f64;
+                    let mut total = 0.0f64;
+                    for j in 0..k {
+                        total += (row(j) as f64 - mx).exp();
+                    }
+                    let p = 1.0 / total;
+                    let q = ((p - 1.0 / kd) * kd) / (kd - 1.0);
+                    let ui = f64::from_bits(u.u(2 * i) as u64 | (u.u(2 * i + 1) as u64) << 32);
+                    if ui < q {
+                        out = best as u32;
+                    }
+                }
+                target.set_u(i, out);
+            }
+        }
         K::SumAll => {
             require_block(name, block, (1024, 1, 1))?;
             if grid != (1, 1, 1) {
@@ -821,6 +945,229 @@ pub(super) fn run(
         }
     }
     finish(fault)
+}
+
+/// Chunks per thread of the block cross-entropy kernels (kernels/xent.cu): in registers, in
+/// shared memory, and in shared memory for rows over `32 · blockDim.x` columns.
+const XENT_BLOCK_VR: usize = 4;
+const XENT_BLOCK_VS: usize = 4;
+const XENT_BLOCK_VS_LONG: usize = 12;
+
+fn next_pow2(n: usize) -> usize {
+    n.max(1).next_power_of_two()
+}
+
+/// The arguments of a fused cross-entropy launch.
+struct XentArgs<'f> {
+    z: View<'f>,
+    s: View<'f>,
+    y: View<'f>,
+    w: View<'f>,
+    loss: View<'f>,
+    dz: View<'f>,
+    rows: usize,
+    cols: usize,
+    grad_scale: f32,
+    write_grad: bool,
+    bad: View<'f>,
+}
+
+impl XentArgs<'_> {
+    /// `t = z + s` at column `j` of row `r`, or -inf past the row (the kernels' padding).
+    fn t(&self, r: usize, j: usize) -> f32 {
+        if j >= self.cols {
+            return f32::NEG_INFINITY;
+        }
+        let i = r * self.cols + j;
+        if self.s.is_null() {
+            self.z.f(i)
+        } else {
+            self.z.f(i) + self.s.f(i)
+        }
+    }
+
+    fn weight(&self, r: usize) -> f32 {
+        if self.w.is_null() {
+            1.0
+        } else {
+            self.w.f(r)
+        }
+    }
+
+    /// Writes row `r`'s loss, flags a bad label.
+    fn finish_row(&self, r: usize, m: f32, t_label: f32, sum: f32, bad: bool) {
+        let loss = if bad {
+            f32::NAN
+        } else {
+            self.weight(r) * ((m - t_label) + sum.ln())
+        };
+        self.loss.set_f(r, loss);
+        if bad {
+            flag(&self.bad, r);
+        }
+    }
+
+    /// The gradient of column `j` from its exp value `e`, with `a = coef / S` (times the
+    /// thread's rescale in the block kernels): `e·a`, or `fma(e, a, −coef)` at the label.
+    fn grad(&self, r: usize, j: usize, e: f32, a: f32, label: usize, bad: bool) {
+        if j >= self.cols {
+            return;
+        }
+        let coef = self.grad_scale * self.weight(r);
+        let g = if bad {
+            f32::NAN
+        } else if j == label {
+            e.mul_add(a, -coef)
+        } else {
+            e * a
+        };
+        self.dz.set_f(r * self.cols + j, g);
+    }
+}
+
+/// `xent_vec_rows<log2(g), v>`: a group of `g` lanes per row, lane `q` holding the float4
+/// chunks `q + g·e`, `e < v`; the lane's max (NaN ignored) and its exp values summed in
+/// chunk and component order, then xor butterflies over the group.
+fn xent_vec_rows(x: &XentArgs<'_>, g: usize, v: usize) {
+    let quads = x.cols / 4;
+    for r in 0..x.rows {
+        let label = x.y.u(r) as usize;
+        let bad = label >= x.cols;
+        let chunk = |q: usize, e: usize| -> Option<[f32; 4]> {
+            let k = q + g * e;
+            (k < quads).then(|| std::array::from_fn(|c| x.t(r, 4 * k + c)))
+        };
+        let m = (0..g)
+            .flat_map(|q| (0..v).filter_map(move |e| chunk(q, e)))
+            .flatten()
+            .fold(f32::NEG_INFINITY, f32::max);
+        let mut partial = vec![0.0f32; g];
+        let mut exps = vec![None; g * v];
+        for q in 0..g {
+            for e in 0..v {
+                if let Some(c) = chunk(q, e) {
+                    let ex = c.map(|t| (t - m).exp());
+                    for val in ex {
+                        partial[q] += val;
+                    }
+                    exps[q * v + e] = Some(ex);
+                }
+            }
+        }
+        let sum = butterfly(partial, |p, q| p + q);
+        let t_label = if bad { 0.0 } else { x.t(r, label) };
+        x.finish_row(r, m, t_label, sum, bad);
+        if x.write_grad {
+            let a = x.grad_scale * x.weight(r) / sum;
+            for q in 0..g {
+                for e in 0..v {
+                    if let Some(ex) = exps[q * v + e] {
+                        for (c, &val) in ex.iter().enumerate() {
+                            x.grad(r, 4 * (q + g * e) + c, val, a, label, bad);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The value every lane ends with after xor butterflies `off = n/2, …, 1` over `vals`
+/// (`combine` symmetric, so all lanes agree).
+fn butterfly<T: Copy>(mut vals: Vec<T>, combine: impl Fn(T, T) -> T) -> T {
+    let mut off = vals.len() / 2;
+    while off > 0 {
+        vals = (0..vals.len())
+            .map(|l| combine(vals[l], vals[l ^ off]))
+            .collect();
+        off /= 2;
+    }
+    vals[0]
+}
+
+/// `ma_lse_merge` of kernels/common.cuh: two (max, sum of exp(x − max)) pairs into one.
+fn lse_merge((m, s): (f32, f32), (om, os): (f32, f32)) -> (f32, f32) {
+    let nm = m.max(om);
+    let a = if m == f32::NEG_INFINITY {
+        0.0
+    } else {
+        s * (m - nm).exp()
+    };
+    let b = if om == f32::NEG_INFINITY {
+        0.0
+    } else {
+        os * (om - nm).exp()
+    };
+    (nm, a + b)
+}
+
+/// `xent_block_rows<block, 4, vs, vec>`: thread `tid` holds chunks `k < 4 + vs`, chunk `k`
+/// being columns `4(tid + block·k) + c` (vectorized) or `tid + block(4k + c)` (scalar); its
+/// NaN-propagating max `mt`, exps `e = exp(t − mt)` (0 for an all -inf thread) summed in
+/// chunk and component order; the block merges the `(mt, St)` pairs warp by warp, then over
+/// the warps' partials; the gradient rescales by `exp(mt − m)`.
+fn xent_block_rows(x: &XentArgs<'_>, block: usize, vs: usize, vec: bool) {
+    let chunks = XENT_BLOCK_VR + vs;
+    let col = |tid: usize, k: usize, c: usize| -> usize {
+        if vec {
+            4 * (tid + block * k) + c
+        } else {
+            tid + block * (4 * k + c)
+        }
+    };
+    for r in 0..x.rows {
+        let label = x.y.u(r) as usize;
+        let bad = label >= x.cols;
+        let mut thread_m = vec![f32::NEG_INFINITY; block];
+        let mut thread_s = vec![0.0f32; block];
+        let mut exps = vec![0.0f32; block * chunks * 4];
+        for tid in 0..block {
+            let vals: Vec<f32> = (0..chunks)
+                .flat_map(|k| (0..4).map(move |c| (k, c)))
+                .map(|(k, c)| x.t(r, col(tid, k, c)))
+                .collect();
+            let mt = vals.iter().copied().fold(f32::NEG_INFINITY, max_nan);
+            let base = if mt == f32::NEG_INFINITY { 0.0 } else { mt };
+            let mut st = 0.0f32;
+            for (i, &t) in vals.iter().enumerate() {
+                let e = (t - base).exp();
+                st += e;
+                exps[tid * chunks * 4 + i] = e;
+            }
+            thread_m[tid] = mt;
+            thread_s[tid] = st;
+        }
+        let mut partials: Vec<(f32, f32)> = (0..block / 32)
+            .map(|w| {
+                let lanes = (0..32)
+                    .map(|l| (thread_m[w * 32 + l], thread_s[w * 32 + l]))
+                    .collect();
+                butterfly(lanes, lse_merge)
+            })
+            .collect();
+        partials.resize(32, (f32::NEG_INFINITY, 0.0));
+        let (m, sum) = butterfly(partials, lse_merge);
+        let t_label = if bad { 0.0 } else { x.t(r, label) };
+        x.finish_row(r, m, t_label, sum, bad);
+        if x.write_grad {
+            let coef = x.grad_scale * x.weight(r);
+            for tid in 0..block {
+                let mt = thread_m[tid];
+                let f = if mt == f32::NEG_INFINITY {
+                    0.0
+                } else {
+                    (mt - m).exp()
+                };
+                let a = f * (coef / sum);
+                for k in 0..chunks {
+                    for c in 0..4 {
+                        let e = exps[(tid * chunks + k) * 4 + c];
+                        x.grad(r, col(tid, k, c), e, a, label, bad);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// `atomicMax(bad, position + 1)` when a flag is given.

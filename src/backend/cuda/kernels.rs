@@ -15,9 +15,10 @@ pub(super) enum PtxModule {
     Reduce,
     Softmax,
     Xent,
+    Xrm,
 }
 
-pub(super) const MODULE_COUNT: usize = 7;
+pub(super) const MODULE_COUNT: usize = 8;
 
 impl PtxModule {
     pub(super) fn index(self) -> usize {
@@ -33,6 +34,7 @@ impl PtxModule {
             PtxModule::Reduce => "reduce",
             PtxModule::Softmax => "softmax",
             PtxModule::Xent => "xent",
+            PtxModule::Xrm => "xrm",
         }
     }
 
@@ -46,6 +48,7 @@ impl PtxModule {
             PtxModule::Reduce => include_str!("../../../kernels/ptx/reduce.ptx"),
             PtxModule::Softmax => include_str!("../../../kernels/ptx/softmax.ptx"),
             PtxModule::Xent => include_str!("../../../kernels/ptx/xent.ptx"),
+            PtxModule::Xrm => include_str!("../../../kernels/ptx/xrm.ptx"),
         }
     }
 }
@@ -83,7 +86,6 @@ macro_rules! kernels {
         pub(super) enum Kernel { $($variant),* }
 
         impl Kernel {
-            #[cfg(test)]
             pub(super) const ALL: &'static [Kernel] = &[$(Kernel::$variant),*];
             pub(super) const COUNT: usize = [$(Kernel::$variant),*].len();
 
@@ -153,6 +155,11 @@ kernels! {
     XentSmallC => (Xent, "xent_small_c_f32", XENT),
     XentWarpRow => (Xent, "xent_warp_row_f32", XENT),
     XentBlockRow => (Xent, "xent_block_row_f32", XENT),
+    XentGroupVec => (Xent, "xent_group_vec_f32", XENT),
+    XentWarpVec => (Xent, "xent_warp_vec_f32", XENT),
+    XentWarpVec8 => (Xent, "xent_warp_vec8_f32", XENT),
+    XentBlockVec => (Xent, "xent_block_vec_f32", XENT),
+    XentBlockScalar => (Xent, "xent_block_scalar_f32", XENT),
     SumAll => (Xent, "sum_f32", &[Ptr, U32, Ptr, F32]),
     SumPartials => (Xent, "sum_partials_f32", &[Ptr, Usize, Ptr]),
     SgdStep => (Optim, "sgd_step_f32", &[Ptr, Ptr, Ptr, Usize, F32, F32, F32, F32, U32, U32]),
@@ -165,6 +172,18 @@ kernels! {
     SgemmThinTaPartial => (Gemm, "sgemm_thin_ta_partial_f32",
         &[Ptr, Ptr, Ptr, U32, U32, U32, U32, U32, U32]),
     SgemmThinFinish => (Gemm, "sgemm_thin_finish_f32", &[Ptr, Ptr, U32, U32, U32, U32, F32, F32]),
+    XrmFlipTargets => (Xrm, "xrm_flip_targets_f32", &[Ptr, Ptr, Ptr, U32, U32]),
+}
+
+impl Kernel {
+    /// The most dynamic shared memory a launch of this kernel asks for, in bytes (0: none).
+    /// Above the default 48 KiB a kernel needs its function attribute raised before launching.
+    pub(super) fn max_dynamic_smem(self) -> u32 {
+        match self {
+            Kernel::XentBlockVec | Kernel::XentBlockScalar => super::plan::XENT_BLOCK_MAX_SMEM,
+            _ => 0,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -217,6 +236,7 @@ mod tests {
             PtxModule::Reduce,
             PtxModule::Softmax,
             PtxModule::Xent,
+            PtxModule::Xrm,
         ] {
             let ptx = m.ptx();
             // The driver takes a NUL-terminated string: no NUL inside.

@@ -123,6 +123,23 @@ unsafe fn launch(
     block: (u32, u32, u32),
     args: &[Arg],
 ) -> Result<()> {
+    // SAFETY: forwarded from the caller's contract.
+    unsafe { launch_smem(dev, kernel, grid, block, 0, args) }
+}
+
+/// [`launch`] with `smem_bytes` of dynamic shared memory (at most the kernel's
+/// [`Kernel::max_dynamic_smem`], whose attribute is raised when the function is loaded).
+///
+/// # Safety
+/// As for [`launch`].
+unsafe fn launch_smem(
+    dev: &DeviceInner,
+    kernel: Kernel,
+    grid: (u32, u32, u32),
+    block: (u32, u32, u32),
+    smem_bytes: u32,
+    args: &[Arg],
+) -> Result<()> {
     let params = kernel.params();
     if args.len() != params.len() || args.iter().zip(params).any(|(a, p)| a.kind() != *p) {
         return Err(Error::Cuda(format!(
@@ -136,8 +153,16 @@ unsafe fn launch(
         // A zero grid dimension is a launch error: there is no work.
         return Ok(());
     }
+    if smem_bytes > kernel.max_dynamic_smem() {
+        return Err(Error::Cuda(format!(
+            "internal: {}: {smem_bytes} bytes of dynamic shared memory, at most {} allowed",
+            kernel.name(),
+            kernel.max_dynamic_smem()
+        )));
+    }
+    dev.count_launch(kernel);
     let Some(gpu) = &dev.gpu else {
-        return super::emulator::run(kernel, grid, block, args);
+        return super::emulator::run(kernel, grid, block, smem_bytes, args);
     };
     let func = dev.function(gpu, kernel)?;
     let mut builder = gpu.stream.launch_builder(func);
@@ -151,7 +176,7 @@ unsafe fn launch(
     let cfg = LaunchConfig {
         grid_dim: grid,
         block_dim: block,
-        shared_mem_bytes: 0,
+        shared_mem_bytes: smem_bytes,
     };
     // SAFETY: the argument list matches the kernel's PTX parameters (checked above) and the
     // caller guarantees that every pointer covers what the kernel touches.
@@ -846,7 +871,8 @@ pub(super) fn softmax(
 }
 
 /// The fused shifted softmax-cross-entropy (`xent.cu`); `s`, `w`, `dz` and `bad` may be
-/// [`Region::NULL`] (`dz` only when `write_grad` is false).
+/// [`Region::NULL`] (`dz` only when `write_grad` is false). Grid, block and dynamic shared
+/// memory come from [`super::plan::xent_plan`].
 pub(super) struct XentLaunch {
     pub kernel: Kernel,
     pub z: Region,
@@ -861,10 +887,26 @@ pub(super) struct XentLaunch {
     pub write_grad: bool,
     pub bad: Region,
     pub blocks: u32,
+    pub block: u32,
+    pub smem_bytes: u32,
 }
 
 pub(super) fn xent(dev: &DeviceInner, a: &XentLaunch) -> Result<()> {
     let k = a.kernel;
+    let vectorized = matches!(
+        k,
+        Kernel::XentGroupVec | Kernel::XentWarpVec | Kernel::XentWarpVec8 | Kernel::XentBlockVec
+    );
+    // float4 accesses: every row must start 16-byte aligned.
+    if vectorized
+        && (!a.cols.is_multiple_of(4)
+            || [a.z, a.s, a.dz].iter().any(|r| !r.addr.is_multiple_of(16)))
+    {
+        return Err(Error::Cuda(format!(
+            "internal: {} needs cols % 4 == 0 and 16-byte aligned buffers",
+            k.name()
+        )));
+    }
     let n = a.rows * a.cols;
     need(a.z, n, "z", k)?;
     need_opt(a.s, n, "s", k)?;
@@ -892,8 +934,54 @@ pub(super) fn xent(dev: &DeviceInner, a: &XentLaunch) -> Result<()> {
         ptr(a.bad),
     ];
     // SAFETY: every region covers the rows × cols (or rows) elements the kernel touches, the
-    // optional ones being null or full size (checked above); loss and dz are fresh buffers.
-    unsafe { launch(dev, k, grid1(a.blocks), B256, &args) }
+    // optional ones being null or full size (checked above), aligned for the vectorized
+    // kernels; loss and dz are fresh buffers (dz = z is allowed).
+    unsafe {
+        launch_smem(
+            dev,
+            k,
+            grid1(a.blocks),
+            (a.block, 1, 1),
+            a.smem_bytes,
+            &args,
+        )
+    }
+}
+
+/// XRM's flip targets (`xrm_flip_targets_f32`): `logits` holds `rows × k`, `uniforms` `rows`
+/// f64 values (2 words each, 8-byte aligned), `target` receives `rows` u32.
+pub(super) fn xrm_flip_targets(
+    dev: &DeviceInner,
+    logits: Region,
+    uniforms: Region,
+    target: Region,
+    rows: usize,
+    k: usize,
+) -> Result<()> {
+    let kernel = Kernel::XrmFlipTargets;
+    need(logits, rows * k, "logits", kernel)?;
+    need(uniforms, 2 * rows, "u", kernel)?;
+    need(target, rows, "target", kernel)?;
+    if !uniforms.addr.is_multiple_of(8) {
+        return Err(Error::Cuda(format!(
+            "internal: {}: the uniforms are not 8-byte aligned",
+            kernel.name()
+        )));
+    }
+    if rows == 0 {
+        return Ok(());
+    }
+    let args = [
+        ptr(logits),
+        ptr(uniforms),
+        ptr(target),
+        u32_arg(rows, "rows", kernel)?,
+        u32_arg(k, "k", kernel)?,
+    ];
+    let blocks = super::plan::grid_stride_blocks(rows, 256);
+    // SAFETY: logits, uniforms (as f64) and target cover the rows the kernel reads and writes
+    // (checked above); target is a fresh buffer.
+    unsafe { launch(dev, kernel, grid1(blocks), B256, &args) }
 }
 
 // ------------------------------------------------------------------------ optimizers

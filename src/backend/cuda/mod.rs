@@ -8,7 +8,7 @@
 //! [`CudaDevice::new`] opens the primary context of a GPU once per process and returns a
 //! cheap handle to it (later calls for the same ordinal share it). Every kernel and fill
 //! goes to the device's one stream (the legacy default stream) in program order, and host
-//! copies are synchronous on it, so no events are needed to order two uses of a buffer. The seven PTX modules are embedded in the
+//! copies are synchronous on it, so no events are needed to order two uses of a buffer. The eight PTX modules are embedded in the
 //! binary (`include_str!` of kernels/ptx), JIT-compiled by the driver the first time one of
 //! their kernels runs, and each function handle is cached.
 //!
@@ -19,7 +19,8 @@
 //! buffers come from a per-device pool keyed by length ([`pool`]): a steady-state training
 //! step makes no device allocation ([`CudaDevice::allocations`] counts the real ones).
 //! Each op reads its inputs once and writes its output once, except the fused kernels'
-//! documented second passes (block-row softmax and cross-entropy re-read their row).
+//! documented second passes (block-row softmax re-reads its row, and so does the fused
+//! cross-entropy's fallback for rows over 32768 columns).
 //!
 //! # Kernel choice and determinism
 //!
@@ -55,7 +56,7 @@ use cudarc::driver::{sys, CudaContext, CudaFunction, CudaModule, CudaStream};
 use self::emulator::HostBuf;
 use self::kernels::{Kernel, PtxModule, MODULE_COUNT};
 use self::launch::{CudaAlloc, GemmDims, Operand, Region, XentLaunch};
-use self::plan::{GemmPlan, ReducePlan, RowVariant, ThinTaPlan};
+use self::plan::{GemmPlan, ReducePlan, RowVariant, ThinTaPlan, XentVariant};
 use self::pool::Pool;
 use super::{AdamStep, BackendStorage, BinaryOp, ReduceOp, SgdStep, UnaryOp, XentArgs};
 use crate::error::{Error, Result};
@@ -78,6 +79,10 @@ struct DeviceInner {
     pool_u32: Mutex<Pool<u32>>,
     allocations: AtomicU64,
     poison: AtomicBool,
+    /// Launches per kernel ([`Kernel::index`]), for tests that check which variants ran.
+    launches: Vec<AtomicU64>,
+    /// Fused cross-entropy on the kernels that predate the single-pass ones (benchmarks).
+    xent_previous: AtomicBool,
 }
 
 /// A handle on one CUDA device (cheap to clone; all handles of an ordinal share the device's
@@ -188,7 +193,13 @@ impl DeviceInner {
             pool_u32: Mutex::new(Pool::new()),
             allocations: AtomicU64::new(0),
             poison: AtomicBool::new(false),
+            launches: (0..Kernel::COUNT).map(|_| AtomicU64::new(0)).collect(),
+            xent_previous: AtomicBool::new(false),
         }
+    }
+
+    fn count_launch(&self, k: Kernel) {
+        self.launches[k.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The loaded module, loading (and JIT-compiling) it on first use.
@@ -223,6 +234,32 @@ impl DeviceInner {
             .module(gpu, k.module())?
             .load_function(k.name())
             .map_err(|e| driver_err(format!("looking up kernel {}", k.name()), e))?;
+        let smem = k.max_dynamic_smem();
+        if smem > 0 {
+            use sys::CUfunction_attribute as A;
+            // Dynamic shared memory beyond 48 KiB must be opted into per function; and these
+            // kernels stream their data, so they prefer the whole carveout as shared memory
+            // (two 96 KiB blocks per SM), not L1.
+            for (attribute, value, what) in [
+                (
+                    A::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    smem as i32,
+                    "the dynamic shared memory limit",
+                ),
+                (
+                    A::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+                    100,
+                    "the shared memory carveout",
+                ),
+            ] {
+                f.set_attribute(attribute, value).map_err(|e| {
+                    driver_err(
+                        format!("setting {what} of {} on {}", k.name(), self.name),
+                        e,
+                    )
+                })?;
+            }
+        }
         // Another thread may have cached the same handle first; either is fine.
         let _ = slot.set(f);
         slot.get()
@@ -469,6 +506,24 @@ impl CudaDevice {
         self.inner.synchronize()
     }
 
+    /// How many times the kernel with this entry name (kernels/README.md) has been launched
+    /// on this device; `None` for a name the backend does not launch. For tests that check
+    /// which variant a shape picks.
+    #[doc(hidden)]
+    pub fn kernel_launches(&self, name: &str) -> Option<u64> {
+        Kernel::ALL
+            .iter()
+            .find(|k| k.name() == name)
+            .map(|k| self.inner.launches[k.index()].load(Ordering::Relaxed))
+    }
+
+    /// For benchmarks: when on, the fused cross-entropy runs on the kernels that predate the
+    /// single-pass ones (`xent_small_c_f32`, `xent_warp_row_f32`, `xent_block_row_f32`).
+    #[doc(hidden)]
+    pub fn set_xent_previous_kernels(&self, on: bool) {
+        self.inner.xent_previous.store(on, Ordering::Relaxed);
+    }
+
     fn storage(&self, len: usize, uninit: bool) -> Result<CudaStorage> {
         let (buf, addr) = self.inner.obtain::<f32>(len, uninit)?;
         Ok(CudaStorage {
@@ -531,6 +586,18 @@ impl CudaDevice {
             addr,
             len: data.len(),
             bound,
+            dev: self.clone(),
+        })
+    }
+
+    /// A u32 output buffer whose elements the caller's kernel writes (poisoned when asked).
+    fn output_u32(&self, len: usize) -> Result<CudaIndex> {
+        let (buf, addr) = self.inner.obtain::<u32>(len, true)?;
+        Ok(CudaIndex {
+            buf: Some(buf),
+            addr,
+            len,
+            bound: IndexBound::AtMost(u32::MAX),
             dev: self.clone(),
         })
     }
@@ -703,6 +770,56 @@ impl CudaStorage {
             )));
         }
         Ok(())
+    }
+
+    /// XRM's label-flip step on `rows × k` held-out logits, on the device (kernels/xrm.cu,
+    /// `xrm_flip_targets_f32`): for each row, `Some(ŷ)` when its dynamic label flips to the
+    /// held-out prediction `ŷ` (the first largest logit), `None` when it keeps its label;
+    /// row `i` flips when `uniforms[i] < (p − 1/k)·k/(k − 1)`, `p` the largest softmax
+    /// probability, all in f64 exactly as `crate::algo::xrm` computes it on the CPU. The
+    /// logits stay on the device; the uniforms go up (8 bytes a row) and the targets come
+    /// back (4 bytes a row). `k < 2`: no row flips.
+    ///
+    /// Errors: a storage shorter than `rows × k`, `uniforms.len() != rows`.
+    pub fn xrm_flip_targets(
+        &self,
+        rows: usize,
+        k: usize,
+        uniforms: &[f64],
+    ) -> Result<Vec<Option<u32>>> {
+        self.check_len(mul(rows, k)?, "XRM held-out logits")?;
+        if uniforms.len() != rows {
+            return Err(Error::arg(
+                "uniforms",
+                format!("{} uniforms for {rows} rows", uniforms.len()),
+            ));
+        }
+        if rows == 0 || k < 2 {
+            return Ok(vec![None; rows]);
+        }
+        // Each f64 as two u32 words, low word first (the device is little-endian).
+        let words: Vec<u32> = uniforms
+            .iter()
+            .flat_map(|u| {
+                let bits = u.to_bits();
+                [bits as u32, (bits >> 32) as u32]
+            })
+            .collect();
+        let u = self.dev.index_from_host(&words)?;
+        let target = self.dev.output_u32(rows)?;
+        launch::xrm_flip_targets(
+            self.inner(),
+            self.region(),
+            u.region(),
+            target.region(),
+            rows,
+            k,
+        )?;
+        Ok(target
+            .to_host()?
+            .into_iter()
+            .map(|t| (t != u32::MAX).then_some(t))
+            .collect())
     }
 
     fn check_len(&self, need: usize, what: &str) -> Result<()> {
@@ -1279,27 +1396,42 @@ impl BackendStorage for CudaStorage {
         } else {
             None
         };
-        let kernel = match plan::row_variant(cols) {
-            RowVariant::SmallC => Kernel::XentSmallC,
-            RowVariant::WarpRow => Kernel::XentWarpRow,
-            RowVariant::BlockRow => Kernel::XentBlockRow,
+        let z = self.region();
+        let s = shift.map_or(Region::NULL, CudaStorage::region);
+        let dz = grad.as_ref().map_or(Region::NULL, CudaStorage::region);
+        // Whole device buffers are 256-byte aligned; checked anyway, as the float4 kernels
+        // need it.
+        let aligned = [z, s, dz].iter().all(|r| r.addr.is_multiple_of(16));
+        let previous = self.inner().xent_previous.load(Ordering::Relaxed);
+        let plan = plan::xent_plan(rows, cols, aligned, previous);
+        let kernel = match plan.variant {
+            XentVariant::GroupVec => Kernel::XentGroupVec,
+            XentVariant::WarpVec => Kernel::XentWarpVec,
+            XentVariant::WarpVec8 => Kernel::XentWarpVec8,
+            XentVariant::BlockVec => Kernel::XentBlockVec,
+            XentVariant::BlockScalar => Kernel::XentBlockScalar,
+            XentVariant::SmallC => Kernel::XentSmallC,
+            XentVariant::WarpRow => Kernel::XentWarpRow,
+            XentVariant::BlockRow => Kernel::XentBlockRow,
         };
         launch::xent(
             self.inner(),
             &XentLaunch {
                 kernel,
-                z: self.region(),
-                s: shift.map_or(Region::NULL, CudaStorage::region),
+                z,
+                s,
                 y: labels.region(),
                 w: weights.map_or(Region::NULL, CudaStorage::region),
                 loss: loss.region(),
-                dz: grad.as_ref().map_or(Region::NULL, CudaStorage::region),
+                dz,
                 rows,
                 cols,
                 grad_scale,
                 write_grad,
                 bad: flag.as_ref().map_or(Region::NULL, CudaIndex::region),
-                blocks: plan::xent_blocks(rows, cols),
+                blocks: plan.blocks,
+                block: plan.block,
+                smem_bytes: plan.smem_bytes,
             },
         )?;
         self.index_verdict(flag, labels, err)?;
@@ -1476,6 +1608,58 @@ mod tests {
         // A region shorter than the launch needs is refused before launching.
         let err = launch::unary(&dev.inner, Kernel::Neg, x.region(), y.region(), 5).unwrap_err();
         assert!(err.to_string().contains("holds 4 elements"), "{err}");
+    }
+
+    #[test]
+    fn misaligned_rows_take_the_scalar_cross_entropy_kernels() {
+        let dev = emu();
+        let (rows, cols) = (3, 8);
+        let data: Vec<f32> = (0..rows * cols + 1).map(|i| (i % 7) as f32 * 0.5).collect();
+        let z = dev.storage_from_host(&data).unwrap();
+        let y = dev.index_from_host(&[1, 7, 0]).unwrap();
+        let shifted = z.region().offset(1).unwrap();
+        let run = |kernel: Kernel, z: Region, block: u32| -> Result<Vec<f32>> {
+            let loss = dev.output(rows)?;
+            launch::xent(
+                &dev.inner,
+                &XentLaunch {
+                    kernel,
+                    z,
+                    s: Region::NULL,
+                    y: y.region(),
+                    w: Region::NULL,
+                    loss: loss.region(),
+                    dz: Region::NULL,
+                    rows,
+                    cols,
+                    grad_scale: 1.0,
+                    write_grad: false,
+                    bad: Region::NULL,
+                    blocks: 1,
+                    block,
+                    smem_bytes: 0,
+                },
+            )?;
+            loss.to_host()
+        };
+        // Rows 4 bytes past a 16-byte boundary: the float4 kernels refuse them…
+        for kernel in [Kernel::XentGroupVec, Kernel::XentBlockVec] {
+            let err = run(kernel, shifted, 256).unwrap_err();
+            assert!(err.to_string().contains("16-byte aligned"), "{err}");
+        }
+        // …the plan sends them to the scalar kernels, which agree with the float4 kernel on
+        // an aligned copy.
+        let plan = plan::xent_plan(rows, cols, false, false);
+        assert_eq!(plan.variant, XentVariant::SmallC);
+        let aligned = dev.storage_from_host(&data[1..]).unwrap();
+        let scalar = run(Kernel::XentSmallC, shifted, 256).unwrap();
+        let vector = run(Kernel::XentGroupVec, aligned.region(), 256).unwrap();
+        for (a, b) in scalar.iter().zip(&vector) {
+            assert!(
+                (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                "{scalar:?} vs {vector:?}"
+            );
+        }
     }
 
     #[test]
