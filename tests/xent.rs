@@ -393,6 +393,81 @@ fn weighted_mean_needs_weights() {
 /// The fused linear + cross-entropy op equals `x·Wᵀ + b → shifted_cross_entropy` in loss,
 /// logits and the gradients of W and b, at sizes that take its parallel path.
 #[test]
+fn logits_beside_the_fused_loss_are_those_of_a_separate_product() {
+    let dev = Device::Cpu;
+    let mut rng = Rng::new(32);
+    // Up to 4 extra rows, or d ≥ 512: where the separate product takes the dot-product path.
+    for &(n, d, c, e) in &[
+        (5usize, 7usize, 2usize, 2usize),
+        (1000, 1800, 2, 2),
+        (333, 129, 3, 4),
+        (65, 600, 2, 9),
+    ] {
+        let x = Tensor::randn(&mut rng, (n, d), 1.0, &dev).unwrap();
+        let w = Tensor::randn(&mut rng, (c, d), 0.05, &dev)
+            .unwrap()
+            .variable();
+        let other = Tensor::randn(&mut rng, (e, d), 0.05, &dev).unwrap();
+        let other_b = Tensor::randn(&mut rng, e, 0.1, &dev).unwrap();
+        let y = Indices::new((0..n).map(|i| (i * 5 % c) as u32).collect(), &dev).unwrap();
+        let wt = Tensor::from_vec(rng.uniform_vec(n, 0.2, 2.0), n, &dev).unwrap();
+        for other_bias in [None, Some(&other_b)] {
+            let (loss, logits, also) = x
+                .linear_shifted_cross_entropy_beside(
+                    &w,
+                    None,
+                    &y,
+                    None,
+                    Some(&wt),
+                    Reduction::Sum,
+                    &other,
+                    other_bias,
+                )
+                .unwrap();
+            let (alone, alone_logits) = x
+                .linear_shifted_cross_entropy(&w, None, &y, None, Some(&wt), Reduction::Sum)
+                .unwrap();
+            let bits = |t: &Tensor| -> Vec<u32> {
+                t.to_vec().unwrap().iter().map(|v| v.to_bits()).collect()
+            };
+            assert_eq!(bits(&loss), bits(&alone));
+            assert_eq!(bits(&logits), bits(&alone_logits));
+            let g = loss.backward().unwrap().get(&w).unwrap().to_vec().unwrap();
+            let g_alone = alone.backward().unwrap().get(&w).unwrap().to_vec().unwrap();
+            assert_eq!(g, g_alone);
+            let mut want = x.matmul_t(&other).unwrap();
+            if let Some(b) = other_bias {
+                want = want.broadcast_add(b).unwrap();
+            }
+            assert_eq!(also.dims(), [n, e]);
+            let differ = bits(&also)
+                .iter()
+                .zip(bits(&want))
+                .filter(|(a, b)| **a != *b)
+                .count();
+            assert_eq!(differ, 0, "n {n}, d {d}, c {c}, e {e}: values that differ");
+        }
+    }
+    let x = Tensor::zeros((3, 4), &dev).unwrap();
+    let w = Tensor::zeros((2, 4), &dev).unwrap().variable();
+    let y = Indices::new(vec![0, 1, 1], &dev).unwrap();
+    let wrong = Tensor::zeros((2, 5), &dev).unwrap();
+    assert!(matches!(
+        x.linear_shifted_cross_entropy_beside(
+            &w,
+            None,
+            &y,
+            None,
+            None,
+            Reduction::Mean,
+            &wrong,
+            None
+        ),
+        Err(memaware::Error::ShapeMismatch { .. })
+    ));
+}
+
+#[test]
 fn fused_linear_cross_entropy_equals_the_composite() {
     let dev = Device::Cpu;
     let mut rng = Rng::new(31);

@@ -30,7 +30,79 @@ impl Tensor {
         weights: Option<&Tensor>,
         reduction: Reduction,
     ) -> Result<(Tensor, Tensor)> {
+        let (loss, logits, _) =
+            self.linear_xent_impl(weight, bias, labels, shift, weights, reduction, None)?;
+        Ok((loss, logits))
+    }
+
+    /// [`linear_shifted_cross_entropy`](Tensor::linear_shifted_cross_entropy) that also
+    /// returns `self · otherᵀ + other_bias` (no gradient) from the same pass over `self`:
+    /// XRM reads a twin's rows once for that twin's held-in loss and the other twin's
+    /// held-out logits. On the CPU the extra logits have the bits of `self.matmul_t(other)`
+    /// followed by `broadcast_add(other_bias)` wherever that product takes the dot-product
+    /// path (at most 4 rows in `other`, or 512 columns and more).
+    #[allow(clippy::too_many_arguments)]
+    pub fn linear_shifted_cross_entropy_beside(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        labels: &Indices,
+        shift: Option<&Tensor>,
+        weights: Option<&Tensor>,
+        reduction: Reduction,
+        other: &Tensor,
+        other_bias: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (loss, logits, also) = self.linear_xent_impl(
+            weight,
+            bias,
+            labels,
+            shift,
+            weights,
+            reduction,
+            Some((other, other_bias)),
+        )?;
+        let also = also.expect("linear_xent_impl returns the extra logits it was asked for");
+        Ok((loss, logits, also))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn linear_xent_impl(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        labels: &Indices,
+        shift: Option<&Tensor>,
+        weights: Option<&Tensor>,
+        reduction: Reduction,
+        also: Option<(&Tensor, Option<&Tensor>)>,
+    ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
         let (n, d) = self.shape().dims2(OP)?;
+        let also_rows = match also {
+            Some((w, b)) => {
+                let (e, d2) = w.shape().dims2(OP)?;
+                if d2 != d {
+                    return Err(Error::shape_detail(
+                        OP,
+                        self.dims(),
+                        w.dims(),
+                        "inputs and the other weight's columns differ",
+                    ));
+                }
+                if let Some(b) = b {
+                    if b.dims() != [e] {
+                        return Err(Error::shape_detail(
+                            OP,
+                            w.dims(),
+                            b.dims(),
+                            "one other bias per row of the other weight",
+                        ));
+                    }
+                }
+                e
+            }
+            None => 0,
+        };
         let (c, d2) = weight.shape().dims2(OP)?;
         if d != d2 {
             return Err(Error::shape_detail(
@@ -56,19 +128,34 @@ impl Tensor {
             && on_cpu(bias)
             && on_cpu(shift)
             && on_cpu(weights)
+            && on_cpu(also.map(|(w, _)| w))
+            && on_cpu(also.and_then(|(_, b)| b))
             && labels.device().is_cpu()
             && c <= MAX_CLASSES
             && n > 0
             && !self.tracks_grad()
             && reduction != Reduction::None
             && !(reduction == Reduction::WeightedMean && weights.is_none());
+        let other_logits = |x: &Tensor| -> Result<Option<Tensor>> {
+            also.map(|(w, b)| {
+                crate::autograd::no_grad(|| {
+                    let z = x.matmul_t(w)?;
+                    match b {
+                        Some(b) => z.broadcast_add(b),
+                        None => Ok(z),
+                    }
+                })
+            })
+            .transpose()
+        };
         if !fused {
+            let also_logits = other_logits(self)?;
             let mut z = self.matmul_t(weight)?;
             if let Some(b) = bias {
                 z = z.broadcast_add(b)?;
             }
             let loss = z.shifted_cross_entropy(labels, shift, weights, reduction)?;
-            return Ok((loss, z.detach()));
+            return Ok((loss, z.detach(), also_logits));
         }
         // The composite checks these; the fused path must too.
         if labels.len() != n {
@@ -111,6 +198,8 @@ impl Tensor {
                 "{OP}: the fused path needs CPU tensors"
             )));
         };
+        let also_w = also.map(|(w, _)| w.storage());
+        let also_v = also_w.as_deref().and_then(host_slice);
         let bias_v = b.as_deref().and_then(host_slice);
         let shift_v = s.as_deref().and_then(host_slice);
         let weights_v = wt.as_deref().and_then(host_slice);
@@ -147,6 +236,7 @@ impl Tensor {
             labels: labels_v,
             weights: weights_v,
             grad_scale,
+            also: also_v,
         })?;
         let device = self.device();
         let loss_value = sum_fixed_order(&out.row_losses) * grad_scale;
@@ -165,7 +255,21 @@ impl Tensor {
             }
         });
         super::check_finite(&loss, OP)?;
-        Ok((loss, logits))
+        let also_logits = match also {
+            Some((_, other_bias)) => {
+                let mut z = out.also_logits;
+                if let (Some(b), true) = (other_bias, also_rows > 0) {
+                    // f32 adds, as broadcast_add makes them.
+                    let b = b.to_vec()?;
+                    for row in z.chunks_exact_mut(also_rows) {
+                        row.iter_mut().zip(&b).for_each(|(z, b)| *z += b);
+                    }
+                }
+                Some(Tensor::from_vec(z, (n, also_rows), device)?)
+            }
+            None => None,
+        };
+        Ok((loss, logits, also_logits))
     }
 }
 

@@ -6,6 +6,10 @@
 //! read again from cache (a block is `ROWS · D · 4` bytes, 460 KB for `D = 1800`) for its share
 //! of `dW`. The unfused chain (`X · Wᵀ`, cross-entropy, `dZᵀ · X`) streams `X` twice.
 //!
+//! Optional extra weight rows (`also`, e.g. the other XRM twin) get their logits from the same
+//! pass, so a caller that needs `X · Wᵀ` for the loss and `X · Vᵀ` for something else reads
+//! `X` from memory once.
+//!
 //! Determinism: each block's partial `dW` is accumulated in row order by one thread, and the
 //! partials are added in block order, whatever the thread count.
 
@@ -32,11 +36,16 @@ pub(crate) struct LinearXentArgs<'a> {
     pub labels: &'a [u32],
     pub weights: Option<&'a [f32]>,
     pub grad_scale: f32,
+    /// Extra weight rows (`E × D`) whose logits `X · alsoᵀ` are computed in the same pass
+    /// and returned beside the loss, untouched by it.
+    pub also: Option<&'a [f32]>,
 }
 
 /// Logits, per-row weighted losses and the gradients of `W` and `b`.
 pub(crate) struct LinearXentOut {
     pub logits: Vec<f32>,
+    /// `X · alsoᵀ` (`N × E`), empty without `also`.
+    pub also_logits: Vec<f32>,
     pub row_losses: Vec<f32>,
     pub grad_w: Vec<f32>,
     pub grad_b: Vec<f32>,
@@ -52,63 +61,90 @@ pub(crate) fn linear_xent(a: LinearXentArgs<'_>) -> Result<LinearXentOut> {
             classes: c,
         });
     }
-    let cols: Vec<Vec<f32>> = (0..c).map(|j| a.w[j * d..(j + 1) * d].to_vec()).collect();
+    let e = a.also.map_or(0, |w| w.len() / d.max(1));
+    // The loss's classes first, then the extra rows: every logit is one dot product, whatever
+    // group of columns it is taken in.
+    let cols: Vec<Vec<f32>> = (0..c)
+        .map(|j| a.w[j * d..(j + 1) * d].to_vec())
+        .chain((0..e).map(|j| {
+            a.also
+                .map_or(Vec::new(), |w| w[j * d..(j + 1) * d].to_vec())
+        }))
+        .collect();
+    let width = c + e;
     let mut logits = vec![0.0f32; n * c];
+    let mut also_logits = vec![0.0f32; n * e];
     let mut row_losses = vec![0.0f32; n];
-    let block = |(bi, (z, l)): (usize, (&mut [f32], &mut [f32]))| -> (Vec<f32>, Vec<f32>) {
-        let r0 = bi * ROWS;
-        let rows = l.len();
-        let mut dz = vec![0.0f32; rows * c];
-        // Logits two rows at a time (each column load serves both rows).
-        for (pi, zp) in z.chunks_mut(2 * c).enumerate() {
-            let i = r0 + 2 * pi;
-            let x0 = &a.x[i * d..(i + 1) * d];
-            if zp.len() == 2 * c {
-                let (z0, z1) = zp.split_at_mut(c);
-                two_row_dots([x0, &a.x[(i + 1) * d..(i + 2) * d]], &cols, [z0, z1]);
-            } else {
-                row_dots(x0, &cols, zp);
+    let block =
+        |(bi, (z, l)): (usize, (&mut [f32], &mut [f32]))| -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+            let r0 = bi * ROWS;
+            let rows = l.len();
+            let mut dz = vec![0.0f32; rows * c];
+            // All logits of the block, two rows at a time (each column load serves both rows).
+            let mut all = vec![0.0f32; rows * width];
+            for (pi, zp) in all.chunks_mut(2 * width).enumerate() {
+                let i = r0 + 2 * pi;
+                let x0 = &a.x[i * d..(i + 1) * d];
+                if zp.len() == 2 * width {
+                    let (z0, z1) = zp.split_at_mut(width);
+                    let x1 = &a.x[(i + 1) * d..(i + 2) * d];
+                    for ((group, z0), z1) in cols
+                        .chunks(MAX_CLASSES)
+                        .zip(z0.chunks_mut(MAX_CLASSES))
+                        .zip(z1.chunks_mut(MAX_CLASSES))
+                    {
+                        two_row_dots([x0, x1], group, [z0, z1]);
+                    }
+                } else {
+                    for (group, z0) in cols.chunks(MAX_CLASSES).zip(zp.chunks_mut(MAX_CLASSES)) {
+                        row_dots(x0, group, z0);
+                    }
+                }
             }
-        }
-        for r in 0..rows {
-            let i = r0 + r;
-            let zr = &mut z[r * c..(r + 1) * c];
-            if let Some(b) = a.bias {
-                zr.iter_mut().zip(b).for_each(|(z, &b)| *z += b);
+            let mut also_block = Vec::with_capacity(rows * e);
+            for (r, row) in all.chunks_exact(width).enumerate() {
+                z[r * c..(r + 1) * c].copy_from_slice(&row[..c]);
+                also_block.extend_from_slice(&row[c..]);
             }
-            let mut u = [0.0f32; MAX_CLASSES];
-            for j in 0..c {
-                u[j] = zr[j] + a.shift.map_or(0.0, |s| s[i * c + j]);
+            for r in 0..rows {
+                let i = r0 + r;
+                let zr = &mut z[r * c..(r + 1) * c];
+                if let Some(b) = a.bias {
+                    zr.iter_mut().zip(b).for_each(|(z, &b)| *z += b);
+                }
+                let mut u = [0.0f32; MAX_CLASSES];
+                for j in 0..c {
+                    u[j] = zr[j] + a.shift.map_or(0.0, |s| s[i * c + j]);
+                }
+                let m = u[..c].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0.0f32;
+                for v in u[..c].iter_mut() {
+                    *v = math::exp(*v - m);
+                    sum += *v;
+                }
+                let y = a.labels[i] as usize;
+                let wi = a.weights.map_or(1.0, |w| w[i]);
+                let u_y = zr[y] + a.shift.map_or(0.0, |s| s[i * c + y]);
+                l[r] = wi * (m + sum.ln() - u_y);
+                let scale = a.grad_scale * wi;
+                let factor = scale / sum;
+                for j in 0..c {
+                    dz[r * c + j] = factor * u[j];
+                }
+                dz[r * c + y] -= scale;
             }
-            let m = u[..c].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0f32;
-            for v in u[..c].iter_mut() {
-                *v = math::exp(*v - m);
-                sum += *v;
+            let mut gw = vec![0.0f32; c * d];
+            let dz_at = |j: usize, p: usize| dz[(p - r0) * c + j];
+            accumulate_rows(&dz_at, c, r0..r0 + rows, a.x, d, 0, d, &mut gw);
+            let mut gb = vec![0.0f32; c];
+            for r in 0..rows {
+                for j in 0..c {
+                    gb[j] += dz[r * c + j];
+                }
             }
-            let y = a.labels[i] as usize;
-            let wi = a.weights.map_or(1.0, |w| w[i]);
-            let u_y = zr[y] + a.shift.map_or(0.0, |s| s[i * c + y]);
-            l[r] = wi * (m + sum.ln() - u_y);
-            let scale = a.grad_scale * wi;
-            let factor = scale / sum;
-            for j in 0..c {
-                dz[r * c + j] = factor * u[j];
-            }
-            dz[r * c + y] -= scale;
-        }
-        let mut gw = vec![0.0f32; c * d];
-        let dz_at = |j: usize, p: usize| dz[(p - r0) * c + j];
-        accumulate_rows(&dz_at, c, r0..r0 + rows, a.x, d, 0, d, &mut gw);
-        let mut gb = vec![0.0f32; c];
-        for r in 0..rows {
-            for j in 0..c {
-                gb[j] += dz[r * c + j];
-            }
-        }
-        (gw, gb)
-    };
-    let partials: Vec<(Vec<f32>, Vec<f32>)> = if n * d >= 1 << 18 {
+            (gw, gb, also_block)
+        };
+    let partials: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = if n * d >= 1 << 18 {
         logits
             .par_chunks_mut(ROWS * c)
             .zip(row_losses.par_chunks_mut(ROWS))
@@ -125,12 +161,16 @@ pub(crate) fn linear_xent(a: LinearXentArgs<'_>) -> Result<LinearXentOut> {
     };
     let mut grad_w = vec![0.0f32; c * d];
     let mut grad_b = vec![0.0f32; c];
-    for (gw, gb) in &partials {
+    for (gw, gb, _) in &partials {
         grad_w.iter_mut().zip(gw).for_each(|(o, &v)| *o += v);
         grad_b.iter_mut().zip(gb).for_each(|(o, &v)| *o += v);
     }
+    for (dst, (_, _, src)) in also_logits.chunks_mut(ROWS * e.max(1)).zip(&partials) {
+        dst.copy_from_slice(src);
+    }
     Ok(LinearXentOut {
         logits,
+        also_logits,
         row_losses,
         grad_w,
         grad_b,
