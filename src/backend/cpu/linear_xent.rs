@@ -21,6 +21,8 @@ use crate::error::{Error, Result};
 
 /// Rows per block.
 const ROWS: usize = 64;
+/// Rows per group within a block: a multiple of 4, the rows `accumulate_rows` takes per pass.
+const GROUP: usize = 4;
 /// Largest class count of the fused path.
 pub(crate) const MAX_CLASSES: usize = 4;
 
@@ -80,62 +82,72 @@ pub(crate) fn linear_xent(a: LinearXentArgs<'_>) -> Result<LinearXentOut> {
             let r0 = bi * ROWS;
             let rows = l.len();
             let mut dz = vec![0.0f32; rows * c];
-            // All logits of the block, two rows at a time (each column load serves both rows).
             let mut all = vec![0.0f32; rows * width];
-            for (pi, zp) in all.chunks_mut(2 * width).enumerate() {
-                let i = r0 + 2 * pi;
-                let x0 = &a.x[i * d..(i + 1) * d];
-                if zp.len() == 2 * width {
-                    let (z0, z1) = zp.split_at_mut(width);
-                    let x1 = &a.x[(i + 1) * d..(i + 2) * d];
-                    for ((group, z0), z1) in cols
-                        .chunks(MAX_CLASSES)
-                        .zip(z0.chunks_mut(MAX_CLASSES))
-                        .zip(z1.chunks_mut(MAX_CLASSES))
-                    {
-                        two_row_dots([x0, x1], group, [z0, z1]);
-                    }
-                } else {
-                    for (group, z0) in cols.chunks(MAX_CLASSES).zip(zp.chunks_mut(MAX_CLASSES)) {
-                        row_dots(x0, group, z0);
+            let mut gw = vec![0.0f32; c * d];
+            // Groups of GROUP rows: logits, loss and dz of the group, then its share of dW
+            // while its rows are still in L1. The groups start at multiples of 4 from the
+            // block's first row, so dW is accumulated exactly as one pass over the block would.
+            for g0 in (0..rows).step_by(GROUP) {
+                let g1 = (g0 + GROUP).min(rows);
+                // Logits two rows at a time (each column load serves both rows).
+                for (pi, zp) in all[g0 * width..g1 * width]
+                    .chunks_mut(2 * width)
+                    .enumerate()
+                {
+                    let i = r0 + g0 + 2 * pi;
+                    let x0 = &a.x[i * d..(i + 1) * d];
+                    if zp.len() == 2 * width {
+                        let (z0, z1) = zp.split_at_mut(width);
+                        let x1 = &a.x[(i + 1) * d..(i + 2) * d];
+                        for ((group, z0), z1) in cols
+                            .chunks(MAX_CLASSES)
+                            .zip(z0.chunks_mut(MAX_CLASSES))
+                            .zip(z1.chunks_mut(MAX_CLASSES))
+                        {
+                            two_row_dots([x0, x1], group, [z0, z1]);
+                        }
+                    } else {
+                        for (group, z0) in cols.chunks(MAX_CLASSES).zip(zp.chunks_mut(MAX_CLASSES))
+                        {
+                            row_dots(x0, group, z0);
+                        }
                     }
                 }
+                for r in g0..g1 {
+                    let i = r0 + r;
+                    let zr = &mut z[r * c..(r + 1) * c];
+                    zr.copy_from_slice(&all[r * width..r * width + c]);
+                    if let Some(b) = a.bias {
+                        zr.iter_mut().zip(b).for_each(|(z, &b)| *z += b);
+                    }
+                    let mut u = [0.0f32; MAX_CLASSES];
+                    for j in 0..c {
+                        u[j] = zr[j] + a.shift.map_or(0.0, |s| s[i * c + j]);
+                    }
+                    let m = u[..c].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0.0f32;
+                    for v in u[..c].iter_mut() {
+                        *v = math::exp(*v - m);
+                        sum += *v;
+                    }
+                    let y = a.labels[i] as usize;
+                    let wi = a.weights.map_or(1.0, |w| w[i]);
+                    let u_y = zr[y] + a.shift.map_or(0.0, |s| s[i * c + y]);
+                    l[r] = wi * (m + sum.ln() - u_y);
+                    let scale = a.grad_scale * wi;
+                    let factor = scale / sum;
+                    for j in 0..c {
+                        dz[r * c + j] = factor * u[j];
+                    }
+                    dz[r * c + y] -= scale;
+                }
+                let dz_at = |j: usize, p: usize| dz[(p - r0) * c + j];
+                accumulate_rows(&dz_at, c, r0 + g0..r0 + g1, a.x, d, 0, d, &mut gw);
             }
             let mut also_block = Vec::with_capacity(rows * e);
-            for (r, row) in all.chunks_exact(width).enumerate() {
-                z[r * c..(r + 1) * c].copy_from_slice(&row[..c]);
+            for row in all.chunks_exact(width) {
                 also_block.extend_from_slice(&row[c..]);
             }
-            for r in 0..rows {
-                let i = r0 + r;
-                let zr = &mut z[r * c..(r + 1) * c];
-                if let Some(b) = a.bias {
-                    zr.iter_mut().zip(b).for_each(|(z, &b)| *z += b);
-                }
-                let mut u = [0.0f32; MAX_CLASSES];
-                for j in 0..c {
-                    u[j] = zr[j] + a.shift.map_or(0.0, |s| s[i * c + j]);
-                }
-                let m = u[..c].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0f32;
-                for v in u[..c].iter_mut() {
-                    *v = math::exp(*v - m);
-                    sum += *v;
-                }
-                let y = a.labels[i] as usize;
-                let wi = a.weights.map_or(1.0, |w| w[i]);
-                let u_y = zr[y] + a.shift.map_or(0.0, |s| s[i * c + y]);
-                l[r] = wi * (m + sum.ln() - u_y);
-                let scale = a.grad_scale * wi;
-                let factor = scale / sum;
-                for j in 0..c {
-                    dz[r * c + j] = factor * u[j];
-                }
-                dz[r * c + y] -= scale;
-            }
-            let mut gw = vec![0.0f32; c * d];
-            let dz_at = |j: usize, p: usize| dz[(p - r0) * c + j];
-            accumulate_rows(&dz_at, c, r0..r0 + rows, a.x, d, 0, d, &mut gw);
             let mut gb = vec![0.0f32; c];
             for r in 0..rows {
                 for j in 0..c {
