@@ -722,7 +722,7 @@ pub fn train(
     // one's training metrics by a final forward pass, deferred ones by their snapshots.
     if let Some(ev) = evaluator.as_ref() {
         let finish = (|| -> Result<()> {
-            if let Some(waiting) = queue.awaiting_train_metrics_at_end() {
+            if let Some(waiting) = queue.last_awaiting_train_metrics() {
                 waiting.tr = Some(ev.train_metrics(&predict_tensor(model.as_ref(), &x_tr)?)?);
             }
             queue.evaluate_snapshots(ev)?;
@@ -938,14 +938,12 @@ impl CheckpointQueue {
     /// The checkpoint of the step before `step`, when it takes its training metrics from
     /// this step's training pass.
     fn awaiting_train_metrics(&mut self, step: usize) -> Option<&mut Waiting> {
-        self.waiting
-            .back_mut()
-            .filter(|w| w.train_from_next_step && w.tr.is_none() && w.step + 1 == step)
+        self.last_awaiting_train_metrics()
+            .filter(|w| w.step + 1 == step)
     }
 
-    /// The last checkpoint, when it still waits for training metrics that no next step will
-    /// bring.
-    fn awaiting_train_metrics_at_end(&mut self) -> Option<&mut Waiting> {
+    /// The last checkpoint, when it still waits for training metrics from a forward pass.
+    fn last_awaiting_train_metrics(&mut self) -> Option<&mut Waiting> {
         self.waiting
             .back_mut()
             .filter(|w| w.train_from_next_step && w.tr.is_none())

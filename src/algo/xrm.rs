@@ -206,18 +206,6 @@ fn rows_of(rows: &[usize], assignment: &[u8], t: u8) -> Vec<usize> {
         .collect()
 }
 
-/// Loss on one twin's held-in rows: `Σ w_i CE_i` with the given per-row weights.
-fn held_in_loss(
-    logits: &Tensor,
-    labels: &[u32],
-    weights: Vec<f32>,
-    device: &Device,
-) -> Result<Tensor> {
-    let y = Indices::new(labels.to_vec(), device)?;
-    let w = Tensor::from_vec(weights, labels.len(), device)?;
-    logits.shifted_cross_entropy(&y, None, Some(&w), Reduction::Sum)
-}
-
 /// The trained twins: `a` holds in the examples with `assignment == 0`, `b` the others.
 pub struct XrmTwins {
     pub a: Box<dyn Module>,
@@ -330,11 +318,11 @@ pub fn run_xrm_with_twins(
         .enumerate()
         {
             let Some(x) = x else { continue };
-            let weights = weight_of(labels, &counts);
+            // Σ_i w_i CE(twin(x_i), y_dyn,i) over the twin's rows.
+            let y = Indices::new(labels.to_vec(), device)?;
+            let w = Tensor::from_vec(weight_of(labels, &counts), labels.len(), device)?;
             let (part, ho) = match (twin.as_linear(), other.as_linear()) {
                 (Some(lin), Some(other_lin)) => {
-                    let y = Indices::new(labels.to_vec(), device)?;
-                    let w = Tensor::from_vec(weights, labels.len(), device)?;
                     let (part, _, ho) = x.linear_shifted_cross_entropy_beside(
                         &lin.weight,
                         lin.bias.as_ref(),
@@ -349,10 +337,9 @@ pub fn run_xrm_with_twins(
                 }
                 _ => {
                     let ho = no_grad(|| other.forward(x))?;
-                    (
-                        held_in_loss(&twin.forward(x)?, labels, weights, device)?,
-                        ho,
-                    )
+                    let logits = twin.forward(x)?;
+                    let part = logits.shifted_cross_entropy(&y, None, Some(&w), Reduction::Sum)?;
+                    (part, ho)
                 }
             };
             heldout[slot] = Some(ho);

@@ -78,50 +78,11 @@ impl Tensor {
         also: Option<(&Tensor, Option<&Tensor>)>,
     ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
         let (n, d) = self.shape().dims2(OP)?;
+        let c = self.linear_rows(weight, bias, "weight")?;
         let also_rows = match also {
-            Some((w, b)) => {
-                let (e, d2) = w.shape().dims2(OP)?;
-                if d2 != d {
-                    return Err(Error::shape_detail(
-                        OP,
-                        self.dims(),
-                        w.dims(),
-                        "inputs and the other weight's columns differ",
-                    ));
-                }
-                if let Some(b) = b {
-                    if b.dims() != [e] {
-                        return Err(Error::shape_detail(
-                            OP,
-                            w.dims(),
-                            b.dims(),
-                            "one other bias per row of the other weight",
-                        ));
-                    }
-                }
-                e
-            }
+            Some((w, b)) => self.linear_rows(w, b, "other weight")?,
             None => 0,
         };
-        let (c, d2) = weight.shape().dims2(OP)?;
-        if d != d2 {
-            return Err(Error::shape_detail(
-                OP,
-                self.dims(),
-                weight.dims(),
-                "inputs and weight columns differ",
-            ));
-        }
-        if let Some(b) = bias {
-            if b.dims() != [c] {
-                return Err(Error::shape_detail(
-                    OP,
-                    weight.dims(),
-                    b.dims(),
-                    "one bias per class",
-                ));
-            }
-        }
         let on_cpu = |t: Option<&Tensor>| t.is_none_or(|t| t.device().is_cpu());
         let fused = self.device().is_cpu()
             && weight.device().is_cpu()
@@ -270,6 +231,34 @@ impl Tensor {
             None => None,
         };
         Ok((loss, logits, also_logits))
+    }
+}
+
+impl Tensor {
+    /// The output rows of a linear map `weight` (`rows × d`, with `bias` of `rows` values) on
+    /// the `n × d` matrix `self`; a shape error naming `what` otherwise.
+    fn linear_rows(&self, weight: &Tensor, bias: Option<&Tensor>, what: &str) -> Result<usize> {
+        let (_, d) = self.shape().dims2(OP)?;
+        let (rows, d2) = weight.shape().dims2(OP)?;
+        if d != d2 {
+            return Err(Error::shape_detail(
+                OP,
+                self.dims(),
+                weight.dims(),
+                format!("inputs and {what} columns differ"),
+            ));
+        }
+        if let Some(b) = bias {
+            if b.dims() != [rows] {
+                return Err(Error::shape_detail(
+                    OP,
+                    weight.dims(),
+                    b.dims(),
+                    format!("one bias per row of the {what}"),
+                ));
+            }
+        }
+        Ok(rows)
     }
 }
 

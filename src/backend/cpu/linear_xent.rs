@@ -66,12 +66,10 @@ pub(crate) fn linear_xent(a: LinearXentArgs<'_>) -> Result<LinearXentOut> {
     let e = a.also.map_or(0, |w| w.len() / d.max(1));
     // The loss's classes first, then the extra rows: every logit is one dot product, whatever
     // group of columns it is taken in.
+    let also = a.also.unwrap_or(&[]);
     let cols: Vec<Vec<f32>> = (0..c)
         .map(|j| a.w[j * d..(j + 1) * d].to_vec())
-        .chain((0..e).map(|j| {
-            a.also
-                .map_or(Vec::new(), |w| w[j * d..(j + 1) * d].to_vec())
-        }))
+        .chain((0..e).map(|j| also[j * d..(j + 1) * d].to_vec()))
         .collect();
     let width = c + e;
     let mut logits = vec![0.0f32; n * c];

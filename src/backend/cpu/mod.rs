@@ -44,32 +44,39 @@ pub(crate) fn argmax_first_max(row: &[f32]) -> usize {
     best
 }
 
-/// Whether the CPU has AVX2 (checked once). Kernels with an AVX2 version compute the same
-/// bits as their portable version; only the speed differs.
-pub(crate) fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVX2.get_or_init(|| is_x86_feature_detected!("avx2"))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+/// Defines a function that says whether the CPU has every listed feature, probed once per
+/// process (so a process never mixes a kernel's two paths).
+macro_rules! cpu_features {
+    ($(#[$doc:meta])* $name:ident: $($feature:tt),+) => {
+        $(#[$doc])*
+        pub(crate) fn $name() -> bool {
+            #[cfg(target_arch = "x86_64")]
+            {
+                static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+                *HAS.get_or_init(|| true $(&& is_x86_feature_detected!($feature))+)
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                false
+            }
+        }
+    };
 }
 
-/// Whether the CPU has AVX-512F (checked once); its kernels, too, give the portable bits.
-pub(crate) fn has_avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVX512.get_or_init(|| is_x86_feature_detected!("avx512f"))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
+cpu_features!(
+    /// AVX2. Kernels with an AVX2 version compute the same bits as their portable version;
+    /// only the speed differs.
+    has_avx2: "avx2"
+);
+cpu_features!(
+    /// AVX-512F; its kernels, too, give the portable bits.
+    has_avx512: "avx512f"
+);
+cpu_features!(
+    /// AVX2 and FMA (the small-dimension GEMM kernels, whose bits differ from the portable
+    /// path's).
+    has_avx2_fma: "avx2", "fma"
+);
 
 /// A host buffer.
 #[derive(Clone, Debug, PartialEq)]

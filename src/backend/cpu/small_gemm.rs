@@ -124,7 +124,7 @@ pub(super) fn small_m(
         k,
         n,
     };
-    run(prod, c, Outer::Columns, has_avx2_fma());
+    run(prod, c, Outer::Columns, super::has_avx2_fma());
 }
 
 /// `C = op(A) · op(B)` for a small `k` (≤ [`SMALL_K_MAX`]); `c` is `m×n` row-major and is
@@ -157,22 +157,7 @@ pub(super) fn small_k(
         k,
         n,
     };
-    run(prod, c, Outer::Rows, has_avx2_fma());
-}
-
-/// Whether the AVX2+FMA kernels can run (checked once per process, so a process never mixes
-/// the two paths).
-fn has_avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static AVX2_FMA: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVX2_FMA
-            .get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    run(prod, c, Outer::Rows, super::has_avx2_fma());
 }
 
 /// One past the largest index a `rows×cols` view with strides `(rs, cs)` touches (both ≥ 1).
@@ -802,7 +787,7 @@ mod tests {
 
     /// Both paths this machine can run: portable, and AVX2+FMA where the CPU has it.
     fn paths() -> Vec<bool> {
-        if has_avx2_fma() {
+        if crate::backend::cpu::has_avx2_fma() {
             vec![false, true]
         } else {
             vec![false]
