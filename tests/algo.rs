@@ -52,6 +52,7 @@ fn train_cfg(steps: usize, batch_size: usize, lr: f32, checkpoint_freq: usize) -
         eval_train: false,
         eval_valid: true,
         checkpoints_path: None,
+        skip_zero_features: true,
     }
 }
 
@@ -351,6 +352,7 @@ fn selection_picks_the_last_best_checkpoint_of_a_real_run() {
         eval_train: true,
         eval_valid: true,
         checkpoints_path: Some(path.clone()),
+        skip_zero_features: true,
         ..train_cfg(300, usize::MAX, 1e-2, 5)
     };
     let mut seen = Vec::new();
@@ -496,6 +498,97 @@ fn training_accuracy_from_the_training_pass_equals_a_separate_evaluation() {
         last.tr.as_ref().unwrap().avg_acc,
         correct as f64 / ds.train.n as f64
     );
+}
+
+/// The final weights and the checkpoints of one run, with or without dropping the feature
+/// columns that are zero in every training row.
+fn zero_feature_run(
+    ds: &Dataset,
+    spec: &ModelSpec,
+    cfg: &TrainConfig,
+    skip: bool,
+) -> (Vec<memaware::eval::selection::Checkpoint>, Vec<Vec<f32>>) {
+    let cfg = TrainConfig {
+        skip_zero_features: skip,
+        ..cfg.clone()
+    };
+    let out = train(
+        ds,
+        spec,
+        &cfg,
+        &TrainSetup::new(Objective::Mean),
+        &mut |_| Ok(()),
+    )
+    .unwrap();
+    let params = out
+        .model
+        .parameters()
+        .iter()
+        .map(|p| p.to_vec().unwrap())
+        .collect();
+    (out.checkpoints, params)
+}
+
+#[test]
+fn dropping_zero_feature_columns_changes_no_bit_of_a_run() {
+    // σ_ε = 0: every column but the first two is zero in every split (Figure 1's clean runs).
+    let ds = figure1_data(150, 700, 0.0, 3);
+    let full_batch_sgd = TrainConfig {
+        eval_train: true,
+        ..train_cfg(25, usize::MAX, 3e-2, 1)
+    };
+    let adam_minibatches = TrainConfig {
+        optimizer: OptimizerSpec::Adam {
+            lr: 1e-2,
+            weight_decay: 0.0,
+        },
+        eval_train: true,
+        ..train_cfg(25, 32, 0.0, 2)
+    };
+    let with_bias = ModelSpec::Linear { bias: true };
+    for (spec, cfg) in [
+        (ModelSpec::linear_no_bias(), &full_batch_sgd),
+        (with_bias.clone(), &adam_minibatches),
+    ] {
+        let (cps, params) = zero_feature_run(&ds, &spec, cfg, true);
+        let (dense_cps, dense_params) = zero_feature_run(&ds, &spec, cfg, false);
+        assert_eq!(cps, dense_cps, "{spec:?}");
+        assert_eq!(params, dense_params, "{spec:?}");
+        // The runs learned something: the kept weights moved, the dropped ones did not.
+        let init = zero_feature_run(&ds, &spec, &train_cfg(1, usize::MAX, 0.0, 1), true).1;
+        assert_ne!(params[0][..2], init[0][..2]);
+        assert_eq!(params[0][2..700], init[0][2..700]);
+    }
+
+    // A test split with values on the dropped columns is evaluated by the full model.
+    let mut shifted = ds.clone();
+    for row in shifted.test.x.chunks_exact_mut(700) {
+        row[5] = 3.0;
+        row[600] = -2.0;
+    }
+    let (cps, params) = zero_feature_run(&shifted, &with_bias, &adam_minibatches, true);
+    let dense = zero_feature_run(&shifted, &with_bias, &adam_minibatches, false);
+    assert_eq!((cps, params), dense);
+
+    // Weight decay moves every weight, so the columns are not dropped: the same bits again,
+    // and the weights of the zero columns decayed.
+    let decayed = TrainConfig {
+        optimizer: OptimizerSpec::Sgd {
+            lr: 1e-2,
+            momentum: 0.9,
+            weight_decay: 0.1,
+        },
+        ..full_batch_sgd.clone()
+    };
+    let spec = ModelSpec::linear_no_bias();
+    let (cps, params) = zero_feature_run(&ds, &spec, &decayed, true);
+    let dense = zero_feature_run(&ds, &spec, &decayed, false);
+    let init = zero_feature_run(&ds, &spec, &train_cfg(1, usize::MAX, 0.0, 1), true).1;
+    assert!(params[0][2..700]
+        .iter()
+        .zip(&init[0][2..700])
+        .all(|(w, w0)| w.abs() < w0.abs()));
+    assert_eq!((cps, params), dense);
 }
 
 #[test]

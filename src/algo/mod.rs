@@ -8,3 +8,4 @@ pub mod shift;
 pub mod sweep;
 pub mod train;
 pub mod xrm;
+mod zero_features;

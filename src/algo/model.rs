@@ -149,6 +149,16 @@ impl OptimizerSpec {
         }
     }
 
+    /// The weight decay (L2 or decoupled); zero means a parameter whose gradient is always
+    /// zero keeps its initial value.
+    pub fn weight_decay(&self) -> f32 {
+        match *self {
+            OptimizerSpec::Sgd { weight_decay, .. }
+            | OptimizerSpec::Adam { weight_decay, .. }
+            | OptimizerSpec::AdamW { weight_decay, .. } => weight_decay,
+        }
+    }
+
     /// The optimizer over `params`. Errors on a negative or non-finite hyperparameter.
     pub fn build(&self, params: Vec<Tensor>) -> Result<Box<dyn Optimizer>> {
         Ok(match *self {

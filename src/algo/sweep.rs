@@ -672,6 +672,7 @@ fn run_job(
         eval_train: false,
         eval_valid: true,
         checkpoints_path: Some(dir.join(CHECKPOINTS_FILE)),
+        skip_zero_features: true,
     };
     let outcome = run_method_with(
         ds,

@@ -583,6 +583,7 @@ fn run_one(
         eval_train: true,
         eval_valid: false,
         checkpoints_path: None,
+        skip_zero_features: true,
     };
     let mut tick = |_: &Checkpoint| -> Result<()> {
         bar.inc(1);

@@ -286,6 +286,7 @@ pub fn estimate(
             eval_train: false,
             eval_valid: true,
             checkpoints_path: None,
+            skip_zero_features: true,
         };
         let setup = TrainSetup {
             objective: objective.clone(),
