@@ -2,7 +2,8 @@
 //! measures PyTorch: training only (data generation, plotting and files excluded).
 //!
 //! ```text
-//! cargo bench --bench figures [-- --seeds N] [--repeats R] [--in-turn]
+//! cargo bench --bench figures [-- --seeds N] [--repeats R] [--in-turn] [--dense]
+//!                              [--only figure1|figure3]
 //! ```
 //!
 //! - Figure 1: the three runs of each seed (ERM σ_ε = 0, ERM σ_ε = 0.5, XRM + MAT σ_ε = 0.5),
@@ -15,7 +16,9 @@
 //! `--seeds N` (default 5, the main job's count) runs seeds 0..N, as `cargo run --release`
 //! does: the figure's wall time is what the bench reports, with the runs concurrent on the
 //! CPU (the default of both figures). `--in-turn` also times the runs one after the other,
-//! each product split across the cores. With `--repeats R` each figure runs R times and the
+//! each product split across the cores. `--dense` also times Figure 1 with every feature
+//! column in the products (`Figure1Config::skip_zero_features` off: the `σ_ε = 0` runs then
+//! stream all 1800 columns, as PyTorch does). With `--repeats R` each figure runs R times and the
 //! fastest run is reported (the machine is shared; the minimum is the least disturbed).
 //!
 //! When `results/pytorch_reference.json` exists (benches/pytorch_reference.py --figures
@@ -83,10 +86,16 @@ fn fastest<R>(repeats: usize, run: impl Fn() -> Result<R>, total: impl Fn(&R) ->
     Ok(best.expect("repeats >= 1"))
 }
 
-fn figure1_with(seeds: usize, concurrent: bool, repeats: usize) -> Result<Figure1Report> {
+fn figure1_with(
+    seeds: usize,
+    concurrent: bool,
+    skip_zero_features: bool,
+    repeats: usize,
+) -> Result<Figure1Report> {
     let cfg = Figure1Config {
         seeds: (0..seeds as u64).collect(),
         concurrent_runs: concurrent,
+        skip_zero_features,
         ..Default::default()
     };
     fastest(repeats, || figure1::run(&cfg), |r| r.training_s_total)
@@ -168,23 +177,52 @@ fn print_figure3(report: &Figure3Report, how: &str) {
 fn main() -> Result<()> {
     let repeats = arg_value("--repeats").unwrap_or(1);
     let seeds = arg_value("--seeds").unwrap_or(5);
-    let in_turn = std::env::args().any(|a| a == "--in-turn");
+    let args: Vec<String> = std::env::args().collect();
+    let in_turn = args.iter().any(|a| a == "--in-turn");
+    let dense = args.iter().any(|a| a == "--dense");
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str);
+    if only.is_some_and(|f| f != "figure1" && f != "figure3") {
+        return Err(memaware::Error::InvalidArgument {
+            name: "--only",
+            detail: "expected figure1 or figure3".into(),
+        });
+    }
     println!(
         "{} logical CPUs, load average {} at the start",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         load_average()
     );
 
-    let fig1 = figure1_with(seeds, true, repeats)?;
-    print_figure1(&fig1, "runs concurrent");
-    if in_turn {
-        print_figure1(&figure1_with(seeds, false, repeats)?, "runs in turn");
-    }
-    let fig3 = figure3_with(seeds, true, repeats)?;
-    print_figure3(&fig3, "fits concurrent");
-    if in_turn {
-        print_figure3(&figure3_with(seeds, false, repeats)?, "fits in turn");
-    }
+    let fig1 = if only != Some("figure3") {
+        let fig1 = figure1_with(seeds, true, true, repeats)?;
+        print_figure1(&fig1, "runs concurrent");
+        if in_turn {
+            print_figure1(&figure1_with(seeds, false, true, repeats)?, "runs in turn");
+        }
+        if dense {
+            print_figure1(
+                &figure1_with(seeds, true, false, repeats)?,
+                "runs concurrent, every feature column",
+            );
+        }
+        Some(fig1)
+    } else {
+        None
+    };
+    let fig3 = if only != Some("figure1") {
+        let fig3 = figure3_with(seeds, true, repeats)?;
+        print_figure3(&fig3, "fits concurrent");
+        if in_turn {
+            print_figure3(&figure3_with(seeds, false, repeats)?, "fits in turn");
+        }
+        Some(fig3)
+    } else {
+        None
+    };
     println!("load average {} at the end", load_average());
 
     let path = Path::new(REFERENCE);
@@ -193,8 +231,9 @@ fn main() -> Result<()> {
         return Ok(());
     }
     println!("against PyTorch ({REFERENCE}), per seed:");
-    match read_reference(path, "figure1_total_s") {
-        Some(r) => {
+    match (read_reference(path, "figure1_total_s"), &fig1) {
+        (_, None) => {}
+        (Some(r), Some(fig1)) => {
             let (theirs, ours) = (
                 r.total_s / r.seeds as f64,
                 fig1.training_s_total / seeds as f64,
@@ -205,10 +244,11 @@ fn main() -> Result<()> {
                 theirs / ours
             );
         }
-        None => println!("  Figure 1: no figure1_total_s in the file"),
+        (None, Some(_)) => println!("  Figure 1: no figure1_total_s in the file"),
     }
-    match read_reference(path, "figure3_total_s") {
-        Some(r) => {
+    match (read_reference(path, "figure3_total_s"), &fig3) {
+        (_, None) => {}
+        (Some(r), Some(fig3)) => {
             let (theirs, ours) = (
                 r.total_s / r.seeds as f64,
                 fig3.training_s_total / seeds as f64,
@@ -220,18 +260,18 @@ fn main() -> Result<()> {
             );
             if let Some(steps) = r.steps {
                 let theirs_rate = steps / r.total_s;
-                let ours_rate = figure3_steps(&fig3) as f64 / fig3.training_s_total;
+                let ours_rate = figure3_steps(fig3) as f64 / fig3.training_s_total;
                 print!(
                     "; steps per seed PyTorch {:.0}, ours {:.0}; steps/s PyTorch {theirs_rate:.0}, \
                      ours {ours_rate:.0}: {:.2}×",
                     steps / r.seeds as f64,
-                    figure3_steps(&fig3) as f64 / seeds as f64,
+                    figure3_steps(fig3) as f64 / seeds as f64,
                     ours_rate / theirs_rate
                 );
             }
             println!();
         }
-        None => println!("  Figure 3: no figure3_total_s in the file"),
+        (None, Some(_)) => println!("  Figure 3: no figure3_total_s in the file"),
     }
     Ok(())
 }

@@ -927,7 +927,7 @@ fn snapshot_predictions(x: &Tensor, snapshots: &[&LinearSnapshot]) -> Result<Vec
 
 /// Output columns of one snapshot-evaluation product: snapshots of a `K`-class linear model
 /// are evaluated `SNAPSHOT_COLUMNS / K` at a time.
-const SNAPSHOT_COLUMNS: usize = 32;
+const SNAPSHOT_COLUMNS: usize = 64;
 
 /// The validation and test metrics of one checkpoint.
 struct HeldOutMetrics {

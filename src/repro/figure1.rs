@@ -107,6 +107,10 @@ pub struct Figure1Config {
     /// instead of one after the other with the cores splitting each product. The results are
     /// the same bits either way.
     pub concurrent_runs: bool,
+    /// Train on the feature columns that are nonzero in some training row only
+    /// ([`TrainConfig::skip_zero_features`]): at `σ_ε = 0` that is 2 of `d`. The results are
+    /// the same bits either way.
+    pub skip_zero_features: bool,
 }
 
 impl Default for Figure1Config {
@@ -124,6 +128,7 @@ impl Default for Figure1Config {
             out: None,
             progress: false,
             concurrent_runs: true,
+            skip_zero_features: true,
         }
     }
 }
@@ -583,7 +588,7 @@ fn run_one(
         eval_train: true,
         eval_valid: false,
         checkpoints_path: None,
-        skip_zero_features: true,
+        skip_zero_features: cfg.skip_zero_features,
     };
     let mut tick = |_: &Checkpoint| -> Result<()> {
         bar.inc(1);

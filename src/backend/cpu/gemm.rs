@@ -4,7 +4,7 @@
 //! strides (never copied). Four paths:
 //!
 //! - **dot products** (`n ≤ THIN`, e.g. an 1800→2 linear layer's forward, or `n ≤ 64` with
-//!   `k ≥ 512`, e.g. 16 snapshots of that layer evaluated at once): each output row is `n`
+//!   `k ≥ 512`, e.g. 32 snapshots of that layer evaluated at once): each output row is `n`
 //!   dot products of a contiguous row of A with a column of B, taken two rows by up to four
 //!   columns at a time, so A streams through the cache once: `4·m·k` bytes read for
 //!   `2·m·n·k` flops. Every dot has the same 32 partial sums and the same final tree
