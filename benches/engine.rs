@@ -57,6 +57,7 @@ fn sgemm(c: &mut Criterion) {
     // Linear-layer forward products x (m×k) · Wᵀ with W stored n×k.
     for (m, k, n) in [
         (1000, 1800, 2),
+        (1000, 1800, 64),
         (1024, 392, 390),
         (1024, 390, 390),
         (20, 31, 300),

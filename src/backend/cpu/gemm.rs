@@ -223,39 +223,40 @@ mod avx2 {
     }
 }
 
-/// AVX-512F: two rows of A against up to four columns at once. Partial sum `l` of each dot
+/// AVX-512F: `R` rows of A against up to four columns at once. Partial sum `l` of each dot
 /// is lane `l % 16` of register `l / 16`, updated with a rounded product and then an add, in
-/// the order of the portable code: the same bits. Two rows share every column load and four
-/// columns share every row load, and the 16 accumulators fit the 32 vector registers.
+/// the order of the portable code: the same bits. The rows share every column load and the
+/// columns share every row load; `2·R·N` accumulators plus `2·R` row registers fit the 32
+/// vector registers up to `R = 3, N = 4`.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::LANES;
     use std::arch::x86_64::*;
 
     #[target_feature(enable = "avx512f")]
-    unsafe fn two_rows_n<const N: usize>(a: [&[f32]; 2], cols: &[Vec<f32>], out: [&mut [f32]; 2]) {
+    unsafe fn rows_n<const R: usize, const N: usize>(
+        a: [&[f32]; R],
+        cols: &[Vec<f32>],
+        out: [&mut [f32]; R],
+    ) {
         let k = a[0].len();
         let body = k / LANES * LANES;
-        let mut acc = [[[_mm512_setzero_ps(); 2]; N]; 2];
+        let mut acc = [[[_mm512_setzero_ps(); 2]; N]; R];
         let mut p = 0;
         while p < body {
-            // SAFETY: p + 32 <= body <= k, the length of both rows and of every column.
-            let x = [
+            // SAFETY: p + 32 <= body <= k, the length of every row and of every column.
+            let x: [[__m512; 2]; R] = std::array::from_fn(|r| {
                 [
-                    _mm512_loadu_ps(a[0].as_ptr().add(p)),
-                    _mm512_loadu_ps(a[0].as_ptr().add(p + 16)),
-                ],
-                [
-                    _mm512_loadu_ps(a[1].as_ptr().add(p)),
-                    _mm512_loadu_ps(a[1].as_ptr().add(p + 16)),
-                ],
-            ];
+                    _mm512_loadu_ps(a[r].as_ptr().add(p)),
+                    _mm512_loadu_ps(a[r].as_ptr().add(p + 16)),
+                ]
+            });
             for (j, col) in cols.iter().enumerate().take(N) {
                 let c = [
                     _mm512_loadu_ps(col.as_ptr().add(p)),
                     _mm512_loadu_ps(col.as_ptr().add(p + 16)),
                 ];
-                for r in 0..2 {
+                for r in 0..R {
                     for h in 0..2 {
                         acc[r][j][h] = _mm512_add_ps(acc[r][j][h], _mm512_mul_ps(x[r][h], c[h]));
                     }
@@ -265,41 +266,69 @@ mod avx512 {
         }
         for (r, out) in out.into_iter().enumerate() {
             for (j, (o, col)) in out.iter_mut().zip(cols).enumerate().take(N) {
-                let mut w = [0.0f32; LANES];
-                _mm512_storeu_ps(w.as_mut_ptr(), acc[r][j][0]);
-                _mm512_storeu_ps(w.as_mut_ptr().add(16), acc[r][j][1]);
-                *o = super::finish_lanes(w, &a[r][body..], &col[body..k]);
+                let mut s = fold_lanes(acc[r][j]);
+                for (&x, &c) in a[r][body..].iter().zip(&col[body..k]) {
+                    s += x * c;
+                }
+                *o = s;
             }
         }
     }
 
-    /// `out[r][j] = a[r] · cols[j]` for two rows and `cols.len() ≤ 4` columns.
+    /// The tree of `finish_lanes` in registers: `w[l] += w[l + width]` for width 16, 8, 4,
+    /// 2, 1 is an add of the two registers, then of the halves of each result.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn fold_lanes(acc: [__m512; 2]) -> f32 {
+        let v16 = _mm512_add_ps(acc[0], acc[1]);
+        let high8 = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v16), 1));
+        let v8 = _mm256_add_ps(_mm512_castps512_ps256(v16), high8);
+        let v4 = _mm_add_ps(_mm256_castps256_ps128(v8), _mm256_extractf128_ps(v8, 1));
+        let v2 = _mm_add_ps(v4, _mm_movehl_ps(v4, v4));
+        let v1 = _mm_add_ss(v2, _mm_shuffle_ps(v2, v2, 1));
+        _mm_cvtss_f32(v1)
+    }
+
+    /// `out[r][j] = a[r] · cols[j]` for `R` rows and `cols.len() ≤ 4` columns.
     ///
     /// # Safety
-    /// The CPU must support AVX-512F; both rows and every column hold `a[0].len()` values.
+    /// The CPU must support AVX-512F; every row and every column holds `a[0].len()` values.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn two_rows(a: [&[f32]; 2], cols: &[Vec<f32>], out: [&mut [f32]; 2]) {
+    pub(super) unsafe fn rows<const R: usize>(
+        a: [&[f32]; R],
+        cols: &[Vec<f32>],
+        out: [&mut [f32]; R],
+    ) {
         match cols.len() {
-            1 => two_rows_n::<1>(a, cols, out),
-            2 => two_rows_n::<2>(a, cols, out),
-            3 => two_rows_n::<3>(a, cols, out),
-            _ => two_rows_n::<4>(a, cols, out),
+            1 => rows_n::<R, 1>(a, cols, out),
+            2 => rows_n::<R, 2>(a, cols, out),
+            3 => rows_n::<R, 3>(a, cols, out),
+            _ => rows_n::<R, 4>(a, cols, out),
         }
     }
 }
 
-/// `out[r][j] = a[r] · cols[j]` for two rows of A and at most [`THIN`] columns, with the bits
-/// of [`row_dots`] on each row.
-pub(super) fn two_row_dots(a: [&[f32]; 2], cols: &[Vec<f32>], out: [&mut [f32]; 2]) {
+/// `out[r][j] = a[r] · cols[j]` for `R ≤ 3` rows of A and at most [`THIN`] columns, with the
+/// bits of [`row_dots`] on each row.
+pub(super) fn row_block_dots<const R: usize>(
+    a: [&[f32]; R],
+    cols: &[Vec<f32>],
+    out: [&mut [f32]; R],
+) {
     #[cfg(target_arch = "x86_64")]
-    if super::has_avx512() {
+    if super::has_avx512() && R <= 3 {
         // SAFETY: AVX-512F support was detected at run time; callers pass rows and columns of
         // one length.
-        return unsafe { avx512::two_rows(a, cols, out) };
+        return unsafe { avx512::rows(a, cols, out) };
     }
-    let [o0, o1] = out;
-    row_dots(a[0], cols, o0);
-    row_dots(a[1], cols, o1);
+    for (a, out) in a.into_iter().zip(out) {
+        row_dots(a, cols, out);
+    }
+}
+
+/// [`row_block_dots`] on two rows: the pairs of the fused linear + cross-entropy pass.
+pub(super) fn two_row_dots(a: [&[f32]; 2], cols: &[Vec<f32>], out: [&mut [f32]; 2]) {
+    row_block_dots(a, cols, out)
 }
 
 /// Folds 32 partial sums with a fixed tree, then adds the tail products in order.
@@ -389,6 +418,47 @@ pub(super) fn dot_path_covers(k: usize, n: usize) -> bool {
     n <= THIN || (n <= DOTS_MAX_COLS && k >= DOTS_MIN_K)
 }
 
+/// `c = A · [cols]` (`m × n`, A row-major `m × k`) by blocks of `R` rows (the last block
+/// shorter), each block by groups of [`THIN`] columns.
+fn dot_row_blocks<const R: usize>(
+    a: &[f32],
+    k: usize,
+    n: usize,
+    cols: &[Vec<f32>],
+    c: &mut [f32],
+    parallel: bool,
+) {
+    let block = |(bi, out): (usize, &mut [f32])| {
+        let i0 = R * bi;
+        if out.len() == R * n {
+            let rows: [&[f32]; R] = std::array::from_fn(|r| &a[(i0 + r) * k..(i0 + r + 1) * k]);
+            for (g, group) in cols.chunks(THIN).enumerate() {
+                let j0 = g * THIN;
+                let j1 = j0 + group.len();
+                let mut rest = &mut *out;
+                let outs: [&mut [f32]; R] = std::array::from_fn(|_| {
+                    let (row, tail) = std::mem::take(&mut rest).split_at_mut(n);
+                    rest = tail;
+                    &mut row[j0..j1]
+                });
+                row_block_dots(rows, group, outs);
+            }
+        } else {
+            for (r, out) in out.chunks_mut(n).enumerate() {
+                let row = &a[(i0 + r) * k..(i0 + r + 1) * k];
+                for (group, o) in cols.chunks(THIN).zip(out.chunks_mut(THIN)) {
+                    row_dots(row, group, o);
+                }
+            }
+        }
+    };
+    if parallel {
+        c.par_chunks_mut(R * n).enumerate().for_each(block);
+    } else {
+        c.chunks_mut(R * n).enumerate().for_each(block);
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(super) fn matmul(
     a: &[f32],
@@ -419,30 +489,14 @@ pub(super) fn matmul(
         let cols: Vec<Vec<f32>> = (0..n)
             .map(|j| (0..k).map(|p| b[p * rsb + j * csb]).collect())
             .collect();
-        // Pairs of rows: each column load serves both (see `two_row_dots`).
-        let pair = |(pi, out): (usize, &mut [f32])| {
-            let i = 2 * pi;
-            let a0 = &a[i * k..(i + 1) * k];
-            if out.len() == 2 * n {
-                let a1 = &a[(i + 1) * k..(i + 2) * k];
-                let (o0, o1) = out.split_at_mut(n);
-                for ((group, o0), o1) in cols
-                    .chunks(THIN)
-                    .zip(o0.chunks_mut(THIN))
-                    .zip(o1.chunks_mut(THIN))
-                {
-                    two_row_dots([a0, a1], group, [o0, o1]);
-                }
-            } else {
-                for (group, o) in cols.chunks(THIN).zip(out.chunks_mut(THIN)) {
-                    row_dots(a0, group, o);
-                }
-            }
-        };
-        if macs >= PAR_MIN_MACS {
-            c.par_chunks_mut(2 * n).enumerate().for_each(pair);
+        // Blocks of rows: each column load serves every row of the block (see
+        // `row_block_dots`). Pairs suffice for a thin output, whose rows stream from memory;
+        // a wide one (snapshot evaluation) is bound by the vector units, and three rows by
+        // four columns use the registers best.
+        if n <= THIN {
+            dot_row_blocks::<2>(a, k, n, &cols, &mut c, macs >= PAR_MIN_MACS);
         } else {
-            c.chunks_mut(2 * n).enumerate().for_each(pair);
+            dot_row_blocks::<3>(a, k, n, &cols, &mut c, macs >= PAR_MIN_MACS);
         }
         return c;
     }
@@ -589,21 +643,31 @@ mod tests {
         row_dots(&rows[0], &cols, &mut d_fast);
         row_dots_generic(&rows[0], &cols, &mut d_portable);
         assert_eq!(d_fast.map(f32::to_bits), d_portable.map(f32::to_bits));
+        let cols: Vec<Vec<f32>> = (0..4).map(|_| rng.normal_vec(width)).collect();
+        let portable = |r: usize, n: usize| {
+            let mut p = [0.0f32; 4];
+            row_dots_generic(&rows[r], &cols[..n], &mut p);
+            p.map(f32::to_bits)
+        };
         for n in 1..=4 {
             let (mut r0, mut r1) = ([0.0f32; 4], [0.0f32; 4]);
-            two_row_dots([&rows[1], &rows[2]], &cols[..n.min(3)], [&mut r0, &mut r1]);
-            let (mut p0, mut p1) = ([0.0f32; 4], [0.0f32; 4]);
-            row_dots_generic(&rows[1], &cols[..n.min(3)], &mut p0);
-            row_dots_generic(&rows[2], &cols[..n.min(3)], &mut p1);
-            assert_eq!(r0.map(f32::to_bits), p0.map(f32::to_bits));
-            assert_eq!(r1.map(f32::to_bits), p1.map(f32::to_bits));
+            two_row_dots([&rows[1], &rows[2]], &cols[..n], [&mut r0, &mut r1]);
+            assert_eq!(r0.map(f32::to_bits), portable(1, n));
+            assert_eq!(r1.map(f32::to_bits), portable(2, n));
+            let mut r = [[0.0f32; 4]; 3];
+            let [o0, o1, o2] = &mut r;
+            row_block_dots([&rows[0], &rows[3], &rows[1]], &cols[..n], [o0, o1, o2]);
+            for (got, row) in r.iter().zip([0, 3, 1]) {
+                assert_eq!(got.map(f32::to_bits), portable(row, n));
+            }
         }
     }
 
     #[test]
     fn wide_dot_products_give_each_column_its_thin_path_bits() {
         let mut rng = crate::rng::Rng::new(4);
-        let (m, k, n) = (5, 1800, 32);
+        // Seven rows: two blocks of three and a last row alone.
+        let (m, k, n) = (7, 1800, 32);
         let a = rng.normal_vec(m * k);
         let b = rng.normal_vec(n * k); // n × k: rows are the columns of op(B)
         let wide = matmul(&a, &b, m, k, n, false, true);
