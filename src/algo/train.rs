@@ -22,6 +22,11 @@
 //! SUBG trains on a subset of the training rows: the subset is gathered once, and the batcher
 //! walks it. Evaluation always uses `argmax f(x)`: MAT's shift is a training device only.
 //!
+//! A linear model trained without weight decay skips the feature columns that are zero in
+//! every fitted row (`TrainConfig::skip_zero_features`, module `zero_features`): their
+//! weights get a zero gradient at every step, so the run is the same and each pass over `x`
+//! reads only the other columns.
+//!
 //! # Checkpoints
 //!
 //! After the update with 0-based index `s`, when `s % checkpoint_freq == 0` or `s` is the last
