@@ -500,39 +500,62 @@ fn training_accuracy_from_the_training_pass_equals_a_separate_evaluation() {
     );
 }
 
-/// The final weights and the checkpoints of one run, with or without dropping the feature
-/// columns that are zero in every training row.
+/// One run with or without dropping the blocks of feature columns that are zero in every
+/// training row: its checkpoints, its final parameters, and how many columns it trained on.
+type ZeroFeatureRun = (
+    Vec<memaware::eval::selection::Checkpoint>,
+    Vec<Vec<f32>>,
+    usize,
+);
+
 fn zero_feature_run(
     ds: &Dataset,
     spec: &ModelSpec,
     cfg: &TrainConfig,
+    setup: &TrainSetup,
     skip: bool,
-) -> (Vec<memaware::eval::selection::Checkpoint>, Vec<Vec<f32>>) {
+) -> ZeroFeatureRun {
     let cfg = TrainConfig {
         skip_zero_features: skip,
         ..cfg.clone()
     };
-    let out = train(
-        ds,
-        spec,
-        &cfg,
-        &TrainSetup::new(Objective::Mean),
-        &mut |_| Ok(()),
-    )
-    .unwrap();
+    let out = train(ds, spec, &cfg, setup, &mut |_| Ok(())).unwrap();
     let params = out
         .model
         .parameters()
         .iter()
         .map(|p| p.to_vec().unwrap())
         .collect();
-    (out.checkpoints, params)
+    (out.checkpoints, params, out.feature_columns)
+}
+
+/// Asserts that skipping zero columns trains on `expected_columns` columns and changes no bit
+/// of the checkpoints or of the final parameters; returns those parameters.
+fn assert_same_bits_on(
+    ds: &Dataset,
+    spec: &ModelSpec,
+    cfg: &TrainConfig,
+    setup: &TrainSetup,
+    expected_columns: usize,
+) -> Vec<Vec<f32>> {
+    let (cps, params, columns) = zero_feature_run(ds, spec, cfg, setup, true);
+    let (dense_cps, dense_params, dense_columns) = zero_feature_run(ds, spec, cfg, setup, false);
+    assert_eq!(
+        (columns, dense_columns),
+        (expected_columns, ds.d()),
+        "{spec:?}"
+    );
+    assert_eq!(cps, dense_cps, "{spec:?}");
+    assert_eq!(params, dense_params, "{spec:?}");
+    params
 }
 
 #[test]
 fn dropping_zero_feature_columns_changes_no_bit_of_a_run() {
-    // σ_ε = 0: every column but the first two is zero in every split (Figure 1's clean runs).
+    // σ_ε = 0: every column but the first two is zero in every split (Figure 1's clean runs),
+    // so only the first block of 32 columns is trained on (d = 700: 21 blocks and a tail of 28).
     let ds = figure1_data(150, 700, 0.0, 3);
+    let mean = TrainSetup::new(Objective::Mean);
     let full_batch_sgd = TrainConfig {
         eval_train: true,
         ..train_cfg(25, usize::MAX, 3e-2, 1)
@@ -546,32 +569,72 @@ fn dropping_zero_feature_columns_changes_no_bit_of_a_run() {
         ..train_cfg(25, 32, 0.0, 2)
     };
     let with_bias = ModelSpec::Linear { bias: true };
+    let init = |ds: &Dataset, spec: &ModelSpec| {
+        zero_feature_run(ds, spec, &train_cfg(1, usize::MAX, 0.0, 1), &mean, false).1
+    };
     for (spec, cfg) in [
         (ModelSpec::linear_no_bias(), &full_batch_sgd),
         (with_bias.clone(), &adam_minibatches),
     ] {
-        let (cps, params) = zero_feature_run(&ds, &spec, cfg, true);
-        let (dense_cps, dense_params) = zero_feature_run(&ds, &spec, cfg, false);
-        assert_eq!(cps, dense_cps, "{spec:?}");
-        assert_eq!(params, dense_params, "{spec:?}");
-        // The runs learned something: the kept weights moved, the dropped ones did not.
-        let init = zero_feature_run(&ds, &spec, &train_cfg(1, usize::MAX, 0.0, 1), true).1;
-        assert_ne!(params[0][..2], init[0][..2]);
-        assert_eq!(params[0][2..700], init[0][2..700]);
+        let params = assert_same_bits_on(&ds, &spec, cfg, &mean, 32);
+        // The runs learned something: the weights of the nonzero columns moved, the others
+        // did not.
+        let start = init(&ds, &spec);
+        for (w, w0) in params[0].chunks(700).zip(start[0].chunks(700)) {
+            assert_ne!(w[..2], w0[..2]);
+            assert_eq!(w[2..], w0[2..]);
+        }
     }
 
-    // A test split with values on the dropped columns is evaluated by the full model.
-    let mut shifted = ds.clone();
-    for row in shifted.test.x.chunks_exact_mut(700) {
-        row[5] = 3.0;
-        row[600] = -2.0;
+    // Nonzero columns scattered over blocks 0 and 1 and the tail, in every split: 92 columns
+    // kept, in the order the dot products need for the same bits.
+    let mut scattered = ds.clone();
+    let mut rng = Rng::new(11);
+    for split in [
+        &mut scattered.train,
+        &mut scattered.valid,
+        &mut scattered.test,
+    ] {
+        for row in split.x.chunks_exact_mut(700) {
+            for j in [5, 40, 690] {
+                row[j] = rng.normal();
+            }
+        }
     }
-    let (cps, params) = zero_feature_run(&shifted, &with_bias, &adam_minibatches, true);
-    let dense = zero_feature_run(&shifted, &with_bias, &adam_minibatches, false);
-    assert_eq!((cps, params), dense);
+    assert_same_bits_on(&scattered, &with_bias, &adam_minibatches, &mean, 92);
+    assert_same_bits_on(
+        &scattered,
+        &ModelSpec::linear_no_bias(),
+        &full_batch_sgd,
+        &mean,
+        92,
+    );
 
-    // Weight decay moves every weight, so the columns are not dropped: the same bits again,
-    // and the weights of the zero columns decayed.
+    // A subset of the rows: the columns are found on the fitted rows, the training metrics
+    // come from the full model.
+    let subset = TrainSetup {
+        rows: Some((0..ds.train.n).step_by(2).collect()),
+        ..TrainSetup::new(Objective::Mean)
+    };
+    assert_same_bits_on(&scattered, &with_bias, &full_batch_sgd, &subset, 92);
+
+    // Test or validation values on the dropped columns: evaluated by the full model.
+    for test_split in [true, false] {
+        let mut shifted = ds.clone();
+        let split = if test_split {
+            &mut shifted.test
+        } else {
+            &mut shifted.valid
+        };
+        for row in split.x.chunks_exact_mut(700) {
+            row[300] = 3.0;
+            row[650] = -2.0;
+        }
+        assert_same_bits_on(&shifted, &with_bias, &adam_minibatches, &mean, 32);
+    }
+
+    // Weight decay moves every weight, and more than 4 classes leave the dot-product path:
+    // no column is dropped.
     let decayed = TrainConfig {
         optimizer: OptimizerSpec::Sgd {
             lr: 1e-2,
@@ -581,14 +644,10 @@ fn dropping_zero_feature_columns_changes_no_bit_of_a_run() {
         ..full_batch_sgd.clone()
     };
     let spec = ModelSpec::linear_no_bias();
-    let (cps, params) = zero_feature_run(&ds, &spec, &decayed, true);
-    let dense = zero_feature_run(&ds, &spec, &decayed, false);
-    let init = zero_feature_run(&ds, &spec, &train_cfg(1, usize::MAX, 0.0, 1), true).1;
-    assert!(params[0][2..700]
-        .iter()
-        .zip(&init[0][2..700])
-        .all(|(w, w0)| w.abs() < w0.abs()));
-    assert_eq!((cps, params), dense);
+    assert_same_bits_on(&ds, &spec, &decayed, &mean, 700);
+    let mut five_classes = ds.clone();
+    five_classes.classes = 5;
+    assert_same_bits_on(&five_classes, &spec, &full_batch_sgd, &mean, 700);
 }
 
 #[test]

@@ -22,10 +22,11 @@
 //! SUBG trains on a subset of the training rows: the subset is gathered once, and the batcher
 //! walks it. Evaluation always uses `argmax f(x)`: MAT's shift is a training device only.
 //!
-//! A linear model trained without weight decay skips the feature columns that are zero in
-//! every fitted row (`TrainConfig::skip_zero_features`, module `zero_features`): their
-//! weights get a zero gradient at every step, so the run is the same and each pass over `x`
-//! reads only the other columns.
+//! On the CPU, a linear model of at most 4 classes trained without weight decay skips the
+//! blocks of feature columns that are zero in every fitted row
+//! (`TrainConfig::skip_zero_features`, module `zero_features`): their weights get a zero
+//! gradient at every step, so the run has the same bits and each pass over `x` reads only the
+//! other columns.
 //!
 //! # Checkpoints
 //!
@@ -89,10 +90,11 @@ pub struct TrainConfig {
     pub eval_valid: bool,
     /// A JSON-lines file that receives each checkpoint as it is made (created or truncated).
     pub checkpoints_path: Option<PathBuf>,
-    /// Train a linear model without weight decay on the feature columns that are nonzero in
-    /// some fitted row only: the others get a zero gradient at every step, so the model is the
-    /// same (see `zero_features.rs`) and each pass reads fewer bytes. Off gives the dense
-    /// computation, for comparison.
+    /// On the CPU, train a linear model of at most 4 classes without weight decay on the
+    /// blocks of feature columns that are nonzero in some fitted row only: the others get a
+    /// zero gradient at every step, so the run has the same bits (see `zero_features.rs`) and
+    /// each pass reads fewer bytes. [`TrainOutcome::feature_columns`] says how many columns
+    /// were trained on. Off gives the dense computation, for comparison.
     pub skip_zero_features: bool,
 }
 
@@ -215,6 +217,9 @@ pub struct TrainOutcome {
     pub steps_per_s: f64,
     /// GroupDRO's group weights after the last step.
     pub group_dro_q: Option<Vec<f64>>,
+    /// Feature columns the training steps read: `d`, or fewer when blocks of columns that are
+    /// zero in every fitted row were skipped ([`TrainConfig::skip_zero_features`]).
+    pub feature_columns: usize,
 }
 
 impl std::fmt::Debug for TrainOutcome {
@@ -224,6 +229,7 @@ impl std::fmt::Debug for TrainOutcome {
             .field("final_train_loss", &self.final_train_loss)
             .field("steps_per_s", &self.steps_per_s)
             .field("group_dro_q", &self.group_dro_q)
+            .field("feature_columns", &self.feature_columns)
             .finish_non_exhaustive()
     }
 }
@@ -574,7 +580,12 @@ pub fn train(
     // some fitted row (see `zero_features`): `compact` is that layer, `model` gets its
     // parameters back before anything reads them.
     let kept = match (model.as_linear(), &dro) {
-        (Some(_), None) if cfg.skip_zero_features && cfg.optimizer.weight_decay() == 0.0 => {
+        (Some(_), None)
+            if cfg.skip_zero_features
+                && cfg.optimizer.weight_decay() == 0.0
+                && device.is_cpu()
+                && crate::backend::cpu::dot_products_at_any_depth(k) =>
+        {
             KeptColumns::nonzero(&ds.train.x, d, setup.rows.as_deref())
         }
         _ => None,
@@ -772,14 +783,17 @@ pub fn train(
     })();
     // Whatever ended the loop, checkpoints already made are completed and emitted: the last
     // one's training metrics by a final forward pass, deferred ones by their snapshots.
+    // The snapshots carry their own parameters; only the final forward pass needs the full
+    // model written back.
     let written_back = write_back();
     if let Some(ev) = evaluator.as_ref() {
         let finish = (|| -> Result<()> {
+            queue.evaluate_snapshots(ev)?;
+            queue.emit_ready(&mut emit)?;
             written_back?;
             if let Some(waiting) = queue.last_awaiting_train_metrics() {
                 waiting.tr = Some(ev.train_metrics(&predict_tensor(model.as_ref(), &x_tr)?)?);
             }
-            queue.evaluate_snapshots(ev)?;
             queue.emit_ready(&mut emit)
         })();
         outcome?;
@@ -795,6 +809,7 @@ pub fn train(
         final_train_loss,
         steps_per_s: cfg.steps as f64 / elapsed.max(1e-12),
         group_dro_q: dro.map(|d| d.q().to_vec()),
+        feature_columns: kept.as_ref().map_or(d, KeptColumns::len),
     })
 }
 

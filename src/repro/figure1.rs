@@ -107,9 +107,9 @@ pub struct Figure1Config {
     /// instead of one after the other with the cores splitting each product. The results are
     /// the same bits either way.
     pub concurrent_runs: bool,
-    /// Train on the feature columns that are nonzero in some training row only
-    /// ([`TrainConfig::skip_zero_features`]): at `σ_ε = 0` that is 2 of `d`. The results are
-    /// the same bits either way.
+    /// Train on the blocks of feature columns that are nonzero in some training row only
+    /// ([`TrainConfig::skip_zero_features`]): at `σ_ε = 0` that is the first block of 32
+    /// columns of `d`. The results are the same bits either way.
     pub skip_zero_features: bool,
 }
 

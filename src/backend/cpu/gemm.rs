@@ -28,7 +28,7 @@ use rayon::prelude::*;
 use super::small_gemm;
 
 /// Widest output (in columns, or rows for the thin-left path) handled by the thin paths.
-const THIN: usize = 4;
+pub(super) const THIN: usize = 4;
 /// Widest output handled by the dot-product path in groups of [`THIN`] columns, when rows are
 /// long enough that streaming A once beats packing it (e.g. a batch of weight snapshots).
 const DOTS_MAX_COLS: usize = 64;
@@ -43,7 +43,7 @@ const ROW_SPLIT_MAX_OUT: usize = 1 << 14;
 
 /// Accumulators per output in the thin-output kernel: 4 independent chains of 8 lanes hide
 /// the add latency and map onto 8-wide vector registers.
-const LANES: usize = 32;
+pub(super) const LANES: usize = 32;
 
 /// `out[j] = a · cols[j]` for every column `j < N`, one pass over `a`. The summation order is
 /// fixed (32 strided partial sums, then a fixed tree, then the tail in order), so every
@@ -315,6 +315,11 @@ pub(super) fn row_block_dots<const R: usize>(
     cols: &[Vec<f32>],
     out: [&mut [f32]; R],
 ) {
+    let k = a.first().map_or(0, |row| row.len());
+    assert!(
+        a.iter().all(|row| row.len() == k) && cols.iter().all(|col| col.len() == k),
+        "row_block_dots: rows and columns of one length (the kernels read that many values)"
+    );
     #[cfg(target_arch = "x86_64")]
     if super::has_avx512() && R <= 3 {
         // SAFETY: AVX-512F support was detected at run time; callers pass rows and columns of
@@ -667,7 +672,7 @@ mod tests {
     fn wide_dot_products_give_each_column_its_thin_path_bits() {
         let mut rng = crate::rng::Rng::new(4);
         // Seven rows: two blocks of three and a last row alone.
-        let (m, k, n) = (7, 1800, 32);
+        let (m, k, n) = (7, 1800, 34);
         let a = rng.normal_vec(m * k);
         let b = rng.normal_vec(n * k); // n × k: rows are the columns of op(B)
         let wide = matmul(&a, &b, m, k, n, false, true);

@@ -33,6 +33,16 @@ pub(crate) fn dot_products_cover(k: usize, n: usize) -> bool {
     gemm::dot_path_covers(k, n)
 }
 
+/// Partial sums of every dot product on the dot-product path: element `p` of a row goes to sum
+/// `p % DOT_PARTIAL_SUMS` while `p` is below the last multiple of it, the rest is added after
+/// the sums are folded (see `gemm`).
+pub(crate) const DOT_PARTIAL_SUMS: usize = gemm::LANES;
+
+/// Whether an output of `n` columns takes the dot-product path for every inner dimension.
+pub(crate) fn dot_products_at_any_depth(n: usize) -> bool {
+    n <= gemm::THIN
+}
+
 /// Index of the first maximum of `row`; NaN never wins. The rule of `argmax_rows`.
 pub(crate) fn argmax_first_max(row: &[f32]) -> usize {
     let mut best = 0usize;
