@@ -305,19 +305,65 @@ fn validate(cfg: &Figure3Config) -> Result<()> {
 /// Fits one setting of one seed with Adam on the full batch (see the module docs).
 pub fn fit(data: &RegressionData, cfg: &Figure3Config, seed: u64) -> Result<FitResult> {
     validate(cfg)?;
-    let (n, d) = (data.train_y.len(), data.d);
-    let n_grid = data.grid_f.len();
-    let device = &cfg.device;
     let start = Instant::now();
     let mut rng = Rng::new(seed).fork(MODEL_STREAM);
     let model = Mlp::new(
-        &[d, cfg.hidden, cfg.hidden, 1],
+        &[data.d, cfg.hidden, cfg.hidden, 1],
         Activation::Tanh,
         true,
         Init::PyTorchDefault,
         &mut rng,
-        device,
+        &cfg.device,
     )?;
+    fit_timed(&model, data, cfg, seed, start)
+}
+
+/// Fits `model` (an MLP `d → … → 1` on `cfg.device`, trained in place) as [`fit`] fits its
+/// own: to start two implementations from the same weights (`examples/figure3_same_start.rs`).
+/// `seed` only labels the result.
+///
+/// Errors: a config [`fit`] rejects, a model whose input or output width does not fit the
+/// data, and any training error.
+pub fn fit_model(
+    model: &Mlp,
+    data: &RegressionData,
+    cfg: &Figure3Config,
+    seed: u64,
+) -> Result<FitResult> {
+    validate(cfg)?;
+    let params = model.named_parameters();
+    let first_in = params.first().map(|(_, w)| w.dims().to_vec());
+    let last_out = params
+        .iter()
+        .rev()
+        .find(|(name, _)| name.ends_with("weight"))
+        .map(|(_, w)| w.dims().to_vec());
+    if first_in.as_ref().and_then(|dims| dims.get(1)) != Some(&data.d)
+        || last_out.as_ref().and_then(|dims| dims.first()) != Some(&1)
+    {
+        return Err(Error::arg(
+            "model",
+            format!(
+                "needs {} inputs and 1 output, has first weight {first_in:?}, last weight \
+                 {last_out:?}",
+                data.d
+            ),
+        ));
+    }
+    fit_timed(model, data, cfg, seed, Instant::now())
+}
+
+/// The fit of [`fit`] and [`fit_model`], timed from `start`.
+fn fit_timed(
+    model: &Mlp,
+    data: &RegressionData,
+    cfg: &Figure3Config,
+    seed: u64,
+    start: Instant,
+) -> Result<FitResult> {
+    let (n, d) = (data.train_y.len(), data.d);
+    let n_grid = data.grid_f.len();
+    let device = &cfg.device;
     let mut optimizer = Adam::new(model.parameters(), cfg.lr, 0.0)?;
     let x = Tensor::from_slice(&data.train_x, (n, d), device)?;
     let y = Tensor::from_slice(&data.train_y, (n, 1), device)?;
