@@ -16,83 +16,66 @@ use std::path::{Path, PathBuf};
 use memaware::data::synthetic::RegressionData;
 use memaware::nn::{load_parameters, Activation, Init, Mlp, Module};
 use memaware::repro::figure3::{self, Figure3Config};
-use memaware::{Device, Error, Result, Rng};
+use memaware::{Device, Error, Result, Rng, Tensor};
 
-/// One tensor of the file as F32 values, checked against the expected shape.
-fn tensor(
-    file: &safetensors::SafeTensors,
-    path: &Path,
-    name: &str,
-    shape: &[usize],
-) -> Result<Vec<f32>> {
-    let bad = |problem: String| Error::File {
-        path: path.to_path_buf(),
-        tensor: name.to_string(),
-        problem,
-    };
-    let view = file.tensor(name).map_err(|_| bad("missing".into()))?;
-    if view.dtype() != safetensors::Dtype::F32 || view.shape() != shape {
-        return Err(bad(format!(
-            "{:?} {:?}, expected F32 {shape:?}",
-            view.dtype(),
-            view.shape()
-        )));
-    }
-    Ok(view
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect())
-}
-
-/// The data and the initial model stored in `path`.
+/// The data and the initial model stored in `path`. The shapes of `x` and `grid_f` set the
+/// others; [`load_parameters`] checks and reads every tensor.
 fn load_start(path: &Path, hidden: usize) -> Result<(RegressionData, Mlp)> {
     let bytes = std::fs::read(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::File {
+    let bad = |tensor: &str, problem: String| Error::File {
         path: path.to_path_buf(),
-        tensor: String::new(),
-        problem: format!("not a safetensors file: {e}"),
-    })?;
-    let x_shape = file
-        .tensor("x")
-        .map_err(|_| Error::File {
-            path: path.to_path_buf(),
-            tensor: "x".into(),
-            problem: "missing".into(),
-        })?
-        .shape()
-        .to_vec();
-    let [n, d] = x_shape[..] else {
-        return Err(Error::File {
-            path: path.to_path_buf(),
-            tensor: "x".into(),
-            problem: format!("shape {x_shape:?}, expected [n, d]"),
-        });
+        tensor: tensor.into(),
+        problem,
     };
-    let n_grid = file
-        .tensor("grid_f")
-        .map_or(0, |v| v.shape().first().copied().unwrap_or(0));
-    let data = RegressionData {
-        train_x: tensor(&file, path, "x", &[n, d])?,
-        train_y: tensor(&file, path, "y", &[n, 1])?,
-        grid_x: tensor(&file, path, "grid_x", &[n_grid, d])?,
-        grid_f: tensor(&file, path, "grid_f", &[n_grid])?,
-        train_idx: Vec::new(),
-        d,
+    let file = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| bad("", format!("not a safetensors file: {e}")))?;
+    let shape = |name: &str| -> Result<Vec<usize>> {
+        Ok(file
+            .tensor(name)
+            .map_err(|_| bad(name, "missing".into()))?
+            .shape()
+            .to_vec())
     };
-    // Any initial values: load_parameters overwrites them all (or fails and changes nothing).
+    let (x_shape, grid_shape) = (shape("x")?, shape("grid_f")?);
+    let (&[n, d], &[n_grid]) = (&x_shape[..], &grid_shape[..]) else {
+        return Err(bad(
+            "x",
+            format!("x {x_shape:?} and grid_f {grid_shape:?}, expected [n, d] and [n_grid]"),
+        ));
+    };
+    let cpu = Device::Cpu;
+    let data_shapes: [(&str, &[usize]); 4] = [
+        ("x", &[n, d]),
+        ("y", &[n, 1]),
+        ("grid_x", &[n_grid, d]),
+        ("grid_f", &[n_grid]),
+    ];
+    let data = data_shapes
+        .iter()
+        .map(|&(name, dims)| Ok((name.to_string(), Tensor::zeros(dims, &cpu)?)))
+        .collect::<Result<Vec<_>>>()?;
     let model = Mlp::new(
         &[d, hidden, hidden, 1],
         Activation::Tanh,
         true,
         Init::Zeros,
         &mut Rng::new(0),
-        &Device::Cpu,
+        &cpu,
     )?;
-    load_parameters(&model.named_parameters(), path)?;
+    let tensors: Vec<(String, Tensor)> = data.into_iter().chain(model.named_parameters()).collect();
+    load_parameters(&tensors, path)?;
+    let values = |i: usize| tensors[i].1.to_vec();
+    let data = RegressionData {
+        train_x: values(0)?,
+        train_y: values(1)?,
+        grid_x: values(2)?,
+        grid_f: values(3)?,
+        train_idx: Vec::new(),
+        d,
+    };
     Ok((data, model))
 }
 

@@ -50,7 +50,7 @@ use serde::{Deserialize, Serialize};
 
 use super::model::{ModelSpec, OptimizerSpec};
 use super::xrm::XrmOutput;
-use super::zero_features::KeptColumns;
+use super::zero_features::{CompactLinear, KeptColumns};
 use crate::autograd::no_grad;
 use crate::backend::Device;
 use crate::data::batch::{group_weights_balanced, subsample_groups, Batcher};
@@ -578,29 +578,28 @@ pub fn train(
     };
     // A linear model without weight decay trains on the feature columns that are nonzero in
     // some fitted row (see `zero_features`): `compact` is that layer, `model` gets its
-    // parameters back before anything reads them.
-    let kept = match (model.as_linear(), &dro) {
-        (Some(_), None)
+    // weights back before anything reads them.
+    let compact = match (model.as_linear(), &dro) {
+        (Some(full), None)
             if cfg.skip_zero_features
                 && cfg.optimizer.weight_decay() == 0.0
                 && device.is_cpu()
                 && crate::backend::cpu::dot_products_at_any_depth(k) =>
         {
             KeptColumns::nonzero(&ds.train.x, d, setup.rows.as_deref())
+                .map(|cols| CompactLinear::of(full, cols))
+                .transpose()?
         }
         _ => None,
     };
-    let compact = match (&kept, model.as_linear()) {
-        (Some(cols), Some(full)) => Some(cols.compact_layer(full)?),
-        _ => None,
-    };
+    let kept = compact.as_ref().map(|c| &c.columns);
     let trained: &dyn Module = match &compact {
-        Some(layer) => layer,
+        Some(c) => &c.layer,
         None => model.as_ref(),
     };
     let write_back = || -> Result<()> {
-        match (&kept, &compact, model.as_linear()) {
-            (Some(cols), Some(layer), Some(full)) => cols.write_back(layer, full),
+        match (&compact, model.as_linear()) {
+            (Some(c), Some(full)) => c.write_back(full),
             _ => Ok(()),
         }
     };
@@ -608,7 +607,7 @@ pub fn train(
 
     // Data to the device, once.
     let x_tr = Tensor::from_slice(&ds.train.x, (n, d), device)?;
-    let x_fit = match &kept {
+    let x_fit = match kept {
         Some(cols) => cols.gather_tensor(&ds.train.x, device)?,
         None => x_tr.clone(),
     };
@@ -620,7 +619,7 @@ pub fn train(
     )?;
     // Evaluation splits that are zero on the dropped columns too are evaluated on the kept
     // ones, with the compact layer; otherwise with the full model.
-    let eval_columns = kept.as_ref().filter(|cols| {
+    let eval_columns = kept.filter(|cols| {
         setup.evaluate && cols.covers(&ds.test.x) && (!cfg.eval_valid || cols.covers(&ds.valid.x))
     });
     let evaluated: &dyn Module = if eval_columns.is_some() {
@@ -781,10 +780,9 @@ pub fn train(
         }
         Ok(())
     })();
-    // Whatever ended the loop, checkpoints already made are completed and emitted: the last
-    // one's training metrics by a final forward pass, deferred ones by their snapshots.
-    // The snapshots carry their own parameters; only the final forward pass needs the full
-    // model written back.
+    // Whatever ended the loop, checkpoints already made are completed and emitted: deferred
+    // ones by their snapshots (which carry their own parameters), the last one's training
+    // metrics by a final forward pass of the full model, written back first.
     let written_back = write_back();
     if let Some(ev) = evaluator.as_ref() {
         let finish = (|| -> Result<()> {
@@ -809,7 +807,7 @@ pub fn train(
         final_train_loss,
         steps_per_s: cfg.steps as f64 / elapsed.max(1e-12),
         group_dro_q: dro.map(|d| d.q().to_vec()),
-        feature_columns: kept.as_ref().map_or(d, KeptColumns::len),
+        feature_columns: kept.map_or(d, KeptColumns::len),
     })
 }
 

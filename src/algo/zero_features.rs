@@ -103,46 +103,51 @@ impl KeptColumns {
         let n = x.len() / self.d;
         Tensor::from_vec(self.gather(x), (n, self.keep.len()), device)
     }
+}
 
-    /// A layer on the kept columns with `full`'s parameters (copies, trained on their own).
-    pub(crate) fn compact_layer(&self, full: &Linear) -> Result<Linear> {
-        let classes = full.out_dim();
-        let weight = full.weight.to_vec()?;
-        let compact = self.gather(&weight);
-        let device = full.weight.device();
-        Ok(Linear {
-            weight: Tensor::from_vec(compact, (classes, self.keep.len()), device)?.variable(),
-            bias: full
-                .bias
-                .as_ref()
-                .map(|b| {
-                    Ok::<_, crate::Error>(
-                        Tensor::from_vec(b.to_vec()?, classes, device)?.variable(),
-                    )
-                })
-                .transpose()?,
+/// A linear layer on the kept columns, trained in place of the full layer it stands for.
+pub(crate) struct CompactLinear {
+    pub(crate) columns: KeptColumns,
+    /// The kept columns of the weight (a copy) and the full layer's bias (the same tensor, so
+    /// its updates need no write-back).
+    pub(crate) layer: Linear,
+}
+
+impl CompactLinear {
+    /// The layer of `full`'s kept columns.
+    pub(crate) fn of(full: &Linear, columns: KeptColumns) -> Result<CompactLinear> {
+        let weight = columns.gather(&full.weight.to_vec()?);
+        let weight = Tensor::from_vec(
+            weight,
+            (full.out_dim(), columns.keep.len()),
+            full.weight.device(),
+        )?
+        .variable();
+        Ok(CompactLinear {
+            columns,
+            layer: Linear {
+                weight,
+                bias: full.bias.clone(),
+            },
         })
     }
 
-    /// Writes `compact`'s parameters into `full`: its kept columns and its bias; the dropped
-    /// columns keep their initial values, as training would have left them.
-    pub(crate) fn write_back(&self, compact: &Linear, full: &Linear) -> Result<()> {
+    /// Writes the trained kept columns into `full`'s weight; the dropped columns keep their
+    /// initial values, as training would have left them.
+    pub(crate) fn write_back(&self, full: &Linear) -> Result<()> {
+        let cols = &self.columns;
         let mut weight = full.weight.to_vec()?;
-        let trained = compact.weight.to_vec()?;
+        let trained = self.layer.weight.to_vec()?;
         for (full_row, row) in weight
-            .chunks_exact_mut(self.d)
-            .zip(trained.chunks_exact(self.keep.len()))
+            .chunks_exact_mut(cols.d)
+            .zip(trained.chunks_exact(cols.keep.len()))
         {
-            for (&j, &v) in self.keep.iter().zip(row) {
+            for (&j, &v) in cols.keep.iter().zip(row) {
                 full_row[j] = v;
             }
         }
         let weight = Tensor::from_vec(weight, full.weight.shape().clone(), full.weight.device())?;
-        full.weight.assign(&weight)?;
-        if let (Some(full_b), Some(b)) = (&full.bias, &compact.bias) {
-            full_b.assign(b)?;
-        }
-        Ok(())
+        full.weight.assign(&weight)
     }
 }
 
@@ -202,7 +207,8 @@ mod tests {
             keep: vec![0, 2],
             d: 3,
         };
-        let compact = cols.compact_layer(&full).unwrap();
+        let trained = CompactLinear::of(&full, cols).unwrap();
+        let compact = &trained.layer;
         assert_eq!(compact.weight.to_vec().unwrap(), vec![1.0, 3.0, 4.0, 6.0]);
         compact
             .weight
@@ -214,7 +220,7 @@ mod tests {
             .unwrap()
             .assign(&Tensor::from_vec(vec![7.0, 8.0], 2, &dev).unwrap())
             .unwrap();
-        cols.write_back(&compact, &full).unwrap();
+        trained.write_back(&full).unwrap();
         assert_eq!(
             full.weight.to_vec().unwrap(),
             vec![10.0, 2.0, 30.0, 40.0, 5.0, 60.0]

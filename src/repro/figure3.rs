@@ -47,7 +47,7 @@ use crate::cli::common::{progress_bar, write_json};
 use crate::data::synthetic::{good_bad_ugly, RegressionConfig, RegressionData};
 use crate::error::{Error, Result};
 use crate::eval::selection::{mean_std, MeanStd};
-use crate::nn::{Activation, Init, Mlp, Module};
+use crate::nn::{Activation, Init, Linear, Mlp, Module};
 use crate::optim::{Adam, Optimizer};
 use crate::report::plot::{save, Curve, Figure, LineStyle, Marker, Panel, Scatter, PALETTE_BLACK};
 use crate::rng::Rng;
@@ -331,21 +331,13 @@ pub fn fit_model(
     seed: u64,
 ) -> Result<FitResult> {
     validate(cfg)?;
-    let params = model.named_parameters();
-    let first_in = params.first().map(|(_, w)| w.dims().to_vec());
-    let last_out = params
-        .iter()
-        .rev()
-        .find(|(name, _)| name.ends_with("weight"))
-        .map(|(_, w)| w.dims().to_vec());
-    if first_in.as_ref().and_then(|dims| dims.get(1)) != Some(&data.d)
-        || last_out.as_ref().and_then(|dims| dims.first()) != Some(&1)
-    {
+    let inputs = model.layers.first().map(Linear::in_dim);
+    let outputs = model.layers.last().map(Linear::out_dim);
+    if inputs != Some(data.d) || outputs != Some(1) {
         return Err(Error::arg(
             "model",
             format!(
-                "needs {} inputs and 1 output, has first weight {first_in:?}, last weight \
-                 {last_out:?}",
+                "needs {} inputs and 1 output, has {inputs:?} inputs and {outputs:?} outputs",
                 data.d
             ),
         ));

@@ -266,11 +266,7 @@ mod avx512 {
         }
         for (r, out) in out.into_iter().enumerate() {
             for (j, (o, col)) in out.iter_mut().zip(cols).enumerate().take(N) {
-                let mut s = fold_lanes(acc[r][j]);
-                for (&x, &c) in a[r][body..].iter().zip(&col[body..k]) {
-                    s += x * c;
-                }
-                *o = s;
+                *o = super::add_tail(fold_lanes(acc[r][j]), &a[r][body..], &col[body..k]);
             }
         }
     }
@@ -331,11 +327,6 @@ pub(super) fn row_block_dots<const R: usize>(
     }
 }
 
-/// [`row_block_dots`] on two rows: the pairs of the fused linear + cross-entropy pass.
-pub(super) fn two_row_dots(a: [&[f32]; 2], cols: &[Vec<f32>], out: [&mut [f32]; 2]) {
-    row_block_dots(a, cols, out)
-}
-
 /// Folds 32 partial sums with a fixed tree, then adds the tail products in order.
 #[inline(always)]
 fn finish_lanes(mut w: [f32; LANES], a_tail: &[f32], c_tail: &[f32]) -> f32 {
@@ -346,7 +337,12 @@ fn finish_lanes(mut w: [f32; LANES], a_tail: &[f32], c_tail: &[f32]) -> f32 {
         }
         width /= 2;
     }
-    let mut s = w[0];
+    add_tail(w[0], a_tail, c_tail)
+}
+
+/// `s` plus the tail products of a dot, added in order.
+#[inline(always)]
+fn add_tail(mut s: f32, a_tail: &[f32], c_tail: &[f32]) -> f32 {
     for (&x, &c) in a_tail.iter().zip(c_tail) {
         s += x * c;
     }
@@ -656,7 +652,7 @@ mod tests {
         };
         for n in 1..=4 {
             let (mut r0, mut r1) = ([0.0f32; 4], [0.0f32; 4]);
-            two_row_dots([&rows[1], &rows[2]], &cols[..n], [&mut r0, &mut r1]);
+            row_block_dots([&rows[1], &rows[2]], &cols[..n], [&mut r0, &mut r1]);
             assert_eq!(r0.map(f32::to_bits), portable(1, n));
             assert_eq!(r1.map(f32::to_bits), portable(2, n));
             let mut r = [[0.0f32; 4]; 3];

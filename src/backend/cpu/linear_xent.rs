@@ -15,7 +15,7 @@
 
 use rayon::prelude::*;
 
-use super::gemm::{accumulate_rows, row_dots, two_row_dots};
+use super::gemm::{accumulate_rows, row_block_dots, row_dots};
 use super::math;
 use crate::error::{Error, Result};
 
@@ -102,7 +102,7 @@ pub(crate) fn linear_xent(a: LinearXentArgs<'_>) -> Result<LinearXentOut> {
                             .zip(z0.chunks_mut(MAX_CLASSES))
                             .zip(z1.chunks_mut(MAX_CLASSES))
                         {
-                            two_row_dots([x0, x1], group, [z0, z1]);
+                            row_block_dots([x0, x1], group, [z0, z1]);
                         }
                     } else {
                         for (group, z0) in cols.chunks(MAX_CLASSES).zip(zp.chunks_mut(MAX_CLASSES))
