@@ -30,7 +30,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use memaware::backend::cuda::CudaDevice;
-use memaware::backend::{IndexStorage, Storage};
+use memaware::backend::{IndexStorage, Storage, XentArgs};
 use memaware::nn::{Activation, Init, Linear, Mlp, Module};
 use memaware::optim::{Adam, Optimizer, Sgd};
 use memaware::{Device, Indices, Reduction, Result, Rng, Tensor};
@@ -204,8 +204,16 @@ fn run(dev: &CudaDevice, sizes: &Sizes) -> Result<Value> {
         let counts = || XENT_KERNELS.map(|k| dev.kernel_launches(k).unwrap_or(0));
         let before = counts();
         let kernel_ms = time_ms(dev, calls, sizes.repeats, || {
-            z.xent(Some(&s), &y, None, rows, cols, scale, true)
-                .map(drop)
+            z.xent(XentArgs {
+                shift: Some(&s),
+                labels: &y,
+                weights: None,
+                rows,
+                cols,
+                grad_scale: scale,
+                write_grad: true,
+            })
+            .map(drop)
         })?;
         let kernel_name = XENT_KERNELS
             .iter()
@@ -214,8 +222,16 @@ fn run(dev: &CudaDevice, sizes: &Sizes) -> Result<Value> {
             .map_or("?", |(k, _)| *k);
         dev.set_xent_previous_kernels(true);
         let previous = time_ms(dev, calls, sizes.repeats, || {
-            z.xent(Some(&s), &y, None, rows, cols, scale, true)
-                .map(drop)
+            z.xent(XentArgs {
+                shift: Some(&s),
+                labels: &y,
+                weights: None,
+                rows,
+                cols,
+                grad_scale: scale,
+                write_grad: true,
+            })
+            .map(drop)
         });
         dev.set_xent_previous_kernels(false);
         let previous_ms = previous?;

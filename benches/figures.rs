@@ -2,8 +2,7 @@
 //! measures PyTorch: training only (data generation, plotting and files excluded).
 //!
 //! ```text
-//! cargo bench --bench figures [-- --seeds N] [--repeats R] [--in-turn] [--dense]
-//!                              [--only figure1|figure3]
+//! cargo bench --bench figures [-- --seeds N] [--repeats R] [--in-turn] [--only figure1|figure3]
 //! ```
 //!
 //! - Figure 1: the three runs of each seed (ERM σ_ε = 0, ERM σ_ε = 0.5, XRM + MAT σ_ε = 0.5),
@@ -16,9 +15,7 @@
 //! `--seeds N` (default 5, the main job's count) runs seeds 0..N, as `cargo run --release`
 //! does: the figure's wall time is what the bench reports, with the runs concurrent on the
 //! CPU (the default of both figures). `--in-turn` also times the runs one after the other,
-//! each product split across the cores. `--dense` also times Figure 1 with every feature
-//! column in the products (`Figure1Config::skip_zero_features` off: the `σ_ε = 0` runs then
-//! stream all 1800 columns, as PyTorch does). With `--repeats R` each figure runs R times and the
+//! each product split across the cores. With `--repeats R` each figure runs R times and the
 //! fastest run is reported (the machine is shared; the minimum is the least disturbed).
 //!
 //! When `results/pytorch_reference.json` exists (benches/pytorch_reference.py --figures
@@ -86,16 +83,10 @@ fn fastest<R>(repeats: usize, run: impl Fn() -> Result<R>, total: impl Fn(&R) ->
     Ok(best.expect("repeats >= 1"))
 }
 
-fn figure1_with(
-    seeds: usize,
-    concurrent: bool,
-    skip_zero_features: bool,
-    repeats: usize,
-) -> Result<Figure1Report> {
+fn figure1_with(seeds: usize, concurrent: bool, repeats: usize) -> Result<Figure1Report> {
     let cfg = Figure1Config {
         seeds: (0..seeds as u64).collect(),
         concurrent_runs: concurrent,
-        skip_zero_features,
         ..Default::default()
     };
     fastest(repeats, || figure1::run(&cfg), |r| r.training_s_total)
@@ -179,7 +170,6 @@ fn main() -> Result<()> {
     let seeds = arg_value("--seeds").unwrap_or(5);
     let args: Vec<String> = std::env::args().collect();
     let in_turn = args.iter().any(|a| a == "--in-turn");
-    let dense = args.iter().any(|a| a == "--dense");
     let only = args
         .iter()
         .position(|a| a == "--only")
@@ -198,16 +188,10 @@ fn main() -> Result<()> {
     );
 
     let fig1 = if only != Some("figure3") {
-        let fig1 = figure1_with(seeds, true, true, repeats)?;
+        let fig1 = figure1_with(seeds, true, repeats)?;
         print_figure1(&fig1, "runs concurrent");
         if in_turn {
-            print_figure1(&figure1_with(seeds, false, true, repeats)?, "runs in turn");
-        }
-        if dense {
-            print_figure1(
-                &figure1_with(seeds, true, false, repeats)?,
-                "runs concurrent, every feature column",
-            );
+            print_figure1(&figure1_with(seeds, false, repeats)?, "runs in turn");
         }
         Some(fig1)
     } else {

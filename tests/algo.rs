@@ -7,13 +7,14 @@ use std::time::Instant;
 
 use memaware::algo::mat::mat_shift_tensor;
 use memaware::algo::model::{ModelSpec, OptimizerSpec};
-use memaware::algo::train::{
-    predict, run_method, run_method_with, train, GroupDroState, Method, Objective, TrainConfig,
-    TrainSetup,
-};
+use memaware::algo::objective::GroupDroState;
+use memaware::algo::train::predict;
 use memaware::algo::xrm::{
     flip_probability, run_xrm, run_xrm_with_twins, XrmConfig, XrmLoss, XrmOutput, XRM_JSON_FILE,
     XRM_TENSORS_FILE,
+};
+use memaware::algo::{
+    run_method, run_method_with, train, Method, Objective, TrainConfig, TrainSetup,
 };
 use memaware::data::synthetic::{interpretable, is_minority, InterpretableConfig};
 use memaware::data::{Dataset, Split};
@@ -52,7 +53,6 @@ fn train_cfg(steps: usize, batch_size: usize, lr: f32, checkpoint_freq: usize) -
         eval_train: false,
         eval_valid: true,
         checkpoints_path: None,
-        skip_zero_features: true,
     }
 }
 
@@ -352,7 +352,6 @@ fn selection_picks_the_last_best_checkpoint_of_a_real_run() {
         eval_train: true,
         eval_valid: true,
         checkpoints_path: Some(path.clone()),
-        skip_zero_features: true,
         ..train_cfg(300, usize::MAX, 1e-2, 5)
     };
     let mut seen = Vec::new();
@@ -498,156 +497,6 @@ fn training_accuracy_from_the_training_pass_equals_a_separate_evaluation() {
         last.tr.as_ref().unwrap().avg_acc,
         correct as f64 / ds.train.n as f64
     );
-}
-
-/// One run with or without dropping the blocks of feature columns that are zero in every
-/// training row: its checkpoints, its final parameters, and how many columns it trained on.
-type ZeroFeatureRun = (
-    Vec<memaware::eval::selection::Checkpoint>,
-    Vec<Vec<f32>>,
-    usize,
-);
-
-fn zero_feature_run(
-    ds: &Dataset,
-    spec: &ModelSpec,
-    cfg: &TrainConfig,
-    setup: &TrainSetup,
-    skip: bool,
-) -> ZeroFeatureRun {
-    let cfg = TrainConfig {
-        skip_zero_features: skip,
-        ..cfg.clone()
-    };
-    let out = train(ds, spec, &cfg, setup, &mut |_| Ok(())).unwrap();
-    let params = out
-        .model
-        .parameters()
-        .iter()
-        .map(|p| p.to_vec().unwrap())
-        .collect();
-    (out.checkpoints, params, out.feature_columns)
-}
-
-/// Asserts that skipping zero columns trains on `expected_columns` columns and changes no bit
-/// of the checkpoints or of the final parameters; returns those parameters.
-fn assert_same_bits_on(
-    ds: &Dataset,
-    spec: &ModelSpec,
-    cfg: &TrainConfig,
-    setup: &TrainSetup,
-    expected_columns: usize,
-) -> Vec<Vec<f32>> {
-    let (cps, params, columns) = zero_feature_run(ds, spec, cfg, setup, true);
-    let (dense_cps, dense_params, dense_columns) = zero_feature_run(ds, spec, cfg, setup, false);
-    assert_eq!(
-        (columns, dense_columns),
-        (expected_columns, ds.d()),
-        "{spec:?}"
-    );
-    assert_eq!(cps, dense_cps, "{spec:?}");
-    assert_eq!(params, dense_params, "{spec:?}");
-    params
-}
-
-#[test]
-fn dropping_zero_feature_columns_changes_no_bit_of_a_run() {
-    // σ_ε = 0: every column but the first two is zero in every split (Figure 1's clean runs),
-    // so only the first block of 32 columns is trained on (d = 700: 21 blocks and a tail of 28).
-    let ds = figure1_data(150, 700, 0.0, 3);
-    let mean = TrainSetup::new(Objective::Mean);
-    let full_batch_sgd = TrainConfig {
-        eval_train: true,
-        ..train_cfg(25, usize::MAX, 3e-2, 1)
-    };
-    let adam_minibatches = TrainConfig {
-        optimizer: OptimizerSpec::Adam {
-            lr: 1e-2,
-            weight_decay: 0.0,
-        },
-        eval_train: true,
-        ..train_cfg(25, 32, 0.0, 2)
-    };
-    let with_bias = ModelSpec::Linear { bias: true };
-    let init = |ds: &Dataset, spec: &ModelSpec| {
-        zero_feature_run(ds, spec, &train_cfg(1, usize::MAX, 0.0, 1), &mean, false).1
-    };
-    for (spec, cfg) in [
-        (ModelSpec::linear_no_bias(), &full_batch_sgd),
-        (with_bias.clone(), &adam_minibatches),
-    ] {
-        let params = assert_same_bits_on(&ds, &spec, cfg, &mean, 32);
-        // The runs learned something: the weights of the nonzero columns moved, the others
-        // did not.
-        let start = init(&ds, &spec);
-        for (w, w0) in params[0].chunks(700).zip(start[0].chunks(700)) {
-            assert_ne!(w[..2], w0[..2]);
-            assert_eq!(w[2..], w0[2..]);
-        }
-    }
-
-    // Nonzero columns scattered over blocks 0 and 1 and the tail, in every split: 92 columns
-    // kept, in the order the dot products need for the same bits.
-    let mut scattered = ds.clone();
-    let mut rng = Rng::new(11);
-    for split in [
-        &mut scattered.train,
-        &mut scattered.valid,
-        &mut scattered.test,
-    ] {
-        for row in split.x.chunks_exact_mut(700) {
-            for j in [5, 40, 690] {
-                row[j] = rng.normal();
-            }
-        }
-    }
-    assert_same_bits_on(&scattered, &with_bias, &adam_minibatches, &mean, 92);
-    assert_same_bits_on(
-        &scattered,
-        &ModelSpec::linear_no_bias(),
-        &full_batch_sgd,
-        &mean,
-        92,
-    );
-
-    // A subset of the rows: the columns are found on the fitted rows, the training metrics
-    // come from the full model.
-    let subset = TrainSetup {
-        rows: Some((0..ds.train.n).step_by(2).collect()),
-        ..TrainSetup::new(Objective::Mean)
-    };
-    assert_same_bits_on(&scattered, &with_bias, &full_batch_sgd, &subset, 92);
-
-    // Test or validation values on the dropped columns: evaluated by the full model.
-    for test_split in [true, false] {
-        let mut shifted = ds.clone();
-        let split = if test_split {
-            &mut shifted.test
-        } else {
-            &mut shifted.valid
-        };
-        for row in split.x.chunks_exact_mut(700) {
-            row[300] = 3.0;
-            row[650] = -2.0;
-        }
-        assert_same_bits_on(&shifted, &with_bias, &adam_minibatches, &mean, 32);
-    }
-
-    // Weight decay moves every weight, and more than 4 classes leave the dot-product path:
-    // no column is dropped.
-    let decayed = TrainConfig {
-        optimizer: OptimizerSpec::Sgd {
-            lr: 1e-2,
-            momentum: 0.9,
-            weight_decay: 0.1,
-        },
-        ..full_batch_sgd.clone()
-    };
-    let spec = ModelSpec::linear_no_bias();
-    assert_same_bits_on(&ds, &spec, &decayed, &mean, 700);
-    let mut five_classes = ds.clone();
-    five_classes.classes = 5;
-    assert_same_bits_on(&five_classes, &spec, &full_batch_sgd, &mean, 700);
 }
 
 #[test]

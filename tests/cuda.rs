@@ -30,11 +30,12 @@ use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 
 use memaware::algo::model::{ModelSpec, OptimizerSpec};
-use memaware::algo::train::{predict, run_method, run_method_with, Method, TrainConfig};
+use memaware::algo::train::predict;
 use memaware::algo::xrm::{flip_targets, run_xrm, XrmConfig, XrmLoss};
+use memaware::algo::{run_method, run_method_with, Method, TrainConfig};
 use memaware::backend::cpu::CpuStorage;
 use memaware::backend::cuda::CudaDevice;
-use memaware::backend::{IndexStorage, Storage};
+use memaware::backend::{IndexStorage, Storage, XentArgs};
 use memaware::data::colormnist::{color_mnist, load_mnist_sample, ColorMnistConfig};
 use memaware::data::synthetic::{interpretable, is_minority, InterpretableConfig};
 use memaware::data::{Dataset, Split};
@@ -987,7 +988,17 @@ fn fused_cross_entropy_special_values_match_the_cpu_on_every_kernel() {
         z[5 * cols + cols - 1] = inf;
         // The backend primitive itself: the tensor op refuses non-finite losses.
         let run = |z: Storage, s: Storage, y: IndexStorage| -> (Vec<f32>, Vec<f32>) {
-            let (loss, grad) = z.xent(Some(&s), &y, None, rows, cols, 0.5, true).unwrap();
+            let (loss, grad) = z
+                .xent(XentArgs {
+                    shift: Some(&s),
+                    labels: &y,
+                    weights: None,
+                    rows,
+                    cols,
+                    grad_scale: 0.5,
+                    write_grad: true,
+                })
+                .unwrap();
             (loss.to_host().unwrap(), grad.unwrap().to_host().unwrap())
         };
         let (cl, cg) = run(
@@ -1375,7 +1386,6 @@ fn mat_config(epochs: usize, device: &Device) -> TrainConfig {
         eval_train: true,
         eval_valid: true,
         checkpoints_path: None,
-        skip_zero_features: true,
     }
 }
 
@@ -1553,7 +1563,6 @@ fn colormnist_mlp_training_matches_the_cpu_and_stops_allocating() {
         eval_train: false,
         eval_valid: true,
         checkpoints_path: None,
-        skip_zero_features: true,
     };
     let cpu = run_method(&ds, &Method::Erm, &spec, &cfg(&Device::Cpu), None).unwrap();
     let mut allocations = Vec::new();

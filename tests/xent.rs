@@ -537,3 +537,103 @@ fn fused_linear_cross_entropy_equals_the_composite() {
         "{err}"
     );
 }
+
+#[test]
+fn fused_linear_op_above_the_fused_kernel_has_the_bits_of_autograd() {
+    // More classes than the CPU's fused kernel takes: the backend composes the op from its
+    // primitives in autograd's order, so every bit matches the graph's.
+    let dev = Device::Cpu;
+    let mut rng = Rng::new(33);
+    for &(n, d, c) in &[(70usize, 40usize, 6usize), (300, 600, 10)] {
+        let x = Tensor::randn(&mut rng, (n, d), 1.0, &dev).unwrap();
+        let w = Tensor::randn(&mut rng, (c, d), 0.05, &dev)
+            .unwrap()
+            .variable();
+        let b = Tensor::randn(&mut rng, c, 0.1, &dev).unwrap().variable();
+        let other = Tensor::randn(&mut rng, (3, d), 0.05, &dev).unwrap();
+        let y = Indices::new((0..n).map(|i| (i * 7 % c) as u32).collect(), &dev).unwrap();
+        let s = Tensor::randn(&mut rng, (n, c), 1.0, &dev).unwrap();
+        let wt = Tensor::from_vec(rng.uniform_vec(n, 0.2, 2.0), n, &dev).unwrap();
+        let bits =
+            |t: &Tensor| -> Vec<u32> { t.to_vec().unwrap().iter().map(|v| v.to_bits()).collect() };
+        for (shift, weights, r) in [
+            (Some(&s), None, Reduction::Mean),
+            (None, Some(&wt), Reduction::Sum),
+            (Some(&s), Some(&wt), Reduction::WeightedMean),
+        ] {
+            let (loss, logits, also) = x
+                .linear_shifted_cross_entropy_beside(
+                    &w,
+                    Some(&b),
+                    &y,
+                    shift,
+                    weights,
+                    r,
+                    &other,
+                    None,
+                )
+                .unwrap();
+            let g = loss.backward().unwrap();
+            let z = x.matmul_t(&w).unwrap().broadcast_add(&b).unwrap();
+            let reference = z.shifted_cross_entropy(&y, shift, weights, r).unwrap();
+            let gr = reference.backward().unwrap();
+            assert_eq!(bits(&loss), bits(&reference), "loss, c {c}, {r:?}");
+            assert_eq!(bits(&logits), bits(&z), "logits, c {c}");
+            assert_eq!(bits(&also), bits(&x.matmul_t(&other).unwrap()), "beside");
+            for p in [&w, &b] {
+                assert_eq!(
+                    bits(g.get(p).unwrap()),
+                    bits(gr.get(p).unwrap()),
+                    "gradient, c {c}, {r:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn linear_predictions_have_the_bits_of_each_map_alone() {
+    let dev = Device::Cpu;
+    let mut rng = Rng::new(34);
+    // d = 600 stacks up to 64 columns per product, d = 100 up to 4.
+    for &(n, d) in &[(257usize, 600usize), (90, 100)] {
+        let x = Tensor::randn(&mut rng, (n, d), 1.0, &dev).unwrap();
+        for k in [2usize, 3] {
+            for with_bias in [false, true] {
+                // Weights near zero make near-ties, where any change of rounding would show.
+                let maps: Vec<(Vec<f32>, Option<Vec<f32>>)> = (0..40)
+                    .map(|_| {
+                        let w = rng.uniform_vec(k * d, -1e-3, 1e-3);
+                        (w, with_bias.then(|| rng.uniform_vec(k, -1e-3, 1e-3)))
+                    })
+                    .collect();
+                let refs: Vec<(&[f32], Option<&[f32]>)> =
+                    maps.iter().map(|(w, b)| (&w[..], b.as_deref())).collect();
+                let all = x.linear_predictions(&refs, k).unwrap();
+                assert_eq!(all.len(), maps.len());
+                for ((w, b), got) in maps.iter().zip(&all) {
+                    let w = Tensor::from_vec(w.clone(), (k, d), &dev).unwrap();
+                    let mut z = x.matmul_t(&w).unwrap();
+                    if let Some(b) = b {
+                        z = z
+                            .broadcast_add(&Tensor::from_vec(b.clone(), k, &dev).unwrap())
+                            .unwrap();
+                    }
+                    assert_eq!(
+                        got,
+                        &z.argmax_rows().unwrap().to_vec().unwrap(),
+                        "d {d}, k {k}"
+                    );
+                }
+            }
+        }
+    }
+    let x = Tensor::zeros((3, 4), &dev).unwrap();
+    let w = [0.0f32; 8];
+    let b = [0.0f32; 2];
+    // Maps of another depth, or biases on some maps only, are shape errors.
+    assert!(x.linear_predictions(&[(&w[..6], None)], 2).is_err());
+    assert!(x
+        .linear_predictions(&[(&w[..], Some(&b[..])), (&w[..], None)], 2)
+        .is_err());
+}

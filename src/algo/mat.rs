@@ -9,20 +9,17 @@
 //! minimise  mean_i CE(f(x_i) + s_i, y_i)
 //! ```
 //!
-//! (`Method::Mat` in [`crate::algo::train`], through the fused shifted cross-entropy), and the
+//! ([`Method::Mat`](crate::algo::method::Method::Mat), through the fused shifted cross-entropy), and the
 //! model predicts with `argmax f(x)`: the shift is **not** used at test time. Examples the
 //! held-out model already explains (`p_ho(y_i | x_i)` near 1) add little gradient; examples it
 //! gets wrong (the minority under a spurious rule) keep a large one, so `f` must learn what
 //! they share with the rest instead of memorizing them.
 
-use super::model::ModelSpec;
 use super::shift::mat_shift;
-use super::train::{run_method_with, Method, MethodOutcome, TrainConfig};
 use super::xrm::XrmOutput;
 use crate::backend::Device;
 use crate::data::Dataset;
 use crate::error::Result;
-use crate::eval::selection::Checkpoint;
 use crate::tensor::Tensor;
 
 /// MAT's shift for the training set of `ds`, `n_tr × K` on `device`, from XRM's held-out
@@ -41,24 +38,4 @@ pub fn mat_shift_tensor(
     let (n, k) = (ds.train.n, ds.classes);
     let shift = mat_shift(&xrm.heldout_logits, &ds.train.y, k, tau)?;
     Tensor::from_vec(shift, (n, k), device)
-}
-
-/// Trains a fresh `model_spec` with MAT (`Method::Mat { tau }`); see
-/// [`crate::algo::train::run_method_with`].
-pub fn run_mat(
-    ds: &Dataset,
-    model_spec: &ModelSpec,
-    cfg: &TrainConfig,
-    xrm: &XrmOutput,
-    tau: f32,
-    on_checkpoint: &mut dyn FnMut(&Checkpoint) -> Result<()>,
-) -> Result<MethodOutcome> {
-    run_method_with(
-        ds,
-        &Method::Mat { tau },
-        model_spec,
-        cfg,
-        Some(xrm),
-        on_checkpoint,
-    )
 }

@@ -1,11 +1,18 @@
-//! The method and its baselines: model and optimizer specs ([`model`]), one training loop for
-//! every method ([`train`]), the XRM held-out estimator ([`xrm`]), MAT's shift ([`shift`]) and
-//! training ([`mat`]), and model selection by hyperparameter sweeps ([`sweep`]).
+//! The method and its baselines, bottom up: model and optimizer specs ([`model`]), the per-step
+//! objectives ([`objective`]), checkpoint evaluation ([`evaluate`]), one training loop for every
+//! method ([`train`]), the XRM held-out estimator ([`xrm`]), MAT's shift ([`shift`], [`mat`]),
+//! each method's setup ([`method`]), and model selection by hyperparameter sweeps ([`sweep`]).
 
+pub mod evaluate;
 pub mod mat;
+pub mod method;
 pub mod model;
+pub mod objective;
 pub mod shift;
 pub mod sweep;
 pub mod train;
 pub mod xrm;
-mod zero_features;
+
+pub use method::{run_method, run_method_with, Method, MethodOutcome};
+pub use objective::Objective;
+pub use train::{train, TrainConfig, TrainOutcome, TrainSetup};

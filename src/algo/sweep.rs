@@ -62,8 +62,9 @@ use std::sync::Arc;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::method::{run_method_with, Method};
 use super::model::{ModelSpec, OptimizerSpec};
-use super::train::{run_method_with, Method, TrainConfig};
+use super::train::TrainConfig;
 use super::xrm::{run_xrm, XrmConfig, XrmLoss, XrmOutput};
 use crate::backend::Device;
 use crate::data::Dataset;
@@ -672,7 +673,6 @@ fn run_job(
         eval_train: false,
         eval_valid: true,
         checkpoints_path: Some(dir.join(CHECKPOINTS_FILE)),
-        skip_zero_features: true,
     };
     let outcome = run_method_with(
         ds,

@@ -57,7 +57,6 @@ use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
 use crate::eval::metrics::split_metrics;
 use crate::nn::Module;
-use crate::ops::Reduction;
 use crate::rng::Rng;
 use crate::tensor::{Indices, Tensor};
 
@@ -132,66 +131,11 @@ pub struct XrmOutput {
     pub steps_per_s: f64,
 }
 
-/// The probability that XRM flips an example's dynamic label to the held-out prediction when
-/// that prediction has probability `p` (the largest of `K` classes): `(p − 1/K) · K/(K−1)`,
-/// 0 at the uniform prediction, 1 at a certain one; clamped to `[0, 1]` against rounding.
-/// Returns 0 for `k < 2` (nothing to flip to).
-pub fn flip_probability(p: f64, k: usize) -> f64 {
-    if k < 2 {
-        return 0.0;
-    }
-    let k = k as f64;
-    ((p - 1.0 / k) * k / (k - 1.0)).clamp(0.0, 1.0)
-}
+pub use crate::ops::flip_probability;
 
-/// Largest softmax probability and its class (first on ties), in f64.
-fn max_softmax(logits: &[f32]) -> (f64, u32) {
-    let mut best = 0usize;
-    for (j, &v) in logits.iter().enumerate() {
-        if v > logits[best] {
-            best = j;
-        }
-    }
-    let max = logits[best] as f64;
-    let total: f64 = logits.iter().map(|&v| (v as f64 - max).exp()).sum();
-    (1.0 / total, best as u32)
-}
-
-/// One XRM flip step on held-out logits `heldout` (`rows × K`, on any device) with one
-/// uniform in `[0, 1)` per row: for each row, `Some(ŷ)` when its dynamic label flips to the
-/// held-out prediction `ŷ` (`uniforms[i] <` [`flip_probability`]`(p_i, K)`, `p_i` and `ŷ` the
-/// largest softmax probability and its first class, in f64), `None` when it keeps its label.
-/// CPU tensors are flipped on the host; CUDA tensors on the device, without copying the
-/// logits back (`CudaStorage::xrm_flip_targets`), giving the same flips for the same
-/// uniforms (CUDA's f64 `exp` may differ from the host's in the last bit, which can change a
-/// flip only for a uniform within a few ulps of its probability).
-///
-/// Errors: `heldout` not a matrix, `uniforms.len()` not its number of rows, device errors.
+/// One XRM flip step on held-out logits; see [`Tensor::xrm_flip_targets`].
 pub fn flip_targets(heldout: &Tensor, uniforms: &[f64]) -> Result<Vec<Option<u32>>> {
-    let (rows, k) = heldout.dims2()?;
-    if uniforms.len() != rows {
-        return Err(Error::arg(
-            "uniforms",
-            format!("{} uniforms for {rows} held-out rows", uniforms.len()),
-        ));
-    }
-    #[cfg(feature = "cuda")]
-    {
-        if let crate::backend::Storage::Cuda(s) = &*heldout.storage() {
-            return s.xrm_flip_targets(rows, k, uniforms);
-        }
-    }
-    if k < 2 {
-        return Ok(vec![None; rows]);
-    }
-    let h = heldout.to_vec()?;
-    Ok(h.chunks_exact(k)
-        .zip(uniforms)
-        .map(|(row, &u)| {
-            let (p, yhat) = max_softmax(row);
-            (u < flip_probability(p, k)).then_some(yhat)
-        })
-        .collect())
+    heldout.xrm_flip_targets(uniforms)
 }
 
 fn flip_rate(y_dyn: &[u32], y: &[u32]) -> f64 {
@@ -306,8 +250,8 @@ pub fn run_xrm_with_twins(
         }
 
         // Per twin: the held-in loss on its rows and the other twin's held-out logits of the
-        // same rows, before the update (they stay on the device). Linear twins take both from
-        // one pass over the rows.
+        // same rows, before the update (they stay on the device; linear twins take both from
+        // one pass over the rows).
         let mut loss: Option<Tensor> = None;
         let mut heldout = [None, None];
         for (slot, (twin, other, x, labels)) in [
@@ -321,27 +265,7 @@ pub fn run_xrm_with_twins(
             // Σ_i w_i CE(twin(x_i), y_dyn,i) over the twin's rows.
             let y = Indices::new(labels.to_vec(), device)?;
             let w = Tensor::from_vec(weight_of(labels, &counts), labels.len(), device)?;
-            let (part, ho) = match (twin.as_linear(), other.as_linear()) {
-                (Some(lin), Some(other_lin)) => {
-                    let (part, _, ho) = x.linear_shifted_cross_entropy_beside(
-                        &lin.weight,
-                        lin.bias.as_ref(),
-                        &y,
-                        None,
-                        Some(&w),
-                        Reduction::Sum,
-                        &other_lin.weight,
-                        other_lin.bias.as_ref(),
-                    )?;
-                    (part, ho)
-                }
-                _ => {
-                    let ho = no_grad(|| other.forward(x))?;
-                    let logits = twin.forward(x)?;
-                    let part = logits.shifted_cross_entropy(&y, None, Some(&w), Reduction::Sum)?;
-                    (part, ho)
-                }
-            };
+            let (part, ho) = twin.loss_beside(other.as_ref(), x, &y, &w)?;
             heldout[slot] = Some(ho);
             loss = Some(match loss {
                 Some(l) => l.add(&part)?,
@@ -839,14 +763,5 @@ mod tests {
         }
         assert!((flip_probability(0.75, 2) - 0.5).abs() < 1e-15);
         assert_eq!(flip_probability(0.9, 1), 0.0);
-    }
-
-    #[test]
-    fn max_softmax_matches_the_definition() {
-        let (p, c) = max_softmax(&[0.0, (3.0f32).ln(), 0.0]);
-        assert_eq!(c, 1);
-        assert!((p - 0.6).abs() < 1e-7);
-        let (p, c) = max_softmax(&[2.0, 2.0]);
-        assert_eq!((p, c), (0.5, 0));
     }
 }

@@ -59,7 +59,8 @@ pub(crate) enum Op {
         weight: Tensor,
         bias: Option<Tensor>,
         grad_w: Tensor,
-        grad_b: Tensor,
+        /// Present exactly when `bias` is.
+        grad_b: Option<Tensor>,
     },
 }
 

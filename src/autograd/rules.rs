@@ -189,14 +189,16 @@ pub(super) fn backward(
             grad_w,
             grad_b,
         } => {
-            let (gw, gb) = if g_is_one {
-                (grad_w.clone(), grad_b.clone())
-            } else {
-                (grad_w.broadcast_mul(g)?, grad_b.broadcast_mul(g)?)
+            let scaled = |t: &Tensor| {
+                if g_is_one {
+                    Ok(t.clone())
+                } else {
+                    t.broadcast_mul(g)
+                }
             };
-            let mut out = vec![(weight.clone(), gw)];
-            if let Some(b) = bias {
-                out.push((b.clone(), gb));
+            let mut out = vec![(weight.clone(), scaled(grad_w)?)];
+            if let (Some(b), Some(gb)) = (bias, grad_b) {
+                out.push((b.clone(), scaled(gb)?));
             }
             out
         }

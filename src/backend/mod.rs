@@ -93,6 +93,134 @@ pub struct XentArgs<'a, S, I> {
     pub write_grad: bool,
 }
 
+impl<'a, S, I> XentArgs<'a, S, I> {
+    /// The same arguments with the storages of another type (a backend's own, from
+    /// [`Storage`]); `None` where an operand is on another device.
+    fn cast<T, J>(
+        &self,
+        f: impl Fn(&'a S) -> Option<&'a T>,
+        labels: &'a J,
+    ) -> Option<XentArgs<'a, T, J>> {
+        Some(XentArgs {
+            shift: self.shift.map(&f).map_or(Some(None), |s| s.map(Some))?,
+            labels,
+            weights: self.weights.map(&f).map_or(Some(None), |s| s.map(Some))?,
+            rows: self.rows,
+            cols: self.cols,
+            grad_scale: self.grad_scale,
+            write_grad: self.write_grad,
+        })
+    }
+}
+
+/// The fused linear layer + shifted cross-entropy's inputs besides `x` (`rows × d`, the
+/// storage the primitive is called on): logits `z = x · Wᵀ + b` go into the cross-entropy
+/// described by `xent` (`rows × cols`; `write_grad` is ignored, the gradient is always formed).
+pub struct LinearXentArgs<'a, S, I> {
+    /// `W`, `cols × d`.
+    pub weight: &'a S,
+    /// `b`, `cols` values.
+    pub bias: Option<&'a S>,
+    pub d: usize,
+    pub xent: XentArgs<'a, S, I>,
+    /// Extra rows `V` (`rows_v × d`) and their bias, whose logits `x · Vᵀ + c` come from the
+    /// same pass over `x`, untouched by the loss (XRM's other twin).
+    pub also: Option<(&'a S, Option<&'a S>, usize)>,
+}
+
+impl<'a, S, I> LinearXentArgs<'a, S, I> {
+    fn cast<T, J>(
+        &self,
+        f: impl Fn(&'a S) -> Option<&'a T> + Copy,
+        labels: &'a J,
+    ) -> Option<LinearXentArgs<'a, T, J>> {
+        let opt = |s: Option<&'a S>| s.map(f).map_or(Some(None), |t| t.map(Some));
+        Some(LinearXentArgs {
+            weight: f(self.weight)?,
+            bias: opt(self.bias)?,
+            d: self.d,
+            xent: self.xent.cast(f, labels)?,
+            also: match self.also {
+                Some((v, c, rows)) => Some((f(v)?, opt(c)?, rows)),
+                None => None,
+            },
+        })
+    }
+}
+
+/// What the fused linear layer + shifted cross-entropy computes.
+pub struct LinearXentOut<S> {
+    /// `z = x · Wᵀ + b`, `rows × cols`.
+    pub logits: S,
+    /// `w_i · CE(z_i + s_i, y_i)`, `rows` values.
+    pub row_losses: S,
+    /// `Σ_i dz_iᵀ x_i` with `dz` as [`BackendStorage::xent`] writes it, `cols × d`.
+    pub grad_w: S,
+    /// `Σ_i dz_i`, when there is a bias.
+    pub grad_b: Option<S>,
+    /// `x · Vᵀ + c`, `rows × rows_v`, when asked for.
+    pub also_logits: Option<S>,
+}
+
+impl<S> LinearXentOut<S> {
+    fn map<T>(self, f: impl Fn(S) -> T) -> LinearXentOut<T> {
+        LinearXentOut {
+            logits: f(self.logits),
+            row_losses: f(self.row_losses),
+            grad_w: f(self.grad_w),
+            grad_b: self.grad_b.map(&f),
+            also_logits: self.also_logits.map(&f),
+        }
+    }
+}
+
+/// The fused linear layer + shifted cross-entropy composed from the other primitives: the
+/// reference every backend's [`BackendStorage::linear_xent`] must match, and the
+/// implementation of backends without a fused kernel (the CUDA backend, whose fused CE kernel
+/// it calls). It runs the operations autograd runs for `(x · Wᵀ + b).shifted_cross_entropy`
+/// and its backward pass, in the same order, so it gives their bits: `x · Wᵀ`, `+ b`, the
+/// fused CE with its gradient `dz`, `dW = dzᵀ · x` and `db = Σ_i dz_i`.
+pub fn linear_xent_composite<S: BackendStorage>(
+    x: &S,
+    a: LinearXentArgs<'_, S, S::Index>,
+) -> Result<LinearXentOut<S>> {
+    let (n, c, d) = (a.xent.rows, a.xent.cols, a.d);
+    let affine = |w: &S, b: Option<&S>, rows: usize| -> Result<S> {
+        let z = x.matmul(w, n, d, rows, false, true)?;
+        match b {
+            Some(b) => z.binary(
+                b,
+                BinaryOp::Add,
+                &Shape::from((n, rows)),
+                &Shape::from(rows),
+                &Shape::from((n, rows)),
+            ),
+            None => Ok(z),
+        }
+    };
+    let also_logits = a.also.map(|(v, b, rows)| affine(v, b, rows)).transpose()?;
+    let logits = affine(a.weight, a.bias, c)?;
+    let (row_losses, dz) = logits.xent(XentArgs {
+        write_grad: true,
+        ..a.xent
+    })?;
+    let dz = dz.ok_or_else(|| {
+        Error::Device("linear_shifted_cross_entropy: the CE kernel wrote no gradient".into())
+    })?;
+    let grad_w = dz.matmul(x, c, n, d, true, false)?;
+    let grad_b = a
+        .bias
+        .map(|_| dz.reduce(ReduceOp::Sum, 1, n, c))
+        .transpose()?;
+    Ok(LinearXentOut {
+        logits,
+        row_losses,
+        grad_w,
+        grad_b,
+        also_logits,
+    })
+}
+
 /// The primitive kernels every backend provides. Buffers are contiguous row-major f32.
 pub trait BackendStorage: Sized {
     type Index;
@@ -156,6 +284,20 @@ pub trait BackendStorage: Sized {
     /// Fused shifted softmax-cross-entropy: per-row weighted losses and, when asked,
     /// `dz = grad_scale * w_i * (softmax(z_i + s_i) - onehot(y_i))`.
     fn xent(&self, args: XentArgs<'_, Self, Self::Index>) -> Result<(Self, Option<Self>)>;
+    /// Fused linear layer + shifted softmax-cross-entropy (see [`LinearXentArgs`]). The
+    /// default is [`linear_xent_composite`]; a backend overrides it with a kernel that reads
+    /// `x` once, for the shapes where it has one.
+    fn linear_xent(
+        &self,
+        args: LinearXentArgs<'_, Self, Self::Index>,
+    ) -> Result<LinearXentOut<Self>> {
+        linear_xent_composite(self, args)
+    }
+    /// XRM's label-flip step on `rows × cols` held-out logits with one uniform in `[0, 1)` per
+    /// row: `Some(ŷ)` when row `i` flips to its prediction `ŷ` (the first largest logit),
+    /// that is when `uniforms[i] <` [`flip_probability`]`(p_i, cols)` with `p_i` the largest
+    /// softmax probability, in f64; `None` when it keeps its label.
+    fn flip_targets(&self, rows: usize, cols: usize, uniforms: &[f64]) -> Result<Vec<Option<u32>>>;
     /// Sum of all elements, in a fixed order.
     fn sum_all(&self) -> Result<Self>;
     fn sgd_update(
@@ -165,6 +307,18 @@ pub trait BackendStorage: Sized {
         h: SgdStep,
     ) -> Result<()>;
     fn adam_update(&mut self, grad: &Self, m: &mut Self, v: &mut Self, h: AdamStep) -> Result<()>;
+}
+
+/// The probability that XRM flips an example's dynamic label to the held-out prediction when
+/// that prediction has probability `p` (the largest of `k` classes): `(p − 1/k) · k/(k−1)`,
+/// 0 at the uniform prediction, 1 at a certain one; clamped to `[0, 1]` against rounding.
+/// Returns 0 for `k < 2` (nothing to flip to).
+pub fn flip_probability(p: f64, k: usize) -> f64 {
+    if k < 2 {
+        return 0.0;
+    }
+    let k = k as f64;
+    ((p - 1.0 / k) * k / (k - 1.0)).clamp(0.0, 1.0)
 }
 
 /// Where tensors live.
@@ -227,6 +381,18 @@ impl Device {
 
     pub fn is_cpu(&self) -> bool {
         matches!(self, Device::Cpu)
+    }
+
+    /// The most output columns for which `x · Wᵀ` at depth `k` computes every column with
+    /// the operations of its own product, whatever the width: linear maps stacked into one
+    /// product up to this width each get the bits of a product of their own. 1 where the
+    /// backend promises nothing.
+    pub fn stackable_columns(&self, k: usize) -> usize {
+        match self {
+            Device::Cpu => cpu::stackable_columns(k),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(_) => 1,
+        }
     }
 
     pub(crate) fn storage_from_vec(&self, data: Vec<f32>) -> Result<Storage> {
@@ -480,67 +646,84 @@ impl Storage {
     }
 
     /// Fused shifted softmax-CE; see [`BackendStorage::xent`].
-    #[allow(clippy::too_many_arguments)]
     pub fn xent(
         &self,
-        shift: Option<&Storage>,
-        labels: &IndexStorage,
-        weights: Option<&Storage>,
-        rows: usize,
-        cols: usize,
-        grad_scale: f32,
-        write_grad: bool,
+        args: XentArgs<'_, Storage, IndexStorage>,
     ) -> Result<(Storage, Option<Storage>)> {
-        match (self, labels) {
+        const OP: &str = "shifted_cross_entropy";
+        match (self, args.labels) {
             (Storage::Cpu(z), IndexStorage::Cpu(y)) => {
-                let shift = match shift {
-                    None => None,
-                    Some(Storage::Cpu(s)) => Some(s),
-                    #[cfg(feature = "cuda")]
-                    Some(_) => return Err(device_mismatch("shifted_cross_entropy")),
-                };
-                let weights = match weights {
-                    None => None,
-                    Some(Storage::Cpu(w)) => Some(w),
-                    #[cfg(feature = "cuda")]
-                    Some(_) => return Err(device_mismatch("shifted_cross_entropy")),
-                };
-                let (l, g) = z.xent(XentArgs {
-                    shift,
-                    labels: y,
-                    weights,
-                    rows,
-                    cols,
-                    grad_scale,
-                    write_grad,
-                })?;
+                let args = args
+                    .cast(Storage::as_cpu, y)
+                    .ok_or_else(|| device_mismatch(OP))?;
+                let (l, g) = z.xent(args)?;
                 Ok((Storage::Cpu(l), g.map(Storage::Cpu)))
             }
             #[cfg(feature = "cuda")]
             (Storage::Cuda(z), IndexStorage::Cuda(y)) => {
-                let shift = match shift {
-                    None => None,
-                    Some(Storage::Cuda(s)) => Some(s),
-                    Some(_) => return Err(device_mismatch("shifted_cross_entropy")),
-                };
-                let weights = match weights {
-                    None => None,
-                    Some(Storage::Cuda(w)) => Some(w),
-                    Some(_) => return Err(device_mismatch("shifted_cross_entropy")),
-                };
-                let (l, g) = z.xent(XentArgs {
-                    shift,
-                    labels: y,
-                    weights,
-                    rows,
-                    cols,
-                    grad_scale,
-                    write_grad,
-                })?;
+                let args = args
+                    .cast(Storage::as_cuda, y)
+                    .ok_or_else(|| device_mismatch(OP))?;
+                let (l, g) = z.xent(args)?;
                 Ok((Storage::Cuda(l), g.map(Storage::Cuda)))
             }
             #[cfg(feature = "cuda")]
-            _ => Err(device_mismatch("shifted_cross_entropy")),
+            _ => Err(device_mismatch(OP)),
+        }
+    }
+
+    /// Fused linear layer + shifted softmax-CE; see [`BackendStorage::linear_xent`].
+    pub fn linear_xent(
+        &self,
+        args: LinearXentArgs<'_, Storage, IndexStorage>,
+    ) -> Result<LinearXentOut<Storage>> {
+        const OP: &str = "linear_shifted_cross_entropy";
+        match (self, args.xent.labels) {
+            (Storage::Cpu(x), IndexStorage::Cpu(y)) => {
+                let args = args
+                    .cast(Storage::as_cpu, y)
+                    .ok_or_else(|| device_mismatch(OP))?;
+                Ok(x.linear_xent(args)?.map(Storage::Cpu))
+            }
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda(x), IndexStorage::Cuda(y)) => {
+                let args = args
+                    .cast(Storage::as_cuda, y)
+                    .ok_or_else(|| device_mismatch(OP))?;
+                Ok(x.linear_xent(args)?.map(Storage::Cuda))
+            }
+            #[cfg(feature = "cuda")]
+            _ => Err(device_mismatch(OP)),
+        }
+    }
+
+    /// XRM's label-flip step; see [`BackendStorage::flip_targets`].
+    pub fn flip_targets(
+        &self,
+        rows: usize,
+        cols: usize,
+        uniforms: &[f64],
+    ) -> Result<Vec<Option<u32>>> {
+        match self {
+            Storage::Cpu(s) => s.flip_targets(rows, cols, uniforms),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(s) => s.flip_targets(rows, cols, uniforms),
+        }
+    }
+
+    fn as_cpu(&self) -> Option<&cpu::CpuStorage> {
+        match self {
+            Storage::Cpu(s) => Some(s),
+            #[cfg(feature = "cuda")]
+            _ => None,
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn as_cuda(&self) -> Option<&cuda::CudaStorage> {
+        match self {
+            Storage::Cuda(s) => Some(s),
+            _ => None,
         }
     }
 

@@ -20,8 +20,8 @@ use serde::Serialize;
 
 use super::common::{self, RunArgs, RECIPE_DEFAULTS_HELP};
 use crate::algo::model::{ModelSpec, OptimizerSpec};
-use crate::algo::train::{run_method_with, Method, MethodOutcome, TrainConfig};
 use crate::algo::xrm::{XrmOutput, XRM_JSON_FILE, XRM_TENSORS_FILE};
+use crate::algo::{run_method_with, Method, MethodOutcome, TrainConfig};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::eval::metrics::SplitMetrics;
@@ -360,7 +360,6 @@ pub fn run(args: &Args) -> Result<()> {
         // The command selects checkpoints on validation.
         eval_valid: true,
         checkpoints_path: Some(checkpoints_path.clone()),
-        skip_zero_features: true,
     };
     let bar = common::progress_bar(r.steps as u64, args.method.name());
     let result = run_method_with(&ds, &method, &r.model, &cfg, xrm.as_ref(), &mut |cp| {

@@ -9,10 +9,12 @@ mod io;
 
 pub use io::{load_parameters, save_parameters};
 
+use crate::autograd::no_grad;
 use crate::backend::Device;
 use crate::error::{Error, Result};
+use crate::ops::Reduction;
 use crate::rng::Rng;
-use crate::tensor::Tensor;
+use crate::tensor::{Indices, Tensor};
 
 /// How a layer's weights (and biases) are drawn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,10 +39,73 @@ pub trait Module: Send + Sync {
             .map(|(_, t)| t)
             .collect()
     }
-    /// The layer itself when the module is a single [`Linear`], so that training can fuse it
-    /// with the loss (`Tensor::linear_shifted_cross_entropy`).
+    /// The training loss `reduce_i w_i · CE(f(x_i) + s_i, y_i)` (see
+    /// [`Tensor::shifted_cross_entropy`]) and the logits `f(x)`, detached. A linear layer
+    /// fuses itself with the loss ([`Tensor::linear_shifted_cross_entropy`]).
+    fn loss_and_logits(
+        &self,
+        x: &Tensor,
+        labels: &Indices,
+        shift: Option<&Tensor>,
+        weights: Option<&Tensor>,
+        reduction: Reduction,
+    ) -> Result<(Tensor, Tensor)> {
+        let z = self.forward(x)?;
+        let loss = z.shifted_cross_entropy(labels, shift, weights, reduction)?;
+        Ok((loss, z.detach()))
+    }
+
+    /// [`loss_and_logits`](Module::loss_and_logits) with the weights summing the loss, and
+    /// `other(x)` (no gradient) beside it: XRM's held-in loss of one twin and the other
+    /// twin's held-out logits on the same rows. Two linear layers take both from one pass
+    /// over `x`.
+    fn loss_beside(
+        &self,
+        other: &dyn Module,
+        x: &Tensor,
+        labels: &Indices,
+        weights: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let other_logits = no_grad(|| other.forward(x))?;
+        let z = self.forward(x)?;
+        let loss = z.shifted_cross_entropy(labels, None, Some(weights), Reduction::Sum)?;
+        Ok((loss, other_logits))
+    }
+
+    /// The layer itself when the module is one [`Linear`] (for [`Module::loss_beside`]).
     fn as_linear(&self) -> Option<&Linear> {
         None
+    }
+
+    /// The parameters copied to the host, for a later evaluation batched with other
+    /// snapshots of the same model ([`LinearSnapshot::predict_all`]); `None` for models that
+    /// are evaluated as they are.
+    fn snapshot(&self) -> Result<Option<LinearSnapshot>> {
+        Ok(None)
+    }
+}
+
+/// A linear model's parameters at one moment, on the host.
+#[derive(Clone, Debug)]
+pub struct LinearSnapshot {
+    /// `K × d`, row-major.
+    pub weight: Vec<f32>,
+    pub bias: Option<Vec<f32>>,
+    pub classes: usize,
+}
+
+impl LinearSnapshot {
+    /// `argmax (x · W_sᵀ + b_s)` for every row of `x` and every snapshot `s`, with the bits
+    /// of evaluating each snapshot alone ([`Tensor::linear_predictions`]).
+    pub fn predict_all(x: &Tensor, snapshots: &[&LinearSnapshot]) -> Result<Vec<Vec<u32>>> {
+        let Some(first) = snapshots.first() else {
+            return Ok(Vec::new());
+        };
+        let maps: Vec<(&[f32], Option<&[f32]>)> = snapshots
+            .iter()
+            .map(|s| (&s.weight[..], s.bias.as_deref()))
+            .collect();
+        x.linear_predictions(&maps, first.classes)
     }
 }
 
@@ -115,8 +180,59 @@ impl Module for Linear {
         }
     }
 
+    fn loss_and_logits(
+        &self,
+        x: &Tensor,
+        labels: &Indices,
+        shift: Option<&Tensor>,
+        weights: Option<&Tensor>,
+        reduction: Reduction,
+    ) -> Result<(Tensor, Tensor)> {
+        x.linear_shifted_cross_entropy(
+            &self.weight,
+            self.bias.as_ref(),
+            labels,
+            shift,
+            weights,
+            reduction,
+        )
+    }
+
+    fn loss_beside(
+        &self,
+        other: &dyn Module,
+        x: &Tensor,
+        labels: &Indices,
+        weights: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let Some(other) = other.as_linear() else {
+            let other_logits = no_grad(|| other.forward(x))?;
+            let (loss, _) = self.loss_and_logits(x, labels, None, Some(weights), Reduction::Sum)?;
+            return Ok((loss, other_logits));
+        };
+        let (loss, _, other_logits) = x.linear_shifted_cross_entropy_beside(
+            &self.weight,
+            self.bias.as_ref(),
+            labels,
+            None,
+            Some(weights),
+            Reduction::Sum,
+            &other.weight,
+            other.bias.as_ref(),
+        )?;
+        Ok((loss, other_logits))
+    }
+
     fn as_linear(&self) -> Option<&Linear> {
         Some(self)
+    }
+
+    fn snapshot(&self) -> Result<Option<LinearSnapshot>> {
+        Ok(Some(LinearSnapshot {
+            weight: self.weight.to_vec()?,
+            bias: self.bias.as_ref().map(Tensor::to_vec).transpose()?,
+            classes: self.out_dim(),
+        }))
     }
 
     fn named_parameters(&self) -> Vec<(String, Tensor)> {

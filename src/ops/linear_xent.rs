@@ -9,9 +9,7 @@
 
 use super::Reduction;
 use crate::autograd::Op;
-use crate::backend::cpu::linear_xent::{linear_xent, LinearXentArgs, MAX_CLASSES};
-use crate::backend::cpu::sum_fixed_order;
-use crate::backend::{IndexStorage, Storage};
+use crate::backend::{LinearXentArgs, UnaryOp, XentArgs};
 use crate::error::{Error, Result};
 use crate::shape::Shape;
 use crate::tensor::{Indices, Tensor};
@@ -83,42 +81,6 @@ impl Tensor {
             Some((w, b)) => self.linear_rows(w, b, "other weight")?,
             None => 0,
         };
-        let on_cpu = |t: Option<&Tensor>| t.is_none_or(|t| t.device().is_cpu());
-        let fused = self.device().is_cpu()
-            && weight.device().is_cpu()
-            && on_cpu(bias)
-            && on_cpu(shift)
-            && on_cpu(weights)
-            && on_cpu(also.map(|(w, _)| w))
-            && on_cpu(also.and_then(|(_, b)| b))
-            && labels.device().is_cpu()
-            && c <= MAX_CLASSES
-            && n > 0
-            && !self.tracks_grad()
-            && reduction != Reduction::None
-            && !(reduction == Reduction::WeightedMean && weights.is_none());
-        let other_logits = |x: &Tensor| -> Result<Option<Tensor>> {
-            also.map(|(w, b)| {
-                crate::autograd::no_grad(|| {
-                    let z = x.matmul_t(w)?;
-                    match b {
-                        Some(b) => z.broadcast_add(b),
-                        None => Ok(z),
-                    }
-                })
-            })
-            .transpose()
-        };
-        if !fused {
-            let also_logits = other_logits(self)?;
-            let mut z = self.matmul_t(weight)?;
-            if let Some(b) = bias {
-                z = z.broadcast_add(b)?;
-            }
-            let loss = z.shifted_cross_entropy(labels, shift, weights, reduction)?;
-            return Ok((loss, z.detach(), also_logits));
-        }
-        // The composite checks these; the fused path must too.
         if labels.len() != n {
             return Err(Error::shape_detail(
                 OP,
@@ -147,36 +109,25 @@ impl Tensor {
                 ));
             }
         }
-        // Borrow every operand's host buffer: no copies on the training step's path.
-        let (x, w) = (self.storage(), weight.storage());
-        let (b, s, wt) = (
-            bias.map(|t| t.storage()),
-            shift.map(|t| t.storage()),
-            weights.map(|t| t.storage()),
-        );
-        let (Some(x_v), Some(w_v)) = (host_slice(&x), host_slice(&w)) else {
-            return Err(Error::Device(format!(
-                "{OP}: the fused path needs CPU tensors"
-            )));
-        };
-        let also_w = also.map(|(w, _)| w.storage());
-        let also_v = also_w.as_deref().and_then(host_slice);
-        let bias_v = b.as_deref().and_then(host_slice);
-        let shift_v = s.as_deref().and_then(host_slice);
-        let weights_v = wt.as_deref().and_then(host_slice);
-        // Irrefutable without the `cuda` feature.
-        #[allow(irrefutable_let_patterns)]
-        let IndexStorage::Cpu(labels_v) = &*labels.storage
-        else {
-            return Err(Error::Device(format!(
-                "{OP}: the fused path needs CPU labels"
-            )));
-        };
+        // A gradient for `x`, a per-row loss vector or a weighted mean without weights need
+        // the graph (or its error): the composite.
+        if n == 0
+            || self.tracks_grad()
+            || reduction == Reduction::None
+            || (reduction == Reduction::WeightedMean && weights.is_none())
+        {
+            let also_logits = also
+                .map(|(w, b)| crate::autograd::no_grad(|| linear(self, w, b)))
+                .transpose()?;
+            let z = linear(self, weight, bias)?;
+            let loss = z.shifted_cross_entropy(labels, shift, weights, reduction)?;
+            return Ok((loss, z.detach(), also_logits));
+        }
         let grad_scale = match reduction {
             Reduction::Mean => 1.0 / n as f32,
             Reduction::Sum | Reduction::None => 1.0,
             Reduction::WeightedMean => {
-                let total: f32 = weights_v.map_or(0.0, |w| w.iter().sum());
+                let total = weights.map_or(Ok(0.0), |w| w.sum_all()?.to_scalar())?;
                 if !(total.is_finite() && total > 0.0) {
                     return Err(Error::NonFinite {
                         op: OP,
@@ -186,28 +137,50 @@ impl Tensor {
                 1.0 / total
             }
         };
-        let out = linear_xent(LinearXentArgs {
-            x: x_v,
-            n,
-            d,
-            w: w_v,
-            classes: c,
-            bias: bias_v,
-            shift: shift_v,
-            labels: labels_v,
-            weights: weights_v,
-            grad_scale,
-            also: also_v,
-        })?;
+        let out = {
+            let (x, w) = (self.storage(), weight.storage());
+            let (b, s, wt) = (
+                bias.map(|t| t.storage()),
+                shift.map(|t| t.storage()),
+                weights.map(|t| t.storage()),
+            );
+            let also_w = also.map(|(w, b)| (w.storage(), b.map(|b| b.storage())));
+            x.linear_xent(LinearXentArgs {
+                weight: &w,
+                bias: b.as_deref(),
+                d,
+                xent: XentArgs {
+                    shift: s.as_deref(),
+                    labels: &labels.storage,
+                    weights: wt.as_deref(),
+                    rows: n,
+                    cols: c,
+                    grad_scale,
+                    write_grad: true,
+                },
+                also: also_w
+                    .as_ref()
+                    .map(|(w, b)| (&**w, b.as_deref(), also_rows)),
+            })?
+        };
         let device = self.device();
-        let loss_value = sum_fixed_order(&out.row_losses) * grad_scale;
-        let logits = Tensor::from_vec(out.logits, (n, c), device)?;
-        let grad_w = Tensor::from_vec(out.grad_w, (c, d), device)?;
-        let grad_b = Tensor::from_vec(out.grad_b, c, device)?;
-        let storage = device.storage_from_vec(vec![loss_value])?;
+        let total = out.row_losses.sum_all()?;
+        let loss_storage = if grad_scale == 1.0 {
+            total
+        } else {
+            total.unary(UnaryOp::Affine {
+                mul: grad_scale,
+                add: 0.0,
+            })?
+        };
+        let logits = Tensor::from_storage(out.logits, Shape::from((n, c)), device.clone());
+        let grad_w = Tensor::from_storage(out.grad_w, weight.shape().clone(), device.clone());
+        let grad_b = out
+            .grad_b
+            .map(|g| Tensor::from_storage(g, Shape::from(c), device.clone()));
         let mut inputs = vec![weight];
         inputs.extend(bias);
-        let loss = Tensor::from_op(storage, Shape::from(()), device, &inputs, || {
+        let loss = Tensor::from_op(loss_storage, Shape::from(()), device, &inputs, || {
             Op::LinearXent {
                 weight: weight.clone(),
                 bias: bias.cloned(),
@@ -216,21 +189,19 @@ impl Tensor {
             }
         });
         super::check_finite(&loss, OP)?;
-        let also_logits = match also {
-            Some((_, other_bias)) => {
-                let mut z = out.also_logits;
-                if let (Some(b), true) = (other_bias, also_rows > 0) {
-                    // f32 adds, as broadcast_add makes them.
-                    let b = b.to_vec()?;
-                    for row in z.chunks_exact_mut(also_rows) {
-                        row.iter_mut().zip(&b).for_each(|(z, b)| *z += b);
-                    }
-                }
-                Some(Tensor::from_vec(z, (n, also_rows), device)?)
-            }
-            None => None,
-        };
+        let also_logits = out
+            .also_logits
+            .map(|z| Tensor::from_storage(z, Shape::from((n, also_rows)), device.clone()));
         Ok((loss, logits, also_logits))
+    }
+}
+
+/// `x · wᵀ + b`.
+fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let z = x.matmul_t(w)?;
+    match b {
+        Some(b) => z.broadcast_add(b),
+        None => Ok(z),
     }
 }
 
@@ -259,14 +230,5 @@ impl Tensor {
             }
         }
         Ok(rows)
-    }
-}
-
-/// The host buffer behind a storage (`None` on a device).
-fn host_slice(s: &Storage) -> Option<&[f32]> {
-    match s {
-        Storage::Cpu(c) => Some(c.as_slice()),
-        #[cfg(feature = "cuda")]
-        Storage::Cuda(_) => None,
     }
 }

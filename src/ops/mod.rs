@@ -9,6 +9,7 @@
 mod linear_xent;
 mod xent;
 
+pub use crate::backend::flip_probability;
 pub use xent::Reduction;
 
 use crate::autograd::Op;
@@ -539,6 +540,75 @@ impl Tensor {
             storage: std::sync::Arc::new(self.storage().argmax_rows(r, c)?),
             device: self.device().clone(),
         })
+    }
+
+    /// `argmax (self · W_sᵀ + b_s)` for every row of `self` (`n × d`) and each linear map `s`
+    /// in `maps` (`W_s` as `k × d` row-major host values, `b_s` as `k`), with the bits of
+    /// `self.matmul_t(W_s)`, `broadcast_add(b_s)` and `argmax_rows` for each map alone. Maps
+    /// are stacked into one product (one pass over `self`) as far as the device keeps each
+    /// column's bits ([`Device::stackable_columns`](crate::Device::stackable_columns)).
+    pub fn linear_predictions(
+        &self,
+        maps: &[(&[f32], Option<&[f32]>)],
+        k: usize,
+    ) -> Result<Vec<Vec<u32>>> {
+        const OP: &str = "linear_predictions";
+        let (n, d) = self.shape().dims2(OP)?;
+        if k == 0 {
+            return Err(Error::bad_shape(OP, self.dims(), "no classes"));
+        }
+        let with_bias = maps.first().is_some_and(|(_, b)| b.is_some());
+        if let Some((w, b)) = maps
+            .iter()
+            .find(|(w, b)| w.len() != k * d || b.map(<[f32]>::len) != with_bias.then_some(k))
+        {
+            return Err(Error::shape_detail(
+                OP,
+                &[k, d],
+                &[w.len(), b.map_or(0, <[f32]>::len)],
+                "every map is k × d, with k biases for all maps or none",
+            ));
+        }
+        let per_pass = (self.device().stackable_columns(d) / k).max(1);
+        let mut out = Vec::with_capacity(maps.len());
+        crate::autograd::no_grad(|| -> Result<()> {
+            for group in maps.chunks(per_pass) {
+                let s = group.len();
+                let w: Vec<f32> = group.iter().flat_map(|(w, _)| w.iter().copied()).collect();
+                let mut z = self.matmul_t(&Tensor::from_vec(w, (s * k, d), self.device())?)?;
+                if with_bias {
+                    let b: Vec<f32> = group
+                        .iter()
+                        .flat_map(|(_, b)| b.unwrap_or(&[]))
+                        .copied()
+                        .collect();
+                    z = z.broadcast_add(&Tensor::from_vec(b, s * k, self.device())?)?;
+                }
+                // Row `i·s + t` of the reshaped logits is row `i` of map `t`.
+                let pred = z.reshape((n * s, k))?.argmax_rows()?.to_vec()?;
+                out.extend((0..s).map(|t| pred.iter().skip(t).step_by(s).copied().collect()));
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// XRM's label-flip step on these held-out logits (`rows × K`), one uniform in `[0, 1)`
+    /// per row: `Some(ŷ)` where the row's dynamic label flips to the prediction `ŷ` (the first
+    /// largest logit), i.e. `uniforms[i] <` [`flip_probability`]`(p_i, K)` with `p_i` the
+    /// largest softmax probability in f64; `None` where it keeps its label. On a GPU the
+    /// logits stay on the device: the uniforms go up and the targets come back. The device's
+    /// f64 `exp` may differ from the host's in the last bit, which can change a flip only
+    /// for a uniform within a few ulps of its probability.
+    pub fn xrm_flip_targets(&self, uniforms: &[f64]) -> Result<Vec<Option<u32>>> {
+        let (rows, k) = self.shape().dims2("xrm_flip_targets")?;
+        if uniforms.len() != rows {
+            return Err(Error::arg(
+                "uniforms",
+                format!("{} uniforms for {rows} held-out rows", uniforms.len()),
+            ));
+        }
+        self.storage().flip_targets(rows, k, uniforms)
     }
 
     /// Mean squared error `mean((self - target)²)`, composed from primitives.

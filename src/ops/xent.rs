@@ -9,6 +9,7 @@
 //! `Reduction::None`).
 
 use crate::autograd::{grad_enabled, Op};
+use crate::backend::XentArgs;
 use crate::error::{Error, Result};
 use crate::shape::Shape;
 use crate::tensor::{Indices, Tensor};
@@ -99,15 +100,15 @@ impl Tensor {
             let z = self.storage();
             let s = shift.map(|s| s.storage());
             let w = weights.map(|w| w.storage());
-            z.xent(
-                s.as_deref(),
-                &labels.storage,
-                w.as_deref(),
+            z.xent(XentArgs {
+                shift: s.as_deref(),
+                labels: &labels.storage,
+                weights: w.as_deref(),
                 rows,
                 cols,
                 grad_scale,
                 write_grad,
-            )?
+            })?
         };
         let device = self.device();
         let (storage, shape) = match reduction {

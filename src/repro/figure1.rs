@@ -54,8 +54,8 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::algo::model::{ModelSpec, OptimizerSpec};
-use crate::algo::train::{run_method_with, Method, MethodOutcome, TrainConfig};
 use crate::algo::xrm::{run_xrm, XrmConfig, XrmLoss, XrmOutput};
+use crate::algo::{run_method_with, Method, MethodOutcome, TrainConfig};
 use crate::backend::Device;
 use crate::cli::common::{progress_bar, write_json};
 use crate::data::synthetic::{
@@ -107,10 +107,6 @@ pub struct Figure1Config {
     /// instead of one after the other with the cores splitting each product. The results are
     /// the same bits either way.
     pub concurrent_runs: bool,
-    /// Train on the blocks of feature columns that are nonzero in some training row only
-    /// ([`TrainConfig::skip_zero_features`]): at `σ_ε = 0` that is the first block of 32
-    /// columns of `d`. The results are the same bits either way.
-    pub skip_zero_features: bool,
 }
 
 impl Default for Figure1Config {
@@ -128,7 +124,6 @@ impl Default for Figure1Config {
             out: None,
             progress: false,
             concurrent_runs: true,
-            skip_zero_features: true,
         }
     }
 }
@@ -588,7 +583,6 @@ fn run_one(
         eval_train: true,
         eval_valid: false,
         checkpoints_path: None,
-        skip_zero_features: cfg.skip_zero_features,
     };
     let mut tick = |_: &Checkpoint| -> Result<()> {
         bar.inc(1);

@@ -65,8 +65,8 @@ use serde::Serialize;
 
 use crate::algo::model::{ModelSpec, OptimizerSpec};
 use crate::algo::shift::mat_shift;
-use crate::algo::train::{train, Objective, TrainConfig, TrainSetup};
 use crate::algo::xrm::{run_xrm_with_twins, XrmConfig, XrmLoss, XrmOutput};
+use crate::algo::{train, Objective, TrainConfig, TrainSetup};
 use crate::autograd::no_grad;
 use crate::backend::Device;
 use crate::cli::common::{write_json, write_text};
@@ -286,7 +286,6 @@ pub fn estimate(
             eval_train: false,
             eval_valid: true,
             checkpoints_path: None,
-            skip_zero_features: true,
         };
         let setup = TrainSetup {
             objective: objective.clone(),

@@ -415,8 +415,18 @@ fn axpy_rows(coef: &[f32], b_row: &[f32], out: &mut [f32], width: usize) {
 }
 
 /// Whether `op(A) · op(B)` with an untransposed A takes the dot-product path.
-pub(super) fn dot_path_covers(k: usize, n: usize) -> bool {
+fn dot_path_covers(k: usize, n: usize) -> bool {
     n <= THIN || (n <= DOTS_MAX_COLS && k >= DOTS_MIN_K)
+}
+
+/// The widest output the dot-product path takes at depth `k`: it computes each column with
+/// the same operations whatever the width, so products up to this width stack exactly.
+pub(super) fn dot_path_width(k: usize) -> usize {
+    if k >= DOTS_MIN_K {
+        DOTS_MAX_COLS
+    } else {
+        THIN
+    }
 }
 
 /// `c = A · [cols]` (`m × n`, A row-major `m × k`) by blocks of `R` rows (the last block

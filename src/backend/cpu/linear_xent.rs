@@ -16,7 +16,8 @@
 use rayon::prelude::*;
 
 use super::gemm::{accumulate_rows, row_block_dots, row_dots};
-use super::math;
+use super::{math, CpuStorage};
+use crate::backend::{LinearXentArgs, LinearXentOut};
 use crate::error::{Error, Result};
 
 /// Rows per block.
@@ -24,38 +25,17 @@ const ROWS: usize = 64;
 /// Rows per group within a block: a multiple of 4, the rows `accumulate_rows` takes per pass.
 const GROUP: usize = 4;
 /// Largest class count of the fused path.
-pub(crate) const MAX_CLASSES: usize = 4;
+pub(super) const MAX_CLASSES: usize = 4;
 
-/// Inputs of [`linear_xent`], all row-major.
-pub(crate) struct LinearXentArgs<'a> {
-    pub x: &'a [f32],
-    pub n: usize,
-    pub d: usize,
-    pub w: &'a [f32],
-    pub classes: usize,
-    pub bias: Option<&'a [f32]>,
-    pub shift: Option<&'a [f32]>,
-    pub labels: &'a [u32],
-    pub weights: Option<&'a [f32]>,
-    pub grad_scale: f32,
-    /// Extra weight rows (`E × D`) whose logits `X · alsoᵀ` are computed in the same pass
-    /// and returned beside the loss, untouched by it.
-    pub also: Option<&'a [f32]>,
-}
-
-/// Logits, per-row weighted losses and the gradients of `W` and `b`.
-pub(crate) struct LinearXentOut {
-    pub logits: Vec<f32>,
-    /// `X · alsoᵀ` (`N × E`), empty without `also`.
-    pub also_logits: Vec<f32>,
-    pub row_losses: Vec<f32>,
-    pub grad_w: Vec<f32>,
-    pub grad_b: Vec<f32>,
-}
-
-pub(crate) fn linear_xent(a: LinearXentArgs<'_>) -> Result<LinearXentOut> {
-    let (n, d, c) = (a.n, a.d, a.classes);
-    if let Some((row, &label)) = a.labels.iter().enumerate().find(|(_, &y)| y as usize >= c) {
+/// The fused pass over `x` (`n × d`, row-major) for `a.xent.cols <= MAX_CLASSES`; see
+/// [`BackendStorage::linear_xent`](crate::backend::BackendStorage::linear_xent).
+pub(super) fn linear_xent(
+    x: &[f32],
+    a: LinearXentArgs<'_, CpuStorage, Vec<u32>>,
+) -> Result<LinearXentOut<CpuStorage>> {
+    let (n, d, c) = (a.xent.rows, a.d, a.xent.cols);
+    let labels = a.xent.labels.as_slice();
+    if let Some((row, &label)) = labels.iter().enumerate().find(|(_, &y)| y as usize >= c) {
         return Err(Error::LabelOutOfRange {
             op: "linear_shifted_cross_entropy",
             row,
@@ -63,12 +43,17 @@ pub(crate) fn linear_xent(a: LinearXentArgs<'_>) -> Result<LinearXentOut> {
             classes: c,
         });
     }
-    let e = a.also.map_or(0, |w| w.len() / d.max(1));
+    let w = a.weight.as_slice();
+    let bias = a.bias.map(CpuStorage::as_slice);
+    let shift = a.xent.shift.map(CpuStorage::as_slice);
+    let weights = a.xent.weights.map(CpuStorage::as_slice);
+    let grad_scale = a.xent.grad_scale;
+    let e = a.also.map_or(0, |(_, _, rows)| rows);
     // The loss's classes first, then the extra rows: every logit is one dot product, whatever
     // group of columns it is taken in.
-    let also = a.also.unwrap_or(&[]);
+    let also = a.also.map_or(&[][..], |(v, _, _)| v.as_slice());
     let cols: Vec<Vec<f32>> = (0..c)
-        .map(|j| a.w[j * d..(j + 1) * d].to_vec())
+        .map(|j| w[j * d..(j + 1) * d].to_vec())
         .chain((0..e).map(|j| also[j * d..(j + 1) * d].to_vec()))
         .collect();
     let width = c + e;
@@ -93,10 +78,10 @@ pub(crate) fn linear_xent(a: LinearXentArgs<'_>) -> Result<LinearXentOut> {
                     .enumerate()
                 {
                     let i = r0 + g0 + 2 * pi;
-                    let x0 = &a.x[i * d..(i + 1) * d];
+                    let x0 = &x[i * d..(i + 1) * d];
                     if zp.len() == 2 * width {
                         let (z0, z1) = zp.split_at_mut(width);
-                        let x1 = &a.x[(i + 1) * d..(i + 2) * d];
+                        let x1 = &x[(i + 1) * d..(i + 2) * d];
                         for ((group, z0), z1) in cols
                             .chunks(MAX_CLASSES)
                             .zip(z0.chunks_mut(MAX_CLASSES))
@@ -115,12 +100,12 @@ pub(crate) fn linear_xent(a: LinearXentArgs<'_>) -> Result<LinearXentOut> {
                     let i = r0 + r;
                     let zr = &mut z[r * c..(r + 1) * c];
                     zr.copy_from_slice(&all[r * width..r * width + c]);
-                    if let Some(b) = a.bias {
+                    if let Some(b) = bias {
                         zr.iter_mut().zip(b).for_each(|(z, &b)| *z += b);
                     }
                     let mut u = [0.0f32; MAX_CLASSES];
                     for j in 0..c {
-                        u[j] = zr[j] + a.shift.map_or(0.0, |s| s[i * c + j]);
+                        u[j] = zr[j] + shift.map_or(0.0, |s| s[i * c + j]);
                     }
                     let m = u[..c].iter().copied().fold(f32::NEG_INFINITY, f32::max);
                     let mut sum = 0.0f32;
@@ -128,11 +113,11 @@ pub(crate) fn linear_xent(a: LinearXentArgs<'_>) -> Result<LinearXentOut> {
                         *v = math::exp(*v - m);
                         sum += *v;
                     }
-                    let y = a.labels[i] as usize;
-                    let wi = a.weights.map_or(1.0, |w| w[i]);
-                    let u_y = zr[y] + a.shift.map_or(0.0, |s| s[i * c + y]);
+                    let y = labels[i] as usize;
+                    let wi = weights.map_or(1.0, |w| w[i]);
+                    let u_y = zr[y] + shift.map_or(0.0, |s| s[i * c + y]);
                     l[r] = wi * (m + sum.ln() - u_y);
-                    let scale = a.grad_scale * wi;
+                    let scale = grad_scale * wi;
                     let factor = scale / sum;
                     for j in 0..c {
                         dz[r * c + j] = factor * u[j];
@@ -140,7 +125,7 @@ pub(crate) fn linear_xent(a: LinearXentArgs<'_>) -> Result<LinearXentOut> {
                     dz[r * c + y] -= scale;
                 }
                 let dz_at = |j: usize, p: usize| dz[(p - r0) * c + j];
-                accumulate_rows(&dz_at, c, r0 + g0..r0 + g1, a.x, d, 0, d, &mut gw);
+                accumulate_rows(&dz_at, c, r0 + g0..r0 + g1, x, d, 0, d, &mut gw);
             }
             let mut also_block = Vec::with_capacity(rows * e);
             for row in all.chunks_exact(width) {
@@ -178,11 +163,17 @@ pub(crate) fn linear_xent(a: LinearXentArgs<'_>) -> Result<LinearXentOut> {
     for (dst, (_, _, src)) in also_logits.chunks_mut(ROWS * e.max(1)).zip(&partials) {
         dst.copy_from_slice(src);
     }
+    // The extra rows' bias in f32 adds, as `broadcast_add` makes them.
+    if let Some((_, Some(b), _)) = a.also {
+        for row in also_logits.chunks_exact_mut(e.max(1)) {
+            row.iter_mut().zip(b.as_slice()).for_each(|(z, b)| *z += b);
+        }
+    }
     Ok(LinearXentOut {
-        logits,
-        also_logits,
-        row_losses,
-        grad_w,
-        grad_b,
+        logits: CpuStorage(logits),
+        row_losses: CpuStorage(row_losses),
+        grad_w: CpuStorage(grad_w),
+        grad_b: a.bias.map(|_| CpuStorage(grad_b)),
+        also_logits: a.also.map(|_| CpuStorage(also_logits)),
     })
 }

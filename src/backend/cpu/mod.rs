@@ -9,7 +9,7 @@
 //! pool costs more than the work.
 
 mod gemm;
-pub(crate) mod linear_xent;
+mod linear_xent;
 mod math;
 mod optim;
 mod pool;
@@ -18,7 +18,10 @@ mod xent;
 
 use rayon::prelude::*;
 
-use super::{AdamStep, BackendStorage, BinaryOp, ReduceOp, SgdStep, UnaryOp, XentArgs};
+use super::{
+    AdamStep, BackendStorage, BinaryOp, LinearXentArgs, LinearXentOut, ReduceOp, SgdStep, UnaryOp,
+    XentArgs,
+};
 use crate::error::{Error, Result};
 use crate::shape::Shape;
 
@@ -27,24 +30,15 @@ pub(crate) const PAR_MIN_ELEMS: usize = 1 << 15;
 /// Fixed chunk for parallel elementwise loops (independent of the thread count).
 const CHUNK: usize = 1 << 13;
 
-/// Whether an `m × k` by `(n × k)ᵀ` product takes the dot-product path, which computes each
-/// output column with the same operations whatever `n` is (see `gemm`).
-pub(crate) fn dot_products_cover(k: usize, n: usize) -> bool {
-    gemm::dot_path_covers(k, n)
-}
-
-/// Partial sums of every dot product on the dot-product path: element `p` of a row goes to sum
-/// `p % DOT_PARTIAL_SUMS` while `p` is below the last multiple of it, the rest is added after
-/// the sums are folded (see `gemm`).
-pub(crate) const DOT_PARTIAL_SUMS: usize = gemm::LANES;
-
-/// Whether an output of `n` columns takes the dot-product path for every inner dimension.
-pub(crate) fn dot_products_at_any_depth(n: usize) -> bool {
-    n <= gemm::THIN
+/// The most columns that an `m × k` by `(n × k)ᵀ` product stacks with each column keeping
+/// the bits of its own product (the dot-product path of `gemm`); see
+/// [`Device::stackable_columns`](super::Device::stackable_columns).
+pub(crate) fn stackable_columns(k: usize) -> usize {
+    gemm::dot_path_width(k)
 }
 
 /// Index of the first maximum of `row`; NaN never wins. The rule of `argmax_rows`.
-pub(crate) fn argmax_first_max(row: &[f32]) -> usize {
+fn argmax_first_max(row: &[f32]) -> usize {
     let mut best = 0usize;
     for (j, &v) in row.iter().enumerate() {
         if v > row[best] || (row[best].is_nan() && !v.is_nan()) {
@@ -52,6 +46,19 @@ pub(crate) fn argmax_first_max(row: &[f32]) -> usize {
         }
     }
     best
+}
+
+/// Largest softmax probability of `logits` and its class (first on ties), in f64.
+fn max_softmax(logits: &[f32]) -> (f64, u32) {
+    let mut best = 0usize;
+    for (j, &v) in logits.iter().enumerate() {
+        if v > logits[best] {
+            best = j;
+        }
+    }
+    let max = logits[best] as f64;
+    let total: f64 = logits.iter().map(|&v| (v as f64 - max).exp()).sum();
+    (1.0 / total, best as u32)
 }
 
 /// Defines a function that says whether the CPU has every listed feature, probed once per
@@ -482,6 +489,27 @@ impl BackendStorage for CpuStorage {
         xent::shifted_xent(self, args)
     }
 
+    fn linear_xent(&self, a: LinearXentArgs<'_, Self, Vec<u32>>) -> Result<LinearXentOut<Self>> {
+        if a.xent.cols > linear_xent::MAX_CLASSES {
+            return super::linear_xent_composite(self, a);
+        }
+        linear_xent::linear_xent(&self.0, a)
+    }
+
+    fn flip_targets(&self, rows: usize, cols: usize, uniforms: &[f64]) -> Result<Vec<Option<u32>>> {
+        if cols < 2 {
+            return Ok(vec![None; rows]);
+        }
+        Ok(self.0[..rows * cols]
+            .chunks_exact(cols)
+            .zip(uniforms)
+            .map(|(row, &u)| {
+                let (p, yhat) = max_softmax(row);
+                (u < super::flip_probability(p, cols)).then_some(yhat)
+            })
+            .collect())
+    }
+
     fn sum_all(&self) -> Result<Self> {
         Ok(CpuStorage(vec![sum_fixed_order(&self.0)]))
     }
@@ -526,5 +554,19 @@ pub(crate) fn sum_fixed_order(x: &[f32]) -> f32 {
         partial.iter().sum()
     } else {
         x.chunks(CHUNK).map(block_sum).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_softmax_matches_the_definition() {
+        let (p, c) = max_softmax(&[0.0, (3.0f32).ln(), 0.0]);
+        assert_eq!(c, 1);
+        assert!((p - 0.6).abs() < 1e-7);
+        let (p, c) = max_softmax(&[2.0, 2.0]);
+        assert_eq!((p, c), (0.5, 0));
     }
 }

@@ -772,56 +772,6 @@ impl CudaStorage {
         Ok(())
     }
 
-    /// XRM's label-flip step on `rows × k` held-out logits, on the device (kernels/xrm.cu,
-    /// `xrm_flip_targets_f32`): for each row, `Some(ŷ)` when its dynamic label flips to the
-    /// held-out prediction `ŷ` (the first largest logit), `None` when it keeps its label;
-    /// row `i` flips when `uniforms[i] < (p − 1/k)·k/(k − 1)`, `p` the largest softmax
-    /// probability, all in f64 exactly as `crate::algo::xrm` computes it on the CPU. The
-    /// logits stay on the device; the uniforms go up (8 bytes a row) and the targets come
-    /// back (4 bytes a row). `k < 2`: no row flips.
-    ///
-    /// Errors: a storage shorter than `rows × k`, `uniforms.len() != rows`.
-    pub fn xrm_flip_targets(
-        &self,
-        rows: usize,
-        k: usize,
-        uniforms: &[f64],
-    ) -> Result<Vec<Option<u32>>> {
-        self.check_len(mul(rows, k)?, "XRM held-out logits")?;
-        if uniforms.len() != rows {
-            return Err(Error::arg(
-                "uniforms",
-                format!("{} uniforms for {rows} rows", uniforms.len()),
-            ));
-        }
-        if rows == 0 || k < 2 {
-            return Ok(vec![None; rows]);
-        }
-        // Each f64 as two u32 words, low word first (the device is little-endian).
-        let words: Vec<u32> = uniforms
-            .iter()
-            .flat_map(|u| {
-                let bits = u.to_bits();
-                [bits as u32, (bits >> 32) as u32]
-            })
-            .collect();
-        let u = self.dev.index_from_host(&words)?;
-        let target = self.dev.output_u32(rows)?;
-        launch::xrm_flip_targets(
-            self.inner(),
-            self.region(),
-            u.region(),
-            target.region(),
-            rows,
-            k,
-        )?;
-        Ok(target
-            .to_host()?
-            .into_iter()
-            .map(|t| (t != u32::MAX).then_some(t))
-            .collect())
-    }
-
     fn check_len(&self, need: usize, what: &str) -> Result<()> {
         if self.len < need {
             return Err(internal(format!(
@@ -1000,6 +950,51 @@ impl DeviceInner {
 }
 
 impl BackendStorage for CudaStorage {
+    /// XRM's label-flip step on `rows × k` held-out logits, on the device (kernels/xrm.cu,
+    /// `xrm_flip_targets_f32`): for each row, `Some(ŷ)` when its dynamic label flips to the
+    /// held-out prediction `ŷ` (the first largest logit), `None` when it keeps its label;
+    /// row `i` flips when `uniforms[i] < (p − 1/k)·k/(k − 1)`, `p` the largest softmax
+    /// probability, all in f64 exactly as the CPU backend computes it. The
+    /// logits stay on the device; the uniforms go up (8 bytes a row) and the targets come
+    /// back (4 bytes a row). `k < 2`: no row flips.
+    ///
+    /// Errors: a storage shorter than `rows × k`, `uniforms.len() != rows`.
+    fn flip_targets(&self, rows: usize, k: usize, uniforms: &[f64]) -> Result<Vec<Option<u32>>> {
+        self.check_len(mul(rows, k)?, "XRM held-out logits")?;
+        if uniforms.len() != rows {
+            return Err(Error::arg(
+                "uniforms",
+                format!("{} uniforms for {rows} rows", uniforms.len()),
+            ));
+        }
+        if rows == 0 || k < 2 {
+            return Ok(vec![None; rows]);
+        }
+        // Each f64 as two u32 words, low word first (the device is little-endian).
+        let words: Vec<u32> = uniforms
+            .iter()
+            .flat_map(|u| {
+                let bits = u.to_bits();
+                [bits as u32, (bits >> 32) as u32]
+            })
+            .collect();
+        let u = self.dev.index_from_host(&words)?;
+        let target = self.dev.output_u32(rows)?;
+        launch::xrm_flip_targets(
+            self.inner(),
+            self.region(),
+            u.region(),
+            target.region(),
+            rows,
+            k,
+        )?;
+        Ok(target
+            .to_host()?
+            .into_iter()
+            .map(|t| (t != u32::MAX).then_some(t))
+            .collect())
+    }
+
     type Index = CudaIndex;
 
     fn len(&self) -> usize {
