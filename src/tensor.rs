@@ -318,16 +318,6 @@ impl Tensor {
         self.storage().to_host()
     }
 
-    /// The rows of a matrix.
-    pub fn to_vec2(&self) -> Result<Vec<Vec<f32>>> {
-        let (_, c) = self.dims2()?;
-        Ok(self
-            .to_vec()?
-            .chunks(c.max(1))
-            .map(|r| r.to_vec())
-            .collect())
-    }
-
     /// The value of a one-element tensor.
     pub fn to_scalar(&self) -> Result<f32> {
         if self.elem_count() != 1 {

@@ -320,6 +320,8 @@ pub fn jtt_weights(n: usize, errors: &[usize], lambda_up: f32) -> Result<Vec<f32
 
 #[cfg(test)]
 mod tests {
+    use approx::assert_abs_diff_eq;
+
     use super::*;
 
     #[test]
@@ -329,17 +331,17 @@ mod tests {
         let groups = [0u32, 0, 2, 2, 2];
         let w = dro.update(&losses, &groups).unwrap();
         let q = dro.q().to_vec();
-        assert!((q.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        assert_abs_diff_eq!(q.iter().sum::<f64>(), 1.0, epsilon = 1e-12);
         // By hand: L0 = 2, L2 = 1; q ∝ (e^{1}, 1, e^{0.5}).
         let z = 1f64.exp() + 1.0 + 0.5f64.exp();
-        assert!((q[0] - 1f64.exp() / z).abs() < 1e-12);
-        assert!((q[1] - 1.0 / z).abs() < 1e-12);
+        assert_abs_diff_eq!(q[0], 1f64.exp() / z, epsilon = 1e-12);
+        assert_abs_diff_eq!(q[1], 1.0 / z, epsilon = 1e-12);
         let weighted: f64 = w
             .iter()
             .zip(&losses)
             .map(|(&w, &l)| w as f64 * l as f64)
             .sum();
-        assert!((weighted - (q[0] * 2.0 + q[2] * 1.0)).abs() < 1e-6);
+        assert_abs_diff_eq!(weighted, q[0] * 2.0 + q[2] * 1.0, epsilon = 1e-6);
         assert!(dro.update(&[1.0], &[3]).is_err());
         assert!(dro.update(&[f32::NAN], &[0]).is_err());
         assert!(GroupDroState::new(2, -1.0).is_err());

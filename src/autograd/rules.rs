@@ -1,6 +1,8 @@
 //! Every backward rule, in one place. Given an op, its output and the gradient `g` of the
 //! loss with respect to that output, each rule returns the gradient with respect to each
-//! input that may need one. Rules run under `no_grad` and use only tensor ops, so they work
+//! input that may need one. Rules run under `no_grad` and use tensor ops, or for the adjoints
+//! of indexing (`index_select`, `gather`, `narrow`) the matching storage primitive
+//! (`index_add_rows`, `scatter_cols`, `copy2d`) that every backend implements, so they work
 //! on every backend.
 
 use super::Op;

@@ -4,7 +4,9 @@
 //! the CPU backend ([`cpu`]) or, with the `cuda` feature, the CUDA backend (`cuda`). Every
 //! backend implements the same short list of primitives ([`BackendStorage`]): composite ops and
 //! every backward rule are built from them, so a backend that implements the list runs
-//! training end to end. All buffers are contiguous row-major f32; shapes travel beside them.
+//! training end to end. A fused primitive (`linear_xent`) has a default composed from the
+//! others, the reference a backend's own kernel must match. All buffers are contiguous
+//! row-major f32; shapes travel beside them.
 
 pub mod cpu;
 #[cfg(feature = "cuda")]

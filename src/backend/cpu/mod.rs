@@ -112,9 +112,6 @@ impl CpuStorage {
     pub fn as_slice(&self) -> &[f32] {
         &self.0
     }
-    pub fn as_mut_slice(&mut self) -> &mut [f32] {
-        &mut self.0
-    }
 }
 
 /// `out[i] = f(x[i])`, in parallel chunks when large.
