@@ -23,6 +23,7 @@ pub mod cli;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod io;
 pub mod nn;
 pub mod ops;
 pub mod optim;

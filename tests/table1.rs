@@ -12,7 +12,8 @@ use memaware::data::synthetic::{
     interpretable, waterbirds_like, InterpretableConfig, WaterbirdsLikeConfig,
 };
 use memaware::data::{Dataset, Split};
-use memaware::eval::selection::{read_jsonl, select_checkpoint, Checkpoint, Criterion};
+use memaware::eval::selection::{select_checkpoint, Checkpoint, Criterion};
+use memaware::io::read_jsonl;
 use memaware::repro::table1::{
     preset_sweep, row_label, run_table1, table_rows, Preset, Sizes, Table1Config, Table1Entry,
     TABLE_JSON, TABLE_MD,

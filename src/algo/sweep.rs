@@ -70,9 +70,9 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::eval::metrics::SplitMetrics;
 use crate::eval::selection::{
-    draw, pick_best_draw, read_jsonl, select_checkpoint, Checkpoint, Criterion, HparamSpace,
-    Hparams,
+    draw, pick_best_draw, select_checkpoint, Checkpoint, Criterion, HparamSpace, Hparams,
 };
+use crate::io::{read_json, read_jsonl, write_json};
 use crate::report::table::TableCell;
 use crate::rng::Rng;
 
@@ -364,25 +364,6 @@ pub fn run_label(draw: usize, seed: u64) -> String {
     format!("draw{draw:02}_seed{seed}")
 }
 
-/// Writes `value` as pretty JSON through a temporary file and a rename.
-fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| Error::Json {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    let tmp = path.with_extension("json.partial");
-    std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-}
-
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::Json {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })
-}
-
 fn create_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))
 }
@@ -581,7 +562,7 @@ pub fn run_xrm_phase(
         chosen_draw: chosen,
         seeds: seed_records,
     };
-    write_json_atomic(&dir.join(XRM_PHASE_FILE), &record)?;
+    write_json(&dir.join(XRM_PHASE_FILE), &record)?;
     Ok(XrmPhase { record, outputs })
 }
 
@@ -661,7 +642,7 @@ fn run_job(
         jtt_errors: None,
         error: None,
     };
-    write_json_atomic(&dir.join(RUN_FILE), &record)?;
+    write_json(&dir.join(RUN_FILE), &record)?;
     let train_cfg = TrainConfig {
         steps: cfg.steps,
         batch_size: hparams.batch_size,
@@ -1019,7 +1000,7 @@ pub fn run_sweeps(
             selections,
             xrm: xrm.as_ref().map(|x| x.record.clone()),
         };
-        write_json_atomic(&out.join(p.kind.name()).join(SWEEP_FILE), &outcome)?;
+        write_json(&out.join(p.kind.name()).join(SWEEP_FILE), &outcome)?;
         sweeps.push(outcome);
     }
     Ok(SweepSet { xrm, sweeps })

@@ -128,29 +128,6 @@ pub fn progress_bar(len: u64, message: &str) -> indicatif::ProgressBar {
     bar
 }
 
-/// Writes `value` as pretty JSON to `path` through a temporary file and a rename, so an
-/// existing file is replaced whole or not at all.
-pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    }
-    let text = serde_json::to_string_pretty(value).map_err(|e| Error::Json {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    write_text(path, &text)
-}
-
-/// Writes `text` to `path` atomically (temporary file, then rename).
-pub fn write_text(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension(format!(
-        "{}.partial",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
-    std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-}
-
 /// A spinner on stderr for work that reports no progress of its own (elapsed time only),
 /// hidden when stderr is not a terminal.
 pub fn spinner(message: &str) -> indicatif::ProgressBar {

@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use super::common::{load_dataset, parse_device, progress_bar, write_text, DATA_HELP};
+use super::common::{load_dataset, parse_device, progress_bar, DATA_HELP};
 use crate::algo::sweep::{run_sweeps, MethodKind, MethodPlan, Parallelism, Progress};
 use crate::error::{Error, Result};
 use crate::eval::selection::Criterion;
@@ -158,7 +158,7 @@ pub fn run(args: &Args) -> Result<()> {
          Winning draws:\n{notes}",
         table.to_markdown()
     );
-    write_text(&dir.join("sweep.md"), &md)?;
+    crate::io::write_text(&dir.join("sweep.md"), &md)?;
     println!("{md}");
     if let Some(x) = &set.xrm {
         println!(

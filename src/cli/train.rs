@@ -317,7 +317,7 @@ pub fn run(args: &Args) -> Result<()> {
         eval_train: args.eval_train,
         select,
     };
-    common::write_json(
+    crate::io::write_json(
         &summary_path,
         &Summary {
             format: SUMMARY_FORMAT,
@@ -371,7 +371,7 @@ pub fn run(args: &Args) -> Result<()> {
     let outcome = result?;
 
     let summary = summarize(&record, &outcome, xrm.is_some())?;
-    common::write_json(&summary_path, &summary)?;
+    crate::io::write_json(&summary_path, &summary)?;
     print_report(&ds, &summary, select, &outcome);
     println!(
         "wrote {} ({} checkpoints) and {}",

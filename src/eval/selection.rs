@@ -10,13 +10,11 @@
 //! - Seeds are aggregated as mean ± **sample** standard deviation (denominator `n − 1`), not the
 //!   standard error.
 //!
-//! Checkpoints are stored as JSON lines, one record per line, flushed as written, so a run that
-//! stops early leaves every finished record readable.
+//! Checkpoints are stored as JSON lines ([`crate::io::JsonlWriter`], [`crate::io::read_jsonl`]),
+//! one record per line, flushed as written, so a run that stops early leaves every finished
+//! record readable.
 
 use std::fmt;
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Write};
-use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -24,6 +22,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::eval::metrics::SplitMetrics;
 use crate::rng::Rng;
+
+/// The training loop writes its checkpoint files with this.
+pub use crate::io::JsonlWriter;
 
 /// Metrics of one evaluation during training.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -152,77 +153,6 @@ pub fn select_checkpoint(cps: &[Checkpoint], c: Criterion) -> Result<(usize, f64
         }
     }
     Ok(best.expect("cps is non-empty and every value was checked"))
-}
-
-/// Appends checkpoints to a JSON-lines file, one flushed line per record.
-pub struct JsonlWriter {
-    path: PathBuf,
-    out: BufWriter<File>,
-}
-
-impl JsonlWriter {
-    /// Creates (or truncates) `path`.
-    pub fn create(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref().to_path_buf();
-        let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
-        Ok(JsonlWriter {
-            path,
-            out: BufWriter::new(file),
-        })
-    }
-
-    /// Opens `path` for appending, creating it if needed.
-    pub fn append(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref().to_path_buf();
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
-        Ok(JsonlWriter {
-            path,
-            out: BufWriter::new(file),
-        })
-    }
-
-    /// Writes one record as one line and flushes it.
-    pub fn write(&mut self, cp: &Checkpoint) -> Result<()> {
-        let line = serde_json::to_string(cp).map_err(|e| Error::Json {
-            path: self.path.clone(),
-            message: format!("cannot encode checkpoint at step {}: {e}", cp.step),
-        })?;
-        self.out
-            .write_all(line.as_bytes())
-            .and_then(|_| self.out.write_all(b"\n"))
-            .and_then(|_| self.out.flush())
-            .map_err(|e| Error::io(&self.path, e))
-    }
-}
-
-/// Writes `cps` to `path` (created or truncated), one JSON record per line.
-pub fn write_jsonl(path: impl AsRef<Path>, cps: &[Checkpoint]) -> Result<()> {
-    let mut w = JsonlWriter::create(path)?;
-    cps.iter().try_for_each(|cp| w.write(cp))
-}
-
-/// Reads a JSON-lines file of checkpoints. Blank lines are skipped; a line that does not parse
-/// (a truncated last record, for instance) is an error naming the path and the line number.
-pub fn read_jsonl(path: impl AsRef<Path>) -> Result<Vec<Checkpoint>> {
-    let path = path.as_ref();
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut cps = Vec::new();
-    for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| Error::io(path, e))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let cp = serde_json::from_str(&line).map_err(|e| Error::Json {
-            path: path.to_path_buf(),
-            message: format!("line {}: {e}", i + 1),
-        })?;
-        cps.push(cp);
-    }
-    Ok(cps)
 }
 
 /// Where hyperparameters are drawn from. Ranges are `[lo, hi)` of the exponent.
@@ -465,7 +395,7 @@ mod tests {
         }
     }
 
-    fn temp_path(name: &str) -> PathBuf {
+    fn temp_path(name: &str) -> std::path::PathBuf {
         std::env::temp_dir().join(format!("memaware-selection-{}-{name}", std::process::id()))
     }
 
@@ -552,14 +482,15 @@ mod tests {
 
     #[test]
     fn jsonl_round_trip_and_append() {
+        use crate::io::{read_jsonl, write_jsonl};
         let path = temp_path("roundtrip.jsonl");
         let cps = vec![cp(0, 0.5, 0.2, None), cp(50, 0.75, 0.5, Some(0.25))];
         write_jsonl(&path, &cps).unwrap();
-        assert_eq!(read_jsonl(&path).unwrap(), cps);
+        assert_eq!(read_jsonl::<Checkpoint>(&path).unwrap(), cps);
         let mut w = JsonlWriter::append(&path).unwrap();
         w.write(&cp(100, 0.8, 0.6, None)).unwrap();
         drop(w);
-        let back = read_jsonl(&path).unwrap();
+        let back: Vec<Checkpoint> = read_jsonl(&path).unwrap();
         assert_eq!(back.len(), 3);
         assert_eq!(back[2].step, 100);
         assert_eq!(&back[..2], &cps[..]);
@@ -568,6 +499,7 @@ mod tests {
 
     #[test]
     fn truncated_line_is_an_error_naming_path_and_line() {
+        use crate::io::{read_jsonl, write_jsonl};
         let path = temp_path("truncated.jsonl");
         let cps = vec![cp(0, 0.5, 0.2, None), cp(50, 0.75, 0.5, None)];
         write_jsonl(&path, &cps).unwrap();
@@ -575,7 +507,7 @@ mod tests {
         // Cut the second record in half, as a killed writer would.
         let cut = text.len() - text.lines().nth(1).unwrap().len() / 2;
         std::fs::write(&path, &text[..cut]).unwrap();
-        match read_jsonl(&path) {
+        match read_jsonl::<Checkpoint>(&path) {
             Err(e @ Error::Json { .. }) => {
                 let msg = e.to_string();
                 assert!(msg.contains("line 2"), "{msg}");
@@ -584,7 +516,10 @@ mod tests {
             other => panic!("expected a Json error, got {other:?}"),
         }
         std::fs::remove_file(&path).unwrap();
-        assert!(matches!(read_jsonl(&path), Err(Error::Io { .. })));
+        assert!(matches!(
+            read_jsonl::<Checkpoint>(&path),
+            Err(Error::Io { .. })
+        ));
     }
 
     #[test]

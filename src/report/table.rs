@@ -131,25 +131,14 @@ impl ResultsTable {
         out
     }
 
-    /// Pretty JSON of the whole table.
-    pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).expect("a table of numbers and strings always encodes")
-    }
-
-    /// Writes the pretty JSON to `path`.
+    /// Writes the pretty JSON to `path` atomically.
     pub fn save_json(&self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        std::fs::write(path, self.to_json()).map_err(|e| Error::io(path, e))
+        crate::io::write_json(path.as_ref(), self)
     }
 
     /// Reads a table written by [`ResultsTable::save_json`].
     pub fn load_json(path: impl AsRef<Path>) -> Result<ResultsTable> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        serde_json::from_str(&text).map_err(|e| Error::Json {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })
+        crate::io::read_json(path.as_ref())
     }
 }
 
@@ -262,7 +251,7 @@ mod tests {
     #[test]
     fn json_round_trip() {
         let t = sample_table();
-        let back: ResultsTable = serde_json::from_str(&t.to_json()).unwrap();
+        let back: ResultsTable = serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap();
         assert_same_table(&back, &t);
         let path = std::env::temp_dir().join(format!("memaware-table-{}.json", std::process::id()));
         t.save_json(&path).unwrap();

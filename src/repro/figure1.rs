@@ -57,7 +57,7 @@ use crate::algo::model::{ModelSpec, OptimizerSpec};
 use crate::algo::train::{run_method_with, Method, MethodOutcome, TrainConfig};
 use crate::algo::xrm::{run_xrm, XrmConfig, XrmLoss, XrmOutput};
 use crate::backend::Device;
-use crate::cli::common::{progress_bar, write_json};
+use crate::cli::common::progress_bar;
 use crate::data::synthetic::{
     core_spurious_columns, interpretable, is_minority, InterpretableConfig,
 };
@@ -65,6 +65,7 @@ use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
 use crate::eval::metrics::SplitMetrics;
 use crate::eval::selection::{mean_std, Checkpoint, MeanStd};
+use crate::io::write_json;
 use crate::report::plot::{
     linear_boundary_2d, save, Curve, Figure, LineStyle, Marker, Panel, Scatter, PALETTE_BLACK,
 };

@@ -43,10 +43,11 @@ use serde::Serialize;
 
 use crate::autograd::no_grad;
 use crate::backend::Device;
-use crate::cli::common::{progress_bar, write_json};
+use crate::cli::common::progress_bar;
 use crate::data::synthetic::{good_bad_ugly, RegressionConfig, RegressionData};
 use crate::error::{Error, Result};
 use crate::eval::selection::{mean_std, MeanStd};
+use crate::io::write_json;
 use crate::nn::{Activation, Init, Linear, Mlp, Module};
 use crate::optim::{Adam, Optimizer};
 use crate::report::plot::{save, Curve, Figure, LineStyle, Marker, Panel, Scatter, PALETTE_BLACK};

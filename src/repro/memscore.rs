@@ -69,7 +69,6 @@ use crate::algo::train::{train, Objective, TrainConfig, TrainSetup};
 use crate::algo::xrm::{run_xrm_with_twins, XrmConfig, XrmLoss, XrmOutput};
 use crate::autograd::no_grad;
 use crate::backend::Device;
-use crate::cli::common::{write_json, write_text};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::eval::memscore::{
@@ -77,6 +76,7 @@ use crate::eval::memscore::{
     ModelRecord, SplitHalfSpread,
 };
 use crate::eval::metrics::argmax_rows;
+use crate::io::{write_json, write_text};
 use crate::nn::Module;
 use crate::report::plot::{save_histograms, HistPanel, Histogram};
 use crate::rng::Rng;

@@ -53,6 +53,7 @@ use crate::backend::Device;
 use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
 use crate::eval::selection::{mean_std, Criterion, HparamSpace, MeanStd};
+use crate::io::{write_json, write_text};
 use crate::report::table::{ResultsTable, TableCell};
 
 const FORMAT: &str = "memaware-table1-v1";
@@ -523,15 +524,8 @@ pub fn run_table1(cfg: &Table1Config, progress: ProgressFn<'_>) -> Result<Table1
         seconds: start.elapsed().as_secs_f64(),
     };
     let md = markdown(&record);
-    std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
-    let md_path = cfg.out.join(TABLE_MD);
-    std::fs::write(&md_path, &md).map_err(|e| Error::io(&md_path, e))?;
-    let json_path = cfg.out.join(TABLE_JSON);
-    let json = serde_json::to_string_pretty(&record).map_err(|e| Error::Json {
-        path: json_path.clone(),
-        message: e.to_string(),
-    })?;
-    std::fs::write(&json_path, json).map_err(|e| Error::io(&json_path, e))?;
+    write_text(&cfg.out.join(TABLE_MD), &md)?;
+    write_json(&cfg.out.join(TABLE_JSON), &record)?;
     Ok(Table1Outcome {
         record,
         markdown: md,
