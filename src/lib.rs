@@ -27,6 +27,7 @@ pub mod io;
 pub mod nn;
 pub mod ops;
 pub mod optim;
+pub mod progress;
 pub mod report;
 pub mod repro;
 pub mod rng;

@@ -73,6 +73,7 @@ use crate::eval::selection::{
     draw, pick_best_draw, select_checkpoint, Checkpoint, Criterion, HparamSpace, Hparams,
 };
 use crate::io::{read_json, read_jsonl, write_json};
+use crate::progress::{Progress, ProgressFn};
 use crate::report::table::TableCell;
 use crate::rng::Rng;
 
@@ -334,18 +335,6 @@ impl SweepConfig {
     }
 }
 
-/// What a sweep reports while it runs.
-#[derive(Clone, Copy, Debug)]
-pub enum Progress<'a> {
-    /// This many more runs are queued.
-    Queued(usize),
-    /// A run finished (its label, e.g. `mat/draw03_seed0`).
-    Finished(&'a str),
-}
-
-/// A progress callback; it is called from several threads.
-pub type ProgressFn<'a> = &'a (dyn Fn(Progress<'_>) + Sync);
-
 /// Maps `f` over `jobs` with the chosen parallelism, keeping the order.
 fn map_jobs<T, R, F>(parallelism: Parallelism, jobs: &[T], f: F) -> Vec<R>
 where
@@ -500,7 +489,7 @@ pub fn run_xrm_phase(
     let draw_hparams: Vec<Hparams> = (0..cfg.xrm.draws)
         .map(|i| cfg.hparams(i))
         .collect::<Result<_>>()?;
-    progress(Progress::Queued(cfg.xrm.draws));
+    progress(Progress::Queued(cfg.xrm.draws as u64));
     let draw_runs: Vec<(XrmRunRecord, Option<XrmOutput>)> = map_jobs(
         parallelism,
         &draw_hparams.iter().enumerate().collect::<Vec<_>>(),
@@ -538,7 +527,7 @@ pub fn run_xrm_phase(
     let h = draw_hparams[chosen].clone();
 
     let others: Vec<u64> = cfg.seeds[1..].to_vec();
-    progress(Progress::Queued(others.len()));
+    progress(Progress::Queued(others.len() as u64));
     let seed_runs: Vec<(XrmRunRecord, Option<XrmOutput>)> =
         map_jobs(parallelism, &others, |&s| run_one(chosen, s, &h))
             .into_iter()
@@ -939,7 +928,7 @@ pub fn run_sweeps(
             })
         })
         .collect();
-    progress(Progress::Queued(jobs.len()));
+    progress(Progress::Queued(jobs.len() as u64));
     let run = |j: &RunJob| run_job(ds, *j, cfg, &hparams[j.draw], xrm.as_ref(), out, progress);
     let mut results: Vec<RunResult> = map_jobs(parallelism, &jobs, run)
         .into_iter()
@@ -965,7 +954,7 @@ pub fn run_sweeps(
         .into_iter()
         .map(|(kind, draw, seed)| RunJob { kind, draw, seed })
         .collect();
-    progress(Progress::Queued(rerun_jobs.len()));
+    progress(Progress::Queued(rerun_jobs.len() as u64));
     for r in map_jobs(parallelism, &rerun_jobs, run) {
         let r = r?;
         if let Some(e) = &r.record.error {

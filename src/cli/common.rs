@@ -18,6 +18,7 @@ use crate::data::synthetic::{
 };
 use crate::data::Dataset;
 use crate::error::{Error, Result};
+use crate::progress::{Progress, ProgressFn};
 
 /// The MNIST sample shipped with the crate (see `data/README.md`).
 pub const MNIST_SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/mnist_5k.csv.gz");
@@ -126,6 +127,23 @@ pub fn progress_bar(len: u64, message: &str) -> indicatif::ProgressBar {
     bar.set_style(style);
     bar.set_message(message.to_string());
     bar
+}
+
+/// Runs `job` with a progress bar on stderr (hidden when stderr is not a terminal) driven by
+/// the [`Progress`] it reports; a finished run's label becomes the bar's message.
+pub fn with_progress_bar<T>(message: &str, job: impl FnOnce(ProgressFn<'_>) -> T) -> T {
+    let bar = progress_bar(0, message);
+    let report = |p: Progress<'_>| match p {
+        Progress::Queued(n) => bar.inc_length(n),
+        Progress::Done(n) => bar.inc(n),
+        Progress::Finished(label) => {
+            bar.set_message(label.to_string());
+            bar.inc(1);
+        }
+    };
+    let out = job(&report);
+    bar.finish_and_clear();
+    out
 }
 
 /// A spinner on stderr for work that reports no progress of its own (elapsed time only),

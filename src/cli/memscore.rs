@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 
 use crate::algo::model::OptimizerSpec;
-use crate::cli::common::{load_dataset, parse_device, progress_bar, run_dir, DATA_HELP};
+use crate::cli::common::{load_dataset, parse_device, run_dir, with_progress_bar, DATA_HELP};
 use crate::data::colormnist::with_colour_attribute;
 use crate::error::{Error, Result};
 use crate::repro::memscore::{run_memscore, write_memscore, MemscoreExperiment, Methods};
@@ -136,11 +136,7 @@ pub fn run(args: &Args) -> Result<()> {
         exp.bin_width = w;
     }
 
-    let n_models = exp.estimator.models
-        * (usize::from(methods.includes_erm()) + usize::from(methods.includes_mat()));
-    let bar = progress_bar(n_models as u64, "subset models");
-    let report = run_memscore(&ds, &exp, &|| bar.inc(1))?;
-    bar.finish_and_clear();
+    let report = with_progress_bar("subset models", |p| run_memscore(&ds, &exp, p))?;
 
     let label = format!(
         "memscore-{}-{}-m{}-seed{seed}",

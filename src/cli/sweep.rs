@@ -7,8 +7,8 @@
 
 use std::path::PathBuf;
 
-use super::common::{load_dataset, parse_device, progress_bar, DATA_HELP};
-use crate::algo::sweep::{run_sweeps, MethodKind, MethodPlan, Parallelism, Progress};
+use super::common::{load_dataset, parse_device, with_progress_bar, DATA_HELP};
+use crate::algo::sweep::{run_sweeps, MethodKind, MethodPlan, Parallelism};
 use crate::error::{Error, Result};
 use crate::eval::selection::Criterion;
 use crate::report::table::ResultsTable;
@@ -120,16 +120,7 @@ pub fn run(args: &Args) -> Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs/sweep"));
     let dir = entry_dir(&out, &ds.name);
-    let bar = progress_bar(0, "sweep");
-    let progress = |p: Progress<'_>| match p {
-        Progress::Queued(n) => bar.inc_length(n as u64),
-        Progress::Finished(label) => {
-            bar.set_message(label.to_string());
-            bar.inc(1);
-        }
-    };
-    let set = run_sweeps(&ds, &plans, &cfg, &dir, &progress)?;
-    bar.finish_and_clear();
+    let set = with_progress_bar("sweep", |p| run_sweeps(&ds, &plans, &cfg, &dir, p))?;
 
     let mut table = ResultsTable::new(vec![ds.name.clone()]);
     let mut notes = String::new();

@@ -7,8 +7,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use super::common::{load_dataset, parse_device, progress_bar, DATA_HELP};
-use crate::algo::sweep::{MethodKind, Parallelism, Progress};
+use super::common::{load_dataset, parse_device, with_progress_bar, DATA_HELP};
+use crate::algo::sweep::{MethodKind, Parallelism};
 use crate::data::features::load_features;
 use crate::error::{Error, Result};
 use crate::repro::table1::{
@@ -155,16 +155,7 @@ pub fn run(args: &Args) -> Result<()> {
     let cfg = config(args)?;
     let load_before = load_average();
     let start = Instant::now();
-    let bar = progress_bar(0, "table1");
-    let progress = |p: Progress<'_>| match p {
-        Progress::Queued(n) => bar.inc_length(n as u64),
-        Progress::Finished(label) => {
-            bar.set_message(label.to_string());
-            bar.inc(1);
-        }
-    };
-    let outcome = run_table1(&cfg, &progress)?;
-    bar.finish_and_clear();
+    let outcome = with_progress_bar("table1", |p| run_table1(&cfg, p))?;
     let seconds = start.elapsed().as_secs_f64();
     println!("{}", outcome.markdown);
     for line in margin_lines(&outcome.record.margins) {

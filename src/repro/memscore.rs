@@ -78,6 +78,7 @@ use crate::eval::memscore::{
 use crate::eval::metrics::argmax_rows;
 use crate::io::{write_json, write_text};
 use crate::nn::Module;
+use crate::progress::{Progress, ProgressFn};
 use crate::report::plot::{save_histograms, HistPanel, Histogram};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -248,7 +249,7 @@ fn logits_of(model: &dyn Module, x: &Tensor) -> Result<Vec<f32>> {
 }
 
 /// Trains `M` subset models of `method` on `ds` and scores every training example (see the
-/// module docs). `on_model_done` is called once per finished model (from worker threads when
+/// module docs). Reports [`Progress::Done`]`(1)` per finished model (from worker threads when
 /// parallel).
 ///
 /// Errors: an invalid configuration (fewer than 2 models, share outside `(0, 1)`, zero steps
@@ -258,7 +259,7 @@ pub fn estimate(
     ds: &Dataset,
     method: &ScoredMethod,
     cfg: &MemscoreConfig,
-    on_model_done: &(dyn Fn() + Sync),
+    progress: ProgressFn<'_>,
 ) -> Result<MethodScores> {
     ds.validate()?;
     cfg.validate()?;
@@ -307,7 +308,7 @@ pub fn estimate(
                 ),
             });
         }
-        on_model_done();
+        progress(Progress::Done(1));
         Ok(ModelRecord {
             member: masks[m].clone(),
             correct,
@@ -720,11 +721,12 @@ fn group_labels(ds: &Dataset, counts: &[usize]) -> Vec<String> {
 
 /// Runs the experiment on `ds`: XRM once on the full training set (seeded from
 /// `estimator.seed`), then the estimator for each method in `exp.methods`, then the proxy's
-/// agreement with each. `on_model_done` is called per finished subset model.
+/// agreement with each. Queues every subset model with `progress`, then reports each one
+/// done.
 pub fn run_memscore(
     ds: &Dataset,
     exp: &MemscoreExperiment,
-    on_model_done: &(dyn Fn() + Sync),
+    progress: ProgressFn<'_>,
 ) -> Result<MemscoreReport> {
     ds.validate()?;
     exp.estimator.validate()?;
@@ -734,6 +736,8 @@ pub fn run_memscore(
             format!("must be in (0, 1], got {}", exp.bin_width),
         ));
     }
+    let methods = usize::from(exp.methods.includes_erm()) + usize::from(exp.methods.includes_mat());
+    progress(Progress::Queued((exp.estimator.models * methods) as u64));
     let start = Instant::now();
     let xrm_cfg = XrmConfig {
         seed: Rng::new(exp.estimator.seed).fork(STREAM_XRM).next_u64(),
@@ -754,7 +758,7 @@ pub fn run_memscore(
     let erm = exp
         .methods
         .includes_erm()
-        .then(|| estimate(ds, &ScoredMethod::Erm, &exp.estimator, on_model_done))
+        .then(|| estimate(ds, &ScoredMethod::Erm, &exp.estimator, progress))
         .transpose()?;
     let mat_method = ScoredMethod::Mat {
         tau: exp.tau,
@@ -763,7 +767,7 @@ pub fn run_memscore(
     let mat = exp
         .methods
         .includes_mat()
-        .then(|| estimate(ds, &mat_method, &exp.estimator, on_model_done))
+        .then(|| estimate(ds, &mat_method, &exp.estimator, progress))
         .transpose()?;
     for scores in erm.iter().chain(&mat) {
         for (name, values) in [

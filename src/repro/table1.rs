@@ -45,8 +45,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::algo::model::{ModelSpec, OptimizerSpec};
 use crate::algo::sweep::{
-    run_sweeps, MethodKind, MethodPlan, Parallelism, ProgressFn, Selection, SweepConfig,
-    SweepOutcome, XrmPhaseRecord, XrmPlan,
+    run_sweeps, MethodKind, MethodPlan, Parallelism, Selection, SweepConfig, SweepOutcome,
+    XrmPhaseRecord, XrmPlan,
 };
 use crate::algo::xrm::XrmLoss;
 use crate::backend::Device;
@@ -54,6 +54,7 @@ use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
 use crate::eval::selection::{mean_std, Criterion, HparamSpace, MeanStd};
 use crate::io::{write_json, write_text};
+use crate::progress::ProgressFn;
 use crate::report::table::{ResultsTable, TableCell};
 
 const FORMAT: &str = "memaware-table1-v1";
