@@ -70,11 +70,10 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::eval::metrics::SplitMetrics;
 use crate::eval::selection::{
-    draw, pick_best_draw, select_checkpoint, Checkpoint, Criterion, HparamSpace, Hparams,
+    draw, pick_best_draw, select_checkpoint, Checkpoint, Criterion, HparamSpace, Hparams, TableCell,
 };
 use crate::io::{read_json, read_jsonl, write_json};
 use crate::progress::{Progress, ProgressFn};
-use crate::report::table::TableCell;
 use crate::rng::Rng;
 
 /// File names inside a sweep's folders.

@@ -22,9 +22,9 @@ use crate::algo::sweep::{
     reselect, MethodKind, Selection, SweepOutcome, CHECKPOINTS_FILE, SWEEP_FILE,
 };
 use crate::error::{Error, Result};
-use crate::eval::selection::{select_checkpoint, Checkpoint, Criterion};
+use crate::eval::selection::{select_checkpoint, Checkpoint, Criterion, TableCell};
 use crate::io::{read_jsonl, write_json, write_text};
-use crate::report::table::{ResultsTable, TableCell};
+use crate::report::table::ResultsTable;
 
 /// Arguments of `memaware report`.
 #[derive(clap::Args, Debug, Clone, Default)]

@@ -8,7 +8,8 @@
 //! - Across hyperparameter draws the highest selected value wins; ties go to the higher
 //!   validation average accuracy, then to the lowest draw index.
 //! - Seeds are aggregated as mean ± **sample** standard deviation (denominator `n − 1`), not the
-//!   standard error.
+//!   standard error; a [`TableCell`] holds one (method, data set) entry of a results table
+//!   ([`crate::report::table`] renders it).
 //!
 //! Checkpoints are stored as JSON lines ([`crate::io::JsonlWriter`], [`crate::io::read_jsonl`]),
 //! one record per line, flushed as written, so a run that stops early leaves every finished
@@ -367,6 +368,47 @@ pub fn mean_std(values: &[f64]) -> MeanStd {
         (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
     };
     MeanStd { mean, std, n }
+}
+
+/// One (method, data set) entry, aggregated over seeds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TableCell {
+    /// Average accuracy over seeds.
+    pub avg: MeanStd,
+    /// Worst-group accuracy over seeds.
+    pub wga: MeanStd,
+    /// Per seed, accuracy per group (`None` for a group absent from the split).
+    pub per_group: Vec<Vec<Option<f64>>>,
+    /// Examples per group in the evaluated split.
+    pub group_counts: Vec<usize>,
+}
+
+impl TableCell {
+    /// A cell from the selected checkpoint's test metrics of each seed. Errors when there is no
+    /// seed or when the seeds disagree on the group counts (they must share one test split).
+    pub fn from_seeds(per_seed: &[SplitMetrics]) -> Result<TableCell> {
+        let first = per_seed
+            .first()
+            .ok_or_else(|| Error::Data("table cell: no seed results".into()))?;
+        if let Some((s, m)) = per_seed
+            .iter()
+            .enumerate()
+            .find(|(_, m)| m.group_count != first.group_count)
+        {
+            return Err(Error::Data(format!(
+                "table cell: seed {s} has group counts {:?}, seed 0 has {:?}",
+                m.group_count, first.group_count
+            )));
+        }
+        let avgs: Vec<f64> = per_seed.iter().map(|m| m.avg_acc).collect();
+        let wgas: Vec<f64> = per_seed.iter().map(|m| m.worst_group_acc).collect();
+        Ok(TableCell {
+            avg: mean_std(&avgs),
+            wga: mean_std(&wgas),
+            per_group: per_seed.iter().map(|m| m.group_acc.clone()).collect(),
+            group_counts: first.group_count.clone(),
+        })
+    }
 }
 
 #[cfg(test)]

@@ -11,49 +11,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::eval::metrics::SplitMetrics;
-use crate::eval::selection::{mean_std, MeanStd};
-
-/// One (method, data set) entry, aggregated over seeds.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TableCell {
-    /// Average accuracy over seeds.
-    pub avg: MeanStd,
-    /// Worst-group accuracy over seeds.
-    pub wga: MeanStd,
-    /// Per seed, accuracy per group (`None` for a group absent from the split).
-    pub per_group: Vec<Vec<Option<f64>>>,
-    /// Examples per group in the evaluated split.
-    pub group_counts: Vec<usize>,
-}
-
-impl TableCell {
-    /// A cell from the selected checkpoint's test metrics of each seed. Errors when there is no
-    /// seed or when the seeds disagree on the group counts (they must share one test split).
-    pub fn from_seeds(per_seed: &[SplitMetrics]) -> Result<TableCell> {
-        let first = per_seed
-            .first()
-            .ok_or_else(|| Error::Data("table cell: no seed results".into()))?;
-        if let Some((s, m)) = per_seed
-            .iter()
-            .enumerate()
-            .find(|(_, m)| m.group_count != first.group_count)
-        {
-            return Err(Error::Data(format!(
-                "table cell: seed {s} has group counts {:?}, seed 0 has {:?}",
-                m.group_count, first.group_count
-            )));
-        }
-        let avgs: Vec<f64> = per_seed.iter().map(|m| m.avg_acc).collect();
-        let wgas: Vec<f64> = per_seed.iter().map(|m| m.worst_group_acc).collect();
-        Ok(TableCell {
-            avg: mean_std(&avgs),
-            wga: mean_std(&wgas),
-            per_group: per_seed.iter().map(|m| m.group_acc.clone()).collect(),
-            group_counts: first.group_count.clone(),
-        })
-    }
-}
+use crate::eval::selection::{MeanStd, TableCell};
 
 /// A whole table: data set names and, per method, one optional cell per data set.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -145,6 +103,8 @@ impl ResultsTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::eval::metrics::SplitMetrics;
+    use crate::eval::selection::mean_std;
 
     fn metrics(avg: f64, group_acc: Vec<Option<f64>>, counts: Vec<usize>) -> SplitMetrics {
         let wga = group_acc

@@ -52,10 +52,10 @@ use crate::algo::xrm::XrmLoss;
 use crate::backend::Device;
 use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
-use crate::eval::selection::{mean_std, Criterion, HparamSpace, MeanStd};
+use crate::eval::selection::{mean_std, Criterion, HparamSpace, MeanStd, TableCell};
 use crate::io::{write_json, write_text};
 use crate::progress::ProgressFn;
-use crate::report::table::{ResultsTable, TableCell};
+use crate::report::table::ResultsTable;
 
 const FORMAT: &str = "memaware-table1-v1";
 /// The table's Markdown and JSON file names.
