@@ -313,16 +313,8 @@ impl SweepConfig {
     /// The optimizer of a run with draw `h`: the configured family with `h`'s learning rate
     /// and weight decay.
     pub fn optimizer_for(&self, h: &Hparams) -> OptimizerSpec {
-        let (lr, weight_decay) = (h.lr as f32, h.weight_decay as f32);
-        match self.optimizer {
-            OptimizerSpec::Sgd { momentum, .. } => OptimizerSpec::Sgd {
-                lr,
-                momentum,
-                weight_decay,
-            },
-            OptimizerSpec::Adam { .. } => OptimizerSpec::Adam { lr, weight_decay },
-            OptimizerSpec::AdamW { .. } => OptimizerSpec::AdamW { lr, weight_decay },
-        }
+        self.optimizer
+            .with_lr_and_decay(h.lr as f32, h.weight_decay as f32)
     }
 
     fn effective_parallelism(&self) -> Parallelism {

@@ -8,7 +8,6 @@
 
 use std::path::PathBuf;
 
-use crate::algo::model::OptimizerSpec;
 use crate::cli::common::{load_dataset, parse_device, run_dir, with_progress_bar, DATA_HELP};
 use crate::data::colormnist::with_colour_attribute;
 use crate::error::{Error, Result};
@@ -71,22 +70,6 @@ fn parse_methods(name: &str) -> Result<Methods> {
     }
 }
 
-fn with_lr(optimizer: &OptimizerSpec, lr: f32) -> OptimizerSpec {
-    match optimizer.clone() {
-        OptimizerSpec::Sgd {
-            momentum,
-            weight_decay,
-            ..
-        } => OptimizerSpec::Sgd {
-            lr,
-            momentum,
-            weight_decay,
-        },
-        OptimizerSpec::Adam { weight_decay, .. } => OptimizerSpec::Adam { lr, weight_decay },
-        OptimizerSpec::AdamW { weight_decay, .. } => OptimizerSpec::AdamW { lr, weight_decay },
-    }
-}
-
 /// Loads the data, picks the recipe, applies the flags, runs, writes the outputs and prints
 /// the summary table.
 pub fn run(args: &Args) -> Result<()> {
@@ -125,8 +108,9 @@ pub fn run(args: &Args) -> Result<()> {
         exp.xrm.batch_size = batch;
     }
     if let Some(lr) = args.lr {
-        est.optimizer = with_lr(&est.optimizer, lr);
-        exp.xrm.optimizer = with_lr(&exp.xrm.optimizer, lr);
+        for o in [&mut est.optimizer, &mut exp.xrm.optimizer] {
+            *o = o.with_lr_and_decay(lr, o.weight_decay());
+        }
     }
     est.parallel = !args.sequential;
     if let Some(tau) = args.tau {

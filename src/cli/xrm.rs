@@ -95,8 +95,8 @@ pub fn run(args: &Args) -> Result<()> {
     );
     println!(
         "  model {}, {}, {} steps, batch {}{}, loss {}",
-        common::model_spec_string(&r.model),
-        common::optimizer_string(&r.optimizer),
+        r.model,
+        r.optimizer,
         r.steps,
         r.batch_size,
         if r.batch_size >= ds.train.n {

@@ -77,7 +77,7 @@ use crate::eval::memscore::{
 };
 use crate::eval::metrics::argmax_rows;
 use crate::io::{write_json, write_text};
-use crate::nn::Module;
+use crate::nn::{Activation, Init, Module};
 use crate::progress::{Progress, ProgressFn};
 use crate::report::plot::{save_histograms, HistPanel, Histogram};
 use crate::rng::Rng;
@@ -617,8 +617,8 @@ impl MemscoreExperiment {
             estimator: MemscoreConfig {
                 model: ModelSpec::Mlp {
                     hidden: vec![390, 390],
-                    activation: "relu".into(),
-                    init: "xavier".into(),
+                    activation: Activation::Relu,
+                    init: Init::XavierUniform,
                 },
                 models: 20,
                 share: 0.5,

@@ -54,6 +54,7 @@ use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
 use crate::eval::selection::{mean_std, Criterion, HparamSpace, MeanStd, TableCell};
 use crate::io::{write_json, write_text};
+use crate::nn::{Activation, Init};
 use crate::progress::ProgressFn;
 use crate::report::table::ResultsTable;
 
@@ -115,8 +116,8 @@ pub fn preset_sweep(preset: Preset, sizes: Sizes, seed: u64) -> SweepConfig {
         Preset::ColorMnist => (
             ModelSpec::Mlp {
                 hidden: vec![390, 390],
-                activation: "relu".into(),
-                init: "xavier".into(),
+                activation: Activation::Relu,
+                init: Init::XavierUniform,
             },
             OptimizerSpec::Adam {
                 lr: 0.0,
