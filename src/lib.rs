@@ -28,6 +28,7 @@ pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod progress;
+pub mod recipes;
 pub mod report;
 pub mod repro;
 pub mod rng;

@@ -14,9 +14,9 @@ use memaware::data::synthetic::{
 use memaware::data::{Dataset, Split};
 use memaware::eval::selection::{select_checkpoint, Checkpoint, Criterion};
 use memaware::io::read_jsonl;
+use memaware::recipes::{preset_sweep, Family, Sizes};
 use memaware::repro::table1::{
-    preset_sweep, row_label, run_table1, table_rows, Preset, Sizes, Table1Config, Table1Entry,
-    TABLE_JSON, TABLE_MD,
+    row_label, run_table1, table_rows, Table1Config, Table1Entry, TABLE_JSON, TABLE_MD,
 };
 use memaware::Error;
 use safetensors::tensor::{Dtype, TensorView};
@@ -56,7 +56,7 @@ fn tiny_interpretable(seed: u64) -> Dataset {
 
 fn small_sweep(draws: usize, seeds: usize, steps: usize, seed: u64) -> SweepConfig {
     let mut cfg = preset_sweep(
-        Preset::LinearHead,
+        Family::Features,
         Sizes {
             steps,
             draws,

@@ -1,15 +1,12 @@
 //! Helpers shared by the subcommands: naming a data set on the command line, choosing the
 //! device, output folders that say which run produced what, progress bars that stay quiet
-//! when the output is not a terminal, and JSON files written atomically; the model and
-//! optimizer flags, and the recipe each data set gets when those flags are left open.
+//! when the output is not a terminal, and the flags `train` and `xrm` share, filled in from
+//! the data set's recipe ([`crate::recipes`]) when left open.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
-
 use crate::algo::model::{ModelSpec, OptimizerKind, OptimizerSpec, MODEL_HELP};
-use crate::algo::xrm::XrmLoss;
 use crate::backend::Device;
 use crate::data::colormnist::{color_mnist, load_mnist_idx, load_mnist_sample, ColorMnistConfig};
 use crate::data::features::load_features;
@@ -18,8 +15,8 @@ use crate::data::synthetic::{
 };
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::nn::{Activation, Init};
 use crate::progress::{Progress, ProgressFn};
+use crate::recipes;
 
 /// The MNIST sample shipped with the crate (see `data/README.md`).
 pub const MNIST_SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/mnist_5k.csv.gz");
@@ -174,90 +171,6 @@ pub fn parse_batch_size(s: &str) -> std::result::Result<usize, String> {
     }
 }
 
-/// The recipe a data set gets when flags leave it open (documented in [`RECIPE_DEFAULTS_HELP`]).
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct RecipeDefaults {
-    pub model: ModelSpec,
-    pub optimizer: OptimizerKind,
-    pub lr: f32,
-    pub momentum: f32,
-    pub weight_decay: f32,
-    pub steps: usize,
-    /// `None`: full batch.
-    pub batch_size: Option<usize>,
-    /// XRM's held-in loss.
-    pub xrm_loss: XrmLoss,
-    pub checkpoint_freq: usize,
-}
-
-/// Help text listing each data set's defaults.
-pub const RECIPE_DEFAULTS_HELP: &str = "\
-Defaults per data set (each flag given overrides its part):
-  interpretable     linear:nobias, full batch, sgd lr 1e-2 (3e-2 when sigma_eps = 0), no momentum
-                    or weight decay, 1000 steps, XRM loss `mean`, checkpoint every 10 steps
-                    (the paper's Figure-1 script)
-  colormnist        mlp:390,390:relu:xavier, full batch, adam lr 1e-3, no weight decay, 501
-                    steps, XRM loss `class-balanced`, checkpoint every 25 steps (the IRM/XRM MLP)
-  waterbirds-like,  linear (with bias) on frozen features, batch 128, sgd lr 1e-3 momentum 0.9,
-  feature files     weight decay 1e-4, 1001 steps, XRM loss `class-balanced`, checkpoint every
-                    50 steps (the paper's Waterbirds protocol, Table 1)
-Switching --optimizer away from the data set's default resets --lr to 1e-3 (adam, adamw) or
-1e-2 (sgd) and --momentum to 0 unless they are given.";
-
-/// The default recipe for `ds` (see [`RECIPE_DEFAULTS_HELP`]).
-pub fn recipe_defaults(ds: &Dataset) -> RecipeDefaults {
-    match ds.name.as_str() {
-        "interpretable" => {
-            // sigma_eps = 0 leaves every noise coordinate (columns 2..d) at zero; the paper
-            // trains that case with lr 3e-2.
-            let d = ds.d();
-            let noiseless = d > 2
-                && ds
-                    .train
-                    .x
-                    .chunks_exact(d)
-                    .all(|row| row[2..].iter().all(|&v| v == 0.0));
-            RecipeDefaults {
-                model: ModelSpec::linear_no_bias(),
-                optimizer: OptimizerKind::Sgd,
-                lr: if noiseless { 3e-2 } else { 1e-2 },
-                momentum: 0.0,
-                weight_decay: 0.0,
-                steps: 1000,
-                batch_size: None,
-                xrm_loss: XrmLoss::Mean,
-                checkpoint_freq: 10,
-            }
-        }
-        "colormnist" => RecipeDefaults {
-            model: ModelSpec::Mlp {
-                hidden: vec![390, 390],
-                activation: Activation::Relu,
-                init: Init::XavierUniform,
-            },
-            optimizer: OptimizerKind::Adam,
-            lr: 1e-3,
-            momentum: 0.0,
-            weight_decay: 0.0,
-            steps: 501,
-            batch_size: None,
-            xrm_loss: XrmLoss::ClassBalanced,
-            checkpoint_freq: 25,
-        },
-        _ => RecipeDefaults {
-            model: ModelSpec::Linear { bias: true },
-            optimizer: OptimizerKind::Sgd,
-            lr: 1e-3,
-            momentum: 0.9,
-            weight_decay: 1e-4,
-            steps: 1001,
-            batch_size: Some(128),
-            xrm_loss: XrmLoss::ClassBalanced,
-            checkpoint_freq: 50,
-        },
-    }
-}
-
 /// The flags `xrm` and `train` share: the data, the model, the optimizer, the run length,
 /// the seed, the device and the output folder.
 #[derive(clap::Args, Debug, Clone)]
@@ -330,7 +243,7 @@ pub struct ResolvedRun {
     /// At most the training set's size (equal to it: full batch).
     pub batch_size: usize,
     pub device: Device,
-    pub defaults: RecipeDefaults,
+    pub defaults: recipes::Defaults,
 }
 
 impl RunArgs {
@@ -346,7 +259,7 @@ impl RunArgs {
 
     /// Fills the flags left open with `ds`'s defaults and builds the model and optimizer specs.
     pub fn resolve(&self, ds: &Dataset) -> Result<ResolvedRun> {
-        let defaults = recipe_defaults(ds);
+        let defaults = recipes::defaults(ds);
         let model = self.model.clone().unwrap_or_else(|| defaults.model.clone());
         let kind = self.optimizer.unwrap_or(defaults.optimizer);
         let same_optimizer = kind == defaults.optimizer;
@@ -456,7 +369,7 @@ mod tests {
         assert_eq!((r.steps, r.batch_size), (1000, 50));
         assert_eq!(args.data_label(&ds), "interpretable-n50-d20");
         let noiseless = load_dataset("interpretable:n=50,d=20,sigma=0", 0).unwrap();
-        assert_eq!(recipe_defaults(&noiseless).lr, 3e-2);
+        assert_eq!(recipes::defaults(&noiseless).lr, 3e-2);
         let args = RunArgs {
             optimizer: Some(OptimizerKind::Adam),
             batch_size: Some(16),

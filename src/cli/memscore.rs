@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use crate::cli::common::{load_dataset, parse_device, run_dir, with_progress_bar, DATA_HELP};
 use crate::data::colormnist::with_colour_attribute;
 use crate::error::{Error, Result};
+use crate::recipes::Family;
 use crate::repro::memscore::{run_memscore, write_memscore, MemscoreExperiment, Methods};
 
 /// Arguments of `memaware memscore`. Every flag left out takes the recipe's value.
@@ -81,13 +82,13 @@ pub fn run(args: &Args) -> Result<()> {
     let methods = parse_methods(args.method.as_deref().unwrap_or("both"))?;
     let device = parse_device(args.device.as_deref().unwrap_or("cpu"))?;
     let mut ds = load_dataset(&spec, seed)?;
-    let mut exp = match ds.name.as_str() {
-        "interpretable" => MemscoreExperiment::interpretable(seed),
-        "colormnist" => {
+    let mut exp = match Family::of(&ds) {
+        Family::Interpretable => MemscoreExperiment::interpretable(seed),
+        Family::ColorMnist => {
             ds = with_colour_attribute(&ds)?;
             MemscoreExperiment::colormnist(seed)
         }
-        _ => MemscoreExperiment::linear_head(seed),
+        Family::Features => MemscoreExperiment::linear_head(seed),
     }
     .on_device(device);
     exp.methods = methods;

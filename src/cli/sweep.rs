@@ -11,8 +11,9 @@ use super::common::{load_dataset, parse_device, with_progress_bar, DATA_HELP};
 use crate::algo::sweep::{run_sweeps, MethodKind, MethodPlan, Parallelism};
 use crate::error::{Error, Result};
 use crate::eval::selection::Criterion;
+use crate::recipes::{preset_sweep, Family, Sizes};
 use crate::report::table::ResultsTable;
-use crate::repro::table1::{entry_dir, preset_sweep, row_label, Preset, Sizes};
+use crate::repro::table1::{entry_dir, row_label};
 
 /// Arguments of `memaware sweep`.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -95,7 +96,7 @@ pub fn run(args: &Args) -> Result<()> {
         draws: args.draws.unwrap_or(Sizes::FULL.draws),
         seeds: args.seeds.unwrap_or(3),
     };
-    let mut cfg = preset_sweep(Preset::for_spec(&args.data), sizes, args.seed);
+    let mut cfg = preset_sweep(Family::of(&ds), sizes, args.seed);
     if let Some(f) = args.checkpoint_freq {
         cfg.checkpoint_freq = f;
     }

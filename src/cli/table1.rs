@@ -11,9 +11,9 @@ use super::common::{load_dataset, parse_device, with_progress_bar, DATA_HELP};
 use crate::algo::sweep::{MethodKind, Parallelism};
 use crate::data::features::load_features;
 use crate::error::{Error, Result};
+use crate::recipes::{preset_sweep, Family, Sizes};
 use crate::repro::table1::{
-    margin_lines, preset_sweep, run_table1, Preset, Sizes, Table1Config, Table1Entry, TABLE_JSON,
-    TABLE_MD,
+    margin_lines, run_table1, Table1Config, Table1Entry, TABLE_JSON, TABLE_MD,
 };
 
 /// Built-in columns of the table, by their `--data` names, with their column labels.
@@ -132,7 +132,7 @@ pub fn config(args: &Args) -> Result<Table1Config> {
         } else {
             load_dataset(&spec, args.data_seed)?
         };
-        let mut sweep = preset_sweep(Preset::for_spec(&spec), sizes, args.seed);
+        let mut sweep = preset_sweep(Family::of(&dataset), sizes, args.seed);
         sweep.parallelism = parallelism;
         sweep.device = device.clone();
         entries.push(Table1Entry {

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::common::{self, RunArgs, RECIPE_DEFAULTS_HELP};
+use super::common::{self, RunArgs};
 use crate::algo::model::{ModelSpec, OptimizerSpec};
 use crate::algo::train::{run_method_with, Method, MethodOutcome, TrainConfig};
 use crate::algo::xrm::{XrmOutput, XRM_JSON_FILE, XRM_TENSORS_FILE};
@@ -26,6 +26,7 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::eval::metrics::SplitMetrics;
 use crate::eval::selection::{select_checkpoint, Checkpoint, Criterion};
+use crate::recipes::DEFAULTS_HELP;
 
 const SUMMARY_FORMAT: &str = "memaware-train-v1";
 /// File names inside a training run's folder.
@@ -71,7 +72,7 @@ impl MethodArg {
 
 /// Arguments of `memaware train`.
 #[derive(clap::Args, Debug, Clone)]
-#[command(after_long_help = RECIPE_DEFAULTS_HELP)]
+#[command(after_long_help = DEFAULTS_HELP)]
 pub struct Args {
     /// Training method
     #[arg(long, value_enum)]

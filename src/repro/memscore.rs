@@ -77,8 +77,9 @@ use crate::eval::memscore::{
 };
 use crate::eval::metrics::argmax_rows;
 use crate::io::{write_json, write_text};
-use crate::nn::{Activation, Init, Module};
+use crate::nn::Module;
 use crate::progress::{Progress, ProgressFn};
+use crate::recipes::Family;
 use crate::report::plot::{save_histograms, HistPanel, Histogram};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -579,7 +580,7 @@ impl MemscoreExperiment {
         let optimizer = OptimizerSpec::plain_sgd(1e-2);
         MemscoreExperiment {
             estimator: MemscoreConfig {
-                model: ModelSpec::linear_no_bias(),
+                model: Family::Interpretable.model(),
                 models: 20,
                 share: 0.5,
                 steps: 1000,
@@ -615,11 +616,7 @@ impl MemscoreExperiment {
         };
         MemscoreExperiment {
             estimator: MemscoreConfig {
-                model: ModelSpec::Mlp {
-                    hidden: vec![390, 390],
-                    activation: Activation::Relu,
-                    init: Init::XavierUniform,
-                },
+                model: Family::ColorMnist.model(),
                 models: 20,
                 share: 0.5,
                 steps: 600,
@@ -654,7 +651,7 @@ impl MemscoreExperiment {
             weight_decay: 0.0,
         };
         let mut exp = Self::interpretable(seed);
-        exp.estimator.model = ModelSpec::Linear { bias: true };
+        exp.estimator.model = Family::Features.model();
         exp.estimator.optimizer = optimizer.clone();
         exp.estimator.batch_size = 64;
         exp.xrm.optimizer = optimizer;
