@@ -430,7 +430,7 @@ fn bad_feature_files_are_errors_naming_file_tensor_and_problem() {
         };
         let sweep_args = cli::sweep::Args {
             data: spec,
-            method: vec!["erm".into()],
+            method: vec![MethodKind::Erm],
             out: Some(dir.join("out")),
             ..Default::default()
         };

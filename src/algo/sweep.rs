@@ -193,8 +193,8 @@ impl std::fmt::Display for MethodKind {
 impl FromStr for MethodKind {
     type Err = Error;
 
-    /// Accepts the [`MethodKind::name`]s, the table labels (any case) and `groupdro`,
-    /// `xrm_groupdro`, `xrm+groupdro`.
+    /// Accepts the [`MethodKind::name`]s and the table labels in any case, with `-` or `+`
+    /// for `_`, and `groupdro`, `xrm_groupdro` (so `group-dro`, `xrm-groupdro`, `XRM+GroupDRO`).
     fn from_str(s: &str) -> Result<Self> {
         let key = s.trim().to_ascii_lowercase().replace(['-', '+'], "_");
         let found = match key.as_str() {

@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 
 use super::common::{load_dataset, parse_device, with_progress_bar, DATA_HELP};
+use crate::algo::model::{ModelSpec, MODEL_HELP};
 use crate::algo::sweep::{run_sweeps, MethodKind, MethodPlan, Parallelism};
 use crate::error::{Error, Result};
 use crate::eval::selection::Criterion;
@@ -22,10 +23,12 @@ pub struct Args {
     /// head with SGD (momentum 0.9); see `memaware table1 --help`.
     #[arg(long, required = true, long_help = DATA_HELP)]
     pub data: String,
-    /// Methods, comma-separated: erm, group_dro, jtt, xrm_group_dro, mat, rwg, subg. They share
-    /// the draws and XRM's phase.
+    /// Methods, comma-separated: erm, group_dro, jtt, xrm_group_dro, mat, rwg, subg (hyphens
+    /// work too, and groupdro, xrm-groupdro). They share the draws and XRM's phase.
     #[arg(long, required = true, value_delimiter = ',')]
-    pub method: Vec<String>,
+    pub method: Vec<MethodKind>,
+    #[arg(long, value_name = "SPEC", help = MODEL_HELP)]
+    pub model: Option<ModelSpec>,
     /// Random hyperparameter draws per method (and for XRM unless --xrm-draws) [default: 10].
     #[arg(long)]
     pub draws: Option<usize>,
@@ -71,11 +74,7 @@ pub fn run(args: &Args) -> Result<()> {
     if args.data.is_empty() {
         return Err(Error::arg("data", "name a data set with --data"));
     }
-    let kinds: Vec<MethodKind> = args
-        .method
-        .iter()
-        .map(|m| m.parse())
-        .collect::<Result<_>>()?;
+    let kinds = &args.method;
     if kinds.is_empty() {
         return Err(Error::arg(
             "method",
@@ -99,6 +98,9 @@ pub fn run(args: &Args) -> Result<()> {
     let mut cfg = preset_sweep(Family::of(&ds), sizes, args.seed);
     if let Some(f) = args.checkpoint_freq {
         cfg.checkpoint_freq = f;
+    }
+    if let Some(m) = &args.model {
+        cfg.model = m.clone();
     }
     cfg.xrm.draws = args.xrm_draws.unwrap_or(sizes.draws);
     cfg.xrm.steps = args.xrm_steps.unwrap_or(sizes.steps);

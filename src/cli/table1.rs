@@ -55,9 +55,10 @@ pub struct Args {
     /// Training steps of every run, XRM's included [default: 1001, quick 201].
     #[arg(long)]
     pub steps: Option<usize>,
-    /// Methods, comma-separated [default: erm,group_dro,jtt,xrm_group_dro,mat].
+    /// Methods, comma-separated, spelled as for `sweep --method`
+    /// [default: erm,group_dro,jtt,xrm_group_dro,mat].
     #[arg(long, value_delimiter = ',')]
-    pub methods: Vec<String>,
+    pub methods: Vec<MethodKind>,
     /// `runs`: independent runs in parallel across cores (one task per run); `ops`: one run
     /// at a time, parallel inside each op [default: runs].
     #[arg(long)]
@@ -94,10 +95,7 @@ pub fn config(args: &Args) -> Result<Table1Config> {
     let methods: Vec<MethodKind> = if args.methods.is_empty() {
         MethodKind::TABLE1.to_vec()
     } else {
-        args.methods
-            .iter()
-            .map(|m| m.parse())
-            .collect::<Result<_>>()?
+        args.methods.clone()
     };
 
     let mut specs: Vec<(String, String)> = Vec::new();
