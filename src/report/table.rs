@@ -34,6 +34,23 @@ fn escape_cell(text: &str) -> String {
     text.replace('|', "\\|")
 }
 
+/// A GitHub Markdown table: the header, the rule (`align` has one `l` or `r` per column, for
+/// `---` or `---:`), then one line per row. Cells are written as given.
+pub fn markdown_table<S: AsRef<str>>(header: &[S], align: &str, rows: &[Vec<String>]) -> String {
+    debug_assert_eq!(header.len(), align.len());
+    let line = |cells: Vec<&str>| format!("| {} |\n", cells.join(" | "));
+    let rule: Vec<&str> = align
+        .chars()
+        .map(|a| if a == 'r' { "---:" } else { "---" })
+        .collect();
+    let mut out = line(header.iter().map(AsRef::as_ref).collect());
+    out.push_str(&format!("|{}|\n", rule.join("|")));
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
 impl ResultsTable {
     /// An empty table over `datasets`.
     pub fn new(datasets: Vec<String>) -> Self {
@@ -64,29 +81,27 @@ impl ResultsTable {
     /// The table in GitHub Markdown: `| Method | <set> Avg | <set> WGA | ... |`. A row with fewer
     /// cells than data sets prints `—` for the missing ones.
     pub fn to_markdown(&self) -> String {
-        let mut out = String::from("| Method |");
+        let mut header = vec!["Method".to_string()];
         for d in &self.datasets {
             let d = escape_cell(d);
-            out.push_str(&format!(" {d} Avg | {d} WGA |"));
+            header.extend([format!("{d} Avg"), format!("{d} WGA")]);
         }
-        out.push_str("\n|---|");
-        out.push_str(&"---:|---:|".repeat(self.datasets.len()));
-        out.push('\n');
-        for (method, cells) in &self.rows {
-            out.push_str(&format!("| {} |", escape_cell(method)));
-            for j in 0..self.datasets.len() {
-                match cells.get(j).and_then(Option::as_ref) {
-                    Some(c) => out.push_str(&format!(
-                        " {} | {} |",
-                        format_percent(&c.avg),
-                        format_percent(&c.wga)
-                    )),
-                    None => out.push_str(" — | — |"),
+        let align = format!("l{}", "rr".repeat(self.datasets.len()));
+        let rows: Vec<Vec<String>> = self
+            .rows
+            .iter()
+            .map(|(method, cells)| {
+                let mut row = vec![escape_cell(method)];
+                for j in 0..self.datasets.len() {
+                    match cells.get(j).and_then(Option::as_ref) {
+                        Some(c) => row.extend([format_percent(&c.avg), format_percent(&c.wga)]),
+                        None => row.extend(["—".to_string(), "—".to_string()]),
+                    }
                 }
-            }
-            out.push('\n');
-        }
-        out
+                row
+            })
+            .collect();
+        markdown_table(&header, &align, &rows)
     }
 
     /// Writes the pretty JSON to `path` atomically.

@@ -81,6 +81,7 @@ use crate::nn::Module;
 use crate::progress::{Progress, ProgressFn};
 use crate::recipes::Family;
 use crate::report::plot::{save_histograms, HistPanel, Histogram};
+use crate::report::table::markdown_table;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 
@@ -832,18 +833,15 @@ impl MemscoreReport {
     /// mean, median and share above 0.5, and the pooled held-in / held-out accuracy.
     fn score_table(&self, score: &str) -> String {
         let methods = self.methods();
-        let mut header = "| group |".to_string();
-        let mut rule = "|---|".to_string();
+        let mut header = vec!["group".to_string()];
         for m in &methods {
             let name = m.method.to_uppercase();
-            header.push_str(&format!(
-                " {name} mean | {name} median | {name} >0.5 | {name} acc in / out |"
-            ));
-            rule.push_str("---:|---:|---:|---:|");
+            header
+                .extend(["mean", "median", ">0.5", "acc in / out"].map(|c| format!("{name} {c}")));
         }
-        let mut out = format!("{header}\n{rule}\n");
+        let mut rows = Vec::new();
         for (g, label) in self.group_labels.iter().enumerate() {
-            out.push_str(&format!("| {label} |"));
+            let mut row = vec![label.clone()];
             for m in &methods {
                 let s = if score == "acc" {
                     &m.summary_acc[g]
@@ -851,18 +849,17 @@ impl MemscoreReport {
                     &m.summary_prob[g]
                 };
                 let io = &m.in_out[g];
-                out.push_str(&format!(
-                    " {} | {} | {} | {} / {} |",
+                row.extend([
                     fmt_opt(s.mean),
                     fmt_opt(s.median),
                     fmt_opt(s.share_above_half),
-                    fmt_opt(io.acc_in),
-                    fmt_opt(io.acc_out)
-                ));
+                    format!("{} / {}", fmt_opt(io.acc_in), fmt_opt(io.acc_out)),
+                ]);
             }
-            out.push('\n');
+            rows.push(row);
         }
-        out
+        let align = format!("l{}", "rrrr".repeat(methods.len()));
+        markdown_table(&header, &align, &rows)
     }
 
     /// The summary as Markdown: per-group tables for both scores, how often examples are left
@@ -886,32 +883,45 @@ impl MemscoreReport {
         ] {
             out.push_str(&format!("## {title}\n\n{}\n", self.score_table(score)));
         }
-        out.push_str("## Estimator\n\n| method | left out (min / mean / max) | unscored | split-half |Δ| acc | split-half ρ acc | split-half |Δ| prob | split-half ρ prob | wall s |\n|---|---|---:|---:|---:|---:|---:|---:|\n");
-        for m in self.methods() {
-            out.push_str(&format!(
-                "| {} | {} / {:.1} / {} | {} | {} | {} | {} | {} | {:.2}{} |\n",
-                m.method.to_uppercase(),
-                m.left_out.min,
-                m.left_out.mean,
-                m.left_out.max,
-                m.left_out.unscored,
-                fmt_opt(m.split_half.acc.mean_abs_diff),
-                fmt_opt(m.split_half.acc.spearman),
-                fmt_opt(m.split_half.prob.mean_abs_diff),
-                fmt_opt(m.split_half.prob.spearman),
-                m.wall_s,
-                if m.parallel {
-                    " (parallel)"
-                } else {
-                    " (sequential)"
-                }
-            ));
-        }
+        let rows: Vec<Vec<String>> = self
+            .methods()
+            .iter()
+            .map(|m| {
+                let mode = if m.parallel { "parallel" } else { "sequential" };
+                vec![
+                    m.method.to_uppercase(),
+                    format!(
+                        "{} / {:.1} / {}",
+                        m.left_out.min, m.left_out.mean, m.left_out.max
+                    ),
+                    m.left_out.unscored.to_string(),
+                    fmt_opt(m.split_half.acc.mean_abs_diff),
+                    fmt_opt(m.split_half.acc.spearman),
+                    fmt_opt(m.split_half.prob.mean_abs_diff),
+                    fmt_opt(m.split_half.prob.spearman),
+                    format!("{:.2} ({mode})", m.wall_s),
+                ]
+            })
+            .collect();
+        out.push_str("## Estimator\n\n");
+        out.push_str(&markdown_table(
+            &[
+                "method",
+                "left out (min / mean / max)",
+                "unscored",
+                "split-half |Δ| acc",
+                "split-half ρ acc",
+                "split-half |Δ| prob",
+                "split-half ρ prob",
+                "wall s",
+            ],
+            "llrrrrrr",
+            &rows,
+        ));
         out.push_str(&format!(
             "\n## Proxies from one XRM run\n\nXRM: final flip rate {:.3}, {:.2} s{}. \
              `in − out`: held-in minus held-out true-label probability; `1 − out`: held-out \
-             error.\n\n| group | in − out mean | median | 1 − out mean | median | flipped by XRM |\n\
-             |---|---:|---:|---:|---:|---:|\n",
+             error.\n\n",
             self.xrm.final_flip_rate,
             self.xrm.wall_s,
             self.xrm
@@ -920,37 +930,66 @@ impl MemscoreReport {
                 .map(|d| format!(", degenerate: {d}"))
                 .unwrap_or_default()
         ));
-        for (g, label) in self.group_labels.iter().enumerate() {
-            let (a, b) = (
-                &self.proxy.summary[g],
-                &self.proxy.summary_held_out_error[g],
-            );
-            out.push_str(&format!(
-                "| {label} | {} | {} | {} | {} | {} |\n",
-                fmt_opt(a.mean),
-                fmt_opt(a.median),
-                fmt_opt(b.mean),
-                fmt_opt(b.median),
-                fmt_opt(self.proxy.flipped_share[g])
-            ));
-        }
-        out.push_str(
-            "\n| full score | Spearman (in − out) | Spearman (1 − out) | Pearson (in − out) | \
-             Pearson (1 − out) | n |\n|---|---:|---:|---:|---:|---:|\n",
-        );
-        for pair in self.proxy.agreement.chunks(2) {
-            let second = pair.get(1);
-            out.push_str(&format!(
-                "| {} {} | {} | {} | {} | {} | {} |\n",
-                pair[0].method.to_uppercase(),
-                pair[0].score,
-                fmt_opt(pair[0].spearman),
-                fmt_opt(second.and_then(|a| a.spearman)),
-                fmt_opt(pair[0].pearson),
-                fmt_opt(second.and_then(|a| a.pearson)),
-                pair[0].n_compared
-            ));
-        }
+        let rows: Vec<Vec<String>> = self
+            .group_labels
+            .iter()
+            .enumerate()
+            .map(|(g, label)| {
+                let (a, b) = (
+                    &self.proxy.summary[g],
+                    &self.proxy.summary_held_out_error[g],
+                );
+                vec![
+                    label.clone(),
+                    fmt_opt(a.mean),
+                    fmt_opt(a.median),
+                    fmt_opt(b.mean),
+                    fmt_opt(b.median),
+                    fmt_opt(self.proxy.flipped_share[g]),
+                ]
+            })
+            .collect();
+        out.push_str(&markdown_table(
+            &[
+                "group",
+                "in − out mean",
+                "median",
+                "1 − out mean",
+                "median",
+                "flipped by XRM",
+            ],
+            "lrrrrr",
+            &rows,
+        ));
+        let rows: Vec<Vec<String>> = self
+            .proxy
+            .agreement
+            .chunks(2)
+            .map(|pair| {
+                let second = pair.get(1);
+                vec![
+                    format!("{} {}", pair[0].method.to_uppercase(), pair[0].score),
+                    fmt_opt(pair[0].spearman),
+                    fmt_opt(second.and_then(|a| a.spearman)),
+                    fmt_opt(pair[0].pearson),
+                    fmt_opt(second.and_then(|a| a.pearson)),
+                    pair[0].n_compared.to_string(),
+                ]
+            })
+            .collect();
+        out.push('\n');
+        out.push_str(&markdown_table(
+            &[
+                "full score",
+                "Spearman (in − out)",
+                "Spearman (1 − out)",
+                "Pearson (in − out)",
+                "Pearson (1 − out)",
+                "n",
+            ],
+            "lrrrrr",
+            &rows,
+        ));
         out.push_str(&format!("\nTotal wall time {:.2} s.\n", self.wall_s));
         out
     }

@@ -52,7 +52,7 @@ use crate::error::{Error, Result};
 use crate::eval::selection::{mean_std, Criterion, MeanStd, TableCell};
 use crate::io::{write_json, write_text};
 use crate::progress::ProgressFn;
-use crate::report::table::ResultsTable;
+use crate::report::table::{markdown_table, ResultsTable};
 
 const FORMAT: &str = "memaware-table1-v1";
 /// The table's Markdown and JSON file names.
@@ -270,25 +270,24 @@ fn markdown(record: &Table1Record) -> String {
          ± is the sample standard deviation over seeds.\n",
     );
     if !record.margins.is_empty() {
+        let rows: Vec<Vec<String>> = record
+            .margins
+            .iter()
+            .map(|m| {
+                let comparison = format!("{} − {}", m.a, m.b);
+                vec![m.dataset.clone(), comparison, signed_points(&m.diff)]
+            })
+            .collect();
         md.push_str(
-            "\n### Worst-group margins (test WGA, points; per-seed differences, mean ± std)\n\n\
-             | Data set | Comparison | Δ WGA |\n|---|---|---:|\n",
+            "\n### Worst-group margins (test WGA, points; per-seed differences, mean ± std)\n\n",
         );
-        for m in &record.margins {
-            md.push_str(&format!(
-                "| {} | {} − {} | {} |\n",
-                m.dataset,
-                m.a,
-                m.b,
-                signed_points(&m.diff)
-            ));
-        }
+        md.push_str(&markdown_table(
+            &["Data set", "Comparison", "Δ WGA"],
+            "llr",
+            &rows,
+        ));
     }
-    md.push_str(
-        "\n### XRM (held-out estimator)\n\n| Data set | chosen draw | flip rate per seed | \
-         degenerate seeds | held-out accuracy per training group (selection seed) |\n\
-         |---|---:|---|---:|---|\n",
-    );
+    let mut rows = Vec::new();
     for d in &record.datasets {
         let Some(x) = &d.xrm else { continue };
         let rates: Vec<String> = x
@@ -302,34 +301,61 @@ fn markdown(record: &Table1Record) -> String {
             .iter()
             .map(|a| a.map_or("—".into(), |v| format!("{:.2}", v)))
             .collect();
-        md.push_str(&format!(
-            "| {} | {} | {} | {degenerate} / {} | {} |\n",
-            d.label,
-            x.chosen_draw,
+        rows.push(vec![
+            d.label.clone(),
+            x.chosen_draw.to_string(),
             rates.join(", "),
-            x.seeds.len(),
-            acc.join(", ")
-        ));
+            format!("{degenerate} / {}", x.seeds.len()),
+            acc.join(", "),
+        ]);
     }
-    md.push_str(
-        "\n### Settings\n\n| Data set | train / val / test | model | optimizer | steps | draws | \
-         seeds |\n|---|---|---|---|---:|---:|---:|\n",
-    );
-    for d in &record.datasets {
-        let n = |c: &[usize]| c.iter().sum::<usize>();
-        md.push_str(&format!(
-            "| {} | {} / {} / {} | {} | {} | {} | {} | {} |\n",
-            d.label,
-            n(&d.group_counts_tr),
-            n(&d.group_counts_va),
-            n(&d.group_counts_te),
-            describe_model(&d.sweep.model),
-            describe_optimizer(&d.sweep.optimizer),
-            d.sweep.steps,
-            d.sweep.draws,
-            d.sweep.seeds.len()
-        ));
-    }
+    md.push_str("\n### XRM (held-out estimator)\n\n");
+    md.push_str(&markdown_table(
+        &[
+            "Data set",
+            "chosen draw",
+            "flip rate per seed",
+            "degenerate seeds",
+            "held-out accuracy per training group (selection seed)",
+        ],
+        "lrlrl",
+        &rows,
+    ));
+    let n = |c: &[usize]| c.iter().sum::<usize>();
+    let rows: Vec<Vec<String>> = record
+        .datasets
+        .iter()
+        .map(|d| {
+            vec![
+                d.label.clone(),
+                format!(
+                    "{} / {} / {}",
+                    n(&d.group_counts_tr),
+                    n(&d.group_counts_va),
+                    n(&d.group_counts_te)
+                ),
+                describe_model(&d.sweep.model),
+                describe_optimizer(&d.sweep.optimizer),
+                d.sweep.steps.to_string(),
+                d.sweep.draws.to_string(),
+                d.sweep.seeds.len().to_string(),
+            ]
+        })
+        .collect();
+    md.push_str("\n### Settings\n\n");
+    md.push_str(&markdown_table(
+        &[
+            "Data set",
+            "train / val / test",
+            "model",
+            "optimizer",
+            "steps",
+            "draws",
+            "seeds",
+        ],
+        "llllrrr",
+        &rows,
+    ));
     md
 }
 
