@@ -89,7 +89,11 @@ fn figure1_with(seeds: usize, concurrent: bool, repeats: usize) -> Result<Figure
         concurrent_runs: concurrent,
         ..Default::default()
     };
-    fastest(repeats, || figure1::run(&cfg), |r| r.training_s_total)
+    fastest(
+        repeats,
+        || figure1::run(&cfg, &|_| {}),
+        |r| r.training_s_total,
+    )
 }
 
 fn figure3_with(seeds: usize, concurrent: bool, repeats: usize) -> Result<Figure3Report> {
@@ -98,7 +102,11 @@ fn figure3_with(seeds: usize, concurrent: bool, repeats: usize) -> Result<Figure
         concurrent_runs: concurrent,
         ..Default::default()
     };
-    fastest(repeats, || figure3::run(&cfg), |r| r.training_s_total)
+    fastest(
+        repeats,
+        || figure3::run(&cfg, &|_| {}),
+        |r| r.training_s_total,
+    )
 }
 
 fn print_figure1(report: &Figure1Report, how: &str) {

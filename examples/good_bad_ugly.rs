@@ -11,6 +11,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
+use memaware::cli::common::with_progress_bar;
 use memaware::repro::figure3::{run, Figure3Config};
 
 #[derive(Parser)]
@@ -29,13 +30,13 @@ struct Args {
 
 fn main() -> memaware::Result<()> {
     let args = Args::parse();
-    let report = run(&Figure3Config {
+    let cfg = Figure3Config {
         seeds: (0..args.seeds).collect(),
         max_steps: args.max_steps,
         out: Some(args.out),
-        progress: true,
         ..Default::default()
-    })?;
+    };
+    let report = with_progress_bar("Figure 3 (fits)", |p| run(&cfg, p))?;
     println!("{}", report.table());
     for f in report.figure_files.iter().chain(&report.json_file) {
         println!("wrote {}", f.display());

@@ -11,6 +11,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
+use memaware::cli::common::with_progress_bar;
 use memaware::repro::figure1::{run, Figure1Config};
 
 #[derive(Parser)]
@@ -29,13 +30,13 @@ struct Args {
 
 fn main() -> memaware::Result<()> {
     let args = Args::parse();
-    let report = run(&Figure1Config {
+    let cfg = Figure1Config {
         seeds: (0..args.seeds).collect(),
         epochs: args.epochs,
         out: Some(args.out),
-        progress: true,
         ..Default::default()
-    })?;
+    };
+    let report = with_progress_bar("Figure 1 (epochs)", |p| run(&cfg, p))?;
     println!("{}", report.table());
     for f in report.figure_files.iter().chain(&report.json_file) {
         println!("wrote {}", f.display());

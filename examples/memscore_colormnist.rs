@@ -54,7 +54,7 @@ fn main() -> memaware::Result<()> {
     exp.estimator.steps = args.steps;
     exp.xrm.steps = args.steps;
     exp.tau = args.tau;
-    let report = run_memscore(&ds, &exp, &|| {})?;
+    let report = run_memscore(&ds, &exp, &|_| {})?;
     let paths = write_memscore(&report, &args.out)?;
     println!("{}", report.summary_markdown());
     for p in paths {

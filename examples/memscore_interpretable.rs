@@ -50,7 +50,7 @@ fn main() -> memaware::Result<()> {
     })?;
     let mut exp = MemscoreExperiment::interpretable(args.seed);
     exp.estimator.models = args.models;
-    let report = run_memscore(&ds, &exp, &|| {})?;
+    let report = run_memscore(&ds, &exp, &|_| {})?;
     let paths = write_memscore(&report, &args.out)?;
     println!("{}", report.summary_markdown());
     for p in paths {
@@ -60,7 +60,7 @@ fn main() -> memaware::Result<()> {
         let erm = report.erm.as_ref().expect("the recipe scores ERM");
         let mut sequential_cfg = exp.estimator.clone();
         sequential_cfg.parallel = false;
-        let sequential = estimate(&ds, &ScoredMethod::Erm, &sequential_cfg, &|| {})?;
+        let sequential = estimate(&ds, &ScoredMethod::Erm, &sequential_cfg, &|_| {})?;
         println!(
             "ERM, {} subset models on {} threads: parallel {:.2} s, sequential {:.2} s \
              (speed-up {:.2}×); records identical: {}",

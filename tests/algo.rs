@@ -19,7 +19,8 @@ use memaware::algo::{
 use memaware::data::synthetic::{interpretable, is_minority, InterpretableConfig};
 use memaware::data::{Dataset, Split};
 use memaware::eval::metrics::{split_metrics, SplitMetrics};
-use memaware::eval::selection::{read_jsonl, select_checkpoint, Criterion};
+use memaware::eval::selection::{select_checkpoint, Checkpoint, Criterion};
+use memaware::io::read_jsonl;
 use memaware::{Device, Error, Rng, Tensor};
 
 /// Groups `g = 2y + a` of the interpretable data whose spurious feature disagrees with `y`.
@@ -373,7 +374,7 @@ fn selection_picks_the_last_best_checkpoint_of_a_real_run() {
     expected.push(299);
     assert_eq!(steps, expected);
     assert_eq!(&seen, cps);
-    assert_eq!(&read_jsonl(&path).unwrap(), cps);
+    assert_eq!(&read_jsonl::<Checkpoint>(&path).unwrap(), cps);
     assert!(cps.iter().all(|c| c.tr.is_some() && c.va_gi.is_none()));
 
     let (index, value) = select_checkpoint(cps, Criterion::VaWga).unwrap();

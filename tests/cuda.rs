@@ -1546,8 +1546,8 @@ fn colormnist_mlp_training_matches_the_cpu_and_stops_allocating() {
     let ds = color_mnist(&images, &digits, &ColorMnistConfig::default()).unwrap();
     let spec = ModelSpec::Mlp {
         hidden: vec![390, 390],
-        activation: "relu".into(),
-        init: "pytorch".into(),
+        activation: Activation::Relu,
+        init: Init::PyTorchDefault,
     };
     let steps = if g.cuda.is_emulated() { 12 } else { 50 };
     let cfg = |device: &Device| TrainConfig {

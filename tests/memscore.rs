@@ -116,7 +116,7 @@ fn check_shapes(report: &MemscoreReport, ds: &Dataset, models: usize) {
 fn figure1_reduced_erm_memorizes_the_minority_and_mat_less() {
     let ds = small_figure1(0);
     let exp = small_experiment(0);
-    let report = run_memscore(&ds, &exp, &|| {}).unwrap();
+    let report = run_memscore(&ds, &exp, &|_| {}).unwrap();
     check_shapes(&report, &ds, 8);
 
     let minority = is_minority(&ds.train);
@@ -192,14 +192,14 @@ fn parallel_and_sequential_runs_agree_bitwise() {
     let mut cfg = small_experiment(5).estimator;
     cfg.models = 4;
     cfg.steps = 50;
-    let parallel = estimate(&ds, &ScoredMethod::Erm, &cfg, &|| {}).unwrap();
+    let parallel = estimate(&ds, &ScoredMethod::Erm, &cfg, &|_| {}).unwrap();
     cfg.parallel = false;
-    let sequential = estimate(&ds, &ScoredMethod::Erm, &cfg, &|| {}).unwrap();
+    let sequential = estimate(&ds, &ScoredMethod::Erm, &cfg, &|_| {}).unwrap();
     assert!(parallel.parallel && !sequential.parallel);
     assert_eq!(parallel.records, sequential.records);
     assert_eq!(parallel.scores, sequential.scores);
     cfg.seed = 6;
-    let other = estimate(&ds, &ScoredMethod::Erm, &cfg, &|| {}).unwrap();
+    let other = estimate(&ds, &ScoredMethod::Erm, &cfg, &|_| {}).unwrap();
     assert_ne!(other.records, sequential.records);
 }
 
@@ -211,7 +211,7 @@ fn bad_configurations_are_rejected() {
         let mut cfg = base.clone();
         cfg.steps = 1;
         f(&mut cfg);
-        estimate(&ds, &ScoredMethod::Erm, &cfg, &|| {})
+        estimate(&ds, &ScoredMethod::Erm, &cfg, &|_| {})
     };
     assert!(run(&|c| c.models = 1).is_err());
     assert!(run(&|c| c.share = 0.0).is_err());
@@ -236,9 +236,9 @@ fn bad_configurations_are_rejected() {
         tau: 0.1,
         xrm: std::sync::Arc::new(foreign),
     };
-    assert!(estimate(&ds, &mat, &exp.estimator, &|| {}).is_err());
+    assert!(estimate(&ds, &mat, &exp.estimator, &|_| {}).is_err());
     exp.bin_width = 0.0;
-    assert!(run_memscore(&ds, &exp, &|| {}).is_err());
+    assert!(run_memscore(&ds, &exp, &|_| {}).is_err());
 }
 
 #[test]

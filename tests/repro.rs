@@ -154,7 +154,7 @@ fn check_figure1_consistency(report: &Figure1Report, cfg: &Figure1Config) {
 fn figure1_reduced_run_writes_figure_and_consistent_json() {
     let dir = temp_dir("fig1");
     let cfg = small_figure1(vec![0, 3], Some(dir.clone()));
-    let report = figure1::run(&cfg).unwrap();
+    let report = figure1::run(&cfg, &|_| {}).unwrap();
     check_figure1_consistency(&report, &cfg);
 
     assert_image_files(&dir.join("figure1"));
@@ -197,11 +197,14 @@ fn figure1_reduced_run_writes_figure_and_consistent_json() {
 #[test]
 fn figure1_is_deterministic_in_the_seeds() {
     // Concurrent runs (the default) and runs in turn give the same bits.
-    let a = figure1::run(&small_figure1(vec![5, 7], None)).unwrap();
-    let b = figure1::run(&Figure1Config {
-        concurrent_runs: false,
-        ..small_figure1(vec![5, 7], None)
-    })
+    let a = figure1::run(&small_figure1(vec![5, 7], None), &|_| {}).unwrap();
+    let b = figure1::run(
+        &Figure1Config {
+            concurrent_runs: false,
+            ..small_figure1(vec![5, 7], None)
+        },
+        &|_| {},
+    )
     .unwrap();
     assert!(a.figure_files.is_empty() && a.json_file.is_none());
     for (ra, rb) in a.runs.iter().zip(&b.runs) {
@@ -223,7 +226,7 @@ fn figure1_is_deterministic_in_the_seeds() {
         .map(|s| s.training_s)
         .sum();
     assert!(sum <= b.training_s_total, "{sum} > {}", b.training_s_total);
-    let c = figure1::run(&small_figure1(vec![6], None)).unwrap();
+    let c = figure1::run(&small_figure1(vec![6], None), &|_| {}).unwrap();
     assert_ne!(
         a.run(Figure1Run::ErmNoisy).seeds[0].plane_weights,
         c.run(Figure1Run::ErmNoisy).seeds[0].plane_weights
@@ -312,7 +315,7 @@ fn small_figure3(seeds: Vec<u64>, out: Option<PathBuf>) -> Figure3Config {
 fn figure3_reduced_run_writes_figure_and_consistent_json() {
     let dir = temp_dir("fig3");
     let cfg = small_figure3(vec![0, 1], Some(dir.clone()));
-    let report = figure3::run(&cfg).unwrap();
+    let report = figure3::run(&cfg, &|_| {}).unwrap();
     check_figure3_consistency(&report, &cfg);
     assert_image_files(&dir.join("figure3"));
     assert_eq!(report.json_file, Some(dir.join("figure3.json")));
@@ -338,17 +341,20 @@ fn figure3_stops_at_the_target_and_is_deterministic() {
         target_mse: 1.0,
         ..small_figure3(vec![2], None)
     };
-    let r = figure3::run(&loose).unwrap();
+    let r = figure3::run(&loose, &|_| {}).unwrap();
     check_figure3_consistency(&r, &loose);
     for s in &r.settings {
         assert_eq!((s.seeds[0].steps, s.seeds[0].converged), (1, true));
     }
     // Concurrent fits (the default) and fits in turn give the same bits.
-    let a = figure3::run(&small_figure3(vec![2, 3], None)).unwrap();
-    let b = figure3::run(&Figure3Config {
-        concurrent_runs: false,
-        ..small_figure3(vec![2, 3], None)
-    })
+    let a = figure3::run(&small_figure3(vec![2, 3], None), &|_| {}).unwrap();
+    let b = figure3::run(
+        &Figure3Config {
+            concurrent_runs: false,
+            ..small_figure3(vec![2, 3], None)
+        },
+        &|_| {},
+    )
     .unwrap();
     for (sa, sb) in a.settings.iter().zip(&b.settings) {
         for (fa, fb) in sa.seeds.iter().zip(&sb.seeds) {
@@ -370,8 +376,8 @@ fn bad_configurations_are_named_errors() {
         Err(Error::InvalidArgument { name, .. }) => assert_eq!(name, want),
         other => panic!("expected an invalid `{want}`, got {other:?}"),
     };
-    let f1 = |cfg: Figure1Config| figure1::run(&cfg).map(|_| ());
-    let f3 = |cfg: Figure3Config| figure3::run(&cfg).map(|_| ());
+    let f1 = |cfg: Figure1Config| figure1::run(&cfg, &|_| {}).map(|_| ());
+    let f3 = |cfg: Figure3Config| figure3::run(&cfg, &|_| {}).map(|_| ());
     arg(f1(small_figure1(vec![], None)), "seeds");
     arg(
         f1(Figure1Config {
@@ -498,7 +504,7 @@ fn reproduce_writes_both_figures() {
 #[ignore]
 fn figure1_paper_size_meets_the_issue_thresholds() {
     let cfg = Figure1Config::default();
-    let report = figure1::run(&cfg).unwrap();
+    let report = figure1::run(&cfg, &|_| {}).unwrap();
     println!("{}", report.table());
     check_figure1_consistency(&report, &cfg);
     let erm0 = &report.run(Figure1Run::ErmClean).summary;
@@ -521,7 +527,7 @@ fn figure1_paper_size_meets_the_issue_thresholds() {
 #[ignore]
 fn figure3_paper_size_has_the_papers_orderings() {
     let cfg = Figure3Config::default();
-    let report = figure3::run(&cfg).unwrap();
+    let report = figure3::run(&cfg, &|_| {}).unwrap();
     println!("{}", report.table());
     check_figure3_consistency(&report, &cfg);
     let good = &report.setting(Setting::Good).summary;

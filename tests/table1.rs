@@ -12,10 +12,11 @@ use memaware::data::synthetic::{
     interpretable, waterbirds_like, InterpretableConfig, WaterbirdsLikeConfig,
 };
 use memaware::data::{Dataset, Split};
-use memaware::eval::selection::{read_jsonl, select_checkpoint, Checkpoint, Criterion};
+use memaware::eval::selection::{select_checkpoint, Checkpoint, Criterion};
+use memaware::io::read_jsonl;
+use memaware::recipes::{preset_sweep, Family, Sizes};
 use memaware::repro::table1::{
-    preset_sweep, row_label, run_table1, table_rows, Preset, Sizes, Table1Config, Table1Entry,
-    TABLE_JSON, TABLE_MD,
+    row_label, run_table1, table_rows, Table1Config, Table1Entry, TABLE_JSON, TABLE_MD,
 };
 use memaware::Error;
 use safetensors::tensor::{Dtype, TensorView};
@@ -55,7 +56,7 @@ fn tiny_interpretable(seed: u64) -> Dataset {
 
 fn small_sweep(draws: usize, seeds: usize, steps: usize, seed: u64) -> SweepConfig {
     let mut cfg = preset_sweep(
-        Preset::LinearHead,
+        Family::Features,
         Sizes {
             steps,
             draws,
@@ -429,7 +430,7 @@ fn bad_feature_files_are_errors_naming_file_tensor_and_problem() {
         };
         let sweep_args = cli::sweep::Args {
             data: spec,
-            method: vec!["erm".into()],
+            method: vec![MethodKind::Erm],
             out: Some(dir.join("out")),
             ..Default::default()
         };

@@ -5,12 +5,18 @@
 //!   default initialization `W, b ~ U(-1/√d, 1/√d)` (the Figure-1 model is
 //!   `Linear { bias: false }` with `d = 1800`, `K = 2`).
 //! - `Mlp { hidden, activation, init }`: `d → hidden[0] → … → K` with biases, `activation`
-//!   (`relu` or `tanh`) between layers, weights drawn per `init`: `pytorch`
-//!   (`U(-1/√fan_in, 1/√fan_in)` for weights and biases) or `xavier`
-//!   (`U(-√(6/(fan_in+fan_out)), +…)`, zero biases).
+//!   between layers, weights drawn per `init`: `pytorch` (`U(-1/√fan_in, 1/√fan_in)` for
+//!   weights and biases) or `xavier` (`U(-√(6/(fan_in+fan_out)), +…)`, zero biases).
+//!
+//! Each spec reads and prints as on the command line (`FromStr`/`Display`): `linear`,
+//! `linear:nobias`, `mlp:390,390:relu:xavier`; `sgd lr 0.01 momentum 0.9 weight decay 0.0001`.
+//! Files spell activations and initializations by the same names.
 //!
 //! Optimizers follow PyTorch's semantics (see [`crate::optim`]): SGD with momentum and L2
 //! weight decay; Adam with L2 weight decay; AdamW with decoupled weight decay.
+
+use std::fmt;
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +26,12 @@ use crate::nn::{Activation, Init, Linear, Mlp, Module};
 use crate::optim::{Adam, Optimizer, Sgd};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
+
+/// Help text for `--model`.
+pub const MODEL_HELP: &str = "Classifier: `linear` (one layer d → K with bias, PyTorch's \
+default init), `linear:nobias`, or `mlp:W1,W2,…[:relu|tanh|sigmoid|identity][:pytorch|xavier|zeros]` \
+(hidden widths, then activation and init in any order; defaults relu, pytorch), e.g. \
+`mlp:390,390:relu:xavier` [default: per data set, see --help]";
 
 /// A classifier architecture; [`ModelSpec::build`] draws its parameters.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -31,11 +43,89 @@ pub enum ModelSpec {
     Mlp {
         /// Widths of the hidden layers (may be empty: then it is a linear layer with bias).
         hidden: Vec<usize>,
-        /// `relu` or `tanh`.
-        activation: String,
-        /// `pytorch` or `xavier`.
-        init: String,
+        #[serde(with = "by_name")]
+        activation: Activation,
+        #[serde(with = "by_name")]
+        init: Init,
     },
+}
+
+const ACTIVATIONS: [(Activation, &str); 4] = [
+    (Activation::Relu, "relu"),
+    (Activation::Tanh, "tanh"),
+    (Activation::Sigmoid, "sigmoid"),
+    (Activation::Identity, "identity"),
+];
+const INITS: [(Init, &str); 3] = [
+    (Init::PyTorchDefault, "pytorch"),
+    (Init::XavierUniform, "xavier"),
+    (Init::Zeros, "zeros"),
+];
+
+/// The value named `name` in `table`, or an error listing the names.
+fn by_table<T: Copy>(table: &[(T, &str)], what: &'static str, name: &str) -> Result<T> {
+    table
+        .iter()
+        .find(|(_, n)| *n == name)
+        .map(|(v, _)| *v)
+        .ok_or_else(|| {
+            let names: Vec<&str> = table.iter().map(|(_, n)| *n).collect();
+            Error::arg(
+                what,
+                format!("unknown {what} `{name}`; expected {}", names.join(", ")),
+            )
+        })
+}
+
+fn name_in<T: PartialEq>(table: &[(T, &'static str)], v: &T) -> &'static str {
+    table.iter().find(|(t, _)| t == v).map_or("?", |(_, n)| n)
+}
+
+impl fmt::Display for Activation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(name_in(&ACTIVATIONS, self))
+    }
+}
+
+impl FromStr for Activation {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        by_table(&ACTIVATIONS, "activation", s)
+    }
+}
+
+impl fmt::Display for Init {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(name_in(&INITS, self))
+    }
+}
+
+impl FromStr for Init {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        by_table(&INITS, "init", s)
+    }
+}
+
+/// Serde through `Display`/`FromStr`, so files spell a value as the command line does.
+mod by_name {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    use serde::{de, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<T: Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+
+    pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: FromStr,
+        T::Err: Display,
+        D: Deserializer<'de>,
+    {
+        String::deserialize(d)?.parse().map_err(de::Error::custom)
+    }
 }
 
 impl ModelSpec {
@@ -47,8 +137,7 @@ impl ModelSpec {
     /// A model `d_in → classes` with parameters drawn from `rng` (layer by layer, weight then
     /// bias) as variables on `device`.
     ///
-    /// Errors: `d_in` or `classes` zero, a hidden width of zero, an unknown activation or
-    /// initialization name.
+    /// Errors: `d_in` or `classes` zero, a hidden width of zero.
     pub fn build(
         &self,
         d_in: usize,
@@ -82,35 +171,140 @@ impl ModelSpec {
                         format!("hidden layer {p} has width 0"),
                     ));
                 }
-                let activation = match activation.as_str() {
-                    "relu" => Activation::Relu,
-                    "tanh" => Activation::Tanh,
-                    other => {
-                        return Err(Error::arg(
-                            "activation",
-                            format!("unknown activation `{other}`; expected relu or tanh"),
-                        ))
-                    }
-                };
-                let init = match init.as_str() {
-                    "pytorch" => Init::PyTorchDefault,
-                    "xavier" => Init::XavierUniform,
-                    other => {
-                        return Err(Error::arg(
-                            "init",
-                            format!("unknown initialization `{other}`; expected pytorch or xavier"),
-                        ))
-                    }
-                };
                 let mut widths = Vec::with_capacity(hidden.len() + 2);
                 widths.push(d_in);
                 widths.extend_from_slice(hidden);
                 widths.push(classes);
                 Ok(Box::new(Mlp::new(
-                    &widths, activation, true, init, rng, device,
+                    &widths,
+                    *activation,
+                    true,
+                    *init,
+                    rng,
+                    device,
                 )?))
             }
         }
+    }
+}
+
+impl fmt::Display for ModelSpec {
+    /// The `--model` spelling: `spec.to_string().parse() == Ok(spec)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ModelSpec::Linear { bias: true } => f.write_str("linear"),
+            ModelSpec::Linear { bias: false } => f.write_str("linear:nobias"),
+            ModelSpec::Mlp {
+                hidden,
+                activation,
+                init,
+            } => {
+                let widths: Vec<String> = hidden.iter().map(usize::to_string).collect();
+                write!(f, "mlp:{}:{activation}:{init}", widths.join(","))
+            }
+        }
+    }
+}
+
+impl FromStr for ModelSpec {
+    type Err = Error;
+
+    /// Parses a `--model` value (see [`MODEL_HELP`]).
+    ///
+    /// Errors (`InvalidArgument` named `model`): an unknown model kind, an `mlp` without hidden
+    /// widths, a width that is not a positive integer, an unknown or repeated option.
+    fn from_str(spec: &str) -> Result<Self> {
+        let bad = |detail: String| Error::arg("model", format!("`{spec}`: {detail}"));
+        let mut parts = spec.trim().split(':');
+        match parts.next().unwrap_or_default() {
+            "linear" => match (parts.next(), parts.next()) {
+                (None, _) => Ok(ModelSpec::Linear { bias: true }),
+                (Some("nobias"), None) => Ok(ModelSpec::linear_no_bias()),
+                (Some("bias"), None) => Ok(ModelSpec::Linear { bias: true }),
+                _ => Err(bad(
+                    "expected `linear`, `linear:bias` or `linear:nobias`".into()
+                )),
+            },
+            "mlp" => {
+                let widths = parts
+                    .next()
+                    .filter(|w| !w.trim().is_empty())
+                    .ok_or_else(|| {
+                        bad("an MLP needs its hidden widths, e.g. `mlp:390,390`".into())
+                    })?;
+                let hidden = widths
+                    .split(',')
+                    .map(|w| match w.trim().parse::<usize>() {
+                        Ok(v) if v > 0 => Ok(v),
+                        _ => Err(bad(format!("hidden width `{w}` is not a positive integer"))),
+                    })
+                    .collect::<Result<Vec<usize>>>()?;
+                let (mut activation, mut init) = (None, None);
+                for option in parts {
+                    let previous = if let Ok(a) = option.parse::<Activation>() {
+                        activation.replace(a).map(|p| p.to_string())
+                    } else if let Ok(i) = option.parse::<Init>() {
+                        init.replace(i).map(|p| p.to_string())
+                    } else {
+                        return Err(bad(format!(
+                            "unknown MLP option `{option}`; expected an activation ({}) or an \
+                             initialization ({})",
+                            ACTIVATIONS.map(|(_, n)| n).join(", "),
+                            INITS.map(|(_, n)| n).join(", ")
+                        )));
+                    };
+                    if let Some(previous) = previous {
+                        return Err(bad(format!("`{option}` conflicts with `{previous}`")));
+                    }
+                }
+                Ok(ModelSpec::Mlp {
+                    hidden,
+                    activation: activation.unwrap_or(Activation::Relu),
+                    init: init.unwrap_or(Init::PyTorchDefault),
+                })
+            }
+            other => Err(bad(format!(
+                "unknown model `{other}`; expected linear, linear:nobias or mlp:WIDTHS"
+            ))),
+        }
+    }
+}
+
+/// The optimizer families (`--optimizer`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// SGD with momentum and L2 weight decay.
+    Sgd,
+    /// Adam, β = (0.9, 0.999), ε = 1e-8, L2 weight decay.
+    Adam,
+    /// AdamW, β = (0.9, 0.999), ε = 1e-8, decoupled weight decay.
+    Adamw,
+}
+
+const OPTIMIZERS: [(OptimizerKind, &str); 3] = [
+    (OptimizerKind::Sgd, "sgd"),
+    (OptimizerKind::Adam, "adam"),
+    (OptimizerKind::Adamw, "adamw"),
+];
+
+impl OptimizerKind {
+    /// The command-line name.
+    pub fn name(self) -> &'static str {
+        name_in(&OPTIMIZERS, &self)
+    }
+}
+
+impl fmt::Display for OptimizerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for OptimizerKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        by_table(&OPTIMIZERS, "optimizer", s)
     }
 }
 
@@ -131,6 +325,73 @@ pub enum OptimizerSpec {
 }
 
 impl OptimizerSpec {
+    /// The optimizer `kind` with these settings.
+    ///
+    /// Errors (`InvalidArgument`): a learning rate that is not positive and finite, a momentum
+    /// outside `[0, 1)`, a negative or non-finite weight decay, a non-zero momentum for Adam or
+    /// AdamW (their β are fixed).
+    pub fn new(kind: OptimizerKind, lr: f32, momentum: f32, weight_decay: f32) -> Result<Self> {
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(Error::arg(
+                "lr",
+                format!("must be positive and finite, got {lr}"),
+            ));
+        }
+        if !(0.0..1.0).contains(&momentum) {
+            return Err(Error::arg(
+                "momentum",
+                format!("must be in [0, 1), got {momentum}"),
+            ));
+        }
+        if !(weight_decay.is_finite() && weight_decay >= 0.0) {
+            return Err(Error::arg(
+                "weight_decay",
+                format!("must be finite and >= 0, got {weight_decay}"),
+            ));
+        }
+        if kind != OptimizerKind::Sgd && momentum != 0.0 {
+            return Err(Error::arg(
+                "momentum",
+                format!(
+                    "{kind} has no momentum setting (β = (0.9, 0.999)); momentum {momentum} \
+                     applies to sgd only"
+                ),
+            ));
+        }
+        Ok(match kind {
+            OptimizerKind::Sgd => OptimizerSpec::Sgd {
+                lr,
+                momentum,
+                weight_decay,
+            },
+            OptimizerKind::Adam => OptimizerSpec::Adam { lr, weight_decay },
+            OptimizerKind::Adamw => OptimizerSpec::AdamW { lr, weight_decay },
+        })
+    }
+
+    /// The optimizer family.
+    pub fn kind(&self) -> OptimizerKind {
+        match self {
+            OptimizerSpec::Sgd { .. } => OptimizerKind::Sgd,
+            OptimizerSpec::Adam { .. } => OptimizerKind::Adam,
+            OptimizerSpec::AdamW { .. } => OptimizerKind::Adamw,
+        }
+    }
+
+    /// The same family and momentum with another learning rate and weight decay (unchecked,
+    /// as [`OptimizerSpec::build`] checks them).
+    pub fn with_lr_and_decay(&self, lr: f32, weight_decay: f32) -> Self {
+        match *self {
+            OptimizerSpec::Sgd { momentum, .. } => OptimizerSpec::Sgd {
+                lr,
+                momentum,
+                weight_decay,
+            },
+            OptimizerSpec::Adam { .. } => OptimizerSpec::Adam { lr, weight_decay },
+            OptimizerSpec::AdamW { .. } => OptimizerSpec::AdamW { lr, weight_decay },
+        }
+    }
+
     /// Plain SGD: no momentum, no weight decay (the Figure-1 optimizer).
     pub fn plain_sgd(lr: f32) -> Self {
         OptimizerSpec::Sgd {
@@ -184,6 +445,52 @@ impl OptimizerSpec {
     }
 }
 
+impl fmt::Display for OptimizerSpec {
+    /// `sgd lr 0.01 momentum 0.9 weight decay 0.0001`, `adam lr 0.001 weight decay 0`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} lr {}", self.kind(), self.lr())?;
+        if let OptimizerSpec::Sgd { momentum, .. } = self {
+            write!(f, " momentum {momentum}")?;
+        }
+        write!(f, " weight decay {}", self.weight_decay())
+    }
+}
+
+impl FromStr for OptimizerSpec {
+    type Err = Error;
+
+    /// Parses the [`Display`](fmt::Display) form: the family, then `lr X` and optionally
+    /// `momentum X` and `weight decay X` (zero when left out), checked as
+    /// [`OptimizerSpec::new`] does.
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = |detail: String| Error::arg("optimizer", format!("`{s}`: {detail}"));
+        let mut words = s.split_whitespace();
+        let kind: OptimizerKind = words.next().unwrap_or_default().parse()?;
+        let (mut lr, mut momentum, mut weight_decay) = (None, 0.0, 0.0);
+        while let Some(mut key) = words.next() {
+            if key == "weight" && words.next() == Some("decay") {
+                key = "weight decay";
+            }
+            let value: f32 = words
+                .next()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| bad(format!("`{key}` needs a number")))?;
+            match key {
+                "lr" => lr = Some(value),
+                "momentum" => momentum = value,
+                "weight decay" => weight_decay = value,
+                other => {
+                    return Err(bad(format!(
+                        "unknown setting `{other}`; expected lr, momentum or weight decay"
+                    )))
+                }
+            }
+        }
+        let lr = lr.ok_or_else(|| bad("no learning rate (`lr X`)".into()))?;
+        OptimizerSpec::new(kind, lr, momentum, weight_decay)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,8 +510,8 @@ mod tests {
         }
         let mlp = ModelSpec::Mlp {
             hidden: vec![8, 5],
-            activation: "tanh".into(),
-            init: "xavier".into(),
+            activation: Activation::Tanh,
+            init: Init::XavierUniform,
         }
         .build(4, 2, &mut Rng::new(0), &dev)
         .unwrap();
@@ -229,27 +536,19 @@ mod tests {
     #[test]
     fn bad_specs_are_named_errors() {
         let dev = Device::Cpu;
-        let bad_act = ModelSpec::Mlp {
-            hidden: vec![4],
-            activation: "gelu".into(),
-            init: "pytorch".into(),
-        };
         assert!(matches!(
-            bad_act.build(3, 2, &mut Rng::new(0), &dev),
+            "gelu".parse::<Activation>(),
             Err(Error::InvalidArgument {
                 name: "activation",
                 ..
             })
         ));
-        let bad_init = ModelSpec::Mlp {
-            hidden: vec![4],
-            activation: "relu".into(),
-            init: "he".into(),
-        };
         assert!(matches!(
-            bad_init.build(3, 2, &mut Rng::new(0), &dev),
+            "he".parse::<Init>(),
             Err(Error::InvalidArgument { name: "init", .. })
         ));
+        let json = r#"{"mlp":{"hidden":[4],"activation":"gelu","init":"pytorch"}}"#;
+        assert!(serde_json::from_str::<ModelSpec>(json).is_err());
         assert!(ModelSpec::linear_no_bias()
             .build(0, 2, &mut Rng::new(0), &dev)
             .is_err());
@@ -257,17 +556,113 @@ mod tests {
     }
 
     #[test]
+    fn model_specs_parse_and_print_back() {
+        assert_eq!(
+            "linear".parse::<ModelSpec>().unwrap(),
+            ModelSpec::Linear { bias: true }
+        );
+        assert_eq!(
+            "linear:nobias".parse::<ModelSpec>().unwrap(),
+            ModelSpec::linear_no_bias()
+        );
+        let mlp: ModelSpec = "mlp:390,390:xavier".parse().unwrap();
+        assert_eq!(
+            mlp,
+            ModelSpec::Mlp {
+                hidden: vec![390, 390],
+                activation: Activation::Relu,
+                init: Init::XavierUniform,
+            }
+        );
+        assert_eq!(mlp.to_string(), "mlp:390,390:relu:xavier");
+        for m in [
+            ModelSpec::Linear { bias: true },
+            ModelSpec::linear_no_bias(),
+            mlp,
+        ] {
+            assert_eq!(m.to_string().parse::<ModelSpec>().unwrap(), m);
+        }
+        for bad in [
+            "",
+            "conv",
+            "mlp",
+            "mlp:",
+            "mlp:0",
+            "mlp:3,x",
+            "mlp:4:gelu",
+            "mlp:4:relu:tanh",
+            "linear:maybe",
+            "linear:bias:x",
+        ] {
+            assert!(
+                matches!(
+                    bad.parse::<ModelSpec>(),
+                    Err(Error::InvalidArgument { name: "model", .. })
+                ),
+                "{bad:?} should be rejected"
+            );
+        }
+    }
+
+    #[test]
+    fn optimizer_specs_are_checked_and_print_back() {
+        let sgd = OptimizerSpec::new(OptimizerKind::Sgd, 0.1, 0.9, 1e-4).unwrap();
+        assert_eq!(
+            sgd,
+            OptimizerSpec::Sgd {
+                lr: 0.1,
+                momentum: 0.9,
+                weight_decay: 1e-4
+            }
+        );
+        assert_eq!(
+            sgd.to_string(),
+            "sgd lr 0.1 momentum 0.9 weight decay 0.0001"
+        );
+        let adamw = OptimizerSpec::new(OptimizerKind::Adamw, 1e-3, 0.0, 0.0).unwrap();
+        assert_eq!(
+            adamw,
+            OptimizerSpec::AdamW {
+                lr: 1e-3,
+                weight_decay: 0.0
+            }
+        );
+        for o in [sgd, adamw, OptimizerSpec::plain_sgd(3e-2)] {
+            assert_eq!(o.to_string().parse::<OptimizerSpec>().unwrap(), o);
+        }
+        assert_eq!(
+            "adam lr 0.001".parse::<OptimizerSpec>().unwrap(),
+            OptimizerSpec::Adam {
+                lr: 1e-3,
+                weight_decay: 0.0
+            }
+        );
+        assert!(OptimizerSpec::new(OptimizerKind::Adam, 1e-3, 0.9, 0.0).is_err());
+        assert!(OptimizerSpec::new(OptimizerKind::Sgd, 0.0, 0.0, 0.0).is_err());
+        assert!(OptimizerSpec::new(OptimizerKind::Sgd, 0.1, 1.0, 0.0).is_err());
+        assert!(OptimizerSpec::new(OptimizerKind::Sgd, 0.1, 0.0, f32::NAN).is_err());
+        for bad in ["", "rmsprop lr 1", "sgd", "sgd lr", "sgd lr 1 beta 2"] {
+            assert!(bad.parse::<OptimizerSpec>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn specs_round_trip_through_json() {
         let m = ModelSpec::Mlp {
             hidden: vec![16],
-            activation: "relu".into(),
-            init: "pytorch".into(),
+            activation: Activation::Relu,
+            init: Init::PyTorchDefault,
         };
         let o = OptimizerSpec::AdamW {
             lr: 1e-3,
             weight_decay: 1e-4,
         };
-        let back: ModelSpec = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+        let json = serde_json::to_string(&m).unwrap();
+        assert_eq!(
+            json,
+            r#"{"mlp":{"hidden":[16],"activation":"relu","init":"pytorch"}}"#
+        );
+        let back: ModelSpec = serde_json::from_str(&json).unwrap();
         assert_eq!(back, m);
         let back: OptimizerSpec =
             serde_json::from_str(&serde_json::to_string(&o).unwrap()).unwrap();

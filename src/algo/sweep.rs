@@ -71,10 +71,10 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::eval::metrics::SplitMetrics;
 use crate::eval::selection::{
-    draw, pick_best_draw, read_jsonl, select_checkpoint, Checkpoint, Criterion, HparamSpace,
-    Hparams,
+    draw, pick_best_draw, select_checkpoint, Checkpoint, Criterion, HparamSpace, Hparams, TableCell,
 };
-use crate::report::table::TableCell;
+use crate::io::{read_json, read_jsonl, write_json};
+use crate::progress::{Progress, ProgressFn};
 use crate::rng::Rng;
 
 /// File names inside a sweep's folders.
@@ -194,8 +194,8 @@ impl std::fmt::Display for MethodKind {
 impl FromStr for MethodKind {
     type Err = Error;
 
-    /// Accepts the [`MethodKind::name`]s, the table labels (any case) and `groupdro`,
-    /// `xrm_groupdro`, `xrm+groupdro`.
+    /// Accepts the [`MethodKind::name`]s and the table labels in any case, with `-` or `+`
+    /// for `_`, and `groupdro`, `xrm_groupdro` (so `group-dro`, `xrm-groupdro`, `XRM+GroupDRO`).
     fn from_str(s: &str) -> Result<Self> {
         let key = s.trim().to_ascii_lowercase().replace(['-', '+'], "_");
         let found = match key.as_str() {
@@ -314,16 +314,8 @@ impl SweepConfig {
     /// The optimizer of a run with draw `h`: the configured family with `h`'s learning rate
     /// and weight decay.
     pub fn optimizer_for(&self, h: &Hparams) -> OptimizerSpec {
-        let (lr, weight_decay) = (h.lr as f32, h.weight_decay as f32);
-        match self.optimizer {
-            OptimizerSpec::Sgd { momentum, .. } => OptimizerSpec::Sgd {
-                lr,
-                momentum,
-                weight_decay,
-            },
-            OptimizerSpec::Adam { .. } => OptimizerSpec::Adam { lr, weight_decay },
-            OptimizerSpec::AdamW { .. } => OptimizerSpec::AdamW { lr, weight_decay },
-        }
+        self.optimizer
+            .with_lr_and_decay(h.lr as f32, h.weight_decay as f32)
     }
 
     fn effective_parallelism(&self) -> Parallelism {
@@ -334,18 +326,6 @@ impl SweepConfig {
         }
     }
 }
-
-/// What a sweep reports while it runs.
-#[derive(Clone, Copy, Debug)]
-pub enum Progress<'a> {
-    /// This many more runs are queued.
-    Queued(usize),
-    /// A run finished (its label, e.g. `mat/draw03_seed0`).
-    Finished(&'a str),
-}
-
-/// A progress callback; it is called from several threads.
-pub type ProgressFn<'a> = &'a (dyn Fn(Progress<'_>) + Sync);
 
 /// Maps `f` over `jobs` with the chosen parallelism, keeping the order.
 fn map_jobs<T, R, F>(parallelism: Parallelism, jobs: &[T], f: F) -> Vec<R>
@@ -363,25 +343,6 @@ where
 /// Folder name of the run of draw `draw` at seed `seed`.
 pub fn run_label(draw: usize, seed: u64) -> String {
     format!("draw{draw:02}_seed{seed}")
-}
-
-/// Writes `value` as pretty JSON through a temporary file and a rename.
-fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| Error::Json {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    let tmp = path.with_extension("json.partial");
-    std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-}
-
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::Json {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })
 }
 
 fn create_dir(dir: &Path) -> Result<()> {
@@ -520,7 +481,7 @@ pub fn run_xrm_phase(
     let draw_hparams: Vec<Hparams> = (0..cfg.xrm.draws)
         .map(|i| cfg.hparams(i))
         .collect::<Result<_>>()?;
-    progress(Progress::Queued(cfg.xrm.draws));
+    progress(Progress::Queued(cfg.xrm.draws as u64));
     let draw_runs: Vec<(XrmRunRecord, Option<XrmOutput>)> = map_jobs(
         parallelism,
         &draw_hparams.iter().enumerate().collect::<Vec<_>>(),
@@ -558,7 +519,7 @@ pub fn run_xrm_phase(
     let h = draw_hparams[chosen].clone();
 
     let others: Vec<u64> = cfg.seeds[1..].to_vec();
-    progress(Progress::Queued(others.len()));
+    progress(Progress::Queued(others.len() as u64));
     let seed_runs: Vec<(XrmRunRecord, Option<XrmOutput>)> =
         map_jobs(parallelism, &others, |&s| run_one(chosen, s, &h))
             .into_iter()
@@ -582,7 +543,7 @@ pub fn run_xrm_phase(
         chosen_draw: chosen,
         seeds: seed_records,
     };
-    write_json_atomic(&dir.join(XRM_PHASE_FILE), &record)?;
+    write_json(&dir.join(XRM_PHASE_FILE), &record)?;
     Ok(XrmPhase { record, outputs })
 }
 
@@ -662,7 +623,7 @@ fn run_job(
         jtt_errors: None,
         error: None,
     };
-    write_json_atomic(&dir.join(RUN_FILE), &record)?;
+    write_json(&dir.join(RUN_FILE), &record)?;
     let train_cfg = TrainConfig {
         steps: cfg.steps,
         batch_size: hparams.batch_size,
@@ -958,7 +919,7 @@ pub fn run_sweeps(
             })
         })
         .collect();
-    progress(Progress::Queued(jobs.len()));
+    progress(Progress::Queued(jobs.len() as u64));
     let run = |j: &RunJob| run_job(ds, *j, cfg, &hparams[j.draw], xrm.as_ref(), out, progress);
     let mut results: Vec<RunResult> = map_jobs(parallelism, &jobs, run)
         .into_iter()
@@ -984,7 +945,7 @@ pub fn run_sweeps(
         .into_iter()
         .map(|(kind, draw, seed)| RunJob { kind, draw, seed })
         .collect();
-    progress(Progress::Queued(rerun_jobs.len()));
+    progress(Progress::Queued(rerun_jobs.len() as u64));
     for r in map_jobs(parallelism, &rerun_jobs, run) {
         let r = r?;
         if let Some(e) = &r.record.error {
@@ -1019,7 +980,7 @@ pub fn run_sweeps(
             selections,
             xrm: xrm.as_ref().map(|x| x.record.clone()),
         };
-        write_json_atomic(&out.join(p.kind.name()).join(SWEEP_FILE), &outcome)?;
+        write_json(&out.join(p.kind.name()).join(SWEEP_FILE), &outcome)?;
         sweeps.push(outcome);
     }
     Ok(SweepSet { xrm, sweeps })

@@ -471,33 +471,16 @@ impl XrmOutput {
 
     /// Writes `xrm.safetensors` and `xrm.json` into `dir` (created if needed); see the module
     /// docs. Both files go to temporary names first and are renamed only once both are
-    /// written, so an error leaves any earlier output in `dir` as it was.
+    /// written ([`crate::io::write_atomic`]), so an error leaves any earlier output in `dir`
+    /// as it was.
     pub fn save(&self, dir: impl AsRef<Path>, ds: &Dataset) -> Result<()> {
         let dir = dir.as_ref();
         self.check_matches(ds)?;
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let tensors_path = dir.join(XRM_TENSORS_FILE);
         let json_path = dir.join(XRM_JSON_FILE);
         let tensors = self.tensor_bytes(ds, &tensors_path)?;
-        let json = serde_json::to_vec_pretty(&self.record(ds)).map_err(|e| Error::Json {
-            path: json_path.clone(),
-            message: e.to_string(),
-        })?;
-        let tmp_tensors = dir.join(format!("{XRM_TENSORS_FILE}.partial"));
-        let tmp_json = dir.join(format!("{XRM_JSON_FILE}.partial"));
-        let written = std::fs::write(&tmp_tensors, tensors)
-            .map_err(|e| Error::io(&tmp_tensors, e))
-            .and_then(|_| std::fs::write(&tmp_json, json).map_err(|e| Error::io(&tmp_json, e)));
-        if let Err(e) = written {
-            // Best effort: a leftover temporary file is harmless, the error matters.
-            let _ = std::fs::remove_file(&tmp_tensors);
-            if tmp_json.is_file() {
-                let _ = std::fs::remove_file(&tmp_json);
-            }
-            return Err(e);
-        }
-        std::fs::rename(&tmp_tensors, &tensors_path).map_err(|e| Error::io(&tensors_path, e))?;
-        std::fs::rename(&tmp_json, &json_path).map_err(|e| Error::io(&json_path, e))
+        let json = crate::io::to_json(&json_path, &self.record(ds))?;
+        crate::io::write_atomic(&[(&tensors_path, &tensors), (&json_path, json.as_bytes())])
     }
 
     fn tensor_bytes(&self, ds: &Dataset, path: &Path) -> Result<Vec<u8>> {

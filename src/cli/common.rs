@@ -1,15 +1,12 @@
 //! Helpers shared by the subcommands: naming a data set on the command line, choosing the
 //! device, output folders that say which run produced what, progress bars that stay quiet
-//! when the output is not a terminal, and JSON files written atomically; the model and
-//! optimizer flags, and the recipe each data set gets when those flags are left open.
+//! when the output is not a terminal, and the flags `train` and `xrm` share, filled in from
+//! the data set's recipe ([`crate::recipes`]) when left open.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
-
-use crate::algo::model::{ModelSpec, OptimizerSpec};
-use crate::algo::xrm::XrmLoss;
+use crate::algo::model::{ModelSpec, OptimizerKind, OptimizerSpec, MODEL_HELP};
 use crate::backend::Device;
 use crate::data::colormnist::{color_mnist, load_mnist_idx, load_mnist_sample, ColorMnistConfig};
 use crate::data::features::load_features;
@@ -18,6 +15,8 @@ use crate::data::synthetic::{
 };
 use crate::data::Dataset;
 use crate::error::{Error, Result};
+use crate::progress::{Progress, ProgressFn};
+use crate::recipes;
 
 /// The MNIST sample shipped with the crate (see `data/README.md`).
 pub const MNIST_SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/mnist_5k.csv.gz");
@@ -128,27 +127,21 @@ pub fn progress_bar(len: u64, message: &str) -> indicatif::ProgressBar {
     bar
 }
 
-/// Writes `value` as pretty JSON to `path` through a temporary file and a rename, so an
-/// existing file is replaced whole or not at all.
-pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    }
-    let text = serde_json::to_string_pretty(value).map_err(|e| Error::Json {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    write_text(path, &text)
-}
-
-/// Writes `text` to `path` atomically (temporary file, then rename).
-pub fn write_text(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension(format!(
-        "{}.partial",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
-    std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+/// Runs `job` with a progress bar on stderr (hidden when stderr is not a terminal) driven by
+/// the [`Progress`] it reports; a finished run's label becomes the bar's message.
+pub fn with_progress_bar<T>(message: &str, job: impl FnOnce(ProgressFn<'_>) -> T) -> T {
+    let bar = progress_bar(0, message);
+    let report = |p: Progress<'_>| match p {
+        Progress::Queued(n) => bar.inc_length(n),
+        Progress::Done(n) => bar.inc(n),
+        Progress::Finished(label) => {
+            bar.set_message(label.to_string());
+            bar.inc(1);
+        }
+    };
+    let out = job(&report);
+    bar.finish_and_clear();
+    out
 }
 
 /// A spinner on stderr for work that reports no progress of its own (elapsed time only),
@@ -166,198 +159,6 @@ pub fn spinner(message: &str) -> indicatif::ProgressBar {
     bar
 }
 
-/// Help text for `--model`.
-pub const MODEL_HELP: &str = "Classifier: `linear` (one layer d → K with bias, PyTorch's \
-default init), `linear:nobias`, or `mlp:W1,W2,…[:relu|tanh][:pytorch|xavier]` (hidden widths, \
-then activation and init in any order; defaults relu, pytorch), e.g. `mlp:390,390:relu:xavier` \
-[default: per data set, see --help]";
-
-/// Parses a `--model` value (see [`MODEL_HELP`]) into a [`ModelSpec`].
-///
-/// Errors (`InvalidArgument` named `model`): an unknown model kind, an `mlp` without hidden
-/// widths, a width that is not a positive integer, an unknown or repeated option.
-pub fn parse_model_spec(spec: &str) -> Result<ModelSpec> {
-    let bad = |detail: String| Error::arg("model", format!("`{spec}`: {detail}"));
-    let mut parts = spec.trim().split(':');
-    let kind = parts.next().unwrap_or_default();
-    match kind {
-        "linear" => {
-            let bias = match parts.next() {
-                None | Some("bias") => true,
-                Some("nobias") => false,
-                Some(other) => {
-                    return Err(bad(format!(
-                        "unknown linear option `{other}`; expected bias or nobias"
-                    )))
-                }
-            };
-            if let Some(extra) = parts.next() {
-                return Err(bad(format!(
-                    "unexpected `:{extra}` after the linear option"
-                )));
-            }
-            Ok(ModelSpec::Linear { bias })
-        }
-        "mlp" => {
-            let widths = parts
-                .next()
-                .filter(|w| !w.trim().is_empty())
-                .ok_or_else(|| bad("an MLP needs its hidden widths, e.g. `mlp:390,390`".into()))?;
-            let hidden = widths
-                .split(',')
-                .map(|w| match w.trim().parse::<usize>() {
-                    Ok(v) if v > 0 => Ok(v),
-                    _ => Err(bad(format!("hidden width `{w}` is not a positive integer"))),
-                })
-                .collect::<Result<Vec<usize>>>()?;
-            let (mut activation, mut init) = (None, None);
-            for option in parts {
-                let slot = match option {
-                    "relu" | "tanh" => &mut activation,
-                    "pytorch" | "xavier" => &mut init,
-                    other => {
-                        return Err(bad(format!(
-                            "unknown MLP option `{other}`; expected relu, tanh, pytorch or xavier"
-                        )))
-                    }
-                };
-                if let Some(previous) = slot.replace(option) {
-                    return Err(bad(format!("`{option}` conflicts with `{previous}`")));
-                }
-            }
-            Ok(ModelSpec::Mlp {
-                hidden,
-                activation: activation.unwrap_or("relu").to_string(),
-                init: init.unwrap_or("pytorch").to_string(),
-            })
-        }
-        other => Err(bad(format!(
-            "unknown model `{other}`; expected linear, linear:nobias or mlp:WIDTHS"
-        ))),
-    }
-}
-
-/// The `--model` spelling of `spec`: `parse_model_spec(&model_spec_string(m)) == m`.
-pub fn model_spec_string(spec: &ModelSpec) -> String {
-    match spec {
-        ModelSpec::Linear { bias: true } => "linear".into(),
-        ModelSpec::Linear { bias: false } => "linear:nobias".into(),
-        ModelSpec::Mlp {
-            hidden,
-            activation,
-            init,
-        } => {
-            let widths: Vec<String> = hidden.iter().map(usize::to_string).collect();
-            format!("mlp:{}:{activation}:{init}", widths.join(","))
-        }
-    }
-}
-
-/// The optimizers `--optimizer` names.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OptimizerKind {
-    /// SGD with momentum (`--momentum`) and L2 weight decay.
-    Sgd,
-    /// Adam, β = (0.9, 0.999), ε = 1e-8, L2 weight decay.
-    Adam,
-    /// AdamW, β = (0.9, 0.999), ε = 1e-8, decoupled weight decay.
-    Adamw,
-}
-
-impl OptimizerKind {
-    /// The command-line name.
-    pub fn name(self) -> &'static str {
-        match self {
-            OptimizerKind::Sgd => "sgd",
-            OptimizerKind::Adam => "adam",
-            OptimizerKind::Adamw => "adamw",
-        }
-    }
-}
-
-impl std::str::FromStr for OptimizerKind {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "sgd" => Ok(OptimizerKind::Sgd),
-            "adam" => Ok(OptimizerKind::Adam),
-            "adamw" => Ok(OptimizerKind::Adamw),
-            other => Err(Error::arg(
-                "optimizer",
-                format!("unknown optimizer `{other}`; expected sgd, adam or adamw"),
-            )),
-        }
-    }
-}
-
-/// The optimizer that `--optimizer`, `--lr`, `--momentum` and `--weight-decay` describe.
-///
-/// Errors (`InvalidArgument`): a learning rate that is not positive and finite, a momentum
-/// outside `[0, 1)`, a negative or non-finite weight decay, a non-zero momentum for Adam or
-/// AdamW (their β are fixed).
-pub fn optimizer_spec(
-    kind: OptimizerKind,
-    lr: f32,
-    momentum: f32,
-    weight_decay: f32,
-) -> Result<OptimizerSpec> {
-    if !(lr.is_finite() && lr > 0.0) {
-        return Err(Error::arg(
-            "lr",
-            format!("must be positive and finite, got {lr}"),
-        ));
-    }
-    if !(0.0..1.0).contains(&momentum) {
-        return Err(Error::arg(
-            "momentum",
-            format!("must be in [0, 1), got {momentum}"),
-        ));
-    }
-    if !(weight_decay.is_finite() && weight_decay >= 0.0) {
-        return Err(Error::arg(
-            "weight_decay",
-            format!("must be finite and >= 0, got {weight_decay}"),
-        ));
-    }
-    Ok(match kind {
-        OptimizerKind::Sgd => OptimizerSpec::Sgd {
-            lr,
-            momentum,
-            weight_decay,
-        },
-        OptimizerKind::Adam | OptimizerKind::Adamw if momentum != 0.0 => {
-            return Err(Error::arg(
-                "momentum",
-                format!(
-                    "{} has no momentum setting (β = (0.9, 0.999)); momentum {momentum} applies to sgd only",
-                    kind.name()
-                ),
-            ))
-        }
-        OptimizerKind::Adam => OptimizerSpec::Adam { lr, weight_decay },
-        OptimizerKind::Adamw => OptimizerSpec::AdamW { lr, weight_decay },
-    })
-}
-
-/// `sgd lr 0.01 momentum 0.9 weight decay 0.0001`-style description of `spec`.
-pub fn optimizer_string(spec: &OptimizerSpec) -> String {
-    match *spec {
-        OptimizerSpec::Sgd {
-            lr,
-            momentum,
-            weight_decay,
-        } => format!("sgd lr {lr} momentum {momentum} weight decay {weight_decay}"),
-        OptimizerSpec::Adam { lr, weight_decay } => {
-            format!("adam lr {lr} weight decay {weight_decay}")
-        }
-        OptimizerSpec::AdamW { lr, weight_decay } => {
-            format!("adamw lr {lr} weight decay {weight_decay}")
-        }
-    }
-}
-
 /// Parses `--batch-size`: a positive integer, or `full` (every step sees the whole training
 /// set; returned as `usize::MAX`, which the batchers read as full batch).
 pub fn parse_batch_size(s: &str) -> std::result::Result<usize, String> {
@@ -367,90 +168,6 @@ pub fn parse_batch_size(s: &str) -> std::result::Result<usize, String> {
     match s.parse::<usize>() {
         Ok(b) if b > 0 => Ok(b),
         _ => Err(format!("`{s}` is neither a positive integer nor `full`")),
-    }
-}
-
-/// The recipe a data set gets when flags leave it open (documented in [`RECIPE_DEFAULTS_HELP`]).
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct RecipeDefaults {
-    pub model: ModelSpec,
-    pub optimizer: OptimizerKind,
-    pub lr: f32,
-    pub momentum: f32,
-    pub weight_decay: f32,
-    pub steps: usize,
-    /// `None`: full batch.
-    pub batch_size: Option<usize>,
-    /// XRM's held-in loss.
-    pub xrm_loss: XrmLoss,
-    pub checkpoint_freq: usize,
-}
-
-/// Help text listing each data set's defaults.
-pub const RECIPE_DEFAULTS_HELP: &str = "\
-Defaults per data set (each flag given overrides its part):
-  interpretable     linear:nobias, full batch, sgd lr 1e-2 (3e-2 when sigma_eps = 0), no momentum
-                    or weight decay, 1000 steps, XRM loss `mean`, checkpoint every 10 steps
-                    (the paper's Figure-1 script)
-  colormnist        mlp:390,390:relu:xavier, full batch, adam lr 1e-3, no weight decay, 501
-                    steps, XRM loss `class-balanced`, checkpoint every 25 steps (the IRM/XRM MLP)
-  waterbirds-like,  linear (with bias) on frozen features, batch 128, sgd lr 1e-3 momentum 0.9,
-  feature files     weight decay 1e-4, 1001 steps, XRM loss `class-balanced`, checkpoint every
-                    50 steps (the paper's Waterbirds protocol, Table 1)
-Switching --optimizer away from the data set's default resets --lr to 1e-3 (adam, adamw) or
-1e-2 (sgd) and --momentum to 0 unless they are given.";
-
-/// The default recipe for `ds` (see [`RECIPE_DEFAULTS_HELP`]).
-pub fn recipe_defaults(ds: &Dataset) -> RecipeDefaults {
-    match ds.name.as_str() {
-        "interpretable" => {
-            // sigma_eps = 0 leaves every noise coordinate (columns 2..d) at zero; the paper
-            // trains that case with lr 3e-2.
-            let d = ds.d();
-            let noiseless = d > 2
-                && ds
-                    .train
-                    .x
-                    .chunks_exact(d)
-                    .all(|row| row[2..].iter().all(|&v| v == 0.0));
-            RecipeDefaults {
-                model: ModelSpec::linear_no_bias(),
-                optimizer: OptimizerKind::Sgd,
-                lr: if noiseless { 3e-2 } else { 1e-2 },
-                momentum: 0.0,
-                weight_decay: 0.0,
-                steps: 1000,
-                batch_size: None,
-                xrm_loss: XrmLoss::Mean,
-                checkpoint_freq: 10,
-            }
-        }
-        "colormnist" => RecipeDefaults {
-            model: ModelSpec::Mlp {
-                hidden: vec![390, 390],
-                activation: "relu".into(),
-                init: "xavier".into(),
-            },
-            optimizer: OptimizerKind::Adam,
-            lr: 1e-3,
-            momentum: 0.0,
-            weight_decay: 0.0,
-            steps: 501,
-            batch_size: None,
-            xrm_loss: XrmLoss::ClassBalanced,
-            checkpoint_freq: 25,
-        },
-        _ => RecipeDefaults {
-            model: ModelSpec::Linear { bias: true },
-            optimizer: OptimizerKind::Sgd,
-            lr: 1e-3,
-            momentum: 0.9,
-            weight_decay: 1e-4,
-            steps: 1001,
-            batch_size: Some(128),
-            xrm_loss: XrmLoss::ClassBalanced,
-            checkpoint_freq: 50,
-        },
     }
 }
 
@@ -466,7 +183,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     pub data_seed: Option<u64>,
     #[arg(long, value_name = "SPEC", help = MODEL_HELP)]
-    pub model: Option<String>,
+    pub model: Option<ModelSpec>,
     /// Optimizer steps (one batch each) [default: per data set]
     #[arg(long, value_name = "N")]
     pub steps: Option<usize>,
@@ -474,8 +191,8 @@ pub struct RunArgs {
     /// training set's size is full batch) [default: per data set]
     #[arg(long, value_name = "B|full", value_parser = parse_batch_size)]
     pub batch_size: Option<usize>,
-    /// Optimizer [default: per data set]
-    #[arg(long, value_enum)]
+    /// Optimizer: sgd, adam or adamw [default: per data set]
+    #[arg(long, value_name = "NAME")]
     pub optimizer: Option<OptimizerKind>,
     /// Learning rate [default: per data set and optimizer]
     #[arg(long, value_name = "LR")]
@@ -522,12 +239,11 @@ impl Default for RunArgs {
 pub struct ResolvedRun {
     pub model: ModelSpec,
     pub optimizer: OptimizerSpec,
-    pub optimizer_kind: OptimizerKind,
     pub steps: usize,
     /// At most the training set's size (equal to it: full batch).
     pub batch_size: usize,
     pub device: Device,
-    pub defaults: RecipeDefaults,
+    pub defaults: recipes::Defaults,
 }
 
 impl RunArgs {
@@ -543,11 +259,8 @@ impl RunArgs {
 
     /// Fills the flags left open with `ds`'s defaults and builds the model and optimizer specs.
     pub fn resolve(&self, ds: &Dataset) -> Result<ResolvedRun> {
-        let defaults = recipe_defaults(ds);
-        let model = match &self.model {
-            Some(m) => parse_model_spec(m)?,
-            None => defaults.model.clone(),
-        };
+        let defaults = recipes::defaults(ds);
+        let model = self.model.clone().unwrap_or_else(|| defaults.model.clone());
         let kind = self.optimizer.unwrap_or(defaults.optimizer);
         let same_optimizer = kind == defaults.optimizer;
         let lr = self.lr.unwrap_or(match (same_optimizer, kind) {
@@ -561,7 +274,7 @@ impl RunArgs {
             0.0
         });
         let weight_decay = self.weight_decay.unwrap_or(defaults.weight_decay);
-        let optimizer = optimizer_spec(kind, lr, momentum, weight_decay)?;
+        let optimizer = OptimizerSpec::new(kind, lr, momentum, weight_decay)?;
         let steps = self.steps.unwrap_or(defaults.steps);
         if steps == 0 {
             return Err(Error::arg("steps", "must be at least 1"));
@@ -574,7 +287,6 @@ impl RunArgs {
         Ok(ResolvedRun {
             model,
             optimizer,
-            optimizer_kind: kind,
             steps,
             batch_size,
             device: parse_device(&self.device)?,
@@ -638,74 +350,7 @@ mod tests {
     }
 
     #[test]
-    fn model_specs_parse_and_print_back() {
-        assert_eq!(
-            parse_model_spec("linear").unwrap(),
-            ModelSpec::Linear { bias: true }
-        );
-        assert_eq!(
-            parse_model_spec("linear:nobias").unwrap(),
-            ModelSpec::linear_no_bias()
-        );
-        let mlp = parse_model_spec("mlp:390,390:xavier").unwrap();
-        assert_eq!(
-            mlp,
-            ModelSpec::Mlp {
-                hidden: vec![390, 390],
-                activation: "relu".into(),
-                init: "xavier".into(),
-            }
-        );
-        for m in [
-            ModelSpec::Linear { bias: true },
-            ModelSpec::linear_no_bias(),
-            mlp,
-        ] {
-            assert_eq!(parse_model_spec(&model_spec_string(&m)).unwrap(), m);
-        }
-        for bad in [
-            "",
-            "conv",
-            "mlp",
-            "mlp:",
-            "mlp:0",
-            "mlp:3,x",
-            "mlp:4:gelu",
-            "mlp:4:relu:tanh",
-            "linear:maybe",
-            "linear:bias:x",
-        ] {
-            assert!(
-                matches!(
-                    parse_model_spec(bad),
-                    Err(Error::InvalidArgument { name: "model", .. })
-                ),
-                "{bad:?} should be rejected"
-            );
-        }
-    }
-
-    #[test]
-    fn optimizer_flags_are_checked() {
-        assert_eq!(
-            optimizer_spec(OptimizerKind::Sgd, 0.1, 0.9, 1e-4).unwrap(),
-            OptimizerSpec::Sgd {
-                lr: 0.1,
-                momentum: 0.9,
-                weight_decay: 1e-4
-            }
-        );
-        assert_eq!(
-            optimizer_spec(OptimizerKind::Adamw, 1e-3, 0.0, 0.0).unwrap(),
-            OptimizerSpec::AdamW {
-                lr: 1e-3,
-                weight_decay: 0.0
-            }
-        );
-        assert!(optimizer_spec(OptimizerKind::Adam, 1e-3, 0.9, 0.0).is_err());
-        assert!(optimizer_spec(OptimizerKind::Sgd, 0.0, 0.0, 0.0).is_err());
-        assert!(optimizer_spec(OptimizerKind::Sgd, 0.1, 1.0, 0.0).is_err());
-        assert!(optimizer_spec(OptimizerKind::Sgd, 0.1, 0.0, f32::NAN).is_err());
+    fn batch_sizes_parse() {
         assert_eq!(parse_batch_size("full"), Ok(usize::MAX));
         assert_eq!(parse_batch_size("64"), Ok(64));
         assert!(parse_batch_size("0").is_err());
@@ -724,7 +369,7 @@ mod tests {
         assert_eq!((r.steps, r.batch_size), (1000, 50));
         assert_eq!(args.data_label(&ds), "interpretable-n50-d20");
         let noiseless = load_dataset("interpretable:n=50,d=20,sigma=0", 0).unwrap();
-        assert_eq!(recipe_defaults(&noiseless).lr, 3e-2);
+        assert_eq!(recipes::defaults(&noiseless).lr, 3e-2);
         let args = RunArgs {
             optimizer: Some(OptimizerKind::Adam),
             batch_size: Some(16),

@@ -8,10 +8,10 @@
 
 use std::path::PathBuf;
 
-use crate::algo::model::OptimizerSpec;
-use crate::cli::common::{load_dataset, parse_device, progress_bar, run_dir, DATA_HELP};
+use crate::cli::common::{load_dataset, parse_device, run_dir, with_progress_bar, DATA_HELP};
 use crate::data::colormnist::with_colour_attribute;
 use crate::error::{Error, Result};
+use crate::recipes::Family;
 use crate::repro::memscore::{run_memscore, write_memscore, MemscoreExperiment, Methods};
 
 /// Arguments of `memaware memscore`. Every flag left out takes the recipe's value.
@@ -71,22 +71,6 @@ fn parse_methods(name: &str) -> Result<Methods> {
     }
 }
 
-fn with_lr(optimizer: &OptimizerSpec, lr: f32) -> OptimizerSpec {
-    match optimizer.clone() {
-        OptimizerSpec::Sgd {
-            momentum,
-            weight_decay,
-            ..
-        } => OptimizerSpec::Sgd {
-            lr,
-            momentum,
-            weight_decay,
-        },
-        OptimizerSpec::Adam { weight_decay, .. } => OptimizerSpec::Adam { lr, weight_decay },
-        OptimizerSpec::AdamW { weight_decay, .. } => OptimizerSpec::AdamW { lr, weight_decay },
-    }
-}
-
 /// Loads the data, picks the recipe, applies the flags, runs, writes the outputs and prints
 /// the summary table.
 pub fn run(args: &Args) -> Result<()> {
@@ -98,13 +82,13 @@ pub fn run(args: &Args) -> Result<()> {
     let methods = parse_methods(args.method.as_deref().unwrap_or("both"))?;
     let device = parse_device(args.device.as_deref().unwrap_or("cpu"))?;
     let mut ds = load_dataset(&spec, seed)?;
-    let mut exp = match ds.name.as_str() {
-        "interpretable" => MemscoreExperiment::interpretable(seed),
-        "colormnist" => {
+    let mut exp = match Family::of(&ds) {
+        Family::Interpretable => MemscoreExperiment::interpretable(seed),
+        Family::ColorMnist => {
             ds = with_colour_attribute(&ds)?;
             MemscoreExperiment::colormnist(seed)
         }
-        _ => MemscoreExperiment::linear_head(seed),
+        Family::Features => MemscoreExperiment::linear_head(seed),
     }
     .on_device(device);
     exp.methods = methods;
@@ -125,8 +109,9 @@ pub fn run(args: &Args) -> Result<()> {
         exp.xrm.batch_size = batch;
     }
     if let Some(lr) = args.lr {
-        est.optimizer = with_lr(&est.optimizer, lr);
-        exp.xrm.optimizer = with_lr(&exp.xrm.optimizer, lr);
+        for o in [&mut est.optimizer, &mut exp.xrm.optimizer] {
+            *o = o.with_lr_and_decay(lr, o.weight_decay());
+        }
     }
     est.parallel = !args.sequential;
     if let Some(tau) = args.tau {
@@ -136,11 +121,7 @@ pub fn run(args: &Args) -> Result<()> {
         exp.bin_width = w;
     }
 
-    let n_models = exp.estimator.models
-        * (usize::from(methods.includes_erm()) + usize::from(methods.includes_mat()));
-    let bar = progress_bar(n_models as u64, "subset models");
-    let report = run_memscore(&ds, &exp, &|| bar.inc(1))?;
-    bar.finish_and_clear();
+    let report = with_progress_bar("subset models", |p| run_memscore(&ds, &exp, p))?;
 
     let label = format!(
         "memscore-{}-{}-m{}-seed{seed}",

@@ -18,13 +18,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::common::{write_json, write_text};
 use crate::algo::sweep::{
     reselect, MethodKind, Selection, SweepOutcome, CHECKPOINTS_FILE, SWEEP_FILE,
 };
 use crate::error::{Error, Result};
-use crate::eval::selection::{read_jsonl, select_checkpoint, Criterion};
-use crate::report::table::{ResultsTable, TableCell};
+use crate::eval::selection::{select_checkpoint, Checkpoint, Criterion, TableCell};
+use crate::io::{read_jsonl, write_json, write_text};
+use crate::report::table::ResultsTable;
 
 /// Arguments of `memaware report`.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -207,7 +207,7 @@ pub fn build_report(dirs: &[PathBuf], criteria: &[Criterion]) -> Result<Report> 
         }
     }
     for dir in &runs {
-        let cps = read_jsonl(dir.join(CHECKPOINTS_FILE))?;
+        let cps: Vec<Checkpoint> = read_jsonl(dir.join(CHECKPOINTS_FILE))?;
         let folder = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())

@@ -8,6 +8,7 @@
 
 use std::path::PathBuf;
 
+use super::common::with_progress_bar;
 use crate::error::{Error, Result};
 use crate::repro::{figure1, figure3};
 
@@ -76,14 +77,14 @@ pub fn run(args: &Args) -> Result<()> {
             "Figure 1: ERM (σ_ε = 0, 0.5) and XRM + MAT (σ_ε = 0.5), {} epochs each, {} seed(s)…",
             args.epochs, args.seeds
         );
-        let report = figure1::run(&figure1::Figure1Config {
+        let cfg = figure1::Figure1Config {
             seeds: seeds.clone(),
             epochs: args.epochs,
             device: device.clone(),
             out: Some(args.out.clone()),
-            progress: true,
             ..Default::default()
-        })?;
+        };
+        let report = with_progress_bar("Figure 1 (epochs)", |p| figure1::run(&cfg, p))?;
         println!("{}", report.table());
         files.extend(report.figure_files.iter().cloned());
         files.extend(report.json_file.iter().cloned());
@@ -93,14 +94,14 @@ pub fn run(args: &Args) -> Result<()> {
             "Figure 3: good / bad / ugly MLP fits, up to {} Adam steps each, {} seed(s)…",
             args.max_steps, args.seeds
         );
-        let report = figure3::run(&figure3::Figure3Config {
+        let cfg = figure3::Figure3Config {
             seeds,
             max_steps: args.max_steps,
             device,
             out: Some(args.out.clone()),
-            progress: true,
             ..Default::default()
-        })?;
+        };
+        let report = with_progress_bar("Figure 3 (fits)", |p| figure3::run(&cfg, p))?;
         println!("{}", report.table());
         files.extend(report.figure_files.iter().cloned());
         files.extend(report.json_file.iter().cloned());

@@ -7,12 +7,14 @@
 
 use std::path::PathBuf;
 
-use super::common::{load_dataset, parse_device, progress_bar, write_text, DATA_HELP};
-use crate::algo::sweep::{run_sweeps, MethodKind, MethodPlan, Parallelism, Progress};
+use super::common::{load_dataset, parse_device, with_progress_bar, DATA_HELP};
+use crate::algo::model::{ModelSpec, MODEL_HELP};
+use crate::algo::sweep::{run_sweeps, MethodKind, MethodPlan, Parallelism};
 use crate::error::{Error, Result};
 use crate::eval::selection::Criterion;
+use crate::recipes::{preset_sweep, Family, Sizes};
 use crate::report::table::ResultsTable;
-use crate::repro::table1::{entry_dir, preset_sweep, row_label, Preset, Sizes};
+use crate::repro::table1::{entry_dir, row_label};
 
 /// Arguments of `memaware sweep`.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -21,10 +23,12 @@ pub struct Args {
     /// head with SGD (momentum 0.9); see `memaware table1 --help`.
     #[arg(long, required = true, long_help = DATA_HELP)]
     pub data: String,
-    /// Methods, comma-separated: erm, group_dro, jtt, xrm_group_dro, mat, rwg, subg. They share
-    /// the draws and XRM's phase.
+    /// Methods, comma-separated: erm, group_dro, jtt, xrm_group_dro, mat, rwg, subg (hyphens
+    /// work too, and groupdro, xrm-groupdro). They share the draws and XRM's phase.
     #[arg(long, required = true, value_delimiter = ',')]
-    pub method: Vec<String>,
+    pub method: Vec<MethodKind>,
+    #[arg(long, value_name = "SPEC", help = MODEL_HELP)]
+    pub model: Option<ModelSpec>,
     /// Random hyperparameter draws per method (and for XRM unless --xrm-draws) [default: 10].
     #[arg(long)]
     pub draws: Option<usize>,
@@ -70,11 +74,7 @@ pub fn run(args: &Args) -> Result<()> {
     if args.data.is_empty() {
         return Err(Error::arg("data", "name a data set with --data"));
     }
-    let kinds: Vec<MethodKind> = args
-        .method
-        .iter()
-        .map(|m| m.parse())
-        .collect::<Result<_>>()?;
+    let kinds = &args.method;
     if kinds.is_empty() {
         return Err(Error::arg(
             "method",
@@ -95,9 +95,12 @@ pub fn run(args: &Args) -> Result<()> {
         draws: args.draws.unwrap_or(Sizes::FULL.draws),
         seeds: args.seeds.unwrap_or(3),
     };
-    let mut cfg = preset_sweep(Preset::for_spec(&args.data), sizes, args.seed);
+    let mut cfg = preset_sweep(Family::of(&ds), sizes, args.seed);
     if let Some(f) = args.checkpoint_freq {
         cfg.checkpoint_freq = f;
+    }
+    if let Some(m) = &args.model {
+        cfg.model = m.clone();
     }
     cfg.xrm.draws = args.xrm_draws.unwrap_or(sizes.draws);
     cfg.xrm.steps = args.xrm_steps.unwrap_or(sizes.steps);
@@ -120,16 +123,7 @@ pub fn run(args: &Args) -> Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs/sweep"));
     let dir = entry_dir(&out, &ds.name);
-    let bar = progress_bar(0, "sweep");
-    let progress = |p: Progress<'_>| match p {
-        Progress::Queued(n) => bar.inc_length(n as u64),
-        Progress::Finished(label) => {
-            bar.set_message(label.to_string());
-            bar.inc(1);
-        }
-    };
-    let set = run_sweeps(&ds, &plans, &cfg, &dir, &progress)?;
-    bar.finish_and_clear();
+    let set = with_progress_bar("sweep", |p| run_sweeps(&ds, &plans, &cfg, &dir, p))?;
 
     let mut table = ResultsTable::new(vec![ds.name.clone()]);
     let mut notes = String::new();
@@ -158,7 +152,7 @@ pub fn run(args: &Args) -> Result<()> {
          Winning draws:\n{notes}",
         table.to_markdown()
     );
-    write_text(&dir.join("sweep.md"), &md)?;
+    crate::io::write_text(&dir.join("sweep.md"), &md)?;
     println!("{md}");
     if let Some(x) = &set.xrm {
         println!(

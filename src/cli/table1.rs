@@ -7,13 +7,13 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use super::common::{load_dataset, parse_device, progress_bar, DATA_HELP};
-use crate::algo::sweep::{MethodKind, Parallelism, Progress};
+use super::common::{load_dataset, parse_device, with_progress_bar, DATA_HELP};
+use crate::algo::sweep::{MethodKind, Parallelism};
 use crate::data::features::load_features;
 use crate::error::{Error, Result};
+use crate::recipes::{preset_sweep, Family, Sizes};
 use crate::repro::table1::{
-    margin_lines, preset_sweep, run_table1, Preset, Sizes, Table1Config, Table1Entry, TABLE_JSON,
-    TABLE_MD,
+    margin_lines, run_table1, Table1Config, Table1Entry, TABLE_JSON, TABLE_MD,
 };
 
 /// Built-in columns of the table, by their `--data` names, with their column labels.
@@ -55,9 +55,10 @@ pub struct Args {
     /// Training steps of every run, XRM's included [default: 1001, quick 201].
     #[arg(long)]
     pub steps: Option<usize>,
-    /// Methods, comma-separated [default: erm,group_dro,jtt,xrm_group_dro,mat].
+    /// Methods, comma-separated, spelled as for `sweep --method`
+    /// [default: erm,group_dro,jtt,xrm_group_dro,mat].
     #[arg(long, value_delimiter = ',')]
-    pub methods: Vec<String>,
+    pub methods: Vec<MethodKind>,
     /// `runs`: independent runs in parallel across cores (one task per run); `ops`: one run
     /// at a time, parallel inside each op [default: runs].
     #[arg(long)]
@@ -94,10 +95,7 @@ pub fn config(args: &Args) -> Result<Table1Config> {
     let methods: Vec<MethodKind> = if args.methods.is_empty() {
         MethodKind::TABLE1.to_vec()
     } else {
-        args.methods
-            .iter()
-            .map(|m| m.parse())
-            .collect::<Result<_>>()?
+        args.methods.clone()
     };
 
     let mut specs: Vec<(String, String)> = Vec::new();
@@ -132,7 +130,7 @@ pub fn config(args: &Args) -> Result<Table1Config> {
         } else {
             load_dataset(&spec, args.data_seed)?
         };
-        let mut sweep = preset_sweep(Preset::for_spec(&spec), sizes, args.seed);
+        let mut sweep = preset_sweep(Family::of(&dataset), sizes, args.seed);
         sweep.parallelism = parallelism;
         sweep.device = device.clone();
         entries.push(Table1Entry {
@@ -155,16 +153,7 @@ pub fn run(args: &Args) -> Result<()> {
     let cfg = config(args)?;
     let load_before = load_average();
     let start = Instant::now();
-    let bar = progress_bar(0, "table1");
-    let progress = |p: Progress<'_>| match p {
-        Progress::Queued(n) => bar.inc_length(n as u64),
-        Progress::Finished(label) => {
-            bar.set_message(label.to_string());
-            bar.inc(1);
-        }
-    };
-    let outcome = run_table1(&cfg, &progress)?;
-    bar.finish_and_clear();
+    let outcome = with_progress_bar("table1", |p| run_table1(&cfg, p))?;
     let seconds = start.elapsed().as_secs_f64();
     println!("{}", outcome.markdown);
     for line in margin_lines(&outcome.record.margins) {

@@ -18,75 +18,46 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::common::{self, RunArgs, RECIPE_DEFAULTS_HELP};
+use super::common::{self, RunArgs};
 use crate::algo::model::{ModelSpec, OptimizerSpec};
+use crate::algo::sweep::MethodKind;
 use crate::algo::xrm::{XrmOutput, XRM_JSON_FILE, XRM_TENSORS_FILE};
 use crate::algo::{run_method_with, Method, MethodOutcome, TrainConfig};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::eval::metrics::SplitMetrics;
 use crate::eval::selection::{select_checkpoint, Checkpoint, Criterion};
+use crate::recipes::DEFAULTS_HELP;
 
 const SUMMARY_FORMAT: &str = "memaware-train-v1";
 /// File names inside a training run's folder.
 pub const CHECKPOINTS_FILE: &str = "checkpoints.jsonl";
 pub const SUMMARY_FILE: &str = "summary.json";
 
-/// The methods `--method` names.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum MethodArg {
-    /// Empirical risk minimization: mean cross-entropy.
-    Erm,
-    /// GroupDRO on the true training groups (step size --eta).
-    Groupdro,
-    /// Just Train Twice: ERM for --jtt-steps, then a fresh model with that model's training
-    /// errors weighted --jtt-lambda.
-    Jtt,
-    /// Memorization-aware training: cross-entropy of logits + shift from XRM's held-out
-    /// logits at temperature --tau (needs --xrm).
-    Mat,
-    /// Reweighting so every true training group weighs the same.
-    Rwg,
-    /// Subsampling every true training group to the smallest one's size.
-    Subg,
-    /// GroupDRO on XRM's inferred groups (y, m) (needs --xrm).
-    XrmGroupdro,
-}
-
-impl MethodArg {
-    /// The command-line name.
-    pub fn name(self) -> &'static str {
-        match self {
-            MethodArg::Erm => "erm",
-            MethodArg::Groupdro => "groupdro",
-            MethodArg::Jtt => "jtt",
-            MethodArg::Mat => "mat",
-            MethodArg::Rwg => "rwg",
-            MethodArg::Subg => "subg",
-            MethodArg::XrmGroupdro => "xrm-groupdro",
-        }
-    }
-}
-
 /// Arguments of `memaware train`.
 #[derive(clap::Args, Debug, Clone)]
-#[command(after_long_help = RECIPE_DEFAULTS_HELP)]
+#[command(after_long_help = DEFAULTS_HELP)]
 pub struct Args {
-    /// Training method
-    #[arg(long, value_enum)]
-    pub method: MethodArg,
+    /// Training method: erm, group_dro (GroupDRO on the true training groups, step size
+    /// --eta), jtt (Just Train Twice: ERM for --jtt-steps, then a fresh model with that model's
+    /// training errors weighted --jtt-lambda), mat (memorization-aware training: logits +
+    /// shift from XRM's held-out logits at temperature --tau; needs --xrm), rwg (every true
+    /// training group weighs the same), subg (every true training group subsampled to the
+    /// smallest one's size), xrm_group_dro (GroupDRO on XRM's inferred groups; needs --xrm).
+    /// Hyphens work too, and groupdro, xrm-groupdro.
+    #[arg(long, value_name = "METHOD")]
+    pub method: MethodKind,
     #[command(flatten)]
     pub run: RunArgs,
     /// Folder written by `memaware xrm` on the same --data and data seed (it holds
-    /// xrm.safetensors and xrm.json). Required for mat and xrm-groupdro; with any other method
+    /// xrm.safetensors and xrm.json). Required for mat and xrm_group_dro; with any other method
     /// it adds validation metrics over the inferred groups, which --select va_gi_wga needs.
     #[arg(long, value_name = "DIR")]
     pub xrm: Option<PathBuf>,
     /// MAT temperature: the held-out logits are divided by tau before the softmax
     #[arg(long, value_name = "TAU", default_value_t = 0.1)]
     pub tau: f32,
-    /// GroupDRO step size: q_g ← q_g·exp(eta·loss_g) per batch (groupdro, xrm-groupdro)
+    /// GroupDRO step size: q_g ← q_g·exp(eta·loss_g) per batch (group_dro, xrm_group_dro)
     #[arg(long, value_name = "ETA", default_value_t = 0.01)]
     pub eta: f32,
     /// JTT: steps of the first (ERM) stage whose training errors get upweighted
@@ -114,7 +85,7 @@ pub struct Args {
 impl Default for Args {
     fn default() -> Self {
         Args {
-            method: MethodArg::Erm,
+            method: MethodKind::Erm,
             run: RunArgs::default(),
             xrm: None,
             tau: 0.1,
@@ -142,12 +113,12 @@ impl Args {
             }
         };
         Ok(match self.method {
-            MethodArg::Erm => Method::Erm,
-            MethodArg::Groupdro => {
+            MethodKind::Erm => Method::Erm,
+            MethodKind::GroupDro => {
                 check_eta()?;
                 Method::GroupDro { eta: self.eta }
             }
-            MethodArg::Jtt => {
+            MethodKind::Jtt => {
                 let first_stage_steps = self
                     .jtt_steps
                     .unwrap_or(((steps as f64 * 0.2).round() as usize).max(1));
@@ -165,7 +136,7 @@ impl Args {
                     lambda_up: self.jtt_lambda,
                 }
             }
-            MethodArg::Mat => {
+            MethodKind::Mat => {
                 if !(self.tau.is_finite() && self.tau > 0.0) {
                     return Err(Error::arg(
                         "tau",
@@ -174,9 +145,9 @@ impl Args {
                 }
                 Method::Mat { tau: self.tau }
             }
-            MethodArg::Rwg => Method::Rwg,
-            MethodArg::Subg => Method::Subg,
-            MethodArg::XrmGroupdro => {
+            MethodKind::Rwg => Method::Rwg,
+            MethodKind::Subg => Method::Subg,
+            MethodKind::XrmGroupDro => {
                 check_eta()?;
                 Method::XrmGroupDro { eta: self.eta }
             }
@@ -187,7 +158,7 @@ impl Args {
 /// The configuration part of `summary.json`.
 #[derive(Serialize)]
 struct RunRecord {
-    method: MethodArg,
+    method: MethodKind,
     method_spec: Method,
     data: String,
     data_name: String,
@@ -243,7 +214,7 @@ struct Summary<'a> {
 /// Runs `memaware train`.
 pub fn run(args: &Args) -> Result<()> {
     let select: Criterion = args.select.parse()?;
-    if matches!(args.method, MethodArg::Mat | MethodArg::XrmGroupdro) && args.xrm.is_none() {
+    if args.method.needs_xrm() && args.xrm.is_none() {
         return Err(Error::arg(
             "xrm",
             format!(
@@ -278,7 +249,7 @@ pub fn run(args: &Args) -> Result<()> {
     if let Some(why) = xrm.as_ref().and_then(|x| x.degenerate.as_ref()) {
         eprintln!(
             "warning: the XRM output's inferred groups are degenerate ({why}); va_gi_wga and \
-             xrm-groupdro rely on them"
+             xrm_group_dro rely on them"
         );
     }
 
@@ -303,7 +274,7 @@ pub fn run(args: &Args) -> Result<()> {
         features: ds.d(),
         classes: ds.classes,
         n_attr: ds.n_attr,
-        model: common::model_spec_string(&r.model),
+        model: r.model.to_string(),
         model_spec: r.model.clone(),
         optimizer: r.optimizer.clone(),
         steps: r.steps,
@@ -317,7 +288,7 @@ pub fn run(args: &Args) -> Result<()> {
         eval_train: args.eval_train,
         select,
     };
-    common::write_json(
+    crate::io::write_json(
         &summary_path,
         &Summary {
             format: SUMMARY_FORMAT,
@@ -342,7 +313,7 @@ pub fn run(args: &Args) -> Result<()> {
         ds.test.n,
         args.run.seed,
         record.model,
-        common::optimizer_string(&r.optimizer),
+        r.optimizer,
         r.steps,
         r.batch_size,
         if record.full_batch { " (full)" } else { "" },
@@ -370,7 +341,7 @@ pub fn run(args: &Args) -> Result<()> {
     let outcome = result?;
 
     let summary = summarize(&record, &outcome, xrm.is_some())?;
-    common::write_json(&summary_path, &summary)?;
+    crate::io::write_json(&summary_path, &summary)?;
     print_report(&ds, &summary, select, &outcome);
     println!(
         "wrote {} ({} checkpoints) and {}",

@@ -10,10 +10,11 @@
 
 use std::path::PathBuf;
 
-use super::common::{self, RunArgs, RECIPE_DEFAULTS_HELP};
+use super::common::{self, RunArgs};
 use crate::algo::xrm::{run_xrm, XrmConfig, XrmLoss, XrmOutput, XRM_JSON_FILE, XRM_TENSORS_FILE};
 use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
+use crate::recipes::DEFAULTS_HELP;
 
 /// XRM's held-in loss on the command line.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,7 +37,7 @@ impl From<LossArg> for XrmLoss {
 
 /// Arguments of `memaware xrm`.
 #[derive(clap::Args, Debug, Clone)]
-#[command(after_long_help = RECIPE_DEFAULTS_HELP)]
+#[command(after_long_help = DEFAULTS_HELP)]
 pub struct Args {
     #[command(flatten)]
     pub run: RunArgs,
@@ -95,8 +96,8 @@ pub fn run(args: &Args) -> Result<()> {
     );
     println!(
         "  model {}, {}, {} steps, batch {}{}, loss {}",
-        common::model_spec_string(&r.model),
-        common::optimizer_string(&r.optimizer),
+        r.model,
+        r.optimizer,
         r.steps,
         r.batch_size,
         if r.batch_size >= ds.train.n {

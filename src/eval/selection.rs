@@ -8,15 +8,14 @@
 //! - Across hyperparameter draws the highest selected value wins; ties go to the higher
 //!   validation average accuracy, then to the lowest draw index.
 //! - Seeds are aggregated as mean ± **sample** standard deviation (denominator `n − 1`), not the
-//!   standard error.
+//!   standard error; a [`TableCell`] holds one (method, data set) entry of a results table
+//!   ([`crate::report::table`] renders it).
 //!
-//! Checkpoints are stored as JSON lines, one record per line, flushed as written, so a run that
-//! stops early leaves every finished record readable.
+//! Checkpoints are stored as JSON lines ([`crate::io::JsonlWriter`], [`crate::io::read_jsonl`]),
+//! one record per line, flushed as written, so a run that stops early leaves every finished
+//! record readable.
 
 use std::fmt;
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Write};
-use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -152,77 +151,6 @@ pub fn select_checkpoint(cps: &[Checkpoint], c: Criterion) -> Result<(usize, f64
         }
     }
     Ok(best.expect("cps is non-empty and every value was checked"))
-}
-
-/// Appends checkpoints to a JSON-lines file, one flushed line per record.
-pub struct JsonlWriter {
-    path: PathBuf,
-    out: BufWriter<File>,
-}
-
-impl JsonlWriter {
-    /// Creates (or truncates) `path`.
-    pub fn create(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref().to_path_buf();
-        let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
-        Ok(JsonlWriter {
-            path,
-            out: BufWriter::new(file),
-        })
-    }
-
-    /// Opens `path` for appending, creating it if needed.
-    pub fn append(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref().to_path_buf();
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
-        Ok(JsonlWriter {
-            path,
-            out: BufWriter::new(file),
-        })
-    }
-
-    /// Writes one record as one line and flushes it.
-    pub fn write(&mut self, cp: &Checkpoint) -> Result<()> {
-        let line = serde_json::to_string(cp).map_err(|e| Error::Json {
-            path: self.path.clone(),
-            message: format!("cannot encode checkpoint at step {}: {e}", cp.step),
-        })?;
-        self.out
-            .write_all(line.as_bytes())
-            .and_then(|_| self.out.write_all(b"\n"))
-            .and_then(|_| self.out.flush())
-            .map_err(|e| Error::io(&self.path, e))
-    }
-}
-
-/// Writes `cps` to `path` (created or truncated), one JSON record per line.
-pub fn write_jsonl(path: impl AsRef<Path>, cps: &[Checkpoint]) -> Result<()> {
-    let mut w = JsonlWriter::create(path)?;
-    cps.iter().try_for_each(|cp| w.write(cp))
-}
-
-/// Reads a JSON-lines file of checkpoints. Blank lines are skipped; a line that does not parse
-/// (a truncated last record, for instance) is an error naming the path and the line number.
-pub fn read_jsonl(path: impl AsRef<Path>) -> Result<Vec<Checkpoint>> {
-    let path = path.as_ref();
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut cps = Vec::new();
-    for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| Error::io(path, e))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let cp = serde_json::from_str(&line).map_err(|e| Error::Json {
-            path: path.to_path_buf(),
-            message: format!("line {}: {e}", i + 1),
-        })?;
-        cps.push(cp);
-    }
-    Ok(cps)
 }
 
 /// Where hyperparameters are drawn from. Ranges are `[lo, hi)` of the exponent.
@@ -439,6 +367,47 @@ pub fn mean_std(values: &[f64]) -> MeanStd {
     MeanStd { mean, std, n }
 }
 
+/// One (method, data set) entry, aggregated over seeds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TableCell {
+    /// Average accuracy over seeds.
+    pub avg: MeanStd,
+    /// Worst-group accuracy over seeds.
+    pub wga: MeanStd,
+    /// Per seed, accuracy per group (`None` for a group absent from the split).
+    pub per_group: Vec<Vec<Option<f64>>>,
+    /// Examples per group in the evaluated split.
+    pub group_counts: Vec<usize>,
+}
+
+impl TableCell {
+    /// A cell from the selected checkpoint's test metrics of each seed. Errors when there is no
+    /// seed or when the seeds disagree on the group counts (they must share one test split).
+    pub fn from_seeds(per_seed: &[SplitMetrics]) -> Result<TableCell> {
+        let first = per_seed
+            .first()
+            .ok_or_else(|| Error::Data("table cell: no seed results".into()))?;
+        if let Some((s, m)) = per_seed
+            .iter()
+            .enumerate()
+            .find(|(_, m)| m.group_count != first.group_count)
+        {
+            return Err(Error::Data(format!(
+                "table cell: seed {s} has group counts {:?}, seed 0 has {:?}",
+                m.group_count, first.group_count
+            )));
+        }
+        let avgs: Vec<f64> = per_seed.iter().map(|m| m.avg_acc).collect();
+        let wgas: Vec<f64> = per_seed.iter().map(|m| m.worst_group_acc).collect();
+        Ok(TableCell {
+            avg: mean_std(&avgs),
+            wga: mean_std(&wgas),
+            per_group: per_seed.iter().map(|m| m.group_acc.clone()).collect(),
+            group_counts: first.group_count.clone(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -465,7 +434,7 @@ mod tests {
         }
     }
 
-    fn temp_path(name: &str) -> PathBuf {
+    fn temp_path(name: &str) -> std::path::PathBuf {
         std::env::temp_dir().join(format!("memaware-selection-{}-{name}", std::process::id()))
     }
 
@@ -552,14 +521,15 @@ mod tests {
 
     #[test]
     fn jsonl_round_trip_and_append() {
+        use crate::io::{read_jsonl, write_jsonl, JsonlWriter};
         let path = temp_path("roundtrip.jsonl");
         let cps = vec![cp(0, 0.5, 0.2, None), cp(50, 0.75, 0.5, Some(0.25))];
         write_jsonl(&path, &cps).unwrap();
-        assert_eq!(read_jsonl(&path).unwrap(), cps);
+        assert_eq!(read_jsonl::<Checkpoint>(&path).unwrap(), cps);
         let mut w = JsonlWriter::append(&path).unwrap();
         w.write(&cp(100, 0.8, 0.6, None)).unwrap();
         drop(w);
-        let back = read_jsonl(&path).unwrap();
+        let back: Vec<Checkpoint> = read_jsonl(&path).unwrap();
         assert_eq!(back.len(), 3);
         assert_eq!(back[2].step, 100);
         assert_eq!(&back[..2], &cps[..]);
@@ -568,6 +538,7 @@ mod tests {
 
     #[test]
     fn truncated_line_is_an_error_naming_path_and_line() {
+        use crate::io::{read_jsonl, write_jsonl};
         let path = temp_path("truncated.jsonl");
         let cps = vec![cp(0, 0.5, 0.2, None), cp(50, 0.75, 0.5, None)];
         write_jsonl(&path, &cps).unwrap();
@@ -575,7 +546,7 @@ mod tests {
         // Cut the second record in half, as a killed writer would.
         let cut = text.len() - text.lines().nth(1).unwrap().len() / 2;
         std::fs::write(&path, &text[..cut]).unwrap();
-        match read_jsonl(&path) {
+        match read_jsonl::<Checkpoint>(&path) {
             Err(e @ Error::Json { .. }) => {
                 let msg = e.to_string();
                 assert!(msg.contains("line 2"), "{msg}");
@@ -584,7 +555,10 @@ mod tests {
             other => panic!("expected a Json error, got {other:?}"),
         }
         std::fs::remove_file(&path).unwrap();
-        assert!(matches!(read_jsonl(&path), Err(Error::Io { .. })));
+        assert!(matches!(
+            read_jsonl::<Checkpoint>(&path),
+            Err(Error::Io { .. })
+        ));
     }
 
     #[test]

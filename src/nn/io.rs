@@ -8,8 +8,8 @@ use safetensors::tensor::{Dtype, TensorView};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
-/// Writes `params` to `path`; the file is written to a temporary name first and renamed,
-/// so an existing file is never left half-written.
+/// Writes `params` to `path` atomically ([`crate::io::write_atomic`]), so an existing file is
+/// never left half-written.
 pub fn save_parameters(params: &[(String, Tensor)], path: &Path) -> Result<()> {
     let data: Vec<(String, Vec<u8>, Vec<usize>)> = params
         .iter()
@@ -35,12 +35,7 @@ pub fn save_parameters(params: &[(String, Tensor)], path: &Path) -> Result<()> {
         tensor: String::new(),
         problem: e.to_string(),
     })?;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    }
-    let tmp = path.with_extension("safetensors.partial");
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    crate::io::write_atomic(&[(path, &bytes)])
 }
 
 /// Loads `path` into `params` in place; every parameter must be present with its shape and

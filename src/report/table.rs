@@ -11,49 +11,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::eval::metrics::SplitMetrics;
-use crate::eval::selection::{mean_std, MeanStd};
-
-/// One (method, data set) entry, aggregated over seeds.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TableCell {
-    /// Average accuracy over seeds.
-    pub avg: MeanStd,
-    /// Worst-group accuracy over seeds.
-    pub wga: MeanStd,
-    /// Per seed, accuracy per group (`None` for a group absent from the split).
-    pub per_group: Vec<Vec<Option<f64>>>,
-    /// Examples per group in the evaluated split.
-    pub group_counts: Vec<usize>,
-}
-
-impl TableCell {
-    /// A cell from the selected checkpoint's test metrics of each seed. Errors when there is no
-    /// seed or when the seeds disagree on the group counts (they must share one test split).
-    pub fn from_seeds(per_seed: &[SplitMetrics]) -> Result<TableCell> {
-        let first = per_seed
-            .first()
-            .ok_or_else(|| Error::Data("table cell: no seed results".into()))?;
-        if let Some((s, m)) = per_seed
-            .iter()
-            .enumerate()
-            .find(|(_, m)| m.group_count != first.group_count)
-        {
-            return Err(Error::Data(format!(
-                "table cell: seed {s} has group counts {:?}, seed 0 has {:?}",
-                m.group_count, first.group_count
-            )));
-        }
-        let avgs: Vec<f64> = per_seed.iter().map(|m| m.avg_acc).collect();
-        let wgas: Vec<f64> = per_seed.iter().map(|m| m.worst_group_acc).collect();
-        Ok(TableCell {
-            avg: mean_std(&avgs),
-            wga: mean_std(&wgas),
-            per_group: per_seed.iter().map(|m| m.group_acc.clone()).collect(),
-            group_counts: first.group_count.clone(),
-        })
-    }
-}
+use crate::eval::selection::{MeanStd, TableCell};
 
 /// A whole table: data set names and, per method, one optional cell per data set.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -74,6 +32,23 @@ pub fn format_percent(m: &MeanStd) -> String {
 
 fn escape_cell(text: &str) -> String {
     text.replace('|', "\\|")
+}
+
+/// A GitHub Markdown table: the header, the rule (`align` has one `l` or `r` per column, for
+/// `---` or `---:`), then one line per row. Cells are written as given.
+pub fn markdown_table<S: AsRef<str>>(header: &[S], align: &str, rows: &[Vec<String>]) -> String {
+    debug_assert_eq!(header.len(), align.len());
+    let line = |cells: Vec<&str>| format!("| {} |\n", cells.join(" | "));
+    let rule: Vec<&str> = align
+        .chars()
+        .map(|a| if a == 'r' { "---:" } else { "---" })
+        .collect();
+    let mut out = line(header.iter().map(AsRef::as_ref).collect());
+    out.push_str(&format!("|{}|\n", rule.join("|")));
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
 }
 
 impl ResultsTable {
@@ -106,56 +81,45 @@ impl ResultsTable {
     /// The table in GitHub Markdown: `| Method | <set> Avg | <set> WGA | ... |`. A row with fewer
     /// cells than data sets prints `—` for the missing ones.
     pub fn to_markdown(&self) -> String {
-        let mut out = String::from("| Method |");
+        let mut header = vec!["Method".to_string()];
         for d in &self.datasets {
             let d = escape_cell(d);
-            out.push_str(&format!(" {d} Avg | {d} WGA |"));
+            header.extend([format!("{d} Avg"), format!("{d} WGA")]);
         }
-        out.push_str("\n|---|");
-        out.push_str(&"---:|---:|".repeat(self.datasets.len()));
-        out.push('\n');
-        for (method, cells) in &self.rows {
-            out.push_str(&format!("| {} |", escape_cell(method)));
-            for j in 0..self.datasets.len() {
-                match cells.get(j).and_then(Option::as_ref) {
-                    Some(c) => out.push_str(&format!(
-                        " {} | {} |",
-                        format_percent(&c.avg),
-                        format_percent(&c.wga)
-                    )),
-                    None => out.push_str(" — | — |"),
+        let align = format!("l{}", "rr".repeat(self.datasets.len()));
+        let rows: Vec<Vec<String>> = self
+            .rows
+            .iter()
+            .map(|(method, cells)| {
+                let mut row = vec![escape_cell(method)];
+                for j in 0..self.datasets.len() {
+                    match cells.get(j).and_then(Option::as_ref) {
+                        Some(c) => row.extend([format_percent(&c.avg), format_percent(&c.wga)]),
+                        None => row.extend(["—".to_string(), "—".to_string()]),
+                    }
                 }
-            }
-            out.push('\n');
-        }
-        out
+                row
+            })
+            .collect();
+        markdown_table(&header, &align, &rows)
     }
 
-    /// Pretty JSON of the whole table.
-    pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).expect("a table of numbers and strings always encodes")
-    }
-
-    /// Writes the pretty JSON to `path`.
+    /// Writes the pretty JSON to `path` atomically.
     pub fn save_json(&self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        std::fs::write(path, self.to_json()).map_err(|e| Error::io(path, e))
+        crate::io::write_json(path.as_ref(), self)
     }
 
     /// Reads a table written by [`ResultsTable::save_json`].
     pub fn load_json(path: impl AsRef<Path>) -> Result<ResultsTable> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        serde_json::from_str(&text).map_err(|e| Error::Json {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })
+        crate::io::read_json(path.as_ref())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::eval::metrics::SplitMetrics;
+    use crate::eval::selection::mean_std;
 
     fn metrics(avg: f64, group_acc: Vec<Option<f64>>, counts: Vec<usize>) -> SplitMetrics {
         let wga = group_acc
@@ -262,7 +226,7 @@ mod tests {
     #[test]
     fn json_round_trip() {
         let t = sample_table();
-        let back: ResultsTable = serde_json::from_str(&t.to_json()).unwrap();
+        let back: ResultsTable = serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap();
         assert_same_table(&back, &t);
         let path = std::env::temp_dir().join(format!("memaware-table-{}.json", std::process::id()));
         t.save_json(&path).unwrap();

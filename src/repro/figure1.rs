@@ -57,7 +57,6 @@ use crate::algo::model::{ModelSpec, OptimizerSpec};
 use crate::algo::xrm::{run_xrm, XrmConfig, XrmLoss, XrmOutput};
 use crate::algo::{run_method_with, Method, MethodOutcome, TrainConfig};
 use crate::backend::Device;
-use crate::cli::common::{progress_bar, write_json};
 use crate::data::synthetic::{
     core_spurious_columns, interpretable, is_minority, InterpretableConfig,
 };
@@ -65,6 +64,8 @@ use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
 use crate::eval::metrics::SplitMetrics;
 use crate::eval::selection::{mean_std, Checkpoint, MeanStd};
+use crate::io::write_json;
+use crate::progress::{Progress, ProgressFn};
 use crate::report::plot::{
     linear_boundary_2d, save, Curve, Figure, LineStyle, Marker, Panel, Scatter, PALETTE_BLACK,
 };
@@ -101,8 +102,6 @@ pub struct Figure1Config {
     pub device: Device,
     /// Folder for `figure1.{png,svg,json}`; `None` writes nothing.
     pub out: Option<PathBuf>,
-    /// Show a progress bar on stderr (hidden anyway when stderr is not a terminal).
-    pub progress: bool,
     /// On the CPU, run the independent runs (three per seed) concurrently, one per core,
     /// instead of one after the other with the cores splitting each product. The results are
     /// the same bits either way.
@@ -122,7 +121,6 @@ impl Default for Figure1Config {
             tau: 0.1,
             device: Device::Cpu,
             out: None,
-            progress: false,
             concurrent_runs: true,
         }
     }
@@ -569,7 +567,7 @@ fn run_one(
     cfg: &Figure1Config,
     data: &SeedData,
     run: Figure1Run,
-    bar: &indicatif::ProgressBar,
+    progress: ProgressFn<'_>,
 ) -> Result<SeedResult> {
     let seed = data.seed;
     let spec = ModelSpec::linear_no_bias();
@@ -585,7 +583,7 @@ fn run_one(
         checkpoints_path: None,
     };
     let mut tick = |_: &Checkpoint| -> Result<()> {
-        bar.inc(1);
+        progress(Progress::Done(1));
         Ok(())
     };
     let erm = |ds: &Dataset, lr: f32, tick: &mut dyn FnMut(&Checkpoint) -> Result<()>| {
@@ -613,7 +611,7 @@ fn run_one(
                 log_every: 1,
             };
             let (xrm, xrm_s) = timed(&cfg.device, || run_xrm(&data.noisy, &spec, &xrm_cfg))?;
-            bar.inc(cfg.epochs as u64);
+            progress(Progress::Done(cfg.epochs as u64));
             let mat_seed = Rng::new(seed).fork(MAT_MODEL_STREAM).next_u64();
             let (mat, mat_s) = timed(&cfg.device, || {
                 run_method_with(
@@ -704,20 +702,14 @@ fn run_header(run: Figure1Run, cfg: &Figure1Config) -> (String, String, String, 
 
 /// Runs Figure 1 (see the module docs) and, when `cfg.out` is set, writes the figure and the
 /// JSON file.
+/// Reports progress in epochs (XRM's twins count as one run).
 ///
 /// Errors: no seeds, zero epochs, a non-positive learning rate or temperature, data that
 /// [`interpretable`] rejects or whose training or test split lacks a majority or minority
 /// example (tiny `n`), and any training, plotting or file error.
-pub fn run(cfg: &Figure1Config) -> Result<Figure1Report> {
+pub fn run(cfg: &Figure1Config, progress: ProgressFn<'_>) -> Result<Figure1Report> {
     validate(cfg)?;
-    let bar = if cfg.progress {
-        progress_bar(
-            (cfg.seeds.len() * 4 * cfg.epochs) as u64,
-            "Figure 1 (epochs)",
-        )
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    progress(Progress::Queued((cfg.seeds.len() * 4 * cfg.epochs) as u64));
     let data: Vec<SeedData> = cfg
         .seeds
         .iter()
@@ -734,11 +726,11 @@ pub fn run(cfg: &Figure1Config) -> Result<Figure1Report> {
     let results: Vec<Result<SeedResult>> = if cfg.concurrent_runs && cfg.device.is_cpu() {
         jobs.par_iter()
             .with_max_len(1)
-            .map(|&(i, run)| run_one(cfg, &data[i], run, &bar))
+            .map(|&(i, run)| run_one(cfg, &data[i], run, progress))
             .collect()
     } else {
         jobs.iter()
-            .map(|&(i, run)| run_one(cfg, &data[i], run, &bar))
+            .map(|&(i, run)| run_one(cfg, &data[i], run, progress))
             .collect()
     };
     let training_s_total = start.elapsed().as_secs_f64();
@@ -746,7 +738,6 @@ pub fn run(cfg: &Figure1Config) -> Result<Figure1Report> {
     for (&(_, run), result) in jobs.iter().zip(results) {
         per_run[run.index()].push(result?);
     }
-    bar.finish_and_clear();
 
     let runs: Vec<RunReport> = Figure1Run::ALL
         .iter()

@@ -43,12 +43,13 @@ use serde::Serialize;
 
 use crate::autograd::no_grad;
 use crate::backend::Device;
-use crate::cli::common::{progress_bar, write_json};
 use crate::data::synthetic::{good_bad_ugly, RegressionConfig, RegressionData};
 use crate::error::{Error, Result};
 use crate::eval::selection::{mean_std, MeanStd};
+use crate::io::write_json;
 use crate::nn::{Activation, Init, Linear, Mlp, Module};
 use crate::optim::{Adam, Optimizer};
+use crate::progress::{Progress, ProgressFn};
 use crate::report::plot::{save, Curve, Figure, LineStyle, Marker, Panel, Scatter, PALETTE_BLACK};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -74,8 +75,6 @@ pub struct Figure3Config {
     pub device: Device,
     /// Folder for `figure3.{png,svg,json}`; `None` writes nothing.
     pub out: Option<PathBuf>,
-    /// Show a progress bar on stderr (hidden anyway when stderr is not a terminal).
-    pub progress: bool,
     /// On the CPU, run the independent fits (three per seed) concurrently, one per core,
     /// instead of one after the other with the cores splitting each product. The results are
     /// the same bits either way.
@@ -92,7 +91,6 @@ impl Default for Figure3Config {
             hidden: 300,
             device: Device::Cpu,
             out: None,
-            progress: false,
             concurrent_runs: true,
         }
     }
@@ -423,17 +421,13 @@ fn summarise(fits: &[FitResult]) -> SettingSummary {
 }
 
 /// Runs Figure 3 (see the module docs) and, when `cfg.out` is set, writes the figure and the
-/// JSON file.
+/// JSON file. Reports progress in fits.
 ///
 /// Errors: no seeds, zero `max_steps` or `hidden`, a non-positive learning rate, a negative
 /// target, a non-finite loss or prediction, and any plotting or file error.
-pub fn run(cfg: &Figure3Config) -> Result<Figure3Report> {
+pub fn run(cfg: &Figure3Config, progress: ProgressFn<'_>) -> Result<Figure3Report> {
     validate(cfg)?;
-    let bar = if cfg.progress {
-        progress_bar((cfg.seeds.len() * 3) as u64, "Figure 3 (fits)")
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    progress(Progress::Queued((cfg.seeds.len() * 3) as u64));
     // Slowest settings first (the reference's step counts: ugly ≳ good ≫ bad), so that
     // concurrent fits finish together.
     let jobs: Vec<(Setting, u64)> = [Setting::Ugly, Setting::Good, Setting::Bad]
@@ -443,7 +437,7 @@ pub fn run(cfg: &Figure3Config) -> Result<Figure3Report> {
     let one = |&(setting, seed): &(Setting, u64)| -> Result<FitResult> {
         let data = good_bad_ugly(&setting.data_config(seed))?;
         let result = fit(&data, cfg, seed);
-        bar.inc(1);
+        progress(Progress::Done(1));
         result
     };
     let start = Instant::now();
@@ -453,7 +447,6 @@ pub fn run(cfg: &Figure3Config) -> Result<Figure3Report> {
         jobs.iter().map(one).collect()
     };
     let training_s_total = start.elapsed().as_secs_f64();
-    bar.finish_and_clear();
     let mut per_setting: [Vec<FitResult>; 3] = Default::default();
     for (&(setting, _), result) in jobs.iter().zip(results) {
         per_setting[setting.index()].push(result?);

@@ -69,7 +69,6 @@ use crate::algo::xrm::{run_xrm_with_twins, XrmConfig, XrmLoss, XrmOutput};
 use crate::algo::{train, Objective, TrainConfig, TrainSetup};
 use crate::autograd::no_grad;
 use crate::backend::Device;
-use crate::cli::common::{write_json, write_text};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::eval::memscore::{
@@ -77,8 +76,12 @@ use crate::eval::memscore::{
     ModelRecord, SplitHalfSpread,
 };
 use crate::eval::metrics::argmax_rows;
+use crate::io::{write_json, write_text};
 use crate::nn::Module;
+use crate::progress::{Progress, ProgressFn};
+use crate::recipes::Family;
 use crate::report::plot::{save_histograms, HistPanel, Histogram};
+use crate::report::table::markdown_table;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 
@@ -248,7 +251,7 @@ fn logits_of(model: &dyn Module, x: &Tensor) -> Result<Vec<f32>> {
 }
 
 /// Trains `M` subset models of `method` on `ds` and scores every training example (see the
-/// module docs). `on_model_done` is called once per finished model (from worker threads when
+/// module docs). Reports [`Progress::Done`]`(1)` per finished model (from worker threads when
 /// parallel).
 ///
 /// Errors: an invalid configuration (fewer than 2 models, share outside `(0, 1)`, zero steps
@@ -258,7 +261,7 @@ pub fn estimate(
     ds: &Dataset,
     method: &ScoredMethod,
     cfg: &MemscoreConfig,
-    on_model_done: &(dyn Fn() + Sync),
+    progress: ProgressFn<'_>,
 ) -> Result<MethodScores> {
     ds.validate()?;
     cfg.validate()?;
@@ -306,7 +309,7 @@ pub fn estimate(
                 ),
             });
         }
-        on_model_done();
+        progress(Progress::Done(1));
         Ok(ModelRecord {
             member: masks[m].clone(),
             correct,
@@ -577,7 +580,7 @@ impl MemscoreExperiment {
         let optimizer = OptimizerSpec::plain_sgd(1e-2);
         MemscoreExperiment {
             estimator: MemscoreConfig {
-                model: ModelSpec::linear_no_bias(),
+                model: Family::Interpretable.model(),
                 models: 20,
                 share: 0.5,
                 steps: 1000,
@@ -613,11 +616,7 @@ impl MemscoreExperiment {
         };
         MemscoreExperiment {
             estimator: MemscoreConfig {
-                model: ModelSpec::Mlp {
-                    hidden: vec![390, 390],
-                    activation: "relu".into(),
-                    init: "xavier".into(),
-                },
+                model: Family::ColorMnist.model(),
                 models: 20,
                 share: 0.5,
                 steps: 600,
@@ -652,7 +651,7 @@ impl MemscoreExperiment {
             weight_decay: 0.0,
         };
         let mut exp = Self::interpretable(seed);
-        exp.estimator.model = ModelSpec::Linear { bias: true };
+        exp.estimator.model = Family::Features.model();
         exp.estimator.optimizer = optimizer.clone();
         exp.estimator.batch_size = 64;
         exp.xrm.optimizer = optimizer;
@@ -719,11 +718,12 @@ fn group_labels(ds: &Dataset, counts: &[usize]) -> Vec<String> {
 
 /// Runs the experiment on `ds`: XRM once on the full training set (seeded from
 /// `estimator.seed`), then the estimator for each method in `exp.methods`, then the proxy's
-/// agreement with each. `on_model_done` is called per finished subset model.
+/// agreement with each. Queues every subset model with `progress`, then reports each one
+/// done.
 pub fn run_memscore(
     ds: &Dataset,
     exp: &MemscoreExperiment,
-    on_model_done: &(dyn Fn() + Sync),
+    progress: ProgressFn<'_>,
 ) -> Result<MemscoreReport> {
     ds.validate()?;
     exp.estimator.validate()?;
@@ -733,6 +733,8 @@ pub fn run_memscore(
             format!("must be in (0, 1], got {}", exp.bin_width),
         ));
     }
+    let methods = usize::from(exp.methods.includes_erm()) + usize::from(exp.methods.includes_mat());
+    progress(Progress::Queued((exp.estimator.models * methods) as u64));
     let start = Instant::now();
     let xrm_cfg = XrmConfig {
         seed: Rng::new(exp.estimator.seed).fork(STREAM_XRM).next_u64(),
@@ -753,7 +755,7 @@ pub fn run_memscore(
     let erm = exp
         .methods
         .includes_erm()
-        .then(|| estimate(ds, &ScoredMethod::Erm, &exp.estimator, on_model_done))
+        .then(|| estimate(ds, &ScoredMethod::Erm, &exp.estimator, progress))
         .transpose()?;
     let mat_method = ScoredMethod::Mat {
         tau: exp.tau,
@@ -762,7 +764,7 @@ pub fn run_memscore(
     let mat = exp
         .methods
         .includes_mat()
-        .then(|| estimate(ds, &mat_method, &exp.estimator, on_model_done))
+        .then(|| estimate(ds, &mat_method, &exp.estimator, progress))
         .transpose()?;
     for scores in erm.iter().chain(&mat) {
         for (name, values) in [
@@ -830,18 +832,15 @@ impl MemscoreReport {
     /// mean, median and share above 0.5, and the pooled held-in / held-out accuracy.
     fn score_table(&self, score: &str) -> String {
         let methods = self.methods();
-        let mut header = "| group |".to_string();
-        let mut rule = "|---|".to_string();
+        let mut header = vec!["group".to_string()];
         for m in &methods {
             let name = m.method.to_uppercase();
-            header.push_str(&format!(
-                " {name} mean | {name} median | {name} >0.5 | {name} acc in / out |"
-            ));
-            rule.push_str("---:|---:|---:|---:|");
+            header
+                .extend(["mean", "median", ">0.5", "acc in / out"].map(|c| format!("{name} {c}")));
         }
-        let mut out = format!("{header}\n{rule}\n");
+        let mut rows = Vec::new();
         for (g, label) in self.group_labels.iter().enumerate() {
-            out.push_str(&format!("| {label} |"));
+            let mut row = vec![label.clone()];
             for m in &methods {
                 let s = if score == "acc" {
                     &m.summary_acc[g]
@@ -849,18 +848,17 @@ impl MemscoreReport {
                     &m.summary_prob[g]
                 };
                 let io = &m.in_out[g];
-                out.push_str(&format!(
-                    " {} | {} | {} | {} / {} |",
+                row.extend([
                     fmt_opt(s.mean),
                     fmt_opt(s.median),
                     fmt_opt(s.share_above_half),
-                    fmt_opt(io.acc_in),
-                    fmt_opt(io.acc_out)
-                ));
+                    format!("{} / {}", fmt_opt(io.acc_in), fmt_opt(io.acc_out)),
+                ]);
             }
-            out.push('\n');
+            rows.push(row);
         }
-        out
+        let align = format!("l{}", "rrrr".repeat(methods.len()));
+        markdown_table(&header, &align, &rows)
     }
 
     /// The summary as Markdown: per-group tables for both scores, how often examples are left
@@ -884,32 +882,45 @@ impl MemscoreReport {
         ] {
             out.push_str(&format!("## {title}\n\n{}\n", self.score_table(score)));
         }
-        out.push_str("## Estimator\n\n| method | left out (min / mean / max) | unscored | split-half |Δ| acc | split-half ρ acc | split-half |Δ| prob | split-half ρ prob | wall s |\n|---|---|---:|---:|---:|---:|---:|---:|\n");
-        for m in self.methods() {
-            out.push_str(&format!(
-                "| {} | {} / {:.1} / {} | {} | {} | {} | {} | {} | {:.2}{} |\n",
-                m.method.to_uppercase(),
-                m.left_out.min,
-                m.left_out.mean,
-                m.left_out.max,
-                m.left_out.unscored,
-                fmt_opt(m.split_half.acc.mean_abs_diff),
-                fmt_opt(m.split_half.acc.spearman),
-                fmt_opt(m.split_half.prob.mean_abs_diff),
-                fmt_opt(m.split_half.prob.spearman),
-                m.wall_s,
-                if m.parallel {
-                    " (parallel)"
-                } else {
-                    " (sequential)"
-                }
-            ));
-        }
+        let rows: Vec<Vec<String>> = self
+            .methods()
+            .iter()
+            .map(|m| {
+                let mode = if m.parallel { "parallel" } else { "sequential" };
+                vec![
+                    m.method.to_uppercase(),
+                    format!(
+                        "{} / {:.1} / {}",
+                        m.left_out.min, m.left_out.mean, m.left_out.max
+                    ),
+                    m.left_out.unscored.to_string(),
+                    fmt_opt(m.split_half.acc.mean_abs_diff),
+                    fmt_opt(m.split_half.acc.spearman),
+                    fmt_opt(m.split_half.prob.mean_abs_diff),
+                    fmt_opt(m.split_half.prob.spearman),
+                    format!("{:.2} ({mode})", m.wall_s),
+                ]
+            })
+            .collect();
+        out.push_str("## Estimator\n\n");
+        out.push_str(&markdown_table(
+            &[
+                "method",
+                "left out (min / mean / max)",
+                "unscored",
+                "split-half |Δ| acc",
+                "split-half ρ acc",
+                "split-half |Δ| prob",
+                "split-half ρ prob",
+                "wall s",
+            ],
+            "llrrrrrr",
+            &rows,
+        ));
         out.push_str(&format!(
             "\n## Proxies from one XRM run\n\nXRM: final flip rate {:.3}, {:.2} s{}. \
              `in − out`: held-in minus held-out true-label probability; `1 − out`: held-out \
-             error.\n\n| group | in − out mean | median | 1 − out mean | median | flipped by XRM |\n\
-             |---|---:|---:|---:|---:|---:|\n",
+             error.\n\n",
             self.xrm.final_flip_rate,
             self.xrm.wall_s,
             self.xrm
@@ -918,37 +929,66 @@ impl MemscoreReport {
                 .map(|d| format!(", degenerate: {d}"))
                 .unwrap_or_default()
         ));
-        for (g, label) in self.group_labels.iter().enumerate() {
-            let (a, b) = (
-                &self.proxy.summary[g],
-                &self.proxy.summary_held_out_error[g],
-            );
-            out.push_str(&format!(
-                "| {label} | {} | {} | {} | {} | {} |\n",
-                fmt_opt(a.mean),
-                fmt_opt(a.median),
-                fmt_opt(b.mean),
-                fmt_opt(b.median),
-                fmt_opt(self.proxy.flipped_share[g])
-            ));
-        }
-        out.push_str(
-            "\n| full score | Spearman (in − out) | Spearman (1 − out) | Pearson (in − out) | \
-             Pearson (1 − out) | n |\n|---|---:|---:|---:|---:|---:|\n",
-        );
-        for pair in self.proxy.agreement.chunks(2) {
-            let second = pair.get(1);
-            out.push_str(&format!(
-                "| {} {} | {} | {} | {} | {} | {} |\n",
-                pair[0].method.to_uppercase(),
-                pair[0].score,
-                fmt_opt(pair[0].spearman),
-                fmt_opt(second.and_then(|a| a.spearman)),
-                fmt_opt(pair[0].pearson),
-                fmt_opt(second.and_then(|a| a.pearson)),
-                pair[0].n_compared
-            ));
-        }
+        let rows: Vec<Vec<String>> = self
+            .group_labels
+            .iter()
+            .enumerate()
+            .map(|(g, label)| {
+                let (a, b) = (
+                    &self.proxy.summary[g],
+                    &self.proxy.summary_held_out_error[g],
+                );
+                vec![
+                    label.clone(),
+                    fmt_opt(a.mean),
+                    fmt_opt(a.median),
+                    fmt_opt(b.mean),
+                    fmt_opt(b.median),
+                    fmt_opt(self.proxy.flipped_share[g]),
+                ]
+            })
+            .collect();
+        out.push_str(&markdown_table(
+            &[
+                "group",
+                "in − out mean",
+                "median",
+                "1 − out mean",
+                "median",
+                "flipped by XRM",
+            ],
+            "lrrrrr",
+            &rows,
+        ));
+        let rows: Vec<Vec<String>> = self
+            .proxy
+            .agreement
+            .chunks(2)
+            .map(|pair| {
+                let second = pair.get(1);
+                vec![
+                    format!("{} {}", pair[0].method.to_uppercase(), pair[0].score),
+                    fmt_opt(pair[0].spearman),
+                    fmt_opt(second.and_then(|a| a.spearman)),
+                    fmt_opt(pair[0].pearson),
+                    fmt_opt(second.and_then(|a| a.pearson)),
+                    pair[0].n_compared.to_string(),
+                ]
+            })
+            .collect();
+        out.push('\n');
+        out.push_str(&markdown_table(
+            &[
+                "full score",
+                "Spearman (in − out)",
+                "Spearman (1 − out)",
+                "Pearson (in − out)",
+                "Pearson (1 − out)",
+                "n",
+            ],
+            "lrrrrr",
+            &rows,
+        ));
         out.push_str(&format!("\nTotal wall time {:.2} s.\n", self.wall_s));
         out
     }

@@ -2,9 +2,9 @@
 //! Waterbirds-shaped features, plus any user feature file, each selected with and without
 //! validation group annotations (PAPER.md §4–§6).
 //!
-//! # Data sets and presets ([`preset_sweep`])
+//! # Data sets and presets ([`crate::recipes::preset_sweep`])
 //!
-//! | | ColorMNIST ([`Preset::ColorMnist`]) | Waterbirds-like and feature files ([`Preset::LinearHead`]) |
+//! | | ColorMNIST ([`crate::recipes::Family::ColorMnist`]) | Waterbirds-like and feature files ([`crate::recipes::Family::Features`]) |
 //! |---|---|---|
 //! | data | the bundled 5000-digit MNIST sample, XRM's recipe, 2500 / 1250 / 1250 | 2048-d synthetic features, Waterbirds' group counts |
 //! | model | MLP 392→390→390→2, ReLU, Xavier-uniform weights, zero biases | linear head `d → K` with bias |
@@ -15,7 +15,7 @@
 //! | steps | 1001 (XRM's ColorMNIST) | 1001 (the paper's Waterbirds) |
 //!
 //! Both: MAT `tau ∈ {0.001, 0.01, 0.1}`, GroupDRO `eta = 10^U(-3,-1)`, JTT's grid of
-//! [`HparamSpace::paper`], evaluation every 50 steps, 10 draws, the winner over 5 seeds; XRM
+//! [`crate::eval::selection::HparamSpace::paper`], evaluation every 50 steps, 10 draws, the winner over 5 seeds; XRM
 //! with the class-balanced held-in loss, as many steps as the methods, its first 10 draws.
 //! `--quick` keeps the model and ranges but runs 201 steps, 2 draws and 2 seeds.
 //!
@@ -45,114 +45,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::algo::model::{ModelSpec, OptimizerSpec};
 use crate::algo::sweep::{
-    run_sweeps, MethodKind, MethodPlan, Parallelism, ProgressFn, Selection, SweepConfig,
-    SweepOutcome, XrmPhaseRecord, XrmPlan,
+    run_sweeps, MethodKind, MethodPlan, Selection, SweepConfig, SweepOutcome, XrmPhaseRecord,
 };
-use crate::algo::xrm::XrmLoss;
-use crate::backend::Device;
 use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
-use crate::eval::selection::{mean_std, Criterion, HparamSpace, MeanStd};
-use crate::report::table::{ResultsTable, TableCell};
+use crate::eval::selection::{mean_std, Criterion, MeanStd, TableCell};
+use crate::io::{write_json, write_text};
+use crate::progress::ProgressFn;
+use crate::report::table::{markdown_table, ResultsTable};
 
 const FORMAT: &str = "memaware-table1-v1";
 /// The table's Markdown and JSON file names.
 pub const TABLE_MD: &str = "table1.md";
 pub const TABLE_JSON: &str = "table1.json";
-
-/// A model/optimizer/range preset.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Preset {
-    /// The XRM ColorMNIST recipe: MLP, Adam.
-    ColorMnist,
-    /// A linear head on frozen features, SGD with momentum (Waterbirds).
-    LinearHead,
-}
-
-impl Preset {
-    /// The preset for a data set named on the command line: `colormnist…` gets the ColorMNIST
-    /// recipe, everything else a linear head.
-    pub fn for_spec(spec: &str) -> Preset {
-        if spec.starts_with("colormnist") {
-            Preset::ColorMnist
-        } else {
-            Preset::LinearHead
-        }
-    }
-}
-
-/// Sizes of a table run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Sizes {
-    pub steps: usize,
-    pub draws: usize,
-    pub seeds: usize,
-}
-
-impl Sizes {
-    /// The full table: 1001 steps, 10 draws, 5 seeds.
-    pub const FULL: Sizes = Sizes {
-        steps: 1001,
-        draws: 10,
-        seeds: 5,
-    };
-    /// The smoke test: 201 steps, 2 draws, 2 seeds.
-    pub const QUICK: Sizes = Sizes {
-        steps: 201,
-        draws: 2,
-        seeds: 2,
-    };
-}
-
-/// The sweep of `preset` (see the module docs) with `sizes`, training seeds
-/// `seed, seed + 1, …` and draws seeded by `seed`.
-pub fn preset_sweep(preset: Preset, sizes: Sizes, seed: u64) -> SweepConfig {
-    let paper = HparamSpace::paper();
-    let (model, optimizer, space) = match preset {
-        Preset::ColorMnist => (
-            ModelSpec::Mlp {
-                hidden: vec![390, 390],
-                activation: "relu".into(),
-                init: "xavier".into(),
-            },
-            OptimizerSpec::Adam {
-                lr: 0.0,
-                weight_decay: 0.0,
-            },
-            HparamSpace {
-                batch_log2: (3.0, 6.0),
-                ..paper
-            },
-        ),
-        Preset::LinearHead => (
-            ModelSpec::Linear { bias: true },
-            OptimizerSpec::Sgd {
-                lr: 0.0,
-                momentum: 0.9,
-                weight_decay: 0.0,
-            },
-            paper,
-        ),
-    };
-    SweepConfig {
-        model,
-        optimizer,
-        space,
-        steps: sizes.steps,
-        checkpoint_freq: 50,
-        draws: sizes.draws,
-        seeds: (0..sizes.seeds as u64).map(|i| seed + i).collect(),
-        hparam_seed: seed,
-        xrm: XrmPlan {
-            draws: sizes.draws,
-            steps: sizes.steps,
-            loss: XrmLoss::ClassBalanced,
-        },
-        parallelism: Parallelism::default(),
-        device: Device::Cpu,
-    }
-}
 
 /// One column of the table.
 #[derive(Clone, Debug)]
@@ -365,25 +270,24 @@ fn markdown(record: &Table1Record) -> String {
          ± is the sample standard deviation over seeds.\n",
     );
     if !record.margins.is_empty() {
+        let rows: Vec<Vec<String>> = record
+            .margins
+            .iter()
+            .map(|m| {
+                let comparison = format!("{} − {}", m.a, m.b);
+                vec![m.dataset.clone(), comparison, signed_points(&m.diff)]
+            })
+            .collect();
         md.push_str(
-            "\n### Worst-group margins (test WGA, points; per-seed differences, mean ± std)\n\n\
-             | Data set | Comparison | Δ WGA |\n|---|---|---:|\n",
+            "\n### Worst-group margins (test WGA, points; per-seed differences, mean ± std)\n\n",
         );
-        for m in &record.margins {
-            md.push_str(&format!(
-                "| {} | {} − {} | {} |\n",
-                m.dataset,
-                m.a,
-                m.b,
-                signed_points(&m.diff)
-            ));
-        }
+        md.push_str(&markdown_table(
+            &["Data set", "Comparison", "Δ WGA"],
+            "llr",
+            &rows,
+        ));
     }
-    md.push_str(
-        "\n### XRM (held-out estimator)\n\n| Data set | chosen draw | flip rate per seed | \
-         degenerate seeds | held-out accuracy per training group (selection seed) |\n\
-         |---|---:|---|---:|---|\n",
-    );
+    let mut rows = Vec::new();
     for d in &record.datasets {
         let Some(x) = &d.xrm else { continue };
         let rates: Vec<String> = x
@@ -397,34 +301,61 @@ fn markdown(record: &Table1Record) -> String {
             .iter()
             .map(|a| a.map_or("—".into(), |v| format!("{:.2}", v)))
             .collect();
-        md.push_str(&format!(
-            "| {} | {} | {} | {degenerate} / {} | {} |\n",
-            d.label,
-            x.chosen_draw,
+        rows.push(vec![
+            d.label.clone(),
+            x.chosen_draw.to_string(),
             rates.join(", "),
-            x.seeds.len(),
-            acc.join(", ")
-        ));
+            format!("{degenerate} / {}", x.seeds.len()),
+            acc.join(", "),
+        ]);
     }
-    md.push_str(
-        "\n### Settings\n\n| Data set | train / val / test | model | optimizer | steps | draws | \
-         seeds |\n|---|---|---|---|---:|---:|---:|\n",
-    );
-    for d in &record.datasets {
-        let n = |c: &[usize]| c.iter().sum::<usize>();
-        md.push_str(&format!(
-            "| {} | {} / {} / {} | {} | {} | {} | {} | {} |\n",
-            d.label,
-            n(&d.group_counts_tr),
-            n(&d.group_counts_va),
-            n(&d.group_counts_te),
-            describe_model(&d.sweep.model),
-            describe_optimizer(&d.sweep.optimizer),
-            d.sweep.steps,
-            d.sweep.draws,
-            d.sweep.seeds.len()
-        ));
-    }
+    md.push_str("\n### XRM (held-out estimator)\n\n");
+    md.push_str(&markdown_table(
+        &[
+            "Data set",
+            "chosen draw",
+            "flip rate per seed",
+            "degenerate seeds",
+            "held-out accuracy per training group (selection seed)",
+        ],
+        "lrlrl",
+        &rows,
+    ));
+    let n = |c: &[usize]| c.iter().sum::<usize>();
+    let rows: Vec<Vec<String>> = record
+        .datasets
+        .iter()
+        .map(|d| {
+            vec![
+                d.label.clone(),
+                format!(
+                    "{} / {} / {}",
+                    n(&d.group_counts_tr),
+                    n(&d.group_counts_va),
+                    n(&d.group_counts_te)
+                ),
+                describe_model(&d.sweep.model),
+                describe_optimizer(&d.sweep.optimizer),
+                d.sweep.steps.to_string(),
+                d.sweep.draws.to_string(),
+                d.sweep.seeds.len().to_string(),
+            ]
+        })
+        .collect();
+    md.push_str("\n### Settings\n\n");
+    md.push_str(&markdown_table(
+        &[
+            "Data set",
+            "train / val / test",
+            "model",
+            "optimizer",
+            "steps",
+            "draws",
+            "seeds",
+        ],
+        "llllrrr",
+        &rows,
+    ));
     md
 }
 
@@ -523,15 +454,8 @@ pub fn run_table1(cfg: &Table1Config, progress: ProgressFn<'_>) -> Result<Table1
         seconds: start.elapsed().as_secs_f64(),
     };
     let md = markdown(&record);
-    std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
-    let md_path = cfg.out.join(TABLE_MD);
-    std::fs::write(&md_path, &md).map_err(|e| Error::io(&md_path, e))?;
-    let json_path = cfg.out.join(TABLE_JSON);
-    let json = serde_json::to_string_pretty(&record).map_err(|e| Error::Json {
-        path: json_path.clone(),
-        message: e.to_string(),
-    })?;
-    std::fs::write(&json_path, json).map_err(|e| Error::io(&json_path, e))?;
+    write_text(&cfg.out.join(TABLE_MD), &md)?;
+    write_json(&cfg.out.join(TABLE_JSON), &record)?;
     Ok(Table1Outcome {
         record,
         markdown: md,
@@ -571,19 +495,7 @@ mod tests {
     }
 
     #[test]
-    fn presets_use_the_documented_recipes() {
-        let c = preset_sweep(Preset::ColorMnist, Sizes::FULL, 3);
-        assert_eq!(c.seeds, vec![3, 4, 5, 6, 7]);
-        assert_eq!(c.space.batch_log2, (3.0, 6.0));
-        assert!(matches!(c.optimizer, OptimizerSpec::Adam { .. }));
-        let w = preset_sweep(Preset::LinearHead, Sizes::QUICK, 0);
-        assert_eq!(w.space, HparamSpace::paper());
-        assert!(matches!(
-            w.optimizer,
-            OptimizerSpec::Sgd { momentum, .. } if momentum == 0.9
-        ));
-        assert_eq!(Preset::for_spec("colormnist:/data"), Preset::ColorMnist);
-        assert_eq!(Preset::for_spec("feats.safetensors"), Preset::LinearHead);
+    fn entry_folders_are_slugs() {
         assert_eq!(
             entry_dir(Path::new("o"), "Waterbirds like!"),
             Path::new("o").join("waterbirds-like-")
