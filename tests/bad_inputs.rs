@@ -737,7 +737,7 @@ fn safetensors_contents() {
         "te.x",
         "BF16",
         vec![3, 3],
-        vec![0x80, 0x3f].repeat(9),
+        [0x80, 0x3f].repeat(9),
     );
     set(
         &mut bools,

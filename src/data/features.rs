@@ -1030,6 +1030,9 @@ pub fn write_npy_f32(path: impl AsRef<Path>, shape: &[usize], data: &[f32]) -> R
     std::fs::write(path, out).map_err(|e| Error::io(path, e))
 }
 
+/// One row of `meta.csv`: (row of `x.npy`, 1-based line, id, y, a).
+type MetaRow = (usize, usize, u64, u64, u64);
+
 /// Loads the NumPy-directory layout (`x.npy` + `meta.csv`, see the module docs).
 pub fn load_features_npy(dir: impl AsRef<Path>, name: &str) -> Result<Dataset> {
     let dir = dir.as_ref();
@@ -1111,8 +1114,7 @@ pub fn load_features_npy(dir: impl AsRef<Path>, name: &str) -> Result<Dataset> {
         }
     }
 
-    // Per split: (row of x.npy, line, id, y, a).
-    let mut per_split: [Vec<(usize, usize, u64, u64, u64)>; 3] = Default::default();
+    let mut per_split: [Vec<MetaRow>; 3] = Default::default();
     let mut row_count = 0usize;
     for (line_no, line) in lines {
         let line_no = line_no + 1;
