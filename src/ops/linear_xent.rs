@@ -1,10 +1,10 @@
 //! `linear_shifted_cross_entropy`: a linear layer and MAT's loss in one op.
 //!
-//! `loss = reduce_i w_i · CE(W x_i + b + s_i, y_i)` with the gradients of `W` and `b` written
-//! while the logits are computed (one pass over `x` on the CPU, see
-//! `backend::cpu::linear_xent`). The logits come back too (detached), for accuracy. When the
-//! fused kernel does not apply — another device, more than four classes, an input that needs
-//! a gradient, or a per-row loss vector — the op is the composite
+//! `loss = reduce_i w_i · CE(W x_i + b + s_i, y_i)` with the gradients of `W` and `b` formed
+//! with the logits by the backend primitive `linear_xent` (on the CPU, for up to four classes,
+//! in one pass over `x`: 4·n·d bytes read instead of 8·n·d for the product, the CE and the
+//! gradient product apart). The logits come back too (detached), for accuracy. An input that
+//! needs a gradient, or a per-row loss vector, takes the graph instead:
 //! `x · Wᵀ + b → shifted_cross_entropy`, with the same value and gradients.
 
 use super::Reduction;
