@@ -2,7 +2,9 @@
 //! to end. The full-size Figure-1 run (n = 1000, d = 1800, 1000 full-batch epochs) is
 //! `#[ignore]`d; run it in release with `cargo test --release --test algo -- --include-ignored`.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::time::Instant;
 
 use memaware::algo::mat::mat_shift_tensor;
@@ -87,12 +89,6 @@ fn agreement(bits: &[u32], split: &Split) -> f64 {
         .filter(|(&m, &is_min)| (m == 1) == is_min)
         .count() as f64
         / split.n as f64
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("memaware-algo-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
 }
 
 fn forward_rows(model: &dyn memaware::nn::Module, split: &Split) -> Vec<f32> {
@@ -346,7 +342,7 @@ fn group_dro_q_stays_a_distribution_and_rises_on_the_worst_group() {
 #[test]
 fn selection_picks_the_last_best_checkpoint_of_a_real_run() {
     let ds = small_data(6);
-    let dir = temp_dir("selection");
+    let dir = common::scratch("algo-selection");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("checkpoints.jsonl");
     let cfg = TrainConfig {
@@ -744,7 +740,7 @@ fn xrm_outputs_round_trip_and_damaged_files_are_named_errors() {
     let ds = small_data(10);
     let spec = ModelSpec::linear_no_bias();
     let out = run_xrm(&ds, &spec, &xrm_cfg(20, usize::MAX, 5e-2, XrmLoss::Mean)).unwrap();
-    let dir = temp_dir("xrm-files");
+    let dir = common::scratch("algo-xrm-files");
     out.save(&dir, &ds).unwrap();
     let back = XrmOutput::load(&dir, &ds).unwrap();
     assert_eq!(back.heldout_logits, out.heldout_logits);

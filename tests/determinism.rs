@@ -12,10 +12,6 @@ use memaware::{Device, Indices, Reduction, Result, Rng, Tensor};
 
 type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
 
-fn cpu() -> Device {
-    Device::Cpu
-}
-
 /// Runs `f` on a fresh rayon pool of `threads` threads.
 fn with_threads<T: Send>(
     threads: usize,
@@ -59,7 +55,7 @@ fn dataset(rng: &mut Rng, n: usize, d: usize, classes: usize) -> Result<(Tensor,
                 .expect("at least one class") as u32
         })
         .collect();
-    Ok((Tensor::from_vec(x, (n, d), &cpu())?, y))
+    Ok((Tensor::from_vec(x, (n, d), &Device::Cpu)?, y))
 }
 
 /// 50 Adam steps of a 20→128→128→3 ReLU MLP on minibatches of 256 drawn from 4096 examples.
@@ -72,14 +68,14 @@ fn train_mlp(seed: u64) -> Result<Vec<(String, Vec<u32>)>> {
         true,
         Init::PyTorchDefault,
         &mut rng,
-        &cpu(),
+        &Device::Cpu,
     )?;
     let mut opt = Adam::new(mlp.parameters(), 1e-3, 1e-4)?;
     let mut last_loss = f32::NAN;
     for _ in 0..50 {
         let rows = rng.choice(4096, 256);
-        let batch = Indices::from_usize(&rows, &cpu())?;
-        let labels = Indices::new(rows.iter().map(|&r| y[r]).collect(), &cpu())?;
+        let batch = Indices::from_usize(&rows, &Device::Cpu)?;
+        let labels = Indices::new(rows.iter().map(|&r| y[r]).collect(), &Device::Cpu)?;
         let loss = mlp
             .forward(&x.index_select(&batch)?)?
             .shifted_cross_entropy(&labels, None, None, Reduction::Mean)?;
@@ -97,9 +93,9 @@ fn train_mlp(seed: u64) -> Result<Vec<(String, Vec<u32>)>> {
 fn train_thin_linear(seed: u64) -> Result<Vec<(String, Vec<u32>)>> {
     let mut rng = Rng::new(seed);
     let (x, y) = dataset(&mut rng, 1000, 1800, 2)?;
-    let labels = Indices::new(y, &cpu())?;
-    let shift = Tensor::randn(&mut rng, (1000, 2), 0.5, &cpu())?;
-    let lin = Linear::new(1800, 2, false, Init::PyTorchDefault, &mut rng, &cpu())?;
+    let labels = Indices::new(y, &Device::Cpu)?;
+    let shift = Tensor::randn(&mut rng, (1000, 2), 0.5, &Device::Cpu)?;
+    let lin = Linear::new(1800, 2, false, Init::PyTorchDefault, &mut rng, &Device::Cpu)?;
     let mut opt = Sgd::with_options(lin.parameters(), 1e-2, 0.9, 0.0, 1e-3, false)?;
     for _ in 0..10 {
         let loss =
@@ -151,7 +147,7 @@ fn same_seed_same_result_other_seed_other_result() -> TestResult {
 /// Every parallel kernel on its own, forward and backward, outputs compared bit for bit.
 fn kernel_outputs() -> Result<Vec<Vec<u32>>> {
     let mut rng = Rng::new(99);
-    let dev = cpu();
+    let dev = Device::Cpu;
     let mut out = Vec::new();
     // Fused cross-entropy: 4096 × 10 rows in parallel, with shift and weights.
     let z = Tensor::randn(&mut rng, (4096, 10), 2.0, &dev)?.variable();

@@ -6,20 +6,16 @@ use memaware::nn::{Activation, Init, Linear, Mlp};
 use memaware::optim::{Adam, Sgd};
 use memaware::{Device, Error, Indices, Reduction, Tensor};
 
-fn cpu() -> Device {
-    Device::Cpu
-}
-
 fn t(values: &[f32], shape: impl Into<memaware::Shape>) -> Tensor {
-    Tensor::from_slice(values, shape, &cpu()).expect("test tensor matches its shape")
+    Tensor::from_slice(values, shape, &Device::Cpu).expect("test tensor matches its shape")
 }
 
 fn zeros(shape: impl Into<memaware::Shape>) -> Tensor {
-    Tensor::zeros(shape, &cpu()).expect("zeros")
+    Tensor::zeros(shape, &Device::Cpu).expect("zeros")
 }
 
 fn idx(values: &[u32]) -> Indices {
-    Indices::new(values.to_vec(), &cpu()).expect("indices")
+    Indices::new(values.to_vec(), &Device::Cpu).expect("indices")
 }
 
 /// Runs `f`, failing the test if it panics or succeeds; returns the error.
@@ -220,7 +216,7 @@ fn bad_reshape_and_shapes() {
     let e = expect_err("reshape", || a.reshape((5, 2)));
     assert_shape_mismatch(&e, "reshape", &[3, 4], &[5, 2]);
     let e = expect_err("from_vec", || {
-        Tensor::from_vec(vec![1.0; 5], (2, 3), &cpu())
+        Tensor::from_vec(vec![1.0; 5], (2, 3), &Device::Cpu)
     });
     assert_bad_shape(&e, "from_vec");
     assert_bad_shape(&expect_err("t", || zeros((2, 3, 4)).t()), "transpose");
@@ -241,7 +237,7 @@ fn bad_reshape_and_shapes() {
         &expect_err("mean_all empty", || zeros((0, 3)).mean_all()),
         "mean_all",
     );
-    let scalar = Tensor::scalar(1.0, &cpu()).unwrap();
+    let scalar = Tensor::scalar(1.0, &Device::Cpu).unwrap();
     assert_bad_shape(
         &expect_err("softmax rank 0", || scalar.softmax()),
         "softmax",
@@ -300,7 +296,7 @@ fn index_out_of_range() {
         "{e:?}"
     );
     let e = expect_err("from_usize", || {
-        Indices::from_usize(&[1, u32::MAX as usize + 1], &cpu())
+        Indices::from_usize(&[1, u32::MAX as usize + 1], &Device::Cpu)
     });
     assert!(
         matches!(e, Error::IndexOutOfRange { position: 1, .. }),
@@ -424,7 +420,7 @@ fn invalid_optimizer_hyperparameters() {
 fn invalid_layers_and_devices() {
     let mut rng = memaware::Rng::new(0);
     let e = expect_err("linear 0", || {
-        Linear::new(0, 2, true, Init::PyTorchDefault, &mut rng, &cpu())
+        Linear::new(0, 2, true, Init::PyTorchDefault, &mut rng, &Device::Cpu)
     });
     assert!(matches!(e, Error::InvalidArgument { .. }), "{e:?}");
     let e = expect_err("mlp widths", || {
@@ -434,7 +430,7 @@ fn invalid_layers_and_devices() {
             true,
             Init::PyTorchDefault,
             &mut rng,
-            &cpu(),
+            &Device::Cpu,
         )
     });
     assert!(

@@ -25,12 +25,8 @@ const EPS: f32 = 1e-3;
 const ATOL: f64 = 1e-3;
 const RTOL: f64 = 1e-2;
 
-fn cpu() -> Device {
-    Device::Cpu
-}
-
 fn tensor(values: Vec<f32>, shape: impl Into<Shape>) -> Tensor {
-    Tensor::from_vec(values, shape, &cpu()).expect("test tensor: values match the shape")
+    Tensor::from_vec(values, shape, &Device::Cpu).expect("test tensor: values match the shape")
 }
 
 /// Standard normal entries.
@@ -84,7 +80,7 @@ fn grid(rng: &mut Rng, shape: impl Into<Shape>, offset: f32) -> Tensor {
 }
 
 fn indices(values: Vec<u32>) -> Indices {
-    Indices::new(values, &cpu()).expect("indices on the CPU")
+    Indices::new(values, &Device::Cpu).expect("indices on the CPU")
 }
 
 fn labels(rng: &mut Rng, rows: usize, classes: usize) -> Indices {

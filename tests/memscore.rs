@@ -2,7 +2,7 @@
 //! files it writes, determinism across schedules, rejected configurations, the CLI, and the
 //! paper's Figure-2 finding on a reduced Figure-1 data set.
 
-use std::path::{Path, PathBuf};
+mod common;
 
 use memaware::cli;
 use memaware::data::synthetic::{interpretable, is_minority, InterpretableConfig};
@@ -11,15 +11,6 @@ use memaware::repro::memscore::{
     estimate, run_memscore, write_memscore, MemscoreExperiment, MemscoreReport, ScoredMethod,
     HIST_ACC_STEM, HIST_PROB_STEM, JSON_FILE, SUMMARY_FILE,
 };
-
-/// A fresh folder for one test, removed first if an earlier run left it.
-fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("memaware-memscore-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temporary folder");
-    dir
-}
 
 /// The Figure-1 data at reduced size: 200 examples per split (19 minority in training), 600
 /// dimensions, `sigma_eps = 0.5`: still far more noise dimensions than examples, so single
@@ -145,7 +136,7 @@ fn figure1_reduced_erm_memorizes_the_minority_and_mat_less() {
         );
     }
 
-    let dir = scratch("files");
+    let dir = common::scratch("memscore-files");
     let paths = write_memscore(&report, &dir).unwrap();
     for name in [
         JSON_FILE.to_string(),
@@ -243,7 +234,7 @@ fn bad_configurations_are_rejected() {
 
 #[test]
 fn cli_writes_the_run_folder() {
-    let out = scratch("cli");
+    let out = common::scratch("memscore-cli");
     let args = cli::memscore::Args {
         data: Some("interpretable:sigma=0.5,n=60,d=100".into()),
         method: Some("erm".into()),

@@ -2,35 +2,19 @@
 //! missing tensor, a wrong shape or dtype, or a truncated file — naming the file and the
 //! tensor, and leaving the parameters as they were.
 
+mod common;
+
 use std::path::{Path, PathBuf};
+
+use common::param_bits;
 
 use memaware::nn::{load_parameters, save_parameters, Activation, Init, Linear, Mlp, Module};
 use memaware::{Device, Error, Rng, Tensor};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-fn cpu() -> Device {
-    Device::Cpu
-}
-
-/// A fresh path under cargo's per-target scratch directory.
+/// A fresh path for one file, in a folder of its own.
 fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("nn_io");
-    std::fs::create_dir_all(&dir).expect("scratch directory");
-    let path = dir.join(name);
-    let _ = std::fs::remove_file(&path);
-    path
-}
-
-fn bits(params: &[(String, Tensor)]) -> Vec<(String, Vec<u32>)> {
-    params
-        .iter()
-        .map(|(n, t)| {
-            (
-                n.clone(),
-                t.to_vec().unwrap().iter().map(|v| v.to_bits()).collect(),
-            )
-        })
-        .collect()
+    common::scratch(&format!("nn_io-{name}")).join(name)
 }
 
 fn mlp(seed: u64, widths: &[usize]) -> Mlp {
@@ -41,14 +25,14 @@ fn mlp(seed: u64, widths: &[usize]) -> Mlp {
         true,
         Init::PyTorchDefault,
         &mut rng,
-        &cpu(),
+        &Device::Cpu,
     )
     .unwrap()
 }
 
 fn linear(seed: u64, i: usize, o: usize, bias: bool) -> Linear {
     let mut rng = Rng::new(seed);
-    Linear::new(i, o, bias, Init::PyTorchDefault, &mut rng, &cpu()).unwrap()
+    Linear::new(i, o, bias, Init::PyTorchDefault, &mut rng, &Device::Cpu).unwrap()
 }
 
 /// An `Error::File` naming `path` and `tensor`, whose problem mentions `problem`.
@@ -122,11 +106,17 @@ fn save_then_load_is_bitwise() {
     );
 
     let b = mlp(2, &[7, 9, 3]);
-    assert_ne!(bits(&a.named_parameters()), bits(&b.named_parameters()));
+    assert_ne!(
+        param_bits(&a.named_parameters()),
+        param_bits(&b.named_parameters())
+    );
     load_parameters(&b.named_parameters(), &path).unwrap();
-    assert_eq!(bits(&a.named_parameters()), bits(&b.named_parameters()));
+    assert_eq!(
+        param_bits(&a.named_parameters()),
+        param_bits(&b.named_parameters())
+    );
     // Loaded parameters stay the model's variables: the model computes what `a` computes.
-    let x = Tensor::randn(&mut Rng::new(3), (4, 7), 1.0, &cpu()).unwrap();
+    let x = Tensor::randn(&mut Rng::new(3), (4, 7), 1.0, &Device::Cpu).unwrap();
     let (ya, yb) = (
         a.forward(&x).unwrap().to_vec().unwrap(),
         b.forward(&x).unwrap().to_vec().unwrap(),
@@ -159,11 +149,11 @@ fn missing_tensor_names_it_and_changes_nothing() {
     let path = scratch("missing.safetensors");
     save_parameters(&linear(1, 4, 2, false).named_parameters(), &path).unwrap();
     let target = linear(2, 4, 2, true);
-    let before = bits(&target.named_parameters());
+    let before = param_bits(&target.named_parameters());
     let e = load_parameters(&target.named_parameters(), &path).unwrap_err();
     assert_file_error(&e, &path, "bias", "missing");
     // `weight` was present and valid, but nothing is written unless everything checks out.
-    assert_eq!(bits(&target.named_parameters()), before);
+    assert_eq!(param_bits(&target.named_parameters()), before);
 }
 
 #[test]
@@ -171,14 +161,14 @@ fn wrong_shape_names_the_tensor_and_changes_nothing() {
     let path = scratch("shape.safetensors");
     save_parameters(&mlp(1, &[3, 5, 2]).named_parameters(), &path).unwrap();
     let target = mlp(2, &[3, 6, 2]);
-    let before = bits(&target.named_parameters());
+    let before = param_bits(&target.named_parameters());
     let e = load_parameters(&target.named_parameters(), &path).unwrap_err();
     assert_file_error(&e, &path, "layers.0.weight", "[5, 3]");
     assert!(
         e.to_string().contains("[6, 3]"),
         "the expected shape is named too: {e}"
     );
-    assert_eq!(bits(&target.named_parameters()), before);
+    assert_eq!(param_bits(&target.named_parameters()), before);
 }
 
 #[test]
@@ -194,10 +184,10 @@ fn wrong_dtype_names_the_tensor_and_changes_nothing() {
     let target = linear(2, 4, 2, true);
     // Only `bias` is in the file; ask for it alone.
     let params: Vec<(String, Tensor)> = vec![("bias".into(), target.bias.clone().unwrap())];
-    let before = bits(&params);
+    let before = param_bits(&params);
     let e = load_parameters(&params, &path).unwrap_err();
     assert_file_error(&e, &path, "bias", "F64");
-    assert_eq!(bits(&params), before);
+    assert_eq!(param_bits(&params), before);
 }
 
 #[test]
@@ -207,7 +197,7 @@ fn truncated_file_names_the_file_and_tensor_and_changes_nothing() {
     save_parameters(&source.named_parameters(), &path).unwrap();
     let full = std::fs::read(&path).unwrap();
     let target = mlp(2, &[3, 5, 2]);
-    let before = bits(&target.named_parameters());
+    let before = param_bits(&target.named_parameters());
 
     // Cut inside the data: the tensors stored last lose their bytes. safetensors lays
     // tensors out in order of dtype alignment then name, so find the last one from the
@@ -222,7 +212,7 @@ fn truncated_file_names_the_file_and_tensor_and_changes_nothing() {
     std::fs::write(&path, &full[..full.len() - 3]).unwrap();
     let e = load_parameters(&target.named_parameters(), &path).unwrap_err();
     assert_file_error(&e, &path, &last, "truncated");
-    assert_eq!(bits(&target.named_parameters()), before);
+    assert_eq!(param_bits(&target.named_parameters()), before);
 
     // Cut inside the header: only the file can be named.
     std::fs::write(&path, &full[..20]).unwrap();
@@ -231,7 +221,7 @@ fn truncated_file_names_the_file_and_tensor_and_changes_nothing() {
         matches!(&e, Error::File { path: p, .. } if p == &path),
         "{e:?}"
     );
-    assert_eq!(bits(&target.named_parameters()), before);
+    assert_eq!(param_bits(&target.named_parameters()), before);
 
     // An empty file.
     std::fs::write(&path, []).unwrap();
@@ -240,7 +230,7 @@ fn truncated_file_names_the_file_and_tensor_and_changes_nothing() {
         matches!(&e, Error::File { path: p, .. } if p == &path),
         "{e:?}"
     );
-    assert_eq!(bits(&target.named_parameters()), before);
+    assert_eq!(param_bits(&target.named_parameters()), before);
 }
 
 #[test]

@@ -19,12 +19,8 @@ use memaware::{Device, GradStore, Indices, Reduction, Rng, Tensor};
 const REL: f32 = 1e-6;
 const ABS: f32 = 1e-7;
 
-fn cpu() -> Device {
-    Device::Cpu
-}
-
 fn tensor(values: &[f32], shape: impl Into<memaware::Shape>) -> Tensor {
-    Tensor::from_slice(values, shape, &cpu()).expect("literal matches its shape")
+    Tensor::from_slice(values, shape, &Device::Cpu).expect("literal matches its shape")
 }
 
 /// Largest gap between parameters and PyTorch's, in units in the last place.
@@ -99,7 +95,7 @@ fn assert_uniform_bound(what: &str, values: &[f32], bound: f64, slack: f64) {
 #[test]
 fn pytorch_default_init_bounds() {
     let mut rng = Rng::new(0);
-    let lin = Linear::new(1800, 2, true, Init::PyTorchDefault, &mut rng, &cpu()).unwrap();
+    let lin = Linear::new(1800, 2, true, Init::PyTorchDefault, &mut rng, &Device::Cpu).unwrap();
     let w = lin.weight.to_vec().unwrap();
     let b = lin.bias.as_ref().unwrap().to_vec().unwrap();
     // 3600 draws: (1 - 0.005)^3600 ≈ 1.5e-8.
@@ -133,7 +129,7 @@ fn pytorch_default_init_bounds() {
         true,
         Init::PyTorchDefault,
         &mut rng,
-        &cpu(),
+        &Device::Cpu,
     )
     .unwrap();
     let b0 = mlp.layers[0].bias.as_ref().unwrap().to_vec().unwrap();
@@ -145,7 +141,7 @@ fn pytorch_default_init_bounds() {
 #[test]
 fn xavier_uniform_bounds() {
     let mut rng = Rng::new(2);
-    let lin = Linear::new(1800, 2, true, Init::XavierUniform, &mut rng, &cpu()).unwrap();
+    let lin = Linear::new(1800, 2, true, Init::XavierUniform, &mut rng, &Device::Cpu).unwrap();
     assert_uniform_bound(
         "xavier 1800→2",
         &lin.weight.to_vec().unwrap(),
@@ -161,7 +157,7 @@ fn xavier_uniform_bounds() {
         .unwrap()
         .iter()
         .all(|&v| v == 0.0));
-    let lin = Linear::new(392, 390, false, Init::XavierUniform, &mut rng, &cpu()).unwrap();
+    let lin = Linear::new(392, 390, false, Init::XavierUniform, &mut rng, &Device::Cpu).unwrap();
     assert_uniform_bound(
         "xavier 392→390",
         &lin.weight.to_vec().unwrap(),
@@ -438,7 +434,7 @@ const TORCH_XENT_WEIGHTED_MEAN: ([f32; 1], [f32; 12]) = (
 fn shifted_cross_entropy_matches_pytorch() {
     let s = tensor(&XENT_S, (4, 3));
     let w = tensor(&XENT_W, 4);
-    let y = Indices::new(XENT_Y.to_vec(), &cpu()).unwrap();
+    let y = Indices::new(XENT_Y.to_vec(), &Device::Cpu).unwrap();
     // (reduction, per-row weights, PyTorch's loss, PyTorch's gradient)
     type Case<'a> = (Reduction, Option<&'a Tensor>, &'a [f32], &'a [f32]);
     let cases: [Case; 4] = [

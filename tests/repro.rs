@@ -5,6 +5,8 @@
 //! it summarises. The full-size checks (5 seeds, the thresholds) are `#[ignore]`d; run
 //! them in release: `cargo test --release --test repro -- --ignored --nocapture`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
@@ -14,12 +16,6 @@ use memaware::eval::selection::MeanStd;
 use memaware::repro::figure1::{self, Figure1Config, Figure1Report, Figure1Run, GroupCurves};
 use memaware::repro::figure3::{self, Figure3Config, Figure3Report, Setting};
 use memaware::Error;
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("memaware-repro-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
 
 /// The file exists and starts like a PNG / an SVG document.
 fn assert_image_files(stem: &Path) {
@@ -152,7 +148,7 @@ fn check_figure1_consistency(report: &Figure1Report, cfg: &Figure1Config) {
 
 #[test]
 fn figure1_reduced_run_writes_figure_and_consistent_json() {
-    let dir = temp_dir("fig1");
+    let dir = common::scratch("repro-fig1");
     let cfg = small_figure1(vec![0, 3], Some(dir.clone()));
     let report = figure1::run(&cfg, &|_| {}).unwrap();
     check_figure1_consistency(&report, &cfg);
@@ -313,7 +309,7 @@ fn small_figure3(seeds: Vec<u64>, out: Option<PathBuf>) -> Figure3Config {
 
 #[test]
 fn figure3_reduced_run_writes_figure_and_consistent_json() {
-    let dir = temp_dir("fig3");
+    let dir = common::scratch("repro-fig3");
     let cfg = small_figure3(vec![0, 1], Some(dir.clone()));
     let report = figure3::run(&cfg, &|_| {}).unwrap();
     check_figure3_consistency(&report, &cfg);
@@ -470,7 +466,7 @@ fn the_main_job_is_both_figures_with_five_seeds_into_results() {
 
 #[test]
 fn reproduce_writes_both_figures() {
-    let dir = temp_dir("cli");
+    let dir = common::scratch("repro-cli");
     reproduce::run(&reproduce::Args {
         seeds: 1,
         out: dir.clone(),
@@ -484,7 +480,7 @@ fn reproduce_writes_both_figures() {
         let json = read_json(&dir.join(format!("{stem}.json")));
         assert_eq!(json["config"]["seeds"], serde_json::json!([0]));
     }
-    let only = temp_dir("cli-only");
+    let only = common::scratch("repro-cli-only");
     reproduce::run(&reproduce::Args {
         seeds: 1,
         only: Some(reproduce::Only::Fig3),

@@ -14,16 +14,12 @@ use memaware::{Device, Error, Indices, Reduction, Result, Rng, Tensor};
 /// Losses: `|a - b| ≤ REL · max|b|`.
 const REL: f32 = 1e-5;
 
-fn cpu() -> Device {
-    Device::Cpu
-}
-
 fn tensor(values: Vec<f32>, shape: impl Into<memaware::Shape>) -> Tensor {
-    Tensor::from_vec(values, shape, &cpu()).expect("test tensor: values match the shape")
+    Tensor::from_vec(values, shape, &Device::Cpu).expect("test tensor: values match the shape")
 }
 
 fn labels(values: Vec<u32>) -> Indices {
-    Indices::new(values, &cpu()).expect("indices on the CPU")
+    Indices::new(values, &Device::Cpu).expect("indices on the CPU")
 }
 
 /// Reference: composed from primitive ops, each with its own backward rule.

@@ -1,0 +1,31 @@
+//! Helpers shared by the integration tests (each test file includes this module and uses a
+//! part of it).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use memaware::Tensor;
+
+/// A fresh, empty folder under cargo's per-target scratch directory, unique to this test
+/// process: whatever a failed test leaves stays out of the system's temp folder.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("memaware-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch folder");
+    dir
+}
+
+/// The bits of every value of a tensor, for exact comparisons.
+pub fn bits(t: &Tensor) -> Vec<u32> {
+    t.to_vec()
+        .expect("tensor values")
+        .iter()
+        .map(|v| v.to_bits())
+        .collect()
+}
+
+/// The bits of named parameters.
+pub fn param_bits(params: &[(String, Tensor)]) -> Vec<(String, Vec<u32>)> {
+    params.iter().map(|(n, t)| (n.clone(), bits(t))).collect()
+}
