@@ -5,16 +5,20 @@
 //! the `cuda` feature), the XRM held-out estimator, MAT and its baselines, and the paper's
 //! reproductions.
 //!
-//! Layers, bottom up:
-//! - [`rng`]: a seeded generator with a documented, platform-independent stream;
-//! - [`shape`], [`tensor`], [`backend`]: contiguous f32 tensors on a device, and the primitive
-//!   kernels each backend provides;
+//! Layers, bottom up (`docs/ARCHITECTURE.md` gives a reading order; `tests/layering.rs`
+//! keeps every `crate::` path pointing down):
+//! - [`error`], [`rng`], [`shape`], [`io`], [`progress`]: errors, a seeded generator with a
+//!   documented stream, shapes, atomic file writes, progress events (usable from anywhere);
+//! - [`backend`], [`tensor`]: contiguous f32 tensors on a device, and the primitive kernels
+//!   each backend provides;
 //! - [`autograd`], [`ops`]: the op surface with a backward rule for each op, including the
 //!   fused shifted softmax-cross-entropy that MAT trains with;
 //! - [`nn`], [`optim`]: layers and optimizers with PyTorch's semantics;
 //! - [`data`]: data sets (features, labels, group attributes), batching, generators, files;
-//! - [`algo`]: XRM, MAT and the baselines; [`eval`]: metrics and model selection;
-//! - [`report`]: tables and figures.
+//!   [`eval`]: metrics, model selection, memorization scores;
+//! - [`algo`]: XRM, MAT and the baselines; [`report`]: tables and figures;
+//! - [`recipes`]: each data set's defaults; [`repro`]: the paper's experiments; [`cli`]: the
+//!   command line.
 
 pub mod algo;
 pub mod autograd;

@@ -1,6 +1,6 @@
 //! The method and its baselines, bottom up: model and optimizer specs ([`model`]), the per-step
 //! objectives ([`objective`]), checkpoint evaluation ([`evaluate`]), one training loop for every
-//! method ([`train`]), the XRM held-out estimator ([`xrm`]), MAT's shift ([`shift`], [`mat`]),
+//! method ([`mod@train`]), the XRM held-out estimator ([`xrm`]), MAT's shift ([`shift`], [`mat`]),
 //! each method's setup ([`method`]), and model selection by hyperparameter sweeps ([`sweep`]).
 
 pub mod evaluate;

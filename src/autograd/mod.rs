@@ -1,8 +1,8 @@
 //! Reverse-mode automatic differentiation.
 //!
-//! Every op whose inputs track gradients records an [`Op`] naming its inputs. `backward` on a
+//! Every op whose inputs track gradients records an `Op` naming its inputs. `backward` on a
 //! scalar sorts the graph topologically (iteratively: deep graphs cannot overflow the stack),
-//! then walks it from the output, applying each node's rule from [`rules`] to turn the
+//! then walks it from the output, applying each node's rule from `rules.rs` to turn the
 //! gradient of its output into gradients of its inputs and adding them up (`+=`) per node.
 //! Rules are written with tensor ops under [`no_grad`], so every backend gets backward for
 //! free. Only leaves made with [`Tensor::variable`] keep their gradient in the [`GradStore`].

@@ -22,7 +22,7 @@
 //! scores differ only by the objective and compare example by example. MAT's shift
 //! `s_i = ln p_ho(· | x_i)` comes from **one** XRM run on the full training set and is the same
 //! for every subset model: each trains on `mean_{i ∈ S_m} CE(f(x_i) + s_i, y_i)` through
-//! [`train`] with `TrainSetup::rows = S_m` and `Objective::Shifted`.
+//! [`fn@train`] with `TrainSetup::rows = S_m` and `Objective::Shifted`.
 //!
 //! # The proxies
 //!
@@ -256,7 +256,7 @@ fn logits_of(model: &dyn Module, x: &Tensor) -> Result<Vec<f32>> {
 ///
 /// Errors: an invalid configuration (fewer than 2 models, share outside `(0, 1)`, zero steps
 /// or batch), MAT with XRM outputs that do not fit `ds`, a subset model whose probabilities
-/// are not finite (training diverged), and whatever [`train`] rejects.
+/// are not finite (training diverged), and whatever [`fn@train`] rejects.
 pub fn estimate(
     ds: &Dataset,
     method: &ScoredMethod,

@@ -1,5 +1,5 @@
 //! The CPU backend: contiguous `Vec<f32>` buffers, loops that the compiler vectorizes, rayon for
-//! row-parallel work above [`PAR_MIN_ELEMS`], and `matrixmultiply` for GEMM.
+//! row-parallel work above `PAR_MIN_ELEMS` (2^15 elements), and `matrixmultiply` for GEMM.
 //!
 //! Determinism: every output element is computed by one thread in a fixed order, and reductions
 //! that span threads use fixed chunk boundaries that do not depend on the thread count, so the
