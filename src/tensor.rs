@@ -37,6 +37,21 @@ pub(crate) struct TensorInner {
 }
 
 /// An n-dimensional f32 tensor. Cloning is cheap (an `Arc` bump).
+///
+/// ```
+/// use memaware::{Device, Indices, Reduction, Tensor};
+///
+/// # fn main() -> memaware::Result<()> {
+/// let z = Tensor::from_vec(vec![2.0, 0.0, 0.0, 1.0], (2, 2), &Device::Cpu)?.variable();
+/// let y = Indices::new(vec![0, 1], &Device::Cpu)?;
+/// let loss = z.shifted_cross_entropy(&y, None, None, Reduction::Mean)?;
+/// let grads = loss.backward()?;
+/// // ∂loss/∂z = (softmax(z) − onehot(y)) / N: each row's gradient sums to zero.
+/// let dz = grads.get(&z).expect("z is a variable").to_vec()?;
+/// assert!((dz[0] + dz[1]).abs() < 1e-7 && dz[0] < 0.0);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Tensor(pub(crate) Arc<TensorInner>);
 

@@ -37,6 +37,21 @@ pub struct ShiftStats {
 /// MAT's shift, `n × K` row-major: `ln(p_ho(y | x_i) + 1e-6)`. See the module docs.
 ///
 /// `heldout_logits` is `n × K` row-major with `n = labels.len()`.
+///
+/// ```
+/// use memaware::algo::shift::mat_shift;
+///
+/// # fn main() -> memaware::Result<()> {
+/// // Two classes; the held-out model is right on rows 0–2 and wrong on row 3.
+/// let logits = [4.0, -4.0, 4.0, -4.0, -4.0, 4.0, -4.0, 4.0];
+/// let labels = [0, 0, 1, 0];
+/// let s = mat_shift(&logits, &labels, 2, 1.0)?;
+/// // Row 3's label is unlikely under its held-out prediction: a low shift on it, so the
+/// // model must fit it itself instead of leaning on the held-out explanation.
+/// assert!(s[3 * 2] < s[0]);
+/// # Ok(())
+/// # }
+/// ```
 pub fn mat_shift(
     heldout_logits: &[f32],
     labels: &[u32],
