@@ -430,7 +430,9 @@ impl Legend {
         for label in &self.labels {
             text.push_line(label.as_str());
         }
-        // The box plotters will draw: its own text measure plus swatch column and margins.
+        // The box plotters will draw: its own text measure plus swatch column and margins. Its
+        // measure scales the font by ascender-to-descender rather than em, so the box runs ~6%
+        // wider than the labels as drawn.
         let (w, h) = text.estimate_dimension().unwrap_or((0, 0));
         let (box_w, box_h) = (w + LEGEND_SWATCH + 3 * LEGEND_MARGIN, h + 2 * LEGEND_MARGIN);
         let (pw, ph) = chart.plotting_area().dim_in_pixel();
