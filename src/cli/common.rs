@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 
 use crate::algo::model::{ModelSpec, OptimizerKind, OptimizerSpec, MODEL_HELP};
 use crate::backend::Device;
-use crate::data::colormnist::{color_mnist, load_mnist_idx, load_mnist_sample, ColorMnistConfig};
+use crate::data::colormnist::{
+    bundled_mnist_sample, color_mnist, load_mnist_idx, ColorMnistConfig,
+};
 use crate::data::features::load_features;
 use crate::data::synthetic::{
     interpretable, waterbirds_like, InterpretableConfig, WaterbirdsLikeConfig,
@@ -17,9 +19,6 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::progress::{Progress, ProgressFn};
 use crate::recipes;
-
-/// The MNIST sample shipped with the crate (see `data/README.md`).
-pub const MNIST_SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/mnist_5k.csv.gz");
 
 /// Help text for `--data`.
 pub const DATA_HELP: &str = "data set: `interpretable` (Figure 1; `interpretable:sigma=0.5` \
@@ -68,7 +67,7 @@ pub fn load_dataset(spec: &str, seed: u64) -> Result<Dataset> {
         "colormnist" => {
             let (images, labels) = match arg {
                 Some(dir) => load_mnist_idx(dir)?,
-                None => load_mnist_sample(MNIST_SAMPLE)?,
+                None => bundled_mnist_sample()?,
             };
             let cfg = ColorMnistConfig {
                 seed,

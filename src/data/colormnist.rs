@@ -120,6 +120,12 @@ fn read_limited(path: &Path, reader: impl Read, limit: u64, out: &mut Vec<u8>) -
 /// [`MAX_DECOMPRESSED_BYTES`] of them).
 fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>> {
     let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    decode_maybe_gzip(path, raw)
+}
+
+/// `raw` itself, or what it decompresses to when it is a gzip stream (`path` names it in
+/// errors).
+fn decode_maybe_gzip(path: &Path, raw: Vec<u8>) -> Result<Vec<u8>> {
     if !is_gzip(&raw) {
         return Ok(raw);
     }
@@ -369,7 +375,18 @@ pub fn load_mnist_idx(dir: impl AsRef<Path>) -> Result<(Vec<u8>, Vec<u8>)> {
 /// `(images, labels)`: `n × 784` bytes and `n` digits.
 pub fn load_mnist_sample(path: impl AsRef<Path>) -> Result<(Vec<u8>, Vec<u8>)> {
     let path = path.as_ref();
-    let bytes = read_maybe_gzip(path)?;
+    parse_mnist_sample(path, read_maybe_gzip(path)?)
+}
+
+/// The 5000-digit sample inside the binary (1.1 MB), so that an installed `memaware` builds
+/// ColorMNIST from any working directory: [`load_mnist_sample`] of the bundled file.
+pub fn bundled_mnist_sample() -> Result<(Vec<u8>, Vec<u8>)> {
+    const SAMPLE: &[u8] = include_bytes!("../../data/mnist_5k.csv.gz");
+    let path = Path::new("data/mnist_5k.csv.gz (bundled)");
+    parse_mnist_sample(path, decode_maybe_gzip(path, SAMPLE.to_vec())?)
+}
+
+fn parse_mnist_sample(path: &Path, bytes: Vec<u8>) -> Result<(Vec<u8>, Vec<u8>)> {
     let text = std::str::from_utf8(&bytes)
         .map_err(|e| file_error(path, "", format!("not UTF-8 text: {e}")))?;
     let mut images = Vec::new();
