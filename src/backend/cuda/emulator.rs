@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use super::kernels::Kernel;
-use super::launch::Arg;
+use super::launch::Value as Arg;
 use crate::error::{Error, Result};
 
 /// Live emulated buffers: start address → length in 4-byte words.

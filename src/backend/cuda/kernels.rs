@@ -180,9 +180,18 @@ impl Kernel {
     /// Above the default 48 KiB a kernel needs its function attribute raised before launching.
     pub(super) fn max_dynamic_smem(self) -> u32 {
         match self {
-            Kernel::XentBlockVec | Kernel::XentBlockScalar => super::plan::XENT_BLOCK_MAX_SMEM,
+            Kernel::XentBlockVec | Kernel::XentBlockScalar => super::xent::XENT_BLOCK_MAX_SMEM,
             _ => 0,
         }
+    }
+
+    /// The fused cross-entropy kernels with float4 loads and stores (16-byte aligned rows).
+    pub(super) fn is_vectorized_xent(self) -> bool {
+        use Kernel::*;
+        matches!(
+            self,
+            XentGroupVec | XentWarpVec | XentWarpVec8 | XentBlockVec
+        )
     }
 }
 
