@@ -58,11 +58,15 @@ pub(super) struct XentPlan {
 
 /// Longest row of the single-pass kernels.
 pub(super) const XENT_SINGLE_PASS_MAX: usize = 32768;
-/// Columns per thread of the block kernels: 4 float4 chunks in registers + 4 in shared memory.
-const XENT_BLOCK_PER_THREAD: usize = 32;
-/// Dynamic shared memory of the block kernels at 512 threads over 16384 columns: 12 float4
-/// chunks per thread.
-pub(super) const XENT_BLOCK_MAX_SMEM: u32 = 512 * 12 * 16;
+/// float4 chunks per thread of the block kernels (xent.cu): in registers, in shared memory,
+/// and in shared memory for rows over `32 · blockDim.x` columns.
+pub(super) const XENT_BLOCK_VR: usize = 4;
+pub(super) const XENT_BLOCK_VS: usize = 4;
+pub(super) const XENT_BLOCK_VS_LONG: usize = 12;
+/// Columns per thread of the block kernels up to `32 · blockDim.x` columns.
+const XENT_BLOCK_PER_THREAD: usize = 4 * (XENT_BLOCK_VR + XENT_BLOCK_VS);
+/// Dynamic shared memory of the block kernels at 512 threads over 16384 columns.
+pub(super) const XENT_BLOCK_MAX_SMEM: u32 = (512 * XENT_BLOCK_VS_LONG * 16) as u32;
 
 /// Blocks for the scalar fallback kernels (rows per block by [`row_variant`]).
 pub(super) fn fallback_blocks(rows: usize, cols: usize) -> u32 {
