@@ -169,13 +169,29 @@ fn flag(bad: u64, positions: &[usize]) -> Result<()> {
     }
 }
 
-fn require_block(k: Kernel, block: (u32, u32, u32), want: (u32, u32, u32)) -> Result<()> {
-    match block == want {
-        true => Ok(()),
-        false => Err(Error::Cuda(format!(
-            "emulator: {} needs block {want:?} exactly, launched with {block:?}",
-            k.name()
-        ))),
+/// Kernel arguments by position (their kinds were checked against the kernel table).
+#[derive(Clone, Copy)]
+struct Args<'a>(&'a [Value]);
+
+impl Args<'_> {
+    fn p(self, i: usize) -> u64 {
+        match self.0[i] {
+            Value::Ptr(a) => a,
+            _ => 0,
+        }
+    }
+    fn u(self, i: usize) -> usize {
+        match self.0[i] {
+            Value::U32(v) => v as usize,
+            Value::Usize(v) => v as usize,
+            _ => 0,
+        }
+    }
+    fn f(self, i: usize) -> f32 {
+        match self.0[i] {
+            Value::F32(v) => v,
+            _ => f32::NAN,
+        }
     }
 }
 
@@ -193,19 +209,8 @@ pub(super) fn run(
             k.name()
         )));
     }
-    let p = |i: usize| match args[i] {
-        Value::Ptr(a) => a,
-        _ => 0,
-    };
-    let u = |i: usize| match args[i] {
-        Value::U32(v) => v as usize,
-        Value::Usize(v) => v as usize,
-        _ => 0,
-    };
-    let f = |i: usize| match args[i] {
-        Value::F32(v) => v,
-        _ => f32::NAN,
-    };
+    let a = Args(args);
+    let (p, u, f) = (|i| a.p(i), |i| a.u(i), |i| a.f(i));
     let shape = |n: usize| Shape::from(vec![n]);
     use Kernel as K;
     let unary = |op| -> Result<()> { writef(p(1), &cpu(p(0), u(2))?.unary(op)?.0) };
@@ -274,20 +279,14 @@ pub(super) fn run(
             };
             let (outer, len, inner, z, covered) = match k {
                 K::SumAxisWarp | K::MaxAxisWarp => (u(2), u(3), 1, 1, 1),
-                K::SumAxisBlock | K::MaxAxisBlock => {
-                    require_block(k, block, (256, 1, 1))?;
-                    (u(2), u(3), u(4), 1, u(4))
-                }
-                _ => {
-                    require_block(k, block, (32, 8, 1))?;
-                    (
-                        u(2),
-                        u(3),
-                        u(4),
-                        grid.2 as usize,
-                        (32 * grid.0 as usize).min(u(4)),
-                    )
-                }
+                K::SumAxisBlock | K::MaxAxisBlock => (u(2), u(3), u(4), 1, u(4)),
+                _ => (
+                    u(2),
+                    u(3),
+                    u(4),
+                    grid.2 as usize,
+                    (32 * grid.0 as usize).min(u(4)),
+                ),
             };
             let x = readf(p(0), outer * len * inner)?;
             let mut out = readf(p(1), z * outer * inner)?;
@@ -322,9 +321,7 @@ pub(super) fn run(
                     .collect::<Vec<_>>(),
             )
         }
-        K::IndexSelectRows | K::IndexAddRows | K::GatherCols | K::ScatterCols => {
-            index_kernel(k, args)
-        }
+        K::IndexSelectRows | K::IndexAddRows | K::GatherCols | K::ScatterCols => index_kernel(k, a),
         K::Copy2d => {
             let (rows, cols, ss, ds, so, dof) = (u(2), u(3), u(4), u(5), u(6), u(7));
             let ext = |off, s| off + super::plan::extent(rows, cols, s);
@@ -332,10 +329,7 @@ pub(super) fn run(
             cpu(p(0), ext(so, ss))?.copy2d(&mut dst, rows, cols, ss, ds, so, dof)?;
             writef(p(1), &dst.0)
         }
-        K::Transpose2d => {
-            require_block(k, block, (32, 8, 1))?;
-            writef(p(1), &cpu(p(0), u(2) * u(3))?.transpose2d(u(2), u(3))?.0)
-        }
+        K::Transpose2d => writef(p(1), &cpu(p(0), u(2) * u(3))?.transpose2d(u(2), u(3))?.0),
         K::SoftmaxSmallC
         | K::LogSoftmaxSmallC
         | K::SoftmaxWarpRow
@@ -347,9 +341,6 @@ pub(super) fn run(
                 K::LogSoftmaxSmallC | K::LogSoftmaxWarpRow | K::LogSoftmaxBlockRow
             );
             let (rows, cols) = (u(2), u(3));
-            if matches!(k, K::SoftmaxBlockRow | K::LogSoftmaxBlockRow) {
-                require_block(k, block, (256, 1, 1))?;
-            }
             match handles(k, cols) {
                 true => writef(
                     p(1),
@@ -358,15 +349,10 @@ pub(super) fn run(
                 false => Ok(()),
             }
         }
-        K::XentSmallC | K::XentWarpRow | K::XentBlockRow => {
-            if k == K::XentBlockRow {
-                require_block(k, block, (256, 1, 1))?;
-            }
-            match handles(k, u(7)) {
-                true => xent_fallback(args),
-                false => Ok(()),
-            }
-        }
+        K::XentSmallC | K::XentWarpRow | K::XentBlockRow => match handles(k, u(7)) {
+            true => xent_fallback(args),
+            false => Ok(()),
+        },
         K::XentGroupVec
         | K::XentWarpVec
         | K::XentWarpVec8
@@ -374,7 +360,6 @@ pub(super) fn run(
         | K::XentBlockScalar => xent_single_pass(k, block, smem, args),
         K::XrmFlipTargets => xrm_flip_targets(args),
         K::SumAll => {
-            require_block(k, block, (1024, 1, 1))?;
             if grid != (1, 1, 1) {
                 return Err(Error::Cuda(format!(
                     "emulator: {} needs one block",
@@ -385,7 +370,6 @@ pub(super) fn run(
         }
         K::SumPartials => {
             // Block b sums the elements its grid-stride loop visits, in order.
-            require_block(k, block, (256, 1, 1))?;
             let (x, g) = (readf(p(0), u(1))?, grid.0 as usize);
             let mut acc = vec![0.0f32; g];
             for (i, v) in x.iter().enumerate() {
@@ -433,7 +417,7 @@ pub(super) fn run(
         | K::SgemmThin
         | K::SgemmThinTa
         | K::SgemmThinTaPartial
-        | K::SgemmThinFinish => gemm(k, grid, block, args),
+        | K::SgemmThinFinish => gemm(k, grid, a),
     }
 }
 
@@ -462,19 +446,13 @@ fn handles(k: Kernel, cols: usize) -> bool {
 /// The row and column index kernels: bad entries are flagged and never followed (selected
 /// rows and gathered values NaN, scattered rows zero, added rows skipped); the good ones go
 /// through the CPU backend.
-fn index_kernel(k: Kernel, args: &[Value]) -> Result<()> {
+fn index_kernel(k: Kernel, a: Args) -> Result<()> {
     use Kernel as K;
-    let word = |i: usize| match args[i] {
-        Value::Ptr(a) | Value::Usize(a) => a,
-        Value::U32(v) => v as u64,
-        Value::F32(_) => 0,
-    };
-    let (src, idx, dst, cols) = (word(0), word(1), word(2), word(4) as usize);
-    let rows_kernel = matches!(k, K::IndexSelectRows | K::IndexAddRows);
-    // (entries, the range they index, the flag)
-    let (n, size, bad) = match rows_kernel {
-        true => (word(3) as usize, word(5) as usize, word(6)),
-        false => (word(3) as usize, cols, word(5)),
+    let (src, idx, dst, n, cols) = (a.p(0), a.p(1), a.p(2), a.u(3), a.u(4));
+    // (the range the entries index, the flag)
+    let (size, bad) = match k {
+        K::IndexSelectRows | K::IndexAddRows => (a.u(5), a.p(6)),
+        _ => (cols, a.p(5)),
     };
     let idx = read(idx, n)?;
     let bad_rows: Vec<usize> = (0..n).filter(|&r| idx[r] as usize >= size).collect();
@@ -509,20 +487,9 @@ fn index_kernel(k: Kernel, args: &[Value]) -> Result<()> {
 
 /// The GEMM kernels on densified operands: `C = α op(A) op(B) + β C` over the part of `C`
 /// the launch covers (tiles: what the grid covers; thin: `N <= 16`), split-K slab by slab.
-fn gemm(k: Kernel, grid: (u32, u32, u32), block: (u32, u32, u32), args: &[Value]) -> Result<()> {
+fn gemm(k: Kernel, grid: (u32, u32, u32), args: Args) -> Result<()> {
     use Kernel as K;
-    let p = |i: usize| if let Value::Ptr(a) = args[i] { a } else { 0 };
-    let u = |i: usize| match args[i] {
-        Value::U32(v) => v as usize,
-        _ => 0,
-    };
-    let f = |i: usize| {
-        if let Value::F32(v) = args[i] {
-            v
-        } else {
-            f32::NAN
-        }
-    };
+    let (p, u, f) = (|i| args.p(i), |i| args.u(i), |i| args.f(i));
     if k == K::SgemmThinFinish {
         let (m, n, z, ldc, alpha, beta) = (u(2), u(3), u(4), u(5), f(6), f(7));
         let work = readf(p(0), z * m * n)?;
@@ -534,7 +501,6 @@ fn gemm(k: Kernel, grid: (u32, u32, u32), block: (u32, u32, u32), args: &[Value]
     let (m, n, kk, lda, ldb) = (u(3), u(4), u(5), u(6), u(7));
     let (ta, tb, rows, cols) = match k {
         K::Sgemm128 | K::Sgemm64 => {
-            require_block(k, block, (256, 1, 1))?;
             let tile = if k == K::Sgemm128 { 128 } else { 64 };
             (
                 u(11) != 0,
@@ -543,18 +509,9 @@ fn gemm(k: Kernel, grid: (u32, u32, u32), block: (u32, u32, u32), args: &[Value]
                 n.min(grid.0 as usize * tile),
             )
         }
-        K::SgemmThin => {
-            require_block(k, block, (256, 1, 1))?;
-            (false, u(11) != 0, m, if n > 16 { 0 } else { n })
-        }
-        K::SgemmThinTa => {
-            require_block(k, block, (32, 8, 1))?;
-            (true, u(11) != 0, m, if n > 16 { 0 } else { n })
-        }
-        _ => {
-            require_block(k, block, (32, 8, 1))?;
-            (true, u(8) != 0, m, if n > 16 { 0 } else { n })
-        }
+        K::SgemmThin => (false, u(11) != 0, m, if n > 16 { 0 } else { n }),
+        K::SgemmThinTa => (true, u(11) != 0, m, if n > 16 { 0 } else { n }),
+        _ => (true, u(8) != 0, m, if n > 16 { 0 } else { n }),
     };
     let ext = |t: bool, r: usize, c: usize, ld: usize| match t {
         true => super::plan::extent(c, r, ld),
@@ -634,12 +591,10 @@ struct Xent {
 
 impl Xent {
     fn read(args: &[Value]) -> Result<(Xent, [u64; 3])> {
-        let [Value::Ptr(z), Value::Ptr(s), Value::Ptr(y), Value::Ptr(w), Value::Ptr(loss), Value::Ptr(dz), Value::U32(rows), Value::U32(cols), Value::F32(grad_scale), Value::U32(write_grad), Value::Ptr(bad)] =
-            *args
-        else {
-            return Err(Error::Cuda("emulator: cross-entropy arguments".into()));
-        };
-        let (rows, cols, write_grad) = (rows as usize, cols as usize, write_grad != 0);
+        let a = Args(args);
+        let (z, s, y, w, loss, dz) = (a.p(0), a.p(1), a.p(2), a.p(3), a.p(4), a.p(5));
+        let (rows, cols, grad_scale, write_grad, bad) =
+            (a.u(6), a.u(7), a.f(8), a.u(9) != 0, a.p(10));
         if write_grad && dz == 0 {
             return Err(Error::Cuda("emulator: write_grad without dz".into()));
         }
@@ -918,17 +873,11 @@ fn xent_block_rows(x: &mut Xent, block: usize, vs: usize, vec: bool) {
 
 /// XRM's flip (kernels/xrm.cu): the kernel's f64 steps, in its order, one row at a time.
 fn xrm_flip_targets(args: &[Value]) -> Result<()> {
-    let [Value::Ptr(logits), Value::Ptr(u), Value::Ptr(target), Value::U32(rows), Value::U32(k)] =
-        *args
-    else {
-        return Err(Error::Cuda("emulator: flip arguments".into()));
-    };
+    let a = Args(args);
+    let (logits, u, target, rows, k) = (a.p(0), a.p(1), a.p(2), a.u(3), a.u(4));
     if !u.is_multiple_of(8) {
-        return Err(fault(
-            "xrm_flip_targets_f32: misaligned address of `u`".into(),
-        ));
+        return Err(fault("xrm_flip_targets_f32: misaligned `u`".into()));
     }
-    let (rows, k) = (rows as usize, k as usize);
     let (z, words) = (readf(logits, rows * k)?, read(u, 2 * rows)?);
     let kd = k as f64;
     let flip = |i: usize| -> u32 {

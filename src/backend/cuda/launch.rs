@@ -133,6 +133,13 @@ unsafe fn launch(
         // A zero grid dimension is a launch error: there is no work.
         return Ok(());
     }
+    if kernel.exact_block().is_some_and(|b| b != block) {
+        return Err(internal(format!(
+            "{} needs block {:?} exactly, launched with {block:?}",
+            kernel.name(),
+            kernel.exact_block()
+        )));
+    }
     if smem_bytes > kernel.max_dynamic_smem() {
         return Err(internal(format!(
             "{}: {smem_bytes} bytes of dynamic shared memory, at most {} allowed",
@@ -763,7 +770,7 @@ mod tests {
         let err =
             unsafe { launch(&dev.inner, Kernel::Neg, (1, 1, 1), B256, 0, &args) }.unwrap_err();
         assert!(err.to_string().contains("holds 4 elements"), "{err}");
-        // An exact block shape is enforced (here by the emulator).
+        // An exact block shape is enforced.
         let args = [Buf(x, 4), Buf(x, 4), N(1), N(4)];
         // SAFETY: x holds 4 elements, one row of 4; the launch shape is refused.
         let err = unsafe { launch(&dev.inner, Kernel::Transpose2d, (1, 1, 1), B256, 0, &args) }
