@@ -12,7 +12,7 @@
 //!   (read z, s; write dz; read y; write the row loss), as benches/pytorch_gpu.py does:
 //!   - `fused_kernel`: one call of the backend's fused primitive (loss rows and dz), with
 //!     the kernel the plan picks (`fused_kernel_name`),
-//!   - `previous_kernel`: the same call on the kernels that predate the single-pass ones
+//!   - `fallback_kernel`: the same call on the scalar fallback kernels (`xent.rs`)
 //!     (`xent_small_c`, `xent_warp_row`, `xent_block_row`), for comparison,
 //!   - `fused_autograd`: `z.shifted_cross_entropy(y, s, Mean)` and `backward()` through the
 //!     tensor API (adds the mean and the upstream-gradient product),
@@ -220,8 +220,8 @@ fn run(dev: &CudaDevice, sizes: &Sizes) -> Result<Value> {
             .zip(before.iter().zip(counts()))
             .find(|(_, (b, a))| a > *b)
             .map_or("?", |(k, _)| *k);
-        dev.set_xent_previous_kernels(true);
-        let previous = time_ms(dev, calls, sizes.repeats, || {
+        dev.set_xent_fallback_kernels(true);
+        let fallback = time_ms(dev, calls, sizes.repeats, || {
             z.xent(XentArgs {
                 shift: Some(&s),
                 labels: &y,
@@ -233,8 +233,8 @@ fn run(dev: &CudaDevice, sizes: &Sizes) -> Result<Value> {
             })
             .map(drop)
         });
-        dev.set_xent_previous_kernels(false);
-        let previous_ms = previous?;
+        dev.set_xent_fallback_kernels(false);
+        let fallback_ms = fallback?;
         drop((z, s, y));
 
         // Through the tensor API: fused, then composite.
@@ -261,9 +261,9 @@ fn run(dev: &CudaDevice, sizes: &Sizes) -> Result<Value> {
             "fused_kernel_GB_per_s": gbs(kernel_ms),
             "fused_kernel_pct_of_copy": 100.0 * gbs(kernel_ms) / copy_gbs,
             "fused_kernel_name": kernel_name,
-            "previous_kernel_us": previous_ms * 1e3,
-            "previous_kernel_GB_per_s": gbs(previous_ms),
-            "previous_kernel_pct_of_copy": 100.0 * gbs(previous_ms) / copy_gbs,
+            "fallback_kernel_us": fallback_ms * 1e3,
+            "fallback_kernel_GB_per_s": gbs(fallback_ms),
+            "fallback_kernel_pct_of_copy": 100.0 * gbs(fallback_ms) / copy_gbs,
             "fused_autograd_us": autograd_ms * 1e3,
             "fused_autograd_GB_per_s": gbs(autograd_ms),
             "composite_us": composite_ms * 1e3,
@@ -271,12 +271,12 @@ fn run(dev: &CudaDevice, sizes: &Sizes) -> Result<Value> {
             "calls_per_sample": calls,
         });
         println!(
-            "xent {entry_key}: fused kernel {:.2} us ({:.1} GB/s, {:.0}% of copy, {kernel_name}), previous kernels {:.2} us ({:.0}% of copy), fused via autograd {:.2} us, composite {:.2} us",
+            "xent {entry_key}: fused kernel {:.2} us ({:.1} GB/s, {:.0}% of copy, {kernel_name}), fallback kernels {:.2} us ({:.0}% of copy), fused via autograd {:.2} us, composite {:.2} us",
             kernel_ms * 1e3,
             gbs(kernel_ms),
             100.0 * gbs(kernel_ms) / copy_gbs,
-            previous_ms * 1e3,
-            100.0 * gbs(previous_ms) / copy_gbs,
+            fallback_ms * 1e3,
+            100.0 * gbs(fallback_ms) / copy_gbs,
             autograd_ms * 1e3,
             composite_ms * 1e3
         );
@@ -381,9 +381,9 @@ fn print_table(v: &Value) {
             for (label, us, gbs) in [
                 ("fused", "fused_kernel_us", "fused_kernel_GB_per_s"),
                 (
-                    "fused, previous",
-                    "previous_kernel_us",
-                    "previous_kernel_GB_per_s",
+                    "fused, fallback",
+                    "fallback_kernel_us",
+                    "fallback_kernel_GB_per_s",
                 ),
                 (
                     "fused+autograd",

@@ -1,13 +1,14 @@
 //! The CUDA backend against the CPU backend, through the public `Tensor` API (the code paths
 //! training uses), on fresh random inputs at awkward sizes, plus training parity.
 //!
-//! Each test asks [`gpu`] for the device: without a usable GPU it prints `SKIP: <reason>` and
-//! passes, unless `REQUIRE_CUDA=1`, where a missing GPU fails the test. With
-//! `MEMAWARE_CUDA_EMULATOR=1` (and no `REQUIRE_CUDA`) the tests run on the backend's host
-//! emulator of the kernels instead, which checks the launch logic, not the kernels; sizes
-//! are then capped lower and the paper-size Figure-1 run is skipped (unless
-//! `MEMAWARE_EMULATE_PAPER_SIZE=1`). Tests hold one lock, so they run one at a time on the
-//! device.
+//! Each test asks [`gpu`] for the device: GPU 0 when there is one, otherwise the backend's
+//! host emulator of the kernels, which runs the same launch logic (plans, arguments, bounds,
+//! index checks, pool) with host re-implementations of the kernels: so `cargo test
+//! --features cuda` exercises the CUDA host code on any machine. `REQUIRE_CUDA=1` demands a
+//! real GPU (a missing one fails the tests: the GPU check runs so); `MEMAWARE_CUDA_EMULATOR=1`
+//! picks the emulator even where a GPU exists. On the emulator sizes are capped lower and the
+//! paper-size Figure-1 run is skipped (unless `MEMAWARE_EMULATE_PAPER_SIZE=1`). Tests hold
+//! one lock, so they run one at a time on the device.
 //!
 //! Outputs are poisoned: the device fills every output buffer with NaN bytes before the op
 //! writes it ([`CudaDevice::set_poison_outputs`]), so an element a kernel fails to write
@@ -76,40 +77,29 @@ fn env_is(name: &str, value: &str) -> bool {
     std::env::var(name).is_ok_and(|v| v == value)
 }
 
-/// The CUDA device, or `None` after printing why there is none (a panic with
-/// `REQUIRE_CUDA=1`).
-fn gpu() -> Option<Gpu> {
+/// GPU 0, or the host emulator when there is none (or `MEMAWARE_CUDA_EMULATOR=1`); with
+/// `REQUIRE_CUDA=1` a missing GPU is a panic.
+fn gpu() -> Gpu {
     let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let require = env_is("REQUIRE_CUDA", "1");
-    let opened = if !require && env_is("MEMAWARE_CUDA_EMULATOR", "1") {
-        CudaDevice::emulated()
-    } else {
-        CudaDevice::new(0)
+    let opened = match require || !env_is("MEMAWARE_CUDA_EMULATOR", "1") {
+        true => CudaDevice::new(0),
+        false => CudaDevice::emulated(),
     };
-    match opened {
-        Ok(cuda) => {
-            cuda.set_poison_outputs(true);
-            Some(Gpu {
-                dev: Device::Cuda(cuda.clone()),
-                cuda,
-                _serial: serial,
-            })
-        }
+    let cuda = match opened {
+        Ok(cuda) => cuda,
         Err(e) if require => panic!("REQUIRE_CUDA=1 but there is no usable CUDA device: {e}"),
         Err(e) => {
-            println!("SKIP: {e}");
-            None
-        }
-    }
-}
-
-macro_rules! gpu_or_skip {
-    () => {
-        match gpu() {
-            Some(g) => g,
-            None => return,
+            println!("no GPU ({e}): on the host emulator of the kernels");
+            CudaDevice::emulated().expect("the emulator needs no driver")
         }
     };
+    cuda.set_poison_outputs(true);
+    Gpu {
+        dev: Device::Cuda(cuda.clone()),
+        cuda,
+        _serial: serial,
+    }
 }
 
 // ---------------------------------------------------------------------------- comparisons
@@ -286,7 +276,7 @@ type UnaryFn = fn(&Tensor) -> memaware::Result<Tensor>;
 
 #[test]
 fn unary_maps_match_the_cpu() {
-    let g = gpu_or_skip!();
+    let g = gpu();
     let mut rng = Rng::new(1);
     let ops: [(&str, UnaryFn, bool); 13] = [
         ("neg", |t| t.neg(), false),
@@ -339,7 +329,7 @@ type BinaryFn = fn(&Tensor, &Tensor) -> memaware::Result<Tensor>;
 
 #[test]
 fn broadcast_binaries_match_the_cpu_in_every_layout() {
-    let g = gpu_or_skip!();
+    let g = gpu();
     let mut rng = Rng::new(2);
     let ops: [(&str, BinaryFn); 6] = [
         ("add", |a, b| a.broadcast_add(b)),
@@ -395,7 +385,7 @@ fn broadcast_binaries_match_the_cpu_in_every_layout() {
 
 #[test]
 fn where_cond_matches_the_cpu() {
-    let g = gpu_or_skip!();
+    let g = gpu();
     let mut rng = Rng::new(3);
     for (rows, cols) in sweep(&g, &[10, 1000], MEDIUM) {
         let n = rows * cols;
@@ -421,7 +411,7 @@ fn where_cond_matches_the_cpu() {
 
 #[test]
 fn sums_and_maxima_over_each_axis_match_the_cpu() {
-    let g = gpu_or_skip!();
+    let g = gpu();
     let mut rng = Rng::new(4);
     let mut shapes: Vec<Vec<usize>> = sweep(&g, &[2, 3, 1000], BIG)
         .into_iter()
@@ -481,7 +471,7 @@ fn sums_and_maxima_over_each_axis_match_the_cpu() {
 
 #[test]
 fn argmax_matches_the_cpu() {
-    let g = gpu_or_skip!();
+    let g = gpu();
     let mut rng = Rng::new(5);
     for (rows, cols) in sweep(&g, &CLASSES, BIG) {
         let data = uniform(&mut rng, rows * cols, -1.0, 1.0);
@@ -509,7 +499,7 @@ fn product(a: &Tensor, b: &Tensor, lhs_t: bool, rhs_t: bool) -> Tensor {
 
 #[test]
 fn matrix_products_match_the_cpu_for_every_transpose_and_shape() {
-    let g = gpu_or_skip!();
+    let g = gpu();
     let mut rng = Rng::new(6);
     let shapes = [
         (1, 1, 1),
@@ -550,7 +540,7 @@ fn matrix_products_match_the_cpu_for_every_transpose_and_shape() {
 
 #[test]
 fn index_select_gather_cat_and_narrow_match_the_cpu() {
-    let g = gpu_or_skip!();
+    let g = gpu();
     let mut rng = Rng::new(7);
     for (rows, cols) in sweep(&g, &[3, 10, 1000], MEDIUM) {
         let data = uniform(&mut rng, rows * cols, -1.0, 1.0);
@@ -648,7 +638,7 @@ fn index_select_gather_cat_and_narrow_match_the_cpu() {
 
 #[test]
 fn out_of_range_indices_and_labels_are_typed_errors() {
-    let g = gpu_or_skip!();
+    let g = gpu();
     let x = Tensor::zeros((4, 3), &g.dev).unwrap();
     let idx = Indices::new(vec![0, 4, 1], &g.dev).unwrap();
     let err = x.index_select(&idx).unwrap_err();
@@ -739,7 +729,7 @@ fn out_of_range_indices_and_labels_are_typed_errors() {
 
 #[test]
 fn softmax_and_log_softmax_match_the_cpu() {
-    let g = gpu_or_skip!();
+    let g = gpu();
     let mut rng = Rng::new(8);
     for (rows, cols) in sweep(&g, &CLASSES, BIG) {
         let data = uniform(&mut rng, rows * cols, -8.0, 8.0);
@@ -785,7 +775,7 @@ fn fused_ce(
 
 #[test]
 fn fused_shifted_cross_entropy_matches_the_cpu_forward_and_backward() {
-    let g = gpu_or_skip!();
+    let g = gpu();
     let mut rng = Rng::new(9);
     let reductions = [
         Reduction::None,
@@ -949,7 +939,7 @@ fn check_fused_ce(g: &Gpu, rng: &mut Rng, rows: usize, cols: usize, what: &str) 
 
 #[test]
 fn every_fused_cross_entropy_kernel_is_picked_and_matches_the_cpu() {
-    let g = gpu_or_skip!();
+    let g = gpu();
     let mut rng = Rng::new(16);
     for (kernel, shapes) in XENT_PATHS {
         for &(rows, cols) in shapes {
@@ -965,7 +955,7 @@ fn every_fused_cross_entropy_kernel_is_picked_and_matches_the_cpu() {
 
 #[test]
 fn fused_cross_entropy_special_values_match_the_cpu_on_every_kernel() {
-    let g = gpu_or_skip!();
+    let g = gpu();
     let mut rng = Rng::new(17);
     for (kernel, shapes) in XENT_PATHS {
         let cols = shapes.iter().map(|s| s.1).max().unwrap_or(2);
@@ -1047,7 +1037,7 @@ fn fused_cross_entropy_special_values_match_the_cpu_on_every_kernel() {
 
 #[test]
 fn composite_cross_entropy_matches_the_cpu() {
-    let g = gpu_or_skip!();
+    let g = gpu();
     let mut rng = Rng::new(10);
     for (rows, cols) in sweep(&g, &[2, 10, 1000], BIG) {
         let z = uniform(&mut rng, rows * cols, -6.0, 6.0);
@@ -1107,7 +1097,7 @@ fn optimize(
 
 #[test]
 fn sgd_and_adam_steps_match_the_cpu() {
-    let g = gpu_or_skip!();
+    let g = gpu();
     let mut rng = Rng::new(11);
     type Make = Box<dyn Fn(Vec<Tensor>) -> Box<dyn Optimizer>>;
     let lr = 1e-2f32;
@@ -1157,7 +1147,7 @@ fn sgd_and_adam_steps_match_the_cpu() {
 
 #[test]
 fn mlp_gradients_match_the_cpu() {
-    let g = gpu_or_skip!();
+    let g = gpu();
     for (activation, batch) in [(Activation::Relu, 1000), (Activation::Tanh, 33)] {
         let widths = [20, 31, 33, 3];
         let mut rng = Rng::new(12);
@@ -1209,7 +1199,7 @@ fn mlp_gradients_match_the_cpu() {
 
 #[test]
 fn steady_state_training_steps_allocate_nothing_on_the_device() {
-    let g = gpu_or_skip!();
+    let g = gpu();
     let (batch, widths) = (1024, [392, 390, 390, 2]);
     let mut rng = Rng::new(14);
     let x = Tensor::from_vec(
@@ -1266,7 +1256,7 @@ fn flip_logits(rng: &mut Rng, rows: usize, k: usize) -> Vec<f32> {
 
 #[test]
 fn xrm_label_flips_on_the_device_equal_the_cpu_flips() {
-    let g = gpu_or_skip!();
+    let g = gpu();
     let mut rng = Rng::new(18);
     for (rows, k) in [
         (1, 2),
@@ -1306,7 +1296,7 @@ fn xrm_label_flips_on_the_device_equal_the_cpu_flips() {
 
 #[test]
 fn xrm_flips_the_same_labels_on_the_device_as_on_the_cpu() {
-    let g = gpu_or_skip!();
+    let g = gpu();
     // One feature and no bias: each logit is one product x·w, the same bits on both devices;
     // with a learning rate of 0 the twins keep their initial weights, so the held-out logits
     // of every step agree exactly and so must every flip.
@@ -1510,13 +1500,13 @@ fn figure1_parity(g: &Gpu, n: usize, d: usize, epochs: usize) -> (f64, f64) {
 
 #[test]
 fn figure1_mat_pipeline_matches_the_cpu_at_reduced_size() {
-    let g = gpu_or_skip!();
+    let g = gpu();
     figure1_parity(&g, 200, 360, 200);
 }
 
 #[test]
 fn figure1_mat_pipeline_matches_the_cpu_at_the_paper_size() {
-    let g = gpu_or_skip!();
+    let g = gpu();
     if g.cuda.is_emulated() && !env_is("MEMAWARE_EMULATE_PAPER_SIZE", "1") {
         println!("SKIP: the paper-size run is too slow for the emulator");
         return;
@@ -1541,7 +1531,7 @@ fn mnist_sample() -> PathBuf {
 
 #[test]
 fn colormnist_mlp_training_matches_the_cpu_and_stops_allocating() {
-    let g = gpu_or_skip!();
+    let g = gpu();
     let (images, digits) = load_mnist_sample(mnist_sample()).unwrap();
     let ds = color_mnist(&images, &digits, &ColorMnistConfig::default()).unwrap();
     let spec = ModelSpec::Mlp {
@@ -1597,7 +1587,7 @@ fn colormnist_mlp_training_matches_the_cpu_and_stops_allocating() {
 
 #[test]
 fn no_grad_evaluation_and_device_round_trips_work() {
-    let g = gpu_or_skip!();
+    let g = gpu();
     let mut rng = Rng::new(15);
     let data = uniform(&mut rng, 12, -1.0, 1.0);
     let t = Tensor::from_slice(&data, (3, 4), &g.dev).unwrap();

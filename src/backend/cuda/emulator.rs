@@ -1,29 +1,34 @@
-//! A host emulator of the kernels, for testing everything above them without a GPU.
+//! A host emulator of the kernels, for running the CUDA backend without a GPU.
 //!
 //! [`super::CudaDevice::emulated`] gives a device whose buffers live in host memory and whose
-//! launches run here: each kernel is re-implemented sequentially from its contract in
-//! kernels/README.md (ranges of columns a variant handles, what it leaves unwritten, error
-//! flags, split-K and two-stage slabs, which launch shapes are required exactly), so the
-//! backend's choice of kernels, grids, strides, leading dimensions and offsets, its index
-//! checks, pool and poisoning can be exercised and compared with the CPU backend. The
-//! single-pass cross-entropy kernels and the XRM flip are mirrored more closely: the same
-//! per-thread partition of each row and the same reduction trees (the flip: the same f64
-//! steps, hence the same bits as the CPU path). It says nothing about the real kernels'
-//! speed or their last-bit rounding (CUDA's `expf` is not Rust's): the GPU tests do.
+//! launches run here, so the backend's choice of kernels, grids, strides, leading dimensions
+//! and offsets, its argument and index checks, pool and poisoning run as on a GPU and can be
+//! compared with the CPU backend. Each launch reads the buffer ranges its arguments name and
+//! writes its outputs back. The plain math (elementwise maps, broadcasts, reductions,
+//! gathers and scatters, softmax, GEMM, optimizer steps) is the CPU backend's own, applied to
+//! what the launch covers: the part of `C` a GEMM grid covers, the column tiles and `z` slabs
+//! of a reduction, the column range a row variant handles (outside it a kernel writes
+//! nothing), error flags for bad indices. Bespoke emulation is kept where the thread
+//! partition or reduction order is the point: the single-pass cross-entropy kernels (the same
+//! per-thread chunks and butterfly trees), the fixed partial sums, and XRM's flip (the
+//! kernel's f64 steps). It says nothing about the kernels' speed or their last-bit rounding
+//! (CUDA's `expf` is not Rust's), and it follows the CPU's NaN conventions for `max` and
+//! `argmax`: the GPU tests do the rest.
 //!
-//! Memory: every buffer is registered with its address range. A kernel argument is resolved
-//! to the live buffer that contains it, and every element access is bounds-checked against
-//! that buffer; an access outside one is reported as a device fault (an error), like
-//! `CUDA_ERROR_ILLEGAL_ADDRESS`. Fresh buffers are filled with all-ones bytes (NaN), like
-//! unpredictable device memory.
+//! Memory: every buffer is registered with its address range; an argument resolves to the
+//! live buffer containing it, and a range past that buffer's end is a device fault (an
+//! error), like `CUDA_ERROR_ILLEGAL_ADDRESS`. Fresh buffers hold all-ones bytes (NaN).
 
-use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use super::kernels::Kernel;
-use super::launch::Arg;
+use super::launch::Value;
+use super::xent::{XENT_BLOCK_VR, XENT_BLOCK_VS, XENT_BLOCK_VS_LONG};
+use crate::backend::cpu::CpuStorage;
+use crate::backend::{AdamStep, BackendStorage, BinaryOp, ReduceOp, SgdStep, UnaryOp, XentArgs};
 use crate::error::{Error, Result};
+use crate::shape::Shape;
 
 /// Live emulated buffers: start address → length in 4-byte words.
 static LIVE: Mutex<BTreeMap<u64, usize>> = Mutex::new(BTreeMap::new());
@@ -37,14 +42,12 @@ struct Aligned256([u32; 64]);
 /// Host memory standing in for a device buffer of 4-byte words.
 pub(super) struct HostBuf {
     ptr: *mut u32,
-    /// Words the buffer exposes (its registered length).
     len: usize,
-    /// 256-byte units allocated.
     units: usize,
 }
 
-// SAFETY: the buffer is plain heap memory owned by this value; concurrent access goes
-// through raw pointers to distinct buffers (ops never share an output buffer).
+// SAFETY: the buffer is plain heap memory owned by this value; it is read and written only
+// through `load` and `store`, by the op that owns it (ops never share an output buffer).
 unsafe impl Send for HostBuf {}
 // SAFETY: as above; `&HostBuf` exposes only the address and length.
 unsafe impl Sync for HostBuf {}
@@ -52,8 +55,7 @@ unsafe impl Sync for HostBuf {}
 impl HostBuf {
     /// `len` words of all-ones bytes (at least one word, so every buffer has an address).
     pub(super) fn new(len: usize) -> HostBuf {
-        let len = len.max(1);
-        let units = len.div_ceil(64);
+        let (len, units) = (len.max(1), len.max(1).div_ceil(64));
         let ptr =
             Box::into_raw(vec![Aligned256([u32::MAX; 64]); units].into_boxed_slice()) as *mut u32;
         if let Ok(mut live) = LIVE.lock() {
@@ -76,382 +78,194 @@ impl Drop for HostBuf {
         if let Ok(mut live) = LIVE.lock() {
             live.remove(&(self.ptr as u64));
         }
+        let units = std::ptr::slice_from_raw_parts_mut(self.ptr as *mut Aligned256, self.units);
         // SAFETY: `ptr` and `units` come from `Box::into_raw` of a boxed slice of `units`
         // `Aligned256` in `new`, and are freed exactly once, here.
-        unsafe {
-            drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(
-                self.ptr as *mut Aligned256,
-                self.units,
-            )))
-        };
+        unsafe { drop(Box::from_raw(units)) };
     }
 }
 
-/// The words from `addr` to the end of the live buffer containing it; accesses outside
-/// them record a fault instead of touching memory.
-struct View<'f> {
-    base: *mut u32,
-    len: usize,
-    fault: &'f Cell<Option<String>>,
-    name: &'static str,
+fn fault(what: String) -> Error {
+    Error::Cuda(format!("emulated device fault: {what}"))
 }
 
-impl View<'_> {
-    fn is_null(&self) -> bool {
-        self.base.is_null()
+/// Checks that `n` words from `addr` lie in one live buffer.
+fn check(addr: u64, n: usize) -> Result<()> {
+    if n == 0 {
+        return Ok(());
     }
-
-    fn ok(&self, i: usize) -> bool {
-        if i < self.len {
-            return true;
-        }
-        // Keep the first fault.
-        let first = self.fault.take();
-        self.fault.set(first.or_else(|| {
-            Some(format!(
-                "{}: access to element {i} of a buffer with {} elements from this address",
-                self.name, self.len
-            ))
-        }));
-        false
-    }
-
-    fn u(&self, i: usize) -> u32 {
-        if self.ok(i) {
-            // SAFETY: `i < len`, and `base..base + len` lies inside a live buffer (resolved in
-            // `view`) that the launching op keeps alive.
-            unsafe { self.base.add(i).read() }
-        } else {
-            u32::MAX
-        }
-    }
-
-    fn f(&self, i: usize) -> f32 {
-        f32::from_bits(self.u(i))
-    }
-
-    fn set_u(&self, i: usize, v: u32) {
-        if self.ok(i) {
-            // SAFETY: as in `u`.
-            unsafe { self.base.add(i).write(v) }
-        }
-    }
-
-    fn set_f(&self, i: usize, v: f32) {
-        self.set_u(i, v.to_bits())
-    }
-}
-
-fn resolve(addr: u64) -> Result<(u64, usize)> {
     let live = LIVE
         .lock()
-        .map_err(|_| Error::Cuda("emulator: buffer registry poisoned".into()))?;
-    if let Some((&start, &len)) = live.range(..=addr).next_back() {
-        let end = start + 4 * len as u64;
-        if addr < end && (addr - start).is_multiple_of(4) {
-            return Ok((start, len));
+        .map_err(|_| fault("buffer registry poisoned".into()))?;
+    match live.range(..=addr).next_back() {
+        Some((&start, &len)) if (addr - start).is_multiple_of(4) => {
+            let have = len.saturating_sub(((addr - start) / 4) as usize);
+            match n <= have {
+                true => Ok(()),
+                false => Err(fault(format!(
+                    "access to {n} elements of a buffer with {have} from {addr:#x}"
+                ))),
+            }
         }
+        _ => Err(fault(format!(
+            "address {addr:#x} is not inside a live buffer"
+        ))),
     }
-    Err(Error::Cuda(format!(
-        "emulator: address {addr:#x} is not inside a live buffer"
-    )))
 }
 
-/// Sets `words` words at `addr` to the byte pattern `byte`.
-pub(super) fn memset(addr: u64, words: usize, byte: u8) -> Result<()> {
-    let fault = Cell::new(None);
-    let v = view(addr, &fault, "memset")?;
-    let word = u32::from_ne_bytes([byte; 4]);
-    for i in 0..words {
-        v.set_u(i, word);
+/// The `n` words at `addr`.
+pub(super) fn read(addr: u64, n: usize) -> Result<Vec<u32>> {
+    check(addr, n)?;
+    if n == 0 {
+        return Ok(Vec::new());
     }
-    finish(fault)
-}
-
-/// Copies `words` words from `src` to `dst`.
-pub(super) fn copy(src: u64, dst: u64, words: usize) -> Result<()> {
-    let fault = Cell::new(None);
-    let (s, d) = (view(src, &fault, "copy")?, view(dst, &fault, "copy")?);
-    for i in 0..words {
-        d.set_u(i, s.u(i));
-    }
-    finish(fault)
-}
-
-/// Writes host words to `addr`.
-pub(super) fn write(addr: u64, data: &[u32]) -> Result<()> {
-    let fault = Cell::new(None);
-    let v = view(addr, &fault, "upload")?;
-    for (i, &w) in data.iter().enumerate() {
-        v.set_u(i, w);
-    }
-    finish(fault)
-}
-
-/// Reads `len` words from `addr`.
-pub(super) fn read(addr: u64, len: usize) -> Result<Vec<u32>> {
-    let fault = Cell::new(None);
-    let v = view(addr, &fault, "download")?;
-    let out = (0..len).map(|i| v.u(i)).collect();
-    finish(fault)?;
+    let mut out = vec![0u32; n];
+    // SAFETY: `addr..addr + 4n` lies inside a live buffer (checked), which the launching op
+    // keeps alive, and `out` is a distinct host vector of `n` words.
+    unsafe { std::ptr::copy_nonoverlapping(addr as *const u32, out.as_mut_ptr(), n) };
     Ok(out)
 }
 
-fn view<'f>(addr: u64, fault: &'f Cell<Option<String>>, name: &'static str) -> Result<View<'f>> {
-    if addr == 0 {
-        return Ok(View {
-            base: std::ptr::null_mut(),
-            len: 0,
-            fault,
-            name,
-        });
+/// Writes `data` to the words at `addr`.
+pub(super) fn write(addr: u64, data: &[u32]) -> Result<()> {
+    check(addr, data.len())?;
+    if data.is_empty() {
+        return Ok(());
     }
-    let (start, len) = resolve(addr)?;
-    let skip = ((addr - start) / 4) as usize;
-    Ok(View {
-        base: addr as *mut u32,
-        len: len - skip,
-        fault,
-        name,
-    })
+    // SAFETY: as in `read`; the op writing a buffer is the only one using it.
+    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), addr as *mut u32, data.len()) };
+    Ok(())
 }
 
-fn finish(fault: Cell<Option<String>>) -> Result<()> {
-    match fault.take() {
-        None => Ok(()),
-        Some(f) => Err(Error::Cuda(format!("emulated device fault: {f}"))),
+pub(super) fn memset(addr: u64, words: usize, byte: u8) -> Result<()> {
+    write(addr, &vec![u32::from_ne_bytes([byte; 4]); words])
+}
+
+pub(super) fn copy(src: u64, dst: u64, words: usize) -> Result<()> {
+    write(dst, &read(src, words)?)
+}
+
+fn readf(addr: u64, n: usize) -> Result<Vec<f32>> {
+    Ok(read(addr, n)?.into_iter().map(f32::from_bits).collect())
+}
+
+fn writef(addr: u64, data: &[f32]) -> Result<()> {
+    write(addr, &data.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+}
+
+/// A CPU storage of the `n` floats at `addr`.
+fn cpu(addr: u64, n: usize) -> Result<CpuStorage> {
+    readf(addr, n).map(CpuStorage)
+}
+
+/// `atomicMax(bad, position + 1)` for each bad position, when a flag is given.
+fn flag(bad: u64, positions: &[usize]) -> Result<()> {
+    match (bad, positions.iter().max()) {
+        (0, _) | (_, None) => Ok(()),
+        (_, Some(&p)) => {
+            let v = read(bad, 1)?[0].max((p as u32).saturating_add(1));
+            write(bad, &[v])
+        }
     }
 }
 
-/// Kernel arguments by position (their kinds were checked against the kernel's table).
-struct Args<'a, 'f> {
-    args: &'a [Arg],
-    fault: &'f Cell<Option<String>>,
-    name: &'static str,
-}
+/// Kernel arguments by position (their kinds were checked against the kernel table).
+#[derive(Clone, Copy)]
+struct Args<'a>(&'a [Value]);
 
-impl<'f> Args<'_, 'f> {
-    /// The address of pointer argument `i` (0 for anything else).
-    fn addr(&self, i: usize) -> u64 {
-        match self.args[i] {
-            Arg::Ptr(a) => a,
+impl Args<'_> {
+    fn p(self, i: usize) -> u64 {
+        match self.0[i] {
+            Value::Ptr(a) => a,
             _ => 0,
         }
     }
-
-    fn p(&self, i: usize) -> Result<View<'f>> {
-        match self.args[i] {
-            Arg::Ptr(a) => view(a, self.fault, self.name),
-            _ => Err(Error::Cuda(format!(
-                "emulator: {}: argument {i} is not a pointer",
-                self.name
-            ))),
+    fn u(self, i: usize) -> usize {
+        match self.0[i] {
+            Value::U32(v) => v as usize,
+            Value::Usize(v) => v as usize,
+            _ => 0,
         }
     }
-    fn u(&self, i: usize) -> usize {
-        match self.args[i] {
-            Arg::U32(v) => v as usize,
-            Arg::Usize(v) => v as usize,
-            _ => usize::MAX,
-        }
-    }
-    fn f(&self, i: usize) -> f32 {
-        match self.args[i] {
-            Arg::F32(v) => v,
+    fn f(self, i: usize) -> f32 {
+        match self.0[i] {
+            Value::F32(v) => v,
             _ => f32::NAN,
         }
     }
 }
 
-fn max_nan(a: f32, b: f32) -> f32 {
-    if a > b || a.is_nan() {
-        a
-    } else {
-        b
-    }
-}
-
-fn argmax_better(v: f32, i: u32, bv: f32, bi: u32) -> bool {
-    if bv.is_nan() {
-        return v.is_nan() && i < bi;
-    }
-    if v.is_nan() {
-        return true;
-    }
-    v > bv || (v == bv && i < bi)
-}
-
-fn require_block(name: &str, block: (u32, u32, u32), want: (u32, u32, u32)) -> Result<()> {
-    if block != want {
-        return Err(Error::Cuda(format!(
-            "emulator: {name} needs block {want:?} exactly, launched with {block:?}"
-        )));
-    }
-    Ok(())
-}
-
 /// Runs one launch on the host.
 pub(super) fn run(
-    kernel: Kernel,
+    k: Kernel,
     grid: (u32, u32, u32),
     block: (u32, u32, u32),
-    smem_bytes: u32,
-    args: &[Arg],
+    smem: u32,
+    args: &[Value],
 ) -> Result<()> {
-    let fault = Cell::new(None);
-    let a = Args {
-        args,
-        fault: &fault,
-        name: kernel.name(),
-    };
-    let name = kernel.name();
     if block.0 * block.1 * block.2 > 1024 || !block.0.is_multiple_of(32) {
         return Err(Error::Cuda(format!(
-            "emulator: {name}: bad block {block:?}"
+            "emulator: {}: bad block {block:?}",
+            k.name()
         )));
     }
+    let a = Args(args);
+    let (p, u, f) = (|i| a.p(i), |i| a.u(i), |i| a.f(i));
+    let shape = |n: usize| Shape::from(vec![n]);
     use Kernel as K;
-    match kernel {
-        K::Neg
-        | K::Exp
-        | K::Log
-        | K::Tanh
-        | K::Relu
-        | K::Sigmoid
-        | K::Sqrt
-        | K::Square
-        | K::Recip
-        | K::Step => {
-            let (x, y, n) = (a.p(0)?, a.p(1)?, a.u(2));
-            let f = |v: f32| -> f32 {
-                match kernel {
-                    K::Neg => -v,
-                    K::Exp => v.exp(),
-                    K::Log => v.ln(),
-                    K::Tanh => v.tanh(),
-                    K::Relu => {
-                        if v < 0.0 {
-                            0.0
-                        } else {
-                            v
-                        }
-                    }
-                    K::Sigmoid => {
-                        if v >= 0.0 {
-                            1.0 / (1.0 + (-v).exp())
-                        } else {
-                            let e = v.exp();
-                            e / (1.0 + e)
-                        }
-                    }
-                    K::Sqrt => v.sqrt(),
-                    K::Square => v * v,
-                    K::Recip => 1.0 / v,
-                    _ => {
-                        if v > 0.0 {
-                            1.0
-                        } else {
-                            0.0
-                        }
-                    }
-                }
+    let unary = |op| -> Result<()> { writef(p(1), &cpu(p(0), u(2))?.unary(op)?.0) };
+    let binary = |op, a: CpuStorage, b: CpuStorage, out: u64, n| -> Result<()> {
+        writef(out, &a.binary(&b, op, &shape(n), &shape(n), &shape(n))?.0)
+    };
+    match k {
+        K::Neg => unary(UnaryOp::Neg),
+        K::Exp => unary(UnaryOp::Exp),
+        K::Log => unary(UnaryOp::Log),
+        K::Tanh => unary(UnaryOp::Tanh),
+        K::Relu => unary(UnaryOp::Relu),
+        K::Sigmoid => unary(UnaryOp::Sigmoid),
+        K::Sqrt => unary(UnaryOp::Sqrt),
+        K::Square => unary(UnaryOp::Square),
+        K::Recip => unary(UnaryOp::Recip),
+        K::Step => unary(UnaryOp::Step),
+        K::Affine => unary(UnaryOp::Affine {
+            mul: f(3),
+            add: f(4),
+        }),
+        K::Powf => unary(UnaryOp::Powf(f(3))),
+        K::Fill => writef(p(0), &vec![f(2); u(1)]),
+        K::Add | K::Sub | K::Mul | K::Div | K::Maximum | K::Eq => {
+            let n = u(3);
+            binary(binary_op(k), cpu(p(0), n)?, cpu(p(1), n)?, p(2), n)
+        }
+        K::AddBcast | K::SubBcast | K::MulBcast | K::DivBcast | K::MaximumBcast | K::EqBcast => {
+            // The kernel's index arithmetic: each operand gathered by its strides.
+            let (n, d) = (u(3), [u(3) / (u(4) * u(5) * u(6)).max(1), u(4), u(5), u(6)]);
+            let gather = |x: u64, s: usize| -> Result<CpuStorage> {
+                let reach = 1
+                    + (0..4)
+                        .map(|i| d[i].saturating_sub(1) * u(s + i))
+                        .sum::<usize>();
+                let src = readf(x, if n == 0 { 0 } else { reach })?;
+                let at = |i: usize| -> usize {
+                    let c = [
+                        i / (d[1] * d[2] * d[3]),
+                        i / (d[2] * d[3]) % d[1],
+                        i / d[3] % d[2],
+                        i % d[3],
+                    ];
+                    (0..4).map(|j| c[j] * u(s + j)).sum()
+                };
+                Ok(CpuStorage((0..n).map(|i| src[at(i)]).collect()))
             };
-            for i in 0..n {
-                y.set_f(i, f(x.f(i)));
-            }
-        }
-        K::Affine => {
-            let (x, y, n, m, c) = (a.p(0)?, a.p(1)?, a.u(2), a.f(3), a.f(4));
-            for i in 0..n {
-                y.set_f(i, m.mul_add(x.f(i), c));
-            }
-        }
-        K::Powf => {
-            let (x, y, n, p) = (a.p(0)?, a.p(1)?, a.u(2), a.f(3));
-            for i in 0..n {
-                y.set_f(i, x.f(i).powf(p));
-            }
-        }
-        K::Fill => {
-            let (y, n, v) = (a.p(0)?, a.u(1), a.f(2));
-            for i in 0..n {
-                y.set_f(i, v);
-            }
-        }
-        K::Add
-        | K::Sub
-        | K::Mul
-        | K::Div
-        | K::Maximum
-        | K::Eq
-        | K::AddBcast
-        | K::SubBcast
-        | K::MulBcast
-        | K::DivBcast
-        | K::MaximumBcast
-        | K::EqBcast => {
-            let op = |x: f32, y: f32| -> f32 {
-                match kernel {
-                    K::Add | K::AddBcast => x + y,
-                    K::Sub | K::SubBcast => x - y,
-                    K::Mul | K::MulBcast => x * y,
-                    K::Div | K::DivBcast => x / y,
-                    K::Maximum | K::MaximumBcast => {
-                        if x.is_nan() || x > y {
-                            x
-                        } else {
-                            y
-                        }
-                    }
-                    _ => {
-                        if x == y {
-                            1.0
-                        } else {
-                            0.0
-                        }
-                    }
-                }
-            };
-            let (x, y, out) = (a.p(0)?, a.p(1)?, a.p(2)?);
-            let bcast = matches!(
-                kernel,
-                K::AddBcast
-                    | K::SubBcast
-                    | K::MulBcast
-                    | K::DivBcast
-                    | K::MaximumBcast
-                    | K::EqBcast
-            );
-            if !bcast {
-                for i in 0..a.u(3) {
-                    out.set_f(i, op(x.f(i), y.f(i)));
-                }
-            } else {
-                let (n, d1, d2, d3) = (a.u(3), a.u(4), a.u(5), a.u(6));
-                let sa = [a.u(7), a.u(8), a.u(9), a.u(10)];
-                let sb = [a.u(11), a.u(12), a.u(13), a.u(14)];
-                if d1 == 0 || d2 == 0 || d3 == 0 {
-                    return Err(Error::Cuda(format!("emulator: {name}: zero dimension")));
-                }
-                for i in 0..n {
-                    let mut r = i;
-                    let c3 = r % d3;
-                    r /= d3;
-                    let c2 = r % d2;
-                    r /= d2;
-                    let c1 = r % d1;
-                    let c0 = r / d1;
-                    let ia = c0 * sa[0] + c1 * sa[1] + c2 * sa[2] + c3 * sa[3];
-                    let ib = c0 * sb[0] + c1 * sb[1] + c2 * sb[2] + c3 * sb[3];
-                    out.set_f(i, op(x.f(ia), y.f(ib)));
-                }
-            }
+            binary(binary_op(k), gather(p(0), 7)?, gather(p(1), 11)?, p(2), n)
         }
         K::WhereCond => {
-            let (m, t, f, out, n) = (a.p(0)?, a.p(1)?, a.p(2)?, a.p(3)?, a.u(4));
-            for i in 0..n {
-                out.set_f(i, if m.f(i) != 0.0 { t.f(i) } else { f.f(i) });
-            }
+            let n = u(4);
+            writef(
+                p(3),
+                &cpu(p(0), n)?.where_cond(&cpu(p(1), n)?, &cpu(p(2), n)?)?.0,
+            )
         }
         K::SumAxisWarp
         | K::MaxAxisWarp
@@ -459,124 +273,63 @@ pub(super) fn run(
         | K::MaxAxisBlock
         | K::SumAxisCols
         | K::MaxAxisCols => {
-            let is_max = matches!(kernel, K::MaxAxisWarp | K::MaxAxisBlock | K::MaxAxisCols);
-            let (init, comb): (f32, fn(f32, f32) -> f32) = if is_max {
-                (f32::NEG_INFINITY, max_nan)
-            } else {
-                (0.0, |p, q| p + q)
+            let op = match k {
+                K::SumAxisWarp | K::SumAxisBlock | K::SumAxisCols => ReduceOp::Sum,
+                _ => ReduceOp::Max,
             };
-            let (x, out) = (a.p(0)?, a.p(1)?);
-            let (outer, len, inner, z, tiles) = match kernel {
-                K::SumAxisWarp | K::MaxAxisWarp => (a.u(2), a.u(3), 1, 1, usize::MAX),
-                K::SumAxisBlock | K::MaxAxisBlock => {
-                    require_block(name, block, (256, 1, 1))?;
-                    (a.u(2), a.u(3), a.u(4), 1, usize::MAX)
-                }
-                _ => {
-                    require_block(name, block, (32, 8, 1))?;
-                    (a.u(2), a.u(3), a.u(4), grid.2 as usize, grid.0 as usize)
-                }
+            let (outer, len, inner, z, covered) = match k {
+                K::SumAxisWarp | K::MaxAxisWarp => (u(2), u(3), 1, 1, 1),
+                K::SumAxisBlock | K::MaxAxisBlock => (u(2), u(3), u(4), 1, u(4)),
+                _ => (
+                    u(2),
+                    u(3),
+                    u(4),
+                    grid.2 as usize,
+                    (32 * grid.0 as usize).min(u(4)),
+                ),
             };
+            let x = readf(p(0), outer * len * inner)?;
+            let mut out = readf(p(1), z * outer * inner)?;
+            // Slab `zi` reduces its chunk of the axis; column tiles cover `covered` columns.
             let chunk = len.div_ceil(z.max(1));
             for zi in 0..z {
-                let begin = len.min(zi * chunk);
-                let end = if len - begin < chunk {
-                    len
-                } else {
-                    begin + chunk
-                };
-                for o in 0..outer {
-                    // Column tiles cover only 32 · gridDim.x columns.
-                    for k in 0..inner.min(tiles.saturating_mul(32)) {
-                        let mut acc = init;
-                        for l in begin..end {
-                            acc = comb(acc, x.f((o * len + l) * inner + k));
-                        }
-                        out.set_f(zi * outer * inner + o * inner + k, acc);
+                let (begin, end) = (len.min(zi * chunk), len.min((zi + 1) * chunk));
+                let part: Vec<f32> = (0..outer)
+                    .flat_map(|o| {
+                        (begin..end)
+                            .flat_map(move |l| (0..inner).map(move |c| (o * len + l) * inner + c))
+                    })
+                    .map(|i| x[i])
+                    .collect();
+                let r = CpuStorage(part).reduce(op, outer, end - begin, inner)?;
+                for (i, &v) in r.0.iter().enumerate() {
+                    if i % inner < covered {
+                        out[zi * outer * inner + i] = v;
                     }
                 }
             }
+            writef(p(1), &out)
         }
         K::ArgmaxRows => {
-            let (x, rows, cols, out) = (a.p(0)?, a.u(1), a.u(2), a.p(3)?);
-            for r in 0..rows {
-                let (mut best, mut bi) = (f32::NEG_INFINITY, u32::MAX);
-                for j in 0..cols {
-                    let v = x.f(r * cols + j);
-                    if argmax_better(v, j as u32, best, bi) {
-                        best = v;
-                        bi = j as u32;
-                    }
-                }
-                out.set_u(r, bi);
-            }
+            let (rows, cols) = (u(1), u(2));
+            let best = cpu(p(0), rows * cols)?.argmax_rows(rows, cols)?;
+            write(
+                p(3),
+                &best
+                    .iter()
+                    .map(|&b| if cols == 0 { u32::MAX } else { b })
+                    .collect::<Vec<_>>(),
+            )
         }
-        K::IndexSelectRows | K::IndexAddRows => {
-            let (src, idx, dst) = (a.p(0)?, a.p(1)?, a.p(2)?);
-            let (n_idx, cols, rows, bad) = (a.u(3), a.u(4), a.u(5), a.p(6)?);
-            for r in 0..n_idx {
-                let t = idx.u(r) as usize;
-                if t >= rows {
-                    flag(&bad, r);
-                }
-                for c in 0..cols {
-                    if kernel == K::IndexSelectRows {
-                        let v = if t < rows {
-                            src.f(t * cols + c)
-                        } else {
-                            f32::NAN
-                        };
-                        dst.set_f(r * cols + c, v);
-                    } else if t < rows {
-                        dst.set_f(t * cols + c, dst.f(t * cols + c) + src.f(r * cols + c));
-                    }
-                }
-            }
-        }
-        K::GatherCols => {
-            let (x, labels, out, rows, cols, bad) =
-                (a.p(0)?, a.p(1)?, a.p(2)?, a.u(3), a.u(4), a.p(5)?);
-            for i in 0..rows {
-                let l = labels.u(i) as usize;
-                if l < cols {
-                    out.set_f(i, x.f(i * cols + l));
-                } else {
-                    out.set_f(i, f32::NAN);
-                    flag(&bad, i);
-                }
-            }
-        }
-        K::ScatterCols => {
-            let (g, labels, out, rows, cols, bad) =
-                (a.p(0)?, a.p(1)?, a.p(2)?, a.u(3), a.u(4), a.p(5)?);
-            for i in 0..rows {
-                let l = labels.u(i) as usize;
-                for c in 0..cols {
-                    out.set_f(i * cols + c, if c == l { g.f(i) } else { 0.0 });
-                }
-                if l >= cols {
-                    flag(&bad, i);
-                }
-            }
-        }
+        K::IndexSelectRows | K::IndexAddRows | K::GatherCols | K::ScatterCols => index_kernel(k, a),
         K::Copy2d => {
-            let (src, dst) = (a.p(0)?, a.p(1)?);
-            let (rows, cols, ss, ds, so, dof) = (a.u(2), a.u(3), a.u(4), a.u(5), a.u(6), a.u(7));
-            for r in 0..rows {
-                for c in 0..cols {
-                    dst.set_f(dof + r * ds + c, src.f(so + r * ss + c));
-                }
-            }
+            let (rows, cols, ss, ds, so, dof) = (u(2), u(3), u(4), u(5), u(6), u(7));
+            let ext = |off, s| off + super::plan::extent(rows, cols, s);
+            let mut dst = cpu(p(1), ext(dof, ds))?;
+            cpu(p(0), ext(so, ss))?.copy2d(&mut dst, rows, cols, ss, ds, so, dof)?;
+            writef(p(1), &dst.0)
         }
-        K::Transpose2d => {
-            require_block(name, block, (32, 8, 1))?;
-            let (src, dst, rows, cols) = (a.p(0)?, a.p(1)?, a.u(2), a.u(3));
-            for r in 0..rows {
-                for c in 0..cols {
-                    dst.set_f(c * rows + r, src.f(r * cols + c));
-                }
-            }
-        }
+        K::Transpose2d => writef(p(1), &cpu(p(0), u(2) * u(3))?.transpose2d(u(2), u(3))?.0),
         K::SoftmaxSmallC
         | K::LogSoftmaxSmallC
         | K::SoftmaxWarpRow
@@ -584,488 +337,450 @@ pub(super) fn run(
         | K::SoftmaxBlockRow
         | K::LogSoftmaxBlockRow => {
             let log = matches!(
-                kernel,
+                k,
                 K::LogSoftmaxSmallC | K::LogSoftmaxWarpRow | K::LogSoftmaxBlockRow
             );
-            let (x, y, rows, cols) = (a.p(0)?, a.p(1)?, a.u(2), a.u(3));
-            let handles = match kernel {
-                K::SoftmaxSmallC | K::LogSoftmaxSmallC => (1..=32).contains(&cols),
-                K::SoftmaxWarpRow | K::LogSoftmaxWarpRow => (33..=1024).contains(&cols),
-                _ => {
-                    require_block(name, block, (256, 1, 1))?;
-                    true
-                }
-            };
-            if handles {
-                for r in 0..rows {
-                    let row: Vec<f32> = (0..cols).map(|j| x.f(r * cols + j)).collect();
-                    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let s: f32 = row.iter().map(|&v| (v - m).exp()).sum();
-                    for (j, &v) in row.iter().enumerate() {
-                        y.set_f(
-                            r * cols + j,
-                            if log {
-                                (v - m) - s.ln()
-                            } else {
-                                (v - m).exp() / s
-                            },
-                        );
-                    }
-                }
+            let (rows, cols) = (u(2), u(3));
+            match handles(k, cols) {
+                true => writef(
+                    p(1),
+                    &cpu(p(0), rows * cols)?.softmax_rows(rows, cols, log)?.0,
+                ),
+                false => Ok(()),
             }
         }
-        K::XentSmallC | K::XentWarpRow | K::XentBlockRow => {
-            let (z, s, y, w, loss, dz) = (a.p(0)?, a.p(1)?, a.p(2)?, a.p(3)?, a.p(4)?, a.p(5)?);
-            let (rows, cols, scale, write_grad, bad) =
-                (a.u(6), a.u(7), a.f(8), a.u(9) != 0, a.p(10)?);
-            let handles = match kernel {
-                K::XentSmallC => (1..=32).contains(&cols),
-                K::XentWarpRow => (33..=1024).contains(&cols),
-                _ => {
-                    require_block(name, block, (256, 1, 1))?;
-                    true
-                }
-            };
-            if write_grad && dz.is_null() {
-                return Err(Error::Cuda(format!(
-                    "emulator: {name}: write_grad without dz"
-                )));
-            }
-            if handles {
-                for r in 0..rows {
-                    let t: Vec<f32> = (0..cols)
-                        .map(|j| {
-                            let i = r * cols + j;
-                            if s.is_null() {
-                                z.f(i)
-                            } else {
-                                z.f(i) + s.f(i)
-                            }
-                        })
-                        .collect();
-                    let label = y.u(r) as usize;
-                    let is_bad = label >= cols;
-                    let m = t.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let sum: f32 = t.iter().map(|&v| (v - m).exp()).sum();
-                    let wi = if w.is_null() { 1.0 } else { w.f(r) };
-                    let l = if is_bad {
-                        f32::NAN
-                    } else {
-                        wi * ((m - t[label]) + sum.ln())
-                    };
-                    loss.set_f(r, l);
-                    if is_bad {
-                        flag(&bad, r);
-                    }
-                    if write_grad {
-                        let coef = scale * wi;
-                        for (j, &v) in t.iter().enumerate() {
-                            let g = if is_bad {
-                                f32::NAN
-                            } else {
-                                coef * ((v - m).exp() / sum - if j == label { 1.0 } else { 0.0 })
-                            };
-                            dz.set_f(r * cols + j, g);
-                        }
-                    }
-                }
-            }
-        }
+        K::XentSmallC | K::XentWarpRow | K::XentBlockRow => match handles(k, u(7)) {
+            true => xent_fallback(args),
+            false => Ok(()),
+        },
         K::XentGroupVec
         | K::XentWarpVec
         | K::XentWarpVec8
         | K::XentBlockVec
-        | K::XentBlockScalar => {
-            let vec = kernel != K::XentBlockScalar;
-            if vec {
-                // A float4 access at an address that is not 16-byte aligned faults on a GPU.
-                for (i, what) in [(0, "z"), (1, "s"), (5, "dz")] {
-                    if !a.addr(i).is_multiple_of(16) {
-                        return Err(Error::Cuda(format!(
-                            "emulated device fault: {name}: misaligned address of `{what}`"
-                        )));
-                    }
-                }
-            }
-            let x = XentArgs {
-                z: a.p(0)?,
-                s: a.p(1)?,
-                y: a.p(2)?,
-                w: a.p(3)?,
-                loss: a.p(4)?,
-                dz: a.p(5)?,
-                rows: a.u(6),
-                cols: a.u(7),
-                grad_scale: a.f(8),
-                write_grad: a.u(9) != 0,
-                bad: a.p(10)?,
-            };
-            if x.write_grad && x.dz.is_null() {
-                return Err(Error::Cuda(format!(
-                    "emulator: {name}: write_grad without dz"
-                )));
-            }
-            let cols = x.cols;
-            let aligned_cols = cols.is_multiple_of(4);
-            match kernel {
-                K::XentGroupVec if aligned_cols && (4..=128).contains(&cols) => {
-                    xent_vec_rows(&x, next_pow2(cols / 4), 1)
-                }
-                K::XentWarpVec if aligned_cols && (129..=512).contains(&cols) => {
-                    xent_vec_rows(&x, 32, if cols <= 256 { 2 } else { 4 })
-                }
-                K::XentWarpVec8 if aligned_cols && (513..=1024).contains(&cols) => {
-                    xent_vec_rows(&x, 32, 8)
-                }
-                K::XentBlockVec | K::XentBlockScalar if block.1 == 1 && block.2 == 1 => {
-                    // The kernel's dispatch on blockDim.x; outside it, nothing is written.
-                    let b = block.0 as usize;
-                    let vs = if cols <= 32 * b {
-                        XENT_BLOCK_VS
-                    } else {
-                        XENT_BLOCK_VS_LONG
-                    };
-                    let fits = matches!(b, 64 | 128 | 256 | 512)
-                        && (cols <= 32 * b || (b == 512 && cols <= 64 * b))
-                        && smem_bytes as usize >= b * vs * 16
-                        && (!vec || aligned_cols);
-                    if fits {
-                        xent_block_rows(&x, b, vs, vec);
-                    }
-                }
-                _ => {}
-            }
-        }
-        K::XrmFlipTargets => {
-            if !a.addr(1).is_multiple_of(8) {
-                return Err(Error::Cuda(format!(
-                    "emulated device fault: {name}: misaligned address of `u`"
-                )));
-            }
-            let (logits, u, target, rows, k) = (a.p(0)?, a.p(1)?, a.p(2)?, a.u(3), a.u(4));
-            // The kernel's f64 steps, in its order (kernels/xrm.cu).
-            let kd = k as f64;
-            for i in 0..rows {
-                let mut out = u32::MAX;
-                if k >= 2 {
-                    let row = |j: usize| logits.f(i * k + j);
-                    let (mut best, mut best_v) = (0usize, row(0));
-                    for j in 1..k {
-                        if row(j) > best_v {
-                            best_v = row(j);
-                            best = j;
-                        }
-                    }
-                    let mx = best_v as f64;
-                    let mut total = 0.0f64;
-                    for j in 0..k {
-                        total += (row(j) as f64 - mx).exp();
-                    }
-                    let p = 1.0 / total;
-                    let q = ((p - 1.0 / kd) * kd) / (kd - 1.0);
-                    let ui = f64::from_bits(u.u(2 * i) as u64 | (u.u(2 * i + 1) as u64) << 32);
-                    if ui < q {
-                        out = best as u32;
-                    }
-                }
-                target.set_u(i, out);
-            }
-        }
+        | K::XentBlockScalar => xent_single_pass(k, block, smem, args),
+        K::XrmFlipTargets => xrm_flip_targets(args),
         K::SumAll => {
-            require_block(name, block, (1024, 1, 1))?;
             if grid != (1, 1, 1) {
-                return Err(Error::Cuda(format!("emulator: {name} needs one block")));
+                return Err(Error::Cuda(format!(
+                    "emulator: {} needs one block",
+                    k.name()
+                )));
             }
-            let (x, n, out, scale) = (a.p(0)?, a.u(1), a.p(2)?, a.f(3));
-            let total: f32 = (0..n).map(|i| x.f(i)).sum();
-            out.set_f(0, scale * total);
+            writef(p(2), &[f(3) * cpu(p(0), u(1))?.sum_all()?.0[0]])
         }
         K::SumPartials => {
-            require_block(name, block, (256, 1, 1))?;
-            let (x, n, partials) = (a.p(0)?, a.u(1), a.p(2)?);
-            let g = grid.0 as usize;
+            // Block b sums the elements its grid-stride loop visits, in order.
+            let (x, g) = (readf(p(0), u(1))?, grid.0 as usize);
             let mut acc = vec![0.0f32; g];
-            for i in 0..n {
-                acc[(i % (g * 256)) / 256] += x.f(i);
+            for (i, v) in x.iter().enumerate() {
+                acc[(i % (g * 256)) / 256] += v;
             }
-            for (b, v) in acc.into_iter().enumerate() {
-                partials.set_f(b, v);
-            }
+            writef(p(2), &acc)
         }
         K::SgdStep => {
-            let (p, g, buf, n) = (a.p(0)?, a.p(1)?, a.p(2)?, a.u(3));
-            let (lr, mom, damp, wd, nesterov, first) =
-                (a.f(4), a.f(5), a.f(6), a.f(7), a.u(8) != 0, a.u(9) != 0);
-            for i in 0..n {
-                let pi = p.f(i);
-                let mut d = g.f(i);
-                if wd != 0.0 {
-                    d += wd * pi;
-                }
-                if mom != 0.0 {
-                    let b = if first {
-                        d
-                    } else {
-                        mom * buf.f(i) + (1.0 - damp) * d
-                    };
-                    buf.set_f(i, b);
-                    d = if nesterov { d + mom * b } else { b };
-                }
-                p.set_f(i, pi - lr * d);
-            }
+            let n = u(3);
+            let h = SgdStep {
+                lr: f(4),
+                momentum: f(5),
+                dampening: f(6),
+                weight_decay: f(7),
+                nesterov: u(8) != 0,
+                first_step: u(9) != 0,
+            };
+            let (mut param, mut buf) = (
+                cpu(p(0), n)?,
+                cpu(p(2), if h.momentum != 0.0 { n } else { 0 })?,
+            );
+            param.sgd_update(&cpu(p(1), n)?, (h.momentum != 0.0).then_some(&mut buf), h)?;
+            writef(p(0), &param.0)?;
+            writef(p(2), &buf.0)
         }
         K::AdamStep => {
-            let (p, g, m, v, n) = (a.p(0)?, a.p(1)?, a.p(2)?, a.p(3)?, a.u(4));
-            let (lr, b1, b2, eps, wd, step, decoupled) = (
-                a.f(5),
-                a.f(6),
-                a.f(7),
-                a.f(8),
-                a.f(9),
-                a.u(10),
-                a.u(11) != 0,
-            );
-            let bc1 = 1.0 - (b1 as f64).powf(step as f64);
-            let bc2 = 1.0 - (b2 as f64).powf(step as f64);
-            let step_size = (lr as f64 / bc1) as f32;
-            let bc2_sqrt = bc2.sqrt() as f32;
-            let decay = (1.0 - lr as f64 * wd as f64) as f32;
-            let (c1, c2) = (1.0 - b1, 1.0 - b2);
-            for i in 0..n {
-                let (mut pi, mut gi) = (p.f(i), g.f(i));
-                if wd != 0.0 {
-                    if decoupled {
-                        pi *= decay;
-                    } else {
-                        gi += wd * pi;
-                    }
-                }
-                let mi = b1 * m.f(i) + c1 * gi;
-                let vi = b2 * v.f(i) + (c2 * gi) * gi;
-                m.set_f(i, mi);
-                v.set_f(i, vi);
-                let denom = vi.sqrt() / bc2_sqrt + eps;
-                p.set_f(i, pi - step_size * (mi / denom));
-            }
-        }
-        K::Sgemm128 | K::Sgemm64 | K::SgemmThin | K::SgemmThinTa => {
-            let (pa, pb, pc) = (a.p(0)?, a.p(1)?, a.p(2)?);
-            let (m, n, k, lda, ldb, ldc) = (a.u(3), a.u(4), a.u(5), a.u(6), a.u(7), a.u(8));
-            let (alpha, beta) = (a.f(9), a.f(10));
-            let (ta, tb, rows, cols) = match kernel {
-                K::Sgemm128 | K::Sgemm64 => {
-                    require_block(name, block, (256, 1, 1))?;
-                    let tile = if kernel == K::Sgemm128 { 128 } else { 64 };
-                    // Tiles: only the part of C the grid covers is written.
-                    let rows = m.min(grid.1 as usize * tile);
-                    let cols = n.min(grid.0 as usize * tile);
-                    (a.u(11) != 0, a.u(12) != 0, rows, cols)
-                }
-                K::SgemmThin => {
-                    require_block(name, block, (256, 1, 1))?;
-                    (false, a.u(11) != 0, m, if n > 16 { 0 } else { n })
-                }
-                _ => {
-                    require_block(name, block, (32, 8, 1))?;
-                    (true, a.u(11) != 0, m, if n > 16 { 0 } else { n })
-                }
+            let n = u(4);
+            let h = AdamStep {
+                lr: f(5),
+                beta1: f(6),
+                beta2: f(7),
+                eps: f(8),
+                weight_decay: f(9),
+                step: u(10) as u32,
+                decoupled: u(11) != 0,
             };
-            for i in 0..rows {
-                for j in 0..cols {
-                    let mut acc = 0.0f32;
-                    for kk in 0..k {
-                        let av = if ta {
-                            pa.f(kk * lda + i)
-                        } else {
-                            pa.f(i * lda + kk)
-                        };
-                        let bv = if tb {
-                            pb.f(j * ldb + kk)
-                        } else {
-                            pb.f(kk * ldb + j)
-                        };
-                        acc = av.mul_add(bv, acc);
-                    }
-                    let c = i * ldc + j;
-                    let r = alpha * acc;
-                    pc.set_f(
-                        c,
-                        if beta == 0.0 {
-                            r
-                        } else {
-                            beta.mul_add(pc.f(c), r)
-                        },
-                    );
-                }
-            }
+            let (mut param, mut m, mut v) = (cpu(p(0), n)?, cpu(p(2), n)?, cpu(p(3), n)?);
+            param.adam_update(&cpu(p(1), n)?, &mut m, &mut v, h)?;
+            writef(p(0), &param.0)?;
+            writef(p(2), &m.0)?;
+            writef(p(3), &v.0)
         }
-        K::SgemmThinTaPartial => {
-            require_block(name, block, (32, 8, 1))?;
-            let (pa, pb, work) = (a.p(0)?, a.p(1)?, a.p(2)?);
-            let (m, n, k, lda, ldb, tb) = (a.u(3), a.u(4), a.u(5), a.u(6), a.u(7), a.u(8) != 0);
-            if n <= 16 {
-                let z = grid.1 as usize;
-                let chunk = k.div_ceil(z);
-                for zi in 0..z {
-                    let begin = k.min(zi * chunk);
-                    let end = if k - begin < chunk { k } else { begin + chunk };
-                    for i in 0..m {
-                        for j in 0..n {
-                            let mut acc = 0.0f32;
-                            for kk in begin..end {
-                                let bv = if tb {
-                                    pb.f(j * ldb + kk)
-                                } else {
-                                    pb.f(kk * ldb + j)
-                                };
-                                acc = pa.f(kk * lda + i).mul_add(bv, acc);
-                            }
-                            work.set_f((zi * m + i) * n + j, acc);
-                        }
-                    }
-                }
-            }
+        K::Sgemm128
+        | K::Sgemm64
+        | K::SgemmThin
+        | K::SgemmThinTa
+        | K::SgemmThinTaPartial
+        | K::SgemmThinFinish => gemm(k, grid, a),
+    }
+}
+
+fn binary_op(k: Kernel) -> BinaryOp {
+    use Kernel as K;
+    match k {
+        K::Add | K::AddBcast => BinaryOp::Add,
+        K::Sub | K::SubBcast => BinaryOp::Sub,
+        K::Mul | K::MulBcast => BinaryOp::Mul,
+        K::Div | K::DivBcast => BinaryOp::Div,
+        K::Maximum | K::MaximumBcast => BinaryOp::Maximum,
+        _ => BinaryOp::Eq,
+    }
+}
+
+/// Whether a row variant handles `cols` columns (outside its range it writes nothing).
+fn handles(k: Kernel, cols: usize) -> bool {
+    use Kernel as K;
+    match k {
+        K::SoftmaxSmallC | K::LogSoftmaxSmallC | K::XentSmallC => (1..=32).contains(&cols),
+        K::SoftmaxWarpRow | K::LogSoftmaxWarpRow | K::XentWarpRow => (33..=1024).contains(&cols),
+        _ => true,
+    }
+}
+
+/// The row and column index kernels: bad entries are flagged and never followed (selected
+/// rows and gathered values NaN, scattered rows zero, added rows skipped); the good ones go
+/// through the CPU backend.
+fn index_kernel(k: Kernel, a: Args) -> Result<()> {
+    use Kernel as K;
+    let (src, idx, dst, n, cols) = (a.p(0), a.p(1), a.p(2), a.u(3), a.u(4));
+    // (the range the entries index, the flag)
+    let (size, bad) = match k {
+        K::IndexSelectRows | K::IndexAddRows => (a.u(5), a.p(6)),
+        _ => (cols, a.p(5)),
+    };
+    let idx = read(idx, n)?;
+    let bad_rows: Vec<usize> = (0..n).filter(|&r| idx[r] as usize >= size).collect();
+    let safe: Vec<u32> = idx
+        .iter()
+        .map(|&i| if i as usize >= size { 0 } else { i })
+        .collect();
+    flag(bad, &bad_rows)?;
+    let row = |r: usize| r * cols..(r + 1) * cols;
+    let mut out = match k {
+        K::IndexSelectRows => cpu(src, size * cols)?.index_select_rows(cols, &safe)?,
+        K::IndexAddRows => {
+            let mut src = cpu(src, n * cols)?;
+            bad_rows.iter().for_each(|&r| src.0[row(r)].fill(0.0));
+            let added = src.index_add_rows(cols, &safe, size)?;
+            let flat = Shape::from(vec![size * cols]);
+            cpu(dst, size * cols)?.binary(&added, BinaryOp::Add, &flat, &flat, &flat)?
         }
-        K::SgemmThinFinish => {
-            let (work, pc) = (a.p(0)?, a.p(1)?);
-            let (m, n, z, ldc, alpha, beta) = (a.u(2), a.u(3), a.u(4), a.u(5), a.f(6), a.f(7));
-            for q in 0..m * n {
-                let acc: f32 = (0..z).map(|zi| work.f(zi * m * n + q)).sum();
-                let c = (q / n) * ldc + q % n;
-                let r = alpha * acc;
-                pc.set_f(
-                    c,
-                    if beta == 0.0 {
-                        r
-                    } else {
-                        beta.mul_add(pc.f(c), r)
-                    },
-                );
-            }
+        K::GatherCols => cpu(src, n * cols)?.gather_cols(n, cols, &safe)?,
+        _ => cpu(src, n)?.scatter_cols(n, cols, &safe)?,
+    };
+    for &r in &bad_rows {
+        match k {
+            K::IndexSelectRows => out.0[row(r)].fill(f32::NAN),
+            K::GatherCols => out.0[r] = f32::NAN,
+            K::ScatterCols => out.0[row(r)].fill(0.0),
+            _ => {}
         }
     }
-    finish(fault)
+    writef(dst, &out.0)
 }
 
-/// Chunks per thread of the block cross-entropy kernels (kernels/xent.cu): in registers, in
-/// shared memory, and in shared memory for rows over `32 · blockDim.x` columns.
-const XENT_BLOCK_VR: usize = 4;
-const XENT_BLOCK_VS: usize = 4;
-const XENT_BLOCK_VS_LONG: usize = 12;
-
-fn next_pow2(n: usize) -> usize {
-    n.max(1).next_power_of_two()
+/// The GEMM kernels on densified operands: `C = α op(A) op(B) + β C` over the part of `C`
+/// the launch covers (tiles: what the grid covers; thin: `N <= 16`), split-K slab by slab.
+fn gemm(k: Kernel, grid: (u32, u32, u32), args: Args) -> Result<()> {
+    use Kernel as K;
+    let (p, u, f) = (|i| args.p(i), |i| args.u(i), |i| args.f(i));
+    if k == K::SgemmThinFinish {
+        let (m, n, z, ldc, alpha, beta) = (u(2), u(3), u(4), u(5), f(6), f(7));
+        let work = readf(p(0), z * m * n)?;
+        let sums: Vec<f32> = (0..m * n)
+            .map(|q| (0..z).map(|zi| work[zi * m * n + q]).sum())
+            .collect();
+        return store_c(p(1), &sums, (m, n, ldc), (m, n), (alpha, beta));
+    }
+    let (m, n, kk, lda, ldb) = (u(3), u(4), u(5), u(6), u(7));
+    let (ta, tb, rows, cols) = match k {
+        K::Sgemm128 | K::Sgemm64 => {
+            let tile = if k == K::Sgemm128 { 128 } else { 64 };
+            (
+                u(11) != 0,
+                u(12) != 0,
+                m.min(grid.1 as usize * tile),
+                n.min(grid.0 as usize * tile),
+            )
+        }
+        K::SgemmThin => (false, u(11) != 0, m, if n > 16 { 0 } else { n }),
+        K::SgemmThinTa => (true, u(11) != 0, m, if n > 16 { 0 } else { n }),
+        _ => (true, u(8) != 0, m, if n > 16 { 0 } else { n }),
+    };
+    let ext = |t: bool, r: usize, c: usize, ld: usize| match t {
+        true => super::plan::extent(c, r, ld),
+        false => super::plan::extent(r, c, ld),
+    };
+    let (a, b) = (
+        &readf(p(0), ext(ta, m, kk, lda))?,
+        &readf(p(1), ext(tb, kk, n, ldb))?,
+    );
+    // op(A)[i, l] and op(B)[l, j] over l in `ks`, as dense row-major blocks.
+    let dense_a = |ks: std::ops::Range<usize>| -> CpuStorage {
+        CpuStorage(
+            (0..m)
+                .flat_map(|i| {
+                    ks.clone()
+                        .map(move |l| if ta { a[l * lda + i] } else { a[i * lda + l] })
+                })
+                .collect(),
+        )
+    };
+    let dense_b = |ks: std::ops::Range<usize>| -> CpuStorage {
+        CpuStorage(
+            ks.flat_map(|l| (0..n).map(move |j| if tb { b[j * ldb + l] } else { b[l * ldb + j] }))
+                .collect(),
+        )
+    };
+    if k != K::SgemmThinTaPartial {
+        let c = dense_a(0..kk).matmul(&dense_b(0..kk), m, kk, n, false, false)?;
+        return store_c(p(2), &c.0, (m, n, u(8)), (rows, cols), (f(9), f(10)));
+    }
+    // Split-K: slab `zi` holds the product over its chunk of K.
+    let z = grid.1 as usize;
+    let chunk = kk.div_ceil(z);
+    for zi in 0..z {
+        let (begin, end) = (kk.min(zi * chunk), kk.min((zi + 1) * chunk));
+        let c =
+            dense_a(begin..end).matmul(&dense_b(begin..end), m, end - begin, n, false, false)?;
+        let slab = p(2) + 4 * (zi * m * n) as u64;
+        store_c(slab, &c.0, (m, n, n), (rows, cols), (1.0, 0.0))?;
+    }
+    Ok(())
 }
 
-/// The arguments of a fused cross-entropy launch.
-struct XentArgs<'f> {
-    z: View<'f>,
-    s: View<'f>,
-    y: View<'f>,
-    w: View<'f>,
-    loss: View<'f>,
-    dz: View<'f>,
+/// Writes `α·prod + β·C` (`C` not read when `β == 0`) for the first `rows × cols` of the
+/// `m × n` product into `C` with leading dimension `ldc`.
+fn store_c(
+    c: u64,
+    prod: &[f32],
+    (m, n, ldc): (usize, usize, usize),
+    (rows, cols): (usize, usize),
+    (alpha, beta): (f32, f32),
+) -> Result<()> {
+    let mut out = readf(c, super::plan::extent(m, n, ldc))?;
+    for i in 0..rows {
+        for j in 0..cols {
+            let r = alpha * prod[i * n + j];
+            let o = &mut out[i * ldc + j];
+            *o = if beta == 0.0 { r } else { beta.mul_add(*o, r) };
+        }
+    }
+    writef(c, &out)
+}
+
+/// The arguments of a fused cross-entropy launch, read from the device.
+struct Xent {
+    z: Vec<f32>,
+    s: Option<Vec<f32>>,
+    y: Vec<u32>,
+    w: Option<Vec<f32>>,
     rows: usize,
     cols: usize,
     grad_scale: f32,
     write_grad: bool,
-    bad: View<'f>,
+    loss: Vec<f32>,
+    dz: Vec<f32>,
 }
 
-impl XentArgs<'_> {
+impl Xent {
+    fn read(args: &[Value]) -> Result<(Xent, [u64; 3])> {
+        let a = Args(args);
+        let (z, s, y, w, loss, dz) = (a.p(0), a.p(1), a.p(2), a.p(3), a.p(4), a.p(5));
+        let (rows, cols, grad_scale, write_grad, bad) =
+            (a.u(6), a.u(7), a.f(8), a.u(9) != 0, a.p(10));
+        if write_grad && dz == 0 {
+            return Err(Error::Cuda("emulator: write_grad without dz".into()));
+        }
+        let opt = |a: u64, n: usize| (a != 0).then(|| readf(a, n)).transpose();
+        let x = Xent {
+            z: readf(z, rows * cols)?,
+            s: opt(s, rows * cols)?,
+            y: read(y, rows)?,
+            w: opt(w, rows)?,
+            rows,
+            cols,
+            grad_scale,
+            write_grad,
+            loss: readf(loss, rows)?,
+            dz: if write_grad {
+                readf(dz, rows * cols)?
+            } else {
+                Vec::new()
+            },
+        };
+        Ok((x, [loss, dz, bad]))
+    }
+
+    /// Writes back the losses, the gradient, and the flag for the bad rows.
+    fn write(&self, [loss, dz, bad]: [u64; 3]) -> Result<()> {
+        writef(loss, &self.loss)?;
+        if self.write_grad {
+            writef(dz, &self.dz)?;
+        }
+        let bad_rows: Vec<usize> = (0..self.rows)
+            .filter(|&r| self.y[r] as usize >= self.cols)
+            .collect();
+        flag(bad, &bad_rows)
+    }
+
     /// `t = z + s` at column `j` of row `r`, or -inf past the row (the kernels' padding).
     fn t(&self, r: usize, j: usize) -> f32 {
-        if j >= self.cols {
-            return f32::NEG_INFINITY;
-        }
         let i = r * self.cols + j;
-        if self.s.is_null() {
-            self.z.f(i)
-        } else {
-            self.z.f(i) + self.s.f(i)
+        match (j < self.cols, &self.s) {
+            (false, _) => f32::NEG_INFINITY,
+            (true, None) => self.z[i],
+            (true, Some(s)) => self.z[i] + s[i],
         }
     }
 
     fn weight(&self, r: usize) -> f32 {
-        if self.w.is_null() {
-            1.0
-        } else {
-            self.w.f(r)
-        }
+        self.w.as_ref().map_or(1.0, |w| w[r])
     }
 
-    /// Writes row `r`'s loss, flags a bad label.
-    fn finish_row(&self, r: usize, m: f32, t_label: f32, sum: f32, bad: bool) {
-        let loss = if bad {
-            f32::NAN
-        } else {
-            self.weight(r) * ((m - t_label) + sum.ln())
+    /// Row `r`'s loss from its max `m` and exp-sum, NaN for a bad label.
+    fn finish_row(&mut self, r: usize, m: f32, sum: f32) {
+        let label = self.y[r] as usize;
+        self.loss[r] = match label < self.cols {
+            true => self.weight(r) * ((m - self.t(r, label)) + sum.ln()),
+            false => f32::NAN,
         };
-        self.loss.set_f(r, loss);
-        if bad {
-            flag(&self.bad, r);
-        }
     }
 
-    /// The gradient of column `j` from its exp value `e`, with `a = coef / S` (times the
+    /// The gradient of column `j` from its exp value `e` and `a = coef / S` (times the
     /// thread's rescale in the block kernels): `e·a`, or `fma(e, a, −coef)` at the label.
-    fn grad(&self, r: usize, j: usize, e: f32, a: f32, label: usize, bad: bool) {
+    fn grad(&mut self, r: usize, j: usize, e: f32, a: f32) {
         if j >= self.cols {
             return;
         }
-        let coef = self.grad_scale * self.weight(r);
-        let g = if bad {
-            f32::NAN
-        } else if j == label {
-            e.mul_add(a, -coef)
-        } else {
-            e * a
+        let (label, coef) = (self.y[r] as usize, self.grad_scale * self.weight(r));
+        self.dz[r * self.cols + j] = match (label < self.cols, j == label) {
+            (false, _) => f32::NAN,
+            (true, true) => e.mul_add(a, -coef),
+            (true, false) => e * a,
         };
-        self.dz.set_f(r * self.cols + j, g);
     }
+}
+
+/// The scalar fallback kernels, whose order is not the point: the CPU reference, with bad
+/// labels' rows NaN.
+fn xent_fallback(args: &[Value]) -> Result<()> {
+    let (mut x, out) = Xent::read(args)?;
+    let bad: Vec<bool> = x.y.iter().map(|&l| l as usize >= x.cols).collect();
+    let labels: Vec<u32> =
+        x.y.iter()
+            .zip(&bad)
+            .map(|(&l, &b)| if b { 0 } else { l })
+            .collect();
+    let (s, w) = (x.s.take().map(CpuStorage), x.w.take().map(CpuStorage));
+    let (loss, grad) = CpuStorage(std::mem::take(&mut x.z)).xent(XentArgs {
+        shift: s.as_ref(),
+        labels: &labels,
+        weights: w.as_ref(),
+        rows: x.rows,
+        cols: x.cols,
+        grad_scale: x.grad_scale,
+        write_grad: x.write_grad,
+    })?;
+    x.loss.clone_from(&loss.0);
+    if let Some(g) = grad {
+        x.dz.clone_from(&g.0);
+    }
+    for r in (0..x.rows).filter(|&r| bad[r]) {
+        x.loss[r] = f32::NAN;
+        if x.write_grad {
+            x.dz[r * x.cols..(r + 1) * x.cols].fill(f32::NAN);
+        }
+    }
+    x.write(out)
+}
+
+/// The single-pass kernels, mirrored: which shapes each handles (the kernel's dispatch on
+/// `cols`, `blockDim.x` and shared memory; outside it, nothing is written), float4
+/// alignment faults, and each row's thread partition and reduction tree.
+fn xent_single_pass(k: Kernel, block: (u32, u32, u32), smem: u32, args: &[Value]) -> Result<()> {
+    use Kernel as K;
+    if k.is_vectorized_xent() {
+        // A float4 access at an address that is not 16-byte aligned faults on a GPU.
+        for (i, what) in [(0, "z"), (1, "s"), (5, "dz")] {
+            if matches!(args[i], Value::Ptr(a) if !a.is_multiple_of(16)) {
+                return Err(fault(format!(
+                    "{}: misaligned address of `{what}`",
+                    k.name()
+                )));
+            }
+        }
+    }
+    let (mut x, out) = Xent::read(args)?;
+    let (cols, b) = (x.cols, block.0 as usize);
+    let aligned = cols.is_multiple_of(4);
+    let vs = if cols <= 32 * b {
+        XENT_BLOCK_VS
+    } else {
+        XENT_BLOCK_VS_LONG
+    };
+    let block_fits = block.1 == 1
+        && block.2 == 1
+        && matches!(b, 64 | 128 | 256 | 512)
+        && (cols <= 32 * b || (b == 512 && cols <= 64 * b))
+        && smem as usize >= b * vs * 16;
+    match k {
+        K::XentGroupVec if aligned && (4..=128).contains(&cols) => {
+            xent_vec_rows(&mut x, (cols / 4).next_power_of_two(), 1)
+        }
+        K::XentWarpVec if aligned && (129..=512).contains(&cols) => {
+            xent_vec_rows(&mut x, 32, if cols <= 256 { 2 } else { 4 })
+        }
+        K::XentWarpVec8 if aligned && (513..=1024).contains(&cols) => xent_vec_rows(&mut x, 32, 8),
+        K::XentBlockVec if block_fits && aligned => xent_block_rows(&mut x, b, vs, true),
+        K::XentBlockScalar if block_fits => xent_block_rows(&mut x, b, vs, false),
+        _ => return Ok(()),
+    }
+    x.write(out)
 }
 
 /// `xent_vec_rows<log2(g), v>`: a group of `g` lanes per row, lane `q` holding the float4
 /// chunks `q + g·e`, `e < v`; the lane's max (NaN ignored) and its exp values summed in
 /// chunk and component order, then xor butterflies over the group.
-fn xent_vec_rows(x: &XentArgs<'_>, g: usize, v: usize) {
+fn xent_vec_rows(x: &mut Xent, g: usize, v: usize) {
     let quads = x.cols / 4;
     for r in 0..x.rows {
-        let label = x.y.u(r) as usize;
-        let bad = label >= x.cols;
         let chunk = |q: usize, e: usize| -> Option<[f32; 4]> {
             let k = q + g * e;
             (k < quads).then(|| std::array::from_fn(|c| x.t(r, 4 * k + c)))
         };
-        let m = (0..g)
-            .flat_map(|q| (0..v).filter_map(move |e| chunk(q, e)))
+        let chunks: Vec<Option<[f32; 4]>> = (0..g * v).map(|i| chunk(i / v, i % v)).collect();
+        let m = chunks
+            .iter()
             .flatten()
-            .fold(f32::NEG_INFINITY, f32::max);
-        let mut partial = vec![0.0f32; g];
-        let mut exps = vec![None; g * v];
-        for q in 0..g {
-            for e in 0..v {
-                if let Some(c) = chunk(q, e) {
-                    let ex = c.map(|t| (t - m).exp());
-                    for val in ex {
-                        partial[q] += val;
-                    }
-                    exps[q * v + e] = Some(ex);
-                }
-            }
-        }
+            .flatten()
+            .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let exps: Vec<Option<[f32; 4]>> = chunks
+            .iter()
+            .map(|c| c.map(|c| c.map(|t| (t - m).exp())))
+            .collect();
+        let partial = (0..g)
+            .map(|q| {
+                exps[q * v..(q + 1) * v]
+                    .iter()
+                    .flatten()
+                    .flatten()
+                    .fold(0.0f32, |a, &b| a + b)
+            })
+            .collect();
         let sum = butterfly(partial, |p, q| p + q);
-        let t_label = if bad { 0.0 } else { x.t(r, label) };
-        x.finish_row(r, m, t_label, sum, bad);
+        x.finish_row(r, m, sum);
         if x.write_grad {
             let a = x.grad_scale * x.weight(r) / sum;
-            for q in 0..g {
-                for e in 0..v {
-                    if let Some(ex) = exps[q * v + e] {
-                        for (c, &val) in ex.iter().enumerate() {
-                            x.grad(r, 4 * (q + g * e) + c, val, a, label, bad);
-                        }
-                    }
+            for (i, ex) in exps.iter().enumerate() {
+                for (c, &e) in ex.iter().flatten().enumerate() {
+                    x.grad(r, 4 * (i / v + g * (i % v)) + c, e, a);
                 }
             }
         }
@@ -1088,17 +803,14 @@ fn butterfly<T: Copy>(mut vals: Vec<T>, combine: impl Fn(T, T) -> T) -> T {
 /// `ma_lse_merge` of kernels/common.cuh: two (max, sum of exp(x − max)) pairs into one.
 fn lse_merge((m, s): (f32, f32), (om, os): (f32, f32)) -> (f32, f32) {
     let nm = m.max(om);
-    let a = if m == f32::NEG_INFINITY {
-        0.0
-    } else {
-        s * (m - nm).exp()
+    let scaled = |m: f32, s: f32| {
+        if m == f32::NEG_INFINITY {
+            0.0
+        } else {
+            s * (m - nm).exp()
+        }
     };
-    let b = if om == f32::NEG_INFINITY {
-        0.0
-    } else {
-        os * (om - nm).exp()
-    };
-    (nm, a + b)
+    (nm, scaled(m, s) + scaled(om, os))
 }
 
 /// `xent_block_rows<block, 4, vs, vec>`: thread `tid` holds chunks `k < 4 + vs`, chunk `k`
@@ -1106,76 +818,83 @@ fn lse_merge((m, s): (f32, f32), (om, os): (f32, f32)) -> (f32, f32) {
 /// NaN-propagating max `mt`, exps `e = exp(t − mt)` (0 for an all -inf thread) summed in
 /// chunk and component order; the block merges the `(mt, St)` pairs warp by warp, then over
 /// the warps' partials; the gradient rescales by `exp(mt − m)`.
-fn xent_block_rows(x: &XentArgs<'_>, block: usize, vs: usize, vec: bool) {
-    let chunks = XENT_BLOCK_VR + vs;
-    let col = |tid: usize, k: usize, c: usize| -> usize {
+fn xent_block_rows(x: &mut Xent, block: usize, vs: usize, vec: bool) {
+    let per_thread = 4 * (XENT_BLOCK_VR + vs);
+    let col = |tid: usize, i: usize| -> usize {
+        let (k, c) = (i / 4, i % 4);
         if vec {
             4 * (tid + block * k) + c
         } else {
             tid + block * (4 * k + c)
         }
     };
+    let max_nan = |a: f32, b: f32| if a > b || a.is_nan() { a } else { b };
     for r in 0..x.rows {
-        let label = x.y.u(r) as usize;
-        let bad = label >= x.cols;
-        let mut thread_m = vec![f32::NEG_INFINITY; block];
-        let mut thread_s = vec![0.0f32; block];
-        let mut exps = vec![0.0f32; block * chunks * 4];
+        let mut threads = Vec::with_capacity(block);
+        let mut exps = vec![0.0f32; block * per_thread];
         for tid in 0..block {
-            let vals: Vec<f32> = (0..chunks)
-                .flat_map(|k| (0..4).map(move |c| (k, c)))
-                .map(|(k, c)| x.t(r, col(tid, k, c)))
-                .collect();
+            let vals: Vec<f32> = (0..per_thread).map(|i| x.t(r, col(tid, i))).collect();
             let mt = vals.iter().copied().fold(f32::NEG_INFINITY, max_nan);
             let base = if mt == f32::NEG_INFINITY { 0.0 } else { mt };
             let mut st = 0.0f32;
             for (i, &t) in vals.iter().enumerate() {
-                let e = (t - base).exp();
-                st += e;
-                exps[tid * chunks * 4 + i] = e;
+                exps[tid * per_thread + i] = (t - base).exp();
+                st += exps[tid * per_thread + i];
             }
-            thread_m[tid] = mt;
-            thread_s[tid] = st;
+            threads.push((mt, st));
         }
-        let mut partials: Vec<(f32, f32)> = (0..block / 32)
-            .map(|w| {
-                let lanes = (0..32)
-                    .map(|l| (thread_m[w * 32 + l], thread_s[w * 32 + l]))
-                    .collect();
-                butterfly(lanes, lse_merge)
-            })
+        let mut partials: Vec<(f32, f32)> = threads
+            .chunks(32)
+            .map(|w| butterfly(w.to_vec(), lse_merge))
             .collect();
         partials.resize(32, (f32::NEG_INFINITY, 0.0));
         let (m, sum) = butterfly(partials, lse_merge);
-        let t_label = if bad { 0.0 } else { x.t(r, label) };
-        x.finish_row(r, m, t_label, sum, bad);
+        x.finish_row(r, m, sum);
         if x.write_grad {
             let coef = x.grad_scale * x.weight(r);
-            for tid in 0..block {
-                let mt = thread_m[tid];
-                let f = if mt == f32::NEG_INFINITY {
+            for (tid, &(mt, _)) in threads.iter().enumerate() {
+                let rescale = if mt == f32::NEG_INFINITY {
                     0.0
                 } else {
                     (mt - m).exp()
                 };
-                let a = f * (coef / sum);
-                for k in 0..chunks {
-                    for c in 0..4 {
-                        let e = exps[(tid * chunks + k) * 4 + c];
-                        x.grad(r, col(tid, k, c), e, a, label, bad);
-                    }
+                for i in 0..per_thread {
+                    x.grad(
+                        r,
+                        col(tid, i),
+                        exps[tid * per_thread + i],
+                        rescale * (coef / sum),
+                    );
                 }
             }
         }
     }
 }
 
-/// `atomicMax(bad, position + 1)` when a flag is given.
-fn flag(bad: &View<'_>, position: usize) {
-    if !bad.is_null() {
-        let v = (position as u32).saturating_add(1);
-        if v > bad.u(0) {
-            bad.set_u(0, v);
-        }
+/// XRM's flip (kernels/xrm.cu): the kernel's f64 steps, in its order, one row at a time.
+fn xrm_flip_targets(args: &[Value]) -> Result<()> {
+    let a = Args(args);
+    let (logits, u, target, rows, k) = (a.p(0), a.p(1), a.p(2), a.u(3), a.u(4));
+    if !u.is_multiple_of(8) {
+        return Err(fault("xrm_flip_targets_f32: misaligned `u`".into()));
     }
+    let (z, words) = (readf(logits, rows * k)?, read(u, 2 * rows)?);
+    let kd = k as f64;
+    let flip = |i: usize| -> u32 {
+        let row = &z[i * k..(i + 1) * k];
+        if k < 2 {
+            return u32::MAX;
+        }
+        let best = (1..k).fold(0, |b, j| if row[j] > row[b] { j } else { b });
+        let mx = row[best] as f64;
+        let total = row.iter().fold(0.0f64, |t, &v| t + (v as f64 - mx).exp());
+        let q = ((1.0 / total - 1.0 / kd) * kd) / (kd - 1.0);
+        let ui = f64::from_bits(words[2 * i] as u64 | (words[2 * i + 1] as u64) << 32);
+        if ui < q {
+            best as u32
+        } else {
+            u32::MAX
+        }
+    };
+    write(target, &(0..rows).map(flip).collect::<Vec<_>>())
 }

@@ -180,9 +180,33 @@ impl Kernel {
     /// Above the default 48 KiB a kernel needs its function attribute raised before launching.
     pub(super) fn max_dynamic_smem(self) -> u32 {
         match self {
-            Kernel::XentBlockVec | Kernel::XentBlockScalar => super::plan::XENT_BLOCK_MAX_SMEM,
+            Kernel::XentBlockVec | Kernel::XentBlockScalar => super::xent::XENT_BLOCK_MAX_SMEM,
             _ => 0,
         }
+    }
+
+    /// The block shape a kernel's reduction tree or tile loop assumes, where it needs one
+    /// exactly (kernels/*.cu); launches check it.
+    pub(super) fn exact_block(self) -> Option<(u32, u32, u32)> {
+        use Kernel::*;
+        match self {
+            SumAxisBlock | MaxAxisBlock | SoftmaxBlockRow | LogSoftmaxBlockRow | XentBlockRow
+            | SumPartials | Sgemm128 | Sgemm64 | SgemmThin => Some((256, 1, 1)),
+            SumAxisCols | MaxAxisCols | Transpose2d | SgemmThinTa | SgemmThinTaPartial => {
+                Some((32, 8, 1))
+            }
+            SumAll => Some((1024, 1, 1)),
+            _ => None,
+        }
+    }
+
+    /// The fused cross-entropy kernels with float4 loads and stores (16-byte aligned rows).
+    pub(super) fn is_vectorized_xent(self) -> bool {
+        use Kernel::*;
+        matches!(
+            self,
+            XentGroupVec | XentWarpVec | XentWarpVec8 | XentBlockVec
+        )
     }
 }
 

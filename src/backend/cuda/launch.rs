@@ -1,21 +1,21 @@
-//! Every `unsafe` call of the CUDA backend, each with its `// SAFETY:` argument (the host
-//! emulator's own memory handling aside).
+//! Every kernel launch of the CUDA backend, from the kernel table.
 //!
-//! Kernel launches go through [`launch`], which checks the argument list against the
-//! kernel's parameter table ([`Kernel::params`], itself checked against the PTX by a unit
-//! test) and skips empty grids. The typed wrappers below take device [`Region`]s (address
-//! and length in 4-byte elements) and check, before launching, that every region covers the
-//! elements the kernel reads or writes for the given sizes; sizes that do not fit the
-//! kernel's `unsigned int` parameters are errors.
+//! A launch site states its arguments in the kernel's parameter order as [`Arg`]s: a buffer
+//! with the number of elements the kernel touches in it for the given sizes, a size, a float
+//! or a flag. [`launch`] converts them to the widths the kernel table lists
+//! ([`Kernel::params`], itself checked against the PTX by a unit test), so an argument of
+//! the wrong kind or position, a size that does not fit an `unsigned int`, or a buffer
+//! shorter than what the launch touches is an error before anything runs; empty grids are
+//! skipped. What remains unsafe is the claim that the stated extents are what the kernel
+//! touches (kernels/README.md) and that outputs do not alias inputs: one `// SAFETY:`
+//! argument per kernel family below.
 
-use std::sync::Arc;
+use cudarc::driver::{LaunchConfig, PushKernelArg};
 
-use cudarc::driver::{
-    result as cu, CudaContext, CudaStream, DriverError, LaunchConfig, PushKernelArg,
-};
-
+use super::device::{driver_err, internal, DeviceInner};
 use super::kernels::{Kernel, ParamKind};
-use super::DeviceInner;
+use super::plan::{self, extent, MAX_GRID};
+use crate::backend::AdamStep;
 use crate::error::{Error, Result};
 
 /// A device buffer (or part of one): address and length in 4-byte elements (f32 or u32).
@@ -32,8 +32,8 @@ impl Region {
     /// The part of this region from element `elems` on.
     pub fn offset(self, elems: usize) -> Result<Region> {
         if elems > self.len {
-            return Err(Error::Cuda(format!(
-                "internal: offset {elems} past a buffer of {} elements",
+            return Err(internal(format!(
+                "offset {elems} past a buffer of {} elements",
                 self.len
             )));
         }
@@ -44,32 +44,29 @@ impl Region {
     }
 }
 
-/// One kernel argument.
+/// One kernel argument as a launch site states it.
 #[derive(Clone, Copy, Debug)]
 pub(super) enum Arg {
+    /// A buffer of which the launch touches the first `.1` elements.
+    Buf(Region, usize),
+    /// An optional buffer: null, or one holding `.1` elements.
+    Opt(Region, usize),
+    /// A size: `unsigned int` (must fit) or `size_t`, as the table says.
+    N(usize),
+    F(f32),
+    /// An `unsigned int` flag, 0 or 1.
+    Flag(bool),
+}
+
+use Arg::{Buf, Flag, Opt, F, N};
+
+/// One kernel parameter's value, of the kind the table lists.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Value {
     Ptr(u64),
     Usize(u64),
     U32(u32),
     F32(f32),
-}
-
-impl Arg {
-    fn kind(&self) -> ParamKind {
-        match self {
-            Arg::Ptr(_) => ParamKind::Ptr,
-            Arg::Usize(_) => ParamKind::Usize,
-            Arg::U32(_) => ParamKind::U32,
-            Arg::F32(_) => ParamKind::F32,
-        }
-    }
-}
-
-fn ptr(r: Region) -> Arg {
-    Arg::Ptr(r.addr)
-}
-
-fn size(n: usize) -> Arg {
-    Arg::Usize(n as u64)
 }
 
 /// `v` as a kernel's `unsigned int` parameter.
@@ -82,57 +79,48 @@ pub(super) fn to_u32(v: usize, what: &str, kernel: Kernel) -> Result<u32> {
     })
 }
 
-fn u32_arg(v: usize, what: &str, kernel: Kernel) -> Result<Arg> {
-    to_u32(v, what, kernel).map(Arg::U32)
-}
-
-/// Errors unless `r` holds at least `n` elements.
-fn need(r: Region, n: usize, what: &str, kernel: Kernel) -> Result<()> {
-    if r.len < n {
-        return Err(Error::Cuda(format!(
-            "internal: {}: `{what}` holds {} elements but the launch touches {n}",
-            kernel.name(),
-            r.len
-        )));
+/// The kernel's parameter values for `args`, every buffer checked to hold what it claims.
+fn values(kernel: Kernel, args: &[Arg]) -> Result<Vec<Value>> {
+    let params = kernel.params();
+    let mismatch = || {
+        internal(format!(
+            "{}: arguments {args:?} do not match the parameters {params:?}",
+            kernel.name()
+        ))
+    };
+    if args.len() != params.len() {
+        return Err(mismatch());
     }
-    Ok(())
-}
-
-/// [`need`] for an optional argument: a null region is always fine.
-fn need_opt(r: Region, n: usize, what: &str, kernel: Kernel) -> Result<()> {
-    if r.addr == 0 {
-        return Ok(());
+    let mut out = Vec::with_capacity(args.len());
+    for (i, (&a, &p)) in args.iter().zip(params).enumerate() {
+        out.push(match (a, p) {
+            (Buf(r, need), ParamKind::Ptr) | (Opt(r, need), ParamKind::Ptr) => {
+                let optional_null = matches!(a, Opt(..)) && r.addr == 0;
+                if !optional_null && (r.len < need || r.addr == 0) {
+                    return Err(internal(format!(
+                        "{}: argument {i} holds {} elements but the launch touches {need}",
+                        kernel.name(),
+                        r.len
+                    )));
+                }
+                Value::Ptr(r.addr)
+            }
+            (N(n), ParamKind::Usize) => Value::Usize(n as u64),
+            (N(n), ParamKind::U32) => Value::U32(to_u32(n, &format!("argument {i}"), kernel)?),
+            (Flag(b), ParamKind::U32) => Value::U32(u32::from(b)),
+            (F(v), ParamKind::F32) => Value::F32(v),
+            _ => return Err(mismatch()),
+        });
     }
-    need(r, n, what, kernel)
+    Ok(out)
 }
 
-fn driver_err(what: impl std::fmt::Display, e: DriverError) -> Error {
-    Error::Cuda(format!("{what}: {e}"))
-}
-
-/// Launches `kernel` on the device's stream.
+/// Launches `kernel` on the device's stream (or the host emulator).
 ///
 /// # Safety
-/// Every pointer argument must address device memory that covers everything the kernel
-/// touches for the given sizes (or be null where the kernel allows it), and outputs must not
-/// alias inputs unless kernels/README.md allows it.
+/// For the given sizes the kernel touches no element of a buffer argument beyond the extent
+/// stated with it, and outputs do not alias inputs unless kernels/README.md allows it.
 unsafe fn launch(
-    dev: &DeviceInner,
-    kernel: Kernel,
-    grid: (u32, u32, u32),
-    block: (u32, u32, u32),
-    args: &[Arg],
-) -> Result<()> {
-    // SAFETY: forwarded from the caller's contract.
-    unsafe { launch_smem(dev, kernel, grid, block, 0, args) }
-}
-
-/// [`launch`] with `smem_bytes` of dynamic shared memory (at most the kernel's
-/// [`Kernel::max_dynamic_smem`], whose attribute is raised when the function is loaded).
-///
-/// # Safety
-/// As for [`launch`].
-unsafe fn launch_smem(
     dev: &DeviceInner,
     kernel: Kernel,
     grid: (u32, u32, u32),
@@ -140,37 +128,36 @@ unsafe fn launch_smem(
     smem_bytes: u32,
     args: &[Arg],
 ) -> Result<()> {
-    let params = kernel.params();
-    if args.len() != params.len() || args.iter().zip(params).any(|(a, p)| a.kind() != *p) {
-        return Err(Error::Cuda(format!(
-            "internal: {}: arguments {:?} do not match the parameters {:?}",
-            kernel.name(),
-            args,
-            params
-        )));
-    }
+    let values = values(kernel, args)?;
     if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
         // A zero grid dimension is a launch error: there is no work.
         return Ok(());
     }
+    if kernel.exact_block().is_some_and(|b| b != block) {
+        return Err(internal(format!(
+            "{} needs block {:?} exactly, launched with {block:?}",
+            kernel.name(),
+            kernel.exact_block()
+        )));
+    }
     if smem_bytes > kernel.max_dynamic_smem() {
-        return Err(Error::Cuda(format!(
-            "internal: {}: {smem_bytes} bytes of dynamic shared memory, at most {} allowed",
+        return Err(internal(format!(
+            "{}: {smem_bytes} bytes of dynamic shared memory, at most {} allowed",
             kernel.name(),
             kernel.max_dynamic_smem()
         )));
     }
     dev.count_launch(kernel);
     let Some(gpu) = &dev.gpu else {
-        return super::emulator::run(kernel, grid, block, smem_bytes, args);
+        return super::emulator::run(kernel, grid, block, smem_bytes, &values);
     };
     let func = dev.function(gpu, kernel)?;
     let mut builder = gpu.stream.launch_builder(func);
-    for a in args {
-        match a {
-            Arg::Ptr(v) | Arg::Usize(v) => builder.arg(v),
-            Arg::U32(v) => builder.arg(v),
-            Arg::F32(v) => builder.arg(v),
+    for v in &values {
+        match v {
+            Value::Ptr(v) | Value::Usize(v) => builder.arg(v),
+            Value::U32(v) => builder.arg(v),
+            Value::F32(v) => builder.arg(v),
         };
     }
     let cfg = LaunchConfig {
@@ -178,8 +165,8 @@ unsafe fn launch_smem(
         block_dim: block,
         shared_mem_bytes: smem_bytes,
     };
-    // SAFETY: the argument list matches the kernel's PTX parameters (checked above) and the
-    // caller guarantees that every pointer covers what the kernel touches.
+    // SAFETY: the values match the kernel's PTX parameters (checked in `values`), every
+    // pointer covers what the kernel touches (the caller's contract, the extents checked).
     unsafe { builder.launch(cfg) }
         .map(|_| ())
         .map_err(|e| driver_err(format!("launching {}", kernel.name()), e))
@@ -192,292 +179,90 @@ fn grid1(blocks: u32) -> (u32, u32, u32) {
     (blocks, 1, 1)
 }
 
-// ------------------------------------------------------------------------ device and memory
-
-/// Opens the primary context of `ordinal` after checking, without panicking, that a driver
-/// and that device exist; the backend launches on its legacy default stream.
-pub(super) fn open_context(ordinal: usize) -> Result<(Arc<CudaContext>, Arc<CudaStream>)> {
-    // SAFETY: `is_culib_present` only tries to dlopen the driver library by its usual names
-    // (cudarc would panic on the first driver call if it were missing).
-    if !unsafe { cudarc::driver::sys::is_culib_present() } {
-        return Err(Error::Device(
-            "no CUDA driver (libcuda.so) found: install the NVIDIA driver or run on the CPU \
-             (--device cpu)"
-                .into(),
-        ));
-    }
-    let count = CudaContext::device_count()
-        .map_err(|e| driver_err("initializing the CUDA driver (cuInit)", e))?;
-    if count <= 0 {
-        return Err(Error::Device("the CUDA driver reports no GPU".into()));
-    }
-    if ordinal >= count as usize {
-        return Err(Error::Device(format!(
-            "CUDA device {ordinal} requested, but the driver reports {count} device(s)"
-        )));
-    }
-    let ctx = CudaContext::new(ordinal)
-        .map_err(|e| driver_err(format!("creating a context on CUDA device {ordinal}"), e))?;
-    let stream = ctx.default_stream();
-    Ok((ctx, stream))
+/// A grid-stride grid over `work` items, `per_block` a block; empty when there is no work.
+fn stride(work: usize, per_block: usize) -> (u32, u32, u32) {
+    grid1(if work == 0 {
+        0
+    } else {
+        plan::grid_stride_blocks(work, per_block)
+    })
 }
 
-/// A device allocation of `len` 4-byte elements (contents undefined), freed when dropped.
-///
-/// Plain `cuMemAlloc`/`cuMemFree` rather than the stream-ordered allocator: allocations are
-/// rare (the pool serves steady state), and plain allocation works on every driver setup.
-pub(super) struct CudaAlloc {
-    addr: u64,
-    len: usize,
-    ctx: Arc<CudaContext>,
+/// `blocks`, or no launch when `work` is 0.
+fn unless_empty(work: usize, blocks: u32) -> (u32, u32, u32) {
+    grid1(if work == 0 { 0 } else { blocks })
 }
 
-impl CudaAlloc {
-    pub(super) fn new(
-        ctx: &Arc<CudaContext>,
-        len: usize,
-    ) -> std::result::Result<CudaAlloc, DriverError> {
-        ctx.bind_to_thread()?;
-        // SAFETY: allocates `4 · len` bytes in the current (this device's) context; the
-        // memory is uninitialized, and every user fills it or has a kernel write every
-        // element it later exposes.
-        let addr = unsafe { cu::malloc_sync(4 * len.max(1)) }?;
-        Ok(CudaAlloc {
-            addr,
-            len,
-            ctx: ctx.clone(),
-        })
-    }
+// ----------------------------------------------------------------- elementwise and optimizers
+//
+// SAFETY (elementwise.cu, optim.cu): each kernel is a grid-stride loop over `i < n` that
+// touches element `i` of each buffer and nothing else, and every buffer is stated with `n`
+// elements (a null buffer only where the kernel never reads it: SGD without momentum).
+// Outputs are fresh buffers or, where the README allows, the input itself.
 
-    pub(super) fn addr(&self) -> u64 {
-        self.addr
-    }
-
-    pub(super) fn len(&self) -> usize {
-        self.len
-    }
-}
-
-impl Drop for CudaAlloc {
-    fn drop(&mut self) {
-        // Queued kernels may still use the memory: wait for them before freeing. (Buffers
-        // are freed only when the pool is full or released, never in a training step.)
-        if self.ctx.bind_to_thread().is_ok() && self.ctx.synchronize().is_ok() {
-            // SAFETY: `addr` came from `cuMemAlloc` in this context, is freed once, here, and
-            // no queued work uses it any more (synchronized above).
-            let _ = unsafe { cu::free_sync(self.addr) };
-        }
-    }
-}
-
-/// Copies host words into the start of `dst`.
-pub(super) fn upload<T: Copy>(ctx: &CudaContext, dst: &CudaAlloc, data: &[T]) -> Result<()> {
-    if std::mem::size_of::<T>() != 4 || data.len() > dst.len {
-        return Err(Error::Cuda(format!(
-            "internal: uploading {} elements into {}",
-            data.len(),
-            dst.len
-        )));
-    }
-    if data.is_empty() {
-        return Ok(());
-    }
-    ctx.bind_to_thread()
-        .map_err(|e| driver_err("binding the CUDA context", e))?;
-    // SAFETY: `dst` holds at least `data.len()` 4-byte elements (checked above); the copy is
-    // synchronous (legacy default stream), ordered after queued kernels, and `data` outlives it.
-    unsafe { cu::memcpy_htod_sync(dst.addr, data) }
-        .map_err(|e| driver_err("copying host data to the device", e))
-}
-
-/// Copies elements `start..start + out.len()` of `src` to the host, after queued kernels.
-pub(super) fn download<T: Copy>(
-    ctx: &CudaContext,
-    src: &CudaAlloc,
-    start: usize,
-    out: &mut [T],
-) -> Result<()> {
-    if std::mem::size_of::<T>() != 4 || start + out.len() > src.len {
-        return Err(Error::Cuda(format!(
-            "internal: reading {start}..{} of {}",
-            start + out.len(),
-            src.len
-        )));
-    }
-    if out.is_empty() {
-        return Ok(());
-    }
-    ctx.bind_to_thread()
-        .map_err(|e| driver_err("binding the CUDA context", e))?;
-    // SAFETY: the range lies inside `src` (checked above) and `out` has room for it; the
-    // copy is synchronous and ordered after every queued kernel on the legacy stream.
-    unsafe { cu::memcpy_dtoh_sync(out, src.addr + 4 * start as u64) }
-        .map_err(|e| driver_err("copying device data to the host", e))
-}
-
-/// Sets `bytes` bytes at `addr` to `byte`.
-pub(super) fn memset(dev: &DeviceInner, r: Region, byte: u8) -> Result<()> {
-    if r.len == 0 {
-        return Ok(());
-    }
-    let Some(gpu) = &dev.gpu else {
-        return super::emulator::memset(r.addr, r.len, byte);
-    };
-    gpu.ctx
-        .bind_to_thread()
-        .map_err(|e| driver_err("binding the CUDA context", e))?;
-    // SAFETY: `r` is a live device buffer of `r.len` 4-byte elements owned by the caller;
-    // the memset is ordered on the device's only stream.
-    unsafe { cu::memset_d8_async(r.addr, byte, 4 * r.len, gpu.stream.cu_stream()) }
-        .map_err(|e| driver_err("cuMemsetD8Async", e))
-}
-
-/// Copies `src` to `dst` (equal lengths, distinct buffers) on the device.
-pub(super) fn copy_dtod(dev: &DeviceInner, src: Region, dst: Region) -> Result<()> {
-    if src.len != dst.len {
-        return Err(Error::Cuda(format!(
-            "internal: device copy of {} elements into {}",
-            src.len, dst.len
-        )));
-    }
-    if src.len == 0 {
-        return Ok(());
-    }
-    let Some(gpu) = &dev.gpu else {
-        return super::emulator::copy(src.addr, dst.addr, src.len);
-    };
-    gpu.ctx
-        .bind_to_thread()
-        .map_err(|e| driver_err("binding the CUDA context", e))?;
-    // SAFETY: both regions are live device buffers of `len` elements owned by the caller,
-    // distinct (a `&` and a `&mut` storage), and the copy is ordered on the device's stream.
-    unsafe { cu::memcpy_dtod_async(dst.addr, src.addr, 4 * src.len, gpu.stream.cu_stream()) }
-        .map_err(|e| driver_err("cuMemcpyDtoDAsync", e))
-}
-
-// ------------------------------------------------------------------------ elementwise
-
-pub(super) fn unary(dev: &DeviceInner, k: Kernel, x: Region, y: Region, n: usize) -> Result<()> {
-    need(x, n, "x", k)?;
-    need(y, n, "y", k)?;
-    let blocks = super::plan::grid_stride_blocks(n, 256);
-    if n == 0 {
-        return Ok(());
-    }
-    // SAFETY: x and y hold n elements (checked above); y may equal x (README: in place).
-    unsafe { launch(dev, k, grid1(blocks), B256, &[ptr(x), ptr(y), size(n)]) }
-}
-
-pub(super) fn affine(
-    dev: &DeviceInner,
-    x: Region,
-    y: Region,
-    n: usize,
-    a: f32,
-    b: f32,
-) -> Result<()> {
-    let k = Kernel::Affine;
-    need(x, n, "x", k)?;
-    need(y, n, "y", k)?;
-    if n == 0 {
-        return Ok(());
-    }
-    let blocks = super::plan::grid_stride_blocks(n, 256);
-    // SAFETY: x and y hold n elements (checked above).
-    unsafe {
-        launch(
-            dev,
-            k,
-            grid1(blocks),
-            B256,
-            &[ptr(x), ptr(y), size(n), Arg::F32(a), Arg::F32(b)],
-        )
-    }
-}
-
-pub(super) fn powf(dev: &DeviceInner, x: Region, y: Region, n: usize, p: f32) -> Result<()> {
-    let k = Kernel::Powf;
-    need(x, n, "x", k)?;
-    need(y, n, "y", k)?;
-    if n == 0 {
-        return Ok(());
-    }
-    let blocks = super::plan::grid_stride_blocks(n, 256);
-    // SAFETY: x and y hold n elements (checked above).
-    unsafe {
-        launch(
-            dev,
-            k,
-            grid1(blocks),
-            B256,
-            &[ptr(x), ptr(y), size(n), Arg::F32(p)],
-        )
-    }
-}
-
-pub(super) fn fill(dev: &DeviceInner, y: Region, n: usize, value: f32) -> Result<()> {
-    let k = Kernel::Fill;
-    need(y, n, "y", k)?;
-    if n == 0 {
-        return Ok(());
-    }
-    let blocks = super::plan::grid_stride_blocks(n, 256);
-    // SAFETY: y holds n elements (checked above).
-    unsafe {
-        launch(
-            dev,
-            k,
-            grid1(blocks),
-            B256,
-            &[ptr(y), size(n), Arg::F32(value)],
-        )
-    }
-}
-
-pub(super) fn binary_same(
+/// `(buffers…, n, scalars…)`, block 256.
+pub(super) fn elementwise(
     dev: &DeviceInner,
     k: Kernel,
-    a: Region,
-    b: Region,
-    out: Region,
+    bufs: &[Region],
     n: usize,
+    scalars: &[Arg],
 ) -> Result<()> {
-    need(a, n, "a", k)?;
-    need(b, n, "b", k)?;
-    need(out, n, "out", k)?;
-    if n == 0 {
-        return Ok(());
+    let mut args: Vec<Arg> = bufs.iter().map(|&r| Opt(r, n)).collect();
+    if k != Kernel::SgdStep && bufs.iter().any(|r| r.addr == 0) {
+        return Err(internal(format!("{}: a null buffer", k.name())));
     }
-    let blocks = super::plan::grid_stride_blocks(n, 256);
-    // SAFETY: a, b and out hold n elements (checked above).
-    unsafe {
-        launch(
-            dev,
-            k,
-            grid1(blocks),
-            B256,
-            &[ptr(a), ptr(b), ptr(out), size(n)],
-        )
+    args.push(N(n));
+    args.extend_from_slice(scalars);
+    // SAFETY: the elementwise family above.
+    unsafe { launch(dev, k, stride(n, 256), B256, 0, &args) }
+}
+
+pub(super) fn sgd(
+    dev: &DeviceInner,
+    [p, g, buf]: [Region; 3],
+    n: usize,
+    h: &crate::backend::SgdStep,
+) -> Result<()> {
+    // The kernel reads the momentum buffer only when momentum != 0.
+    if h.momentum != 0.0 && buf.addr == 0 {
+        return Err(internal("sgd_step_f32: momentum without a buffer"));
     }
+    let scalars = [
+        F(h.lr),
+        F(h.momentum),
+        F(h.dampening),
+        F(h.weight_decay),
+        Flag(h.nesterov),
+        Flag(h.first_step),
+    ];
+    elementwise(dev, Kernel::SgdStep, &[p, g, buf], n, &scalars)
+}
+
+pub(super) fn adam(dev: &DeviceInner, bufs: [Region; 4], n: usize, h: &AdamStep) -> Result<()> {
+    let scalars = [
+        F(h.lr),
+        F(h.beta1),
+        F(h.beta2),
+        F(h.eps),
+        F(h.weight_decay),
+        N(h.step.max(1) as usize),
+        Flag(h.decoupled),
+    ];
+    elementwise(dev, Kernel::AdamStep, &bufs, n, &scalars)
 }
 
 /// One broadcast launch over output dims `d` (four, outermost first) with operand strides
 /// `sa`, `sb`; `out` is contiguous.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn binary_bcast(
     dev: &DeviceInner,
     k: Kernel,
-    a: Region,
-    b: Region,
-    out: Region,
+    [a, b, out]: [Region; 3],
     d: [usize; 4],
     sa: [usize; 4],
     sb: [usize; 4],
 ) -> Result<()> {
     let n: usize = d.iter().product();
-    if n == 0 {
-        return Ok(());
-    }
     // The kernel's u32 grid-stride index must not wrap: keep n well below 2^32.
     if n > (1usize << 31) {
         return Err(Error::Device(format!(
@@ -485,161 +270,85 @@ pub(super) fn binary_bcast(
             k.name()
         )));
     }
-    // The largest operand offset the kernel forms is Σ (d_i - 1) · s_i.
+    // The largest operand offset the kernel forms is Σ (d_i − 1) · s_i.
     let reach = |s: &[usize; 4]| -> usize {
-        d.iter()
-            .zip(s)
-            .map(|(&di, &si)| (di - 1) * si)
-            .sum::<usize>()
-            + 1
+        match n {
+            0 => 0,
+            _ => {
+                1 + d
+                    .iter()
+                    .zip(s)
+                    .map(|(&di, &si)| (di - 1) * si)
+                    .sum::<usize>()
+            }
+        }
     };
-    need(a, reach(&sa), "a", k)?;
-    need(b, reach(&sb), "b", k)?;
-    need(out, n, "out", k)?;
-    let mut args = vec![ptr(a), ptr(b), ptr(out), u32_arg(n, "n", k)?];
-    for (v, what) in [(d[1], "d1"), (d[2], "d2"), (d[3], "d3")] {
-        args.push(u32_arg(v, what, k)?);
-    }
-    for s in sa.iter().chain(&sb) {
-        args.push(u32_arg(*s, "stride", k)?);
-    }
-    let blocks = super::plan::grid_stride_blocks(n, 256);
-    // SAFETY: every offset the kernel forms is below the operands' lengths and out holds n
-    // elements (checked above); out is a fresh buffer distinct from a and b.
-    unsafe { launch(dev, k, grid1(blocks), B256, &args) }
+    let mut args = vec![Buf(a, reach(&sa)), Buf(b, reach(&sb)), Buf(out, n), N(n)];
+    args.extend(d[1..].iter().chain(&sa).chain(&sb).map(|&v| N(v)));
+    // SAFETY: the kernel reads `a` and `b` only at offsets Σ c_i·s_i < reach and writes
+    // `out[0..n]` (all stated); `out` is a fresh buffer.
+    unsafe { launch(dev, k, stride(n, 256), B256, 0, &args) }
 }
 
-pub(super) fn where_cond(
-    dev: &DeviceInner,
-    m: Region,
-    a: Region,
-    b: Region,
-    out: Region,
-    n: usize,
-) -> Result<()> {
-    let k = Kernel::WhereCond;
-    for (r, what) in [(m, "mask"), (a, "a"), (b, "b"), (out, "out")] {
-        need(r, n, what, k)?;
-    }
-    if n == 0 {
-        return Ok(());
-    }
-    let blocks = super::plan::grid_stride_blocks(n, 256);
-    // SAFETY: all four regions hold n elements (checked above).
-    unsafe {
-        launch(
-            dev,
-            k,
-            grid1(blocks),
-            B256,
-            &[ptr(m), ptr(a), ptr(b), ptr(out), size(n)],
-        )
-    }
-}
+// ----------------------------------------------------------------------------- reductions
+//
+// SAFETY (reduce.cu, xent.cu's sums): a kernel viewing `x` as (outer, len, inner) reads
+// `outer·len·inner` elements and writes `outer·inner` (times `z` slabs for the split column
+// reduction, `1` for the full sums, one per block for the partial sums), as stated; the
+// block shapes are those the kernels' trees assume; outputs are fresh buffers.
 
-// ------------------------------------------------------------------------ reductions
-
-pub(super) fn reduce_warp(
+/// One warp (`*_axis_warp`) per row of `len`: `(x, out, rows, len)`.
+pub(super) fn reduce_rows(
     dev: &DeviceInner,
     k: Kernel,
-    x: Region,
-    out: Region,
+    [x, out]: [Region; 2],
     rows: usize,
     len: usize,
     blocks: u32,
 ) -> Result<()> {
-    need(x, rows * len, "x", k)?;
-    need(out, rows, "out", k)?;
-    let args = [
-        ptr(x),
-        ptr(out),
-        u32_arg(rows, "rows", k)?,
-        u32_arg(len, "len", k)?,
-    ];
-    // SAFETY: x holds rows × len and out rows elements (checked above).
-    unsafe { launch(dev, k, grid1(blocks), B256, &args) }
+    let args = [Buf(x, rows * len), Buf(out, rows), N(rows), N(len)];
+    // SAFETY: the reductions family above.
+    unsafe { launch(dev, k, grid1(blocks), B256, 0, &args) }
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(super) fn reduce_block(
+/// `*_axis_block` (grid `(blocks, 1, 1)`, block 256) or `*_axis_cols` (grid
+/// `(tiles, outer blocks, z)`, block (32, 8)); with `z > 1`, `out` receives `z` slabs of
+/// `outer × inner` partials.
+pub(super) fn reduce_axis(
     dev: &DeviceInner,
     k: Kernel,
-    x: Region,
-    out: Region,
-    outer: usize,
-    len: usize,
-    inner: usize,
-    blocks: u32,
-) -> Result<()> {
-    need(x, outer * len * inner, "x", k)?;
-    need(out, outer * inner, "out", k)?;
-    let args = [
-        ptr(x),
-        ptr(out),
-        u32_arg(outer, "outer", k)?,
-        u32_arg(len, "len", k)?,
-        u32_arg(inner, "inner", k)?,
-    ];
-    // SAFETY: x holds outer × len × inner and out outer × inner elements (checked above).
-    unsafe { launch(dev, k, grid1(blocks), B256, &args) }
-}
-
-/// Column-tile reduction; with `z > 1`, `out` receives `z` slabs of `outer × inner` partials.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn reduce_cols(
-    dev: &DeviceInner,
-    k: Kernel,
-    x: Region,
-    out: Region,
-    outer: usize,
-    len: usize,
-    inner: usize,
+    [x, out]: [Region; 2],
+    (outer, len, inner): (usize, usize, usize),
     grid: (u32, u32, u32),
 ) -> Result<()> {
-    need(x, outer * len * inner, "x", k)?;
-    need(out, grid.2 as usize * outer * inner, "out", k)?;
-    if (grid.0 as usize) * 32 < inner {
-        return Err(Error::Cuda(format!(
-            "internal: {}: grid does not cover inner",
-            k.name()
-        )));
+    let cols = matches!(k, Kernel::SumAxisCols | Kernel::MaxAxisCols);
+    if cols && (grid.0 as usize) * 32 < inner {
+        return Err(internal(format!("{}: grid does not cover inner", k.name())));
     }
     let args = [
-        ptr(x),
-        ptr(out),
-        u32_arg(outer, "outer", k)?,
-        u32_arg(len, "len", k)?,
-        u32_arg(inner, "inner", k)?,
+        Buf(x, outer * len * inner),
+        Buf(out, grid.2 as usize * outer * inner),
+        N(outer),
+        N(len),
+        N(inner),
     ];
-    // SAFETY: x holds outer × len × inner and out z × outer × inner elements (checked
-    // above); the block shape is the (32, 8) the kernel's tree assumes.
-    unsafe { launch(dev, k, grid, B32X8, &args) }
+    let block = if cols { B32X8 } else { B256 };
+    // SAFETY: the reductions family above.
+    unsafe { launch(dev, k, grid, block, 0, &args) }
 }
 
 pub(super) fn argmax(
     dev: &DeviceInner,
-    x: Region,
-    out: Region,
+    [x, out]: [Region; 2],
     rows: usize,
     cols: usize,
 ) -> Result<()> {
-    let k = Kernel::ArgmaxRows;
-    need(x, rows * cols, "x", k)?;
-    need(out, rows, "out", k)?;
-    if rows == 0 {
-        return Ok(());
-    }
-    let args = [
-        ptr(x),
-        u32_arg(rows, "rows", k)?,
-        u32_arg(cols, "cols", k)?,
-        ptr(out),
-    ];
-    let blocks = super::plan::grid_stride_blocks(rows, 8);
-    // SAFETY: x holds rows × cols floats and out rows u32s (checked above).
-    unsafe { launch(dev, k, grid1(blocks), B256, &args) }
+    let args = [Buf(x, rows * cols), N(rows), N(cols), Buf(out, rows)];
+    // SAFETY: the reductions family above.
+    unsafe { launch(dev, Kernel::ArgmaxRows, stride(rows, 8), B256, 0, &args) }
 }
 
+/// `out[0] = scale · Σ x[0..n]` in one block of 1024.
 pub(super) fn sum_one_block(
     dev: &DeviceInner,
     x: Region,
@@ -647,14 +356,12 @@ pub(super) fn sum_one_block(
     out: Region,
     scale: f32,
 ) -> Result<()> {
-    let k = Kernel::SumAll;
-    need(x, n, "x", k)?;
-    need(out, 1, "out", k)?;
-    let args = [ptr(x), u32_arg(n, "n", k)?, ptr(out), Arg::F32(scale)];
-    // SAFETY: x holds n elements and out one (checked above); block 1024 as the tree assumes.
-    unsafe { launch(dev, k, (1, 1, 1), (1024, 1, 1), &args) }
+    let args = [Buf(x, n), N(n), Buf(out, 1), F(scale)];
+    // SAFETY: the reductions family above.
+    unsafe { launch(dev, Kernel::SumAll, (1, 1, 1), (1024, 1, 1), 0, &args) }
 }
 
+/// One partial sum of `x[0..n]` per block into `partials`.
 pub(super) fn sum_partials(
     dev: &DeviceInner,
     x: Region,
@@ -662,155 +369,106 @@ pub(super) fn sum_partials(
     partials: Region,
     blocks: u32,
 ) -> Result<()> {
-    let k = Kernel::SumPartials;
-    need(x, n, "x", k)?;
-    need(partials, blocks as usize, "partials", k)?;
-    // SAFETY: x holds n elements and partials one per block (checked above); block 256.
-    unsafe {
-        launch(
-            dev,
-            k,
-            grid1(blocks),
-            B256,
-            &[ptr(x), size(n), ptr(partials)],
-        )
-    }
+    let args = [Buf(x, n), N(n), Buf(partials, blocks as usize)];
+    // SAFETY: the reductions family above.
+    unsafe { launch(dev, Kernel::SumPartials, grid1(blocks), B256, 0, &args) }
 }
 
-// ------------------------------------------------------------------------ indexing
+// ------------------------------------------------------------------------------- indexing
+//
+// SAFETY (index.cu, xrm.cu): the row and column kernels read and write the rows their sizes
+// name (stated), never follow an index or label out of range (they flag it in the optional
+// `bad` word instead), and write fresh buffers; copy2d and transpose2d touch the strided
+// blocks stated, between distinct buffers (a `&` and a `&mut` storage, or a fresh output).
 
-#[allow(clippy::too_many_arguments)]
+/// `index_select_rows` (reads `table_rows`, writes `n_idx` rows) or `index_add_rows` (reads
+/// `n_idx` rows, adds into `table_rows`).
 pub(super) fn index_rows(
     dev: &DeviceInner,
     k: Kernel,
-    src: Region,
-    idx: Region,
-    dst: Region,
+    [src, idx, dst, bad]: [Region; 4],
     n_idx: usize,
     cols: usize,
     table_rows: usize,
-    bad: Region,
 ) -> Result<()> {
-    // index_select reads table rows and writes n_idx rows; index_add reads n_idx rows and
-    // adds into table rows. The kernels never follow an index >= table_rows.
     let (src_len, dst_len) = match k {
         Kernel::IndexSelectRows => (table_rows * cols, n_idx * cols),
-        Kernel::IndexAddRows => (n_idx * cols, table_rows * cols),
-        _ => {
-            return Err(Error::Cuda(format!(
-                "internal: {} is not a row-index kernel",
-                k.name()
-            )))
-        }
+        _ => (n_idx * cols, table_rows * cols),
     };
-    need(src, src_len, "src", k)?;
-    need(dst, dst_len, "dst", k)?;
-    need(idx, n_idx, "idx", k)?;
-    need_opt(bad, 1, "bad", k)?;
-    let total = n_idx * cols;
-    if total == 0 {
-        return Ok(());
-    }
     let args = [
-        ptr(src),
-        ptr(idx),
-        ptr(dst),
-        u32_arg(n_idx, "n_idx", k)?,
-        u32_arg(cols, "cols", k)?,
-        u32_arg(table_rows, "rows", k)?,
-        ptr(bad),
+        Buf(src, src_len),
+        Buf(idx, n_idx),
+        Buf(dst, dst_len),
+        N(n_idx),
+        N(cols),
+        N(table_rows),
+        Opt(bad, 1),
     ];
-    let blocks = super::plan::grid_stride_blocks(total, 256);
-    // SAFETY: the regions cover the rows read and written (checked above); indices out of
-    // range are never followed (kernels/README.md).
-    unsafe { launch(dev, k, grid1(blocks), B256, &args) }
+    // SAFETY: the indexing family above.
+    unsafe { launch(dev, k, stride(n_idx * cols, 256), B256, 0, &args) }
 }
 
-/// `gather_cols` (out holds rows) or `scatter_cols` (out holds rows × cols).
-#[allow(clippy::too_many_arguments)]
+/// `gather_cols` (`out` holds rows) or `scatter_cols` (`out` holds rows × cols).
 pub(super) fn cols_by_label(
     dev: &DeviceInner,
     k: Kernel,
-    src: Region,
-    labels: Region,
-    out: Region,
+    [src, labels, out, bad]: [Region; 4],
     rows: usize,
     cols: usize,
-    bad: Region,
 ) -> Result<()> {
-    let (src_len, out_len, work) = match k {
-        Kernel::GatherCols => (rows * cols, rows, rows),
-        Kernel::ScatterCols => (rows, rows * cols, rows * cols),
-        _ => {
-            return Err(Error::Cuda(format!(
-                "internal: {} is not a column-label kernel",
-                k.name()
-            )))
-        }
+    let (src_len, out_len) = match k {
+        Kernel::GatherCols => (rows * cols, rows),
+        _ => (rows, rows * cols),
     };
-    need(src, src_len, "src", k)?;
-    need(labels, rows, "labels", k)?;
-    need(out, out_len, "out", k)?;
-    need_opt(bad, 1, "bad", k)?;
-    if work == 0 {
-        return Ok(());
-    }
     let args = [
-        ptr(src),
-        ptr(labels),
-        ptr(out),
-        u32_arg(rows, "rows", k)?,
-        u32_arg(cols, "cols", k)?,
-        ptr(bad),
+        Buf(src, src_len),
+        Buf(labels, rows),
+        Buf(out, out_len),
+        N(rows),
+        N(cols),
+        Opt(bad, 1),
     ];
-    let blocks = super::plan::grid_stride_blocks(work, 256);
-    // SAFETY: the regions cover what the kernel reads and writes (checked above); labels out
-    // of range are never followed.
-    unsafe { launch(dev, k, grid1(blocks), B256, &args) }
+    let work = if k == Kernel::GatherCols {
+        rows
+    } else {
+        out_len
+    };
+    // SAFETY: the indexing family above.
+    unsafe { launch(dev, k, stride(work, 256), B256, 0, &args) }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// `dst[dst_off + r·dst_stride + c] = src[src_off + r·src_stride + c]`.
 pub(super) fn copy2d(
     dev: &DeviceInner,
-    src: Region,
-    dst: Region,
-    rows: usize,
-    cols: usize,
-    src_stride: usize,
-    dst_stride: usize,
-    src_off: usize,
-    dst_off: usize,
+    [src, dst]: [Region; 2],
+    (rows, cols): (usize, usize),
+    (src_stride, dst_stride): (usize, usize),
+    (src_off, dst_off): (usize, usize),
 ) -> Result<()> {
-    let k = Kernel::Copy2d;
     if rows == 0 || cols == 0 {
         return Ok(());
     }
-    need(
-        src,
-        src_off + super::plan::extent(rows, cols, src_stride),
-        "src",
-        k,
-    )?;
-    need(
-        dst,
-        dst_off + super::plan::extent(rows, cols, dst_stride),
-        "dst",
-        k,
-    )?;
     let args = [
-        ptr(src),
-        ptr(dst),
-        u32_arg(rows, "rows", k)?,
-        u32_arg(cols, "cols", k)?,
-        u32_arg(src_stride, "src_stride", k)?,
-        u32_arg(dst_stride, "dst_stride", k)?,
-        size(src_off),
-        size(dst_off),
+        Buf(src, src_off + extent(rows, cols, src_stride)),
+        Buf(dst, dst_off + extent(rows, cols, dst_stride)),
+        N(rows),
+        N(cols),
+        N(src_stride),
+        N(dst_stride),
+        N(src_off),
+        N(dst_off),
     ];
-    let blocks = super::plan::grid_stride_blocks(rows * cols, 256);
-    // SAFETY: both blocks lie inside their buffers (checked above); src and dst are distinct
-    // storages (a `&` and a `&mut`), so they do not overlap.
-    unsafe { launch(dev, k, grid1(blocks), B256, &args) }
+    // SAFETY: the indexing family above.
+    unsafe {
+        launch(
+            dev,
+            Kernel::Copy2d,
+            stride(rows * cols, 256),
+            B256,
+            0,
+            &args,
+        )
+    }
 }
 
 pub(super) fn transpose2d(
@@ -820,59 +478,76 @@ pub(super) fn transpose2d(
     rows: usize,
     cols: usize,
 ) -> Result<()> {
-    let k = Kernel::Transpose2d;
-    need(src, rows * cols, "src", k)?;
-    need(dst, rows * cols, "dst", k)?;
-    if rows == 0 || cols == 0 {
-        return Ok(());
-    }
-    let grid = (
-        cols.div_ceil(32).min(super::plan::MAX_GRID) as u32,
-        rows.div_ceil(32).min(super::plan::MAX_GRID) as u32,
-        1,
-    );
-    let args = [
-        ptr(src),
-        ptr(dst),
-        u32_arg(rows, "rows", k)?,
-        u32_arg(cols, "cols", k)?,
-    ];
-    // SAFETY: src and dst hold rows × cols elements (checked above) and are distinct; block
-    // (32, 8) as the kernel's tile loop assumes.
-    unsafe { launch(dev, k, grid, B32X8, &args) }
+    let n = rows * cols;
+    let grid = match n {
+        0 => (0, 1, 1),
+        _ => (
+            cols.div_ceil(32).min(MAX_GRID) as u32,
+            rows.div_ceil(32).min(MAX_GRID) as u32,
+            1,
+        ),
+    };
+    let args = [Buf(src, n), Buf(dst, n), N(rows), N(cols)];
+    // SAFETY: the indexing family above; block (32, 8) as the tile loop assumes.
+    unsafe { launch(dev, Kernel::Transpose2d, grid, B32X8, 0, &args) }
 }
 
-// ------------------------------------------------------------------------ softmax, xent
+/// XRM's flip targets: `logits` holds `rows × k`, `uniforms` `rows` f64 values (2 words
+/// each, 8-byte aligned), `target` receives `rows` u32.
+pub(super) fn xrm_flip_targets(
+    dev: &DeviceInner,
+    [logits, uniforms, target]: [Region; 3],
+    rows: usize,
+    k: usize,
+) -> Result<()> {
+    if !uniforms.addr.is_multiple_of(8) {
+        return Err(internal(
+            "xrm_flip_targets_f32: the uniforms are not 8-byte aligned",
+        ));
+    }
+    let args = [
+        Buf(logits, rows * k),
+        Buf(uniforms, 2 * rows),
+        Buf(target, rows),
+        N(rows),
+        N(k),
+    ];
+    // SAFETY: the indexing family above (one thread per row reads its row and uniform).
+    unsafe {
+        launch(
+            dev,
+            Kernel::XrmFlipTargets,
+            stride(rows, 256),
+            B256,
+            0,
+            &args,
+        )
+    }
+}
 
-#[allow(clippy::too_many_arguments)]
+// ---------------------------------------------------------------------- softmax and xent
+//
+// SAFETY (softmax.cu, xent.cu): a row kernel reads and writes the `rows × cols` elements
+// of its row buffers and `rows` of its per-row buffers (stated; optional ones null or full);
+// the float4 kernels are refused rows that are not 16-byte aligned; outputs are fresh
+// buffers, or the input itself where the README allows (y = x, dz = z).
+
 pub(super) fn softmax(
     dev: &DeviceInner,
     k: Kernel,
-    x: Region,
-    y: Region,
+    [x, y]: [Region; 2],
     rows: usize,
     cols: usize,
     blocks: u32,
 ) -> Result<()> {
-    need(x, rows * cols, "x", k)?;
-    need(y, rows * cols, "y", k)?;
-    if rows == 0 || cols == 0 {
-        return Ok(());
-    }
-    let args = [
-        ptr(x),
-        ptr(y),
-        u32_arg(rows, "rows", k)?,
-        u32_arg(cols, "cols", k)?,
-    ];
-    // SAFETY: x and y hold rows × cols elements (checked above); block 256 as the
-    // block-row variant's tree assumes.
-    unsafe { launch(dev, k, grid1(blocks), B256, &args) }
+    let n = rows * cols;
+    let args = [Buf(x, n), Buf(y, n), N(rows), N(cols)];
+    // SAFETY: the row family above; block 256 as the block-row variant's tree assumes.
+    unsafe { launch(dev, k, unless_empty(n, blocks), B256, 0, &args) }
 }
 
-/// The fused shifted softmax-cross-entropy (`xent.cu`); `s`, `w`, `dz` and `bad` may be
-/// [`Region::NULL`] (`dz` only when `write_grad` is false). Grid, block and dynamic shared
-/// memory come from [`super::plan::xent_plan`].
+/// A fused cross-entropy launch (`xent.cu`); `s`, `w`, `bad` may be [`Region::NULL`], and
+/// `dz` when `write_grad` is false. Grid, block and shared memory come from the plan.
 pub(super) struct XentLaunch {
     pub kernel: Kernel,
     pub z: Region,
@@ -893,177 +568,44 @@ pub(super) struct XentLaunch {
 
 pub(super) fn xent(dev: &DeviceInner, a: &XentLaunch) -> Result<()> {
     let k = a.kernel;
-    let vectorized = matches!(
-        k,
-        Kernel::XentGroupVec | Kernel::XentWarpVec | Kernel::XentWarpVec8 | Kernel::XentBlockVec
-    );
     // float4 accesses: every row must start 16-byte aligned.
-    if vectorized
+    if k.is_vectorized_xent()
         && (!a.cols.is_multiple_of(4)
             || [a.z, a.s, a.dz].iter().any(|r| !r.addr.is_multiple_of(16)))
     {
-        return Err(Error::Cuda(format!(
-            "internal: {} needs cols % 4 == 0 and 16-byte aligned buffers",
+        return Err(internal(format!(
+            "{} needs cols % 4 == 0 and 16-byte aligned buffers",
             k.name()
         )));
     }
     let n = a.rows * a.cols;
-    need(a.z, n, "z", k)?;
-    need_opt(a.s, n, "s", k)?;
-    need(a.y, a.rows, "y", k)?;
-    need_opt(a.w, a.rows, "w", k)?;
-    need(a.loss, a.rows, "loss", k)?;
-    if a.write_grad {
-        need(a.dz, n, "dz", k)?;
-    }
-    need_opt(a.bad, 1, "bad", k)?;
-    if a.rows == 0 {
-        return Ok(());
-    }
+    let dz = match a.write_grad {
+        true => Buf(a.dz, n),
+        false => Opt(Region::NULL, 0),
+    };
     let args = [
-        ptr(a.z),
-        ptr(a.s),
-        ptr(a.y),
-        ptr(a.w),
-        ptr(a.loss),
-        ptr(if a.write_grad { a.dz } else { Region::NULL }),
-        u32_arg(a.rows, "rows", k)?,
-        u32_arg(a.cols, "cols", k)?,
-        Arg::F32(a.grad_scale),
-        Arg::U32(u32::from(a.write_grad)),
-        ptr(a.bad),
+        Buf(a.z, n),
+        Opt(a.s, n),
+        Buf(a.y, a.rows),
+        Opt(a.w, a.rows),
+        Buf(a.loss, a.rows),
+        dz,
+        N(a.rows),
+        N(a.cols),
+        F(a.grad_scale),
+        Flag(a.write_grad),
+        Opt(a.bad, 1),
     ];
-    // SAFETY: every region covers the rows × cols (or rows) elements the kernel touches, the
-    // optional ones being null or full size (checked above), aligned for the vectorized
-    // kernels; loss and dz are fresh buffers (dz = z is allowed).
-    unsafe {
-        launch_smem(
-            dev,
-            k,
-            grid1(a.blocks),
-            (a.block, 1, 1),
-            a.smem_bytes,
-            &args,
-        )
-    }
+    let (grid, block) = (unless_empty(a.rows, a.blocks), (a.block, 1, 1));
+    // SAFETY: the row family above.
+    unsafe { launch(dev, k, grid, block, a.smem_bytes, &args) }
 }
 
-/// XRM's flip targets (`xrm_flip_targets_f32`): `logits` holds `rows × k`, `uniforms` `rows`
-/// f64 values (2 words each, 8-byte aligned), `target` receives `rows` u32.
-pub(super) fn xrm_flip_targets(
-    dev: &DeviceInner,
-    logits: Region,
-    uniforms: Region,
-    target: Region,
-    rows: usize,
-    k: usize,
-) -> Result<()> {
-    let kernel = Kernel::XrmFlipTargets;
-    need(logits, rows * k, "logits", kernel)?;
-    need(uniforms, 2 * rows, "u", kernel)?;
-    need(target, rows, "target", kernel)?;
-    if !uniforms.addr.is_multiple_of(8) {
-        return Err(Error::Cuda(format!(
-            "internal: {}: the uniforms are not 8-byte aligned",
-            kernel.name()
-        )));
-    }
-    if rows == 0 {
-        return Ok(());
-    }
-    let args = [
-        ptr(logits),
-        ptr(uniforms),
-        ptr(target),
-        u32_arg(rows, "rows", kernel)?,
-        u32_arg(k, "k", kernel)?,
-    ];
-    let blocks = super::plan::grid_stride_blocks(rows, 256);
-    // SAFETY: logits, uniforms (as f64) and target cover the rows the kernel reads and writes
-    // (checked above); target is a fresh buffer.
-    unsafe { launch(dev, kernel, grid1(blocks), B256, &args) }
-}
-
-// ------------------------------------------------------------------------ optimizers
-
-#[allow(clippy::too_many_arguments)]
-pub(super) fn sgd(
-    dev: &DeviceInner,
-    p: Region,
-    g: Region,
-    buf: Region,
-    n: usize,
-    lr: f32,
-    momentum: f32,
-    dampening: f32,
-    weight_decay: f32,
-    nesterov: bool,
-    first_step: bool,
-) -> Result<()> {
-    let k = Kernel::SgdStep;
-    need(p, n, "param", k)?;
-    need(g, n, "grad", k)?;
-    if momentum != 0.0 {
-        need(buf, n, "momentum_buf", k)?;
-    }
-    if n == 0 {
-        return Ok(());
-    }
-    let args = [
-        ptr(p),
-        ptr(g),
-        ptr(if momentum != 0.0 { buf } else { Region::NULL }),
-        size(n),
-        Arg::F32(lr),
-        Arg::F32(momentum),
-        Arg::F32(dampening),
-        Arg::F32(weight_decay),
-        Arg::U32(u32::from(nesterov)),
-        Arg::U32(u32::from(first_step)),
-    ];
-    let blocks = super::plan::grid_stride_blocks(n, 256);
-    // SAFETY: param, grad (and the momentum buffer when momentum != 0, the only case the
-    // kernel reads it) hold n elements (checked above).
-    unsafe { launch(dev, k, grid1(blocks), B256, &args) }
-}
-
-#[allow(clippy::too_many_arguments)]
-pub(super) fn adam(
-    dev: &DeviceInner,
-    p: Region,
-    g: Region,
-    m: Region,
-    v: Region,
-    n: usize,
-    h: &crate::backend::AdamStep,
-) -> Result<()> {
-    let k = Kernel::AdamStep;
-    for (r, what) in [(p, "param"), (g, "grad"), (m, "m"), (v, "v")] {
-        need(r, n, what, k)?;
-    }
-    if n == 0 {
-        return Ok(());
-    }
-    let args = [
-        ptr(p),
-        ptr(g),
-        ptr(m),
-        ptr(v),
-        size(n),
-        Arg::F32(h.lr),
-        Arg::F32(h.beta1),
-        Arg::F32(h.beta2),
-        Arg::F32(h.eps),
-        Arg::F32(h.weight_decay),
-        Arg::U32(h.step.max(1)),
-        Arg::U32(u32::from(h.decoupled)),
-    ];
-    let blocks = super::plan::grid_stride_blocks(n, 256);
-    // SAFETY: param, grad, m and v hold n elements (checked above).
-    unsafe { launch(dev, k, grid1(blocks), B256, &args) }
-}
-
-// ------------------------------------------------------------------------ GEMM
+// ----------------------------------------------------------------------------------- GEMM
+//
+// SAFETY (gemm.cu): `C = op(A) op(B)` reads the strided `m × k` and `k × n` blocks of A and
+// B and writes the `m × n` block of C (leading dimensions as given; split-K: `z` slabs of
+// `m × n` in `work`), all stated; the grids cover C once; C is distinct from A and B.
 
 /// A GEMM operand: its region, whether the product reads it transposed, its leading
 /// dimension.
@@ -1072,6 +614,16 @@ pub(super) struct Operand {
     pub r: Region,
     pub trans: bool,
     pub ld: usize,
+}
+
+impl Operand {
+    /// The elements the product reads of this operand, `rows × cols` as `op(·)` sees it.
+    fn extent(&self, rows: usize, cols: usize) -> usize {
+        match self.trans {
+            true => extent(cols, rows, self.ld),
+            false => extent(rows, cols, self.ld),
+        }
+    }
 }
 
 /// Dimensions of `C = op(A) op(B)` (`m × k` times `k × n`) with `C`'s leading dimension.
@@ -1083,35 +635,20 @@ pub(super) struct GemmDims {
     pub ldc: usize,
 }
 
-fn check_gemm(kernel: Kernel, a: Operand, b: Operand, c: Region, d: GemmDims) -> Result<()> {
-    use super::plan::extent;
-    let a_need = if a.trans {
-        extent(d.k, d.m, a.ld)
-    } else {
-        extent(d.m, d.k, a.ld)
-    };
-    let b_need = if b.trans {
-        extent(d.n, d.k, b.ld)
-    } else {
-        extent(d.k, d.n, b.ld)
-    };
-    need(a.r, a_need, "A", kernel)?;
-    need(b.r, b_need, "B", kernel)?;
-    need(c, extent(d.m, d.n, d.ldc), "C", kernel)
-}
-
-fn gemm_args(kernel: Kernel, a: Operand, b: Operand, c: Region, d: GemmDims) -> Result<Vec<Arg>> {
-    Ok(vec![
-        ptr(a.r),
-        ptr(b.r),
-        ptr(c),
-        u32_arg(d.m, "M", kernel)?,
-        u32_arg(d.n, "N", kernel)?,
-        u32_arg(d.k, "K", kernel)?,
-        u32_arg(a.ld, "lda", kernel)?,
-        u32_arg(b.ld, "ldb", kernel)?,
-        u32_arg(d.ldc, "ldc", kernel)?,
-    ])
+/// `(A, B, C, M, N, K, lda, ldb, ldc)`, every block stated.
+fn gemm_args(a: Operand, b: Operand, c: Region, d: GemmDims) -> Vec<Arg> {
+    let c_need = extent(d.m, d.n, d.ldc);
+    vec![
+        Buf(a.r, a.extent(d.m, d.k)),
+        Buf(b.r, b.extent(d.k, d.n)),
+        Buf(c, c_need),
+        N(d.m),
+        N(d.n),
+        N(d.k),
+        N(a.ld),
+        N(b.ld),
+        N(d.ldc),
+    ]
 }
 
 /// `C = op(A) op(B)` with a tile kernel (`Sgemm128` or `Sgemm64`); `d.m` must fit the grid.
@@ -1123,152 +660,94 @@ pub(super) fn sgemm_tiled(
     c: Region,
     d: GemmDims,
 ) -> Result<()> {
-    let tile = match kernel {
-        Kernel::Sgemm128 => 128,
-        Kernel::Sgemm64 => 64,
-        _ => {
-            return Err(Error::Cuda(format!(
-                "internal: {} is not a tile kernel",
-                kernel.name()
-            )))
-        }
-    };
-    check_gemm(kernel, a, b, c, d)?;
-    if d.m == 0 || d.n == 0 {
-        return Ok(());
-    }
+    let tile = if kernel == Kernel::Sgemm128 { 128 } else { 64 };
     let grid = (
         to_u32(d.n.div_ceil(tile), "column tiles", kernel)?,
         to_u32(d.m.div_ceil(tile), "row tiles", kernel)?,
         1,
     );
-    if grid.1 as usize > super::plan::MAX_GRID {
-        return Err(Error::Cuda(format!(
-            "internal: {}: {} row tiles exceed the grid",
+    if grid.1 as usize > MAX_GRID {
+        return Err(internal(format!(
+            "{}: {} row tiles exceed the grid",
             kernel.name(),
             grid.1
         )));
     }
-    let mut args = gemm_args(kernel, a, b, c, d)?;
-    args.extend([
-        Arg::F32(1.0),
-        Arg::F32(0.0),
-        Arg::U32(u32::from(a.trans)),
-        Arg::U32(u32::from(b.trans)),
-    ]);
-    // SAFETY: A, B and C cover the strided blocks the product reads and writes (checked
-    // above); the grid covers C exactly once; C is distinct from A and B.
-    unsafe { launch(dev, kernel, grid, B256, &args) }
+    let mut args = gemm_args(a, b, c, d);
+    args.extend([F(1.0), F(0.0), Flag(a.trans), Flag(b.trans)]);
+    // SAFETY: the GEMM family above.
+    unsafe { launch(dev, kernel, grid, B256, 0, &args) }
 }
 
 /// `C = op(A) op(B)` with `n <= 16`: `SgemmThin` (A not transposed, one warp per row) or
 /// `SgemmThinTa` (A transposed, 32 rows per block).
 pub(super) fn sgemm_thin(
     dev: &DeviceInner,
-    kernel: Kernel,
     a: Operand,
     b: Operand,
     c: Region,
     d: GemmDims,
 ) -> Result<()> {
-    let (grid, block) = match (kernel, a.trans) {
-        (Kernel::SgemmThin, false) => (grid1(super::plan::grid_stride_blocks(d.m, 8)), B256),
-        (Kernel::SgemmThinTa, true) => (grid1(super::plan::grid_stride_blocks(d.m, 32)), B32X8),
-        _ => {
-            return Err(Error::Cuda(format!(
-                "internal: {} with trans_a = {}",
-                kernel.name(),
-                a.trans
-            )))
-        }
+    if d.n > plan::THIN_MAX {
+        return Err(internal(format!("a thin product with N = {}", d.n)));
+    }
+    let (kernel, grid, block) = match a.trans {
+        false => (Kernel::SgemmThin, stride(d.m * d.n, 8), B256),
+        true => (Kernel::SgemmThinTa, stride(d.m * d.n, 32), B32X8),
     };
-    if d.n > super::plan::THIN_MAX {
-        return Err(Error::Cuda(format!(
-            "internal: {} with N = {}",
-            kernel.name(),
-            d.n
-        )));
-    }
-    check_gemm(kernel, a, b, c, d)?;
-    if d.m == 0 || d.n == 0 {
-        return Ok(());
-    }
-    let mut args = gemm_args(kernel, a, b, c, d)?;
-    args.extend([Arg::F32(1.0), Arg::F32(0.0), Arg::U32(u32::from(b.trans))]);
-    // SAFETY: A, B and C cover the blocks the product touches (checked above); N <= 16 as
-    // the kernel requires; C is distinct from A and B.
-    unsafe { launch(dev, kernel, grid, block, &args) }
+    let grid = grid1(
+        grid.0
+            .min(plan::grid_stride_blocks(d.m, if a.trans { 32 } else { 8 })),
+    );
+    let mut args = gemm_args(a, b, c, d);
+    args.extend([F(1.0), F(0.0), Flag(b.trans)]);
+    // SAFETY: the GEMM family above; N <= 16 as the kernels require.
+    unsafe { launch(dev, kernel, grid, block, 0, &args) }
 }
 
 /// Split-K stage 1 of `C = Aᵀ op(B)` (A stored K × M, N <= 16): `work` receives `z` slabs of
-/// `M × N` partial sums.
-pub(super) fn sgemm_thin_partial(
+/// `M × N` partial sums; stage 2 sums them into `C`.
+pub(super) fn sgemm_thin_split(
     dev: &DeviceInner,
     a: Operand,
     b: Operand,
-    work: Region,
+    [work, c]: [Region; 2],
     d: GemmDims,
     blocks: u32,
     z: u32,
 ) -> Result<()> {
-    let kernel = Kernel::SgemmThinTaPartial;
-    if !a.trans || d.n > super::plan::THIN_MAX {
-        return Err(Error::Cuda(format!(
-            "internal: {} on an unsupported layout",
-            kernel.name()
-        )));
+    if !a.trans || d.n > plan::THIN_MAX {
+        return Err(internal("split-K on an unsupported layout"));
     }
-    // C is not touched here: check A and B as for the full product.
-    check_gemm(kernel, a, b, Region::NULL, GemmDims { m: 0, ..d })?;
-    need(a.r, super::plan::extent(d.k, d.m, a.ld), "A", kernel)?;
-    need(work, z as usize * d.m * d.n, "work", kernel)?;
-    if d.m == 0 || d.n == 0 {
-        return Ok(());
-    }
+    let slabs = z as usize * d.m * d.n;
+    let mut args = gemm_args(a, b, work, GemmDims { ldc: d.n, ..d });
+    args[2] = Buf(work, slabs);
+    args.pop(); // no ldc: the slabs are dense
+    args.push(Flag(b.trans));
+    let grid = (if d.m * d.n == 0 { 0 } else { blocks }, z, 1);
+    // SAFETY: the GEMM family above.
+    unsafe { launch(dev, Kernel::SgemmThinTaPartial, grid, B32X8, 0, &args) }?;
     let args = [
-        ptr(a.r),
-        ptr(b.r),
-        ptr(work),
-        u32_arg(d.m, "M", kernel)?,
-        u32_arg(d.n, "N", kernel)?,
-        u32_arg(d.k, "K", kernel)?,
-        u32_arg(a.ld, "lda", kernel)?,
-        u32_arg(b.ld, "ldb", kernel)?,
-        Arg::U32(u32::from(b.trans)),
+        Buf(work, slabs),
+        Buf(c, extent(d.m, d.n, d.ldc)),
+        N(d.m),
+        N(d.n),
+        N(z as usize),
+        N(d.ldc),
+        F(1.0),
+        F(0.0),
     ];
-    // SAFETY: A and B cover what the product reads and work holds z × M × N (checked above).
-    unsafe { launch(dev, kernel, (blocks, z, 1), B32X8, &args) }
-}
-
-/// Split-K stage 2: `C = Σ_z work[z]`.
-pub(super) fn sgemm_thin_finish(
-    dev: &DeviceInner,
-    work: Region,
-    c: Region,
-    m: usize,
-    n: usize,
-    z: u32,
-    ldc: usize,
-) -> Result<()> {
-    let kernel = Kernel::SgemmThinFinish;
-    need(work, z as usize * m * n, "work", kernel)?;
-    need(c, super::plan::extent(m, n, ldc), "C", kernel)?;
-    if m == 0 || n == 0 {
-        return Ok(());
+    // SAFETY: the GEMM family above.
+    unsafe {
+        launch(
+            dev,
+            Kernel::SgemmThinFinish,
+            stride(d.m * d.n, 256),
+            B256,
+            0,
+            &args,
+        )
     }
-    let args = [
-        ptr(work),
-        ptr(c),
-        u32_arg(m, "M", kernel)?,
-        u32_arg(n, "N", kernel)?,
-        Arg::U32(z),
-        u32_arg(ldc, "ldc", kernel)?,
-        Arg::F32(1.0),
-        Arg::F32(0.0),
-    ];
-    let blocks = super::plan::grid_stride_blocks(m * n, 256);
-    // SAFETY: work holds z × M × N and C covers M rows of ldc (checked above).
-    unsafe { launch(dev, kernel, grid1(blocks), B256, &args) }
 }
 
 #[cfg(test)]
@@ -1278,17 +757,24 @@ mod tests {
     #[test]
     fn a_wrong_argument_list_is_an_error() {
         let dev = super::super::CudaDevice::emulated().unwrap();
-        let x = dev.zeros(4).unwrap();
-        // neg_f32 takes (ptr, ptr, size_t): a u32 size is refused before anything runs.
-        let args = [ptr(x.region()), ptr(x.region()), Arg::U32(4)];
+        let x = dev.zeros(4).unwrap().region();
+        // neg_f32 takes (ptr, ptr, size_t): a flag in place of the size is refused.
+        let args = [Buf(x, 4), Buf(x, 4), Flag(true)];
         // SAFETY: the call is refused by the signature check; nothing is launched.
-        let err = unsafe { launch(&dev.inner, Kernel::Neg, (1, 1, 1), B256, &args) }.unwrap_err();
-        assert!(err.to_string().contains("do not match"), "{err}");
-        // An exact block shape is enforced (here by the emulator).
-        let args = [ptr(x.region()), ptr(x.region()), Arg::U32(1), Arg::U32(4)];
-        // SAFETY: x holds 4 elements, one row of 4; the launch shape is refused.
         let err =
-            unsafe { launch(&dev.inner, Kernel::Transpose2d, (1, 1, 1), B256, &args) }.unwrap_err();
+            unsafe { launch(&dev.inner, Kernel::Neg, (1, 1, 1), B256, 0, &args) }.unwrap_err();
+        assert!(err.to_string().contains("do not match"), "{err}");
+        // A buffer shorter than the launch touches is refused.
+        let args = [Buf(x, 5), Buf(x, 5), N(5)];
+        // SAFETY: refused by the extent check; nothing is launched.
+        let err =
+            unsafe { launch(&dev.inner, Kernel::Neg, (1, 1, 1), B256, 0, &args) }.unwrap_err();
+        assert!(err.to_string().contains("holds 4 elements"), "{err}");
+        // An exact block shape is enforced.
+        let args = [Buf(x, 4), Buf(x, 4), N(1), N(4)];
+        // SAFETY: x holds 4 elements, one row of 4; the launch shape is refused.
+        let err = unsafe { launch(&dev.inner, Kernel::Transpose2d, (1, 1, 1), B256, 0, &args) }
+            .unwrap_err();
         assert!(err.to_string().contains("needs block"), "{err}");
     }
 }

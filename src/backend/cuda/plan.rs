@@ -9,12 +9,7 @@
 //! - Reductions over `(outer, len, inner)`: one warp per row (`inner == 1`, `len <= 2048`),
 //!   one block per row (`inner == 1`, longer rows), column tiles otherwise, split in two
 //!   stages along `len` when few column tiles would each walk a long axis.
-//! - Fused cross-entropy ([`xent_plan`]): single-pass kernels that read each row once into
-//!   registers (and shared memory), vectorized (float4) when `cols % 4 == 0` and the buffers
-//!   are 16-byte aligned (every whole device buffer is) — a group of `next_pow2(cols/4)` lanes
-//!   per row up to 128 columns, a warp per row up to 1024, a block per row up to 32768 (scalar
-//!   loads there when not vectorizable); the previous kernels (scalar, several rows per warp
-//!   or a warp per row; two passes per row above 32768 columns) otherwise.
+//! - Fused cross-entropy: `xent.rs`, next to its kernel-selection table.
 //! - GEMM: the thin kernels when `n <= 16`; when `m <= 16` the transposed product
 //!   `Cᵀ = op(B)ᵀ op(A)ᵀ` through the thin kernels followed by a transpose; otherwise the
 //!   128×128 tile kernel when it makes at least [`TILED_128_MIN_TILES`] tiles, else 64×64
@@ -172,7 +167,7 @@ pub(super) fn reduce_plan(outer: usize, len: usize, inner: usize) -> ReducePlan 
     }
 }
 
-/// Which softmax / cross-entropy variant handles rows of `cols` classes.
+/// Which softmax (and fallback cross-entropy) variant handles rows of `cols` classes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum RowVariant {
     /// `cols <= 32`: several rows per warp.
@@ -199,116 +194,6 @@ pub(super) fn softmax_blocks(rows: usize, cols: usize) -> u32 {
         RowVariant::SmallC => grid_stride_blocks(rows, 8 * 4 * (32 / next_pow2(cols))),
         RowVariant::WarpRow => grid_stride_blocks(rows, 8),
         RowVariant::BlockRow => grid_stride_blocks(rows, 1),
-    }
-}
-
-/// Blocks for a launch of the previous fused cross-entropy kernels (kernels/README.md, xent.cu).
-pub(super) fn xent_blocks(rows: usize, cols: usize) -> u32 {
-    match row_variant(cols) {
-        RowVariant::SmallC => grid_stride_blocks(rows, 8 * (32 / next_pow2(cols))),
-        RowVariant::WarpRow => grid_stride_blocks(rows, 8),
-        RowVariant::BlockRow => grid_stride_blocks(rows, 1),
-    }
-}
-
-/// Which fused cross-entropy kernel (kernels/xent.cu) handles a shape.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum XentVariant {
-    /// Vectorized, `cols <= 128`: `next_pow2(cols / 4)` lanes per row, one float4 each.
-    GroupVec,
-    /// Vectorized, `128 < cols <= 512`: one warp per row, 2 or 4 float4 per lane.
-    WarpVec,
-    /// Vectorized, `512 < cols <= 1024`: one warp per row, 8 float4 per lane.
-    WarpVec8,
-    /// Vectorized, `1024 < cols <= 32768`: one block per row, row in registers + shared memory.
-    BlockVec,
-    /// `1024 < cols <= 32768`, not vectorizable: the same with scalar loads and stores.
-    BlockScalar,
-    /// The previous kernels: scalar, `cols <= 32`, several rows per warp.
-    SmallC,
-    /// Scalar, `32 < cols <= 1024`, one warp per row.
-    WarpRow,
-    /// Any `cols`, one block per row, two passes over the row (used above 32768 columns).
-    BlockRow,
-}
-
-/// A fused cross-entropy launch: variant, grid, block and dynamic shared memory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct XentPlan {
-    pub variant: XentVariant,
-    pub blocks: u32,
-    pub block: u32,
-    pub smem_bytes: u32,
-}
-
-/// Longest row of the single-pass kernels.
-pub(super) const XENT_SINGLE_PASS_MAX: usize = 32768;
-/// Columns per thread of the block kernels: 4 float4 chunks in registers + 4 in shared memory.
-const XENT_BLOCK_PER_THREAD: usize = 32;
-/// Dynamic shared memory of the block kernels at 512 threads over 16384 columns: 12 float4
-/// chunks per thread.
-pub(super) const XENT_BLOCK_MAX_SMEM: u32 = 512 * 12 * 16;
-
-/// The fused cross-entropy's launch for `rows × cols`; `vectorizable`: `cols % 4 == 0` and
-/// `z`, `s`, `dz` 16-byte aligned (true for whole device buffers). `previous_kernels` keeps to
-/// the kernels that predate the single-pass ones (for benchmarks comparing the two).
-pub(super) fn xent_plan(
-    rows: usize,
-    cols: usize,
-    vectorizable: bool,
-    previous_kernels: bool,
-) -> XentPlan {
-    let vec = vectorizable && cols.is_multiple_of(4) && cols > 0;
-    let warp_rows = |variant| XentPlan {
-        variant,
-        blocks: grid_stride_blocks(rows, 8),
-        block: 256,
-        smem_bytes: 0,
-    };
-    if !previous_kernels {
-        if vec && cols <= 128 {
-            return XentPlan {
-                variant: XentVariant::GroupVec,
-                blocks: grid_stride_blocks(rows, 8 * (32 / next_pow2(cols / 4))),
-                block: 256,
-                smem_bytes: 0,
-            };
-        }
-        if vec && cols <= 512 {
-            return warp_rows(XentVariant::WarpVec);
-        }
-        if vec && cols <= 1024 {
-            return warp_rows(XentVariant::WarpVec8);
-        }
-        if cols > 1024 && cols <= XENT_SINGLE_PASS_MAX {
-            let block = next_pow2(cols.div_ceil(XENT_BLOCK_PER_THREAD)).clamp(64, 512);
-            let smem_bytes = if cols <= XENT_BLOCK_PER_THREAD * block {
-                (block * 4 * 16) as u32
-            } else {
-                XENT_BLOCK_MAX_SMEM
-            };
-            return XentPlan {
-                variant: if vec {
-                    XentVariant::BlockVec
-                } else {
-                    XentVariant::BlockScalar
-                },
-                blocks: grid_stride_blocks(rows, 1),
-                block: block as u32,
-                smem_bytes,
-            };
-        }
-    }
-    let variant = match row_variant(cols) {
-        RowVariant::SmallC => XentVariant::SmallC,
-        RowVariant::WarpRow => XentVariant::WarpRow,
-        RowVariant::BlockRow => XentVariant::BlockRow,
-    };
-    XentPlan {
-        variant,
-        blocks: xent_blocks(rows, cols),
-        block: 256,
-        smem_bytes: 0,
     }
 }
 
@@ -520,98 +405,11 @@ mod tests {
         assert_eq!(row_variant(33), RowVariant::WarpRow);
         assert_eq!(row_variant(1024), RowVariant::WarpRow);
         assert_eq!(row_variant(1025), RowVariant::BlockRow);
-        // xent small-C: 8 warps × 32/next_pow2(C) rows per block.
-        assert_eq!(xent_blocks(256, 10), 16); // 16 lanes per row: 2 rows per warp, 16 per block
-        assert_eq!(xent_blocks(256, 2), 2); // 2 lanes per row: 128 rows per block
-        assert_eq!(xent_blocks(1 << 22, 16), 65535);
-        assert_eq!(xent_blocks(65537, 1000), 8193);
-        assert_eq!(xent_blocks(2048, 32768), 2048);
         assert_eq!(softmax_blocks(1000, 3), 4); // 4 lanes: 8 rows per warp × 4 sets × 8 warps
         assert_eq!(softmax_blocks(1, 32768), 1);
         assert_eq!(grid_stride_blocks(0, 256), 1);
         assert_eq!(grid_stride_blocks(257, 256), 2);
         assert_eq!(grid_stride_blocks(usize::MAX / 2, 256), 65535);
-    }
-
-    #[test]
-    fn xent_plans_pick_the_single_pass_kernels_by_shape() {
-        use XentVariant::*;
-        let pick = |rows, cols, vec| xent_plan(rows, cols, vec, false);
-        // Vectorized small rows: 16 columns = 4 float4 = 4 lanes per row, 64 rows per block.
-        assert_eq!(
-            pick(1 << 22, 16, true),
-            XentPlan {
-                variant: GroupVec,
-                blocks: 65535,
-                block: 256,
-                smem_bytes: 0
-            }
-        );
-        assert_eq!(pick(1000, 4, true).blocks, 4); // 1 lane per row: 256 rows per block
-        assert_eq!(pick(1000, 128, true).blocks, 125); // a warp per row
-        assert_eq!(pick(33, 132, true).variant, WarpVec);
-        assert_eq!(pick(33, 512, true).variant, WarpVec);
-        assert_eq!(pick(65536, 1024, true).variant, WarpVec8);
-        assert_eq!(pick(65536, 1024, true).blocks, 8192);
-        assert_eq!(pick(1000, 1000, true).variant, WarpVec8);
-        // Block per row: 32 columns per thread, half of them in 64 bytes of shared memory.
-        assert_eq!(
-            pick(7, 1028, true),
-            XentPlan {
-                variant: BlockVec,
-                blocks: 7,
-                block: 64,
-                smem_bytes: 4096
-            }
-        );
-        assert_eq!(pick(7, 8192, true).block, 256);
-        assert_eq!(pick(7, 16384, false).smem_bytes, 32768);
-        // Above 16384 columns: 512 threads with the long stash.
-        assert_eq!(
-            pick(2048, 32768, true),
-            XentPlan {
-                variant: BlockVec,
-                blocks: 2048,
-                block: 512,
-                smem_bytes: XENT_BLOCK_MAX_SMEM
-            }
-        );
-        assert_eq!(pick(100_000, 16388, true).blocks, 65535);
-        // Not vectorizable (cols % 4 != 0, or a misaligned buffer): scalar kernels.
-        for (cols, variant) in [
-            (2, SmallC),
-            (3, SmallC),
-            (10, SmallC),
-            (16, SmallC),
-            (1001, WarpRow),
-            (1000, WarpRow),
-            (1025, BlockScalar),
-            (32767, BlockScalar),
-            (32768, BlockScalar),
-        ] {
-            let vec = cols % 4 == 0 && cols != 16 && cols != 1000 && cols != 32768;
-            assert_eq!(pick(31, cols, vec).variant, variant, "cols {cols}");
-        }
-        assert_eq!(pick(31, 10, false).blocks, xent_blocks(31, 10));
-        // Longer rows than the single-pass kernels hold: two passes.
-        assert_eq!(pick(3, 32772, true).variant, BlockRow);
-        assert_eq!(pick(3, 40000, true).blocks, 3);
-        // The previous kernels on request, at the same shapes.
-        assert_eq!(xent_plan(1 << 22, 16, true, true).variant, SmallC);
-        assert_eq!(xent_plan(65536, 1024, true, true).variant, WarpRow);
-        assert_eq!(xent_plan(2048, 32768, true, true).variant, BlockRow);
-        // Shared memory never exceeds what the kernels' attribute allows.
-        for cols in (1025..=32768).step_by(97) {
-            let p = pick(1, cols, true);
-            assert!(p.smem_bytes <= XENT_BLOCK_MAX_SMEM && p.smem_bytes > 0);
-            let held = p.block as usize
-                * if p.smem_bytes == XENT_BLOCK_MAX_SMEM {
-                    64
-                } else {
-                    32
-                };
-            assert!(held >= cols, "{cols} columns, {held} held");
-        }
     }
 
     #[test]
