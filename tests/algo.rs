@@ -844,7 +844,16 @@ fn xrm_outputs_round_trip_and_damaged_files_are_named_errors() {
         "",
         "run XRM first",
     );
+    // The message says where it looked and what it found there.
+    let msg = XrmOutput::load(&dir, &ds).unwrap_err().to_string();
+    assert!(
+        msg.contains(&format!("looked in `{}`", dir.display())),
+        "{msg}"
+    );
+    assert!(msg.contains(&format!("holds {XRM_TENSORS_FILE}")), "{msg}");
     std::fs::remove_dir_all(&dir).unwrap();
+    let msg = XrmOutput::load(&dir, &ds).unwrap_err().to_string();
+    assert!(msg.contains("does not exist"), "{msg}");
 }
 
 #[test]

@@ -566,7 +566,12 @@ impl XrmOutput {
             std::fs::read(path).map_err(|e| Error::File {
                 path: path.clone(),
                 tensor: String::new(),
-                problem: format!("cannot read the XRM output ({e}); run XRM first"),
+                problem: format!(
+                    "cannot read the XRM output ({e}); looked in `{}`, which {}; run XRM \
+                     first (`memaware xrm` on this data set)",
+                    dir.display(),
+                    folder_contents(dir)
+                ),
             })
         };
         let json = read(&json_path)?;
@@ -593,9 +598,14 @@ impl XrmOutput {
                 path: json_path,
                 tensor: "dataset".into(),
                 problem: format!(
-                    "written for {:?}, but the data set `{}` has {k} classes, {n} training and \
-                     {n_va} validation examples",
-                    record.dataset, ds.name
+                    "written for `{}` ({} classes, {} training and {} validation examples), but \
+                     the data set `{}` has {k} classes, {n} training and {n_va} validation \
+                     examples",
+                    record.dataset.name,
+                    record.dataset.classes,
+                    record.dataset.n_tr,
+                    record.dataset.n_va,
+                    ds.name
                 ),
             });
         }
@@ -707,6 +717,24 @@ impl XrmOutput {
             heldout_acc_by_group: record.heldout_acc_by_group,
             steps_per_s: 0.0,
         })
+    }
+}
+
+/// What a folder holds, for an error message: `does not exist`, `is empty`, or `holds a, b`
+/// (the first few names).
+fn folder_contents(dir: &Path) -> String {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return "does not exist or cannot be read".into();
+    };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    match names.len() {
+        0 => "is empty".into(),
+        n if n <= 5 => format!("holds {}", names.join(", ")),
+        n => format!("holds {} and {} more", names[..5].join(", "), n - 5),
     }
 }
 
