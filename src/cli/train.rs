@@ -338,6 +338,8 @@ pub fn run(args: &Args) -> Result<()> {
         // The command selects checkpoints on validation.
         eval_valid: true,
         checkpoints_path: Some(checkpoints_path.clone()),
+        // Rerunning the same command continues a killed run from its last checkpoint.
+        state_dir: Some(dir.clone()),
     };
     let bar = common::progress_bar(r.steps as u64, args.method.name());
     let result = run_method_with(&ds, &method, &r.model, &cfg, xrm.as_ref(), &mut |cp| {

@@ -809,6 +809,8 @@ fn run_job(
         eval_train: false,
         eval_valid: true,
         checkpoints_path: Some(dir.join(CHECKPOINTS_FILE)),
+        // A run killed midway continues from its last checkpoint when the sweep is rerun.
+        state_dir: Some(dir.clone()),
     };
     let outcome = run_method_with(
         ds,

@@ -19,8 +19,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::{MethodPlan, Parallelism, SweepConfig};
+pub use crate::algo::run_state::data_digest;
 use crate::backend::Device;
-use crate::data::{Dataset, Split};
+use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::io::{read_json, write_json, Digest};
 
@@ -66,31 +67,6 @@ pub fn device_kind(device: &Device) -> &'static str {
     } else {
         "cuda"
     }
-}
-
-/// A digest of the data set: its name, sizes and every split's features (bit patterns),
-/// labels, attributes and ids.
-pub fn data_digest(ds: &Dataset) -> String {
-    let mut d = Digest::new();
-    d.str(&ds.name);
-    d.u32s([ds.classes as u32, ds.n_attr as u32].into_iter());
-    let split = |d: &mut Digest, s: &Split| {
-        d.u32s([s.n as u32, s.d as u32].into_iter());
-        d.u32s(s.x.iter().map(|v| v.to_bits()));
-        d.u32s(s.y.iter().copied());
-        d.u32s(s.a.iter().copied());
-        d.u32s(
-            s.ids
-                .iter()
-                .flat_map(|&i| [i as u32, (i >> 32) as u32])
-                .collect::<Vec<_>>()
-                .into_iter(),
-        );
-    };
-    for s in [&ds.train, &ds.valid, &ds.test] {
-        split(&mut d, s);
-    }
-    d.hex()
 }
 
 /// The digest of a serializable description of a run, with the crate version in it.
