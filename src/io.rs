@@ -144,3 +144,106 @@ pub fn read_jsonl<T: DeserializeOwned>(path: impl AsRef<Path>) -> Result<Vec<T>>
     }
     Ok(records)
 }
+
+/// A line of a JSON-lines file that did not parse.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct BadLine {
+    /// 1-based line number.
+    pub line: usize,
+    pub problem: String,
+}
+
+/// Reads a JSON-lines file, keeping every record that parses and reporting each line that
+/// does not (a truncated last record, a damaged line in the middle) instead of failing.
+/// Blank lines are skipped. Errors: the file cannot be opened or read.
+pub fn read_jsonl_lenient<T: DeserializeOwned>(
+    path: impl AsRef<Path>,
+) -> Result<(Vec<T>, Vec<BadLine>)> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let mut records = Vec::new();
+    let mut bad = Vec::new();
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice(line) {
+            Ok(r) => records.push(r),
+            Err(e) => bad.push(BadLine {
+                line: i + 1,
+                problem: e.to_string(),
+            }),
+        }
+    }
+    Ok((records, bad))
+}
+
+/// A 64-bit FNV-1a digest over words, for telling configurations and data apart (not a
+/// cryptographic hash). Feed it bytes, `u32`/`f32` slices or JSON values; [`Digest::hex`]
+/// gives 16 hex digits.
+#[derive(Clone, Debug)]
+pub struct Digest(u64);
+
+impl Default for Digest {
+    fn default() -> Self {
+        Digest(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Digest {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn word(&mut self, w: u64) {
+        for b in w.to_le_bytes() {
+            self.0 = (self.0 ^ b as u64).wrapping_mul(Self::PRIME);
+        }
+    }
+
+    /// Adds `bytes`, preceded by their length (so concatenations differ).
+    pub fn bytes(&mut self, bytes: &[u8]) -> &mut Self {
+        self.word(bytes.len() as u64);
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            // Whole words at a time: one multiply per 8 bytes keeps large inputs cheap.
+            let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+            self.0 = (self.0 ^ w).wrapping_mul(Self::PRIME);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0 ^ b as u64).wrapping_mul(Self::PRIME);
+        }
+        self
+    }
+
+    /// Adds a string.
+    pub fn str(&mut self, s: &str) -> &mut Self {
+        self.bytes(s.as_bytes())
+    }
+
+    /// Adds 32-bit values (labels, or f32 bit patterns).
+    pub fn u32s(&mut self, mut values: impl ExactSizeIterator<Item = u32>) -> &mut Self {
+        self.word(values.len() as u64);
+        while let Some(a) = values.next() {
+            let b = values.next().unwrap_or(0);
+            self.0 = (self.0 ^ (a as u64 | (b as u64) << 32)).wrapping_mul(Self::PRIME);
+        }
+        self
+    }
+
+    /// Adds `value` as compact JSON; `path` names the record in the error.
+    pub fn json<T: Serialize + ?Sized>(&mut self, path: &Path, value: &T) -> Result<&mut Self> {
+        let text = serde_json::to_string(value).map_err(|e| Error::Json {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Ok(self.str(&text))
+    }
+
+    /// The digest as 16 lowercase hex digits.
+    pub fn hex(&self) -> String {
+        format!("{:016x}", self.0)
+    }
+}

@@ -56,6 +56,7 @@ fn train_cfg(steps: usize, batch_size: usize, lr: f32, checkpoint_freq: usize) -
         eval_train: false,
         eval_valid: true,
         checkpoints_path: None,
+        state_dir: None,
     }
 }
 

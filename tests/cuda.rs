@@ -1376,6 +1376,7 @@ fn mat_config(epochs: usize, device: &Device) -> TrainConfig {
         eval_train: true,
         eval_valid: true,
         checkpoints_path: None,
+        state_dir: None,
     }
 }
 
@@ -1553,6 +1554,7 @@ fn colormnist_mlp_training_matches_the_cpu_and_stops_allocating() {
         eval_train: false,
         eval_valid: true,
         checkpoints_path: None,
+        state_dir: None,
     };
     let cpu = run_method(&ds, &Method::Erm, &spec, &cfg(&Device::Cpu), None).unwrap();
     let mut allocations = Vec::new();

@@ -99,7 +99,7 @@ fn sweep_selects_per_checkpoint_per_draw_and_reruns_the_winner() {
             criteria: vec![Criterion::VaWga, Criterion::VaGiWga],
         })
         .collect();
-    let set = run_sweeps(&ds, &plans, &cfg, &out, &|_| {}).unwrap();
+    let set = run_sweeps(&ds, &plans, &cfg, &out, false, &|_| {}).unwrap();
     let xrm = set.xrm.as_ref().expect("MAT and va_gi_wga need XRM");
     assert_eq!(
         xrm.outputs.keys().copied().collect::<Vec<_>>(),
@@ -191,7 +191,7 @@ fn sweep_selects_per_checkpoint_per_draw_and_reruns_the_winner() {
     .unwrap();
     assert_eq!(again, set.sweeps[1].selections);
     let report =
-        cli::report::build_report(std::slice::from_ref(&out), &[Criterion::VaAvg]).unwrap();
+        cli::report::build_report(std::slice::from_ref(&out), &[Criterion::VaAvg], false).unwrap();
     assert_eq!(report.table.rows.len(), 2);
     for entry in &report.entries {
         let sel = entry.selection.as_ref().unwrap();
@@ -220,10 +220,10 @@ fn sweep_selects_per_checkpoint_per_draw_and_reruns_the_winner() {
     .unwrap();
     std::fs::write(
         single.join("summary.json"),
-        r#"{"config": {"method": "mat", "data_name": "waterbirds_like"}}"#,
+        r#"{"complete": true, "config": {"method": "mat", "data_name": "waterbirds_like"}}"#,
     )
     .unwrap();
-    let report = cli::report::build_report(&[out.join("single")], &[]).unwrap();
+    let report = cli::report::build_report(&[out.join("single")], &[], false).unwrap();
     let cps = checkpoints_of(&out.join("mat"), &run_label(2, 0));
     let (i, _) = select_checkpoint(&cps, Criterion::VaWga).unwrap();
     assert_eq!(report.table.datasets, vec!["waterbirds_like"]);
@@ -257,6 +257,7 @@ fn tiny_table(out: &Path, seed: u64, parallelism: Parallelism) -> Table1Config {
         ],
         methods: MethodKind::TABLE1.to_vec(),
         out: out.to_path_buf(),
+        overwrite: false,
     }
 }
 

@@ -159,6 +159,22 @@ impl<'a> Checkpoints<'a> {
         self.emit_ready()
     }
 
+    /// Completes and emits every checkpoint made so far; `model` is the current model (the
+    /// one a checkpoint still waiting for training metrics evaluated). The same metrics as
+    /// completing them later: a snapshot's predictions do not depend on its batch, and the
+    /// next step's training logits are this model's.
+    pub(crate) fn flush(&mut self, model: &dyn Module) -> Result<()> {
+        self.evaluate_snapshots()?;
+        self.emit_ready()?;
+        if self.awaiting_train_metrics().is_some() {
+            let tr = self.metrics(&predict_tensor(model, &self.x_tr)?, 0)?;
+            if let Some(p) = self.awaiting_train_metrics() {
+                p.tr = Some(tr);
+            }
+        }
+        self.emit_ready()
+    }
+
     /// Completes and emits every checkpoint made; `model` is the final model.
     pub(crate) fn finish(mut self, model: &dyn Module) -> Result<()> {
         self.evaluate_snapshots()?;

@@ -171,6 +171,7 @@ pub fn run_method_with(
                 eval_train: false,
                 eval_valid: true,
                 checkpoints_path: None,
+                state_dir: None,
                 ..cfg.clone()
             };
             let stage1_setup = TrainSetup {

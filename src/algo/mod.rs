@@ -1,13 +1,15 @@
 //! The method and its baselines, bottom up: model and optimizer specs ([`model`]), the per-step
 //! objectives ([`objective`]), checkpoint evaluation ([`evaluate`]), one training loop for every
 //! method ([`mod@train`]), the XRM held-out estimator ([`xrm`]), MAT's shift ([`shift`], [`mat`]),
-//! each method's setup ([`method`]), and model selection by hyperparameter sweeps ([`sweep`]).
+//! each method's setup ([`method`]), model selection by hyperparameter sweeps ([`sweep`]), and
+//! the saved state that lets a killed run continue ([`run_state`]).
 
 pub mod evaluate;
 pub mod mat;
 pub mod method;
 pub mod model;
 pub mod objective;
+pub mod run_state;
 pub mod shift;
 pub mod sweep;
 pub mod train;

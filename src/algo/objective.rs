@@ -198,6 +198,21 @@ impl StepLoss {
     pub(crate) fn group_dro_q(&self) -> Option<Vec<f64>> {
         self.dro.as_ref().map(|d| d.q().to_vec())
     }
+
+    /// Puts back GroupDRO's `q` (from [`StepLoss::group_dro_q`] of the same objective);
+    /// `None` for an objective without one.
+    pub(crate) fn set_group_dro_q(&mut self, q: Option<&[f64]>) -> Result<()> {
+        match (self.dro.as_mut(), q) {
+            (None, None) => Ok(()),
+            (Some(d), Some(q)) if q.len() == d.q.len() => {
+                d.q = q.to_vec();
+                Ok(())
+            }
+            _ => Err(Error::Data(
+                "saved GroupDRO weights do not fit the objective".into(),
+            )),
+        }
+    }
 }
 
 /// GroupDRO's adversarial group weights `q` (Sagawa et al. 2020), kept in f64 on the host.

@@ -27,12 +27,12 @@ use std::time::Instant;
 use super::evaluate::{predict_tensor, Checkpoints, EvalPlan};
 use super::model::{ModelSpec, OptimizerSpec};
 use super::objective::{Objective, StepLoss};
+use super::run_state::RunState;
 use crate::backend::Device;
 use crate::data::batch::Batcher;
 use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
 use crate::eval::selection::Checkpoint;
-use crate::io::JsonlWriter;
 use crate::nn::Module;
 use crate::rng::Rng;
 use crate::tensor::{Indices, Tensor};
@@ -64,6 +64,9 @@ pub struct TrainConfig {
     pub eval_valid: bool,
     /// A JSON-lines file that receives each checkpoint as it is made (created or truncated).
     pub checkpoints_path: Option<PathBuf>,
+    /// Save the run's state here at every checkpoint, and continue from a state this run
+    /// saved here before (see [`super::run_state`]; needs `checkpoints_path`).
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for TrainConfig {
@@ -78,6 +81,7 @@ impl Default for TrainConfig {
             eval_train: false,
             eval_valid: true,
             checkpoints_path: None,
+            state_dir: None,
         }
     }
 }
@@ -215,12 +219,16 @@ pub fn train(
         root.fork(STREAM_BATCH).next_u64(),
     )?;
 
-    let mut writer = cfg
-        .checkpoints_path
-        .as_ref()
-        .map(JsonlWriter::create)
-        .transpose()?;
-    let mut made = Vec::new();
+    // A killed run continues from its last saved state (a no-op without `state_dir`).
+    let state = RunState::new(ds, model_spec, cfg, setup)?;
+    let (resumed, mut writer) = state.restore(
+        model.as_ref(),
+        optimizer.as_mut(),
+        &mut batcher,
+        &mut objective,
+        cfg.checkpoints_path.as_deref(),
+    )?;
+    let mut made = resumed.checkpoints;
     let mut emit = |cp: Checkpoint| -> Result<()> {
         if let Some(w) = writer.as_mut() {
             w.write(&cp)?;
@@ -241,9 +249,9 @@ pub fn train(
         .transpose()?;
 
     let start = Instant::now();
-    let mut final_train_loss = f64::NAN;
+    let mut final_train_loss = resumed.final_train_loss;
     let run = (|| -> Result<()> {
-        for step in 0..cfg.steps {
+        for step in resumed.first_step..cfg.steps {
             let full = batcher.is_full_batch();
             let positions = batcher.next_batch();
             let (loss, logits) = if full {
@@ -270,6 +278,11 @@ pub fn train(
             if step % cfg.checkpoint_freq == 0 || step + 1 == cfg.steps {
                 if let Some(c) = checkpoints.as_mut() {
                     c.record(step, final_train_loss, model.as_ref())?;
+                    if state.enabled() && step + 1 < cfg.steps {
+                        c.flush(model.as_ref())?;
+                        let (m, o) = (model.as_ref(), optimizer.as_ref());
+                        state.save(step, final_train_loss, m, o, &batcher, &objective)?;
+                    }
                 }
             }
         }
@@ -279,6 +292,7 @@ pub fn train(
     let finished = checkpoints.map_or(Ok(()), |c| c.finish(model.as_ref()));
     run?;
     finished?;
+    state.clear()?;
     Ok(TrainOutcome {
         checkpoints: made,
         model,

@@ -18,12 +18,15 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::train::SUMMARY_FILE;
 use crate::algo::sweep::{
-    reselect, MethodKind, Selection, SweepOutcome, CHECKPOINTS_FILE, SWEEP_FILE,
+    reselect_recorded, MethodKind, RunRecord, RunStatus, Selection, SweepOutcome, CHECKPOINTS_FILE,
+    RUN_FILE, SWEEP_FILE,
 };
+use crate::algo::xrm::XRM_JSON_FILE;
 use crate::error::{Error, Result};
 use crate::eval::selection::{select_checkpoint, Checkpoint, Criterion, TableCell};
-use crate::io::{read_jsonl, write_json, write_text};
+use crate::io::{read_json, read_jsonl_lenient, write_json, write_text};
 use crate::report::table::ResultsTable;
 
 /// Arguments of `memaware report`.
@@ -39,6 +42,10 @@ pub struct Args {
     /// Folder for report.md and report.json [default: the first DIR].
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Let interrupted runs, and runs with damaged checkpoint lines, into the cells with the
+    /// checkpoints that read back (they are still listed). Failed runs stay out.
+    #[arg(long)]
+    pub include_incomplete: bool,
 }
 
 /// One row × column entry of the report and where it came from.
@@ -61,6 +68,30 @@ pub struct Report {
     pub entries: Vec<ReportEntry>,
     /// Caveats: seeds missing from a re-applied criterion, runs that could not be selected.
     pub notes: Vec<String>,
+    /// Runs that are not complete (interrupted, failed, damaged), and whether each was left
+    /// out of the cells.
+    pub excluded: Vec<Excluded>,
+    /// Files and lines that could not be read.
+    pub damaged: Vec<Damaged>,
+}
+
+/// A run that is not complete.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Excluded {
+    /// Its folder (or file).
+    pub source: PathBuf,
+    pub reason: String,
+    /// Left out of the cells (false when `--include-incomplete` let it in).
+    pub excluded: bool,
+}
+
+/// A file, or one line of it, that could not be read.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Damaged {
+    pub path: PathBuf,
+    /// 1-based line number, for JSON-lines files.
+    pub line: Option<usize>,
+    pub problem: String,
 }
 
 impl Report {
@@ -76,19 +107,73 @@ impl Report {
                 md.push_str(&format!("- {n}\n"));
             }
         }
+        if !self.excluded.is_empty() {
+            md.push_str("\nRuns that are not complete:\n");
+            for e in &self.excluded {
+                md.push_str(&format!(
+                    "- {}: {}{}\n",
+                    e.source.display(),
+                    e.reason,
+                    if e.excluded {
+                        " (left out)"
+                    } else {
+                        " (included: --include-incomplete)"
+                    }
+                ));
+            }
+        }
+        if !self.damaged.is_empty() {
+            md.push_str("\nDamaged files:\n");
+            for d in &self.damaged {
+                let place = d.line.map_or(String::new(), |l| format!(", line {l}"));
+                let path = d.path.display().to_string();
+                let problem = d
+                    .problem
+                    .strip_prefix(&format!("{path}: "))
+                    .unwrap_or(&d.problem);
+                md.push_str(&format!("- {path}{place}: {problem}\n"));
+            }
+        }
         md
     }
 }
 
+/// What the search of the folders found.
+#[derive(Default)]
+struct Found {
+    /// `sweep.json` files that load, with their contents.
+    sweeps: Vec<(PathBuf, SweepOutcome)>,
+    /// Run folders outside any readable sweep.
+    runs: Vec<PathBuf>,
+    damaged: Vec<Damaged>,
+}
+
 /// Sweep files and stand-alone run folders under `dir`, in sorted order. A folder with a
-/// `sweep.json` is not searched further: its runs belong to the sweep.
-fn discover(dir: &Path, sweeps: &mut Vec<PathBuf>, runs: &mut Vec<PathBuf>) -> Result<()> {
-    if dir.join(SWEEP_FILE).is_file() {
-        sweeps.push(dir.join(SWEEP_FILE));
-        return Ok(());
+/// readable `sweep.json` is not searched further: its runs belong to the sweep; a damaged
+/// `sweep.json` is reported and its run folders are read one by one. A run folder holds
+/// `checkpoints.jsonl`, `summary.json` (`memaware train`) or a sweep run's `run.json`; XRM's
+/// folders (with `xrm.json`) are not runs.
+fn discover(dir: &Path, found: &mut Found) -> Result<()> {
+    let sweep_file = dir.join(SWEEP_FILE);
+    if sweep_file.is_file() {
+        match SweepOutcome::load(&sweep_file) {
+            Ok(s) => {
+                found.sweeps.push((sweep_file, s));
+                return Ok(());
+            }
+            Err(e) => found.damaged.push(Damaged {
+                path: sweep_file,
+                line: None,
+                problem: e.to_string(),
+            }),
+        }
     }
-    if dir.join(CHECKPOINTS_FILE).is_file() {
-        runs.push(dir.to_path_buf());
+    let is_run = !dir.join(XRM_JSON_FILE).exists()
+        && (dir.join(CHECKPOINTS_FILE).is_file()
+            || dir.join(SUMMARY_FILE).is_file()
+            || dir.join(RUN_FILE).is_file());
+    if is_run {
+        found.runs.push(dir.to_path_buf());
     }
     let mut children: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
@@ -97,17 +182,10 @@ fn discover(dir: &Path, sweeps: &mut Vec<PathBuf>, runs: &mut Vec<PathBuf>) -> R
     children.sort();
     for c in children {
         if c.is_dir() {
-            discover(&c, sweeps, runs)?;
+            discover(&c, found)?;
         }
     }
     Ok(())
-}
-
-/// A string field of `summary.json` at `config.<key>`, if any.
-fn summary_field(run_dir: &Path, key: &str) -> Option<String> {
-    let text = std::fs::read_to_string(run_dir.join("summary.json")).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v.get("config")?.get(key)?.as_str().map(str::to_string)
 }
 
 struct Grid {
@@ -145,11 +223,108 @@ impl Grid {
     }
 }
 
+/// What a stand-alone run folder says about itself.
+struct RunInfo {
+    method: String,
+    dataset: String,
+    /// Why the run is not complete, if it is not (or cannot be told).
+    incomplete: Option<String>,
+    /// Checkpoints its record counts, when it says.
+    checkpoints: Option<usize>,
+}
+
+/// Reads `summary.json` (`memaware train`) or `run.json` (a sweep run) of `dir`; damaged
+/// files go to `damaged`.
+fn run_info(dir: &Path, damaged: &mut Vec<Damaged>) -> RunInfo {
+    let mut info = RunInfo {
+        method: "run".into(),
+        dataset: "runs".into(),
+        incomplete: None,
+        checkpoints: None,
+    };
+    let summary = dir.join(SUMMARY_FILE);
+    let record = dir.join(RUN_FILE);
+    if summary.is_file() {
+        match read_json::<serde_json::Value>(&summary) {
+            Ok(v) => {
+                let config = v.get("config");
+                let field = |k: &str| config.and_then(|c| c.get(k)).and_then(|m| m.as_str());
+                if let Some(m) = field("method") {
+                    info.method = m
+                        .parse::<MethodKind>()
+                        .map_or(m.to_string(), |k| k.label().to_string());
+                }
+                if let Some(d) = field("data_name") {
+                    info.dataset = d.to_string();
+                }
+                let complete = v.get("complete").and_then(|c| c.as_bool()) == Some(true);
+                let status = v.get("status").and_then(|s| s.as_str());
+                let error = v.get("error").and_then(|e| e.as_str());
+                info.checkpoints = v
+                    .get("n_checkpoints")
+                    .and_then(|n| n.as_u64())
+                    .map(|n| n as usize);
+                if !complete {
+                    info.incomplete = Some(match (status, error) {
+                        (_, Some(e)) => format!("failed: {e}"),
+                        (Some("failed"), None) => "failed".into(),
+                        _ => "interrupted (summary.json says it is not complete)".into(),
+                    });
+                }
+            }
+            Err(e) => {
+                damaged.push(Damaged {
+                    path: summary.clone(),
+                    line: None,
+                    problem: e.to_string(),
+                });
+                info.incomplete =
+                    Some("summary.json is damaged: cannot tell whether it finished".into());
+            }
+        }
+    } else if record.is_file() {
+        match read_json::<RunRecord>(&record) {
+            Ok(r) => {
+                info.method = r.kind.label().to_string();
+                info.dataset = r.dataset.clone();
+                info.checkpoints = (r.status == RunStatus::Complete).then_some(r.checkpoints);
+                info.incomplete = match (r.status, &r.error) {
+                    (RunStatus::Complete, None) => None,
+                    (_, Some(e)) => Some(format!("failed: {e}")),
+                    (s, None) => Some(s.describe().to_string()),
+                };
+            }
+            Err(e) => {
+                damaged.push(Damaged {
+                    path: record.clone(),
+                    line: None,
+                    problem: e.to_string(),
+                });
+                info.incomplete =
+                    Some("run.json is damaged: cannot tell whether it finished".into());
+            }
+        }
+    } else {
+        info.incomplete = Some(format!(
+            "no {SUMMARY_FILE} or {RUN_FILE}: cannot tell whether it finished"
+        ));
+    }
+    info
+}
+
 /// Builds the report over `dirs` (see the module docs); `criteria` empty means the recorded
-/// ones.
-pub fn build_report(dirs: &[PathBuf], criteria: &[Criterion]) -> Result<Report> {
-    let mut sweeps = Vec::new();
-    let mut runs = Vec::new();
+/// ones. Interrupted, failed and damaged runs are left out of the cells and listed, unless
+/// `include_incomplete`, which lets interrupted or damaged runs take part with the
+/// checkpoints that read back (still listed). Damaged files and lines are listed by name.
+///
+/// Errors: a folder that does not exist or cannot be listed, nothing to report, a criterion
+/// that does not parse.
+pub fn build_report(
+    dirs: &[PathBuf],
+    criteria: &[Criterion],
+    include_incomplete: bool,
+) -> Result<Report> {
+    let mut found = Found::default();
     for d in dirs {
         if !d.is_dir() {
             return Err(Error::arg(
@@ -157,9 +332,9 @@ pub fn build_report(dirs: &[PathBuf], criteria: &[Criterion]) -> Result<Report> 
                 format!("`{}` is not a folder", d.display()),
             ));
         }
-        discover(d, &mut sweeps, &mut runs)?;
+        discover(d, &mut found)?;
     }
-    if sweeps.is_empty() && runs.is_empty() {
+    if found.sweeps.is_empty() && found.runs.is_empty() && found.damaged.is_empty() {
         return Err(Error::Data(format!(
             "no {SWEEP_FILE} and no run folder with {CHECKPOINTS_FILE} under {}",
             dirs.iter()
@@ -174,20 +349,44 @@ pub fn build_report(dirs: &[PathBuf], criteria: &[Criterion]) -> Result<Report> 
     };
     let mut entries = Vec::new();
     let mut notes = Vec::new();
-    for path in &sweeps {
-        let sweep = SweepOutcome::load(path)?;
+    let mut excluded = Vec::new();
+    let mut damaged = std::mem::take(&mut found.damaged);
+    for (path, sweep) in &found.sweeps {
         let sweep_dir = path.parent().unwrap_or(Path::new("."));
         let wanted: Vec<Criterion> = if criteria.is_empty() {
             sweep.selections.iter().map(|s| s.criterion).collect()
         } else {
             criteria.to_vec()
         };
-        for sel in reselect(&sweep, sweep_dir, &wanted)? {
-            let row = format!("{} ({})", sweep.method.label(), sel.criterion);
+        let (selections, issues) = reselect_recorded(sweep, sweep_dir, &wanted, include_incomplete);
+        for issue in issues {
+            if issue.problem.starts_with("damaged") || issue.line.is_some() {
+                damaged.push(Damaged {
+                    path: issue.path.clone(),
+                    line: issue.line,
+                    problem: issue.problem.clone(),
+                });
+            }
+            excluded.push(Excluded {
+                source: issue.path,
+                reason: issue.problem,
+                excluded: issue.excluded,
+            });
+        }
+        for (c, sel) in selections {
+            let row = format!("{} ({c})", sweep.method.label());
+            let sel = match sel {
+                Ok(sel) => sel,
+                Err(e) => {
+                    notes.push(format!("{row} on {}: no cell: {e}", sweep.dataset));
+                    continue;
+                }
+            };
             if !sel.missing_seeds.is_empty() {
                 notes.push(format!(
-                    "{row} on {}: draw {} was not run at seeds {:?}; the cell covers {} seed(s) \
-                     (run `memaware sweep --select {}` for all)",
+                    "{row} on {}: draw {} has no usable run at seeds {:?}; the cell covers {} \
+                     seed(s) (run `memaware sweep --select {}` for all, or rerun the sweep to \
+                     complete interrupted runs)",
                     sweep.dataset,
                     sel.winner,
                     sel.missing_seeds,
@@ -206,16 +405,59 @@ pub fn build_report(dirs: &[PathBuf], criteria: &[Criterion]) -> Result<Report> 
             });
         }
     }
-    for dir in &runs {
-        let cps: Vec<Checkpoint> = read_jsonl(dir.join(CHECKPOINTS_FILE))?;
+    for dir in &found.runs {
+        let info = run_info(dir, &mut damaged);
+        let cp_file = dir.join(CHECKPOINTS_FILE);
+        let (cps, bad): (Vec<Checkpoint>, _) = match read_jsonl_lenient(&cp_file) {
+            Ok(r) => r,
+            Err(e) => {
+                excluded.push(Excluded {
+                    source: dir.clone(),
+                    reason: match &info.incomplete {
+                        Some(why) => why.clone(),
+                        None => format!("no checkpoints: {e}"),
+                    },
+                    excluded: true,
+                });
+                continue;
+            }
+        };
+        for b in &bad {
+            damaged.push(Damaged {
+                path: cp_file.clone(),
+                line: Some(b.line),
+                problem: b.problem.clone(),
+            });
+        }
+        let mut why: Vec<String> = info.incomplete.iter().cloned().collect();
+        if !bad.is_empty() {
+            why.push(format!(
+                "{} damaged line(s) in {CHECKPOINTS_FILE}",
+                bad.len()
+            ));
+        }
+        if let Some(n) = info.checkpoints.filter(|&n| cps.len() < n) {
+            why.push(format!(
+                "{} of the {n} checkpoints recorded read back",
+                cps.len()
+            ));
+        }
+        let usable = include_incomplete && !cps.is_empty();
+        let leave_out = !why.is_empty() && !usable;
+        if !why.is_empty() {
+            excluded.push(Excluded {
+                source: dir.clone(),
+                reason: why.join("; "),
+                excluded: leave_out,
+            });
+        }
+        if leave_out {
+            continue;
+        }
         let folder = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "run".into());
-        let method = summary_field(dir, "method")
-            .map(|m| m.parse::<MethodKind>().map_or(m, |k| k.label().to_string()))
-            .unwrap_or_else(|| "run".into());
-        let dataset = summary_field(dir, "data_name").unwrap_or_else(|| "runs".into());
         let wanted: Vec<Criterion> = if criteria.is_empty() {
             vec![Criterion::VaWga]
         } else {
@@ -225,11 +467,11 @@ pub fn build_report(dirs: &[PathBuf], criteria: &[Criterion]) -> Result<Report> 
             match select_checkpoint(&cps, c) {
                 Ok((i, _)) => {
                     let cell = TableCell::from_seeds(std::slice::from_ref(&cps[i].te))?;
-                    let row = format!("{method} ({c}) [{folder}]");
-                    grid.put(&dataset, row.clone(), cell.clone(), dir);
+                    let row = format!("{} ({c}) [{folder}]", info.method);
+                    grid.put(&info.dataset, row.clone(), cell.clone(), dir);
                     entries.push(ReportEntry {
                         source: dir.clone(),
-                        dataset: dataset.clone(),
+                        dataset: info.dataset.clone(),
                         row,
                         criterion: c,
                         selection: None,
@@ -248,6 +490,8 @@ pub fn build_report(dirs: &[PathBuf], criteria: &[Criterion]) -> Result<Report> 
         table,
         entries,
         notes,
+        excluded,
+        damaged,
     })
 }
 
@@ -257,7 +501,7 @@ pub fn run(args: &Args) -> Result<()> {
         .iter()
         .map(|c| c.parse())
         .collect::<Result<_>>()?;
-    let report = build_report(&args.dirs, &criteria)?;
+    let report = build_report(&args.dirs, &criteria, args.include_incomplete)?;
     let out = match &args.out {
         Some(o) => o.clone(),
         None => args

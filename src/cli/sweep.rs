@@ -68,6 +68,11 @@ pub struct Args {
     /// `cpu`, `cuda` or `cuda:N` [default: cpu].
     #[arg(long)]
     pub device: Option<String>,
+    /// Replace a sweep of another configuration found in the output folder. Without it, a
+    /// rerun on the same folder with the same configuration keeps every finished run and
+    /// runs the rest, and another configuration is an error.
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -123,7 +128,9 @@ pub fn run(args: &Args) -> Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs/sweep"));
     let dir = entry_dir(&out, &ds.name);
-    let set = with_progress_bar("sweep", |p| run_sweeps(&ds, &plans, &cfg, &dir, p))?;
+    let set = with_progress_bar("sweep", |p| {
+        run_sweeps(&ds, &plans, &cfg, &dir, args.overwrite, p)
+    })?;
 
     let mut table = ResultsTable::new(vec![ds.name.clone()]);
     let mut notes = String::new();

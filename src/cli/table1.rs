@@ -66,6 +66,11 @@ pub struct Args {
     /// `cpu`, `cuda` or `cuda:N` [default: cpu].
     #[arg(long)]
     pub device: Option<String>,
+    /// Replace runs of another configuration found in the output folder. Without it, a rerun
+    /// on the same folder with the same configuration keeps every finished run and runs the
+    /// rest, and another configuration is an error.
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 /// Load average of the last minute, when the system tells it (Linux).
@@ -146,6 +151,7 @@ pub fn config(args: &Args) -> Result<Table1Config> {
             .out
             .clone()
             .unwrap_or_else(|| PathBuf::from("results/table1")),
+        overwrite: args.overwrite,
     })
 }
 

@@ -197,6 +197,11 @@ struct Selected {
 struct Summary<'a> {
     format: &'static str,
     complete: bool,
+    /// `running` (written first; still there after a kill: interrupted), `complete` or
+    /// `failed`.
+    status: &'static str,
+    /// Why the run failed.
+    error: Option<String>,
     config: &'a RunRecord,
     n_checkpoints: usize,
     final_train_loss: Option<f64>,
@@ -293,6 +298,8 @@ pub fn run(args: &Args) -> Result<()> {
         &Summary {
             format: SUMMARY_FORMAT,
             complete: false,
+            status: "running",
+            error: None,
             config: &record,
             n_checkpoints: 0,
             final_train_loss: None,
@@ -331,6 +338,8 @@ pub fn run(args: &Args) -> Result<()> {
         // The command selects checkpoints on validation.
         eval_valid: true,
         checkpoints_path: Some(checkpoints_path.clone()),
+        // Rerunning the same command continues a killed run from its last checkpoint.
+        state_dir: Some(dir.clone()),
     };
     let bar = common::progress_bar(r.steps as u64, args.method.name());
     let result = run_method_with(&ds, &method, &r.model, &cfg, xrm.as_ref(), &mut |cp| {
@@ -338,7 +347,31 @@ pub fn run(args: &Args) -> Result<()> {
         Ok(())
     });
     bar.finish_and_clear();
-    let outcome = result?;
+    let outcome = match result {
+        Ok(o) => o,
+        Err(e) => {
+            let n_checkpoints = crate::io::read_jsonl_lenient::<Checkpoint>(&checkpoints_path)
+                .map_or(0, |(cps, _)| cps.len());
+            crate::io::write_json(
+                &summary_path,
+                &Summary {
+                    format: SUMMARY_FORMAT,
+                    complete: false,
+                    status: "failed",
+                    error: Some(e.to_string()),
+                    config: &record,
+                    n_checkpoints,
+                    final_train_loss: None,
+                    steps_per_s: None,
+                    selected: BTreeMap::new(),
+                    jtt_error_count: None,
+                    subg_rows: None,
+                    group_dro_q: None,
+                },
+            )?;
+            return Err(e);
+        }
+    };
 
     let summary = summarize(&record, &outcome, xrm.is_some())?;
     crate::io::write_json(&summary_path, &summary)?;
@@ -408,6 +441,8 @@ fn summarize<'a>(
     Ok(Summary {
         format: SUMMARY_FORMAT,
         complete: true,
+        status: "complete",
+        error: None,
         config: record,
         n_checkpoints: cps.len(),
         final_train_loss: final_loss.is_finite().then_some(final_loss),

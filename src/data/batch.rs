@@ -15,6 +15,8 @@
 //!   (SUBG, "subsample groups"): the first `min_g n_g` of each group in the order of one random
 //!   permutation of `0..n`.
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 
@@ -27,6 +29,21 @@ pub struct Batcher {
     order: Vec<usize>,
     pos: usize,
     epoch: usize,
+    /// Permutations drawn so far: the generator's position, for [`Batcher::state`].
+    permutations: usize,
+}
+
+/// Where a [`Batcher`] stands: enough to rebuild it exactly ([`Batcher::from_state`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatcherState {
+    pub n: usize,
+    pub batch_size: usize,
+    pub seed: u64,
+    /// Permutations drawn from the generator so far (the last one is the current epoch's).
+    pub permutations: usize,
+    /// Position in the current epoch's order.
+    pub pos: usize,
+    pub epoch: usize,
 }
 
 impl Batcher {
@@ -39,7 +56,8 @@ impl Batcher {
             return Err(Error::arg("batch_size", "must be at least 1"));
         }
         let mut rng = Rng::new(seed);
-        let order = if batch_size >= n {
+        let full = batch_size >= n;
+        let order = if full {
             (0..n).collect()
         } else {
             rng.permutation(n)
@@ -51,7 +69,46 @@ impl Batcher {
             order,
             pos: 0,
             epoch: 0,
+            permutations: usize::from(!full),
         })
+    }
+
+    /// Where the batcher stands.
+    pub fn state(&self) -> BatcherState {
+        BatcherState {
+            n: self.n,
+            batch_size: self.batch_size,
+            seed: self.rng.seed(),
+            permutations: self.permutations,
+            pos: self.pos,
+            epoch: self.epoch,
+        }
+    }
+
+    /// The batcher that [`Batcher::state`] described: the same seed, its permutations drawn
+    /// again (`O(n)` each), the same position. Its next batches are the original's.
+    ///
+    /// Errors: sizes [`Batcher::new`] refuses, or a position that no batcher reaches.
+    pub fn from_state(state: &BatcherState) -> Result<Batcher> {
+        let mut b = Batcher::new(state.n, state.batch_size, state.seed)?;
+        let full = b.is_full_batch();
+        let consistent = if full {
+            state.permutations == 0 && state.pos == 0
+        } else {
+            state.permutations >= 1 && state.pos <= state.n && state.epoch <= state.permutations
+        };
+        if !consistent {
+            return Err(Error::Data(format!(
+                "batcher state {state:?} is not one a batcher reaches"
+            )));
+        }
+        for _ in 1..state.permutations {
+            b.order = b.rng.permutation(b.n);
+        }
+        b.permutations = state.permutations;
+        b.pos = state.pos;
+        b.epoch = state.epoch;
+        Ok(b)
     }
 
     /// Whether every batch is the whole set in its original order.
@@ -68,6 +125,7 @@ impl Batcher {
         }
         if self.pos >= self.n {
             self.order = self.rng.permutation(self.n);
+            self.permutations += 1;
             self.pos = 0;
         }
         if self.pos == 0 {

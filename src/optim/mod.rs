@@ -20,6 +20,53 @@ pub trait Optimizer {
     fn step(&mut self, grads: &GradStore) -> Result<()>;
     fn learning_rate(&self) -> f32;
     fn set_learning_rate(&mut self, lr: f32);
+    /// Everything the next steps depend on besides the parameters and hyperparameters
+    /// (momentum buffers, moments, step counts), copied to the host.
+    fn state(&self) -> Result<OptimizerState>;
+    /// Puts back a [`Optimizer::state`] of an optimizer of the same kind over parameters of
+    /// the same sizes; nothing changes unless it fits.
+    fn load_state(&mut self, state: &OptimizerState) -> Result<()>;
+}
+
+/// An optimizer's state on the host: per parameter (in order), its buffers (none before
+/// its first update) and its step count.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OptimizerState {
+    /// `sgd` or `adam`.
+    pub kind: String,
+    /// Per parameter: SGD's momentum buffer, or Adam's `m` and `v`; empty when unset.
+    pub buffers: Vec<Vec<Vec<f32>>>,
+    /// Per parameter: Adam's step count (0 for SGD).
+    pub steps: Vec<u32>,
+}
+
+fn check_state(
+    state: &OptimizerState,
+    kind: &str,
+    params: &[Tensor],
+    per_param: usize,
+) -> Result<()> {
+    let bad = |why: String| Err(Error::Data(format!("optimizer state: {why}")));
+    if state.kind != kind {
+        return bad(format!("a `{}` state for a `{kind}` optimizer", state.kind));
+    }
+    if state.buffers.len() != params.len() || state.steps.len() != params.len() {
+        return bad(format!(
+            "{} parameters recorded, {} to restore",
+            state.buffers.len(),
+            params.len()
+        ));
+    }
+    for (i, (b, p)) in state.buffers.iter().zip(params).enumerate() {
+        if !(b.is_empty() || b.len() == per_param) || b.iter().any(|v| v.len() != p.elem_count()) {
+            return bad(format!("the buffers of parameter {i} do not fit its size"));
+        }
+    }
+    Ok(())
+}
+
+fn host(s: &Storage) -> Result<Vec<f32>> {
+    s.to_host()
 }
 
 fn check_hparam(name: &'static str, v: f32, ok: bool) -> Result<()> {
@@ -103,6 +150,39 @@ impl Optimizer for Sgd {
 
     fn set_learning_rate(&mut self, lr: f32) {
         self.lr = lr;
+    }
+
+    fn state(&self) -> Result<OptimizerState> {
+        Ok(OptimizerState {
+            kind: "sgd".into(),
+            buffers: self
+                .buffers
+                .iter()
+                .map(|b| {
+                    b.as_ref()
+                        .map(host)
+                        .transpose()
+                        .map(|b| b.into_iter().collect())
+                })
+                .collect::<Result<_>>()?,
+            steps: vec![0; self.params.len()],
+        })
+    }
+
+    fn load_state(&mut self, state: &OptimizerState) -> Result<()> {
+        check_state(state, "sgd", &self.params, 1)?;
+        let buffers = state
+            .buffers
+            .iter()
+            .zip(&self.params)
+            .map(|(b, p)| {
+                b.first()
+                    .map(|v| p.device().storage_from_vec(v.clone()))
+                    .transpose()
+            })
+            .collect::<Result<_>>()?;
+        self.buffers = buffers;
+        Ok(())
     }
 }
 
@@ -197,5 +277,42 @@ impl Optimizer for Adam {
 
     fn set_learning_rate(&mut self, lr: f32) {
         self.lr = lr;
+    }
+
+    fn state(&self) -> Result<OptimizerState> {
+        Ok(OptimizerState {
+            kind: "adam".into(),
+            buffers: self
+                .moments
+                .iter()
+                .map(|m| match m {
+                    Some((m, v)) => Ok(vec![host(m)?, host(v)?]),
+                    None => Ok(Vec::new()),
+                })
+                .collect::<Result<_>>()?,
+            steps: self.steps.clone(),
+        })
+    }
+
+    fn load_state(&mut self, state: &OptimizerState) -> Result<()> {
+        check_state(state, "adam", &self.params, 2)?;
+        let moments = state
+            .buffers
+            .iter()
+            .zip(&self.params)
+            .map(|(b, p)| match b.as_slice() {
+                [m, v] => {
+                    let dev = p.device();
+                    Ok(Some((
+                        dev.storage_from_vec(m.clone())?,
+                        dev.storage_from_vec(v.clone())?,
+                    )))
+                }
+                _ => Ok(None),
+            })
+            .collect::<Result<_>>()?;
+        self.moments = moments;
+        self.steps = state.steps.clone();
+        Ok(())
     }
 }

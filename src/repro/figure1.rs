@@ -581,6 +581,7 @@ fn run_one(
         eval_train: true,
         eval_valid: false,
         checkpoints_path: None,
+        state_dir: None,
     };
     let mut tick = |_: &Checkpoint| -> Result<()> {
         progress(Progress::Done(1));

@@ -289,6 +289,7 @@ pub fn estimate(
             eval_train: false,
             eval_valid: true,
             checkpoints_path: None,
+            state_dir: None,
         };
         let setup = TrainSetup {
             objective: objective.clone(),

@@ -74,6 +74,10 @@ pub struct Table1Config {
     pub entries: Vec<Table1Entry>,
     pub methods: Vec<MethodKind>,
     pub out: PathBuf,
+    /// Replace sweeps of another configuration found under `out` (see
+    /// [`run_sweeps`]); without it they are an error, and finished runs of the same
+    /// configuration are kept.
+    pub overwrite: bool,
 }
 
 /// The folder of a column under the output folder: its label, lowercased, with anything but
@@ -409,7 +413,14 @@ pub fn run_table1(cfg: &Table1Config, progress: ProgressFn<'_>) -> Result<Table1
     for entry in &cfg.entries {
         let column_start = Instant::now();
         let dir = entry_dir(&cfg.out, &entry.label);
-        let set = run_sweeps(&entry.dataset, &plans, &entry.sweep, &dir, progress)?;
+        let set = run_sweeps(
+            &entry.dataset,
+            &plans,
+            &entry.sweep,
+            &dir,
+            cfg.overwrite,
+            progress,
+        )?;
         for (r, &(kind, c)) in rows.iter().enumerate() {
             let selection = set
                 .sweeps

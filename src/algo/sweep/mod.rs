@@ -54,6 +54,10 @@
 //!
 //! [`reselect`] applies any criterion again to the recorded `checkpoints.jsonl` files.
 
+mod resume;
+
+pub use resume::{data_digest, device_kind, prepare_folder, Manifest, RunStatus, MANIFEST_FILE};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::str::FromStr;
@@ -76,6 +80,7 @@ use crate::eval::selection::{
 use crate::io::{read_json, read_jsonl, write_json};
 use crate::progress::{Progress, ProgressFn};
 use crate::rng::Rng;
+use resume::digest_of;
 
 /// File names inside a sweep's folders.
 pub const SWEEP_FILE: &str = "sweep.json";
@@ -369,6 +374,12 @@ pub struct XrmRunRecord {
     pub inferred_counts_tr: Vec<usize>,
     pub inferred_counts_va: Vec<usize>,
     pub error: Option<String>,
+    /// Complete, failed, or (on disk, while it runs) running.
+    #[serde(default)]
+    pub status: RunStatus,
+    /// The digest of everything that determines the run (see [`resume`]).
+    #[serde(default)]
+    pub digest: String,
 }
 
 /// What XRM's phase chose, per seed (the JSON half of [`XrmPhase`]).
@@ -414,6 +425,7 @@ fn xrm_record(
     draw: usize,
     seed: u64,
     hparams: &Hparams,
+    digest: &str,
     out: &Result<XrmOutput>,
 ) -> XrmRunRecord {
     let base = XrmRunRecord {
@@ -428,6 +440,8 @@ fn xrm_record(
         inferred_counts_tr: Vec::new(),
         inferred_counts_va: Vec::new(),
         error: None,
+        status: RunStatus::Running,
+        digest: digest.into(),
     };
     match out {
         Ok(o) => XrmRunRecord {
@@ -437,20 +451,62 @@ fn xrm_record(
             heldout_acc_by_group: o.heldout_acc_by_group.clone(),
             inferred_counts_tr: inferred_counts(&ds.train.y, &o.inferred_tr, ds.classes),
             inferred_counts_va: inferred_counts(&ds.valid.y, &o.inferred_va, ds.classes),
+            status: RunStatus::Complete,
             ..base
         },
         Err(e) => XrmRunRecord {
             error: Some(e.to_string()),
+            status: RunStatus::Failed,
             ..base
         },
     }
 }
 
-/// Runs XRM's phase of a sweep (see the module docs) and saves every run under `dir`.
+/// What determines one XRM run of a sweep (its digest is the run's [`XrmRunRecord::digest`]).
+#[derive(Serialize)]
+struct XrmRunKey<'a> {
+    format: &'static str,
+    data: &'a str,
+    draw: usize,
+    seed: u64,
+    hparams: &'a Hparams,
+    model: &'a ModelSpec,
+    optimizer: OptimizerSpec,
+    plan: &'a XrmPlan,
+    checkpoint_freq: usize,
+    device: &'static str,
+}
+
+/// The record of a finished XRM run in `dir` whose digest is `digest`, with its output when
+/// it completed; `None` when there is none, it is unfinished, another configuration made it,
+/// or its output does not load.
+fn finished_xrm_run(
+    ds: &Dataset,
+    dir: &Path,
+    digest: &str,
+) -> Option<(XrmRunRecord, Option<XrmOutput>)> {
+    let record: XrmRunRecord = read_json(&dir.join(RUN_FILE)).ok()?;
+    if record.digest != digest || !record.status.is_final() {
+        return None;
+    }
+    match record.status {
+        RunStatus::Complete => {
+            let out = XrmOutput::load(dir, ds).ok()?;
+            Some((record, Some(out)))
+        }
+        _ => Some((record, None)),
+    }
+}
+
+/// Runs XRM's phase of a sweep (see the module docs) and saves every run under `dir`
+/// (`{label}/xrm.{json,safetensors}` and the record `{label}/run.json`). A run whose record
+/// there is finished with the same digest is loaded instead of trained again; `data_digest`
+/// is [`data_digest`]`(ds)`.
 pub fn run_xrm_phase(
     ds: &Dataset,
     cfg: &SweepConfig,
     dir: &Path,
+    data_digest: &str,
     progress: ProgressFn<'_>,
 ) -> Result<XrmPhase> {
     cfg.validate()?;
@@ -468,12 +524,48 @@ pub fn run_xrm_phase(
     let run_one =
         |draw: usize, seed: u64, h: &Hparams| -> Result<(XrmRunRecord, Option<XrmOutput>)> {
             let label = run_label(draw, seed);
+            let run_dir = dir.join(&label);
+            let key = XrmRunKey {
+                format: "memaware-xrm-run-v1",
+                data: data_digest,
+                draw,
+                seed,
+                hparams: h,
+                model: &cfg.model,
+                optimizer: cfg.optimizer_for(h),
+                plan: &cfg.xrm,
+                checkpoint_freq: cfg.checkpoint_freq,
+                device: device_kind(&cfg.device),
+            };
+            let digest = digest_of(&run_dir.join(RUN_FILE), &key)?;
+            if let Some(done) = finished_xrm_run(ds, &run_dir, &digest) {
+                progress(Progress::Finished(&format!("xrm/{label}")));
+                return Ok(done);
+            }
+            create_dir(&run_dir)?;
+            let started = xrm_record(
+                ds,
+                draw,
+                seed,
+                h,
+                &digest,
+                &Err(Error::Data("running".into())),
+            );
+            write_json(
+                &run_dir.join(RUN_FILE),
+                &XrmRunRecord {
+                    error: None,
+                    status: RunStatus::Running,
+                    ..started
+                },
+            )?;
             let out = run_xrm(ds, &cfg.model, &xrm_cfg(h, seed));
             if let Ok(o) = &out {
-                o.save(dir.join(&label), ds)?;
+                o.save(&run_dir, ds)?;
             }
+            let record = xrm_record(ds, draw, seed, h, &digest, &out);
+            write_json(&run_dir.join(RUN_FILE), &record)?;
             progress(Progress::Finished(&format!("xrm/{label}")));
-            let record = xrm_record(ds, draw, seed, h, &out);
             Ok((record, out.ok()))
         };
 
@@ -574,6 +666,12 @@ pub struct RunRecord {
     pub jtt_errors: Option<usize>,
     /// Why the run failed, if it did.
     pub error: Option<String>,
+    /// Complete, failed, or (on disk, while it runs) running.
+    #[serde(default)]
+    pub status: RunStatus,
+    /// The digest of everything that determines the run (see [`resume`]).
+    #[serde(default)]
+    pub digest: String,
 }
 
 /// A run's record and its checkpoints.
@@ -590,21 +688,96 @@ struct RunJob {
     seed: u64,
 }
 
+/// What determines one training run of a sweep (its digest is the run's
+/// [`RunRecord::digest`]).
+#[derive(Serialize)]
+struct RunKey<'a> {
+    format: &'static str,
+    data: &'a str,
+    kind: MethodKind,
+    draw: usize,
+    seed: u64,
+    hparams: &'a Hparams,
+    method: &'a Method,
+    model: &'a ModelSpec,
+    optimizer: &'a OptimizerSpec,
+    batch_size: usize,
+    steps: usize,
+    checkpoint_freq: usize,
+    device: &'static str,
+    /// The digest of the XRM run whose output the run reads.
+    xrm: Option<&'a str>,
+}
+
+/// The record and checkpoints of a finished run in `dir` made with `digest`; `None` when
+/// there is none, it is unfinished, another configuration made it, or its checkpoints do not
+/// read back in full.
+fn finished_run(dir: &Path, digest: &str) -> Option<RunResult> {
+    let record: RunRecord = read_json(&dir.join(RUN_FILE)).ok()?;
+    if record.digest != digest || !record.status.is_final() {
+        return None;
+    }
+    let checkpoints = match record.status {
+        RunStatus::Complete => {
+            let cps: Vec<Checkpoint> = read_jsonl(dir.join(CHECKPOINTS_FILE)).ok()?;
+            if cps.len() != record.checkpoints {
+                return None;
+            }
+            cps
+        }
+        _ => Vec::new(),
+    };
+    Some(RunResult {
+        record,
+        checkpoints,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
 fn run_job(
     ds: &Dataset,
     job: RunJob,
     cfg: &SweepConfig,
     hparams: &Hparams,
     xrm: Option<&XrmPhase>,
+    data_digest: &str,
     out: &Path,
     progress: ProgressFn<'_>,
 ) -> Result<RunResult> {
     let label = run_label(job.draw, job.seed);
     let dir = out.join(job.kind.name()).join(&label);
-    create_dir(&dir)?;
     let method = job.kind.method(hparams, cfg.steps);
     let optimizer = cfg.optimizer_for(hparams);
     let xrm_out = xrm.map(|p| p.output(job.seed)).transpose()?;
+    let xrm_digest = xrm
+        .and_then(|p| p.record.seeds.iter().find(|r| r.seed == job.seed))
+        .map(|r| r.digest.as_str());
+    let digest = digest_of(
+        &dir.join(RUN_FILE),
+        &RunKey {
+            format: "memaware-run-v1",
+            data: data_digest,
+            kind: job.kind,
+            draw: job.draw,
+            seed: job.seed,
+            hparams,
+            method: &method,
+            model: &cfg.model,
+            optimizer: &optimizer,
+            batch_size: hparams.batch_size,
+            steps: cfg.steps,
+            checkpoint_freq: cfg.checkpoint_freq,
+            device: device_kind(&cfg.device),
+            xrm: xrm_out.and(xrm_digest),
+        },
+    )?;
+    let finished =
+        |label: &str| progress(Progress::Finished(&format!("{}/{label}", job.kind.name())));
+    if let Some(done) = finished_run(&dir, &digest) {
+        finished(&label);
+        return Ok(done);
+    }
+    create_dir(&dir)?;
     let mut record = RunRecord {
         label: label.clone(),
         dataset: ds.name.clone(),
@@ -622,6 +795,8 @@ fn run_job(
         steps_per_s: 0.0,
         jtt_errors: None,
         error: None,
+        status: RunStatus::Running,
+        digest,
     };
     write_json(&dir.join(RUN_FILE), &record)?;
     let train_cfg = TrainConfig {
@@ -634,6 +809,8 @@ fn run_job(
         eval_train: false,
         eval_valid: true,
         checkpoints_path: Some(dir.join(CHECKPOINTS_FILE)),
+        // A run killed midway continues from its last checkpoint when the sweep is rerun.
+        state_dir: Some(dir.clone()),
     };
     let outcome = run_method_with(
         ds,
@@ -648,14 +825,18 @@ fn run_job(
             record.checkpoints = o.outcome.checkpoints.len();
             record.steps_per_s = o.outcome.steps_per_s;
             record.jtt_errors = o.jtt_error_set.as_ref().map(Vec::len);
+            record.status = RunStatus::Complete;
             o.outcome.checkpoints
         }
         Err(e) => {
             record.error = Some(e.to_string());
+            record.status = RunStatus::Failed;
             Vec::new()
         }
     };
-    progress(Progress::Finished(&format!("{}/{label}", job.kind.name())));
+    // The final record, counters and status included, replaces the one written at the start.
+    write_json(&dir.join(RUN_FILE), &record)?;
+    finished(&label);
     Ok(RunResult {
         record,
         checkpoints,
@@ -864,13 +1045,21 @@ pub struct SweepSet {
 /// `out` (see "Files"). All methods share the draws and XRM's phase; runs of different
 /// methods go in parallel like the draws of one.
 ///
+/// Resuming: `out` gets a [`Manifest`] of the sweep. Rerun on the same folder with the same
+/// configuration, the sweep keeps every finished run recorded there with the same digest and
+/// runs the rest, ending with the files an uninterrupted sweep writes (timings aside). A
+/// folder holding a sweep of another configuration is an error unless `overwrite`, which
+/// removes that sweep's files first (see [`prepare_folder`]).
+///
 /// Errors: an invalid config or data set, no plan, a plan without criteria, a method listed
-/// twice, I/O errors, every draw of a method failing, a failing rerun.
+/// twice, a folder holding another sweep, I/O errors, every draw of a method failing, a
+/// failing rerun.
 pub fn run_sweeps(
     ds: &Dataset,
     plans: &[MethodPlan],
     cfg: &SweepConfig,
     out: &Path,
+    overwrite: bool,
     progress: ProgressFn<'_>,
 ) -> Result<SweepSet> {
     cfg.validate()?;
@@ -894,12 +1083,24 @@ pub fn run_sweeps(
         }
     }
     create_dir(out)?;
+    let data_digest = data_digest(ds);
+    prepare_folder(
+        out,
+        &Manifest::new(ds, &data_digest, plans, cfg)?,
+        overwrite,
+    )?;
     let parallelism = cfg.effective_parallelism();
     let needs_xrm = plans
         .iter()
         .any(|p| p.kind.needs_xrm() || p.criteria.contains(&Criterion::VaGiWga));
     let xrm = if needs_xrm {
-        Some(run_xrm_phase(ds, cfg, &out.join("xrm"), progress)?)
+        Some(run_xrm_phase(
+            ds,
+            cfg,
+            &out.join("xrm"),
+            &data_digest,
+            progress,
+        )?)
     } else {
         None
     };
@@ -920,7 +1121,18 @@ pub fn run_sweeps(
         })
         .collect();
     progress(Progress::Queued(jobs.len() as u64));
-    let run = |j: &RunJob| run_job(ds, *j, cfg, &hparams[j.draw], xrm.as_ref(), out, progress);
+    let run = |j: &RunJob| {
+        run_job(
+            ds,
+            *j,
+            cfg,
+            &hparams[j.draw],
+            xrm.as_ref(),
+            &data_digest,
+            out,
+            progress,
+        )
+    };
     let mut results: Vec<RunResult> = map_jobs(parallelism, &jobs, run)
         .into_iter()
         .collect::<Result<_>>()?;
@@ -1017,6 +1229,120 @@ pub fn reselect(
         .iter()
         .map(|&c| select(&runs, sweep.config.draws, &sweep.config.seeds, c))
         .collect()
+}
+
+/// A run of a recorded sweep that [`reselect_recorded`] left out, or a damaged file it met.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunIssue {
+    /// The run's folder (or the damaged file).
+    pub path: std::path::PathBuf,
+    /// The damaged line (1-based), when the problem is one line of a file.
+    pub line: Option<usize>,
+    /// What is wrong: `failed: …`, `interrupted …`, `damaged: …`, `incomplete: …`.
+    pub problem: String,
+    /// Whether the run was left out of selection.
+    pub excluded: bool,
+}
+
+/// The runs of a recorded sweep as they stand on disk, with everything wrong with them.
+///
+/// A run is left out (its problem listed, and it is absent from the runs returned, so a
+/// selection treats it as never run: a draw without a result, or a missing seed) when its record says it failed, when its folder's
+/// `run.json` says it is still running (an interrupted run), when `checkpoints.jsonl` is
+/// missing, has a damaged line (each listed with its number), or holds fewer checkpoints than
+/// the record counts. With `include_incomplete`, interrupted and damaged runs that kept some
+/// checkpoints take part with the checkpoints that read back (their problems still listed).
+pub fn recorded_runs(
+    sweep: &SweepOutcome,
+    sweep_dir: &Path,
+    include_incomplete: bool,
+) -> (Vec<RunResult>, Vec<RunIssue>) {
+    let mut runs = Vec::new();
+    let mut issues = Vec::new();
+    for r in &sweep.runs {
+        let dir = sweep_dir.join(&r.label);
+        if let Some(e) = &r.error {
+            issues.push(RunIssue {
+                path: dir,
+                line: None,
+                problem: format!("failed: {e}"),
+                excluded: true,
+            });
+            continue;
+        }
+        let mut problems: Vec<(Option<usize>, String, std::path::PathBuf)> = Vec::new();
+        let run_file = dir.join(RUN_FILE);
+        if run_file.is_file() {
+            match read_json::<RunRecord>(&run_file) {
+                Ok(on_disk) if on_disk.status == RunStatus::Running => {
+                    problems.push((None, RunStatus::Running.describe().to_string(), dir.clone()))
+                }
+                Ok(_) => {}
+                Err(e) => problems.push((None, format!("damaged: {e}"), run_file.clone())),
+            }
+        }
+        let cp_file = dir.join(CHECKPOINTS_FILE);
+        let checkpoints = match crate::io::read_jsonl_lenient::<Checkpoint>(&cp_file) {
+            Ok((cps, bad)) => {
+                for b in bad {
+                    problems.push((
+                        Some(b.line),
+                        format!("damaged line: {}", b.problem),
+                        cp_file.clone(),
+                    ));
+                }
+                if cps.len() < r.checkpoints {
+                    problems.push((
+                        None,
+                        format!(
+                            "incomplete: {} of the {} checkpoints recorded read back",
+                            cps.len(),
+                            r.checkpoints
+                        ),
+                        cp_file.clone(),
+                    ));
+                }
+                cps
+            }
+            Err(e) => {
+                problems.push((None, format!("missing or unreadable: {e}"), cp_file.clone()));
+                Vec::new()
+            }
+        };
+        let usable = include_incomplete && !checkpoints.is_empty();
+        let excluded = !problems.is_empty() && !usable;
+        for (line, problem, path) in problems {
+            issues.push(RunIssue {
+                path,
+                line,
+                problem,
+                excluded,
+            });
+        }
+        if !excluded {
+            runs.push(RunResult {
+                record: r.clone(),
+                checkpoints,
+            });
+        }
+    }
+    (runs, issues)
+}
+
+/// Like [`reselect`], but over [`recorded_runs`]: every criterion gets its own result (an
+/// error for one criterion does not hide the others), and the runs left out are listed.
+pub fn reselect_recorded(
+    sweep: &SweepOutcome,
+    sweep_dir: &Path,
+    criteria: &[Criterion],
+    include_incomplete: bool,
+) -> (Vec<(Criterion, Result<Selection>)>, Vec<RunIssue>) {
+    let (runs, issues) = recorded_runs(sweep, sweep_dir, include_incomplete);
+    let selections = criteria
+        .iter()
+        .map(|&c| (c, select(&runs, sweep.config.draws, &sweep.config.seeds, c)))
+        .collect();
+    (selections, issues)
 }
 
 #[cfg(test)]
