@@ -177,15 +177,12 @@ impl<'a> Checkpoints<'a> {
 
     /// Completes and emits every checkpoint made; `model` is the final model.
     pub(crate) fn finish(mut self, model: &dyn Module) -> Result<()> {
-        self.evaluate_snapshots()?;
-        self.emit_ready()?;
-        if self.awaiting_train_metrics().is_some() {
-            let tr = self.metrics(&predict_tensor(model, &self.x_tr)?, 0)?;
-            if let Some(p) = self.awaiting_train_metrics() {
-                p.tr = Some(tr);
-            }
-        }
-        self.emit_ready()
+        self.flush(model)
+    }
+
+    /// Whether every checkpoint made so far has been emitted.
+    pub(crate) fn all_emitted(&self) -> bool {
+        self.pending.is_empty()
     }
 
     /// The last checkpoint, when it still waits for training metrics.

@@ -138,7 +138,14 @@ pub(crate) struct RunState {
     dir: Option<PathBuf>,
     key: String,
     checkpoint_freq: usize,
+    /// Checkpoints made since the last save.
+    unsaved: std::cell::Cell<usize>,
 }
+
+/// The most checkpoints a run makes between two saves of its state. A save waits for the
+/// moment every checkpoint made is written (a linear model's checkpoints are evaluated in
+/// batches), and forces it after this many.
+const MAX_UNSAVED: usize = 32;
 
 impl RunState {
     pub(crate) fn new(
@@ -155,12 +162,21 @@ impl RunState {
             dir: cfg.state_dir.clone(),
             key,
             checkpoint_freq: cfg.checkpoint_freq,
+            unsaved: std::cell::Cell::new(0),
         })
     }
 
-    /// Whether states are saved.
-    pub(crate) fn enabled(&self) -> bool {
-        self.dir.is_some()
+    /// Whether to save the state after the checkpoint of step `step` of `steps`: when every
+    /// checkpoint made is already written (saving then costs no extra evaluation), and at the
+    /// latest [`MAX_UNSAVED`] checkpoints after the last save. Never after the last step.
+    pub(crate) fn due(&self, step: usize, steps: usize, all_written: bool) -> bool {
+        if self.dir.is_none() || step + 1 >= steps {
+            return false;
+        }
+        let unsaved = self.unsaved.get() + 1;
+        let due = all_written || unsaved >= MAX_UNSAVED;
+        self.unsaved.set(if due { 0 } else { unsaved });
+        due
     }
 
     fn file(&self) -> Option<PathBuf> {

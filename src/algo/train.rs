@@ -64,8 +64,8 @@ pub struct TrainConfig {
     pub eval_valid: bool,
     /// A JSON-lines file that receives each checkpoint as it is made (created or truncated).
     pub checkpoints_path: Option<PathBuf>,
-    /// Save the run's state here at every checkpoint, and continue from a state this run
-    /// saved here before (see [`super::run_state`]; needs `checkpoints_path`).
+    /// Save the run's state here at checkpoints (at least every 32), and continue from a
+    /// state this run saved here before (see [`super::run_state`]; needs `checkpoints_path`).
     pub state_dir: Option<PathBuf>,
 }
 
@@ -278,7 +278,7 @@ pub fn train(
             if step % cfg.checkpoint_freq == 0 || step + 1 == cfg.steps {
                 if let Some(c) = checkpoints.as_mut() {
                     c.record(step, final_train_loss, model.as_ref())?;
-                    if state.enabled() && step + 1 < cfg.steps {
+                    if state.due(step, cfg.steps, c.all_emitted()) {
                         c.flush(model.as_ref())?;
                         let (m, o) = (model.as_ref(), optimizer.as_ref());
                         state.save(step, final_train_loss, m, o, &batcher, &objective)?;
