@@ -12,7 +12,10 @@
 //!   validation average accuracy, then to the lowest draw index.
 //! - Seeds are aggregated as mean ± **sample** standard deviation (denominator `n − 1`), not the
 //!   standard error; a [`TableCell`] holds one (method, data set) entry of a results table
-//!   ([`crate::report::table`] renders it).
+//!   ([`crate::report::table`] renders it). The official tables print NumPy's default
+//!   `np.std`, the **population** standard deviation (denominator `n`; `XRM/read_results.py:126`,
+//!   `aggregate_in_table`); [`MeanStd::spread`] and [`MeanStd::with_spread`] give either
+//!   ([`Spread`]), [`mean_std_with`] computes either.
 //!
 //! Checkpoints are stored as JSON lines ([`crate::io::JsonlWriter`], [`crate::io::read_jsonl`]),
 //! one record per line, flushed as written, so a run that stops early leaves every finished
@@ -406,18 +409,89 @@ pub fn pick_best_draw(draw_values: &[(f64, f64)]) -> Option<usize> {
     best.map(|(i, _, _)| i)
 }
 
+/// Which standard deviation a [`MeanStd`] reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Spread {
+    /// Sample standard deviation, denominator `n − 1` (this crate's tables).
+    #[default]
+    Sample,
+    /// Population standard deviation, denominator `n` (NumPy's `np.std`, the official tables).
+    Population,
+}
+
+impl Spread {
+    /// The name used in files and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Spread::Sample => "sample",
+            Spread::Population => "population",
+        }
+    }
+}
+
+impl fmt::Display for Spread {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Spread {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        [Spread::Sample, Spread::Population]
+            .into_iter()
+            .find(|z| z.name() == s)
+            .ok_or_else(|| {
+                Error::arg(
+                    "spread",
+                    format!("unknown standard deviation `{s}`; expected sample or population"),
+                )
+            })
+    }
+}
+
 /// Mean and spread of a sample (over seeds).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MeanStd {
     pub mean: f64,
-    /// Sample standard deviation, denominator `n − 1`; 0 when `n < 2`.
+    /// Sample standard deviation, denominator `n − 1`, unless made by [`mean_std_with`] or
+    /// [`MeanStd::with_spread`] with [`Spread::Population`]; 0 when `n < 2`.
     pub std: f64,
     /// Sample size; 0 marks an empty sample (mean and std are then 0).
     pub n: usize,
 }
 
+impl MeanStd {
+    /// The standard deviation of kind `spread`, from a `MeanStd` holding the **sample**
+    /// standard deviation (as [`mean_std`] makes it): the population one is
+    /// `std · √((n − 1) / n)`. 0 when `n < 2`.
+    pub fn spread(&self, spread: Spread) -> f64 {
+        match spread {
+            Spread::Sample => self.std,
+            Spread::Population if self.n < 2 => 0.0,
+            Spread::Population => self.std * ((self.n - 1) as f64 / self.n as f64).sqrt(),
+        }
+    }
+
+    /// The same mean and size with `std` of kind `spread` (see [`MeanStd::spread`]), for a
+    /// table that should print the other standard deviation.
+    pub fn with_spread(&self, spread: Spread) -> MeanStd {
+        MeanStd {
+            std: self.spread(spread),
+            ..*self
+        }
+    }
+}
+
 /// Mean and sample standard deviation (`n − 1`) of `values`; see [`MeanStd`] for `n < 2`.
 pub fn mean_std(values: &[f64]) -> MeanStd {
+    mean_std_with(values, Spread::Sample)
+}
+
+/// Mean and standard deviation of kind `spread` of `values`; see [`MeanStd`] for `n < 2`.
+pub fn mean_std_with(values: &[f64], spread: Spread) -> MeanStd {
     let n = values.len();
     if n == 0 {
         return MeanStd {
@@ -427,10 +501,14 @@ pub fn mean_std(values: &[f64]) -> MeanStd {
         };
     }
     let mean = values.iter().sum::<f64>() / n as f64;
+    let denominator = match spread {
+        Spread::Sample => n - 1,
+        Spread::Population => n,
+    };
     let std = if n < 2 {
         0.0
     } else {
-        (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+        (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / denominator as f64).sqrt()
     };
     MeanStd { mean, std, n }
 }
@@ -771,5 +849,33 @@ mod tests {
         assert_eq!(mean_std(&[]).n, 0);
         let two = mean_std(&[1.0, 2.0]);
         assert!((two.std - 0.5f64.sqrt()).abs() < 1e-15);
+    }
+
+    #[test]
+    fn population_std_matches_numpy_and_the_default_stays_sample() {
+        let values = [2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0];
+        // np.std(values) == 2.0 (population); the sample std is √(32/7).
+        let pop = mean_std_with(&values, Spread::Population);
+        assert_eq!((pop.mean, pop.n), (5.0, 8));
+        assert!((pop.std - 2.0).abs() < 1e-15);
+        assert_eq!(Spread::default(), Spread::Sample);
+        let sample = mean_std(&values);
+        assert_eq!(sample, mean_std_with(&values, Spread::Sample));
+        assert_eq!(sample.spread(Spread::Sample), sample.std);
+        assert!((sample.spread(Spread::Population) - 2.0).abs() < 1e-15);
+        assert!((sample.with_spread(Spread::Population).std - 2.0).abs() < 1e-15);
+        assert_eq!(sample.with_spread(Spread::Population).mean, 5.0);
+        // Two seeds, as the quick table: population = sample / √2.
+        let two = mean_std(&[0.5, 0.7]);
+        assert!((two.spread(Spread::Population) - 0.1).abs() < 1e-12);
+        for small in [&[][..], &[0.3][..]] {
+            assert_eq!(mean_std_with(small, Spread::Population).std, 0.0);
+            assert_eq!(mean_std(small).spread(Spread::Population), 0.0);
+        }
+        for z in [Spread::Sample, Spread::Population] {
+            assert_eq!(z.to_string().parse::<Spread>().unwrap(), z);
+            assert_eq!(serde_json::to_string(&z).unwrap(), format!("\"{z}\""));
+        }
+        assert!("n-1".parse::<Spread>().is_err());
     }
 }
