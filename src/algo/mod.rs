@@ -4,6 +4,7 @@
 //! each method's setup ([`method`]), and model selection by hyperparameter sweeps ([`sweep`]).
 
 pub mod evaluate;
+pub mod kfold;
 pub mod mat;
 pub mod method;
 pub mod model;
