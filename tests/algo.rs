@@ -374,14 +374,16 @@ fn selection_picks_the_last_best_checkpoint_of_a_real_run() {
     assert_eq!(&read_jsonl::<Checkpoint>(&path).unwrap(), cps);
     assert!(cps.iter().all(|c| c.tr.is_some() && c.va_gi.is_none()));
 
+    // The official rule: the step-0 checkpoint takes no part.
     let (index, value) = select_checkpoint(cps, Criterion::VaWga).unwrap();
     let best = cps
         .iter()
+        .filter(|c| c.step > 0)
         .map(|c| c.valid().unwrap().worst_group_acc)
         .fold(f64::NEG_INFINITY, f64::max);
     let last_best = cps
         .iter()
-        .rposition(|c| c.valid().unwrap().worst_group_acc == best)
+        .rposition(|c| c.step > 0 && c.valid().unwrap().worst_group_acc == best)
         .unwrap();
     assert_eq!((index, value), (last_best, best));
     // The run is not trivially flat: selection has something to choose.

@@ -118,8 +118,10 @@ fn sweep_selects_per_checkpoint_per_draw_and_reruns_the_winner() {
                 let cps = checkpoints_of(&method_dir, &run_label(d, cfg.seeds[0]));
                 assert_eq!(cps.len(), 7, "steps 0, 10, …, 50 and the last, 59");
                 let (index, value) = select_checkpoint(&cps, sel.criterion).unwrap();
+                // The official rule: the step-0 checkpoint takes no part.
                 let best = cps
                     .iter()
+                    .filter(|cp| cp.step > 0)
                     .map(|cp| match sel.criterion {
                         Criterion::VaWga => cp.valid().unwrap().worst_group_acc,
                         _ => cp.va_gi.as_ref().unwrap().worst_group_acc,

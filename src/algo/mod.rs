@@ -5,6 +5,7 @@
 //! the saved state that lets a killed run continue ([`run_state`]).
 
 pub mod evaluate;
+pub mod kfold;
 pub mod mat;
 pub mod method;
 pub mod model;

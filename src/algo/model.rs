@@ -8,9 +8,16 @@
 //!   between layers, weights drawn per `init`: `pytorch` (`U(-1/√fan_in, 1/√fan_in)` for
 //!   weights and biases) or `xavier` (`U(-√(6/(fan_in+fan_out)), +…)`, zero biases).
 //!
+//! - `linear:zeros` (also `linear:xavier`): one layer `d → K` with bias and the named
+//!   initialization (`linear:pytorch` is `linear`). `linear:zeros` is the official Waterbirds head, whose weight and
+//!   bias are multiplied by 0 after creation so that both XRM twins start identical. It is
+//!   held as `Mlp { hidden: [], activation: relu, init }` (an MLP without hidden layers is one
+//!   linear layer; its activation plays no part) and builds a plain [`Linear`], so it takes the
+//!   fused linear paths; the existing `Linear { bias }` keeps its spelling and its JSON.
+//!
 //! Each spec reads and prints as on the command line (`FromStr`/`Display`): `linear`,
-//! `linear:nobias`, `mlp:390,390:relu:xavier`; `sgd lr 0.01 momentum 0.9 weight decay 0.0001`.
-//! Files spell activations and initializations by the same names.
+//! `linear:nobias`, `linear:zeros`, `mlp:390,390:relu:xavier`; `sgd lr 0.01 momentum 0.9 weight
+//! decay 0.0001`. Files spell activations and initializations by the same names.
 //!
 //! Optimizers follow PyTorch's semantics (see [`crate::optim`]): SGD with momentum and L2
 //! weight decay; Adam with L2 weight decay; AdamW with decoupled weight decay.
@@ -29,7 +36,8 @@ use crate::tensor::Tensor;
 
 /// Help text for `--model`.
 pub const MODEL_HELP: &str = "Classifier: `linear` (one layer d → K with bias, PyTorch's \
-default init), `linear:nobias`, or `mlp:W1,W2,…[:relu|tanh|sigmoid|identity][:pytorch|xavier|zeros]` \
+default init), `linear:nobias`, `linear:zeros` (with bias, weight and bias initialised to 0, \
+as the official Waterbirds head; also `linear:xavier`), or `mlp:W1,W2,…[:relu|tanh|sigmoid|identity][:pytorch|xavier|zeros]` \
 (hidden widths, then activation and init in any order; defaults relu, pytorch), e.g. \
 `mlp:390,390:relu:xavier` [default: per data set, see --help]";
 
@@ -41,7 +49,8 @@ pub enum ModelSpec {
     Linear { bias: bool },
     /// A multilayer perceptron `d → hidden… → K` with biases.
     Mlp {
-        /// Widths of the hidden layers (may be empty: then it is a linear layer with bias).
+        /// Widths of the hidden layers. May be empty: then it is one linear layer with bias
+        /// and the given `init` (spelled `linear:INIT`, built as a [`Linear`]).
         hidden: Vec<usize>,
         #[serde(with = "by_name")]
         activation: Activation,
@@ -134,6 +143,16 @@ impl ModelSpec {
         ModelSpec::Linear { bias: false }
     }
 
+    /// One linear layer with bias and initialization `init` (`linear:INIT`); `zeros` is the
+    /// official zero-initialised Waterbirds head.
+    pub fn linear_with_init(init: Init) -> Self {
+        ModelSpec::Mlp {
+            hidden: Vec::new(),
+            activation: Activation::Relu,
+            init,
+        }
+    }
+
     /// A model `d_in → classes` with parameters drawn from `rng` (layer by layer, weight then
     /// bias) as variables on `device`.
     ///
@@ -159,6 +178,9 @@ impl ModelSpec {
                 Init::PyTorchDefault,
                 rng,
                 device,
+            )?)),
+            ModelSpec::Mlp { hidden, init, .. } if hidden.is_empty() => Ok(Box::new(Linear::new(
+                d_in, classes, true, *init, rng, device,
             )?)),
             ModelSpec::Mlp {
                 hidden,
@@ -194,6 +216,8 @@ impl fmt::Display for ModelSpec {
         match self {
             ModelSpec::Linear { bias: true } => f.write_str("linear"),
             ModelSpec::Linear { bias: false } => f.write_str("linear:nobias"),
+            // The activation of a layer-less MLP plays no part and is not printed.
+            ModelSpec::Mlp { hidden, init, .. } if hidden.is_empty() => write!(f, "linear:{init}"),
             ModelSpec::Mlp {
                 hidden,
                 activation,
@@ -217,14 +241,36 @@ impl FromStr for ModelSpec {
         let bad = |detail: String| Error::arg("model", format!("`{spec}`: {detail}"));
         let mut parts = spec.trim().split(':');
         match parts.next().unwrap_or_default() {
-            "linear" => match (parts.next(), parts.next()) {
-                (None, _) => Ok(ModelSpec::Linear { bias: true }),
-                (Some("nobias"), None) => Ok(ModelSpec::linear_no_bias()),
-                (Some("bias"), None) => Ok(ModelSpec::Linear { bias: true }),
-                _ => Err(bad(
-                    "expected `linear`, `linear:bias` or `linear:nobias`".into()
-                )),
-            },
+            "linear" => {
+                let (mut bias, mut init) = (None, None);
+                for option in parts {
+                    let previous = match option {
+                        "bias" => bias.replace(true).map(|_| "bias".to_string()),
+                        "nobias" => bias.replace(false).map(|_| "nobias".to_string()),
+                        other => match other.parse::<Init>() {
+                            Ok(i) => init.replace(i).map(|p| p.to_string()),
+                            Err(_) => {
+                                return Err(bad(format!(
+                                    "unknown linear option `{other}`; expected `bias`, `nobias` \
+                                     or an initialization ({})",
+                                    INITS.map(|(_, n)| n).join(", ")
+                                )))
+                            }
+                        },
+                    };
+                    if let Some(previous) = previous {
+                        return Err(bad(format!("`{option}` conflicts with `{previous}`")));
+                    }
+                }
+                match (bias.unwrap_or(true), init) {
+                    (bias, None | Some(Init::PyTorchDefault)) => Ok(ModelSpec::Linear { bias }),
+                    (true, Some(init)) => Ok(ModelSpec::linear_with_init(init)),
+                    (false, Some(init)) => Err(bad(format!(
+                        "`linear:nobias` takes PyTorch's default initialization only; \
+                         `linear:{init}` has a bias"
+                    ))),
+                }
+            }
             "mlp" => {
                 let widths = parts
                     .next()
@@ -602,6 +648,82 @@ mod tests {
                 "{bad:?} should be rejected"
             );
         }
+    }
+
+    #[test]
+    fn zero_initialised_linear_heads_parse_build_and_keep_the_old_spellings() {
+        let zeros: ModelSpec = "linear:zeros".parse().unwrap();
+        assert_eq!(zeros, ModelSpec::linear_with_init(Init::Zeros));
+        assert_eq!(zeros.to_string(), "linear:zeros");
+        assert_eq!("linear:bias:zeros".parse::<ModelSpec>().unwrap(), zeros);
+        assert_eq!("linear:zeros:bias".parse::<ModelSpec>().unwrap(), zeros);
+        let xavier: ModelSpec = "linear:xavier".parse().unwrap();
+        assert_eq!(xavier.to_string(), "linear:xavier");
+        for m in [zeros.clone(), xavier] {
+            assert_eq!(m.to_string().parse::<ModelSpec>().unwrap(), m);
+        }
+        // PyTorch's default is the existing spec, spelled and serialized as before.
+        for (text, spec) in [
+            ("linear:pytorch", ModelSpec::Linear { bias: true }),
+            ("linear:bias:pytorch", ModelSpec::Linear { bias: true }),
+            ("linear:nobias:pytorch", ModelSpec::linear_no_bias()),
+        ] {
+            assert_eq!(text.parse::<ModelSpec>().unwrap(), spec, "{text}");
+        }
+        assert_eq!(
+            serde_json::to_string(&ModelSpec::Linear { bias: true }).unwrap(),
+            r#"{"linear":{"bias":true}}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&ModelSpec::linear_no_bias()).unwrap(),
+            r#"{"linear":{"bias":false}}"#
+        );
+        let json = serde_json::to_string(&zeros).unwrap();
+        assert_eq!(
+            json,
+            r#"{"mlp":{"hidden":[],"activation":"relu","init":"zeros"}}"#
+        );
+        assert_eq!(serde_json::from_str::<ModelSpec>(&json).unwrap(), zeros);
+        for bad in [
+            "linear:nobias:zeros",
+            "linear:zeros:xavier",
+            "linear:bias:nobias",
+            "linear:zeros:zeros",
+            "linear:relu",
+        ] {
+            assert!(
+                matches!(
+                    bad.parse::<ModelSpec>(),
+                    Err(Error::InvalidArgument { name: "model", .. })
+                ),
+                "{bad:?} should be rejected"
+            );
+        }
+
+        // One linear layer (fused paths), weight and bias all zero, as the official head.
+        let dev = Device::Cpu;
+        let model = zeros.build(6, 3, &mut Rng::new(0), &dev).unwrap();
+        assert!(model.as_linear().is_some());
+        let params = model.named_parameters();
+        let names: Vec<&str> = params.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["weight", "bias"]);
+        assert_eq!(params[0].1.dims(), &[3, 6]);
+        assert_eq!(params[1].1.dims(), &[3]);
+        for (_, p) in &params {
+            assert!(p.to_vec().unwrap().iter().all(|&v| v == 0.0));
+        }
+        // Two twins built from different generators start identical.
+        let twin = zeros.build(6, 3, &mut Rng::new(1), &dev).unwrap();
+        for ((_, a), (_, b)) in params.iter().zip(twin.named_parameters()) {
+            assert_eq!(a.to_vec().unwrap(), b.to_vec().unwrap());
+        }
+        // `linear:xavier` draws the weight and zeroes the bias.
+        let xav = ModelSpec::linear_with_init(Init::XavierUniform)
+            .build(6, 3, &mut Rng::new(0), &dev)
+            .unwrap();
+        let xp = xav.named_parameters();
+        assert!(xp[0].1.to_vec().unwrap().iter().any(|&v| v != 0.0));
+        assert!(xp[1].1.to_vec().unwrap().iter().all(|&v| v == 0.0));
     }
 
     #[test]

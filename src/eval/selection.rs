@@ -3,13 +3,19 @@
 //! - A run evaluates a [`Checkpoint`] every `checkpoint_freq` steps. The selected checkpoint is
 //!   the **last** one whose criterion value equals the best value (exact float comparison), so a
 //!   plateau picks its latest, most trained point.
+//! - The step-0 checkpoint (after the first update) takes no part by default, as in the
+//!   official reader (`XRM/utils.py:38`, `read_results_file` keeps records with `step > 0`);
+//!   [`StepZero::Keep`] lets it compete ([`select_checkpoint_with`]).
 //! - Criteria: validation WGA with true groups (`va_wga`), validation WGA over XRM-inferred
 //!   groups (`va_gi_wga`), validation average accuracy (`va_avg`).
 //! - Across hyperparameter draws the highest selected value wins; ties go to the higher
 //!   validation average accuracy, then to the lowest draw index.
 //! - Seeds are aggregated as mean ± **sample** standard deviation (denominator `n − 1`), not the
 //!   standard error; a [`TableCell`] holds one (method, data set) entry of a results table
-//!   ([`crate::report::table`] renders it).
+//!   ([`crate::report::table`] renders it). The official tables print NumPy's default
+//!   `np.std`, the **population** standard deviation (denominator `n`; `XRM/read_results.py:126`,
+//!   `aggregate_in_table`); [`MeanStd::spread`] and [`MeanStd::with_spread`] give either
+//!   ([`Spread`]), [`mean_std_with`] computes either.
 //!
 //! Checkpoints are stored as JSON lines ([`crate::io::JsonlWriter`], [`crate::io::read_jsonl`]),
 //! one record per line, flushed as written, so a run that stops early leaves every finished
@@ -116,18 +122,83 @@ pub fn criterion_value(c: Criterion, cp: &Checkpoint) -> Option<f64> {
     (!v.is_nan()).then_some(v)
 }
 
-/// Index and value of the selected checkpoint: the last one reaching the best value.
+/// Whether the step-0 checkpoint may be selected.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepZero {
+    /// The official rule: checkpoints at step 0 take no part (`XRM/utils.py:38`,
+    /// `read_results_file`: `res['step'] > 0`).
+    #[default]
+    Drop,
+    /// Every checkpoint competes, step 0 included (this crate's rule before it followed the
+    /// official one).
+    Keep,
+}
+
+impl StepZero {
+    /// The name used in files and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            StepZero::Drop => "drop",
+            StepZero::Keep => "keep",
+        }
+    }
+}
+
+impl fmt::Display for StepZero {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for StepZero {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        [StepZero::Drop, StepZero::Keep]
+            .into_iter()
+            .find(|z| z.name() == s)
+            .ok_or_else(|| {
+                Error::arg(
+                    "step_zero",
+                    format!("unknown step-0 rule `{s}`; expected drop or keep"),
+                )
+            })
+    }
+}
+
+/// Index (into `cps`) and value of the selected checkpoint under the official rule
+/// ([`StepZero::Drop`]): the last checkpoint after step 0 reaching the best value.
 ///
-/// Errors when `cps` is empty or when any checkpoint lacks the criterion's value (selecting
-/// among a subset would silently change the rule).
+/// Errors as [`select_checkpoint_with`].
 pub fn select_checkpoint(cps: &[Checkpoint], c: Criterion) -> Result<(usize, f64)> {
-    if cps.is_empty() {
-        return Err(Error::Data(format!(
-            "select_checkpoint: no checkpoints to select from by {c}"
-        )));
+    select_checkpoint_with(cps, c, StepZero::default())
+}
+
+/// Index (into `cps`) and value of the selected checkpoint: the last one reaching the best
+/// value, among all checkpoints ([`StepZero::Keep`]) or those after step 0 ([`StepZero::Drop`]).
+///
+/// Errors when no checkpoint is left to select from (none at all, or, dropping step 0, none
+/// after it: the official reader skips such a run) or when any candidate lacks the criterion's
+/// value (selecting among a subset would silently change the rule).
+pub fn select_checkpoint_with(
+    cps: &[Checkpoint],
+    c: Criterion,
+    step_zero: StepZero,
+) -> Result<(usize, f64)> {
+    let candidate = |cp: &Checkpoint| step_zero == StepZero::Keep || cp.step > 0;
+    if !cps.iter().any(candidate) {
+        return Err(Error::Data(if cps.is_empty() {
+            format!("select_checkpoint: no checkpoints to select from by {c}")
+        } else {
+            format!(
+                "select_checkpoint: no checkpoint after step 0 to select from by {c} (the \
+                 official rule drops step 0; run more steps or keep step 0)"
+            )
+        }));
     }
     let mut best: Option<(usize, f64)> = None;
-    for (i, cp) in cps.iter().enumerate() {
+    for (i, cp) in cps.iter().enumerate().filter(|(_, cp)| candidate(cp)) {
         let v = criterion_value(c, cp).ok_or_else(|| {
             Error::Data(format!(
                 "select_checkpoint: checkpoint {i} (step {}) has no value for {c}{}",
@@ -338,18 +409,89 @@ pub fn pick_best_draw(draw_values: &[(f64, f64)]) -> Option<usize> {
     best.map(|(i, _, _)| i)
 }
 
+/// Which standard deviation a [`MeanStd`] reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Spread {
+    /// Sample standard deviation, denominator `n − 1` (this crate's tables).
+    #[default]
+    Sample,
+    /// Population standard deviation, denominator `n` (NumPy's `np.std`, the official tables).
+    Population,
+}
+
+impl Spread {
+    /// The name used in files and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Spread::Sample => "sample",
+            Spread::Population => "population",
+        }
+    }
+}
+
+impl fmt::Display for Spread {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Spread {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        [Spread::Sample, Spread::Population]
+            .into_iter()
+            .find(|z| z.name() == s)
+            .ok_or_else(|| {
+                Error::arg(
+                    "spread",
+                    format!("unknown standard deviation `{s}`; expected sample or population"),
+                )
+            })
+    }
+}
+
 /// Mean and spread of a sample (over seeds).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MeanStd {
     pub mean: f64,
-    /// Sample standard deviation, denominator `n − 1`; 0 when `n < 2`.
+    /// Sample standard deviation, denominator `n − 1`, unless made by [`mean_std_with`] or
+    /// [`MeanStd::with_spread`] with [`Spread::Population`]; 0 when `n < 2`.
     pub std: f64,
     /// Sample size; 0 marks an empty sample (mean and std are then 0).
     pub n: usize,
 }
 
+impl MeanStd {
+    /// The standard deviation of kind `spread`, from a `MeanStd` holding the **sample**
+    /// standard deviation (as [`mean_std`] makes it): the population one is
+    /// `std · √((n − 1) / n)`. 0 when `n < 2`.
+    pub fn spread(&self, spread: Spread) -> f64 {
+        match spread {
+            Spread::Sample => self.std,
+            Spread::Population if self.n < 2 => 0.0,
+            Spread::Population => self.std * ((self.n - 1) as f64 / self.n as f64).sqrt(),
+        }
+    }
+
+    /// The same mean and size with `std` of kind `spread` (see [`MeanStd::spread`]), for a
+    /// table that should print the other standard deviation.
+    pub fn with_spread(&self, spread: Spread) -> MeanStd {
+        MeanStd {
+            std: self.spread(spread),
+            ..*self
+        }
+    }
+}
+
 /// Mean and sample standard deviation (`n − 1`) of `values`; see [`MeanStd`] for `n < 2`.
 pub fn mean_std(values: &[f64]) -> MeanStd {
+    mean_std_with(values, Spread::Sample)
+}
+
+/// Mean and standard deviation of kind `spread` of `values`; see [`MeanStd`] for `n < 2`.
+pub fn mean_std_with(values: &[f64], spread: Spread) -> MeanStd {
     let n = values.len();
     if n == 0 {
         return MeanStd {
@@ -359,10 +501,14 @@ pub fn mean_std(values: &[f64]) -> MeanStd {
         };
     }
     let mean = values.iter().sum::<f64>() / n as f64;
+    let denominator = match spread {
+        Spread::Sample => n - 1,
+        Spread::Population => n,
+    };
     let std = if n < 2 {
         0.0
     } else {
-        (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+        (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / denominator as f64).sqrt()
     };
     MeanStd { mean, std, n }
 }
@@ -461,9 +607,9 @@ mod tests {
     #[test]
     fn selection_uses_exact_equality_and_handles_one_checkpoint() {
         let almost = 0.7 - 1e-15;
-        let cps = vec![cp(0, 0.5, 0.7, None), cp(1, 0.5, almost, None)];
+        let cps = vec![cp(1, 0.5, 0.7, None), cp(2, 0.5, almost, None)];
         assert_eq!(select_checkpoint(&cps, Criterion::VaWga).unwrap(), (0, 0.7));
-        let all_equal = vec![cp(0, 0.5, 0.3, None); 4];
+        let all_equal = vec![cp(5, 0.5, 0.3, None); 4];
         assert_eq!(
             select_checkpoint(&all_equal, Criterion::VaWga).unwrap().0,
             3
@@ -472,6 +618,59 @@ mod tests {
             select_checkpoint(&all_equal[..1], Criterion::VaAvg).unwrap(),
             (0, 0.5)
         );
+    }
+
+    #[test]
+    fn step_zero_is_dropped_by_default_and_kept_on_request() {
+        // The step-0 checkpoint is the best: the official rule passes over it.
+        let cps = vec![
+            cp(0, 0.9, 0.8, Some(0.8)),
+            cp(50, 0.8, 0.6, Some(0.5)),
+            cp(100, 0.7, 0.7, Some(0.4)),
+        ];
+        assert_eq!(StepZero::default(), StepZero::Drop);
+        assert_eq!(select_checkpoint(&cps, Criterion::VaWga).unwrap(), (2, 0.7));
+        assert_eq!(
+            select_checkpoint_with(&cps, Criterion::VaWga, StepZero::Drop).unwrap(),
+            (2, 0.7)
+        );
+        assert_eq!(
+            select_checkpoint_with(&cps, Criterion::VaWga, StepZero::Keep).unwrap(),
+            (0, 0.8)
+        );
+        assert_eq!(
+            select_checkpoint(&cps, Criterion::VaGiWga).unwrap(),
+            (1, 0.5)
+        );
+        // A step-0 checkpoint without the criterion's value no longer matters when dropped.
+        let mut no_va = cps.clone();
+        no_va[0].va = None;
+        assert_eq!(
+            select_checkpoint(&no_va, Criterion::VaAvg).unwrap(),
+            (1, 0.8)
+        );
+        assert!(select_checkpoint_with(&no_va, Criterion::VaAvg, StepZero::Keep).is_err());
+        // A run with only step 0 has nothing to select from under the official rule.
+        match select_checkpoint(&cps[..1], Criterion::VaWga) {
+            Err(Error::Data(msg)) => assert!(msg.contains("after step 0"), "{msg}"),
+            other => panic!("expected a Data error, got {other:?}"),
+        }
+        assert_eq!(
+            select_checkpoint_with(&cps[..1], Criterion::VaWga, StepZero::Keep).unwrap(),
+            (0, 0.8)
+        );
+        for z in [StepZero::Drop, StepZero::Keep] {
+            assert_eq!(z.to_string().parse::<StepZero>().unwrap(), z);
+            let json = serde_json::to_string(&z).unwrap();
+            assert_eq!(json, format!("\"{z}\""));
+        }
+        assert!(matches!(
+            "maybe".parse::<StepZero>(),
+            Err(Error::InvalidArgument {
+                name: "step_zero",
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -650,5 +849,33 @@ mod tests {
         assert_eq!(mean_std(&[]).n, 0);
         let two = mean_std(&[1.0, 2.0]);
         assert!((two.std - 0.5f64.sqrt()).abs() < 1e-15);
+    }
+
+    #[test]
+    fn population_std_matches_numpy_and_the_default_stays_sample() {
+        let values = [2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0];
+        // np.std(values) == 2.0 (population); the sample std is √(32/7).
+        let pop = mean_std_with(&values, Spread::Population);
+        assert_eq!((pop.mean, pop.n), (5.0, 8));
+        assert!((pop.std - 2.0).abs() < 1e-15);
+        assert_eq!(Spread::default(), Spread::Sample);
+        let sample = mean_std(&values);
+        assert_eq!(sample, mean_std_with(&values, Spread::Sample));
+        assert_eq!(sample.spread(Spread::Sample), sample.std);
+        assert!((sample.spread(Spread::Population) - 2.0).abs() < 1e-15);
+        assert!((sample.with_spread(Spread::Population).std - 2.0).abs() < 1e-15);
+        assert_eq!(sample.with_spread(Spread::Population).mean, 5.0);
+        // Two seeds, as the quick table: population = sample / √2.
+        let two = mean_std(&[0.5, 0.7]);
+        assert!((two.spread(Spread::Population) - 0.1).abs() < 1e-12);
+        for small in [&[][..], &[0.3][..]] {
+            assert_eq!(mean_std_with(small, Spread::Population).std, 0.0);
+            assert_eq!(mean_std(small).spread(Spread::Population), 0.0);
+        }
+        for z in [Spread::Sample, Spread::Population] {
+            assert_eq!(z.to_string().parse::<Spread>().unwrap(), z);
+            assert_eq!(serde_json::to_string(&z).unwrap(), format!("\"{z}\""));
+        }
+        assert!("n-1".parse::<Spread>().is_err());
     }
 }
