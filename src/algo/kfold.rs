@@ -218,9 +218,8 @@ pub fn run_kfold(ds: &Dataset, model_spec: &ModelSpec, cfg: &KfoldConfig) -> Res
             checkpoint_freq: cfg.steps,
             seed: models.fork(f as u64).next_u64(),
             device: cfg.device.clone(),
-            eval_train: false,
             eval_valid: false,
-            checkpoints_path: None,
+            ..Default::default()
         };
         let setup = TrainSetup {
             objective: Objective::Mean,
