@@ -195,7 +195,7 @@ pub fn run_xrm_with_twins(
     let mut flip_rng = root.fork(STREAM_FLIP);
     let mut batcher = Batcher::new(n, cfg.batch_size, root.fork(STREAM_BATCH).next_u64())?;
 
-    let x_tr = Tensor::from_slice(&ds.train.x, (n, d), device)?;
+    let x_tr = Tensor::from_buffer(ds.train.x.clone(), (n, d), device)?;
     let all: Vec<usize> = (0..n).collect();
     let rows_a_all = rows_of(&all, &assignment, 0);
     let rows_b_all = rows_of(&all, &assignment, 1);
