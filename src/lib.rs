@@ -64,6 +64,7 @@
 pub mod algo;
 pub mod autograd;
 pub mod backend;
+pub mod buffer;
 pub mod cli;
 pub mod data;
 pub mod error;

@@ -10,6 +10,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::autograd::{self, Op};
 use crate::backend::{Device, IndexStorage, Storage};
+use crate::buffer::F32Buffer;
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 use crate::shape::Shape;
@@ -181,6 +182,28 @@ impl Tensor {
         }
         Ok(Tensor::from_storage(
             device.storage_from_vec(data)?,
+            shape,
+            device.clone(),
+        ))
+    }
+
+    /// A tensor over a host buffer: on the CPU the tensor reads the buffer in place (a shared
+    /// or mapped buffer — a data set's features — is not copied); on a GPU it is uploaded.
+    pub fn from_buffer(
+        data: F32Buffer,
+        shape: impl Into<Shape>,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let shape = shape.into();
+        if data.len() != shape.elem_count() {
+            return Err(Error::bad_shape(
+                "from_buffer",
+                shape.dims(),
+                format!("{} values given", data.len()),
+            ));
+        }
+        Ok(Tensor::from_storage(
+            device.storage_from_buffer(data)?,
             shape,
             device.clone(),
         ))

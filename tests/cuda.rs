@@ -992,8 +992,8 @@ fn fused_cross_entropy_special_values_match_the_cpu_on_every_kernel() {
             (loss.to_host().unwrap(), grad.unwrap().to_host().unwrap())
         };
         let (cl, cg) = run(
-            Storage::Cpu(CpuStorage(z.clone())),
-            Storage::Cpu(CpuStorage(s.clone())),
+            Storage::Cpu(CpuStorage::new(z.clone())),
+            Storage::Cpu(CpuStorage::new(s.clone())),
             IndexStorage::Cpu(y.clone()),
         );
         let before = launches(&g, kernel);

@@ -94,7 +94,7 @@ impl<'a> Checkpoints<'a> {
         x_tr: Tensor,
         emit: &'a mut dyn FnMut(Checkpoint) -> Result<()>,
     ) -> Result<Self> {
-        let features = |s: &Split| Tensor::from_slice(&s.x, (s.n, ds.d()), device);
+        let features = |s: &Split| Tensor::from_buffer(s.x.clone(), (s.n, ds.d()), device);
         let k = ds.classes.max(1);
         Ok(Checkpoints {
             ds,

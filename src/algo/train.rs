@@ -177,7 +177,7 @@ impl std::fmt::Debug for TrainOutcome {
 /// Predicted classes `argmax f(x)` for every row of `split`, computed on `device` under
 /// `no_grad` (no shift: MAT predicts with the model's logits only).
 pub fn predict(model: &dyn Module, split: &Split, device: &Device) -> Result<Vec<u32>> {
-    let x = Tensor::from_slice(&split.x, (split.n, split.d), device)?;
+    let x = Tensor::from_buffer(split.x.clone(), (split.n, split.d), device)?;
     predict_tensor(model, &x)
 }
 
@@ -202,7 +202,7 @@ pub fn train(
 
     // Data to the device, once; the objective's per-row data with it.
     let rows = setup.rows.as_deref();
-    let x_tr = Tensor::from_slice(&ds.train.x, (ds.train.n, ds.d()), device)?;
+    let x_tr = Tensor::from_buffer(ds.train.x.clone(), (ds.train.n, ds.d()), device)?;
     let x_fit = match rows {
         Some(r) => x_tr.index_select(&Indices::from_usize(r, device)?)?,
         None => x_tr.clone(),

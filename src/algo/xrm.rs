@@ -195,7 +195,7 @@ pub fn run_xrm_with_twins(
     let mut flip_rng = root.fork(STREAM_FLIP);
     let mut batcher = Batcher::new(n, cfg.batch_size, root.fork(STREAM_BATCH).next_u64())?;
 
-    let x_tr = Tensor::from_slice(&ds.train.x, (n, d), device)?;
+    let x_tr = Tensor::from_buffer(ds.train.x.clone(), (n, d), device)?;
     let all: Vec<usize> = (0..n).collect();
     let rows_a_all = rows_of(&all, &assignment, 0);
     let rows_b_all = rows_of(&all, &assignment, 1);
@@ -206,10 +206,15 @@ pub fn run_xrm_with_twins(
         x_tr.index_select(&Indices::from_usize(rows, device)?)
             .map(Some)
     };
-    // The twins' held-in subsets, gathered once (used every step with full batches, and for
-    // the final held-out logits).
-    let x_a_all = gather(&rows_a_all)?;
-    let x_b_all = gather(&rows_b_all)?;
+    // The twins' held-in subsets, gathered once when every step uses them (full batches);
+    // otherwise only for the final held-out logits, one at a time, so that a large training
+    // set is never held twice over.
+    let full_batches = batcher.is_full_batch();
+    let (x_a_all, x_b_all) = if full_batches {
+        (gather(&rows_a_all)?, gather(&rows_b_all)?)
+    } else {
+        (None, None)
+    };
 
     let mut y_dyn = ds.train.y.clone();
     let mut history = Vec::new();
@@ -298,11 +303,15 @@ pub fn run_xrm_with_twins(
     let mut heldout_logits = vec![0.0f32; n * k];
     no_grad(|| -> Result<()> {
         for (rows, x, other) in [
-            (&rows_a_all, &x_a_all, &twin_b),
-            (&rows_b_all, &x_b_all, &twin_a),
+            (&rows_a_all, x_a_all, &twin_b),
+            (&rows_b_all, x_b_all, &twin_a),
         ] {
+            let x = match x {
+                Some(x) => Some(x),
+                None => gather(rows)?,
+            };
             if let Some(x) = x {
-                let h = other.forward(x)?.to_vec()?;
+                let h = other.forward(&x)?.to_vec()?;
                 for (&i, row) in rows.iter().zip(h.chunks_exact(k)) {
                     heldout_logits[i * k..(i + 1) * k].copy_from_slice(row);
                 }

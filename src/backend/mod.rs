@@ -12,6 +12,7 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 
+use crate::buffer::F32Buffer;
 use crate::error::{Error, Result};
 use crate::shape::Shape;
 
@@ -399,6 +400,16 @@ impl Device {
 
     pub(crate) fn storage_from_vec(&self, data: Vec<f32>) -> Result<Storage> {
         match self {
+            Device::Cpu => Ok(Storage::Cpu(cpu::CpuStorage::new(data))),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(d) => Ok(Storage::Cuda(d.storage_from_host(&data)?)),
+        }
+    }
+
+    /// Storage over `data`: used in place on the CPU (a shared or mapped buffer is not
+    /// copied), uploaded once to a GPU.
+    pub(crate) fn storage_from_buffer(&self, data: F32Buffer) -> Result<Storage> {
+        match self {
             Device::Cpu => Ok(Storage::Cpu(cpu::CpuStorage(data))),
             #[cfg(feature = "cuda")]
             Device::Cuda(d) => Ok(Storage::Cuda(d.storage_from_host(&data)?)),
@@ -407,7 +418,7 @@ impl Device {
 
     pub(crate) fn zeros_storage(&self, len: usize) -> Result<Storage> {
         match self {
-            Device::Cpu => Ok(Storage::Cpu(cpu::CpuStorage(vec![0.0; len]))),
+            Device::Cpu => Ok(Storage::Cpu(cpu::CpuStorage::new(vec![0.0; len]))),
             #[cfg(feature = "cuda")]
             Device::Cuda(d) => Ok(Storage::Cuda(d.zeros(len)?)),
         }
@@ -415,7 +426,7 @@ impl Device {
 
     pub(crate) fn full_storage(&self, len: usize, value: f32) -> Result<Storage> {
         match self {
-            Device::Cpu => Ok(Storage::Cpu(cpu::CpuStorage(vec![value; len]))),
+            Device::Cpu => Ok(Storage::Cpu(cpu::CpuStorage::new(vec![value; len]))),
             #[cfg(feature = "cuda")]
             Device::Cuda(d) => Ok(Storage::Cuda(d.full(len, value)?)),
         }

@@ -71,15 +71,29 @@
 //! save_file(out, "waterbirds.safetensors", metadata={"classes": "2", "n_attr": "2"})
 //! ```
 //!
-//! Memory: a file is read whole, then converted, so loading peaks at about the file size plus
-//! the f32 features (`4 N d` bytes).
+//! # Memory: files are mapped, not read
+//!
+//! Both layouts are mapped read-only ([`MappedFile`]) and their structure is checked against
+//! the mapped length before any byte it declares is touched. Little-endian F32 (`<f4`)
+//! features are then used in place as the splits' feature buffers, and as the CPU tensors a
+//! run makes from them: opening a 1.7 GB file reads its header, scans the features once for
+//! NaN and infinities, and copies nothing, and the pages are shared with the page cache (and
+//! with every other run of the same file). F16, BF16 and F64 features (and `<f2 <f8 <i8 <i4
+//! |u1` NPY data) are converted to f32 once, into a buffer that every tensor and clone then
+//! shares; so are F32 features at an offset that is not a multiple of 4. An NPY split whose
+//! rows are not consecutive in `x.npy` is gathered into a buffer of its own. Labels,
+//! attributes and ids are always copied (they are small). What a mapping cannot guard against
+//! — the file truncated or rewritten by another process while it is mapped — is described in
+//! [`crate::buffer`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use super::{try_with_capacity, Dataset, Split, SplitKind};
+use crate::buffer::{F32Buffer, MappedFile};
 use crate::error::{Error, Result};
 
 /// Largest accepted number of classes or attribute values.
@@ -119,7 +133,7 @@ pub fn load_features(path: impl AsRef<Path>, name: &str) -> Result<Dataset> {
 
 /// One split as read from a file, before ranges are checked.
 struct RawSplit {
-    x: Vec<f32>,
+    x: F32Buffer,
     n: usize,
     d: usize,
     y: Vec<u64>,
@@ -157,23 +171,32 @@ fn fmt_values(values: &[usize]) -> String {
     }
 }
 
-/// Converts little-endian feature bytes to f32 and rejects non-finite values.
+/// The features at `bytes` (a tensor's data inside `file`) as f32, checked finite: F32 data
+/// is used in place in the mapping (copied once only when misaligned), F16, BF16 and F64 are
+/// converted once into a shared buffer.
 fn features_to_f32(
-    path: &Path,
+    file: &Arc<MappedFile>,
     tensor: &str,
     dtype: Dtype,
     bytes: &[u8],
     d: usize,
-) -> Result<Vec<f32>> {
-    let x: Vec<f32> = match dtype {
-        Dtype::F32 => decode_f32(path, tensor, bytes, f32::from_le_bytes)?,
+) -> Result<F32Buffer> {
+    let path = file.path();
+    let x = match dtype {
+        Dtype::F32 => {
+            let offset = bytes.as_ptr() as usize - file.bytes().as_ptr() as usize;
+            F32Buffer::from_mapped(file, offset, bytes.len() / 4)
+                .map_err(|e| file_error(path, tensor, e))?
+        }
         Dtype::F16 => decode_f32(path, tensor, bytes, |c| {
             half::f16::from_le_bytes(c).to_f32()
-        })?,
+        })?
+        .into(),
         Dtype::BF16 => decode_f32(path, tensor, bytes, |c| {
             half::bf16::from_le_bytes(c).to_f32()
-        })?,
-        Dtype::F64 => decode_f32(path, tensor, bytes, |c| f64::from_le_bytes(c) as f32)?,
+        })?
+        .into(),
+        Dtype::F64 => decode_f32(path, tensor, bytes, |c| f64::from_le_bytes(c) as f32)?.into(),
         other => {
             return Err(file_error(
                 path,
@@ -182,6 +205,7 @@ fn features_to_f32(
             ))
         }
     };
+    let x = x.into_shared();
     check_finite(path, tensor, &x, d)?;
     Ok(x)
 }
@@ -202,8 +226,8 @@ fn decode_f32<const W: usize>(
     Ok(x)
 }
 
-fn check_finite(path: &Path, tensor: &str, x: &[f32], d: usize) -> Result<()> {
-    if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+fn check_finite(path: &Path, tensor: &str, x: &F32Buffer, d: usize) -> Result<()> {
+    if let Some(i) = x.first_non_finite() {
         return Err(file_error(
             path,
             tensor,
@@ -609,11 +633,12 @@ fn check_safetensors_structure(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Loads the safetensors layout (see the module docs).
 pub fn load_features_safetensors(path: impl AsRef<Path>, name: &str) -> Result<Dataset> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    check_safetensors_structure(path, &bytes)?;
-    let st = SafeTensors::deserialize(&bytes)
+    let file = MappedFile::open(path)?;
+    let bytes = file.bytes();
+    check_safetensors_structure(path, bytes)?;
+    let st = SafeTensors::deserialize(bytes)
         .map_err(|e| file_error(path, "", format!("not a valid safetensors file: {e}")))?;
-    let (_, header) = SafeTensors::read_metadata(&bytes)
+    let (_, header) = SafeTensors::read_metadata(bytes)
         .map_err(|e| file_error(path, "__metadata__", e.to_string()))?;
     let meta = header.metadata().as_ref();
     let declared_classes = parse_declared(path, meta, "classes")?;
@@ -649,7 +674,7 @@ pub fn load_features_safetensors(path: impl AsRef<Path>, name: &str) -> Result<D
                 ))
             }
         };
-        let x = features_to_f32(path, &x_key, xv.dtype(), xv.data(), d)?;
+        let x = features_to_f32(&file, &x_key, xv.dtype(), xv.data(), d)?;
         let y = st_ints(path, &st, &y_key, n, &x_key)?.ok_or_else(|| missing(&y_key))?;
         let a = st_ints(path, &st, &a_key, n, &x_key)?;
         let ids = st_ints(path, &st, &ids_key, n, &x_key)?;
@@ -781,7 +806,7 @@ fn assemble(
     let mut splits = Vec::with_capacity(3);
     for raw in raws {
         let to_u32 = |v: Vec<u64>| v.into_iter().map(|x| x as u32).collect::<Vec<u32>>();
-        let mut split = Split::new(raw.x, raw.d, to_u32(raw.y), raw.a.map(to_u32))?;
+        let mut split = Split::with_features(raw.x, raw.d, to_u32(raw.y), raw.a.map(to_u32))?;
         if let Some(ids) = raw.ids {
             split.ids = ids;
         }
@@ -890,10 +915,67 @@ fn header_value<'h>(header: &'h str, key: &str) -> Option<&'h str> {
     Some(rest[..end].trim())
 }
 
+/// An NPY file mapped, its header checked against its size.
+struct NpyFile {
+    file: Arc<MappedFile>,
+    shape: Vec<usize>,
+    descr: &'static str,
+    /// Byte offset of the data.
+    data_start: usize,
+}
+
+impl NpyFile {
+    /// The data's bytes (exactly as many as the shape needs).
+    fn body(&self) -> &[u8] {
+        &self.file.bytes()[self.data_start..]
+    }
+
+    /// Values `start..start + len` as f32: `<f4` data in place in the mapping, other dtypes
+    /// converted (into memory reserved fallibly).
+    fn values(&self, tensor: &str, start: usize, len: usize) -> Result<F32Buffer> {
+        let path = self.file.path();
+        let item = npy_item_bytes(self.descr);
+        let bytes = &self.body()[start * item..(start + len) * item];
+        Ok(match self.descr {
+            "<f4" => F32Buffer::from_mapped(&self.file, self.data_start + 4 * start, len)
+                .map_err(|e| file_error(path, tensor, e))?,
+            "<f2" => decode_f32(path, tensor, bytes, |c| {
+                half::f16::from_le_bytes(c).to_f32()
+            })?
+            .into(),
+            "<f8" => decode_f32(path, tensor, bytes, |c| f64::from_le_bytes(c) as f32)?.into(),
+            "<i8" => decode_f32(path, tensor, bytes, |c| i64::from_le_bytes(c) as f32)?.into(),
+            "<i4" => decode_f32(path, tensor, bytes, |c| i32::from_le_bytes(c) as f32)?.into(),
+            _ => decode_f32(path, tensor, bytes, |c: [u8; 1]| c[0] as f32)?.into(),
+        })
+    }
+}
+
+/// Bytes per value of a supported NPY dtype.
+fn npy_item_bytes(descr: &str) -> usize {
+    match descr {
+        "<f4" | "<i4" => 4,
+        "<f2" => 2,
+        "<f8" | "<i8" => 8,
+        _ => 1,
+    }
+}
+
 /// Reads an NPY file (versions 1–3, little-endian `<f4 <f2 <f8 <i8 <i4 |u1`, C order) as f32.
 pub fn read_npy_f32(path: impl AsRef<Path>, tensor: &str) -> Result<NpyArray> {
-    let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let npy = open_npy(path.as_ref(), tensor)?;
+    let count = npy.shape.iter().product();
+    let data = npy.values(tensor, 0, count)?.into_vec();
+    Ok(NpyArray {
+        shape: npy.shape,
+        data,
+    })
+}
+
+/// Maps an NPY file and checks its header (see [`read_npy_f32`]) and its size.
+fn open_npy(path: &Path, tensor: &str) -> Result<NpyFile> {
+    let file = MappedFile::open(path)?;
+    let bytes = file.bytes();
     let bad = |problem: String| file_error(path, tensor, problem);
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err(bad("not an NPY file (missing the \\x93NUMPY magic)".into()));
@@ -946,11 +1028,13 @@ pub fn read_npy_f32(path: impl AsRef<Path>, tensor: &str) -> Result<NpyArray> {
         .map(|s| s.trim_end_matches('L').parse::<usize>())
         .collect::<std::result::Result<Vec<usize>, _>>()
         .map_err(|_| bad(format!("cannot read the shape ({shape_text})")))?;
-    let item = match descr {
-        "<f4" | "<i4" => 4,
-        "<f2" => 2,
-        "<f8" | "<i8" => 8,
-        "|u1" => 1,
+    let (item, descr) = match descr {
+        "<f4" => (4, "<f4"),
+        "<i4" => (4, "<i4"),
+        "<f2" => (2, "<f2"),
+        "<f8" => (8, "<f8"),
+        "<i8" => (8, "<i8"),
+        "|u1" => (1, "|u1"),
         d if d.starts_with('>') => {
             return Err(bad(format!(
                 "dtype {d} is big-endian; convert with astype('<f4')"
@@ -982,15 +1066,12 @@ pub fn read_npy_f32(path: impl AsRef<Path>, tensor: &str) -> Result<NpyArray> {
             body.len() - want
         )));
     }
-    let data: Vec<f32> = match descr {
-        "<f4" => decode_f32(path, tensor, body, f32::from_le_bytes)?,
-        "<f2" => decode_f32(path, tensor, body, |c| half::f16::from_le_bytes(c).to_f32())?,
-        "<f8" => decode_f32(path, tensor, body, |c| f64::from_le_bytes(c) as f32)?,
-        "<i8" => decode_f32(path, tensor, body, |c| i64::from_le_bytes(c) as f32)?,
-        "<i4" => decode_f32(path, tensor, body, |c| i32::from_le_bytes(c) as f32)?,
-        _ => decode_f32(path, tensor, body, |c: [u8; 1]| c[0] as f32)?,
-    };
-    Ok(NpyArray { shape, data })
+    Ok(NpyFile {
+        shape,
+        descr,
+        data_start,
+        file,
+    })
 }
 
 /// Writes a C-order `<f4` NPY (version 1) file; `shape` must match `data.len()`.
@@ -1047,7 +1128,7 @@ pub fn load_features_npy(dir: impl AsRef<Path>, name: &str) -> Result<Dataset> {
             ));
         }
     }
-    let x = read_npy_f32(&x_path, "x")?;
+    let x = open_npy(&x_path, "x")?;
     let (n_rows, d) = match x.shape[..] {
         [n, d] => (n, d),
         _ => {
@@ -1065,7 +1146,6 @@ pub fn load_features_npy(dir: impl AsRef<Path>, name: &str) -> Result<Dataset> {
             format!("shape {:?}: 0 features per example", x.shape),
         ));
     }
-    check_finite(&x_path, "x", &x.data, d)?;
 
     let raw_text = std::fs::read(&meta_path).map_err(|e| Error::io(&meta_path, e))?;
     let text = std::str::from_utf8(&raw_text).map_err(|e| {
@@ -1180,12 +1260,27 @@ pub fn load_features_npy(dir: impl AsRef<Path>, name: &str) -> Result<Dataset> {
             ),
         ));
     }
+    // `<f4` features are used in place in the mapping (other dtypes converted once); a split
+    // whose rows are consecutive in x.npy (as `save_features_npy` writes them) shares them, a
+    // split listed out of order is gathered into a buffer of its own.
+    let all = x.values("x", 0, n_rows * d)?;
+    check_finite(&x_path, "x", &all, d)?;
     let mut raws: Vec<RawSplit> = Vec::with_capacity(3);
     for rows in &per_split {
-        let mut xs = try_with_capacity(rows.len() * d).map_err(|e| file_error(&x_path, "x", e))?;
-        for &(r, ..) in rows {
-            xs.extend_from_slice(&x.data[r * d..(r + 1) * d]);
-        }
+        let first = rows.first().map_or(0, |r| r.0);
+        let consecutive = rows.iter().enumerate().all(|(i, r)| r.0 == first + i);
+        let xs = if consecutive {
+            all.clone()
+                .slice(first * d, rows.len() * d)
+                .expect("rows of meta.csv are rows of x.npy")
+        } else {
+            let mut xs =
+                try_with_capacity(rows.len() * d).map_err(|e| file_error(&x_path, "x", e))?;
+            for &(r, ..) in rows {
+                xs.extend_from_slice(&all[r * d..(r + 1) * d]);
+            }
+            F32Buffer::new(xs).into_shared()
+        };
         raws.push(RawSplit {
             x: xs,
             n: rows.len(),

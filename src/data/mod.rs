@@ -5,8 +5,9 @@
 //! has no attribute), and a stable example id. The group of an example is
 //! `g = n_attr * y + a`, so there are `classes * n_attr` groups.
 //!
-//! Data lives on the host as plain vectors; a training run moves what it needs to the
-//! device once, at its start.
+//! Data lives on the host: labels and attributes as plain vectors, features as a shared
+//! [`F32Buffer`] (mapped from the file they were read from, when their layout allows), which a
+//! training run hands to its device once, at its start — on the CPU without a copy.
 //!
 //! # Sizes and memory
 //!
@@ -33,6 +34,7 @@ pub mod colormnist;
 pub mod features;
 pub mod synthetic;
 
+use crate::buffer::F32Buffer;
 use crate::error::{Error, Result};
 
 /// Largest number of feature values that a generated data set ([`synthetic`]) may hold over
@@ -102,8 +104,10 @@ pub(crate) fn check_generated_size(
 /// One split (train, validation or test) of a data set.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Split {
-    /// Row-major `n × d` features.
-    pub x: Vec<f32>,
+    /// Row-major `n × d` features: shared (clones and tensors made from them do not copy
+    /// them) and, when read from a feature file, usually mapped from it (see
+    /// [`crate::buffer`]).
+    pub x: F32Buffer,
     /// Number of examples.
     pub n: usize,
     /// Number of features.
@@ -153,6 +157,18 @@ impl Split {
     /// A split from its parts; ids default to `0..n`. Checks lengths (not label ranges: see
     /// [`Dataset::validate`]).
     pub fn new(x: Vec<f32>, d: usize, y: Vec<u32>, a: Option<Vec<u32>>) -> Result<Split> {
+        Split::with_features(F32Buffer::new(x), d, y, a)
+    }
+
+    /// [`Split::new`] with features in any buffer (say, mapped from a file); they become
+    /// shared ([`F32Buffer::into_shared`]), so that clones and tensors do not copy them.
+    pub fn with_features(
+        x: F32Buffer,
+        d: usize,
+        y: Vec<u32>,
+        a: Option<Vec<u32>>,
+    ) -> Result<Split> {
+        let x = x.into_shared();
         let n = y.len();
         if d == 0 {
             return Err(Error::Data("feature dimension d is 0".into()));
@@ -205,7 +221,7 @@ impl Split {
             x.extend_from_slice(self.row(r));
         }
         Split {
-            x,
+            x: F32Buffer::new(x).into_shared(),
             n: rows.len(),
             d: self.d,
             y: rows.iter().map(|&r| self.y[r]).collect(),
@@ -273,7 +289,7 @@ impl Split {
                 "split `{name}`: attribute {a} at row {i} is out of range for {n_attr} attribute values"
             )));
         }
-        if let Some(i) = self.x.iter().position(|v| !v.is_finite()) {
+        if let Some(i) = self.x.first_non_finite() {
             return Err(Error::NonFinite {
                 op: "dataset",
                 what: format!(

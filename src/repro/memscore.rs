@@ -276,7 +276,7 @@ pub fn estimate(
         }
     };
     let (masks, seeds) = subset_plan(n, cfg)?;
-    let x_tr = Tensor::from_slice(&ds.train.x, (n, d), device)?;
+    let x_tr = Tensor::from_buffer(ds.train.x.clone(), (n, d), device)?;
     let train_one = |m: usize| -> Result<ModelRecord> {
         let rows: Vec<usize> = (0..n).filter(|&i| masks[m][i]).collect();
         let train_cfg = TrainConfig {
@@ -457,7 +457,7 @@ pub fn xrm_proxy(
 ) -> Result<XrmProxy> {
     xrm.check_matches(ds)?;
     let (n, d, k) = (ds.train.n, ds.d(), ds.classes);
-    let x = Tensor::from_slice(&ds.train.x, (n, d), device)?;
+    let x = Tensor::from_buffer(ds.train.x.clone(), (n, d), device)?;
     let (_, prob_a) = true_label_results(&logits_of(twin_a, &x)?, &ds.train.y, k);
     let (_, prob_b) = true_label_results(&logits_of(twin_b, &x)?, &ds.train.y, k);
     let (held_in_prob, held_out_prob): (Vec<f64>, Vec<f64>) = (0..n)

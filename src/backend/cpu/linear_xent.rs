@@ -170,10 +170,10 @@ pub(super) fn linear_xent(
         }
     }
     Ok(LinearXentOut {
-        logits: CpuStorage(logits),
-        row_losses: CpuStorage(row_losses),
-        grad_w: CpuStorage(grad_w),
-        grad_b: a.bias.map(|_| CpuStorage(grad_b)),
-        also_logits: a.also.map(|_| CpuStorage(also_logits)),
+        logits: CpuStorage::new(logits),
+        row_losses: CpuStorage::new(row_losses),
+        grad_w: CpuStorage::new(grad_w),
+        grad_b: a.bias.map(|_| CpuStorage::new(grad_b)),
+        also_logits: a.also.map(|_| CpuStorage::new(also_logits)),
     })
 }

@@ -22,6 +22,7 @@ use super::{
     AdamStep, BackendStorage, BinaryOp, LinearXentArgs, LinearXentOut, ReduceOp, SgdStep, UnaryOp,
     XentArgs,
 };
+use crate::buffer::F32Buffer;
 use crate::error::{Error, Result};
 use crate::shape::Shape;
 
@@ -95,20 +96,30 @@ cpu_features!(
     has_avx2_fma: "avx2", "fma"
 );
 
-/// A host buffer.
+/// A host buffer: owned by the tensor, or shared read-only with others (a data set's
+/// features, possibly mapped from their file; see [`F32Buffer`]). Ops read either kind the
+/// same way and always write new owned buffers.
 #[derive(Clone, Debug, PartialEq)]
-pub struct CpuStorage(pub Vec<f32>);
+pub struct CpuStorage(pub F32Buffer);
 
 impl Drop for CpuStorage {
     fn drop(&mut self) {
-        // Large buffers go back to the pool instead of the allocator (see `pool`).
+        // Large owned buffers go back to the pool instead of the allocator (see `pool`);
+        // shared and mapped ones belong to someone else.
         if self.0.len() >= pool::MIN_LEN {
-            pool::give(std::mem::take(&mut self.0));
+            if let Some(v) = self.0.take_owned() {
+                pool::give(v);
+            }
         }
     }
 }
 
 impl CpuStorage {
+    /// Storage that owns `values`.
+    pub fn new(values: Vec<f32>) -> CpuStorage {
+        CpuStorage(F32Buffer::new(values))
+    }
+
     pub fn as_slice(&self) -> &[f32] {
         &self.0
     }
@@ -254,7 +265,7 @@ impl BackendStorage for CpuStorage {
     }
 
     fn to_host(&self) -> Result<Vec<f32>> {
-        Ok(self.0.clone())
+        Ok(self.0.to_vec())
     }
 
     fn unary(&self, op: UnaryOp) -> Result<Self> {
@@ -273,7 +284,7 @@ impl BackendStorage for CpuStorage {
             UnaryOp::Affine { mul, add } => map_unary(x, move |v| mul * v + add),
             UnaryOp::Powf(p) => map_unary(x, move |v| v.powf(p)),
         };
-        Ok(CpuStorage(out))
+        Ok(CpuStorage::new(out))
     }
 
     fn binary(
@@ -299,7 +310,7 @@ impl BackendStorage for CpuStorage {
                 }
             }),
         };
-        Ok(CpuStorage(o))
+        Ok(CpuStorage::new(o))
     }
 
     fn where_cond(&self, on_true: &Self, on_false: &Self) -> Result<Self> {
@@ -309,7 +320,7 @@ impl BackendStorage for CpuStorage {
             .zip(on_true.0.iter().zip(&on_false.0))
             .map(|(&m, (&t, &f))| if m != 0.0 { t } else { f })
             .collect();
-        Ok(CpuStorage(out))
+        Ok(CpuStorage::new(out))
     }
 
     fn reduce(&self, op: ReduceOp, outer: usize, len: usize, inner: usize) -> Result<Self> {
@@ -325,7 +336,7 @@ impl BackendStorage for CpuStorage {
         let mut out = vec![init; outer * inner];
         if out.is_empty() {
             // A zero-size result (an empty dimension besides the reduced one).
-            return Ok(CpuStorage(out));
+            return Ok(CpuStorage::new(out));
         }
         let reduce_block = |o: &mut [f32], block: &[f32]| {
             // block is len × inner; each output column is accumulated in row order.
@@ -355,7 +366,7 @@ impl BackendStorage for CpuStorage {
                 .zip(x.chunks(len * inner))
                 .for_each(|(o, b)| reduce_block(o, b));
         }
-        Ok(CpuStorage(out))
+        Ok(CpuStorage::new(out))
     }
 
     fn matmul(
@@ -367,7 +378,7 @@ impl BackendStorage for CpuStorage {
         lhs_t: bool,
         rhs_t: bool,
     ) -> Result<Self> {
-        Ok(CpuStorage(gemm::matmul(
+        Ok(CpuStorage::new(gemm::matmul(
             &self.0, &rhs.0, m, k, n, lhs_t, rhs_t,
         )))
     }
@@ -380,7 +391,7 @@ impl BackendStorage for CpuStorage {
             let i = i as usize;
             out.extend_from_slice(&self.0[i * cols..(i + 1) * cols]);
         }
-        Ok(CpuStorage(out))
+        Ok(CpuStorage::new(out))
     }
 
     fn index_add_rows(&self, cols: usize, idx: &Vec<u32>, out_rows: usize) -> Result<Self> {
@@ -393,12 +404,12 @@ impl BackendStorage for CpuStorage {
                 *d += s;
             }
         }
-        Ok(CpuStorage(out))
+        Ok(CpuStorage::new(out))
     }
 
     fn gather_cols(&self, rows: usize, cols: usize, idx: &Vec<u32>) -> Result<Self> {
         check_index("gather", idx, cols)?;
-        Ok(CpuStorage(
+        Ok(CpuStorage::new(
             (0..rows)
                 .map(|r| self.0[r * cols + idx[r] as usize])
                 .collect(),
@@ -411,7 +422,7 @@ impl BackendStorage for CpuStorage {
         for r in 0..rows {
             out[r * cols + idx[r] as usize] = self.0[r];
         }
-        Ok(CpuStorage(out))
+        Ok(CpuStorage::new(out))
     }
 
     fn copy2d(
@@ -444,7 +455,7 @@ impl BackendStorage for CpuStorage {
                 }
             }
         }
-        Ok(CpuStorage(out))
+        Ok(CpuStorage::new(out))
     }
 
     fn softmax_rows(&self, rows: usize, cols: usize, log: bool) -> Result<Self> {
@@ -462,7 +473,7 @@ impl BackendStorage for CpuStorage {
             }
         };
         if cols == 0 {
-            return Ok(CpuStorage(out));
+            return Ok(CpuStorage::new(out));
         }
         if rows * cols >= PAR_MIN_ELEMS {
             out.par_chunks_mut(cols)
@@ -473,7 +484,7 @@ impl BackendStorage for CpuStorage {
                 .zip(self.0.chunks(cols))
                 .for_each(|(o, x)| row_op(o, x));
         }
-        Ok(CpuStorage(out))
+        Ok(CpuStorage::new(out))
     }
 
     fn argmax_rows(&self, rows: usize, cols: usize) -> Result<Vec<u32>> {
@@ -508,7 +519,7 @@ impl BackendStorage for CpuStorage {
     }
 
     fn sum_all(&self) -> Result<Self> {
-        Ok(CpuStorage(vec![sum_fixed_order(&self.0)]))
+        Ok(CpuStorage::new(vec![sum_fixed_order(&self.0)]))
     }
 
     fn sgd_update(

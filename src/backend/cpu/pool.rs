@@ -10,6 +10,9 @@ use std::sync::Mutex;
 
 /// Buffers below this many elements go back to the allocator.
 pub(crate) const MIN_LEN: usize = 1 << 18;
+/// Buffers above this many elements (64 MiB) go back to the allocator too: a one-off gather
+/// of a large data set's rows must not stay resident for the rest of the process.
+const MAX_LEN: usize = 1 << 24;
 /// Most buffers kept at once.
 const MAX_KEPT: usize = 4;
 
@@ -17,7 +20,7 @@ static POOL: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
 
 /// Keeps `buf` for reuse if it is large and the pool has room.
 pub(crate) fn give(buf: Vec<f32>) {
-    if buf.len() < MIN_LEN {
+    if buf.len() < MIN_LEN || buf.len() > MAX_LEN {
         return;
     }
     if let Ok(mut pool) = POOL.lock() {

@@ -107,5 +107,8 @@ pub(super) fn shifted_xent(
                 .for_each(|item| body(&mut scratch, item));
         }
     }
-    Ok((CpuStorage(losses), write_grad.then_some(CpuStorage(grad))))
+    Ok((
+        CpuStorage::new(losses),
+        write_grad.then_some(CpuStorage::new(grad)),
+    ))
 }

@@ -155,7 +155,7 @@ fn writef(addr: u64, data: &[f32]) -> Result<()> {
 
 /// A CPU storage of the `n` floats at `addr`.
 fn cpu(addr: u64, n: usize) -> Result<CpuStorage> {
-    readf(addr, n).map(CpuStorage)
+    readf(addr, n).map(CpuStorage::new)
 }
 
 /// `atomicMax(bad, position + 1)` for each bad position, when a flag is given.
@@ -256,7 +256,7 @@ pub(super) fn run(
                     ];
                     (0..4).map(|j| c[j] * u(s + j)).sum()
                 };
-                Ok(CpuStorage((0..n).map(|i| src[at(i)]).collect()))
+                Ok(CpuStorage::new((0..n).map(|i| src[at(i)]).collect()))
             };
             binary(binary_op(k), gather(p(0), 7)?, gather(p(1), 11)?, p(2), n)
         }
@@ -301,7 +301,7 @@ pub(super) fn run(
                     })
                     .map(|i| x[i])
                     .collect();
-                let r = CpuStorage(part).reduce(op, outer, end - begin, inner)?;
+                let r = CpuStorage::new(part).reduce(op, outer, end - begin, inner)?;
                 for (i, &v) in r.0.iter().enumerate() {
                     if i % inner < covered {
                         out[zi * outer * inner + i] = v;
@@ -523,7 +523,7 @@ fn gemm(k: Kernel, grid: (u32, u32, u32), args: Args) -> Result<()> {
     );
     // op(A)[i, l] and op(B)[l, j] over l in `ks`, as dense row-major blocks.
     let dense_a = |ks: std::ops::Range<usize>| -> CpuStorage {
-        CpuStorage(
+        CpuStorage::new(
             (0..m)
                 .flat_map(|i| {
                     ks.clone()
@@ -533,7 +533,7 @@ fn gemm(k: Kernel, grid: (u32, u32, u32), args: Args) -> Result<()> {
         )
     };
     let dense_b = |ks: std::ops::Range<usize>| -> CpuStorage {
-        CpuStorage(
+        CpuStorage::new(
             ks.flat_map(|l| (0..n).map(move |j| if tb { b[j * ldb + l] } else { b[l * ldb + j] }))
                 .collect(),
         )
@@ -678,8 +678,11 @@ fn xent_fallback(args: &[Value]) -> Result<()> {
             .zip(&bad)
             .map(|(&l, &b)| if b { 0 } else { l })
             .collect();
-    let (s, w) = (x.s.take().map(CpuStorage), x.w.take().map(CpuStorage));
-    let (loss, grad) = CpuStorage(std::mem::take(&mut x.z)).xent(XentArgs {
+    let (s, w) = (
+        x.s.take().map(CpuStorage::new),
+        x.w.take().map(CpuStorage::new),
+    );
+    let (loss, grad) = CpuStorage::new(std::mem::take(&mut x.z)).xent(XentArgs {
         shift: s.as_ref(),
         labels: &labels,
         weights: w.as_ref(),
@@ -688,9 +691,9 @@ fn xent_fallback(args: &[Value]) -> Result<()> {
         grad_scale: x.grad_scale,
         write_grad: x.write_grad,
     })?;
-    x.loss.clone_from(&loss.0);
+    x.loss = loss.as_slice().to_vec();
     if let Some(g) = grad {
-        x.dz.clone_from(&g.0);
+        x.dz = g.as_slice().to_vec();
     }
     for r in (0..x.rows).filter(|&r| bad[r]) {
         x.loss[r] = f32::NAN;
