@@ -248,7 +248,7 @@ fn across_isa<const C: usize>(
     grad: Option<&mut [f32]>,
 ) {
     match isa {
-        Isa::Portable => across::<C>(input, r0, losses, grad),
+        Isa::Portable => across::<C>(input, r0, losses, grad, block::<C>),
         // SAFETY: `Isa::best` chose these only where the CPU has the instruction set, and the
         // tests ask for them only where it does.
         #[cfg(target_arch = "x86_64")]
@@ -268,7 +268,7 @@ unsafe fn across_avx2<const C: usize>(
     losses: &mut [f32],
     grad: Option<&mut [f32]>,
 ) {
-    across::<C>(input, r0, losses, grad)
+    across::<C>(input, r0, losses, grad, block::<C>)
 }
 
 /// # Safety
@@ -281,7 +281,10 @@ unsafe fn across_avx512<const C: usize>(
     losses: &mut [f32],
     grad: Option<&mut [f32]>,
 ) {
-    across::<C>(input, r0, losses, grad)
+    across::<C>(input, r0, losses, grad, |z, s, y, w, gs, l, g| {
+        // SAFETY: this function runs only where the CPU has AVX-512F.
+        unsafe { avx512::block::<C>(z, s, y, w, gs, l, g) }
+    })
 }
 
 /// Rows `r0 .. r0 + losses.len()`, [`LANES`] at a time; the last partial block runs padded.
@@ -291,6 +294,7 @@ fn across<const C: usize>(
     r0: usize,
     losses: &mut [f32],
     mut grad: Option<&mut [f32]>,
+    block: impl Fn(&[f32], Option<&[f32]>, &[u32], Option<&[f32]>, f32, &mut [f32], Option<&mut [f32]>),
 ) {
     let n = losses.len();
     let z = &input.z[r0 * C..(r0 + n) * C];
@@ -300,7 +304,7 @@ fn across<const C: usize>(
     let full = n / LANES * LANES;
     for b in (0..full).step_by(LANES) {
         let e = b * C..(b + LANES) * C;
-        block::<C>(
+        block(
             &z[e.clone()],
             shift.map(|s| &s[e.clone()]),
             &labels[b..b + LANES],
@@ -327,7 +331,7 @@ fn across<const C: usize>(
         if let Some(w) = weights {
             wp[..rest].copy_from_slice(&w[full..]);
         }
-        block::<C>(
+        block(
             zp.as_flattened(),
             shift.map(|_| sp.as_flattened()),
             &yp,
@@ -466,6 +470,167 @@ fn block<const C: usize>(
             for j in 0..C {
                 grad[r * C + j] = u[j][r];
             }
+        }
+    }
+}
+
+/// [`block`] in AVX-512 registers, one row per lane: the same operations in the same order,
+/// with one exception that cannot show in the results: the maximum is taken with `vmaxps`,
+/// which differs from `f32::max` only on NaN (a row holding a NaN gives NaN whatever its
+/// maximum) and on the sign of a zero maximum (`u - m` and `m + ln Σ` are the same for `m = ±0`).
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::LANES;
+    use crate::backend::cpu::math::exp_avx512;
+    use std::arch::x86_64::*;
+
+    /// Class `j` of the 16 rows at `p` (row-major, `C` classes).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load_class<const C: usize>(p: &[f32], j: usize) -> __m512 {
+        debug_assert!(p.len() >= LANES * C);
+        if C == 2 {
+            let lo = _mm512_loadu_ps(p.as_ptr());
+            let hi = _mm512_loadu_ps(p.as_ptr().add(16));
+            let idx = _mm512_add_epi32(
+                _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30),
+                _mm512_set1_epi32(j as i32),
+            );
+            return _mm512_permutex2var_ps(lo, idx, hi);
+        }
+        let idx = _mm512_add_epi32(
+            _mm512_mullo_epi32(
+                _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                _mm512_set1_epi32(C as i32),
+            ),
+            _mm512_set1_epi32(j as i32),
+        );
+        _mm512_i32gather_ps::<4>(idx, p.as_ptr())
+    }
+
+    /// Writes the 16 rows of `C` classes at `p` from one register per class.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store_classes<const C: usize>(p: &mut [f32], g: &[__m512; C]) {
+        debug_assert!(p.len() >= LANES * C);
+        if C == 2 {
+            let lo = _mm512_permutex2var_ps(
+                g[0],
+                _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23),
+                g[1],
+            );
+            let hi = _mm512_permutex2var_ps(
+                g[0],
+                _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31),
+                g[1],
+            );
+            _mm512_storeu_ps(p.as_mut_ptr(), lo);
+            _mm512_storeu_ps(p.as_mut_ptr().add(16), hi);
+            return;
+        }
+        let rows = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(C as i32),
+        );
+        for (j, &v) in g.iter().enumerate() {
+            let idx = _mm512_add_epi32(rows, _mm512_set1_epi32(j as i32));
+            _mm512_i32scatter_ps::<4>(p.as_mut_ptr(), idx, v);
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support AVX-512F; the slices hold what [`super::block`] asks for.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn block<const C: usize>(
+        z: &[f32],
+        s: Option<&[f32]>,
+        labels: &[u32],
+        weights: Option<&[f32]>,
+        grad_scale: f32,
+        losses: &mut [f32],
+        grad: Option<&mut [f32]>,
+    ) {
+        assert!(
+            z.len() >= LANES * C
+                && s.is_none_or(|s| s.len() >= LANES * C)
+                && labels.len() >= LANES
+                && weights.is_none_or(|w| w.len() >= LANES)
+                && losses.len() >= LANES
+                && grad.as_ref().is_none_or(|g| g.len() >= LANES * C)
+        );
+        let mut u: [__m512; C] = std::array::from_fn(|j| load_class::<C>(z, j));
+        if let Some(s) = s {
+            for (j, uj) in u.iter_mut().enumerate() {
+                *uj = _mm512_add_ps(*uj, load_class::<C>(s, j));
+            }
+        }
+        let body = C / 8 * 8;
+        let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
+        let mut m = neg_inf;
+        if body > 0 {
+            let mut lanes = [neg_inf; 8];
+            for c0 in (0..body).step_by(8) {
+                for (l, lane) in lanes.iter_mut().enumerate() {
+                    let v = u[c0 + l];
+                    *lane =
+                        _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, *lane), *lane, v);
+                }
+            }
+            for lane in lanes {
+                m = _mm512_max_ps(m, lane);
+            }
+        }
+        for &uj in &u[body..] {
+            m = _mm512_max_ps(m, uj);
+        }
+        let y = _mm512_loadu_si512(labels.as_ptr().cast());
+        let is_label = |j: usize| _mm512_cmpeq_epi32_mask(y, _mm512_set1_epi32(j as i32));
+        let mut u_y = _mm512_setzero_ps();
+        for (j, &uj) in u.iter().enumerate() {
+            u_y = _mm512_mask_blend_ps(is_label(j), u_y, uj);
+        }
+        let mut acc = [_mm512_setzero_ps(); 8];
+        for c0 in (0..body).step_by(8) {
+            for (l, a) in acc.iter_mut().enumerate() {
+                let e = exp_avx512(_mm512_sub_ps(u[c0 + l], m));
+                u[c0 + l] = e;
+                *a = _mm512_add_ps(*a, e);
+            }
+        }
+        let mut sum = _mm512_add_ps(
+            _mm512_add_ps(_mm512_add_ps(acc[0], acc[4]), _mm512_add_ps(acc[2], acc[6])),
+            _mm512_add_ps(_mm512_add_ps(acc[1], acc[5]), _mm512_add_ps(acc[3], acc[7])),
+        );
+        for uj in u[body..].iter_mut() {
+            let e = exp_avx512(_mm512_sub_ps(*uj, m));
+            *uj = e;
+            sum = _mm512_add_ps(sum, e);
+        }
+        // ln from the C library, as the per-row kernel takes it.
+        let mut ln = [0.0f32; LANES];
+        _mm512_storeu_ps(ln.as_mut_ptr(), sum);
+        for v in ln.iter_mut() {
+            *v = v.ln();
+        }
+        let w = match weights {
+            Some(w) => _mm512_loadu_ps(w.as_ptr()),
+            None => _mm512_set1_ps(1.0),
+        };
+        let lse = _mm512_add_ps(m, _mm512_loadu_ps(ln.as_ptr()));
+        _mm512_storeu_ps(
+            losses.as_mut_ptr(),
+            _mm512_mul_ps(w, _mm512_sub_ps(lse, u_y)),
+        );
+        if let Some(grad) = grad {
+            let scale = _mm512_mul_ps(_mm512_set1_ps(grad_scale), w);
+            let factor = _mm512_div_ps(scale, sum);
+            let mut g = u;
+            for (j, gj) in g.iter_mut().enumerate() {
+                let v = _mm512_mul_ps(*gj, factor);
+                *gj = _mm512_mask_blend_ps(is_label(j), v, _mm512_sub_ps(v, scale));
+            }
+            store_classes::<C>(grad, &g);
         }
     }
 }
