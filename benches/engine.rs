@@ -13,10 +13,20 @@
 //!   memory traffic, read `z` and `s` (4 B per element each), read the u32 labels (4 B per
 //!   row), write `dz` (4 B per element): `12·N·C + 4·N` bytes, printed in decimal GB/s.
 //!
+//! - `roofline` (a table, not a criterion benchmark): this machine's limits measured in the
+//!   same run — copy bandwidth with 1 and 2 threads (read + write bytes, a 32 MiB working set
+//!   like the CE rows' and a 1 GiB one that no cache holds) and peak FMA throughput (1 and 2
+//!   threads, the widest FMA the CPU has) — and each kernel's speed as a fraction of the limit
+//!   that binds it: fused CE rows (C = 2, 3, 10, 100, 1000, `N·C ≥ 2^20`) against copy
+//!   bandwidth, GEMM and the fused linear + CE step against the FMA peak. With
+//!   `PYTORCH_REFERENCE=path.json` (benches/pytorch_reference.py's output, default
+//!   `results/pytorch_reference.json`) PyTorch's figures for the same workloads are printed
+//!   beside ours. `cargo bench --bench engine -- roofline` runs the table alone.
+//!
 //! scripts/bench-table.py reads criterion's results and PyTorch's JSON into one table.
 
 use std::hint::black_box;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use memaware::nn::{Activation, Init, Linear, Mlp, Module};
@@ -182,10 +192,22 @@ fn train_step(c: &mut Criterion) {
     group.finish();
 }
 
+/// Fused CE shapes `(N, C)`: the paper's class counts (2: Waterbirds, CelebA, CivilComments,
+/// Figure 1; 3: MultiNLI) at `N = 2^20`, and 10, 100, 1000 classes at `N·C ≥ 2^20` (65536 × 10
+/// as in earlier runs).
+const XENT_SHAPES: [(usize, usize); 6] = [
+    (1 << 20, 2),
+    (1 << 20, 3),
+    (65536, 10),
+    (131072, 10),
+    (16384, 100),
+    (8192, 1000),
+];
+
 fn xent(c: &mut Criterion) {
     let mut rng = Rng::new(2);
     let mut group = c.benchmark_group("xent");
-    for (n, classes) in [(65536, 10), (8192, 1000)] {
+    for (n, classes) in XENT_SHAPES {
         let z = randn(&mut rng, (n, classes)).variable();
         let s = randn(&mut rng, (n, classes));
         let y = random_labels(&mut rng, n, classes);
@@ -215,9 +237,326 @@ fn xent(c: &mut Criterion) {
     group.finish();
 }
 
+/// Seconds per call of `f`: median, min and max over 7 batches of about 0.15 s each, after a
+/// warm-up.
+fn time_calls(mut f: impl FnMut()) -> [f64; 3] {
+    let start = Instant::now();
+    let mut calls = 0u32;
+    while start.elapsed() < Duration::from_millis(300) || calls < 3 {
+        f();
+        calls += 1;
+    }
+    let per_batch = ((0.15 / (start.elapsed().as_secs_f64() / calls as f64)) as u32).max(1);
+    let mut t: Vec<f64> = (0..7)
+        .map(|_| {
+            let s = Instant::now();
+            for _ in 0..per_batch {
+                f();
+            }
+            s.elapsed().as_secs_f64() / per_batch as f64
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    [t[3], t[0], t[6]]
+}
+
+/// Copy bandwidth in decimal GB/s (read + write bytes) over `bytes` of source, on `threads`
+/// threads (contiguous halves; `memcpy` within each).
+fn copy_bandwidth(bytes: usize, threads: usize) -> [f64; 3] {
+    use rayon::prelude::*;
+    let n = bytes / 4;
+    let src: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    let mut dst = vec![0.0f32; n];
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("thread pool");
+    let part = n.div_ceil(threads);
+    let t = pool.install(|| {
+        time_calls(|| {
+            dst.par_chunks_mut(part)
+                .zip(src.par_chunks(part))
+                .for_each(|(d, s)| d.copy_from_slice(s));
+            black_box(&mut dst);
+        })
+    });
+    let gbs = |s: f64| 2.0 * bytes as f64 / s / 1e9;
+    [gbs(t[0]), gbs(t[2]), gbs(t[1])]
+}
+
+/// Independent FMA chains per thread: enough to cover the FMA latency on two ports.
+const FMA_CHAINS: usize = 12;
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_avx512(iters: usize, seed: f32) -> f32 {
+    use std::arch::x86_64::*;
+    let a = _mm512_set1_ps(0.999_9);
+    let b = _mm512_set1_ps(1e-7);
+    let mut acc = [_mm512_set1_ps(seed); FMA_CHAINS];
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = _mm512_fmadd_ps(*v, a, b);
+        }
+    }
+    acc.iter().map(|&v| _mm512_reduce_add_ps(v)).sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_avx2(iters: usize, seed: f32) -> f32 {
+    use std::arch::x86_64::*;
+    let a = _mm256_set1_ps(0.999_9);
+    let b = _mm256_set1_ps(1e-7);
+    let mut acc = [_mm256_set1_ps(seed); FMA_CHAINS];
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = _mm256_fmadd_ps(*v, a, b);
+        }
+    }
+    let mut out = [0.0f32; 8];
+    let mut total = 0.0;
+    for v in acc {
+        _mm256_storeu_ps(out.as_mut_ptr(), v);
+        total += out.iter().sum::<f32>();
+    }
+    total
+}
+
+/// The widest FMA this CPU has: its name and `f(iters, seed)`, which runs `iters` rounds of
+/// `FMA_CHAINS` vector FMAs and returns the FLOPs per round.
+fn fma_kernel() -> (&'static str, fn(usize, f32) -> f32, usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512F was detected.
+            return ("AVX-512 FMA", |i, s| unsafe { fma_avx512(i, s) }, 16);
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: AVX2 and FMA were detected.
+            return ("AVX2 FMA", |i, s| unsafe { fma_avx2(i, s) }, 8);
+        }
+    }
+    (
+        "scalar mul+add",
+        |i, s| {
+            let mut acc = [s; FMA_CHAINS];
+            for _ in 0..i {
+                for v in acc.iter_mut() {
+                    *v = black_box(*v) * 0.999_9 + 1e-7;
+                }
+            }
+            acc.iter().sum()
+        },
+        1,
+    )
+}
+
+/// Peak FMA throughput in GFLOP/s on `threads` threads (2 FLOPs per lane per FMA).
+fn fma_peak(threads: usize) -> [f64; 3] {
+    use rayon::prelude::*;
+    let (_, f, lanes) = fma_kernel();
+    let iters = 200_000;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("thread pool");
+    let t = pool.install(|| {
+        time_calls(|| {
+            let s: f32 = (0..threads)
+                .into_par_iter()
+                .map(|i| f(iters, i as f32))
+                .sum();
+            black_box(s);
+        })
+    });
+    let flops = (threads * iters * FMA_CHAINS * lanes * 2) as f64;
+    [flops / t[0] / 1e9, flops / t[2] / 1e9, flops / t[1] / 1e9]
+}
+
+/// PyTorch's milliseconds per step for `name`, and its bytes per call when it reports them.
+fn pytorch(reference: &Option<serde_json::Value>, name: &str) -> Option<(f64, Option<f64>)> {
+    let w = reference.as_ref()?.get("workloads")?.get(name)?;
+    let ms = w.get("ms_per_step")?.as_f64()?;
+    let bytes = w
+        .get("detail")
+        .and_then(|d| d.get("bytes_per_call")?.as_f64());
+    Some((ms, bytes))
+}
+
+/// The roofline table (see the module docs).
+fn roofline(_c: &mut Criterion) {
+    // Criterion's filter is the first free argument: run the table when there is none or when it
+    // names this table.
+    let filter = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-') && a != "--bench");
+    if filter.is_some_and(|f| !"roofline".contains(f.as_str())) {
+        return;
+    }
+    let path = std::env::var("PYTORCH_REFERENCE")
+        .unwrap_or_else(|_| "results/pytorch_reference.json".to_string());
+    let reference: Option<serde_json::Value> = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok());
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_string());
+    let (fma_name, _, _) = fma_kernel();
+    #[cfg(target_arch = "x86_64")]
+    let isa = if is_x86_feature_detected!("avx512f") {
+        "AVX-512 used"
+    } else if is_x86_feature_detected!("avx2") {
+        "AVX2 (no AVX-512)"
+    } else {
+        "portable"
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let isa = "portable";
+    println!(
+        "\nroofline on {cpu} ({isa}), rayon {} threads; PyTorch from {}",
+        rayon::current_num_threads(),
+        if reference.is_some() {
+            path.as_str()
+        } else {
+            "(none)"
+        }
+    );
+    let range = |v: [f64; 3]| format!("{:.1} ({:.1}–{:.1})", v[0], v[1], v[2]);
+    let copy_l3 = [1, 2].map(|t| copy_bandwidth(16 << 20, t));
+    let copy_dram = [1, 2].map(|t| copy_bandwidth(512 << 20, t));
+    let fma = [1, 2].map(fma_peak);
+    println!("limits (median (min–max) of 7 batches):");
+    println!(
+        "  copy, 32 MiB working set   1 thread {} GB/s, 2 threads {} GB/s",
+        range(copy_l3[0]),
+        range(copy_l3[1])
+    );
+    println!(
+        "  copy, 1 GiB working set    1 thread {} GB/s, 2 threads {} GB/s",
+        range(copy_dram[0]),
+        range(copy_dram[1])
+    );
+    println!(
+        "  {fma_name:<26} 1 thread {} GFLOP/s, 2 threads {} GFLOP/s",
+        range(fma[0]),
+        range(fma[1])
+    );
+    // The CE rows' working sets (28–100 MB) are cache-sized on machines with a large L3, so the
+    // larger of the two copy figures is the limit.
+    let bw = copy_l3[1][0].max(copy_dram[1][0]);
+    let peak = fma[1][0];
+    println!(
+        "| workload | ours ms | GB/s or GFLOP/s | of limit | PyTorch ms | PyTorch of limit | ours vs PyTorch |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let row = |name: String,
+               t: [f64; 3],
+               amount: f64,
+               unit: &str,
+               limit: f64,
+               torch: Option<(f64, f64)>| {
+        let rate = amount / t[0] / 1e9;
+        let (tm, tf, ratio) = match torch {
+            Some((ms, torch_amount)) => (
+                format!("{ms:.3}"),
+                format!("{:.0}%", 100.0 * torch_amount / (ms / 1e3) / 1e9 / limit),
+                format!("{:.2}×", ms / (t[0] * 1e3)),
+            ),
+            None => ("–".into(), "–".into(), "–".into()),
+        };
+        println!(
+            "| {name} | {:.3} ({:.3}–{:.3}) | {rate:.1} {unit} | {:.0}% | {tm} | {tf} | {ratio} |",
+            t[0] * 1e3,
+            t[1] * 1e3,
+            t[2] * 1e3,
+            100.0 * rate / limit
+        );
+    };
+    let mut rng = Rng::new(3);
+    for (n, classes) in XENT_SHAPES {
+        let z = randn(&mut rng, (n, classes)).variable();
+        let s = randn(&mut rng, (n, classes));
+        let y = random_labels(&mut rng, n, classes);
+        let t = time_calls(|| {
+            let loss = z
+                .shifted_cross_entropy(&y, Some(&s), None, Reduction::Mean)
+                .expect("fused loss");
+            black_box(loss.backward().expect("backward"));
+        });
+        let bytes = (12 * n * classes + 4 * n) as f64;
+        let torch = pytorch(&reference, &format!("xent_fwd_bwd_N{n}_C{classes}"))
+            .map(|(ms, b)| (ms, b.unwrap_or((12 * n * classes + 8 * n) as f64)));
+        row(
+            format!("fused CE fwd+bwd N={n} C={classes}"),
+            t,
+            bytes,
+            "GB/s",
+            bw,
+            torch,
+        );
+    }
+    for size in [1024, 2048] {
+        let a = randn(&mut rng, (size, size));
+        let b = randn(&mut rng, (size, size));
+        let t = time_calls(|| {
+            no_grad(|| black_box(a.matmul(&b).expect("sgemm")));
+        });
+        let flops = 2.0 * (size as f64).powi(3);
+        let torch = pytorch(&reference, &format!("sgemm_{size}")).map(|(ms, _)| (ms, flops));
+        row(format!("sgemm {size}³"), t, flops, "GFLOP/s", peak, torch);
+    }
+    // The Figure 1 step: linear 1800→2 without bias, batch 1000, mean CE, SGD, through the fused
+    // linear + CE op. FLOPs: logits and dW, 2·(2·N·D·C).
+    {
+        let dev = Device::Cpu;
+        let x = randn(&mut rng, (1000, 1800));
+        let y = random_labels(&mut rng, 1000, 2);
+        let model =
+            Linear::new(1800, 2, false, Init::PyTorchDefault, &mut rng, &dev).expect("model");
+        let mut opt = Sgd::new(model.parameters(), 1e-2).expect("optimizer");
+        let t = time_calls(|| {
+            step(
+                || {
+                    x.linear_shifted_cross_entropy(
+                        &model.weight,
+                        None,
+                        &y,
+                        None,
+                        None,
+                        Reduction::Mean,
+                    )
+                    .map(|(loss, _)| loss)
+                },
+                &mut opt,
+            )
+        });
+        let flops = 4.0 * 1000.0 * 1800.0 * 2.0;
+        let torch = pytorch(&reference, "linear_1800x2_sgd").map(|(ms, _)| (ms, flops));
+        row(
+            "linear 1800→2 SGD step, fused (N=1000)".to_string(),
+            t,
+            flops,
+            "GFLOP/s",
+            peak,
+            torch,
+        );
+    }
+    println!(
+        "limits: CE rows against {bw:.1} GB/s (2-thread copy), GEMM and the linear step against \
+         {peak:.1} GFLOP/s (2-thread {fma_name}); PyTorch's CE bytes count int64 labels (8 B/row)"
+    );
+}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = sgemm, train_step, xent
+    targets = sgemm, train_step, xent, roofline
 }
 criterion_main!(benches);

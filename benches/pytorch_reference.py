@@ -55,7 +55,9 @@ SGEMM_MODEL_SHAPES = [  # (m, k, n) of the forward GEMMs of the benchmarked mode
     (20, 31, 300),
     (20, 300, 300),
 ]
-XENT_SHAPES = [(65536, 10), (8192, 1000)]
+# (N, C) as benches/engine.rs's XENT_SHAPES: the paper's 2 and 3 classes at N = 2^20, then
+# 10, 100, 1000 classes at N*C >= 2^20 (65536 x 10 as in earlier runs).
+XENT_SHAPES = [(1 << 20, 2), (1 << 20, 3), (65536, 10), (131072, 10), (16384, 100), (8192, 1000)]
 
 
 def cpu_model() -> str:
