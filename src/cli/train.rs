@@ -55,21 +55,21 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub xrm: Option<PathBuf>,
     /// MAT temperature: the held-out logits are divided by tau before the softmax
-    #[arg(long, value_name = "TAU", default_value_t = 0.1)]
+    #[arg(long, value_name = "TAU", default_value_t = 0.1, value_parser = common::parse_positive, allow_hyphen_values = true)]
     pub tau: f32,
     /// GroupDRO step size: q_g ← q_g·exp(eta·loss_g) per batch (group_dro, xrm_group_dro)
-    #[arg(long, value_name = "ETA", default_value_t = 0.01)]
+    #[arg(long, value_name = "ETA", default_value_t = 0.01, value_parser = common::parse_non_negative, allow_hyphen_values = true)]
     pub eta: f32,
     /// JTT: steps of the first (ERM) stage whose training errors get upweighted
     /// [default: round(0.2 × --steps), at least 1]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = common::parse_count, allow_hyphen_values = true)]
     pub jtt_steps: Option<usize>,
     /// JTT: weight of the first stage's training errors in the second stage
-    #[arg(long, value_name = "LAMBDA", default_value_t = 20.0)]
+    #[arg(long, value_name = "LAMBDA", default_value_t = 20.0, value_parser = common::parse_positive, allow_hyphen_values = true)]
     pub jtt_lambda: f32,
     /// Evaluate on validation and test every this many steps (and at the last step)
     /// [default: per data set]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = common::parse_count, allow_hyphen_values = true)]
     pub checkpoint_freq: Option<usize>,
     /// Criterion that selects the checkpoint printed: va_wga (validation worst-group accuracy
     /// with group annotations), va_gi_wga (over XRM-inferred validation groups; needs --xrm),
