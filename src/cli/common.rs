@@ -44,13 +44,34 @@ pub fn load_dataset(spec: &str, seed: u64) -> Result<Dataset> {
                         .split_once('=')
                         .ok_or_else(|| Error::arg("data", format!("`{kv}`: expected key=value")))?;
                     let num = |v: &str| -> Result<f64> {
-                        v.parse::<f64>()
-                            .map_err(|_| Error::arg("data", format!("`{k}={v}`: not a number")))
+                        match v.trim().parse::<f64>() {
+                            Ok(x) if x.is_finite() => Ok(x),
+                            Ok(_) => Err(Error::arg(
+                                "data",
+                                format!("`{k}={v}`: `{k}` must be a finite number"),
+                            )),
+                            Err(_) => Err(Error::arg(
+                                "data",
+                                format!("`{k}={v}`: `{k}` is not a number"),
+                            )),
+                        }
+                    };
+                    // A size: a whole number >= 0, never truncated or wrapped.
+                    let int = |v: &str| -> Result<usize> {
+                        whole(v)
+                            .ok()
+                            .and_then(|n| usize::try_from(n).ok())
+                            .ok_or_else(|| {
+                                Error::arg(
+                                    "data",
+                                    format!("`{k}={v}`: `{k}` must be a whole number >= 0"),
+                                )
+                            })
                     };
                     match k {
                         "sigma" | "sigma_eps" => cfg.sigma_eps = num(v)? as f32,
-                        "n" => cfg.n = num(v)? as usize,
-                        "d" => cfg.d = num(v)? as usize,
+                        "n" => cfg.n = int(v)?,
+                        "d" => cfg.d = int(v)?,
                         "majority" => cfg.train_majority = num(v)?,
                         "spurious" => cfg.spurious_scale = num(v)? as f32,
                         other => {
