@@ -436,7 +436,8 @@ impl RunArgs {
 
     /// A file-name-safe label of the data set: the built-in name with its options
     /// (`interpretable-n200-d300`), `colormnist-idx` for MNIST IDX files, a features file's
-    /// stem; with `-dseedN` when the data seed differs from the run seed.
+    /// stem and a digest of its full path ([`file_label`]); with `-dseedN` when the data seed
+    /// differs from the run seed.
     pub fn data_label(&self, ds: &Dataset) -> String {
         let (name, arg) = match self.data.split_once(':') {
             Some((n, a)) => (n, Some(a)),
@@ -453,7 +454,7 @@ impl RunArgs {
             }
             ("colormnist", Some(_)) => "colormnist-idx".into(),
             ("interpretable" | "colormnist" | "waterbirds-like", None) => name.into(),
-            _ => ds.name.clone(),
+            _ => file_label(Path::new(&self.data), &ds.name),
         };
         label = label
             .chars()
@@ -469,6 +470,35 @@ impl RunArgs {
             label.push_str(&format!("-dseed{}", self.data_seed()));
         }
         label
+    }
+}
+
+/// The label of a features file in run folder names: `stem` and the first 8 hex digits of a
+/// 64-bit FNV-1a digest of the file's canonical path (`features-1f3a9c07`). Two files with the
+/// same stem (`a/features.safetensors` and `b/features.safetensors`, or `data.safetensors`
+/// and the folder `data/`) get different labels, so one run never overwrites another's
+/// folder; the same file, named by any relative path, keeps its label.
+pub fn file_label(path: &Path, stem: &str) -> String {
+    let full = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in full.to_string_lossy().bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{stem}-{:08x}", h >> 32)
+}
+
+/// Checks that the seeds `seed .. seed + seeds` of a sweep fit in 64 bits.
+pub fn check_seed_range(seed: u64, seeds: usize) -> Result<()> {
+    match seed.checked_add(seeds.saturating_sub(1) as u64) {
+        Some(_) => Ok(()),
+        None => Err(Error::arg(
+            "seed",
+            format!(
+                "{seed} + {seeds} seeds runs past the largest seed, {}: use a smaller --seed",
+                u64::MAX
+            ),
+        )),
     }
 }
 

@@ -100,6 +100,7 @@ pub fn run(args: &Args) -> Result<()> {
         draws: args.draws.unwrap_or(Sizes::FULL.draws),
         seeds: args.seeds.unwrap_or(3),
     };
+    common::check_seed_range(args.seed, sizes.seeds)?;
     let mut cfg = preset_sweep(Family::of(&ds), sizes, args.seed);
     if let Some(f) = args.checkpoint_freq {
         cfg.checkpoint_freq = f;
@@ -127,7 +128,14 @@ pub fn run(args: &Args) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs/sweep"));
-    let dir = entry_dir(&out, &ds.name);
+    // A features file's folder carries a digest of its path: two files with the same stem
+    // never share (and overwrite) one sweep folder.
+    let label = if Path::new(&args.data).exists() {
+        common::file_label(Path::new(&args.data), &ds.name)
+    } else {
+        ds.name.clone()
+    };
+    let dir = entry_dir(&out, &label);
     let set = with_progress_bar("sweep", |p| {
         run_sweeps(&ds, &plans, &cfg, &dir, args.overwrite, p)
     })?;

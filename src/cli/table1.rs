@@ -103,6 +103,7 @@ pub fn config(args: &Args) -> Result<Table1Config> {
         args.methods.clone()
     };
 
+    common::check_seed_range(args.seed, sizes.seeds)?;
     let mut specs: Vec<(String, String)> = Vec::new();
     if !args.no_builtin {
         specs.extend(BUILTINS.iter().map(|(s, l)| (s.to_string(), l.to_string())));
@@ -117,6 +118,23 @@ pub fn config(args: &Args) -> Result<Table1Config> {
             spec.clone()
         };
         specs.push((spec.clone(), label));
+    }
+    // Each data set's column label names its folder under --out: two data sets with one
+    // label would share (and overwrite) a folder and a column.
+    for (i, (spec, label)) in specs.iter().enumerate() {
+        let folder = entry_dir(Path::new(""), label);
+        if let Some((first, _)) = specs[..i]
+            .iter()
+            .find(|(_, l)| entry_dir(Path::new(""), l) == folder)
+        {
+            return Err(Error::arg(
+                "data",
+                format!(
+                    "`{first}` and `{spec}` would share the column and folder `{label}`: \
+                     rename one of the files (the label is the file's stem)"
+                ),
+            ));
+        }
     }
     if specs.is_empty() {
         return Err(Error::arg(
