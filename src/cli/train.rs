@@ -264,6 +264,15 @@ pub fn run(args: &Args) -> Result<()> {
         args.run.data_label(&ds),
         args.run.seed
     );
+    if Path::new(&args.run.data).exists() {
+        println!(
+            "run folder label `{}`: the file's stem and a digest of its full path, so that files \
+             with the same name never share a folder",
+            args.run.data_label(&ds)
+        );
+    }
+    // A folder this run creates and that holds nothing when the run fails is removed again.
+    let existed = args.run.out.join(&label).exists();
     let dir = common::run_dir(&args.run.out, &label)?;
     let checkpoints_path = dir.join(CHECKPOINTS_FILE);
     let summary_path = dir.join(SUMMARY_FILE);
@@ -352,6 +361,16 @@ pub fn run(args: &Args) -> Result<()> {
         Err(e) => {
             let n_checkpoints = crate::io::read_jsonl_lenient::<Checkpoint>(&checkpoints_path)
                 .map_or(0, |(cps, _)| cps.len());
+            if !existed && n_checkpoints == 0 {
+                // Nothing to keep: no folder is left that could pass for a run.
+                if std::fs::remove_dir_all(&dir).is_ok() {
+                    eprintln!(
+                        "the run failed before its first checkpoint; removed {}",
+                        dir.display()
+                    );
+                    return Err(e);
+                }
+            }
             crate::io::write_json(
                 &summary_path,
                 &Summary {
