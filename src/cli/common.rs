@@ -44,13 +44,34 @@ pub fn load_dataset(spec: &str, seed: u64) -> Result<Dataset> {
                         .split_once('=')
                         .ok_or_else(|| Error::arg("data", format!("`{kv}`: expected key=value")))?;
                     let num = |v: &str| -> Result<f64> {
-                        v.parse::<f64>()
-                            .map_err(|_| Error::arg("data", format!("`{k}={v}`: not a number")))
+                        match v.trim().parse::<f64>() {
+                            Ok(x) if x.is_finite() => Ok(x),
+                            Ok(_) => Err(Error::arg(
+                                "data",
+                                format!("`{k}={v}`: `{k}` must be a finite number"),
+                            )),
+                            Err(_) => Err(Error::arg(
+                                "data",
+                                format!("`{k}={v}`: `{k}` is not a number"),
+                            )),
+                        }
+                    };
+                    // A size: a whole number >= 0, never truncated or wrapped.
+                    let int = |v: &str| -> Result<usize> {
+                        whole(v)
+                            .ok()
+                            .and_then(|n| usize::try_from(n).ok())
+                            .ok_or_else(|| {
+                                Error::arg(
+                                    "data",
+                                    format!("`{k}={v}`: `{k}` must be a whole number >= 0"),
+                                )
+                            })
                     };
                     match k {
                         "sigma" | "sigma_eps" => cfg.sigma_eps = num(v)? as f32,
-                        "n" => cfg.n = num(v)? as usize,
-                        "d" => cfg.d = num(v)? as usize,
+                        "n" => cfg.n = int(v)?,
+                        "d" => cfg.d = int(v)?,
                         "majority" => cfg.train_majority = num(v)?,
                         "spurious" => cfg.spurious_scale = num(v)? as f32,
                         other => {
@@ -159,15 +180,134 @@ pub fn spinner(message: &str) -> indicatif::ProgressBar {
 }
 
 /// Parses `--batch-size`: a positive integer, or `full` (every step sees the whole training
-/// set; returned as `usize::MAX`, which the batchers read as full batch).
+/// set; returned as `usize::MAX`, which the batchers read as full batch). Any value at least
+/// the training set's size is full batch, so a huge one is accepted.
 pub fn parse_batch_size(s: &str) -> std::result::Result<usize, String> {
     if s == "full" {
         return Ok(usize::MAX);
     }
-    match s.parse::<usize>() {
-        Ok(b) if b > 0 => Ok(b),
-        _ => Err(format!("`{s}` is neither a positive integer nor `full`")),
+    match whole(s) {
+        Ok(b) if b >= 1 => Ok(usize::try_from(b).unwrap_or(usize::MAX)),
+        _ => Err("must be a whole number of at least 1, or `full`".into()),
     }
+}
+
+// -------------------------------------------------------------------------------------------
+// Value parsers for the numeric flags. Each numeric flag also takes values that start with a
+// hyphen (`allow_hyphen_values`), so that `--lr -1` reaches its parser, which names the flag
+// through clap (`invalid value '-1' for '--lr <LR>': …`) and says what is allowed, instead of
+// clap's `unexpected argument '-1' found`.
+
+/// The largest value a count flag (`--steps`, `--draws`, `--seeds`, `--checkpoint-freq`, …)
+/// accepts: a larger one could not finish, and products of counts must not overflow.
+pub const MAX_COUNT: u64 = 1_000_000_000;
+
+/// The largest value a rate or scale flag (`--lr`, `--weight-decay`, `--tau`, `--eta`,
+/// `--jtt-lambda`, `--bin-width`) accepts: a larger one is a typo, and overflows float32
+/// training at once.
+pub const MAX_SCALE: f32 = 1e4;
+
+/// A whole number, or its problem in words (a sign counts: `-3` is a whole number, below any
+/// count's range).
+fn whole(s: &str) -> std::result::Result<i128, &'static str> {
+    let t = s.trim();
+    let digits = t.strip_prefix(['-', '+']).unwrap_or(t);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("not a whole number");
+    }
+    // Longer than any i128: far out of range either way.
+    Ok(t.parse::<i128>().unwrap_or(if t.starts_with('-') {
+        i128::MIN
+    } else {
+        i128::MAX
+    }))
+}
+
+/// A whole number in `min..=max`.
+fn whole_in(s: &str, min: u64, max: u64) -> std::result::Result<u64, String> {
+    let allowed = format!("must be a whole number from {min} to {max}");
+    match whole(s) {
+        Ok(n) if n >= min as i128 && n <= max as i128 => Ok(n as u64),
+        Ok(n) if n < min as i128 => Err(allowed),
+        Ok(_) => Err(format!("too large: {allowed}")),
+        Err(why) => Err(format!("{why}: {allowed}")),
+    }
+}
+
+/// A count: a whole number from 1 to [`MAX_COUNT`].
+pub fn parse_count(s: &str) -> std::result::Result<usize, String> {
+    whole_in(s, 1, MAX_COUNT).map(|n| n as usize)
+}
+
+/// A seed: a whole number from 0 to 2^64 − 1.
+pub fn parse_seed(s: &str) -> std::result::Result<u64, String> {
+    whole_in(s, 0, u64::MAX)
+}
+
+/// A whole number >= 0 with no upper bound (a batch size where 0 and huge values mean full
+/// batch).
+pub fn parse_size(s: &str) -> std::result::Result<usize, String> {
+    whole_in(s, 0, u64::MAX).map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+/// A finite float (`f32` or `f64`), with `ok` saying whether it is in range and `allowed`
+/// saying what is.
+fn float_in<T: std::str::FromStr + Copy + Into<f64>>(
+    s: &str,
+    ok: impl Fn(f64) -> bool,
+    allowed: &str,
+) -> std::result::Result<T, String> {
+    let v: T = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a number: must be {allowed}"))?;
+    let x: f64 = v.into();
+    if x.is_nan() {
+        return Err(format!("NaN: must be {allowed}"));
+    }
+    if x.is_infinite() {
+        return Err(format!("infinite or out of range: must be {allowed}"));
+    }
+    if !ok(x) {
+        return Err(format!("must be {allowed}"));
+    }
+    Ok(v)
+}
+
+/// A rate or scale in `(0, MAX_SCALE]`: `--lr`, `--tau`, `--jtt-lambda`, `--bin-width`.
+pub fn parse_positive(s: &str) -> std::result::Result<f32, String> {
+    float_in(
+        s,
+        |v| v > 0.0 && v <= MAX_SCALE as f64,
+        &format!("a number above 0 and at most {MAX_SCALE}"),
+    )
+}
+
+/// A rate or scale in `[0, MAX_SCALE]`: `--weight-decay`, `--eta`.
+pub fn parse_non_negative(s: &str) -> std::result::Result<f32, String> {
+    float_in(
+        s,
+        |v| (0.0..=MAX_SCALE as f64).contains(&v),
+        &format!("a number from 0 to {MAX_SCALE}"),
+    )
+}
+
+/// `--momentum`: in `[0, 1)`.
+pub fn parse_momentum(s: &str) -> std::result::Result<f32, String> {
+    float_in(
+        s,
+        |v| (0.0..1.0).contains(&v),
+        "a number from 0 up to, not including, 1",
+    )
+}
+
+/// A share strictly between 0 and 1 (`memscore --share`).
+pub fn parse_share(s: &str) -> std::result::Result<f64, String> {
+    float_in(
+        s,
+        |v| v > 0.0 && v < 1.0,
+        "a number strictly between 0 and 1",
+    )
 }
 
 /// The flags `xrm` and `train` share: the data, the model, the optimizer, the run length,
@@ -179,32 +319,33 @@ pub struct RunArgs {
     /// Seed of the data set's generator (synthetic draws, ColorMNIST's split and noise)
     /// [default: --seed]. Phase 1 and phase 2 must use the same data: give both the same
     /// --seed/--data-seed.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = parse_seed, allow_hyphen_values = true)]
     pub data_seed: Option<u64>,
     #[arg(long, value_name = "SPEC", help = MODEL_HELP)]
     pub model: Option<ModelSpec>,
     /// Optimizer steps (one batch each) [default: per data set]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = parse_count, allow_hyphen_values = true)]
     pub steps: Option<usize>,
     /// Examples per batch, or `full` for the whole training set every step (any value >= the
     /// training set's size is full batch) [default: per data set]
-    #[arg(long, value_name = "B|full", value_parser = parse_batch_size)]
+    #[arg(long, value_name = "B|full", value_parser = parse_batch_size, allow_hyphen_values = true)]
     pub batch_size: Option<usize>,
     /// Optimizer: sgd, adam or adamw [default: per data set]
     #[arg(long, value_name = "NAME")]
     pub optimizer: Option<OptimizerKind>,
     /// Learning rate [default: per data set and optimizer]
-    #[arg(long, value_name = "LR")]
+    #[arg(long, value_name = "LR", value_parser = parse_positive, allow_hyphen_values = true)]
     pub lr: Option<f32>,
     /// SGD momentum in [0, 1) (no dampening, no Nesterov); sgd only [default: per data set]
-    #[arg(long, value_name = "M")]
+    #[arg(long, value_name = "M", value_parser = parse_momentum, allow_hyphen_values = true)]
     pub momentum: Option<f32>,
     /// Weight decay: L2 for sgd and adam, decoupled for adamw [default: per data set]
-    #[arg(long, value_name = "WD")]
+    #[arg(long, value_name = "WD", value_parser = parse_non_negative, allow_hyphen_values = true)]
     pub weight_decay: Option<f32>,
     /// Seed of the run: model initialization, batch order, and (XRM) the held-in assignment
     /// and label flips. The same seed gives bitwise-identical results.
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = parse_seed,
+          allow_hyphen_values = true)]
     pub seed: u64,
     /// Where to compute: cpu, cuda or cuda:N (cuda needs a build with `--features cuda`)
     #[arg(long, value_name = "DEVICE", default_value = "cpu")]
@@ -295,7 +436,8 @@ impl RunArgs {
 
     /// A file-name-safe label of the data set: the built-in name with its options
     /// (`interpretable-n200-d300`), `colormnist-idx` for MNIST IDX files, a features file's
-    /// stem; with `-dseedN` when the data seed differs from the run seed.
+    /// stem and a digest of its full path ([`file_label`]); with `-dseedN` when the data seed
+    /// differs from the run seed.
     pub fn data_label(&self, ds: &Dataset) -> String {
         let (name, arg) = match self.data.split_once(':') {
             Some((n, a)) => (n, Some(a)),
@@ -312,7 +454,7 @@ impl RunArgs {
             }
             ("colormnist", Some(_)) => "colormnist-idx".into(),
             ("interpretable" | "colormnist" | "waterbirds-like", None) => name.into(),
-            _ => ds.name.clone(),
+            _ => file_label(Path::new(&self.data), &ds.name),
         };
         label = label
             .chars()
@@ -328,6 +470,35 @@ impl RunArgs {
             label.push_str(&format!("-dseed{}", self.data_seed()));
         }
         label
+    }
+}
+
+/// The label of a features file in run folder names: `stem` and the first 8 hex digits of a
+/// 64-bit FNV-1a digest of the file's canonical path (`features-1f3a9c07`). Two files with the
+/// same stem (`a/features.safetensors` and `b/features.safetensors`, or `data.safetensors`
+/// and the folder `data/`) get different labels, so one run never overwrites another's
+/// folder; the same file, named by any relative path, keeps its label.
+pub fn file_label(path: &Path, stem: &str) -> String {
+    let full = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in full.to_string_lossy().bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{stem}-{:08x}", h >> 32)
+}
+
+/// Checks that the seeds `seed .. seed + seeds` of a sweep fit in 64 bits.
+pub fn check_seed_range(seed: u64, seeds: usize) -> Result<()> {
+    match seed.checked_add(seeds.saturating_sub(1) as u64) {
+        Some(_) => Ok(()),
+        None => Err(Error::arg(
+            "seed",
+            format!(
+                "{seed} + {seeds} seeds runs past the largest seed, {}: use a smaller --seed",
+                u64::MAX
+            ),
+        )),
     }
 }
 

@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 
-use crate::cli::common::{load_dataset, parse_device, run_dir, with_progress_bar, DATA_HELP};
+use crate::cli::common::{self, load_dataset, parse_device, run_dir, with_progress_bar, DATA_HELP};
 use crate::data::colormnist::with_colour_attribute;
 use crate::error::{Error, Result};
 use crate::recipes::Family;
@@ -24,25 +24,25 @@ pub struct Args {
     #[arg(long)]
     pub method: Option<String>,
     /// Subset models per method, M (default 20, at least 2).
-    #[arg(long)]
+    #[arg(long, value_parser = common::parse_count, allow_hyphen_values = true)]
     pub models: Option<usize>,
     /// Share of the training set each subset model trains on, in (0, 1) (default 0.5).
-    #[arg(long)]
+    #[arg(long, value_parser = common::parse_share, allow_hyphen_values = true)]
     pub share: Option<f64>,
     /// Optimizer steps per subset model (and for the XRM run).
-    #[arg(long)]
+    #[arg(long, value_parser = common::parse_count, allow_hyphen_values = true)]
     pub steps: Option<usize>,
     /// Batch size (`0` or a value above the subset size: full batch).
-    #[arg(long)]
+    #[arg(long, value_parser = common::parse_size, allow_hyphen_values = true)]
     pub batch: Option<usize>,
     /// Learning rate of the recipe's optimizer.
-    #[arg(long)]
+    #[arg(long, value_parser = common::parse_positive, allow_hyphen_values = true)]
     pub lr: Option<f32>,
     /// MAT's temperature (default 0.1).
-    #[arg(long)]
+    #[arg(long, value_parser = common::parse_positive, allow_hyphen_values = true)]
     pub tau: Option<f32>,
     /// Seed of the data, the subsets, the models and XRM (default 0).
-    #[arg(long)]
+    #[arg(long, value_parser = common::parse_seed, allow_hyphen_values = true)]
     pub seed: Option<u64>,
     /// `cpu`, `cuda` or `cuda:N` (default `cpu`).
     #[arg(long)]
@@ -51,7 +51,7 @@ pub struct Args {
     #[arg(long)]
     pub sequential: bool,
     /// Width of the histogram bins, centred on its multiples (default 0.05).
-    #[arg(long)]
+    #[arg(long, value_parser = common::parse_positive, allow_hyphen_values = true)]
     pub bin_width: Option<f32>,
     /// Output folder; the run writes into `OUT/memscore-<data>-<method>-m<M>-seed<seed>`
     /// (default `runs`).

@@ -438,7 +438,7 @@ pub fn build_report(
         }
         if let Some(n) = info.checkpoints.filter(|&n| cps.len() < n) {
             why.push(format!(
-                "{} of the {n} checkpoints recorded read back",
+                "{} of the {n} checkpoints recorded read back from {CHECKPOINTS_FILE}",
                 cps.len()
             ));
         }

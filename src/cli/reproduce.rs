@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 
-use super::common::with_progress_bar;
+use super::common::{self, with_progress_bar};
 use crate::error::{Error, Result};
 use crate::repro::{figure1, figure3};
 
@@ -31,7 +31,7 @@ pub enum Only {
 #[derive(clap::Args, Debug, Clone, PartialEq)]
 pub struct Args {
     /// Seeds per run (seeds 0, 1, …, N-1); the table reports mean ± sample std over them
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_SEEDS)]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_SEEDS, value_parser = common::parse_count, allow_hyphen_values = true)]
     pub seeds: usize,
     /// Reproduce only one figure
     #[arg(long, value_enum)]
@@ -43,10 +43,10 @@ pub struct Args {
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Figure 1: full-batch epochs of every training phase (ERM, XRM, MAT)
-    #[arg(long, value_name = "N", default_value_t = 1000)]
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = common::parse_count, allow_hyphen_values = true)]
     pub epochs: usize,
     /// Figure 3: most Adam steps per fit (the fit stops earlier once MSE < 1e-6)
-    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = common::parse_count, allow_hyphen_values = true)]
     pub max_steps: usize,
 }
 

@@ -5,9 +5,9 @@
 //! method with `sweep.json` and a folder per run (`run.json`, `checkpoints.jsonl`), and
 //! `sweep.md`, the results table, which it also prints.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use super::common::{load_dataset, parse_device, with_progress_bar, DATA_HELP};
+use super::common::{self, load_dataset, parse_device, with_progress_bar, DATA_HELP};
 use crate::algo::model::{ModelSpec, MODEL_HELP};
 use crate::algo::sweep::{run_sweeps, MethodKind, MethodPlan, Parallelism};
 use crate::error::{Error, Result};
@@ -30,33 +30,33 @@ pub struct Args {
     #[arg(long, value_name = "SPEC", help = MODEL_HELP)]
     pub model: Option<ModelSpec>,
     /// Random hyperparameter draws per method (and for XRM unless --xrm-draws) [default: 10].
-    #[arg(long)]
+    #[arg(long, value_parser = common::parse_count, allow_hyphen_values = true)]
     pub draws: Option<usize>,
     /// Seeds the winning draw of each criterion runs over (the first is the selection seed)
     /// [default: 3].
-    #[arg(long)]
+    #[arg(long, value_parser = common::parse_count, allow_hyphen_values = true)]
     pub seeds: Option<usize>,
     /// Training steps per run [default: 1001].
-    #[arg(long)]
+    #[arg(long, value_parser = common::parse_count, allow_hyphen_values = true)]
     pub steps: Option<usize>,
     /// Evaluate every this many steps (and at the last) [default: 50].
-    #[arg(long)]
+    #[arg(long, value_parser = common::parse_count, allow_hyphen_values = true)]
     pub checkpoint_freq: Option<usize>,
     /// Selection criteria, comma-separated: va_wga (validation group annotations), va_gi_wga
     /// (XRM-inferred validation groups), va_avg [default: va_wga,va_gi_wga].
     #[arg(long, value_delimiter = ',')]
     pub select: Vec<String>,
     /// XRM hyperparameter draws (highest final flip rate wins) [default: --draws].
-    #[arg(long)]
+    #[arg(long, value_parser = common::parse_count, allow_hyphen_values = true)]
     pub xrm_draws: Option<usize>,
     /// XRM training steps [default: --steps].
-    #[arg(long)]
+    #[arg(long, value_parser = common::parse_count, allow_hyphen_values = true)]
     pub xrm_steps: Option<usize>,
     /// Seeds the draws and the training runs (seeds `seed .. seed + S`).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = common::parse_seed, allow_hyphen_values = true)]
     pub seed: u64,
     /// Seeds the built-in data sets.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = common::parse_seed, allow_hyphen_values = true)]
     pub data_seed: u64,
     /// Output folder [default: runs/sweep].
     #[arg(long)]
@@ -100,6 +100,7 @@ pub fn run(args: &Args) -> Result<()> {
         draws: args.draws.unwrap_or(Sizes::FULL.draws),
         seeds: args.seeds.unwrap_or(3),
     };
+    common::check_seed_range(args.seed, sizes.seeds)?;
     let mut cfg = preset_sweep(Family::of(&ds), sizes, args.seed);
     if let Some(f) = args.checkpoint_freq {
         cfg.checkpoint_freq = f;
@@ -127,7 +128,14 @@ pub fn run(args: &Args) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs/sweep"));
-    let dir = entry_dir(&out, &ds.name);
+    // A features file's folder carries a digest of its path: two files with the same stem
+    // never share (and overwrite) one sweep folder.
+    let label = if Path::new(&args.data).exists() {
+        common::file_label(Path::new(&args.data), &ds.name)
+    } else {
+        ds.name.clone()
+    };
+    let dir = entry_dir(&out, &label);
     let set = with_progress_bar("sweep", |p| {
         run_sweeps(&ds, &plans, &cfg, &dir, args.overwrite, p)
     })?;

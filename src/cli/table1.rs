@@ -4,16 +4,16 @@
 //! method's sweep on each, writes `table1.md` and `table1.json` under `--out`, and prints the
 //! Markdown, the worst-group margins and the wall time.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::common::{load_dataset, parse_device, with_progress_bar, DATA_HELP};
+use super::common::{self, load_dataset, parse_device, with_progress_bar, DATA_HELP};
 use crate::algo::sweep::{MethodKind, Parallelism};
 use crate::data::features::load_features;
 use crate::error::{Error, Result};
 use crate::recipes::{preset_sweep, Family, Sizes};
 use crate::repro::table1::{
-    margin_lines, run_table1, Table1Config, Table1Entry, TABLE_JSON, TABLE_MD,
+    entry_dir, margin_lines, run_table1, Table1Config, Table1Entry, TABLE_JSON, TABLE_MD,
 };
 
 /// Built-in columns of the table, by their `--data` names, with their column labels.
@@ -41,19 +41,19 @@ pub struct Args {
     #[arg(long)]
     pub no_builtin: bool,
     /// Seeds the hyperparameter draws and the training runs (seeds `seed .. seed + S`).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = common::parse_seed, allow_hyphen_values = true)]
     pub seed: u64,
     /// Seeds the built-in data sets (splits, label noise, synthetic features).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = common::parse_seed, allow_hyphen_values = true)]
     pub data_seed: u64,
     /// Hyperparameter draws per method (and for XRM) [default: 10, quick 2].
-    #[arg(long)]
+    #[arg(long, value_parser = common::parse_count, allow_hyphen_values = true)]
     pub draws: Option<usize>,
     /// Seeds the winning draw runs over [default: 5, quick 2].
-    #[arg(long)]
+    #[arg(long, value_parser = common::parse_count, allow_hyphen_values = true)]
     pub seeds: Option<usize>,
     /// Training steps of every run, XRM's included [default: 1001, quick 201].
-    #[arg(long)]
+    #[arg(long, value_parser = common::parse_count, allow_hyphen_values = true)]
     pub steps: Option<usize>,
     /// Methods, comma-separated, spelled as for `sweep --method`
     /// [default: erm,group_dro,jtt,xrm_group_dro,mat].
@@ -103,6 +103,7 @@ pub fn config(args: &Args) -> Result<Table1Config> {
         args.methods.clone()
     };
 
+    common::check_seed_range(args.seed, sizes.seeds)?;
     let mut specs: Vec<(String, String)> = Vec::new();
     if !args.no_builtin {
         specs.extend(BUILTINS.iter().map(|(s, l)| (s.to_string(), l.to_string())));
@@ -117,6 +118,23 @@ pub fn config(args: &Args) -> Result<Table1Config> {
             spec.clone()
         };
         specs.push((spec.clone(), label));
+    }
+    // Each data set's column label names its folder under --out: two data sets with one
+    // label would share (and overwrite) a folder and a column.
+    for (i, (spec, label)) in specs.iter().enumerate() {
+        let folder = entry_dir(Path::new(""), label);
+        if let Some((first, _)) = specs[..i]
+            .iter()
+            .find(|(_, l)| entry_dir(Path::new(""), l) == folder)
+        {
+            return Err(Error::arg(
+                "data",
+                format!(
+                    "`{first}` and `{spec}` would share the column and folder `{label}`: \
+                     rename one of the files (the label is the file's stem)"
+                ),
+            ));
+        }
     }
     if specs.is_empty() {
         return Err(Error::arg(

@@ -55,21 +55,21 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub xrm: Option<PathBuf>,
     /// MAT temperature: the held-out logits are divided by tau before the softmax
-    #[arg(long, value_name = "TAU", default_value_t = 0.1)]
+    #[arg(long, value_name = "TAU", default_value_t = 0.1, value_parser = common::parse_positive, allow_hyphen_values = true)]
     pub tau: f32,
     /// GroupDRO step size: q_g ← q_g·exp(eta·loss_g) per batch (group_dro, xrm_group_dro)
-    #[arg(long, value_name = "ETA", default_value_t = 0.01)]
+    #[arg(long, value_name = "ETA", default_value_t = 0.01, value_parser = common::parse_non_negative, allow_hyphen_values = true)]
     pub eta: f32,
     /// JTT: steps of the first (ERM) stage whose training errors get upweighted
     /// [default: round(0.2 × --steps), at least 1]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = common::parse_count, allow_hyphen_values = true)]
     pub jtt_steps: Option<usize>,
     /// JTT: weight of the first stage's training errors in the second stage
-    #[arg(long, value_name = "LAMBDA", default_value_t = 20.0)]
+    #[arg(long, value_name = "LAMBDA", default_value_t = 20.0, value_parser = common::parse_positive, allow_hyphen_values = true)]
     pub jtt_lambda: f32,
     /// Evaluate on validation and test every this many steps (and at the last step)
     /// [default: per data set]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = common::parse_count, allow_hyphen_values = true)]
     pub checkpoint_freq: Option<usize>,
     /// Criterion that selects the checkpoint printed: va_wga (validation worst-group accuracy
     /// with group annotations), va_gi_wga (over XRM-inferred validation groups; needs --xrm),
@@ -264,6 +264,15 @@ pub fn run(args: &Args) -> Result<()> {
         args.run.data_label(&ds),
         args.run.seed
     );
+    if Path::new(&args.run.data).exists() {
+        println!(
+            "run folder label `{}`: the file's stem and a digest of its full path, so that files \
+             with the same name never share a folder",
+            args.run.data_label(&ds)
+        );
+    }
+    // A folder this run creates and that holds nothing when the run fails is removed again.
+    let existed = args.run.out.join(&label).exists();
     let dir = common::run_dir(&args.run.out, &label)?;
     let checkpoints_path = dir.join(CHECKPOINTS_FILE);
     let summary_path = dir.join(SUMMARY_FILE);
@@ -352,6 +361,16 @@ pub fn run(args: &Args) -> Result<()> {
         Err(e) => {
             let n_checkpoints = crate::io::read_jsonl_lenient::<Checkpoint>(&checkpoints_path)
                 .map_or(0, |(cps, _)| cps.len());
+            if !existed && n_checkpoints == 0 {
+                // Nothing to keep: no folder is left that could pass for a run.
+                if std::fs::remove_dir_all(&dir).is_ok() {
+                    eprintln!(
+                        "the run failed before its first checkpoint; removed {}",
+                        dir.display()
+                    );
+                    return Err(e);
+                }
+            }
             crate::io::write_json(
                 &summary_path,
                 &Summary {

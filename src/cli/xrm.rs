@@ -45,7 +45,7 @@ pub struct Args {
     #[arg(long, value_enum)]
     pub loss: Option<LossArg>,
     /// Record the flip rate every this many steps (and at the last step)
-    #[arg(long, value_name = "N", default_value_t = 10)]
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = common::parse_count, allow_hyphen_values = true)]
     pub log_every: usize,
 }
 
