@@ -7,8 +7,9 @@
 //!
 //! Layers, bottom up (`docs/ARCHITECTURE.md` gives a reading order; `tests/layering.rs`
 //! keeps every `crate::` path pointing down):
-//! - [`error`], [`rng`], [`shape`], [`io`], [`progress`]: errors, a seeded generator with a
-//!   documented stream, shapes, atomic file writes, progress events (usable from anywhere);
+//! - [`error`], [`rng`], [`shape`], [`io`], [`buffer`], [`progress`]: errors, a seeded generator
+//!   with a documented stream, shapes, atomic file writes, host f32 buffers (owned, shared or
+//!   mapped from a file), progress events (usable from anywhere);
 //! - [`backend`], [`tensor`]: contiguous f32 tensors on a device, and the primitive kernels
 //!   each backend provides;
 //! - [`autograd`], [`ops`]: the op surface with a backward rule for each op, including the

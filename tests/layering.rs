@@ -1,8 +1,9 @@
 //! The crate's layers point down: cli → repro → recipes → {algo, report} → {eval, nn, optim,
-//! data} → ops → {autograd, tensor} → backend, with the leaf modules (rng, shape, io, progress,
-//! and error below them) usable from anywhere. This test reads `src/` and fails on any `crate::` path that
-//! points up or across, on CPU or CUDA backend internals used outside `backend/`, on a
-//! `Storage::` match outside `backend/` and `tensor.rs`, and on progress bars outside `cli/`.
+//! data} → ops → {autograd, tensor} → backend, with the leaf modules (rng, shape, io, buffer,
+//! progress, and error below them) usable from anywhere. This test reads `src/` and fails on
+//! any `crate::` path that points up or across, on CPU or CUDA backend internals used outside
+//! `backend/`, on a `Storage::` match outside `backend/` and `tensor.rs`, and on progress bars
+//! outside `cli/`.
 
 use std::path::{Path, PathBuf};
 
@@ -11,7 +12,7 @@ use std::path::{Path, PathBuf};
 fn level(module: &str) -> Option<u32> {
     Some(match module {
         "error" => 0,
-        "rng" | "shape" | "io" | "progress" => 1,
+        "rng" | "shape" | "io" | "progress" | "buffer" => 1,
         "backend" => 2,
         "tensor" | "autograd" => 3,
         "ops" => 4,

@@ -2,7 +2,7 @@
 //!
 //! Each folder given is searched recursively for
 //! - `sweep.json` (written by `memaware sweep` and `memaware table1`): the selection is applied
-//!   again to the sweep's recorded `checkpoints.jsonl` files ([`reselect`]), under `--select`
+//!   again to the sweep's recorded `checkpoints.jsonl` files ([`crate::algo::sweep::reselect`]), under `--select`
 //!   or, without it, under the criteria the sweep used; one row per method and criterion;
 //! - run folders holding `checkpoints.jsonl` outside any sweep (`memaware train` writes them
 //!   with a `summary.json`): the selected checkpoint of that single run (one seed, so no

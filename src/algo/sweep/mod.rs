@@ -377,7 +377,7 @@ pub struct XrmRunRecord {
     /// Complete, failed, or (on disk, while it runs) running.
     #[serde(default)]
     pub status: RunStatus,
-    /// The digest of everything that determines the run (see [`resume`]).
+    /// The digest of everything that determines the run (see `sweep/resume.rs`).
     #[serde(default)]
     pub digest: String,
 }
@@ -669,7 +669,7 @@ pub struct RunRecord {
     /// Complete, failed, or (on disk, while it runs) running.
     #[serde(default)]
     pub status: RunStatus,
-    /// The digest of everything that determines the run (see [`resume`]).
+    /// The digest of everything that determines the run (see `sweep/resume.rs`).
     #[serde(default)]
     pub digest: String,
 }
