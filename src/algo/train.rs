@@ -19,7 +19,11 @@
 //! `s + 1` updates as the reference records it, and `train_loss` is the objective on the
 //! step's batch before the update; see [`super::evaluate`] for what it measures.
 //!
-//! Per-step host work is `O(|B|)` (batch indices, labels, GroupDRO's row losses).
+//! Per-step host work is `O(|B|)` (batch indices, labels, GroupDRO's row losses). Memory
+//! traffic per step: a mini-batch is gathered (`|B|·d` values read and written), then read
+//! by the forward pass and again by the weight gradient, or once in all by a linear model
+//! on the CPU, whose layer is fused with the loss. With `TrainConfig::state_dir` the run
+//! saves its state at checkpoints and a killed run continues from it bit for bit.
 
 use std::path::PathBuf;
 use std::time::Instant;
