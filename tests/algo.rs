@@ -46,18 +46,12 @@ fn small_data(seed: u64) -> Dataset {
 }
 
 fn train_cfg(steps: usize, batch_size: usize, lr: f32, checkpoint_freq: usize) -> TrainConfig {
-    TrainConfig {
+    TrainConfig::minibatch(
         steps,
         batch_size,
-        optimizer: OptimizerSpec::plain_sgd(lr),
+        OptimizerSpec::plain_sgd(lr),
         checkpoint_freq,
-        seed: 0,
-        device: Device::Cpu,
-        eval_train: false,
-        eval_valid: true,
-        checkpoints_path: None,
-        state_dir: None,
-    }
+    )
 }
 
 fn xrm_cfg(steps: usize, batch_size: usize, lr: f32, loss: XrmLoss) -> XrmConfig {

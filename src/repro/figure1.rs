@@ -572,16 +572,11 @@ fn run_one(
     let seed = data.seed;
     let spec = ModelSpec::linear_no_bias();
     let train_cfg = |lr: f32, seed: u64| TrainConfig {
-        steps: cfg.epochs,
-        batch_size: usize::MAX,
-        optimizer: OptimizerSpec::plain_sgd(lr),
-        checkpoint_freq: 1,
         seed,
         device: cfg.device.clone(),
         eval_train: true,
         eval_valid: false,
-        checkpoints_path: None,
-        state_dir: None,
+        ..TrainConfig::full_batch(cfg.epochs, OptimizerSpec::plain_sgd(lr), 1)
     };
     let mut tick = |_: &Checkpoint| -> Result<()> {
         progress(Progress::Done(1));

@@ -280,16 +280,9 @@ pub fn estimate(
     let train_one = |m: usize| -> Result<ModelRecord> {
         let rows: Vec<usize> = (0..n).filter(|&i| masks[m][i]).collect();
         let train_cfg = TrainConfig {
-            steps: cfg.steps,
-            batch_size: cfg.batch_size,
-            optimizer: cfg.optimizer.clone(),
-            checkpoint_freq: cfg.steps,
             seed: seeds[m],
             device: device.clone(),
-            eval_train: false,
-            eval_valid: true,
-            checkpoints_path: None,
-            state_dir: None,
+            ..TrainConfig::minibatch(cfg.steps, cfg.batch_size, cfg.optimizer.clone(), cfg.steps)
         };
         let setup = TrainSetup {
             objective: objective.clone(),
