@@ -288,24 +288,18 @@ pub(super) fn run(
                     (32 * grid.0 as usize).min(u(4)),
                 ),
             };
-            let x = readf(p(0), outer * len * inner)?;
+            let x = cpu(p(0), outer * len * inner)?;
             let mut out = readf(p(1), z * outer * inner)?;
             // Slab `zi` reduces its chunk of the axis; column tiles cover `covered` columns.
             let chunk = len.div_ceil(z.max(1));
             for zi in 0..z {
                 let (begin, end) = (len.min(zi * chunk), len.min((zi + 1) * chunk));
-                let part: Vec<f32> = (0..outer)
-                    .flat_map(|o| {
-                        (begin..end)
-                            .flat_map(move |l| (0..inner).map(move |c| (o * len + l) * inner + c))
-                    })
-                    .map(|i| x[i])
-                    .collect();
-                let r = CpuStorage::new(part).reduce(op, outer, end - begin, inner)?;
-                for (i, &v) in r.0.iter().enumerate() {
-                    if i % inner < covered {
-                        out[zi * outer * inner + i] = v;
-                    }
+                let w = (end - begin) * inner;
+                let mut part = CpuStorage::new(vec![0.0; outer * w]);
+                x.copy2d(&mut part, outer, w, len * inner, w, begin * inner, 0)?;
+                let r = part.reduce(op, outer, end - begin, inner)?;
+                for (i, &v) in r.0.iter().enumerate().filter(|(i, _)| i % inner < covered) {
+                    out[zi * outer * inner + i] = v;
                 }
             }
             writef(p(1), &out)
@@ -492,11 +486,8 @@ fn gemm(k: Kernel, grid: (u32, u32, u32), args: Args) -> Result<()> {
     let (p, u, f) = (|i| args.p(i), |i| args.u(i), |i| args.f(i));
     if k == K::SgemmThinFinish {
         let (m, n, z, ldc, alpha, beta) = (u(2), u(3), u(4), u(5), f(6), f(7));
-        let work = readf(p(0), z * m * n)?;
-        let sums: Vec<f32> = (0..m * n)
-            .map(|q| (0..z).map(|zi| work[zi * m * n + q]).sum())
-            .collect();
-        return store_c(p(1), &sums, (m, n, ldc), (m, n), (alpha, beta));
+        let sums = cpu(p(0), z * m * n)?.reduce(ReduceOp::Sum, 1, z, m * n)?;
+        return store_c(p(1), &sums.0, (m, n, ldc), (m, n), (alpha, beta));
     }
     let (m, n, kk, lda, ldb) = (u(3), u(4), u(5), u(6), u(7));
     let (ta, tb, rows, cols) = match k {
@@ -513,46 +504,41 @@ fn gemm(k: Kernel, grid: (u32, u32, u32), args: Args) -> Result<()> {
         K::SgemmThinTa => (true, u(11) != 0, m, if n > 16 { 0 } else { n }),
         _ => (true, u(8) != 0, m, if n > 16 { 0 } else { n }),
     };
-    let ext = |t: bool, r: usize, c: usize, ld: usize| match t {
-        true => super::plan::extent(c, r, ld),
-        false => super::plan::extent(r, c, ld),
-    };
-    let (a, b) = (
-        &readf(p(0), ext(ta, m, kk, lda))?,
-        &readf(p(1), ext(tb, kk, n, ldb))?,
-    );
-    // op(A)[i, l] and op(B)[l, j] over l in `ks`, as dense row-major blocks.
-    let dense_a = |ks: std::ops::Range<usize>| -> CpuStorage {
-        CpuStorage::new(
-            (0..m)
-                .flat_map(|i| {
-                    ks.clone()
-                        .map(move |l| if ta { a[l * lda + i] } else { a[i * lda + l] })
-                })
-                .collect(),
-        )
-    };
-    let dense_b = |ks: std::ops::Range<usize>| -> CpuStorage {
-        CpuStorage::new(
-            ks.flat_map(|l| (0..n).map(move |j| if tb { b[j * ldb + l] } else { b[l * ldb + j] }))
-                .collect(),
-        )
+    // op(A) op(B) over the K range `ks`, from the dense blocks of A and B it reads.
+    let prod = |ks: std::ops::Range<usize>| -> Result<CpuStorage> {
+        let (l, kn) = (ks.start, ks.len());
+        let a = match ta {
+            true => dense(p(0), kn, m, lda, l * lda)?,
+            false => dense(p(0), m, kn, lda, l)?,
+        };
+        let b = match tb {
+            true => dense(p(1), n, kn, ldb, l)?,
+            false => dense(p(1), kn, n, ldb, l * ldb)?,
+        };
+        a.matmul(&b, m, kn, n, ta, tb)
     };
     if k != K::SgemmThinTaPartial {
-        let c = dense_a(0..kk).matmul(&dense_b(0..kk), m, kk, n, false, false)?;
+        let c = prod(0..kk)?;
         return store_c(p(2), &c.0, (m, n, u(8)), (rows, cols), (f(9), f(10)));
     }
     // Split-K: slab `zi` holds the product over its chunk of K.
-    let z = grid.1 as usize;
-    let chunk = kk.div_ceil(z);
+    let (z, chunk) = (grid.1 as usize, kk.div_ceil(grid.1 as usize));
     for zi in 0..z {
-        let (begin, end) = (kk.min(zi * chunk), kk.min((zi + 1) * chunk));
-        let c =
-            dense_a(begin..end).matmul(&dense_b(begin..end), m, end - begin, n, false, false)?;
+        let c = prod(kk.min(zi * chunk)..kk.min((zi + 1) * chunk))?;
         let slab = p(2) + 4 * (zi * m * n) as u64;
         store_c(slab, &c.0, (m, n, n), (rows, cols), (1.0, 0.0))?;
     }
     Ok(())
+}
+
+/// The `rows × cols` block at `off` of a matrix with leading dimension `ld`, made dense.
+fn dense(addr: u64, rows: usize, cols: usize, ld: usize, off: usize) -> Result<CpuStorage> {
+    let mut out = CpuStorage::new(vec![0.0; rows * cols]);
+    if rows * cols > 0 {
+        let src = cpu(addr, off + super::plan::extent(rows, cols, ld))?;
+        src.copy2d(&mut out, rows, cols, ld, cols, off, 0)?;
+    }
+    Ok(out)
 }
 
 /// Writes `α·prod + β·C` (`C` not read when `β == 0`) for the first `rows × cols` of the
