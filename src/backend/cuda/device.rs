@@ -2,7 +2,7 @@
 //!
 //! [`CudaDevice::new`] opens the primary context of a GPU once per process and returns a
 //! cheap handle to it (later calls for the same ordinal share it); [`CudaDevice::emulated`]
-//! is the host emulator (`emulator.rs`) behind the same interface. Every kernel and fill goes
+//! is the host emulator (`emulator/`) behind the same interface. Every kernel and fill goes
 //! to the device's one stream (the legacy default stream) in program order, and host copies
 //! are synchronous on it, so no events are needed to order two uses of a buffer. The PTX
 //! modules are JIT-compiled by the driver the first time one of their kernels runs, and each
