@@ -2,7 +2,7 @@
 //!
 //! [`CudaDevice::new`] opens the primary context of a GPU once per process and returns a
 //! cheap handle to it (later calls for the same ordinal share it); [`CudaDevice::emulated`]
-//! is the host emulator (`emulator.rs`) behind the same interface. Every kernel and fill goes
+//! is the host emulator (`emulator/`) behind the same interface. Every kernel and fill goes
 //! to the device's one stream (the legacy default stream) in program order, and host copies
 //! are synchronous on it, so no events are needed to order two uses of a buffer. The PTX
 //! modules are JIT-compiled by the driver the first time one of their kernels runs, and each
@@ -327,7 +327,14 @@ impl DeviceInner {
             )));
         }
         match (buf, &self.gpu) {
-            (DevBuf::Cuda(a, _), Some(gpu)) => upload(&gpu.ctx, a, data),
+            (DevBuf::Cuda(a, _), Some(gpu)) => {
+                bind(&gpu.ctx)?;
+                // SAFETY: `a` holds at least `data.len()` elements (checked above) of 4 bytes
+                // (`Pooled`); the copy is synchronous (legacy default stream), ordered after
+                // queued kernels, and `data` outlives it.
+                unsafe { cu::memcpy_htod_sync(a.addr(), data) }
+                    .map_err(|e| driver_err("copying host data to the device", e))
+            }
             (DevBuf::Host(..), _) => {
                 let words: Vec<u32> = data.iter().map(|v| v.to_word()).collect();
                 emulator::write(addr, &words)
@@ -358,7 +365,12 @@ impl DeviceInner {
         match (buf, &self.gpu) {
             (DevBuf::Cuda(a, _), Some(gpu)) => {
                 let mut out = vec![T::default(); len];
-                download(&gpu.ctx, a, start, &mut out)?;
+                bind(&gpu.ctx)?;
+                // SAFETY: the range lies inside `a` (checked above) and `out` has room for it;
+                // the copy is synchronous and ordered after every queued kernel on the legacy
+                // stream.
+                unsafe { cu::memcpy_dtoh_sync(&mut out[..], a.addr() + 4 * start as u64) }
+                    .map_err(|e| driver_err("copying device data to the host", e))?;
                 // Surfaces a fault of any kernel queued before the copy.
                 self.synchronize()?;
                 Ok(out)
@@ -545,44 +557,40 @@ impl CudaDevice {
         Ok(s)
     }
 
-    /// Indices on the device; their largest value is recorded for range checks.
-    pub fn index_from_host(&self, data: &[u32]) -> Result<CudaIndex> {
-        let (mut buf, addr) = self.inner.obtain::<u32>(data.len(), false)?;
-        self.inner.upload(data, &mut buf, addr)?;
-        let bound = IndexBound::of(data);
+    fn index(&self, len: usize, uninit: bool, bound: IndexBound) -> Result<CudaIndex> {
+        let (buf, addr) = self.inner.obtain::<u32>(len, uninit)?;
         Ok(CudaIndex {
             buf: Some(buf),
             addr,
-            len: data.len(),
+            len,
             bound,
             dev: self.clone(),
         })
     }
 
+    /// Indices on the device; their largest value is recorded for range checks.
+    pub fn index_from_host(&self, data: &[u32]) -> Result<CudaIndex> {
+        let mut idx = self.index(data.len(), false, IndexBound::of(data))?;
+        let addr = idx.addr;
+        let buf = idx
+            .buf
+            .as_mut()
+            .ok_or_else(|| internal("index without a buffer"))?;
+        self.inner.upload(data, buf, addr)?;
+        Ok(idx)
+    }
+
     /// A u32 output buffer whose elements the caller's kernel writes (poisoned when asked).
     pub(super) fn output_u32(&self, len: usize) -> Result<CudaIndex> {
-        let (buf, addr) = self.inner.obtain::<u32>(len, true)?;
-        Ok(CudaIndex {
-            buf: Some(buf),
-            addr,
-            len,
-            bound: IndexBound::AtMost(u32::MAX),
-            dev: self.clone(),
-        })
+        self.index(len, true, IndexBound::AtMost(u32::MAX))
     }
 
     pub(super) fn zeros_u32(&self, len: usize) -> Result<CudaIndex> {
-        let (buf, addr) = self.inner.obtain::<u32>(len, false)?;
-        let idx = CudaIndex {
-            buf: Some(buf),
-            addr,
-            len,
-            bound: IndexBound::Max {
-                value: 0,
-                position: 0,
-            },
-            dev: self.clone(),
+        let bound = IndexBound::Max {
+            value: 0,
+            position: 0,
         };
+        let idx = self.index(len, false, bound)?;
         memset(&self.inner, idx.region(), 0)?;
         Ok(idx)
     }
@@ -674,49 +682,9 @@ impl Drop for CudaAlloc {
     }
 }
 
-/// Copies host words into the start of `dst`.
-fn upload<T: Copy>(ctx: &CudaContext, dst: &CudaAlloc, data: &[T]) -> Result<()> {
-    if std::mem::size_of::<T>() != 4 || data.len() > dst.len {
-        return Err(Error::Cuda(format!(
-            "internal: uploading {} elements into {}",
-            data.len(),
-            dst.len
-        )));
-    }
-    if data.is_empty() {
-        return Ok(());
-    }
+fn bind(ctx: &CudaContext) -> Result<()> {
     ctx.bind_to_thread()
-        .map_err(|e| driver_err("binding the CUDA context", e))?;
-    // SAFETY: `dst` holds at least `data.len()` 4-byte elements (checked above); the copy is
-    // synchronous (legacy default stream), ordered after queued kernels, and `data` outlives it.
-    unsafe { cu::memcpy_htod_sync(dst.addr, data) }
-        .map_err(|e| driver_err("copying host data to the device", e))
-}
-
-/// Copies elements `start..start + out.len()` of `src` to the host, after queued kernels.
-fn download<T: Copy>(
-    ctx: &CudaContext,
-    src: &CudaAlloc,
-    start: usize,
-    out: &mut [T],
-) -> Result<()> {
-    if std::mem::size_of::<T>() != 4 || start + out.len() > src.len {
-        return Err(Error::Cuda(format!(
-            "internal: reading {start}..{} of {}",
-            start + out.len(),
-            src.len
-        )));
-    }
-    if out.is_empty() {
-        return Ok(());
-    }
-    ctx.bind_to_thread()
-        .map_err(|e| driver_err("binding the CUDA context", e))?;
-    // SAFETY: the range lies inside `src` (checked above) and `out` has room for it; the
-    // copy is synchronous and ordered after every queued kernel on the legacy stream.
-    unsafe { cu::memcpy_dtoh_sync(out, src.addr + 4 * start as u64) }
-        .map_err(|e| driver_err("copying device data to the host", e))
+        .map_err(|e| driver_err("binding the CUDA context", e))
 }
 
 /// Sets `bytes` bytes at `addr` to `byte`.
@@ -727,9 +695,7 @@ fn memset(dev: &DeviceInner, r: Region, byte: u8) -> Result<()> {
     let Some(gpu) = &dev.gpu else {
         return emulator::memset(r.addr, r.len, byte);
     };
-    gpu.ctx
-        .bind_to_thread()
-        .map_err(|e| driver_err("binding the CUDA context", e))?;
+    bind(&gpu.ctx)?;
     // SAFETY: `r` is a live device buffer of `r.len` 4-byte elements owned by the caller;
     // the memset is ordered on the device's only stream.
     unsafe { cu::memset_d8_async(r.addr, byte, 4 * r.len, gpu.stream.cu_stream()) }
@@ -750,9 +716,7 @@ fn copy_dtod(dev: &DeviceInner, src: Region, dst: Region) -> Result<()> {
     let Some(gpu) = &dev.gpu else {
         return emulator::copy(src.addr, dst.addr, src.len);
     };
-    gpu.ctx
-        .bind_to_thread()
-        .map_err(|e| driver_err("binding the CUDA context", e))?;
+    bind(&gpu.ctx)?;
     // SAFETY: both regions are live device buffers of `len` elements owned by the caller,
     // distinct (a `&` and a `&mut` storage), and the copy is ordered on the device's stream.
     unsafe { cu::memcpy_dtod_async(dst.addr, src.addr, 4 * src.len, gpu.stream.cu_stream()) }

@@ -12,7 +12,7 @@
 //! - `xent.rs`: the fused cross-entropy: its kernel-selection table, plan and launch;
 //! - `kernels.rs`: the embedded PTX and the table of kernels with their parameter lists;
 //! - `launch.rs`: every kernel launch, from that table (the other `unsafe` calls);
-//! - `emulator.rs`: the host emulator of the kernels, for running all of this without a GPU.
+//! - `emulator/`: the host emulator of the kernels, for running all of this without a GPU.
 //!
 //! # Memory
 //!

@@ -1,7 +1,7 @@
 //! The fused shifted softmax-cross-entropy on the GPU: which kernel of kernels/xent.cu runs
 //! a shape, with which launch, and the launch itself. The contract (loss, gradient, special
 //! values, bad labels) is the CPU reference's, `backend/cpu/xent.rs`; the host emulator
-//! mirrors the single-pass kernels' thread partition and reduction order (`emulator.rs`).
+//! mirrors the single-pass kernels' thread partition and reduction order (`emulator/xent.rs`).
 //!
 //! # Which kernel for which C
 //!
