@@ -45,7 +45,7 @@ impl Family {
                 activation: Activation::Relu,
                 init: Init::XavierUniform,
             },
-            Family::Features => ModelSpec::Linear { bias: true },
+            Family::Features => ModelSpec::linear(true),
         }
     }
 }
@@ -228,7 +228,7 @@ mod tests {
         ));
         assert_eq!(
             preset_sweep(Family::Interpretable, Sizes::QUICK, 0).model,
-            ModelSpec::Linear { bias: true }
+            ModelSpec::linear(true)
         );
     }
 }

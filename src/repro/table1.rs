@@ -51,6 +51,7 @@ use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
 use crate::eval::selection::{mean_std, Criterion, MeanStd, TableCell};
 use crate::io::{write_json, write_text};
+use crate::nn::Init;
 use crate::progress::ProgressFn;
 use crate::report::table::{markdown_table, ResultsTable};
 
@@ -231,7 +232,18 @@ fn signed_points(m: &MeanStd) -> String {
 
 fn describe_model(m: &ModelSpec) -> String {
     match m {
-        ModelSpec::Linear { bias } => format!("linear{}", if *bias { " + bias" } else { "" }),
+        ModelSpec::Linear { bias, init } => format!(
+            "linear{}{}",
+            if *bias { " + bias" } else { "" },
+            if *init == Init::PyTorchDefault {
+                String::new()
+            } else {
+                format!(" ({init} init)")
+            }
+        ),
+        ModelSpec::Mlp { hidden, init, .. } if hidden.is_empty() => {
+            format!("linear + bias ({init} init)")
+        }
         ModelSpec::Mlp {
             hidden,
             activation,
@@ -511,5 +523,15 @@ mod tests {
             entry_dir(Path::new("o"), "Waterbirds like!"),
             Path::new("o").join("waterbirds-like-")
         );
+    }
+
+    #[test]
+    fn linear_heads_are_described_as_linear() {
+        let d = |m: &str| describe_model(&m.parse().unwrap());
+        assert_eq!(d("linear"), "linear + bias");
+        assert_eq!(d("linear:nobias"), "linear");
+        assert_eq!(d("linear:zeros"), "linear + bias (zeros init)");
+        assert_eq!(d("linear:xavier"), "linear + bias (xavier init)");
+        assert!(d("mlp:4,4").starts_with("MLP 4→4"));
     }
 }

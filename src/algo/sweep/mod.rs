@@ -1372,7 +1372,7 @@ mod tests {
     #[test]
     fn draws_map_to_methods_and_optimizers() {
         let cfg = SweepConfig {
-            model: ModelSpec::Linear { bias: true },
+            model: ModelSpec::linear(true),
             optimizer: OptimizerSpec::Sgd {
                 lr: 0.0,
                 momentum: 0.9,
