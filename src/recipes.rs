@@ -195,8 +195,10 @@ pub fn preset_sweep(family: Family, sizes: Sizes, seed: u64) -> SweepConfig {
             draws: sizes.draws,
             steps: sizes.steps,
             loss: XrmLoss::ClassBalanced,
+            estimator: Default::default(),
         },
         parallelism: Parallelism::default(),
+        step_zero: Default::default(),
         device: Device::Cpu,
     }
 }
