@@ -45,7 +45,7 @@ impl Family {
                 activation: Activation::Relu,
                 init: Init::XavierUniform,
             },
-            Family::Features => ModelSpec::Linear { bias: true },
+            Family::Features => ModelSpec::linear(true),
         }
     }
 }
@@ -195,8 +195,10 @@ pub fn preset_sweep(family: Family, sizes: Sizes, seed: u64) -> SweepConfig {
             draws: sizes.draws,
             steps: sizes.steps,
             loss: XrmLoss::ClassBalanced,
+            estimator: Default::default(),
         },
         parallelism: Parallelism::default(),
+        step_zero: Default::default(),
         device: Device::Cpu,
     }
 }
@@ -228,7 +230,7 @@ mod tests {
         ));
         assert_eq!(
             preset_sweep(Family::Interpretable, Sizes::QUICK, 0).model,
-            ModelSpec::Linear { bias: true }
+            ModelSpec::linear(true)
         );
     }
 }

@@ -411,3 +411,87 @@ fn help_mentions_every_flag() {
         assert!(train_help.contains(method), "train --help lacks {method}");
     }
 }
+
+#[test]
+fn step_zero_keep_lets_step_zero_compete_and_is_recorded() {
+    let out = scratch("stepzero");
+    let run = train("erm", &out, &["--step-zero", "keep"]);
+    assert_ok(&run, "train --step-zero keep");
+    let dir = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.join("summary.json").is_file())
+        .expect("a run folder");
+    let summary = read_json(&dir.join("summary.json"));
+    assert_eq!(summary["step_zero"], Value::from("keep"));
+    let jsonl = std::fs::read_to_string(dir.join("checkpoints.jsonl")).unwrap();
+    let records: Vec<Value> = jsonl
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Every checkpoint, step 0 included, competes; the last one reaching the best wins.
+    let values: Vec<f64> = records
+        .iter()
+        .map(|r| r["va"]["worst_group_acc"].as_f64().unwrap())
+        .collect();
+    let best = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let s = &summary["selected"]["va_wga"];
+    assert_eq!(s["value"].as_f64(), Some(best));
+    let index = s["checkpoint_index"].as_u64().unwrap() as usize;
+    assert!(values[index + 1..].iter().all(|&v| v < best));
+    clean(&out);
+
+    // The default is the official rule, and the summary keeps its earlier shape.
+    let out = scratch("stepzero-default");
+    assert_ok(&train("erm", &out, &[]), "train");
+    let dir = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.join("summary.json").is_file())
+        .expect("a run folder");
+    assert!(read_json(&dir.join("summary.json"))
+        .get("step_zero")
+        .is_none());
+    clean(&out);
+}
+
+#[test]
+fn selection_and_estimator_flags_are_offered_and_checked() {
+    for (cmd, flags) in [
+        ("train", &["--step-zero"][..]),
+        ("sweep", &["--step-zero", "--spread", "--estimator"][..]),
+        ("table1", &["--step-zero", "--spread", "--estimator"][..]),
+        ("report", &["--step-zero", "--spread"][..]),
+    ] {
+        let help = text(&memaware(&[cmd, "--help"]).stdout);
+        for flag in flags {
+            assert!(help.contains(flag), "{cmd} --help lacks {flag}");
+        }
+    }
+    let out = scratch("badflags");
+    let o = path_str(&out);
+    assert_fails(
+        &memaware(&["train", "--data", DATA, "--step-zero", "maybe", "--out", o]),
+        &["maybe"],
+    );
+    assert_fails(
+        &memaware(&[
+            "sweep",
+            "--data",
+            DATA,
+            "--method",
+            "mat",
+            "--estimator",
+            "kfold:1",
+            "--out",
+            o,
+        ]),
+        &["kfold:1"],
+    );
+    assert_fails(
+        &memaware(&["table1", "--quick", "--spread", "wide", "--out", o]),
+        &["wide"],
+    );
+    assert_fails(&memaware(&["report", o, "--spread", "wide"]), &["wide"]);
+    clean(&out);
+}

@@ -1314,7 +1314,7 @@ fn xrm_flips_the_same_labels_on_the_device_as_on_the_cpu() {
         valid: split(40),
         test: split(40),
     };
-    let spec = ModelSpec::Linear { bias: false };
+    let spec = ModelSpec::linear(false);
     for (batch_size, loss) in [(64, XrmLoss::ClassBalanced), (usize::MAX, XrmLoss::Mean)] {
         let cfg = |device: &Device| XrmConfig {
             steps: 12,

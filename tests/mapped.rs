@@ -70,7 +70,7 @@ fn fingerprint(out: &MethodOutcome) -> (String, Vec<Vec<u32>>) {
 
 /// ERM, then XRM and MAT, minibatch SGD with momentum and weight decay.
 fn runs(ds: &Dataset) -> Vec<(String, Vec<Vec<u32>>)> {
-    let spec = ModelSpec::Linear { bias: true };
+    let spec = ModelSpec::linear(true);
     let optimizer = OptimizerSpec::Sgd {
         lr: 0.05,
         momentum: 0.9,

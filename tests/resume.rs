@@ -7,14 +7,14 @@ use std::path::{Path, PathBuf};
 
 use memaware::algo::model::{ModelSpec, OptimizerSpec};
 use memaware::algo::sweep::{
-    run_label, run_sweeps, MethodKind, MethodPlan, RunRecord, RunStatus, CHECKPOINTS_FILE,
-    RUN_FILE, SWEEP_FILE,
+    run_label, run_sweeps, Estimator, MethodKind, MethodPlan, RunRecord, RunStatus,
+    CHECKPOINTS_FILE, RUN_FILE, SWEEP_FILE,
 };
 use memaware::algo::{run_method_with, Method, TrainConfig};
 use memaware::data::batch::Batcher;
 use memaware::data::synthetic::{interpretable, InterpretableConfig};
 use memaware::data::Dataset;
-use memaware::eval::selection::Criterion;
+use memaware::eval::selection::{Criterion, StepZero};
 use memaware::io::{read_json, read_jsonl_lenient, write_json, Digest};
 use memaware::recipes::{preset_sweep, Family, Sizes};
 use memaware::{cli, Error};
@@ -245,5 +245,66 @@ fn a_sweep_rerun_keeps_finished_runs_and_refuses_another_configuration() {
     run_sweeps(&ds, &plans, &other, &out, true, &|_| {}).unwrap();
     let rec: RunRecord = read_json(&run(&run_label(0, 0)).join(RUN_FILE)).unwrap();
     assert_eq!(rec.steps, 31);
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+/// `--estimator kfold:K` runs phase 1 with K-fold cross-fitting: its outputs are saved and
+/// loaded like XRM's, a rerun keeps them, and the estimator (like the step-0 rule) is part
+/// of the configuration a rerun must match.
+#[test]
+fn a_kfold_sweep_resumes_and_its_estimator_is_in_the_digest() {
+    let ds = data();
+    let out = temp_dir("kfold");
+    let mut cfg = preset_sweep(
+        Family::Features,
+        Sizes {
+            steps: 20,
+            draws: 2,
+            seeds: 2,
+        },
+        0,
+    );
+    cfg.checkpoint_freq = 10;
+    cfg.space.lr_log10 = (-3.0, -1.0);
+    cfg.xrm.estimator = "kfold:3".parse().unwrap();
+    assert_eq!(cfg.xrm.estimator, Estimator::Kfold { folds: 3 });
+    assert_eq!(cfg.xrm.estimator.to_string(), "kfold:3");
+    let plans = vec![MethodPlan {
+        kind: MethodKind::Mat,
+        criteria: vec![Criterion::VaWga, Criterion::VaGiWga],
+    }];
+    let set = run_sweeps(&ds, &plans, &cfg, &out, false, &|_| {}).unwrap();
+    let phase = set.xrm.as_ref().expect("MAT needs phase 1");
+    assert_eq!(phase.outputs.len(), 2);
+    let manifest = std::fs::read_to_string(out.join("manifest.json")).unwrap();
+    assert!(manifest.contains("kfold"), "{manifest}");
+    let reference = sweep_files(&out);
+
+    // A rerun loads every phase-1 output and run instead of training them again.
+    let xrm_run = out.join("xrm").join(run_label(0, 0));
+    let before = std::fs::metadata(xrm_run.join(RUN_FILE))
+        .unwrap()
+        .modified()
+        .unwrap();
+    run_sweeps(&ds, &plans, &cfg, &out, false, &|_| {}).unwrap();
+    assert_eq!(sweep_files(&out), reference);
+    let after = std::fs::metadata(xrm_run.join(RUN_FILE))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(before, after, "the finished phase-1 run is kept");
+
+    // Another estimator, or another step-0 rule, is another configuration.
+    let mut xrm = cfg.clone();
+    xrm.xrm.estimator = Estimator::Xrm;
+    let err = run_sweeps(&ds, &plans, &xrm, &out, false, &|_| {}).unwrap_err();
+    assert!(err.to_string().contains("estimator"), "{err}");
+    let mut keep = cfg.clone();
+    keep.step_zero = StepZero::Keep;
+    let err = run_sweeps(&ds, &plans, &keep, &out, false, &|_| {}).unwrap_err();
+    assert!(err.to_string().contains("step_zero"), "{err}");
+    for bad in ["kfold", "kfold:1", "kfold:x", "xrm:2", "cv:3"] {
+        assert!(bad.parse::<Estimator>().is_err(), "{bad}");
+    }
     std::fs::remove_dir_all(&out).unwrap();
 }

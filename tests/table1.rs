@@ -12,7 +12,9 @@ use memaware::data::synthetic::{
     interpretable, waterbirds_like, InterpretableConfig, WaterbirdsLikeConfig,
 };
 use memaware::data::{Dataset, Split};
-use memaware::eval::selection::{select_checkpoint, Checkpoint, Criterion};
+use memaware::eval::selection::{
+    select_checkpoint, select_checkpoint_with, Checkpoint, Criterion, Spread, StepZero,
+};
 use memaware::io::read_jsonl;
 use memaware::recipes::{preset_sweep, Family, Sizes};
 use memaware::repro::table1::{
@@ -212,6 +214,32 @@ fn sweep_selects_per_checkpoint_per_draw_and_reruns_the_winner() {
         assert_eq!(entry.cell.wga.n, sel.seeds.len());
     }
 
+    // `report --spread population` prints the population std of the same cells;
+    // `--step-zero keep` lets step-0 checkpoints compete.
+    let options = cli::report::ReportOptions {
+        include_incomplete: false,
+        step_zero: Some(StepZero::Keep),
+        spread: Spread::Population,
+    };
+    let criteria = [Criterion::VaWga, Criterion::VaGiWga];
+    let pop =
+        cli::report::build_report_with(std::slice::from_ref(&out), &criteria, &options).unwrap();
+    assert_eq!(pop.spread, Spread::Population);
+    assert!(pop.to_markdown().contains("mean ± population std"));
+    for entry in &pop.entries {
+        let sel = entry.selection.as_ref().unwrap();
+        let n = sel.cell.wga.n as f64;
+        let expected = sel.cell.wga.std * ((n - 1.0) / n).sqrt();
+        assert!((entry.cell.wga.std - expected).abs() < 1e-12);
+        assert_eq!(entry.cell.wga.mean, sel.cell.wga.mean);
+        let method_dir = entry.source.parent().unwrap();
+        for sc in &sel.seeds {
+            let cps = checkpoints_of(method_dir, &sc.run);
+            let (i, v) = select_checkpoint_with(&cps, sel.criterion, StepZero::Keep).unwrap();
+            assert_eq!((sc.index, sc.value), (i, v));
+        }
+    }
+
     // A stand-alone run folder (as `memaware train` writes): its own row, one seed.
     let single = out.join("single").join("mat-run");
     std::fs::create_dir_all(&single).unwrap();
@@ -260,6 +288,7 @@ fn tiny_table(out: &Path, seed: u64, parallelism: Parallelism) -> Table1Config {
         methods: MethodKind::TABLE1.to_vec(),
         out: out.to_path_buf(),
         overwrite: false,
+        spread: Default::default(),
     }
 }
 

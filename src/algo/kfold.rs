@@ -355,7 +355,7 @@ mod tests {
     fn every_logit_comes_from_a_model_that_never_saw_the_example() {
         let ds = data(0);
         let cfg = config(4);
-        let out = run_kfold(&ds, &ModelSpec::Linear { bias: true }, &cfg).unwrap();
+        let out = run_kfold(&ds, &ModelSpec::linear(true), &cfg).unwrap();
         out.check_matches(&ds).unwrap();
         assert!(out.assignment.iter().all(|&f| (f as usize) < 4));
         // Move one training example far away: the held-out logits of the other rows of its
@@ -366,7 +366,7 @@ mod tests {
         for v in &mut moved.train.x[j * ds.train.d..(j + 1) * ds.train.d] {
             *v = 50.0;
         }
-        let again = run_kfold(&moved, &ModelSpec::Linear { bias: true }, &cfg).unwrap();
+        let again = run_kfold(&moved, &ModelSpec::linear(true), &cfg).unwrap();
         assert_eq!(again.assignment, out.assignment);
         let k = ds.classes;
         let row = |o: &XrmOutput, i: usize| o.heldout_logits[i * k..(i + 1) * k].to_vec();
@@ -381,7 +381,7 @@ mod tests {
         }
         assert!(same > 0 && changed > 0, "{same} {changed}");
         // The same seed gives the same bits.
-        let twice = run_kfold(&ds, &ModelSpec::Linear { bias: true }, &cfg).unwrap();
+        let twice = run_kfold(&ds, &ModelSpec::linear(true), &cfg).unwrap();
         assert_eq!(twice.heldout_logits, out.heldout_logits);
         assert_eq!(twice.inferred_va, out.inferred_va);
     }
@@ -396,7 +396,7 @@ mod tests {
             optimizer: OptimizerSpec::plain_sgd(0.01),
             ..config(2)
         };
-        let out = run_kfold(&ds, &ModelSpec::Linear { bias: true }, &cfg).unwrap();
+        let out = run_kfold(&ds, &ModelSpec::linear(true), &cfg).unwrap();
         // Training bits are the held-out errors; the rate is what `final_flip_rate` reports.
         let k = ds.classes;
         for i in 0..ds.train.n {
@@ -438,7 +438,7 @@ mod tests {
     #[test]
     fn bad_configs_are_named_errors() {
         let ds = data(0);
-        let spec = ModelSpec::Linear { bias: true };
+        let spec = ModelSpec::linear(true);
         for (cfg, name) in [
             (
                 KfoldConfig {

@@ -1,19 +1,20 @@
 //! What to train and how: serializable descriptions of a classifier ([`ModelSpec`]) and of its
 //! optimizer ([`OptimizerSpec`]), each with a `build` that makes the real thing.
 //!
-//! - `Linear { bias }`: `f(x) = x · Wᵀ (+ b)`, `W` of shape `K × d`, PyTorch's `nn.Linear`
-//!   default initialization `W, b ~ U(-1/√d, 1/√d)` (the Figure-1 model is
-//!   `Linear { bias: false }` with `d = 1800`, `K = 2`).
+//! - `Linear { bias, init }`: `f(x) = x · Wᵀ (+ b)`, `W` of shape `K × d`; by default
+//!   PyTorch's `nn.Linear` initialization `W, b ~ U(-1/√d, 1/√d)` (the Figure-1 model is
+//!   `linear:nobias` with `d = 1800`, `K = 2`).
 //! - `Mlp { hidden, activation, init }`: `d → hidden[0] → … → K` with biases, `activation`
 //!   between layers, weights drawn per `init`: `pytorch` (`U(-1/√fan_in, 1/√fan_in)` for
 //!   weights and biases) or `xavier` (`U(-√(6/(fan_in+fan_out)), +…)`, zero biases).
 //!
 //! - `linear:zeros` (also `linear:xavier`): one layer `d → K` with bias and the named
-//!   initialization (`linear:pytorch` is `linear`). `linear:zeros` is the official Waterbirds head, whose weight and
-//!   bias are multiplied by 0 after creation so that both XRM twins start identical. It is
-//!   held as `Mlp { hidden: [], activation: relu, init }` (an MLP without hidden layers is one
-//!   linear layer; its activation plays no part) and builds a plain [`Linear`], so it takes the
-//!   fused linear paths; the existing `Linear { bias }` keeps its spelling and its JSON.
+//!   initialization (`linear:pytorch` is `linear`). `linear:zeros` is the official Waterbirds
+//!   head, whose weight and bias are multiplied by 0 after creation so that both XRM twins
+//!   start identical. It is `Linear { bias: true, init }`; files leave `init` out when it is
+//!   PyTorch's default, so `linear` and `linear:nobias` serialize as they always have. An
+//!   `Mlp` without hidden layers (how earlier files spelled `linear:INIT`) still reads and
+//!   builds as the same one layer.
 //!
 //! Each spec reads and prints as on the command line (`FromStr`/`Display`): `linear`,
 //! `linear:nobias`, `linear:zeros`, `mlp:390,390:relu:xavier`; `sgd lr 0.01 momentum 0.9 weight
@@ -45,18 +46,35 @@ as the official Waterbirds head; also `linear:xavier`), or `mlp:W1,W2,…[:relu|
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ModelSpec {
-    /// One linear layer `d → K`, PyTorch default initialization.
-    Linear { bias: bool },
+    /// One linear layer `d → K`; `init` is PyTorch's default unless spelled `linear:INIT`
+    /// (then with bias). Files omit `init` when it is the default.
+    Linear {
+        bias: bool,
+        #[serde(
+            default = "pytorch_default",
+            skip_serializing_if = "is_pytorch_default",
+            with = "by_name"
+        )]
+        init: Init,
+    },
     /// A multilayer perceptron `d → hidden… → K` with biases.
     Mlp {
-        /// Widths of the hidden layers. May be empty: then it is one linear layer with bias
-        /// and the given `init` (spelled `linear:INIT`, built as a [`Linear`]).
+        /// Widths of the hidden layers. Empty only in earlier files (`linear:INIT` is now
+        /// [`ModelSpec::Linear`]): then it is one linear layer with bias and the given `init`.
         hidden: Vec<usize>,
         #[serde(with = "by_name")]
         activation: Activation,
         #[serde(with = "by_name")]
         init: Init,
     },
+}
+
+fn pytorch_default() -> Init {
+    Init::PyTorchDefault
+}
+
+fn is_pytorch_default(init: &Init) -> bool {
+    *init == Init::PyTorchDefault
 }
 
 const ACTIVATIONS: [(Activation, &str); 4] = [
@@ -140,17 +158,21 @@ mod by_name {
 impl ModelSpec {
     /// The Figure-1 model: linear, no bias.
     pub fn linear_no_bias() -> Self {
-        ModelSpec::Linear { bias: false }
+        ModelSpec::linear(false)
+    }
+
+    /// One linear layer, PyTorch's default initialization (`linear`, `linear:nobias`).
+    pub fn linear(bias: bool) -> Self {
+        ModelSpec::Linear {
+            bias,
+            init: Init::PyTorchDefault,
+        }
     }
 
     /// One linear layer with bias and initialization `init` (`linear:INIT`); `zeros` is the
     /// official zero-initialised Waterbirds head.
     pub fn linear_with_init(init: Init) -> Self {
-        ModelSpec::Mlp {
-            hidden: Vec::new(),
-            activation: Activation::Relu,
-            init,
-        }
+        ModelSpec::Linear { bias: true, init }
     }
 
     /// A model `d_in → classes` with parameters drawn from `rng` (layer by layer, weight then
@@ -171,13 +193,8 @@ impl ModelSpec {
             ));
         }
         match self {
-            ModelSpec::Linear { bias } => Ok(Box::new(Linear::new(
-                d_in,
-                classes,
-                *bias,
-                Init::PyTorchDefault,
-                rng,
-                device,
+            ModelSpec::Linear { bias, init } => Ok(Box::new(Linear::new(
+                d_in, classes, *bias, *init, rng, device,
             )?)),
             ModelSpec::Mlp { hidden, init, .. } if hidden.is_empty() => Ok(Box::new(Linear::new(
                 d_in, classes, true, *init, rng, device,
@@ -214,9 +231,13 @@ impl fmt::Display for ModelSpec {
     /// The `--model` spelling: `spec.to_string().parse() == Ok(spec)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ModelSpec::Linear { bias: true } => f.write_str("linear"),
-            ModelSpec::Linear { bias: false } => f.write_str("linear:nobias"),
-            // The activation of a layer-less MLP plays no part and is not printed.
+            ModelSpec::Linear {
+                bias,
+                init: Init::PyTorchDefault,
+            } => f.write_str(if *bias { "linear" } else { "linear:nobias" }),
+            ModelSpec::Linear { bias: true, init } => write!(f, "linear:{init}"),
+            ModelSpec::Linear { bias: false, init } => write!(f, "linear:nobias:{init}"),
+            // A layer-less MLP from an earlier file: its activation plays no part.
             ModelSpec::Mlp { hidden, init, .. } if hidden.is_empty() => write!(f, "linear:{init}"),
             ModelSpec::Mlp {
                 hidden,
@@ -263,7 +284,7 @@ impl FromStr for ModelSpec {
                     }
                 }
                 match (bias.unwrap_or(true), init) {
-                    (bias, None | Some(Init::PyTorchDefault)) => Ok(ModelSpec::Linear { bias }),
+                    (bias, None | Some(Init::PyTorchDefault)) => Ok(ModelSpec::linear(bias)),
                     (true, Some(init)) => Ok(ModelSpec::linear_with_init(init)),
                     (false, Some(init)) => Err(bad(format!(
                         "`linear:nobias` takes PyTorch's default initialization only; \
@@ -544,7 +565,7 @@ mod tests {
     #[test]
     fn linear_uses_the_pytorch_bound_and_mlp_has_the_right_widths() {
         let dev = Device::Cpu;
-        let m = ModelSpec::Linear { bias: true }
+        let m = ModelSpec::linear(true)
             .build(100, 3, &mut Rng::new(0), &dev)
             .unwrap();
         let params = m.named_parameters();
@@ -605,7 +626,7 @@ mod tests {
     fn model_specs_parse_and_print_back() {
         assert_eq!(
             "linear".parse::<ModelSpec>().unwrap(),
-            ModelSpec::Linear { bias: true }
+            ModelSpec::linear(true)
         );
         assert_eq!(
             "linear:nobias".parse::<ModelSpec>().unwrap(),
@@ -621,11 +642,7 @@ mod tests {
             }
         );
         assert_eq!(mlp.to_string(), "mlp:390,390:relu:xavier");
-        for m in [
-            ModelSpec::Linear { bias: true },
-            ModelSpec::linear_no_bias(),
-            mlp,
-        ] {
+        for m in [ModelSpec::linear(true), ModelSpec::linear_no_bias(), mlp] {
             assert_eq!(m.to_string().parse::<ModelSpec>().unwrap(), m);
         }
         for bad in [
@@ -658,20 +675,21 @@ mod tests {
         assert_eq!("linear:bias:zeros".parse::<ModelSpec>().unwrap(), zeros);
         assert_eq!("linear:zeros:bias".parse::<ModelSpec>().unwrap(), zeros);
         let xavier: ModelSpec = "linear:xavier".parse().unwrap();
+        assert_eq!(xavier, ModelSpec::linear_with_init(Init::XavierUniform));
         assert_eq!(xavier.to_string(), "linear:xavier");
-        for m in [zeros.clone(), xavier] {
+        for m in [zeros.clone(), xavier.clone()] {
             assert_eq!(m.to_string().parse::<ModelSpec>().unwrap(), m);
         }
         // PyTorch's default is the existing spec, spelled and serialized as before.
         for (text, spec) in [
-            ("linear:pytorch", ModelSpec::Linear { bias: true }),
-            ("linear:bias:pytorch", ModelSpec::Linear { bias: true }),
+            ("linear:pytorch", ModelSpec::linear(true)),
+            ("linear:bias:pytorch", ModelSpec::linear(true)),
             ("linear:nobias:pytorch", ModelSpec::linear_no_bias()),
         ] {
             assert_eq!(text.parse::<ModelSpec>().unwrap(), spec, "{text}");
         }
         assert_eq!(
-            serde_json::to_string(&ModelSpec::Linear { bias: true }).unwrap(),
+            serde_json::to_string(&ModelSpec::linear(true)).unwrap(),
             r#"{"linear":{"bias":true}}"#
         );
         assert_eq!(
@@ -679,11 +697,25 @@ mod tests {
             r#"{"linear":{"bias":false}}"#
         );
         let json = serde_json::to_string(&zeros).unwrap();
-        assert_eq!(
-            json,
-            r#"{"mlp":{"hidden":[],"activation":"relu","init":"zeros"}}"#
-        );
+        assert_eq!(json, r#"{"linear":{"bias":true,"init":"zeros"}}"#);
         assert_eq!(serde_json::from_str::<ModelSpec>(&json).unwrap(), zeros);
+        assert_eq!(
+            serde_json::to_string(&xavier).unwrap(),
+            r#"{"linear":{"bias":true,"init":"xavier"}}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<ModelSpec>(r#"{"linear":{"bias":true,"init":"pytorch"}}"#)
+                .unwrap(),
+            ModelSpec::linear(true)
+        );
+        // An earlier file's layer-less MLP reads, prints and builds as the same head.
+        let old: ModelSpec =
+            serde_json::from_str(r#"{"mlp":{"hidden":[],"activation":"relu","init":"zeros"}}"#)
+                .unwrap();
+        assert_eq!(old.to_string(), "linear:zeros");
+        assert_eq!(old.to_string().parse::<ModelSpec>().unwrap(), zeros);
+        let built = old.build(6, 3, &mut Rng::new(0), &Device::Cpu).unwrap();
+        assert!(built.as_linear().is_some());
         for bad in [
             "linear:nobias:zeros",
             "linear:zeros:xavier",

@@ -691,7 +691,8 @@ impl XrmOutput {
                 format!("non-finite value at row {}, class {}", i / k, i % k),
             ));
         }
-        let assignment: Vec<u8> = bits("assignment", n)?.iter().map(|&b| b as u8).collect();
+        // XRM's twins are 0 and 1; a K-fold output stores each example's fold (0..K).
+        let assignment: Vec<u8> = view("assignment", Dtype::U8, &[n])?;
         let y_dyn = labels("y_dyn", n, k)?;
         for (name, stored, actual) in [
             ("y_tr", labels("y_tr", n, k)?, &ds.train.y),

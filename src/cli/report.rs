@@ -20,12 +20,14 @@ use serde::{Deserialize, Serialize};
 
 use super::train::SUMMARY_FILE;
 use crate::algo::sweep::{
-    reselect_recorded, MethodKind, RunRecord, RunStatus, Selection, SweepOutcome, CHECKPOINTS_FILE,
-    RUN_FILE, SWEEP_FILE,
+    reselect_recorded_with, MethodKind, RunRecord, RunStatus, Selection, SweepOutcome,
+    CHECKPOINTS_FILE, RUN_FILE, SWEEP_FILE,
 };
 use crate::algo::xrm::XRM_JSON_FILE;
 use crate::error::{Error, Result};
-use crate::eval::selection::{select_checkpoint, Checkpoint, Criterion, TableCell};
+use crate::eval::selection::{
+    select_checkpoint_with, Checkpoint, Criterion, Spread, StepZero, TableCell,
+};
 use crate::io::{read_json, read_jsonl_lenient, write_json, write_text};
 use crate::report::table::ResultsTable;
 
@@ -46,6 +48,23 @@ pub struct Args {
     /// checkpoints that read back (they are still listed). Failed runs stay out.
     #[arg(long)]
     pub include_incomplete: bool,
+    /// Whether a step-0 checkpoint may be selected: `drop` (the official rule) or `keep`
+    /// [default: the rule each sweep ran with; drop for single runs].
+    #[arg(long, value_name = "RULE")]
+    pub step_zero: Option<StepZero>,
+    /// The ± of the table: `sample` std (n − 1) or `population` std (n, as the official
+    /// tables).
+    #[arg(long, value_name = "STD", default_value = "sample")]
+    pub spread: Spread,
+}
+
+/// How [`build_report_with`] selects and summarises.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReportOptions {
+    pub include_incomplete: bool,
+    /// The step-0 rule; `None`: each sweep's own, [`StepZero::Drop`] for single runs.
+    pub step_zero: Option<StepZero>,
+    pub spread: Spread,
 }
 
 /// One row × column entry of the report and where it came from.
@@ -73,6 +92,13 @@ pub struct Report {
     pub excluded: Vec<Excluded>,
     /// Files and lines that could not be read.
     pub damaged: Vec<Damaged>,
+    /// The spread of the table's cells (left out of files when it is the sample std).
+    #[serde(default, skip_serializing_if = "is_sample")]
+    pub spread: Spread,
+}
+
+fn is_sample(s: &Spread) -> bool {
+    *s == Spread::Sample
 }
 
 /// A run that is not complete.
@@ -98,9 +124,10 @@ impl Report {
     /// The table and its notes in Markdown.
     pub fn to_markdown(&self) -> String {
         let mut md = self.table.to_markdown();
-        md.push_str(
-            "\nTest accuracy (%), mean ± sample std over seeds; Avg is the plain test accuracy.\n",
-        );
+        md.push_str(&format!(
+            "\nTest accuracy (%), mean ± {} std over seeds; Avg is the plain test accuracy.\n",
+            self.spread
+        ));
         if !self.notes.is_empty() {
             md.push_str("\nNotes:\n");
             for n in &self.notes {
@@ -324,6 +351,21 @@ pub fn build_report(
     criteria: &[Criterion],
     include_incomplete: bool,
 ) -> Result<Report> {
+    let options = ReportOptions {
+        include_incomplete,
+        ..ReportOptions::default()
+    };
+    build_report_with(dirs, criteria, &options)
+}
+
+/// [`build_report`] with a step-0 rule and a spread.
+pub fn build_report_with(
+    dirs: &[PathBuf],
+    criteria: &[Criterion],
+    options: &ReportOptions,
+) -> Result<Report> {
+    let include_incomplete = options.include_incomplete;
+    let spread = options.spread;
     let mut found = Found::default();
     for d in dirs {
         if !d.is_dir() {
@@ -358,7 +400,9 @@ pub fn build_report(
         } else {
             criteria.to_vec()
         };
-        let (selections, issues) = reselect_recorded(sweep, sweep_dir, &wanted, include_incomplete);
+        let step_zero = options.step_zero.unwrap_or(sweep.config.step_zero);
+        let (selections, issues) =
+            reselect_recorded_with(sweep, sweep_dir, &wanted, include_incomplete, step_zero);
         for issue in issues {
             if issue.problem.starts_with("damaged") || issue.line.is_some() {
                 damaged.push(Damaged {
@@ -394,13 +438,18 @@ pub fn build_report(
                     sel.criterion
                 ));
             }
-            grid.put(&sweep.dataset, row.clone(), sel.cell.clone(), path);
+            grid.put(
+                &sweep.dataset,
+                row.clone(),
+                sel.cell.with_spread(spread),
+                path,
+            );
             entries.push(ReportEntry {
                 source: path.clone(),
                 dataset: sweep.dataset.clone(),
                 row,
                 criterion: sel.criterion,
-                cell: sel.cell.clone(),
+                cell: sel.cell.with_spread(spread),
                 selection: Some(sel),
             });
         }
@@ -464,7 +513,7 @@ pub fn build_report(
             criteria.to_vec()
         };
         for c in wanted {
-            match select_checkpoint(&cps, c) {
+            match select_checkpoint_with(&cps, c, options.step_zero.unwrap_or_default()) {
                 Ok((i, _)) => {
                     let cell = TableCell::from_seeds(std::slice::from_ref(&cps[i].te))?;
                     let row = format!("{} ({c}) [{folder}]", info.method);
@@ -492,6 +541,7 @@ pub fn build_report(
         notes,
         excluded,
         damaged,
+        spread,
     })
 }
 
@@ -501,7 +551,12 @@ pub fn run(args: &Args) -> Result<()> {
         .iter()
         .map(|c| c.parse())
         .collect::<Result<_>>()?;
-    let report = build_report(&args.dirs, &criteria, args.include_incomplete)?;
+    let options = ReportOptions {
+        include_incomplete: args.include_incomplete,
+        step_zero: args.step_zero,
+        spread: args.spread,
+    };
+    let report = build_report_with(&args.dirs, &criteria, &options)?;
     let out = match &args.out {
         Some(o) => o.clone(),
         None => args

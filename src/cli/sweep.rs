@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 
 use super::common::{self, load_dataset, parse_device, with_progress_bar, DATA_HELP};
 use crate::algo::model::{ModelSpec, MODEL_HELP};
-use crate::algo::sweep::{run_sweeps, MethodKind, MethodPlan, Parallelism};
+use crate::algo::sweep::{run_sweeps, Estimator, MethodKind, MethodPlan, Parallelism};
 use crate::error::{Error, Result};
-use crate::eval::selection::Criterion;
+use crate::eval::selection::{Criterion, Spread, StepZero};
 use crate::recipes::{preset_sweep, Family, Sizes};
 use crate::report::table::ResultsTable;
 use crate::repro::table1::{entry_dir, row_label};
@@ -73,6 +73,17 @@ pub struct Args {
     /// runs the rest, and another configuration is an error.
     #[arg(long)]
     pub overwrite: bool,
+    /// Whether a step-0 checkpoint may be selected: `drop` (the official rule) or `keep`.
+    #[arg(long, value_name = "RULE", default_value = "drop")]
+    pub step_zero: StepZero,
+    /// The ± of the printed tables: `sample` std (n − 1) or `population` std (n, as the
+    /// official tables).
+    #[arg(long, value_name = "STD", default_value = "sample")]
+    pub spread: Spread,
+    /// Phase-1 group estimator: `xrm` (cross-risk minimization) or `kfold:K` (K-fold
+    /// held-out predictions, with XRM's draw of steps, batch, optimizer and seed).
+    #[arg(long, value_name = "EST", default_value = "xrm")]
+    pub estimator: Estimator,
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -115,6 +126,8 @@ pub fn run(args: &Args) -> Result<()> {
         .as_deref()
         .unwrap_or("runs")
         .parse::<Parallelism>()?;
+    cfg.step_zero = args.step_zero;
+    cfg.xrm.estimator = args.estimator;
     cfg.device = parse_device(args.device.as_deref().unwrap_or("cpu"))?;
     let plans: Vec<MethodPlan> = kinds
         .iter()
@@ -145,7 +158,10 @@ pub fn run(args: &Args) -> Result<()> {
     for &c in &criteria {
         for s in &set.sweeps {
             if let Some(sel) = s.selection(c) {
-                table.push_row(row_label(s.method, c), vec![Some(sel.cell.clone())])?;
+                table.push_row(
+                    row_label(s.method, c),
+                    vec![Some(sel.cell.with_spread(args.spread))],
+                )?;
                 let seeds: Vec<String> = sel.seeds.iter().map(|s| s.seed.to_string()).collect();
                 notes.push_str(&format!(
                     "- {}: draw {} (lr {:.2e}, batch {}, weight decay {:.2e}, tau {}, eta {:.2e}), \
@@ -163,9 +179,10 @@ pub fn run(args: &Args) -> Result<()> {
         }
     }
     let md = format!(
-        "{}\nTest accuracy (%), mean ± sample std over seeds; Avg is the plain test accuracy.\n\n\
+        "{}\nTest accuracy (%), mean ± {} std over seeds; Avg is the plain test accuracy.\n\n\
          Winning draws:\n{notes}",
-        table.to_markdown()
+        table.to_markdown(),
+        args.spread
     );
     crate::io::write_text(&dir.join("sweep.md"), &md)?;
     println!("{md}");

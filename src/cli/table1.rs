@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::common::{self, load_dataset, parse_device, with_progress_bar, DATA_HELP};
-use crate::algo::sweep::{MethodKind, Parallelism};
+use crate::algo::sweep::{Estimator, MethodKind, Parallelism};
 use crate::data::features::load_features;
 use crate::error::{Error, Result};
+use crate::eval::selection::{Spread, StepZero};
 use crate::recipes::{preset_sweep, Family, Sizes};
 use crate::repro::table1::{
     entry_dir, margin_lines, run_table1, Table1Config, Table1Entry, TABLE_JSON, TABLE_MD,
@@ -71,6 +72,17 @@ pub struct Args {
     /// rest, and another configuration is an error.
     #[arg(long)]
     pub overwrite: bool,
+    /// Whether a step-0 checkpoint may be selected: `drop` (the official rule) or `keep`.
+    #[arg(long, value_name = "RULE", default_value = "drop")]
+    pub step_zero: StepZero,
+    /// The ± of the printed tables: `sample` std (n − 1) or `population` std (n, as the
+    /// official tables).
+    #[arg(long, value_name = "STD", default_value = "sample")]
+    pub spread: Spread,
+    /// Phase-1 group estimator: `xrm` (cross-risk minimization) or `kfold:K` (K-fold
+    /// held-out predictions, with XRM's draw of steps, batch, optimizer and seed).
+    #[arg(long, value_name = "EST", default_value = "xrm")]
+    pub estimator: Estimator,
 }
 
 /// Load average of the last minute, when the system tells it (Linux).
@@ -156,6 +168,8 @@ pub fn config(args: &Args) -> Result<Table1Config> {
         let mut sweep = preset_sweep(Family::of(&dataset), sizes, args.seed);
         sweep.parallelism = parallelism;
         sweep.device = device.clone();
+        sweep.step_zero = args.step_zero;
+        sweep.xrm.estimator = args.estimator;
         entries.push(Table1Entry {
             label,
             dataset,
@@ -170,6 +184,7 @@ pub fn config(args: &Args) -> Result<Table1Config> {
             .clone()
             .unwrap_or_else(|| PathBuf::from("results/table1")),
         overwrite: args.overwrite,
+        spread: args.spread,
     })
 }
 

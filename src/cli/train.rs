@@ -26,7 +26,7 @@ use crate::algo::{run_method_with, Method, MethodOutcome, TrainConfig};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::eval::metrics::SplitMetrics;
-use crate::eval::selection::{select_checkpoint, Checkpoint, Criterion};
+use crate::eval::selection::{select_checkpoint_with, Checkpoint, Criterion, StepZero};
 use crate::recipes::DEFAULTS_HELP;
 
 const SUMMARY_FORMAT: &str = "memaware-train-v1";
@@ -80,6 +80,9 @@ pub struct Args {
     /// Also evaluate on the training set at each checkpoint (recorded as `tr`)
     #[arg(long)]
     pub eval_train: bool,
+    /// Whether the step-0 checkpoint may be selected: `drop` (the official rule) or `keep`.
+    #[arg(long, value_name = "RULE", default_value = "drop")]
+    pub step_zero: StepZero,
 }
 
 impl Default for Args {
@@ -95,6 +98,7 @@ impl Default for Args {
             checkpoint_freq: None,
             select: "va_wga".into(),
             eval_train: false,
+            step_zero: StepZero::Drop,
         }
     }
 }
@@ -192,6 +196,10 @@ struct Selected {
     checkpoint: Checkpoint,
 }
 
+fn is_drop(z: &StepZero) -> bool {
+    *z == StepZero::Drop
+}
+
 /// `summary.json`.
 #[derive(Serialize)]
 struct Summary<'a> {
@@ -208,6 +216,9 @@ struct Summary<'a> {
     steps_per_s: Option<f64>,
     /// Criterion name → selected checkpoint.
     selected: BTreeMap<&'static str, Selected>,
+    /// The step-0 rule of `selected` (left out when it is the official `drop`).
+    #[serde(skip_serializing_if = "is_drop")]
+    step_zero: StepZero,
     /// JTT: how many training examples the first stage misclassified.
     jtt_error_count: Option<usize>,
     /// SUBG: how many training examples the subsample kept.
@@ -314,6 +325,7 @@ pub fn run(args: &Args) -> Result<()> {
             final_train_loss: None,
             steps_per_s: None,
             selected: BTreeMap::new(),
+            step_zero: args.step_zero,
             jtt_error_count: None,
             subg_rows: None,
             group_dro_q: None,
@@ -383,6 +395,7 @@ pub fn run(args: &Args) -> Result<()> {
                     final_train_loss: None,
                     steps_per_s: None,
                     selected: BTreeMap::new(),
+                    step_zero: args.step_zero,
                     jtt_error_count: None,
                     subg_rows: None,
                     group_dro_q: None,
@@ -392,7 +405,7 @@ pub fn run(args: &Args) -> Result<()> {
         }
     };
 
-    let summary = summarize(&record, &outcome, xrm.is_some())?;
+    let summary = summarize(&record, &outcome, xrm.is_some(), args.step_zero)?;
     crate::io::write_json(&summary_path, &summary)?;
     print_report(&ds, &summary, select, &outcome);
     println!(
@@ -439,6 +452,7 @@ fn summarize<'a>(
     record: &'a RunRecord,
     outcome: &MethodOutcome,
     has_inferred_groups: bool,
+    step_zero: StepZero,
 ) -> Result<Summary<'a>> {
     let cps = &outcome.outcome.checkpoints;
     let mut selected = BTreeMap::new();
@@ -446,7 +460,7 @@ fn summarize<'a>(
         if criterion == Criterion::VaGiWga && !has_inferred_groups {
             continue;
         }
-        let (index, value) = select_checkpoint(cps, criterion)?;
+        let (index, value) = select_checkpoint_with(cps, criterion, step_zero)?;
         selected.insert(
             criterion.name(),
             Selected {
@@ -467,6 +481,7 @@ fn summarize<'a>(
         final_train_loss: final_loss.is_finite().then_some(final_loss),
         steps_per_s: Some(outcome.outcome.steps_per_s),
         selected,
+        step_zero,
         jtt_error_count: outcome.jtt_error_set.as_ref().map(Vec::len),
         subg_rows: outcome.subg_rows.as_ref().map(Vec::len),
         group_dro_q: outcome.outcome.group_dro_q.clone(),

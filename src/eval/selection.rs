@@ -527,6 +527,15 @@ pub struct TableCell {
 }
 
 impl TableCell {
+    /// The same cell with its spreads ([`MeanStd::with_spread`]) per `spread`.
+    pub fn with_spread(&self, spread: Spread) -> TableCell {
+        TableCell {
+            avg: self.avg.with_spread(spread),
+            wga: self.wga.with_spread(spread),
+            ..self.clone()
+        }
+    }
+
     /// A cell from the selected checkpoint's test metrics of each seed. Errors when there is no
     /// seed or when the seeds disagree on the group counts (they must share one test split).
     pub fn from_seeds(per_seed: &[SplitMetrics]) -> Result<TableCell> {

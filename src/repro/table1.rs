@@ -49,8 +49,9 @@ use crate::algo::sweep::{
 };
 use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
-use crate::eval::selection::{mean_std, Criterion, MeanStd, TableCell};
+use crate::eval::selection::{mean_std_with, Criterion, MeanStd, Spread, TableCell};
 use crate::io::{write_json, write_text};
+use crate::nn::Init;
 use crate::progress::ProgressFn;
 use crate::report::table::{markdown_table, ResultsTable};
 
@@ -78,6 +79,9 @@ pub struct Table1Config {
     /// [`run_sweeps`]); without it they are an error, and finished runs of the same
     /// configuration are kept.
     pub overwrite: bool,
+    /// The spread the table's cells and margins print: sample std (the default) or the
+    /// population std of the official tables.
+    pub spread: Spread,
 }
 
 /// The folder of a column under the output folder: its label, lowercased, with anything but
@@ -179,7 +183,7 @@ fn group_counts(ds: &Dataset, split: &Split) -> Vec<usize> {
     Split::counts(&split.groups(ds.n_attr), ds.n_groups())
 }
 
-fn margin(dataset: &str, a: (&str, &Selection), b: (&str, &Selection)) -> Margin {
+fn margin(dataset: &str, a: (&str, &Selection), b: (&str, &Selection), spread: Spread) -> Margin {
     let mut seeds = Vec::new();
     let mut per_seed = Vec::new();
     for sa in &a.1.seeds {
@@ -193,14 +197,14 @@ fn margin(dataset: &str, a: (&str, &Selection), b: (&str, &Selection)) -> Margin
         a: a.0.into(),
         b: b.0.into(),
         seeds,
-        diff: mean_std(&per_seed),
+        diff: mean_std_with(&per_seed, spread),
         per_seed,
     }
 }
 
 /// The margins the paper's claim is about: MAT − ERM and XRM+GroupDRO − ERM under each
 /// criterion, and MAT without annotations − MAT with them.
-fn margins_of(label: &str, sweeps: &[SweepOutcome]) -> Vec<Margin> {
+fn margins_of(label: &str, sweeps: &[SweepOutcome], spread: Spread) -> Vec<Margin> {
     let sel = |kind: MethodKind, c: Criterion| {
         sweeps
             .iter()
@@ -212,7 +216,7 @@ fn margins_of(label: &str, sweeps: &[SweepOutcome]) -> Vec<Margin> {
     for c in [Criterion::VaWga, Criterion::VaGiWga] {
         for kind in [MethodKind::Mat, MethodKind::XrmGroupDro] {
             if let (Some((la, a)), Some((lb, b))) = (sel(kind, c), sel(MethodKind::Erm, c)) {
-                out.push(margin(label, (&la, a), (&lb, b)));
+                out.push(margin(label, (&la, a), (&lb, b), spread));
             }
         }
     }
@@ -220,7 +224,7 @@ fn margins_of(label: &str, sweeps: &[SweepOutcome]) -> Vec<Margin> {
         sel(MethodKind::Mat, Criterion::VaGiWga),
         sel(MethodKind::Mat, Criterion::VaWga),
     ) {
-        out.push(margin(label, (&la, a), (&lb, b)));
+        out.push(margin(label, (&la, a), (&lb, b), spread));
     }
     out
 }
@@ -231,7 +235,18 @@ fn signed_points(m: &MeanStd) -> String {
 
 fn describe_model(m: &ModelSpec) -> String {
     match m {
-        ModelSpec::Linear { bias } => format!("linear{}", if *bias { " + bias" } else { "" }),
+        ModelSpec::Linear { bias, init } => format!(
+            "linear{}{}",
+            if *bias { " + bias" } else { "" },
+            if *init == Init::PyTorchDefault {
+                String::new()
+            } else {
+                format!(" ({init} init)")
+            }
+        ),
+        ModelSpec::Mlp { hidden, init, .. } if hidden.is_empty() => {
+            format!("linear + bias ({init} init)")
+        }
         ModelSpec::Mlp {
             hidden,
             activation,
@@ -255,7 +270,7 @@ fn describe_optimizer(o: &OptimizerSpec) -> String {
     }
 }
 
-fn markdown(record: &Table1Record) -> String {
+fn markdown(record: &Table1Record, spread: Spread) -> String {
     let seeds: Vec<String> = record
         .datasets
         .iter()
@@ -266,13 +281,13 @@ fn markdown(record: &Table1Record) -> String {
         seeds.join(" / ")
     );
     md.push_str(&record.table.to_markdown());
-    md.push_str(
+    md.push_str(&format!(
         "\nRows: `(va_wga)` selects checkpoints and hyperparameters by validation worst-group \
          accuracy (validation group annotations); `(va_gi_wga)` by worst-group accuracy over \
          XRM-inferred validation groups (no group annotations). GroupDRO trains on the true \
          training groups. Avg is the plain test accuracy, WGA the worst-group test accuracy; \
-         ± is the sample standard deviation over seeds.\n",
-    );
+         ± is the {spread} standard deviation over seeds.\n",
+    ));
     if !record.margins.is_empty() {
         let rows: Vec<Vec<String>> = record
             .margins
@@ -427,7 +442,7 @@ pub fn run_table1(cfg: &Table1Config, progress: ProgressFn<'_>) -> Result<Table1
                 .iter()
                 .find(|s| s.method == kind)
                 .and_then(|s| s.selection(c));
-            cells_by_row[r].push(selection.map(|s| s.cell.clone()));
+            cells_by_row[r].push(selection.map(|s| s.cell.with_spread(cfg.spread)));
             if let Some(s) = selection {
                 cell_records.push(CellRecord {
                     dataset: entry.label.clone(),
@@ -437,7 +452,7 @@ pub fn run_table1(cfg: &Table1Config, progress: ProgressFn<'_>) -> Result<Table1
                 });
             }
         }
-        margins.extend(margins_of(&entry.label, &set.sweeps));
+        margins.extend(margins_of(&entry.label, &set.sweeps, cfg.spread));
         let ds = &entry.dataset;
         summaries.push(DatasetSummary {
             label: entry.label.clone(),
@@ -464,7 +479,7 @@ pub fn run_table1(cfg: &Table1Config, progress: ProgressFn<'_>) -> Result<Table1
         datasets: summaries,
         seconds: start.elapsed().as_secs_f64(),
     };
-    let md = markdown(&record);
+    let md = markdown(&record, cfg.spread);
     write_text(&cfg.out.join(TABLE_MD), &md)?;
     write_json(&cfg.out.join(TABLE_JSON), &record)?;
     Ok(Table1Outcome {
@@ -511,5 +526,15 @@ mod tests {
             entry_dir(Path::new("o"), "Waterbirds like!"),
             Path::new("o").join("waterbirds-like-")
         );
+    }
+
+    #[test]
+    fn linear_heads_are_described_as_linear() {
+        let d = |m: &str| describe_model(&m.parse().unwrap());
+        assert_eq!(d("linear"), "linear + bias");
+        assert_eq!(d("linear:nobias"), "linear");
+        assert_eq!(d("linear:zeros"), "linear + bias (zeros init)");
+        assert_eq!(d("linear:xavier"), "linear + bias (xavier init)");
+        assert!(d("mlp:4,4").starts_with("MLP 4→4"));
     }
 }

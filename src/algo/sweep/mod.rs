@@ -59,6 +59,7 @@ mod resume;
 pub use resume::{data_digest, device_kind, prepare_folder, Manifest, RunStatus, MANIFEST_FILE};
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -66,6 +67,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::kfold::{run_kfold, KfoldConfig};
 use super::method::{run_method_with, Method};
 use super::model::{ModelSpec, OptimizerSpec};
 use super::train::TrainConfig;
@@ -75,7 +77,8 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::eval::metrics::SplitMetrics;
 use crate::eval::selection::{
-    draw, pick_best_draw, select_checkpoint, Checkpoint, Criterion, HparamSpace, Hparams, TableCell,
+    draw, pick_best_draw, select_checkpoint_with, Checkpoint, Criterion, HparamSpace, Hparams,
+    StepZero, TableCell,
 };
 use crate::io::{read_json, read_jsonl, write_json};
 use crate::progress::{Progress, ProgressFn};
@@ -253,6 +256,62 @@ pub struct XrmPlan {
     pub draws: usize,
     pub steps: usize,
     pub loss: XrmLoss,
+    /// What infers the groups: XRM's twins (the default, left out of files) or K-fold
+    /// held-out predictions ([`run_kfold`]) with XRM's draw of steps, batch, optimizer and seed.
+    #[serde(default, skip_serializing_if = "Estimator::is_xrm")]
+    pub estimator: Estimator,
+}
+
+/// The group estimator of phase 1 (`--estimator xrm|kfold:K`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Estimator {
+    /// Cross-risk minimization (the paper's estimator).
+    #[default]
+    Xrm,
+    /// K-fold cross-fitting: each example labelled by the fold model that did not train on it.
+    Kfold { folds: usize },
+}
+
+impl Estimator {
+    fn is_xrm(&self) -> bool {
+        *self == Estimator::Xrm
+    }
+}
+
+impl fmt::Display for Estimator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Estimator::Xrm => f.write_str("xrm"),
+            Estimator::Kfold { folds } => write!(f, "kfold:{folds}"),
+        }
+    }
+}
+
+impl FromStr for Estimator {
+    type Err = Error;
+
+    /// `xrm` or `kfold:K` with `2 <= K <= 255`.
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || {
+            Error::arg(
+                "estimator",
+                format!("unknown estimator `{s}`; expected xrm or kfold:K (K from 2 to 255)"),
+            )
+        };
+        match s.trim().split_once(':') {
+            None if s.trim() == "xrm" => Ok(Estimator::Xrm),
+            Some(("kfold", k)) => match k.trim().parse::<usize>() {
+                Ok(folds) if (2..=255).contains(&folds) => Ok(Estimator::Kfold { folds }),
+                _ => Err(bad()),
+            },
+            _ => Err(bad()),
+        }
+    }
+}
+
+fn is_drop(z: &StepZero) -> bool {
+    *z == StepZero::Drop
 }
 
 fn cpu() -> Device {
@@ -278,6 +337,10 @@ pub struct SweepConfig {
     pub hparam_seed: u64,
     pub xrm: XrmPlan,
     pub parallelism: Parallelism,
+    /// Whether step-0 checkpoints may be selected (default: dropped, the official rule; left
+    /// out of files when default).
+    #[serde(default, skip_serializing_if = "is_drop")]
+    pub step_zero: StepZero,
     /// Where the runs compute (not saved: a loaded sweep reports the CPU).
     #[serde(skip, default = "cpu")]
     pub device: Device,
@@ -559,7 +622,21 @@ pub fn run_xrm_phase(
                     ..started
                 },
             )?;
-            let out = run_xrm(ds, &cfg.model, &xrm_cfg(h, seed));
+            let out = match cfg.xrm.estimator {
+                Estimator::Xrm => run_xrm(ds, &cfg.model, &xrm_cfg(h, seed)),
+                Estimator::Kfold { folds } => {
+                    let x = xrm_cfg(h, seed);
+                    let kcfg = KfoldConfig {
+                        folds,
+                        steps: x.steps,
+                        batch_size: x.batch_size,
+                        optimizer: x.optimizer,
+                        seed: x.seed,
+                        device: x.device,
+                    };
+                    run_kfold(ds, &cfg.model, &kcfg)
+                }
+            };
             if let Ok(o) = &out {
                 o.save(&run_dir, ds)?;
             }
@@ -890,8 +967,13 @@ pub struct Selection {
 }
 
 /// The selected checkpoint of one run, as a [`DrawChoice`].
-fn choose_in_run(draw: usize, cps: &[Checkpoint], c: Criterion) -> Result<DrawChoice> {
-    let (index, value) = select_checkpoint(cps, c)?;
+fn choose_in_run(
+    draw: usize,
+    cps: &[Checkpoint],
+    c: Criterion,
+    step_zero: StepZero,
+) -> Result<DrawChoice> {
+    let (index, value) = select_checkpoint_with(cps, c, step_zero)?;
     Ok(DrawChoice {
         draw,
         index,
@@ -906,12 +988,15 @@ fn choose_in_run(draw: usize, cps: &[Checkpoint], c: Criterion) -> Result<DrawCh
 fn choose_winner(
     draw_runs: &[Option<&RunResult>],
     c: Criterion,
+    step_zero: StepZero,
 ) -> Result<(Vec<Option<DrawChoice>>, usize)> {
     let choices: Vec<Option<DrawChoice>> = draw_runs
         .iter()
         .enumerate()
         .map(|(i, r)| match r {
-            Some(r) if r.record.error.is_none() => choose_in_run(i, &r.checkpoints, c).map(Some),
+            Some(r) if r.record.error.is_none() => {
+                choose_in_run(i, &r.checkpoints, c, step_zero).map(Some)
+            }
             _ => Ok(None),
         })
         .collect::<Result<_>>()?;
@@ -941,6 +1026,17 @@ fn choose_winner(
 /// docs). Seeds without a recorded run of the winner are listed in `missing_seeds`; a
 /// recorded run of the winner that failed is an error.
 pub fn select(runs: &[RunResult], draws: usize, seeds: &[u64], c: Criterion) -> Result<Selection> {
+    select_with(runs, draws, seeds, c, StepZero::default())
+}
+
+/// [`select`] with the step-0 rule `step_zero` applied to every run's checkpoints.
+pub fn select_with(
+    runs: &[RunResult],
+    draws: usize,
+    seeds: &[u64],
+    c: Criterion,
+    step_zero: StepZero,
+) -> Result<Selection> {
     let s0 = *seeds
         .first()
         .ok_or_else(|| Error::arg("seeds", "selection needs at least one seed"))?;
@@ -949,7 +1045,7 @@ pub fn select(runs: &[RunResult], draws: usize, seeds: &[u64], c: Criterion) -> 
             .find(|r| r.record.draw == draw && r.record.seed == seed)
     };
     let draw_runs: Vec<Option<&RunResult>> = (0..draws).map(|i| find(i, s0)).collect();
-    let (choices, winner) = choose_winner(&draw_runs, c)?;
+    let (choices, winner) = choose_winner(&draw_runs, c, step_zero)?;
     let mut seed_choices = Vec::new();
     let mut missing = Vec::new();
     let mut hparams = None;
@@ -964,7 +1060,7 @@ pub fn select(runs: &[RunResult], draws: usize, seeds: &[u64], c: Criterion) -> 
             )));
         }
         hparams.get_or_insert_with(|| run.record.hparams.clone());
-        let (index, value) = select_checkpoint(&run.checkpoints, c)?;
+        let (index, value) = select_checkpoint_with(&run.checkpoints, c, step_zero)?;
         let cp = &run.checkpoints[index];
         seed_choices.push(SeedChoice {
             seed: s,
@@ -1148,7 +1244,7 @@ pub fn run_sweeps(
             })
             .collect();
         for &c in &p.criteria {
-            let (_, winner) = choose_winner(&draw_runs, c)
+            let (_, winner) = choose_winner(&draw_runs, c, cfg.step_zero)
                 .map_err(|e| Error::Data(format!("{} on `{}`: {e}", p.kind.label(), ds.name)))?;
             reruns.extend(cfg.seeds[1..].iter().map(|&s| (p.kind, winner, s)));
         }
@@ -1181,7 +1277,7 @@ pub fn run_sweeps(
         let selections = p
             .criteria
             .iter()
-            .map(|&c| select(&runs, cfg.draws, &cfg.seeds, c))
+            .map(|&c| select_with(&runs, cfg.draws, &cfg.seeds, c, cfg.step_zero))
             .collect::<Result<Vec<_>>>()?;
         let outcome = SweepOutcome {
             format: FORMAT.into(),
@@ -1227,7 +1323,15 @@ pub fn reselect(
         .collect::<Result<_>>()?;
     criteria
         .iter()
-        .map(|&c| select(&runs, sweep.config.draws, &sweep.config.seeds, c))
+        .map(|&c| {
+            select_with(
+                &runs,
+                sweep.config.draws,
+                &sweep.config.seeds,
+                c,
+                sweep.config.step_zero,
+            )
+        })
         .collect()
 }
 
@@ -1337,10 +1441,30 @@ pub fn reselect_recorded(
     criteria: &[Criterion],
     include_incomplete: bool,
 ) -> (Vec<(Criterion, Result<Selection>)>, Vec<RunIssue>) {
+    reselect_recorded_with(
+        sweep,
+        sweep_dir,
+        criteria,
+        include_incomplete,
+        sweep.config.step_zero,
+    )
+}
+
+/// [`reselect_recorded`] under the step-0 rule `step_zero` (whatever the sweep ran with).
+pub fn reselect_recorded_with(
+    sweep: &SweepOutcome,
+    sweep_dir: &Path,
+    criteria: &[Criterion],
+    include_incomplete: bool,
+    step_zero: StepZero,
+) -> (Vec<(Criterion, Result<Selection>)>, Vec<RunIssue>) {
     let (runs, issues) = recorded_runs(sweep, sweep_dir, include_incomplete);
     let selections = criteria
         .iter()
-        .map(|&c| (c, select(&runs, sweep.config.draws, &sweep.config.seeds, c)))
+        .map(|&c| {
+            let sel = select_with(&runs, sweep.config.draws, &sweep.config.seeds, c, step_zero);
+            (c, sel)
+        })
         .collect();
     (selections, issues)
 }
@@ -1348,6 +1472,46 @@ pub fn reselect_recorded(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn defaults_leave_files_as_they_were_and_estimators_print_back() {
+        let mut cfg = crate::recipes::preset_sweep(
+            crate::recipes::Family::Features,
+            crate::recipes::Sizes::QUICK,
+            0,
+        );
+        let json = serde_json::to_string(&cfg).unwrap();
+        assert!(
+            !json.contains("step_zero") && !json.contains("estimator"),
+            "{json}"
+        );
+        let back: SweepConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            (back.step_zero, back.xrm.estimator),
+            (StepZero::Drop, Estimator::Xrm)
+        );
+        cfg.step_zero = StepZero::Keep;
+        cfg.xrm.estimator = Estimator::Kfold { folds: 5 };
+        let json = serde_json::to_string(&cfg).unwrap();
+        assert!(json.contains(r#""step_zero":"keep""#), "{json}");
+        assert!(
+            json.contains(r#""estimator":{"kfold":{"folds":5}}"#),
+            "{json}"
+        );
+        let back: SweepConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.step_zero, StepZero::Keep);
+        assert_eq!(back.xrm, cfg.xrm);
+        for e in [
+            Estimator::Xrm,
+            Estimator::Kfold { folds: 2 },
+            Estimator::Kfold { folds: 255 },
+        ] {
+            assert_eq!(e.to_string().parse::<Estimator>().unwrap(), e);
+        }
+        for bad in ["", "kfold:256", "kfold:0", "KFOLD:3"] {
+            assert!(bad.parse::<Estimator>().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn method_names_parse_and_round_trip() {
@@ -1372,7 +1536,7 @@ mod tests {
     #[test]
     fn draws_map_to_methods_and_optimizers() {
         let cfg = SweepConfig {
-            model: ModelSpec::Linear { bias: true },
+            model: ModelSpec::linear(true),
             optimizer: OptimizerSpec::Sgd {
                 lr: 0.0,
                 momentum: 0.9,
@@ -1388,8 +1552,10 @@ mod tests {
                 draws: 2,
                 steps: 10,
                 loss: XrmLoss::ClassBalanced,
+                estimator: Default::default(),
             },
             parallelism: Parallelism::Runs,
+            step_zero: Default::default(),
             device: Device::Cpu,
         };
         cfg.validate().unwrap();

@@ -140,6 +140,10 @@ impl Manifest {
                             out.push(format!("config.{ck}: {cvb} there, {cva} now"));
                         }
                     }
+                    // Fields left out now (at their default) but set there.
+                    for (ck, cvb) in cb.iter().filter(|(ck, _)| !ca.contains_key(*ck)) {
+                        out.push(format!("config.{ck}: {cvb} there, default now"));
+                    }
                 }
                 _ if va != vb => out.push(format!("{k}: {vb} there, {va} now")),
                 _ => {}
