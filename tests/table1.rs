@@ -492,3 +492,45 @@ fn bad_feature_files_are_errors_naming_file_tensor_and_problem() {
     assert!(err.to_string().contains("ghost.safetensors"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn sweep_defaults_leave_files_as_they_were_and_estimators_print_back() {
+    use memaware::algo::sweep::{Estimator, SweepConfig};
+    use memaware::eval::selection::StepZero;
+    let mut cfg = memaware::recipes::preset_sweep(
+        memaware::recipes::Family::Features,
+        memaware::recipes::Sizes::QUICK,
+        0,
+    );
+    let json = serde_json::to_string(&cfg).unwrap();
+    assert!(
+        !json.contains("step_zero") && !json.contains("estimator"),
+        "{json}"
+    );
+    let back: SweepConfig = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        (back.step_zero, back.xrm.estimator),
+        (StepZero::Drop, Estimator::Xrm)
+    );
+    cfg.step_zero = StepZero::Keep;
+    cfg.xrm.estimator = Estimator::Kfold { folds: 5 };
+    let json = serde_json::to_string(&cfg).unwrap();
+    assert!(json.contains(r#""step_zero":"keep""#), "{json}");
+    assert!(
+        json.contains(r#""estimator":{"kfold":{"folds":5}}"#),
+        "{json}"
+    );
+    let back: SweepConfig = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.step_zero, StepZero::Keep);
+    assert_eq!(back.xrm, cfg.xrm);
+    for e in [
+        Estimator::Xrm,
+        Estimator::Kfold { folds: 2 },
+        Estimator::Kfold { folds: 255 },
+    ] {
+        assert_eq!(e.to_string().parse::<Estimator>().unwrap(), e);
+    }
+    for bad in ["", "kfold:256", "kfold:0", "KFOLD:3"] {
+        assert!(bad.parse::<Estimator>().is_err(), "{bad}");
+    }
+}

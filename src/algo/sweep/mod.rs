@@ -1474,46 +1474,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_leave_files_as_they_were_and_estimators_print_back() {
-        let mut cfg = crate::recipes::preset_sweep(
-            crate::recipes::Family::Features,
-            crate::recipes::Sizes::QUICK,
-            0,
-        );
-        let json = serde_json::to_string(&cfg).unwrap();
-        assert!(
-            !json.contains("step_zero") && !json.contains("estimator"),
-            "{json}"
-        );
-        let back: SweepConfig = serde_json::from_str(&json).unwrap();
-        assert_eq!(
-            (back.step_zero, back.xrm.estimator),
-            (StepZero::Drop, Estimator::Xrm)
-        );
-        cfg.step_zero = StepZero::Keep;
-        cfg.xrm.estimator = Estimator::Kfold { folds: 5 };
-        let json = serde_json::to_string(&cfg).unwrap();
-        assert!(json.contains(r#""step_zero":"keep""#), "{json}");
-        assert!(
-            json.contains(r#""estimator":{"kfold":{"folds":5}}"#),
-            "{json}"
-        );
-        let back: SweepConfig = serde_json::from_str(&json).unwrap();
-        assert_eq!(back.step_zero, StepZero::Keep);
-        assert_eq!(back.xrm, cfg.xrm);
-        for e in [
-            Estimator::Xrm,
-            Estimator::Kfold { folds: 2 },
-            Estimator::Kfold { folds: 255 },
-        ] {
-            assert_eq!(e.to_string().parse::<Estimator>().unwrap(), e);
-        }
-        for bad in ["", "kfold:256", "kfold:0", "KFOLD:3"] {
-            assert!(bad.parse::<Estimator>().is_err(), "{bad}");
-        }
-    }
-
-    #[test]
     fn method_names_parse_and_round_trip() {
         for m in MethodKind::ALL {
             assert_eq!(m.name().parse::<MethodKind>().unwrap(), m);
