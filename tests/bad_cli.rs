@@ -8,34 +8,17 @@
 //! file) and what is allowed, no panic, and no files left that could pass for a result; or an
 //! accepted input whose run completes with finite numbers.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::OnceLock;
 
+use common::{memaware, scratch, text};
 use serde_json::Value;
 
 /// A tiny data set: every run on it takes a fraction of a second.
 const TINY: &str = "interpretable:n=40,d=8";
-
-fn memaware(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_memaware"))
-        .args(args)
-        .output()
-        .expect("the memaware binary runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// A fresh folder for one test under target/tmp, removed first if an earlier run left it.
-fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("memaware-badcli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temporary folder");
-    dir
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("temporary paths are UTF-8")

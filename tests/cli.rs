@@ -3,35 +3,17 @@
 //! or truncated XRM output, XRM output of another data set, MAT without `--xrm`, a bad
 //! `--method` or `--data`), each a message and a non-zero exit without a panic; `--help`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::OnceLock;
 
+use common::{memaware, scratch, text};
 use serde_json::Value;
 
 const DATA: &str = "interpretable:n=200,d=300";
 const DATA_LABEL: &str = "interpretable-n200-d300";
-
-fn memaware(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_memaware"))
-        .args(args)
-        .output()
-        .expect("the memaware binary runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// A fresh folder for one test, removed first if an earlier run left it.
-fn scratch(name: &str) -> PathBuf {
-    // Under target/tmp: whatever a failed run leaves stays out of the system's temp folder.
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("memaware-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temporary folder");
-    dir
-}
 
 /// Removes a test's folder once the test has passed.
 fn clean(dir: &Path) {

@@ -12,7 +12,7 @@
 //!   validation average accuracy, then to the lowest draw index.
 //! - Seeds are aggregated as mean ± **sample** standard deviation (denominator `n − 1`), not the
 //!   standard error; a [`TableCell`] holds one (method, data set) entry of a results table
-//!   ([`crate::report::table`] renders it). The official tables print NumPy's default
+//!   (the report layer renders it). The official tables print NumPy's default
 //!   `np.std`, the **population** standard deviation (denominator `n`; `XRM/read_results.py:126`,
 //!   `aggregate_in_table`); [`MeanStd::spread`] and [`MeanStd::with_spread`] give either
 //!   ([`Spread`]), [`mean_std_with`] computes either.

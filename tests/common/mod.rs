@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use memaware::Tensor;
 
@@ -28,4 +29,17 @@ pub fn bits(t: &Tensor) -> Vec<u32> {
 /// The bits of named parameters.
 pub fn param_bits(params: &[(String, Tensor)]) -> Vec<(String, Vec<u32>)> {
     params.iter().map(|(n, t)| (n.clone(), bits(t))).collect()
+}
+
+/// Runs the `memaware` binary with `args`.
+pub fn memaware(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_memaware"))
+        .args(args)
+        .output()
+        .expect("the memaware binary runs")
+}
+
+/// Process output as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
 }
