@@ -165,6 +165,37 @@ fn gemm_thin(dev: &CudaDevice, a: Operand, b: Operand, c: Region, d: GemmDims) -
     }
 }
 
+impl CudaStorage {
+    /// Gather or scatter between a `rows × cols` matrix and one value per row, at the column
+    /// each row's index names (checked against `cols`); the output has `out_len` values.
+    fn by_label(
+        &self,
+        kernel: Kernel,
+        op: &'static str,
+        rows: usize,
+        cols: usize,
+        out_len: usize,
+        idx: &CudaIndex,
+    ) -> Result<Self> {
+        let out = self.dev.output(out_len)?;
+        let err = out_of_range(op, cols);
+        with_index_check(
+            &self.dev,
+            idx,
+            IndexUse {
+                size: cols,
+                used: rows,
+                err,
+            },
+            |bad| {
+                let bufs = [self.region(), idx.region(), out.region(), bad];
+                launch::cols_by_label(self.inner(), kernel, bufs, rows, cols)
+            },
+        )?;
+        Ok(out)
+    }
+}
+
 impl BackendStorage for CudaStorage {
     type Index = CudaIndex;
 
@@ -397,41 +428,18 @@ impl BackendStorage for CudaStorage {
     }
 
     fn gather_cols(&self, rows: usize, cols: usize, idx: &CudaIndex) -> Result<Self> {
-        let out = self.dev.output(rows)?;
-        let err = out_of_range("gather", cols);
-        with_index_check(
-            &self.dev,
-            idx,
-            IndexUse {
-                size: cols,
-                used: rows,
-                err,
-            },
-            |bad| {
-                let bufs = [self.region(), idx.region(), out.region(), bad];
-                launch::cols_by_label(self.inner(), Kernel::GatherCols, bufs, rows, cols)
-            },
-        )?;
-        Ok(out)
+        self.by_label(Kernel::GatherCols, "gather", rows, cols, rows, idx)
     }
 
     fn scatter_cols(&self, rows: usize, cols: usize, idx: &CudaIndex) -> Result<Self> {
-        let out = self.dev.output(mul(rows, cols)?)?;
-        let err = out_of_range("scatter", cols);
-        with_index_check(
-            &self.dev,
+        self.by_label(
+            Kernel::ScatterCols,
+            "scatter",
+            rows,
+            cols,
+            mul(rows, cols)?,
             idx,
-            IndexUse {
-                size: cols,
-                used: rows,
-                err,
-            },
-            |bad| {
-                let bufs = [self.region(), idx.region(), out.region(), bad];
-                launch::cols_by_label(self.inner(), Kernel::ScatterCols, bufs, rows, cols)
-            },
-        )?;
-        Ok(out)
+        )
     }
 
     fn copy2d(
