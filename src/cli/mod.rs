@@ -4,6 +4,7 @@
 
 pub mod common;
 pub mod memscore;
+pub mod plan;
 pub mod report;
 pub mod reproduce;
 pub mod sweep;
@@ -38,6 +39,9 @@ pub enum Command {
     Table1(table1::Args),
     /// Per-example memorization scores (Feldman) under ERM and MAT.
     Memscore(memscore::Args),
+    /// Run one job of a sweep planned with `sweep --plan` or `table1 --plan` (a Slurm array
+    /// task: the index comes from SLURM_ARRAY_TASK_ID).
+    Job(plan::JobArgs),
 }
 
 /// Runs the parsed command line.
@@ -53,5 +57,6 @@ pub fn run(cli: Cli) -> crate::Result<()> {
         Command::Report(a) => report::run(&a),
         Command::Table1(a) => table1::run(&a),
         Command::Memscore(a) => memscore::run(&a),
+        Command::Job(a) => plan::run_job(&a),
     }
 }

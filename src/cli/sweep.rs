@@ -9,7 +9,13 @@ use std::path::{Path, PathBuf};
 
 use super::common::{self, load_dataset, parse_device, with_progress_bar, DATA_HELP};
 use crate::algo::model::{ModelSpec, MODEL_HELP};
-use crate::algo::sweep::{run_sweeps, Estimator, MethodKind, MethodPlan, Parallelism};
+use serde::{Deserialize, Serialize};
+
+use crate::algo::sweep::{
+    data_digest, phase_jobs, prepare_folder, run_sweeps_scoped, Estimator, Manifest, MethodKind,
+    MethodPlan, Parallelism, Scope, SweepConfig,
+};
+use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::eval::selection::{Criterion, Spread, StepZero};
 use crate::recipes::{preset_sweep, Family, Sizes};
@@ -17,7 +23,7 @@ use crate::report::table::ResultsTable;
 use crate::repro::table1::{entry_dir, row_label};
 
 /// Arguments of `memaware sweep`.
-#[derive(clap::Args, Debug, Clone, Default)]
+#[derive(clap::Args, Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Args {
     /// The data set. ColorMNIST gets the MLP/Adam recipe of Table 1, anything else a linear
     /// head with SGD (momentum 0.9); see `memaware table1 --help`.
@@ -84,9 +90,32 @@ pub struct Args {
     /// held-out predictions, with XRM's draw of steps, batch, optimizer and seed).
     #[arg(long, value_name = "EST", default_value = "xrm")]
     pub estimator: Estimator,
+    /// Plan the sweep as cluster jobs instead of running it: write `plan.json` and a Slurm
+    /// `submit.sh` to DIR (see `memaware job --help`).
+    #[arg(long, value_name = "DIR")]
+    #[serde(skip)]
+    pub plan: Option<PathBuf>,
+}
+
+/// The sweep the arguments describe, its data set loaded.
+pub struct Planned {
+    pub ds: Dataset,
+    pub plans: Vec<MethodPlan>,
+    pub cfg: SweepConfig,
+    pub criteria: Vec<Criterion>,
+    /// The data set's folder under `--out`.
+    pub dir: PathBuf,
 }
 
 pub fn run(args: &Args) -> Result<()> {
+    match &args.plan {
+        Some(dir) => super::plan::write(dir, super::plan::Command::Sweep(args.clone())),
+        None => run_scoped(args, Scope::All),
+    }
+}
+
+/// Reads the arguments into the sweep they describe.
+pub fn planned(args: &Args) -> Result<Planned> {
     if args.data.is_empty() {
         return Err(Error::arg("data", "name a data set with --data"));
     }
@@ -149,9 +178,45 @@ pub fn run(args: &Args) -> Result<()> {
         ds.name.clone()
     };
     let dir = entry_dir(&out, &label);
+    Ok(Planned {
+        ds,
+        plans,
+        cfg,
+        criteria,
+        dir,
+    })
+}
+
+/// The jobs of each phase of the sweep (see [`crate::algo::sweep::phase_jobs`]).
+pub fn jobs(p: &Planned) -> [usize; 4] {
+    phase_jobs(&p.plans, &p.cfg)
+}
+
+/// Readies the output folder for the sweep's jobs (its manifest), training nothing.
+pub fn prepare(p: &Planned, overwrite: bool) -> Result<()> {
+    p.cfg.validate()?;
+    p.ds.validate()?;
+    std::fs::create_dir_all(&p.dir).map_err(|e| Error::io(&p.dir, e))?;
+    let manifest = Manifest::new(&p.ds, &data_digest(&p.ds), &p.plans, &p.cfg)?;
+    prepare_folder(&p.dir, &manifest, overwrite)
+}
+
+/// Runs the part of the sweep that `scope` names; the whole sweep and [`Scope::Finish`] end
+/// by writing and printing `sweep.md`.
+pub fn run_scoped(args: &Args, scope: Scope) -> Result<()> {
+    let Planned {
+        ds,
+        plans,
+        cfg,
+        criteria,
+        dir,
+    } = planned(args)?;
     let set = with_progress_bar("sweep", |p| {
-        run_sweeps(&ds, &plans, &cfg, &dir, args.overwrite, p)
+        run_sweeps_scoped(&ds, &plans, &cfg, &dir, args.overwrite, scope, p)
     })?;
+    let Some(set) = set else {
+        return Ok(());
+    };
 
     let mut table = ResultsTable::new(vec![ds.name.clone()]);
     let mut notes = String::new();

@@ -13,8 +13,11 @@ use crate::data::features::load_features;
 use crate::error::{Error, Result};
 use crate::eval::selection::{Spread, StepZero};
 use crate::recipes::{preset_sweep, Family, Sizes};
+use serde::{Deserialize, Serialize};
+
+use crate::algo::sweep::Scope;
 use crate::repro::table1::{
-    entry_dir, margin_lines, run_table1, Table1Config, Table1Entry, TABLE_JSON, TABLE_MD,
+    entry_dir, margin_lines, run_table1_scoped, Table1Config, Table1Entry, TABLE_JSON, TABLE_MD,
 };
 
 /// Built-in columns of the table, by their `--data` names, with their column labels.
@@ -24,7 +27,7 @@ const BUILTINS: [(&str, &str); 2] = [
 ];
 
 /// Arguments of `memaware table1`.
-#[derive(clap::Args, Debug, Clone, Default)]
+#[derive(clap::Args, Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Args {
     /// Smoke-test sizes: 201 steps, 2 draws, 2 seeds (under 2 minutes in release); the full
     /// table runs 1001 steps, 10 draws and 5 seeds.
@@ -83,6 +86,11 @@ pub struct Args {
     /// held-out predictions, with XRM's draw of steps, batch, optimizer and seed).
     #[arg(long, value_name = "EST", default_value = "xrm")]
     pub estimator: Estimator,
+    /// Plan the table as cluster jobs instead of running it: write `plan.json` and a Slurm
+    /// `submit.sh` to DIR (see `memaware job --help`).
+    #[arg(long, value_name = "DIR")]
+    #[serde(skip)]
+    pub plan: Option<PathBuf>,
 }
 
 /// Load average of the last minute, when the system tells it (Linux).
@@ -189,10 +197,22 @@ pub fn config(args: &Args) -> Result<Table1Config> {
 }
 
 pub fn run(args: &Args) -> Result<()> {
+    match &args.plan {
+        Some(dir) => super::plan::write(dir, super::plan::Command::Table1(args.clone())),
+        None => run_scoped(args, Scope::All),
+    }
+}
+
+/// Runs the part of the table that `scope` names; the whole table and [`Scope::Finish`] end
+/// by writing and printing it.
+pub fn run_scoped(args: &Args, scope: Scope) -> Result<()> {
     let cfg = config(args)?;
     let load_before = load_average();
     let start = Instant::now();
-    let outcome = with_progress_bar("table1", |p| run_table1(&cfg, p))?;
+    let outcome = with_progress_bar("table1", |p| run_table1_scoped(&cfg, scope, p))?;
+    let Some(outcome) = outcome else {
+        return Ok(());
+    };
     let seconds = start.elapsed().as_secs_f64();
     println!("{}", outcome.markdown);
     for line in margin_lines(&outcome.record.margins) {

@@ -45,7 +45,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::algo::model::{ModelSpec, OptimizerSpec};
 use crate::algo::sweep::{
-    run_sweeps, MethodKind, MethodPlan, Selection, SweepConfig, SweepOutcome, XrmPhaseRecord,
+    data_digest, phase_jobs, prepare_folder, run_sweeps_scoped, Manifest, MethodKind, MethodPlan,
+    Phase, Scope, Selection, SweepConfig, SweepOutcome, XrmPhaseRecord,
 };
 use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
@@ -378,13 +379,9 @@ fn markdown(record: &Table1Record, spread: Spread) -> String {
     md
 }
 
-/// Runs every method's sweep on every column (one column after the other; runs inside a
-/// column in parallel per its [`SweepConfig::parallelism`]), builds the table and the
-/// margins, and writes `table1.md` and `table1.json` under `cfg.out`.
-///
-/// Errors: no column or no method, columns whose labels (or folders) coincide, and whatever
-/// [`run_sweeps`] reports.
-pub fn run_table1(cfg: &Table1Config, progress: ProgressFn<'_>) -> Result<Table1Outcome> {
+/// Errors of a table that no sweep can run: no column or method, columns that would share
+/// a label or a folder of runs.
+fn check_table(cfg: &Table1Config) -> Result<()> {
     if cfg.entries.is_empty() {
         return Err(Error::arg("data", "the table needs at least one data set"));
     }
@@ -409,15 +406,101 @@ pub fn run_table1(cfg: &Table1Config, progress: ProgressFn<'_>) -> Result<Table1
             ));
         }
     }
-    let start = Instant::now();
-    let plans: Vec<MethodPlan> = cfg
-        .methods
+    Ok(())
+}
+
+/// Runs every method's sweep on every column (one column after the other; runs inside a
+/// column in parallel per its [`SweepConfig::parallelism`]), builds the table and the
+/// margins, and writes `table1.md` and `table1.json` under `cfg.out`.
+///
+/// Errors: no column or no method, columns whose labels (or folders) coincide, and whatever
+/// [`crate::algo::sweep::run_sweeps`] reports.
+pub fn run_table1(cfg: &Table1Config, progress: ProgressFn<'_>) -> Result<Table1Outcome> {
+    let outcome = run_table1_scoped(cfg, Scope::All, progress)?;
+    Ok(outcome.expect("a table of every phase runs to its end"))
+}
+
+/// The sweep plans of the table's methods: each with its rows' criteria.
+fn table_plans(methods: &[MethodKind]) -> Vec<MethodPlan> {
+    methods
         .iter()
         .map(|&kind| MethodPlan {
             kind,
             criteria: kind.table_criteria(),
         })
-        .collect();
+        .collect()
+}
+
+/// The jobs of each phase of [`Phase::ALL`] for the whole table: the columns' jobs one
+/// after the other (see [`phase_jobs`]).
+pub fn table1_jobs(cfg: &Table1Config) -> [usize; 4] {
+    let plans = table_plans(&cfg.methods);
+    cfg.entries.iter().fold([0; 4], |mut acc, e| {
+        let jobs = phase_jobs(&plans, &e.sweep);
+        for (a, j) in acc.iter_mut().zip(jobs) {
+            *a += j;
+        }
+        acc
+    })
+}
+
+/// Checks the table and readies each column's folder for its sweep (its manifest; see
+/// [`prepare_folder`]) without training, so that jobs started later in parallel find it.
+pub fn prepare_table1(cfg: &Table1Config) -> Result<()> {
+    check_table(cfg)?;
+    let plans = table_plans(&cfg.methods);
+    for e in &cfg.entries {
+        e.sweep.validate()?;
+        e.dataset.validate()?;
+        let manifest = Manifest::new(&e.dataset, &data_digest(&e.dataset), &plans, &e.sweep)?;
+        prepare_folder(&entry_dir(&cfg.out, &e.label), &manifest, cfg.overwrite)?;
+    }
+    Ok(())
+}
+
+/// [`run_table1`], running only the part that `scope` names. A job's index counts through
+/// the columns in order ([`table1_jobs`]); it runs in its column's sweep and returns `None`.
+/// [`Scope::Finish`] trains nothing and writes the table from the recorded runs.
+pub fn run_table1_scoped(
+    cfg: &Table1Config,
+    scope: Scope,
+    progress: ProgressFn<'_>,
+) -> Result<Option<Table1Outcome>> {
+    check_table(cfg)?;
+    let plans = table_plans(&cfg.methods);
+    if let Scope::Job { phase, index } = scope {
+        let k = Phase::ALL.iter().position(|&p| p == phase).unwrap_or(0);
+        let mut local = index;
+        for entry in &cfg.entries {
+            let n = phase_jobs(&plans, &entry.sweep)[k];
+            if local < n {
+                let dir = entry_dir(&cfg.out, &entry.label);
+                let job = Scope::Job {
+                    phase,
+                    index: local,
+                };
+                run_sweeps_scoped(
+                    &entry.dataset,
+                    &plans,
+                    &entry.sweep,
+                    &dir,
+                    cfg.overwrite,
+                    job,
+                    progress,
+                )?;
+                return Ok(None);
+            }
+            local -= n;
+        }
+        return Err(Error::arg(
+            "index",
+            format!(
+                "phase `{phase}` of the table has {} jobs; job {index} does not exist",
+                table1_jobs(cfg)[k]
+            ),
+        ));
+    }
+    let start = Instant::now();
     let rows = table_rows(&cfg.methods);
     let mut table = ResultsTable::new(cfg.entries.iter().map(|e| e.label.clone()).collect());
     let mut cells_by_row: Vec<Vec<Option<TableCell>>> = vec![Vec::new(); rows.len()];
@@ -428,14 +511,16 @@ pub fn run_table1(cfg: &Table1Config, progress: ProgressFn<'_>) -> Result<Table1
     for entry in &cfg.entries {
         let column_start = Instant::now();
         let dir = entry_dir(&cfg.out, &entry.label);
-        let set = run_sweeps(
+        let set = run_sweeps_scoped(
             &entry.dataset,
             &plans,
             &entry.sweep,
             &dir,
             cfg.overwrite,
+            scope,
             progress,
-        )?;
+        )?
+        .expect("a sweep that is not one job runs to its end");
         for (r, &(kind, c)) in rows.iter().enumerate() {
             let selection = set
                 .sweeps
@@ -482,11 +567,11 @@ pub fn run_table1(cfg: &Table1Config, progress: ProgressFn<'_>) -> Result<Table1
     let md = markdown(&record, cfg.spread);
     write_text(&cfg.out.join(TABLE_MD), &md)?;
     write_json(&cfg.out.join(TABLE_JSON), &record)?;
-    Ok(Table1Outcome {
+    Ok(Some(Table1Outcome {
         record,
         markdown: md,
         sweeps: all_sweeps,
-    })
+    }))
 }
 
 /// One line per margin, for a terminal: `ColorMNIST: MAT (va_wga) − ERM (va_wga): +27.1 ± 3.0`.

@@ -54,8 +54,10 @@
 //!
 //! [`reselect`] applies any criterion again to the recorded `checkpoints.jsonl` files.
 
+mod jobs;
 mod resume;
 
+pub use jobs::{needs_xrm, phase_jobs, Phase, Scope};
 pub use resume::{data_digest, device_kind, prepare_folder, Manifest, RunStatus, MANIFEST_FILE};
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -83,6 +85,7 @@ use crate::eval::selection::{
 use crate::io::{read_json, read_jsonl, write_json};
 use crate::progress::{Progress, ProgressFn};
 use crate::rng::Rng;
+use jobs::Role;
 use resume::digest_of;
 
 /// File names inside a sweep's folders.
@@ -408,6 +411,59 @@ where
     }
 }
 
+/// Runs the jobs of `phase` as `scope` has it: every job (`f(job, true)` trains what is not
+/// finished), every job from its finished record (`f(job, false)`), or only job `i`, after
+/// which the sweep stops (`None`). A rerun job past the phase's real count has nothing to do;
+/// any other index past the end is an error.
+fn run_phase<T, R, F>(
+    scope: Scope,
+    phase: Phase,
+    parallelism: Parallelism,
+    jobs: &[T],
+    progress: ProgressFn<'_>,
+    f: F,
+) -> Result<Option<Vec<R>>>
+where
+    T: Sync,
+    R: Send,
+    F: Fn(&T, bool) -> Result<R> + Sync + Send,
+{
+    let all = |train: bool| -> Result<Option<Vec<R>>> {
+        progress(Progress::Queued(jobs.len() as u64));
+        map_jobs(parallelism, jobs, |j| f(j, train))
+            .into_iter()
+            .collect::<Result<Vec<R>>>()
+            .map(Some)
+    };
+    match scope.role(phase) {
+        Role::Run => all(true),
+        Role::Load => all(false),
+        Role::Only(i) => match jobs.get(i) {
+            Some(job) => {
+                progress(Progress::Queued(1));
+                f(job, true).map(|_| None)
+            }
+            None if phase == Phase::Reruns => Ok(None),
+            None => Err(Error::arg(
+                "index",
+                format!(
+                    "phase `{phase}` has {} jobs (0 to {}); job {i} does not exist",
+                    jobs.len(),
+                    jobs.len().saturating_sub(1)
+                ),
+            )),
+        },
+    }
+}
+
+/// The error of a job that needs the record of a run from an earlier phase.
+fn unfinished(dir: &Path, phase: Phase) -> Error {
+    Error::Data(format!(
+        "{} holds no finished run of this sweep: phase `{phase}` must finish first",
+        dir.display()
+    ))
+}
+
 /// Folder name of the run of draw `draw` at seed `seed`.
 pub fn run_label(draw: usize, seed: u64) -> String {
     format!("draw{draw:02}_seed{seed}")
@@ -564,14 +620,16 @@ fn finished_xrm_run(
 /// Runs XRM's phase of a sweep (see the module docs) and saves every run under `dir`
 /// (`{label}/xrm.{json,safetensors}` and the record `{label}/run.json`). A run whose record
 /// there is finished with the same digest is loaded instead of trained again; `data_digest`
-/// is [`data_digest`]`(ds)`.
+/// is [`data_digest`]`(ds)`. `scope` says which runs this call may train ([`Scope`]); `None`
+/// when it stopped after its job.
 pub fn run_xrm_phase(
     ds: &Dataset,
     cfg: &SweepConfig,
     dir: &Path,
     data_digest: &str,
+    scope: Scope,
     progress: ProgressFn<'_>,
-) -> Result<XrmPhase> {
+) -> Result<Option<XrmPhase>> {
     cfg.validate()?;
     create_dir(dir)?;
     let parallelism = cfg.effective_parallelism();
@@ -584,80 +642,90 @@ pub fn run_xrm_phase(
         device: cfg.device.clone(),
         log_every: cfg.checkpoint_freq,
     };
-    let run_one =
-        |draw: usize, seed: u64, h: &Hparams| -> Result<(XrmRunRecord, Option<XrmOutput>)> {
-            let label = run_label(draw, seed);
-            let run_dir = dir.join(&label);
-            let key = XrmRunKey {
-                format: "memaware-xrm-run-v1",
-                data: data_digest,
-                draw,
-                seed,
-                hparams: h,
-                model: &cfg.model,
-                optimizer: cfg.optimizer_for(h),
-                plan: &cfg.xrm,
-                checkpoint_freq: cfg.checkpoint_freq,
-                device: device_kind(&cfg.device),
-            };
-            let digest = digest_of(&run_dir.join(RUN_FILE), &key)?;
-            if let Some(done) = finished_xrm_run(ds, &run_dir, &digest) {
-                progress(Progress::Finished(&format!("xrm/{label}")));
-                return Ok(done);
-            }
-            create_dir(&run_dir)?;
-            let started = xrm_record(
-                ds,
-                draw,
-                seed,
-                h,
-                &digest,
-                &Err(Error::Data("running".into())),
-            );
-            write_json(
-                &run_dir.join(RUN_FILE),
-                &XrmRunRecord {
-                    error: None,
-                    status: RunStatus::Running,
-                    ..started
-                },
-            )?;
-            let out = match cfg.xrm.estimator {
-                Estimator::Xrm => run_xrm(ds, &cfg.model, &xrm_cfg(h, seed)),
-                Estimator::Kfold { folds } => {
-                    let x = xrm_cfg(h, seed);
-                    let kcfg = KfoldConfig {
-                        folds,
-                        steps: x.steps,
-                        batch_size: x.batch_size,
-                        optimizer: x.optimizer,
-                        seed: x.seed,
-                        device: x.device,
-                    };
-                    run_kfold(ds, &cfg.model, &kcfg)
-                }
-            };
-            if let Ok(o) = &out {
-                o.save(&run_dir, ds)?;
-            }
-            let record = xrm_record(ds, draw, seed, h, &digest, &out);
-            write_json(&run_dir.join(RUN_FILE), &record)?;
-            progress(Progress::Finished(&format!("xrm/{label}")));
-            Ok((record, out.ok()))
+    let run_one = |draw: usize,
+                   seed: u64,
+                   h: &Hparams,
+                   phase: Phase,
+                   train: bool|
+     -> Result<(XrmRunRecord, Option<XrmOutput>)> {
+        let label = run_label(draw, seed);
+        let run_dir = dir.join(&label);
+        let key = XrmRunKey {
+            format: "memaware-xrm-run-v1",
+            data: data_digest,
+            draw,
+            seed,
+            hparams: h,
+            model: &cfg.model,
+            optimizer: cfg.optimizer_for(h),
+            plan: &cfg.xrm,
+            checkpoint_freq: cfg.checkpoint_freq,
+            device: device_kind(&cfg.device),
         };
+        let digest = digest_of(&run_dir.join(RUN_FILE), &key)?;
+        if let Some(done) = finished_xrm_run(ds, &run_dir, &digest) {
+            progress(Progress::Finished(&format!("xrm/{label}")));
+            return Ok(done);
+        }
+        if !train {
+            return Err(unfinished(&run_dir, phase));
+        }
+        create_dir(&run_dir)?;
+        let started = xrm_record(
+            ds,
+            draw,
+            seed,
+            h,
+            &digest,
+            &Err(Error::Data("running".into())),
+        );
+        write_json(
+            &run_dir.join(RUN_FILE),
+            &XrmRunRecord {
+                error: None,
+                status: RunStatus::Running,
+                ..started
+            },
+        )?;
+        let out = match cfg.xrm.estimator {
+            Estimator::Xrm => run_xrm(ds, &cfg.model, &xrm_cfg(h, seed)),
+            Estimator::Kfold { folds } => {
+                let x = xrm_cfg(h, seed);
+                let kcfg = KfoldConfig {
+                    folds,
+                    steps: x.steps,
+                    batch_size: x.batch_size,
+                    optimizer: x.optimizer,
+                    seed: x.seed,
+                    device: x.device,
+                };
+                run_kfold(ds, &cfg.model, &kcfg)
+            }
+        };
+        if let Ok(o) = &out {
+            o.save(&run_dir, ds)?;
+        }
+        let record = xrm_record(ds, draw, seed, h, &digest, &out);
+        write_json(&run_dir.join(RUN_FILE), &record)?;
+        progress(Progress::Finished(&format!("xrm/{label}")));
+        Ok((record, out.ok()))
+    };
 
     let s0 = cfg.seeds[0];
     let draw_hparams: Vec<Hparams> = (0..cfg.xrm.draws)
         .map(|i| cfg.hparams(i))
         .collect::<Result<_>>()?;
-    progress(Progress::Queued(cfg.xrm.draws as u64));
-    let draw_runs: Vec<(XrmRunRecord, Option<XrmOutput>)> = map_jobs(
+    let Some(draw_runs) = run_phase(
+        scope,
+        Phase::XrmDraws,
         parallelism,
         &draw_hparams.iter().enumerate().collect::<Vec<_>>(),
-        |(i, h)| run_one(*i, s0, h),
-    )
-    .into_iter()
-    .collect::<Result<_>>()?;
+        progress,
+        |(i, h), train| run_one(*i, s0, h, Phase::XrmDraws, train),
+    )?
+    else {
+        return Ok(None);
+    };
     // Highest selection flip rate; failed runs (NaN) never win; ties go to the lower index.
     let chosen = draw_runs
         .iter()
@@ -688,11 +756,17 @@ pub fn run_xrm_phase(
     let h = draw_hparams[chosen].clone();
 
     let others: Vec<u64> = cfg.seeds[1..].to_vec();
-    progress(Progress::Queued(others.len() as u64));
-    let seed_runs: Vec<(XrmRunRecord, Option<XrmOutput>)> =
-        map_jobs(parallelism, &others, |&s| run_one(chosen, s, &h))
-            .into_iter()
-            .collect::<Result<_>>()?;
+    let Some(seed_runs) = run_phase(
+        scope,
+        Phase::XrmSeeds,
+        parallelism,
+        &others,
+        progress,
+        |&s, train| run_one(chosen, s, &h, Phase::XrmSeeds, train),
+    )?
+    else {
+        return Ok(None);
+    };
     let mut outputs = BTreeMap::new();
     let mut seed_records = vec![records[chosen].clone()];
     outputs.insert(s0, Arc::new(chosen_output));
@@ -712,8 +786,10 @@ pub fn run_xrm_phase(
         chosen_draw: chosen,
         seeds: seed_records,
     };
-    write_json(&dir.join(XRM_PHASE_FILE), &record)?;
-    Ok(XrmPhase { record, outputs })
+    if scope.writes_summaries() {
+        write_json(&dir.join(XRM_PHASE_FILE), &record)?;
+    }
+    Ok(Some(XrmPhase { record, outputs }))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -819,6 +895,7 @@ fn run_job(
     xrm: Option<&XrmPhase>,
     data_digest: &str,
     out: &Path,
+    (phase, train): (Phase, bool),
     progress: ProgressFn<'_>,
 ) -> Result<RunResult> {
     let label = run_label(job.draw, job.seed);
@@ -853,6 +930,9 @@ fn run_job(
     if let Some(done) = finished_run(&dir, &digest) {
         finished(&label);
         return Ok(done);
+    }
+    if !train {
+        return Err(unfinished(&dir, phase));
     }
     create_dir(&dir)?;
     let mut record = RunRecord {
@@ -1158,6 +1238,25 @@ pub fn run_sweeps(
     overwrite: bool,
     progress: ProgressFn<'_>,
 ) -> Result<SweepSet> {
+    let set = run_sweeps_scoped(ds, plans, cfg, out, overwrite, Scope::All, progress)?;
+    Ok(set.expect("a sweep of every phase runs to its end"))
+}
+
+/// [`run_sweeps`], running only the part of the sweep that `scope` names: one job of one
+/// phase (then `None`), or the summaries of a sweep whose runs are all recorded. The files
+/// under `out` end as [`run_sweeps`] writes them once every job and [`Scope::Finish`] ran.
+///
+/// Errors: those of [`run_sweeps`], a run of an earlier phase without a finished record, a
+/// job index past the end of its phase.
+pub fn run_sweeps_scoped(
+    ds: &Dataset,
+    plans: &[MethodPlan],
+    cfg: &SweepConfig,
+    out: &Path,
+    overwrite: bool,
+    scope: Scope,
+    progress: ProgressFn<'_>,
+) -> Result<Option<SweepSet>> {
     cfg.validate()?;
     ds.validate()?;
     if plans.is_empty() {
@@ -1186,17 +1285,12 @@ pub fn run_sweeps(
         overwrite,
     )?;
     let parallelism = cfg.effective_parallelism();
-    let needs_xrm = plans
-        .iter()
-        .any(|p| p.kind.needs_xrm() || p.criteria.contains(&Criterion::VaGiWga));
-    let xrm = if needs_xrm {
-        Some(run_xrm_phase(
-            ds,
-            cfg,
-            &out.join("xrm"),
-            &data_digest,
-            progress,
-        )?)
+    let xrm = if needs_xrm(plans) {
+        let xrm_dir = out.join("xrm");
+        match run_xrm_phase(ds, cfg, &xrm_dir, &data_digest, scope, progress)? {
+            Some(x) => Some(x),
+            None => return Ok(None),
+        }
     } else {
         None
     };
@@ -1216,8 +1310,7 @@ pub fn run_sweeps(
             })
         })
         .collect();
-    progress(Progress::Queued(jobs.len() as u64));
-    let run = |j: &RunJob| {
+    let run = |j: &RunJob, phase: Phase, train: bool| {
         run_job(
             ds,
             *j,
@@ -1226,12 +1319,17 @@ pub fn run_sweeps(
             xrm.as_ref(),
             &data_digest,
             out,
+            (phase, train),
             progress,
         )
     };
-    let mut results: Vec<RunResult> = map_jobs(parallelism, &jobs, run)
-        .into_iter()
-        .collect::<Result<_>>()?;
+    let Some(mut results) =
+        run_phase(scope, Phase::Draws, parallelism, &jobs, progress, |j, t| {
+            run(j, Phase::Draws, t)
+        })?
+    else {
+        return Ok(None);
+    };
 
     // Phase 3: the winners of every criterion, at the other seeds (each run once).
     let mut reruns: BTreeSet<(MethodKind, usize, u64)> = BTreeSet::new();
@@ -1253,19 +1351,30 @@ pub fn run_sweeps(
         .into_iter()
         .map(|(kind, draw, seed)| RunJob { kind, draw, seed })
         .collect();
-    progress(Progress::Queued(rerun_jobs.len() as u64));
-    for r in map_jobs(parallelism, &rerun_jobs, run) {
-        let r = r?;
-        if let Some(e) = &r.record.error {
-            return Err(Error::Data(format!(
+    let rerun = |j: &RunJob, train: bool| {
+        let r = run(j, Phase::Reruns, train)?;
+        match &r.record.error {
+            Some(e) => Err(Error::Data(format!(
                 "{} on `{}`: rerun {} failed: {e}",
                 r.record.kind.label(),
                 ds.name,
                 r.record.label
-            )));
+            ))),
+            None => Ok(r),
         }
-        results.push(r);
-    }
+    };
+    let Some(reruns) = run_phase(
+        scope,
+        Phase::Reruns,
+        parallelism,
+        &rerun_jobs,
+        progress,
+        rerun,
+    )?
+    else {
+        return Ok(None);
+    };
+    results.extend(reruns);
 
     let mut sweeps = Vec::with_capacity(plans.len());
     for p in plans {
@@ -1288,10 +1397,12 @@ pub fn run_sweeps(
             selections,
             xrm: xrm.as_ref().map(|x| x.record.clone()),
         };
-        write_json(&out.join(p.kind.name()).join(SWEEP_FILE), &outcome)?;
+        if scope.writes_summaries() {
+            write_json(&out.join(p.kind.name()).join(SWEEP_FILE), &outcome)?;
+        }
         sweeps.push(outcome);
     }
-    Ok(SweepSet { xrm, sweeps })
+    Ok(Some(SweepSet { xrm, sweeps }))
 }
 
 /// Applies `criteria` again to the checkpoints a sweep recorded: reads
