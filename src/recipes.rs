@@ -196,6 +196,7 @@ pub fn preset_sweep(family: Family, sizes: Sizes, seed: u64) -> SweepConfig {
             steps: sizes.steps,
             loss: XrmLoss::ClassBalanced,
             estimator: Default::default(),
+            outputs: Default::default(),
         },
         parallelism: Parallelism::default(),
         step_zero: Default::default(),

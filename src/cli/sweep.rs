@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::algo::sweep::{
     data_digest, phase_jobs, prepare_folder, run_sweeps_scoped, Estimator, Manifest, MethodKind,
-    MethodPlan, Parallelism, Scope, SweepConfig,
+    MethodPlan, Parallelism, Scope, SweepConfig, XrmOutputs,
 };
 use crate::data::Dataset;
 use crate::error::{Error, Result};
@@ -90,6 +90,11 @@ pub struct Args {
     /// held-out predictions, with XRM's draw of steps, batch, optimizer and seed).
     #[arg(long, value_name = "EST", default_value = "xrm")]
     pub estimator: Estimator,
+    /// Which XRM output the runs at each seed read: `per-seed` (XRM's chosen draw rerun at
+    /// every seed) or `first` (the selection seed's output for every seed, as the official
+    /// MAT; XRM is then not rerun).
+    #[arg(long, value_name = "WHICH", default_value = "per-seed")]
+    pub xrm_output: XrmOutputs,
     /// Plan the sweep as cluster jobs instead of running it: write `plan.json` and a Slurm
     /// `submit.sh` to DIR (see `memaware job --help`).
     #[arg(long, value_name = "DIR")]
@@ -157,6 +162,7 @@ pub fn planned(args: &Args) -> Result<Planned> {
         .parse::<Parallelism>()?;
     cfg.step_zero = args.step_zero;
     cfg.xrm.estimator = args.estimator;
+    cfg.xrm.outputs = args.xrm_output;
     cfg.device = parse_device(args.device.as_deref().unwrap_or("cpu"))?;
     let plans: Vec<MethodPlan> = kinds
         .iter()

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::common::{self, load_dataset, parse_device, with_progress_bar, DATA_HELP};
-use crate::algo::sweep::{Estimator, MethodKind, Parallelism};
+use crate::algo::sweep::{Estimator, MethodKind, Parallelism, XrmOutputs};
 use crate::data::features::load_features;
 use crate::error::{Error, Result};
 use crate::eval::selection::{Spread, StepZero};
@@ -86,6 +86,11 @@ pub struct Args {
     /// held-out predictions, with XRM's draw of steps, batch, optimizer and seed).
     #[arg(long, value_name = "EST", default_value = "xrm")]
     pub estimator: Estimator,
+    /// Which XRM output the runs at each seed read: `per-seed` (XRM's chosen draw rerun at
+    /// every seed) or `first` (the selection seed's output for every seed, as the official
+    /// MAT; XRM is then not rerun).
+    #[arg(long, value_name = "WHICH", default_value = "per-seed")]
+    pub xrm_output: XrmOutputs,
     /// Plan the table as cluster jobs instead of running it: write `plan.json` and a Slurm
     /// `submit.sh` to DIR (see `memaware job --help`).
     #[arg(long, value_name = "DIR")]
@@ -178,6 +183,7 @@ pub fn config(args: &Args) -> Result<Table1Config> {
         sweep.device = device.clone();
         sweep.step_zero = args.step_zero;
         sweep.xrm.estimator = args.estimator;
+        sweep.xrm.outputs = args.xrm_output;
         entries.push(Table1Entry {
             label,
             dataset,

@@ -24,7 +24,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{MethodPlan, SweepConfig};
+use super::{MethodPlan, SweepConfig, XrmOutputs};
 use crate::error::{Error, Result};
 use crate::eval::selection::Criterion;
 
@@ -136,7 +136,11 @@ pub fn needs_xrm(plans: &[MethodPlan]) -> bool {
 pub fn phase_jobs(plans: &[MethodPlan], cfg: &SweepConfig) -> [usize; 4] {
     let other_seeds = cfg.seeds.len().saturating_sub(1);
     let (xrm_draws, xrm_seeds) = if needs_xrm(plans) {
-        (cfg.xrm.draws, other_seeds)
+        let reruns = match cfg.xrm.outputs {
+            XrmOutputs::PerSeed => other_seeds,
+            XrmOutputs::First => 0,
+        };
+        (cfg.xrm.draws, reruns)
     } else {
         (0, 0)
     };

@@ -263,6 +263,52 @@ pub struct XrmPlan {
     /// held-out predictions ([`run_kfold`]) with XRM's draw of steps, batch, optimizer and seed.
     #[serde(default, skip_serializing_if = "Estimator::is_xrm")]
     pub estimator: Estimator,
+    /// Which XRM output a run at seed `s` reads: the chosen draw rerun at `s` (the default,
+    /// left out of files) or, as the official MAT does, the output at the selection seed for
+    /// every seed (then XRM is not rerun).
+    #[serde(default, skip_serializing_if = "XrmOutputs::is_per_seed")]
+    pub outputs: XrmOutputs,
+}
+
+/// Which XRM output feeds the runs at each seed (`--xrm-output per-seed|first`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum XrmOutputs {
+    /// XRM's chosen draw is rerun at every seed; a run at seed `s` reads the output at `s`.
+    #[default]
+    PerSeed,
+    /// Every run reads the output at the selection seed `s_0` (the official MAT, which loads
+    /// XRM's seed-0 output for every seed).
+    First,
+}
+
+impl XrmOutputs {
+    fn is_per_seed(&self) -> bool {
+        *self == XrmOutputs::PerSeed
+    }
+}
+
+impl fmt::Display for XrmOutputs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            XrmOutputs::PerSeed => "per-seed",
+            XrmOutputs::First => "first",
+        })
+    }
+}
+
+impl FromStr for XrmOutputs {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "per-seed" | "per_seed" => Ok(XrmOutputs::PerSeed),
+            "first" | "seed0" => Ok(XrmOutputs::First),
+            other => Err(Error::arg(
+                "xrm-output",
+                format!("`{other}`: expected `per-seed` or `first`"),
+            )),
+        }
+    }
 }
 
 /// The group estimator of phase 1 (`--estimator xrm|kfold:K`).
@@ -517,11 +563,22 @@ pub struct XrmPhaseRecord {
 pub struct XrmPhase {
     pub record: XrmPhaseRecord,
     pub outputs: BTreeMap<u64, Arc<XrmOutput>>,
+    /// Which output a run at each seed reads.
+    pub mode: XrmOutputs,
 }
 
 impl XrmPhase {
-    /// XRM's output at `seed`.
+    /// The seed of the XRM output that a run at `seed` reads.
+    pub fn seed_for(&self, seed: u64) -> u64 {
+        match self.mode {
+            XrmOutputs::PerSeed => seed,
+            XrmOutputs::First => self.record.seeds.first().map_or(seed, |r| r.seed),
+        }
+    }
+
+    /// The XRM output that a run at `seed` reads.
     pub fn output(&self, seed: u64) -> Result<&XrmOutput> {
+        let seed = self.seed_for(seed);
         self.outputs.get(&seed).map(|o| o.as_ref()).ok_or_else(|| {
             Error::Data(format!(
                 "no XRM output for seed {seed} (the phase ran seeds {:?})",
@@ -755,7 +812,10 @@ pub fn run_xrm_phase(
     let chosen_output = chosen_output.expect("the chosen draw has an output");
     let h = draw_hparams[chosen].clone();
 
-    let others: Vec<u64> = cfg.seeds[1..].to_vec();
+    let others: Vec<u64> = match cfg.xrm.outputs {
+        XrmOutputs::PerSeed => cfg.seeds[1..].to_vec(),
+        XrmOutputs::First => Vec::new(),
+    };
     let Some(seed_runs) = run_phase(
         scope,
         Phase::XrmSeeds,
@@ -789,7 +849,11 @@ pub fn run_xrm_phase(
     if scope.writes_summaries() {
         write_json(&dir.join(XRM_PHASE_FILE), &record)?;
     }
-    Ok(Some(XrmPhase { record, outputs }))
+    Ok(Some(XrmPhase {
+        record,
+        outputs,
+        mode: cfg.xrm.outputs,
+    }))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -903,8 +967,9 @@ fn run_job(
     let method = job.kind.method(hparams, cfg.steps);
     let optimizer = cfg.optimizer_for(hparams);
     let xrm_out = xrm.map(|p| p.output(job.seed)).transpose()?;
+    let xrm_seed = xrm.map(|p| p.seed_for(job.seed));
     let xrm_digest = xrm
-        .and_then(|p| p.record.seeds.iter().find(|r| r.seed == job.seed))
+        .and_then(|p| p.record.seeds.iter().find(|r| Some(r.seed) == xrm_seed))
         .map(|r| r.digest.as_str());
     let digest = digest_of(
         &dir.join(RUN_FILE),
@@ -947,7 +1012,7 @@ fn run_job(
         batch_size: hparams.batch_size,
         steps: cfg.steps,
         checkpoint_freq: cfg.checkpoint_freq,
-        xrm_seed: xrm_out.map(|_| job.seed),
+        xrm_seed: xrm_out.and(xrm_seed),
         checkpoints: 0,
         steps_per_s: 0.0,
         jtt_errors: None,
@@ -1624,6 +1689,7 @@ mod tests {
                 steps: 10,
                 loss: XrmLoss::ClassBalanced,
                 estimator: Default::default(),
+                outputs: Default::default(),
             },
             parallelism: Parallelism::Runs,
             step_zero: Default::default(),
