@@ -317,7 +317,11 @@ fn first_xrm_output_feeds_every_seed_and_skips_xrm_reruns() {
         .filter(|n| n.starts_with("draw"))
         .collect();
     xrm_runs.sort();
-    assert_eq!(xrm_runs, ["draw00_seed0", "draw01_seed0"], "XRM ran at seed 0 only");
+    assert_eq!(
+        xrm_runs,
+        ["draw00_seed0", "draw01_seed0"],
+        "XRM ran at seed 0 only"
+    );
     let mut reruns = 0;
     for e in std::fs::read_dir(root.join("mat")).unwrap() {
         let p = e.unwrap().path();
@@ -326,14 +330,20 @@ fn first_xrm_output_feeds_every_seed_and_skips_xrm_reruns() {
         }
         let run: Value =
             serde_json::from_str(&std::fs::read_to_string(p.join("run.json")).unwrap()).unwrap();
-        assert_eq!(run["xrm_seed"], Value::from(0), "{}", p.display());
-        reruns += usize::from(run["seed"] != Value::from(0));
+        assert_eq!(run["xrm_seed"], 0, "{}", p.display());
+        reruns += usize::from(run["seed"] != 0);
     }
     assert_eq!(reruns, 2, "the winner ran at seeds 1 and 2");
     // The per-seed default reruns XRM: another configuration for the same folder.
     let per_seed: Vec<String> = local
         .iter()
-        .map(|a| if a == "first" { "per-seed".into() } else { a.clone() })
+        .map(|a| {
+            if a == "first" {
+                "per-seed".into()
+            } else {
+                a.clone()
+            }
+        })
         .collect();
     let err = fails(&per_seed.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(err.contains("another configuration"), "{err}");
