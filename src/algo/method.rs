@@ -1,13 +1,15 @@
-//! The paper's methods (ERM, GroupDRO, JTT, MAT, RWG, SUBG, XRM + GroupDRO): each builds its
-//! [`Objective`] (and, for SUBG, its training rows) and runs the training loop.
+//! The paper's methods (ERM, GroupDRO, JTT, MAT, RWG, SUBG, XRM + GroupDRO, and RWG and SUBG on
+//! XRM's inferred groups): each builds its [`Objective`] (and, for SUBG, its training rows)
+//! and runs the training loop. [`Method::Sampled`] trains any of them (but RWG) on batches
+//! drawn by another [`Sampler`], e.g. class-balanced with replacement.
 
 use serde::{Deserialize, Serialize};
 
 use super::model::ModelSpec;
 use super::objective::{jtt_weights, Objective};
-use super::train::{predict, train, TrainConfig, TrainOutcome, TrainSetup};
+use super::train::{predict, train_sampled, TrainConfig, TrainOutcome, TrainSetup};
 use super::xrm::XrmOutput;
-use crate::data::batch::{group_weights_balanced, subsample_groups};
+use crate::data::batch::{group_weights_balanced, subsample_groups, Sampler};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::eval::selection::Checkpoint;
@@ -39,6 +41,17 @@ pub enum Method {
     Subg,
     /// GroupDRO on the XRM-inferred groups `g = 2y + m`.
     XrmGroupDro { eta: f32 },
+    /// RWG on the XRM-inferred training groups `2y + m` instead of the true ones (the official
+    /// `--group_labels <XRM output>` setting).
+    XrmRwg,
+    /// SUBG on the XRM-inferred training groups `2y + m` instead of the true ones.
+    XrmSubg,
+    /// `method` trained on batches drawn by `sampler` (made by [`Method::with_sampler`]; the
+    /// default shuffled batches need no wrapper, so every other method trains as before).
+    Sampled {
+        sampler: Sampler,
+        method: Box<Method>,
+    },
 }
 
 impl Method {
@@ -52,18 +65,70 @@ impl Method {
             Method::Rwg => "rwg",
             Method::Subg => "subg",
             Method::XrmGroupDro { .. } => "xrm_group_dro",
+            Method::XrmRwg => "xrm_rwg",
+            Method::XrmSubg => "xrm_subg",
+            Method::Sampled { method, .. } => method.name(),
         }
     }
 
     /// Whether the method needs XRM's outputs (held-out logits or inferred groups).
     pub fn needs_xrm(&self) -> bool {
-        matches!(self, Method::Mat { .. } | Method::XrmGroupDro { .. })
+        match self {
+            Method::Sampled { method, .. } => method.needs_xrm(),
+            m => matches!(
+                m,
+                Method::Mat { .. } | Method::XrmGroupDro { .. } | Method::XrmRwg | Method::XrmSubg
+            ),
+        }
     }
 
     /// Whether the method reads the true training groups (the paper's "group labels in
     /// training" column).
     pub fn uses_training_groups(&self) -> bool {
-        matches!(self, Method::GroupDro { .. } | Method::Rwg | Method::Subg)
+        match self {
+            Method::Sampled { method, .. } => method.uses_training_groups(),
+            m => matches!(m, Method::GroupDro { .. } | Method::Rwg | Method::Subg),
+        }
+    }
+
+    /// The method without its sampler, and the sampler ([`Sampler::Shuffle`] unless wrapped).
+    pub fn parts(&self) -> (&Method, Sampler) {
+        match self {
+            Method::Sampled { sampler, method } => (method, *sampler),
+            m => (m, Sampler::Shuffle),
+        }
+    }
+
+    /// How the method's batches are drawn.
+    pub fn sampler(&self) -> Sampler {
+        self.parts().1
+    }
+
+    /// Whether the method balances groups itself by resampling in the official code (RWG:
+    /// its `WeightedRandomSampler` over group weights takes the place of `balanced_batch`,
+    /// `XRM/datasets.py:47-52`).
+    fn balances_groups(&self) -> bool {
+        matches!(self, Method::Rwg | Method::XrmRwg)
+    }
+
+    /// The method trained on batches drawn by `sampler`, with the official precedence: RWG
+    /// (on true or inferred groups) keeps its own balancing and is returned unchanged, as the
+    /// official loader ignores `balanced_batch` for RWG (`XRM/datasets.py:47-52`).
+    /// [`Sampler::Shuffle`] gives the plain method back (no wrapper, the same bits and files as
+    /// before samplers existed).
+    pub fn with_sampler(self, sampler: Sampler) -> Method {
+        let base = match self {
+            Method::Sampled { method, .. } => *method,
+            m => m,
+        };
+        if sampler == Sampler::Shuffle || base.balances_groups() {
+            base
+        } else {
+            Method::Sampled {
+                sampler,
+                method: Box::new(base),
+            }
+        }
     }
 }
 
@@ -74,9 +139,9 @@ pub struct MethodOutcome {
     pub outcome: TrainOutcome,
     /// JTT: the training rows the first-stage model misclassified (sorted).
     pub jtt_error_set: Option<Vec<usize>>,
-    /// JTT and RWG: the per-example weights of the training loss.
+    /// JTT and RWG (on true or inferred groups): the per-example weights of the training loss.
     pub row_weights: Option<Vec<f32>>,
-    /// SUBG: the training rows kept (sorted).
+    /// SUBG (on true or inferred groups): the training rows kept (sorted).
     pub subg_rows: Option<Vec<usize>>,
 }
 
@@ -117,10 +182,17 @@ pub fn run_method(
 /// - SUBG: `Objective::Mean` on [`subsample_groups`] of the true groups (seeded from
 ///   `cfg.seed`).
 /// - XRM + GroupDRO: `Objective::GroupDro` on the inferred groups `2y + m` (`2K` groups).
+/// - XRM + RWG, XRM + SUBG: RWG and SUBG with the inferred training groups `2y + m` (`2K`
+///   groups) in place of the true ones, as the official code runs them when its group labels
+///   are XRM's output (`XRM/datasets.py:143-145`, `221-222`: the inferred `m` replaces `a` on
+///   training and validation).
+/// - [`Method::Sampled`]: the wrapped method, every training loop of it (JTT's two stages)
+///   drawing its batches with the sampler ([`train_sampled`]). Wrapping RWG, or a wrapper, is
+///   an error.
 ///
 /// When `xrm` is given (whatever the method), checkpoints also carry validation metrics over
-/// the inferred groups (`va_gi`). MAT and XRM + GroupDRO without `xrm` are an error, as is an
-/// `xrm` computed on another data set (sizes or labels differ).
+/// the inferred groups (`va_gi`). MAT and the XRM-group methods without `xrm` are an error, as
+/// is an `xrm` computed on another data set (sizes or labels differ).
 pub fn run_method_with(
     ds: &Dataset,
     method: &Method,
@@ -142,12 +214,29 @@ pub fn run_method_with(
     if let Some(x) = xrm {
         x.check_matches(ds)?;
     }
+    let (base, sampler) = method.parts();
+    if matches!(base, Method::Sampled { .. }) {
+        return Err(Error::arg(
+            "sampler",
+            format!("{} has two samplers; give it one", base.name()),
+        ));
+    }
+    if sampler != Sampler::Shuffle && base.balances_groups() {
+        return Err(Error::arg(
+            "sampler",
+            format!(
+                "{} cannot train on {sampler} batches: RWG balances its groups itself (the \
+                 official loader ignores balanced_batch for RWG)",
+                base.name()
+            ),
+        ));
+    }
     let va_inferred_groups = xrm.map(|x| x.inferred_groups_va(ds));
     let mut jtt_error_set = None;
     let mut row_weights = None;
     let mut subg_rows = None;
     let mut run_cfg = cfg.clone();
-    let (objective, rows) = match method {
+    let (objective, rows) = match base {
         Method::Erm => (Objective::Mean, None),
         Method::GroupDro { eta } => (
             Objective::GroupDro {
@@ -178,7 +267,14 @@ pub fn run_method_with(
                 evaluate: false,
                 ..TrainSetup::new(Objective::Mean)
             };
-            let stage1 = train(ds, model_spec, &stage1_cfg, &stage1_setup, &mut |_| Ok(()))?;
+            let stage1 = train_sampled(
+                ds,
+                model_spec,
+                &stage1_cfg,
+                &stage1_setup,
+                sampler,
+                &mut |_| Ok(()),
+            )?;
             let pred = predict(stage1.model.as_ref(), &ds.train, &cfg.device)?;
             let errors: Vec<usize> = (0..ds.train.n)
                 .filter(|&i| pred[i] != ds.train.y[i])
@@ -216,6 +312,20 @@ pub fn run_method_with(
                 None,
             )
         }
+        Method::XrmRwg => {
+            let xrm = xrm.expect("checked above: XRM + RWG has XRM outputs");
+            let w = group_weights_balanced(&xrm.inferred_groups_tr(ds), 2 * ds.classes)?;
+            row_weights = Some(w.clone());
+            (Objective::Weighted(w), None)
+        }
+        Method::XrmSubg => {
+            let xrm = xrm.expect("checked above: XRM + SUBG has XRM outputs");
+            let mut rng = Rng::new(cfg.seed).fork(STREAM_SUBG);
+            let rows = subsample_groups(&xrm.inferred_groups_tr(ds), 2 * ds.classes, &mut rng);
+            subg_rows = Some(rows.clone());
+            (Objective::Mean, Some(rows))
+        }
+        Method::Sampled { .. } => unreachable!("a sampler around a sampler was refused above"),
     };
     let setup = TrainSetup {
         objective,
@@ -223,7 +333,7 @@ pub fn run_method_with(
         va_inferred_groups,
         evaluate: true,
     };
-    let outcome = train(ds, model_spec, &run_cfg, &setup, on_checkpoint)?;
+    let outcome = train_sampled(ds, model_spec, &run_cfg, &setup, sampler, on_checkpoint)?;
     Ok(MethodOutcome {
         method: method.clone(),
         outcome,

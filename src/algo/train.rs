@@ -14,7 +14,10 @@
 //! ```
 //!
 //! SUBG trains on a subset of the training rows: the subset is gathered once, and the batcher
-//! walks it. A checkpoint after the update with 0-based index `s` (when
+//! walks it. With [`Sampler::ClassBalanced`] ([`train_sampled`]) the batches are drawn with
+//! replacement, class-balanced, by a [`WeightedBatcher`] over the rows trained on (the subset,
+//! for SUBG) instead, seeded from the same stream; the default [`Sampler::Shuffle`] is the
+//! batcher above, bit for bit. A checkpoint after the update with 0-based index `s` (when
 //! `s % checkpoint_freq == 0` or `s` is the last step) has `Checkpoint::step = s`, reflecting
 //! `s + 1` updates as the reference records it, and `train_loss` is the objective on the
 //! step's batch before the update; see [`super::evaluate`] for what it measures.
@@ -33,7 +36,7 @@ use super::model::{ModelSpec, OptimizerSpec};
 use super::objective::{Objective, StepLoss};
 use super::run_state::RunState;
 use crate::backend::Device;
-use crate::data::batch::Batcher;
+use crate::data::batch::{class_weights_balanced, Batcher, Sampler, WeightedBatcher};
 use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
 use crate::eval::selection::Checkpoint;
@@ -198,6 +201,27 @@ pub fn train(
     setup: &TrainSetup,
     on_checkpoint: &mut dyn FnMut(&Checkpoint) -> Result<()>,
 ) -> Result<TrainOutcome> {
+    train_sampled(ds, model_spec, cfg, setup, Sampler::Shuffle, on_checkpoint)
+}
+
+/// The sub-folder of `TrainConfig::state_dir` that keeps the state of a class-balanced run.
+/// The state's key does not cover the sampler, so a shuffled run and a class-balanced run
+/// sharing a folder must never resume each other's state.
+const CLASS_BALANCED_STATE_DIR: &str = "class_balanced";
+
+/// [`train`] with batches drawn by `sampler`. [`Sampler::Shuffle`] is [`train`] itself;
+/// [`Sampler::ClassBalanced`] draws every batch with replacement, class-balanced over the rows
+/// trained on (see the module docs). A class-balanced run keeps its state (with
+/// `TrainConfig::state_dir`) in the sub-folder `class_balanced/` and, when resumed, draws its
+/// batches up to the saved step again, so it ends with the bits of an uninterrupted run.
+pub fn train_sampled(
+    ds: &Dataset,
+    model_spec: &ModelSpec,
+    cfg: &TrainConfig,
+    setup: &TrainSetup,
+    sampler: Sampler,
+    on_checkpoint: &mut dyn FnMut(&Checkpoint) -> Result<()>,
+) -> Result<TrainOutcome> {
     check_setup(ds, cfg, setup)?;
     let device = &cfg.device;
     let root = Rng::new(cfg.seed);
@@ -217,14 +241,31 @@ pub fn train(
     };
     let y_fit_dev = Indices::new(y_fit.clone(), device)?;
     let mut objective = StepLoss::new(&setup.objective, rows, device)?;
-    let mut batcher = Batcher::new(
-        y_fit.len(),
-        cfg.batch_size,
-        root.fork(STREAM_BATCH).next_u64(),
-    )?;
+    let batch_seed = root.fork(STREAM_BATCH).next_u64();
+    let mut batcher = Batcher::new(y_fit.len(), cfg.batch_size, batch_seed)?;
+    // Class-balanced draws replace the batcher's (which then stays at its start).
+    let mut weighted = match sampler {
+        Sampler::Shuffle => None,
+        Sampler::ClassBalanced => Some(WeightedBatcher::new(
+            &class_weights_balanced(&y_fit, ds.classes)?,
+            cfg.batch_size,
+            batch_seed,
+        )?),
+    };
+    let balanced_cfg;
+    let state_cfg = match (&weighted, &cfg.state_dir) {
+        (Some(_), Some(dir)) => {
+            balanced_cfg = TrainConfig {
+                state_dir: Some(dir.join(CLASS_BALANCED_STATE_DIR)),
+                ..cfg.clone()
+            };
+            &balanced_cfg
+        }
+        _ => cfg,
+    };
 
     // A killed run continues from its last saved state (a no-op without `state_dir`).
-    let state = RunState::new(ds, model_spec, cfg, setup)?;
+    let state = RunState::new(ds, model_spec, state_cfg, setup)?;
     let (resumed, mut writer) = state.restore(
         model.as_ref(),
         optimizer.as_mut(),
@@ -232,6 +273,10 @@ pub fn train(
         &mut objective,
         cfg.checkpoints_path.as_deref(),
     )?;
+    if let Some(w) = weighted.as_mut() {
+        // Each step draws one batch: redraw those of the steps already run.
+        w.skip(resumed.first_step);
+    }
     let mut made = resumed.checkpoints;
     let mut emit = |cp: Checkpoint| -> Result<()> {
         if let Some(w) = writer.as_mut() {
@@ -245,7 +290,7 @@ pub fn train(
         valid: cfg.eval_valid,
         train: cfg.eval_train,
         va_inferred: setup.va_inferred_groups.clone(),
-        train_logits_follow: batcher.is_full_batch() && rows.is_none(),
+        train_logits_follow: batcher.is_full_batch() && rows.is_none() && weighted.is_none(),
     };
     let mut checkpoints = setup
         .evaluate
@@ -256,8 +301,10 @@ pub fn train(
     let mut final_train_loss = resumed.final_train_loss;
     let run = (|| -> Result<()> {
         for step in resumed.first_step..cfg.steps {
-            let full = batcher.is_full_batch();
-            let positions = batcher.next_batch();
+            let (full, positions) = match weighted.as_mut() {
+                Some(w) => (false, w.next_batch()),
+                None => (batcher.is_full_batch(), batcher.next_batch()),
+            };
             let (loss, logits) = if full {
                 objective.on_batch(model.as_ref(), &x_fit, &y_fit_dev, None)?
             } else {
@@ -297,6 +344,10 @@ pub fn train(
     run?;
     finished?;
     state.clear()?;
+    if let (Some(_), Some(dir)) = (&weighted, &cfg.state_dir) {
+        // The sub-folder is left empty: remove it (a folder still holding anything stays).
+        let _ = std::fs::remove_dir(dir.join(CLASS_BALANCED_STATE_DIR));
+    }
     Ok(TrainOutcome {
         checkpoints: made,
         model,

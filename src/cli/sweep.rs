@@ -29,8 +29,9 @@ pub struct Args {
     /// head with SGD (momentum 0.9); see `memaware table1 --help`.
     #[arg(long, required = true, long_help = DATA_HELP)]
     pub data: String,
-    /// Methods, comma-separated: erm, group_dro, jtt, xrm_group_dro, mat, rwg, subg (hyphens
-    /// work too, and groupdro, xrm-groupdro). They share the draws and XRM's phase.
+    /// Methods, comma-separated: erm, group_dro, jtt, xrm_group_dro, mat, rwg, subg, xrm_rwg,
+    /// xrm_subg (rwg and subg on XRM's inferred training groups) (hyphens work too, and
+    /// groupdro, xrm-groupdro). They share the draws and XRM's phase.
     #[arg(long, required = true, value_delimiter = ',')]
     pub method: Vec<MethodKind>,
     #[arg(long, value_name = "SPEC", help = MODEL_HELP)]
@@ -49,7 +50,8 @@ pub struct Args {
     #[arg(long, value_parser = common::parse_count, allow_hyphen_values = true)]
     pub checkpoint_freq: Option<usize>,
     /// Selection criteria, comma-separated: va_wga (validation group annotations), va_gi_wga
-    /// (XRM-inferred validation groups), va_avg [default: va_wga,va_gi_wga].
+    /// (XRM-inferred validation groups), va_avg, va_wca (validation worst-class accuracy: no
+    /// annotation, the official `--group_labels no`) [default: va_wga,va_gi_wga].
     #[arg(long, value_delimiter = ',')]
     pub select: Vec<String>,
     /// XRM hyperparameter draws (highest final flip rate wins) [default: --draws].

@@ -23,6 +23,7 @@ use crate::algo::model::{ModelSpec, OptimizerSpec};
 use crate::algo::sweep::MethodKind;
 use crate::algo::xrm::{XrmOutput, XRM_JSON_FILE, XRM_TENSORS_FILE};
 use crate::algo::{run_method_with, Method, MethodOutcome, TrainConfig};
+use crate::data::batch::Sampler;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::eval::metrics::SplitMetrics;
@@ -43,7 +44,8 @@ pub struct Args {
     /// training errors weighted --jtt-lambda), mat (memorization-aware training: logits +
     /// shift from XRM's held-out logits at temperature --tau; needs --xrm), rwg (every true
     /// training group weighs the same), subg (every true training group subsampled to the
-    /// smallest one's size), xrm_group_dro (GroupDRO on XRM's inferred groups; needs --xrm).
+    /// smallest one's size), xrm_group_dro (GroupDRO on XRM's inferred groups; needs --xrm),
+    /// xrm_rwg and xrm_subg (rwg and subg on XRM's inferred training groups; need --xrm).
     /// Hyphens work too, and groupdro, xrm-groupdro.
     #[arg(long, value_name = "METHOD")]
     pub method: MethodKind,
@@ -52,6 +54,7 @@ pub struct Args {
     /// Folder written by `memaware xrm` on the same --data and data seed (it holds
     /// xrm.safetensors and xrm.json). Required for mat and xrm_group_dro; with any other method
     /// it adds validation metrics over the inferred groups, which --select va_gi_wga needs.
+    /// Required for mat, xrm_group_dro, xrm_rwg and xrm_subg.
     #[arg(long, value_name = "DIR")]
     pub xrm: Option<PathBuf>,
     /// MAT temperature: the held-out logits are divided by tau before the softmax
@@ -73,10 +76,17 @@ pub struct Args {
     pub checkpoint_freq: Option<usize>,
     /// Criterion that selects the checkpoint printed: va_wga (validation worst-group accuracy
     /// with group annotations), va_gi_wga (over XRM-inferred validation groups; needs --xrm),
-    /// va_avg (validation average accuracy). summary.json records every applicable one.
+    /// va_avg (validation average accuracy), va_wca (validation worst-class accuracy: no
+    /// annotation, the official `--group_labels no`). summary.json records va_wga, va_avg,
+    /// va_gi_wga when it applies, and this one.
     #[arg(long, value_name = "CRITERION", default_value = "va_wga",
-          value_parser = clap::builder::PossibleValuesParser::new(["va_wga", "va_gi_wga", "va_avg"]))]
+          value_parser = clap::builder::PossibleValuesParser::new(["va_wga", "va_gi_wga", "va_avg", "va_wca"]))]
     pub select: String,
+    /// How training batches are drawn: shuffle (every example once per epoch) or
+    /// class_balanced (with replacement, every class equally likely: the official
+    /// `balanced_batch`; not with rwg or xrm_rwg)
+    #[arg(long, value_name = "SAMPLER", default_value = "shuffle")]
+    pub sampler: Sampler,
     /// Also evaluate on the training set at each checkpoint (recorded as `tr`)
     #[arg(long)]
     pub eval_train: bool,
@@ -97,6 +107,7 @@ impl Default for Args {
             jtt_lambda: 20.0,
             checkpoint_freq: None,
             select: "va_wga".into(),
+            sampler: Sampler::Shuffle,
             eval_train: false,
             step_zero: StepZero::Drop,
         }
@@ -116,7 +127,19 @@ impl Args {
                 ))
             }
         };
-        Ok(match self.method {
+        if self.sampler != Sampler::Shuffle
+            && matches!(self.method, MethodKind::Rwg | MethodKind::XrmRwg)
+        {
+            return Err(Error::arg(
+                "sampler",
+                format!(
+                    "--method {} balances its groups itself; --sampler {} does not apply (the \
+                     official loader ignores balanced_batch for RWG)",
+                    self.method, self.sampler
+                ),
+            ));
+        }
+        let method = match self.method {
             MethodKind::Erm => Method::Erm,
             MethodKind::GroupDro => {
                 check_eta()?;
@@ -155,7 +178,10 @@ impl Args {
                 check_eta()?;
                 Method::XrmGroupDro { eta: self.eta }
             }
-        })
+            MethodKind::XrmRwg => Method::XrmRwg,
+            MethodKind::XrmSubg => Method::XrmSubg,
+        };
+        Ok(method.with_sampler(self.sampler))
     }
 }
 
@@ -304,7 +330,7 @@ pub fn run(args: &Args) -> Result<()> {
         optimizer: r.optimizer.clone(),
         steps: r.steps,
         batch_size: r.batch_size,
-        full_batch: r.batch_size >= ds.train.n,
+        full_batch: r.batch_size >= ds.train.n && args.sampler == Sampler::Shuffle,
         checkpoint_freq,
         seed: args.run.seed,
         device: args.run.device.clone(),
@@ -333,7 +359,7 @@ pub fn run(args: &Args) -> Result<()> {
     )?;
     println!(
         "{} on {} ({} train / {} validation / {} test), seed {}: model {}, {}, {} steps, \
-         batch {}{}, checkpoint every {}",
+         batch {}{}{}, checkpoint every {}",
         args.method.name(),
         ds.name,
         ds.train.n,
@@ -345,6 +371,10 @@ pub fn run(args: &Args) -> Result<()> {
         r.steps,
         r.batch_size,
         if record.full_batch { " (full)" } else { "" },
+        match args.sampler {
+            Sampler::Shuffle => String::new(),
+            s => format!(" ({s}, with replacement)"),
+        },
         checkpoint_freq
     );
 
@@ -405,7 +435,7 @@ pub fn run(args: &Args) -> Result<()> {
         }
     };
 
-    let summary = summarize(&record, &outcome, xrm.is_some(), args.step_zero)?;
+    let summary = summarize(&record, &outcome, xrm.is_some(), args.step_zero, select)?;
     crate::io::write_json(&summary_path, &summary)?;
     print_report(&ds, &summary, select, &outcome);
     println!(
@@ -453,11 +483,17 @@ fn summarize<'a>(
     outcome: &MethodOutcome,
     has_inferred_groups: bool,
     step_zero: StepZero,
+    select: Criterion,
 ) -> Result<Summary<'a>> {
     let cps = &outcome.outcome.checkpoints;
     let mut selected = BTreeMap::new();
     for criterion in Criterion::ALL {
         if criterion == Criterion::VaGiWga && !has_inferred_groups {
+            continue;
+        }
+        // The worst-class criterion is recorded when it selects (summary.json keeps its
+        // keys otherwise).
+        if criterion == Criterion::VaWca && select != Criterion::VaWca {
             continue;
         }
         let (index, value) = select_checkpoint_with(cps, criterion, step_zero)?;

@@ -11,14 +11,76 @@
 //!   weights average 1 (RWG, "reweight groups").
 //! - [`WeightedSampler`]: draws with replacement, `P(i) = w_i / Σ w`, by inverting the
 //!   cumulative sums (f64) with a binary search: `O(log n)` per draw, one uniform each.
+//! - [`Sampler`] picks how training batches are drawn: [`Sampler::Shuffle`] (the [`Batcher`],
+//!   the default) or [`Sampler::ClassBalanced`], the official `balanced_batch`
+//!   ([`WeightedBatcher`] over [`class_weights_balanced`]).
+//! - [`WeightedBatcher`]: the official weighted loader: each epoch is `n` draws with
+//!   replacement from a [`WeightedSampler`] (PyTorch's `WeightedRandomSampler(weights,
+//!   num_samples=n, replacement=True)`, `XRM/datasets.py:68-70`), cut into consecutive batches
+//!   of `batch_size`, the last one holding the remainder (`FastBatchSampler`,
+//!   `XRM/datasets.py:100-113`); the next epoch draws on from the same generator. Batches are
+//!   never the whole set in order, even when `batch_size >= n`.
+//! - [`class_weights_balanced`]: `w_i = n / n_{y_i}` (`XRM/datasets.py:168`, `weights_y`), so
+//!   every class present is drawn with probability `1 / K_present`.
 //! - [`subsample_groups`]: keeps `min_g n_g` examples of every present group, chosen at random
 //!   (SUBG, "subsample groups"): the first `min_g n_g` of each group in the order of one random
 //!   permutation of `0..n`.
+
+use std::fmt;
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::rng::Rng;
+
+/// How a training run draws its batches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sampler {
+    /// Every example once per epoch, in a fresh random order ([`Batcher`]).
+    #[default]
+    Shuffle,
+    /// Draws with replacement, each example with probability proportional to
+    /// `n / n_{y_i}`, so every class is drawn equally often in expectation
+    /// ([`WeightedBatcher`] over [`class_weights_balanced`]): the official `balanced_batch`
+    /// (`XRM/datasets.py:49-50`, `68-70`, `168`).
+    ClassBalanced,
+}
+
+impl Sampler {
+    /// The name used in files and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Sampler::Shuffle => "shuffle",
+            Sampler::ClassBalanced => "class_balanced",
+        }
+    }
+}
+
+impl fmt::Display for Sampler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Sampler {
+    type Err = Error;
+
+    /// `shuffle` or `class_balanced` (`class-balanced` works too).
+    fn from_str(s: &str) -> Result<Self> {
+        let key = s.trim().to_ascii_lowercase().replace('-', "_");
+        [Sampler::Shuffle, Sampler::ClassBalanced]
+            .into_iter()
+            .find(|x| x.name() == key)
+            .ok_or_else(|| {
+                Error::arg(
+                    "sampler",
+                    format!("unknown sampler `{s}`; expected shuffle or class_balanced"),
+                )
+            })
+    }
+}
 
 /// Seeded shuffled minibatches over `0..n` (see the module docs).
 #[derive(Clone, Debug)]
@@ -251,6 +313,82 @@ impl WeightedSampler {
         batch.extend((0..batch_size).map(|_| self.sample()));
         self.batch = batch;
         &self.batch
+    }
+}
+
+/// Per-example weights `w_i = n / n_{y_i}` (`n_c` the examples of class `c`), the official
+/// `weights_y` (`XRM/datasets.py:163`, `168`): drawn with replacement in proportion to them,
+/// every class present comes up with probability `1 / K_present`.
+pub fn class_weights_balanced(y: &[u32], classes: usize) -> Result<Vec<f32>> {
+    if y.is_empty() {
+        return Err(Error::Data(
+            "class_weights_balanced: the training set is empty".into(),
+        ));
+    }
+    let counts = group_counts("class_weights_balanced", y, classes)?;
+    let n = y.len() as f64;
+    Ok(y.iter()
+        .map(|&c| (n / counts[c as usize] as f64) as f32)
+        .collect())
+}
+
+/// Batches drawn with replacement in proportion to per-example weights, cut into epochs of `n`
+/// draws as the official weighted loader (see the module docs). Its position is a function of
+/// the batches drawn, so [`WeightedBatcher::skip`] rebuilds any point of a run.
+#[derive(Clone, Debug)]
+pub struct WeightedBatcher {
+    sampler: WeightedSampler,
+    n: usize,
+    batch_size: usize,
+    /// Draws made in the current epoch.
+    pos: usize,
+    epoch: usize,
+}
+
+impl WeightedBatcher {
+    /// A batcher over `weights.len()` examples (weights as [`WeightedSampler::new`]).
+    pub fn new(weights: &[f32], batch_size: usize, seed: u64) -> Result<WeightedBatcher> {
+        if batch_size == 0 {
+            return Err(Error::arg("batch_size", "must be at least 1"));
+        }
+        Ok(WeightedBatcher {
+            sampler: WeightedSampler::new(weights, seed)?,
+            n: weights.len(),
+            batch_size,
+            pos: 0,
+            epoch: 0,
+        })
+    }
+
+    /// The next batch: `min(batch_size, n − drawn this epoch)` draws; an epoch ends after `n`.
+    pub fn next_batch(&mut self) -> &[usize] {
+        if self.pos >= self.n {
+            self.pos = 0;
+        }
+        if self.pos == 0 {
+            self.epoch += 1;
+        }
+        let size = self.batch_size.min(self.n - self.pos);
+        self.pos += size;
+        self.sampler.next_batch(size)
+    }
+
+    /// Draws and drops `batches` batches: the batcher then stands where one that returned them
+    /// stands.
+    pub fn skip(&mut self, batches: usize) {
+        for _ in 0..batches {
+            self.next_batch();
+        }
+    }
+
+    /// Epochs started so far (1 after the first call to [`WeightedBatcher::next_batch`]).
+    pub fn epoch(&self) -> usize {
+        self.epoch
+    }
+
+    /// Batches per epoch, `ceil(n / batch_size)`.
+    pub fn batches_per_epoch(&self) -> usize {
+        self.n.div_ceil(self.batch_size)
     }
 }
 

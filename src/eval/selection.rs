@@ -7,7 +7,11 @@
 //!   official reader (`XRM/utils.py:38`, `read_results_file` keeps records with `step > 0`);
 //!   [`StepZero::Keep`] lets it compete ([`select_checkpoint_with`]).
 //! - Criteria: validation WGA with true groups (`va_wga`), validation WGA over XRM-inferred
-//!   groups (`va_gi_wga`), validation average accuracy (`va_avg`).
+//!   groups (`va_gi_wga`), validation average accuracy (`va_avg`), and validation worst-**class**
+//!   accuracy (`va_wca`), the official "no group labels" setting: with `--group_labels no` the
+//!   official code sets every attribute to 0 on training and validation
+//!   (`XRM/datasets.py:141-142`, `219-220`), so its `va_wga`, the minimum over the groups
+//!   `2y + 0` present (`XRM/utils.py:109-114`), is the worst accuracy over the classes present.
 //! - Across hyperparameter draws the highest selected value wins; ties go to the higher
 //!   validation average accuracy, then to the lowest draw index.
 //! - Seeds are aggregated as mean ± **sample** standard deviation (denominator `n − 1`), not the
@@ -72,11 +76,19 @@ pub enum Criterion {
     VaGiWga,
     /// Validation average accuracy.
     VaAvg,
+    /// Validation worst-class accuracy: the minimum over the classes present of the class
+    /// accuracy (no annotation at all; the official `--group_labels no` setting).
+    VaWca,
 }
 
 impl Criterion {
     /// Every criterion, in a fixed order.
-    pub const ALL: [Criterion; 3] = [Criterion::VaWga, Criterion::VaGiWga, Criterion::VaAvg];
+    pub const ALL: [Criterion; 4] = [
+        Criterion::VaWga,
+        Criterion::VaGiWga,
+        Criterion::VaAvg,
+        Criterion::VaWca,
+    ];
 
     /// The name used in files and on the command line.
     pub fn name(self) -> &'static str {
@@ -84,6 +96,7 @@ impl Criterion {
             Criterion::VaWga => "va_wga",
             Criterion::VaGiWga => "va_gi_wga",
             Criterion::VaAvg => "va_avg",
+            Criterion::VaWca => "va_wca",
         }
     }
 }
@@ -104,7 +117,9 @@ impl FromStr for Criterion {
             .ok_or_else(|| {
                 Error::arg(
                     "criterion",
-                    format!("unknown criterion `{s}`; expected va_wga, va_gi_wga or va_avg"),
+                    format!(
+                        "unknown criterion `{s}`; expected va_wga, va_gi_wga, va_avg or va_wca"
+                    ),
                 )
             })
     }
@@ -118,6 +133,7 @@ pub fn criterion_value(c: Criterion, cp: &Checkpoint) -> Option<f64> {
         Criterion::VaWga => cp.va.as_ref()?.worst_group_acc,
         Criterion::VaGiWga => cp.va_gi.as_ref()?.worst_group_acc,
         Criterion::VaAvg => cp.va.as_ref()?.avg_acc,
+        Criterion::VaWca => cp.va.as_ref()?.worst_class_acc,
     };
     (!v.is_nan()).then_some(v)
 }
@@ -704,6 +720,71 @@ mod tests {
             .expect("cp() sets validation metrics")
             .worst_group_acc = f64::NAN;
         assert_eq!(criterion_value(Criterion::VaWga, &nan), None);
+    }
+
+    #[test]
+    fn worst_class_selection_reads_the_validation_class_accuracies() {
+        // Worst-class accuracy moves independently of worst-group and average accuracy.
+        let with_wca = |step: usize, wga: f64, wca: f64| {
+            let mut c = cp(step, 0.8, wga, None);
+            let va = c.va.as_mut().expect("cp() sets validation metrics");
+            va.worst_class_acc = wca;
+            va.class_acc = vec![Some(wca), Some(0.9)];
+            c
+        };
+        let cps = vec![
+            with_wca(0, 0.9, 0.95),
+            with_wca(50, 0.6, 0.7),
+            with_wca(100, 0.7, 0.5),
+            with_wca(150, 0.5, 0.7),
+        ];
+        assert_eq!(criterion_value(Criterion::VaWca, &cps[2]), Some(0.5));
+        // The last checkpoint after step 0 at the best worst-class value; va_wga picks another.
+        assert_eq!(select_checkpoint(&cps, Criterion::VaWca).unwrap(), (3, 0.7));
+        assert_eq!(select_checkpoint(&cps, Criterion::VaWga).unwrap(), (2, 0.7));
+        assert_eq!(
+            select_checkpoint_with(&cps, Criterion::VaWca, StepZero::Keep).unwrap(),
+            (0, 0.95)
+        );
+        // No validation metrics: no value, and selection names the cause.
+        let mut blind = cps[1].clone();
+        blind.va = None;
+        assert_eq!(criterion_value(Criterion::VaWca, &blind), None);
+        match select_checkpoint(&[cps[1].clone(), blind], Criterion::VaWca) {
+            Err(Error::Data(msg)) => assert!(msg.contains("did not evaluate"), "{msg}"),
+            other => panic!("expected a Data error, got {other:?}"),
+        }
+        assert_eq!("va_wca".parse::<Criterion>().unwrap(), Criterion::VaWca);
+        assert!(Criterion::ALL.contains(&Criterion::VaWca));
+    }
+
+    #[test]
+    fn worst_class_equals_the_official_no_group_labels_wga() {
+        // The official `--group_labels no` sets a = 0, so `get_metrics` takes the minimum over
+        // the groups `2y` present (`XRM/utils.py:109-114`): the worst class. Ours, from the
+        // same predictions: `split_metrics(...).worst_class_acc`.
+        use crate::eval::metrics::split_metrics;
+        let y = [0u32, 0, 0, 1, 1, 2, 2, 2, 2];
+        let pred = [0u32, 1, 0, 1, 1, 2, 0, 0, 2];
+        let a = [1u32, 0, 1, 0, 1, 1, 0, 0, 1];
+        let ours = split_metrics(&pred, &y, &y.map(|c| 2 * c), 6, 3)
+            .unwrap()
+            .worst_class_acc;
+        let official = (0..3u32)
+            .filter_map(|c| {
+                let rows: Vec<usize> = (0..y.len()).filter(|&i| y[i] == c).collect();
+                (!rows.is_empty()).then(|| {
+                    rows.iter().filter(|&&i| pred[i] == y[i]).count() as f64 / rows.len() as f64
+                })
+            })
+            .fold(f64::INFINITY, f64::min);
+        assert_eq!(ours, official);
+        assert_eq!(ours, 0.5);
+        // With the true attributes, worst-group accuracy is another number.
+        let groups: Vec<u32> = y.iter().zip(&a).map(|(&c, &m)| 2 * c + m).collect();
+        let with_groups = split_metrics(&pred, &y, &groups, 6, 3).unwrap();
+        assert_eq!(with_groups.worst_class_acc, official);
+        assert_eq!(with_groups.worst_group_acc, 0.0);
     }
 
     #[test]

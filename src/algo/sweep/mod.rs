@@ -106,11 +106,15 @@ pub enum MethodKind {
     Mat,
     Rwg,
     Subg,
+    /// RWG on XRM's inferred training groups.
+    XrmRwg,
+    /// SUBG on XRM's inferred training groups.
+    XrmSubg,
 }
 
 impl MethodKind {
     /// Every method, in table order.
-    pub const ALL: [MethodKind; 7] = [
+    pub const ALL: [MethodKind; 9] = [
         MethodKind::Erm,
         MethodKind::GroupDro,
         MethodKind::Jtt,
@@ -118,6 +122,8 @@ impl MethodKind {
         MethodKind::Mat,
         MethodKind::Rwg,
         MethodKind::Subg,
+        MethodKind::XrmRwg,
+        MethodKind::XrmSubg,
     ];
     /// The methods of the paper's Table 1.
     pub const TABLE1: [MethodKind; 5] = [
@@ -138,6 +144,8 @@ impl MethodKind {
             MethodKind::Mat => "mat",
             MethodKind::Rwg => "rwg",
             MethodKind::Subg => "subg",
+            MethodKind::XrmRwg => "xrm_rwg",
+            MethodKind::XrmSubg => "xrm_subg",
         }
     }
 
@@ -151,6 +159,8 @@ impl MethodKind {
             MethodKind::Mat => "MAT",
             MethodKind::Rwg => "RWG",
             MethodKind::Subg => "SUBG",
+            MethodKind::XrmRwg => "XRM+RWG",
+            MethodKind::XrmSubg => "XRM+SUBG",
         }
     }
 
@@ -168,12 +178,17 @@ impl MethodKind {
             MethodKind::Mat => Method::Mat { tau: h.tau },
             MethodKind::Rwg => Method::Rwg,
             MethodKind::Subg => Method::Subg,
+            MethodKind::XrmRwg => Method::XrmRwg,
+            MethodKind::XrmSubg => Method::XrmSubg,
         }
     }
 
     /// Whether the method needs XRM's outputs.
     pub fn needs_xrm(self) -> bool {
-        matches!(self, MethodKind::Mat | MethodKind::XrmGroupDro)
+        matches!(
+            self,
+            MethodKind::Mat | MethodKind::XrmGroupDro | MethodKind::XrmRwg | MethodKind::XrmSubg
+        )
     }
 
     /// Whether the method reads the true training groups.
@@ -206,7 +221,8 @@ impl FromStr for MethodKind {
     type Err = Error;
 
     /// Accepts the [`MethodKind::name`]s and the table labels in any case, with `-` or `+`
-    /// for `_`, and `groupdro`, `xrm_groupdro` (so `group-dro`, `xrm-groupdro`, `XRM+GroupDRO`).
+    /// for `_`, and `groupdro`, `xrm_groupdro` (so `group-dro`, `xrm-groupdro`, `XRM+GroupDRO`,
+    /// `xrm-rwg`, `XRM+SUBG`).
     fn from_str(s: &str) -> Result<Self> {
         let key = s.trim().to_ascii_lowercase().replace(['-', '+'], "_");
         let found = match key.as_str() {
@@ -219,7 +235,7 @@ impl FromStr for MethodKind {
                 "method",
                 format!(
                     "unknown method `{s}`; expected one of erm, group_dro, jtt, xrm_group_dro, \
-                     mat, rwg, subg"
+                     mat, rwg, subg, xrm_rwg, xrm_subg"
                 ),
             )
         })
