@@ -200,6 +200,7 @@ pub fn preset_sweep(family: Family, sizes: Sizes, seed: u64) -> SweepConfig {
         },
         parallelism: Parallelism::default(),
         step_zero: Default::default(),
+        sampler: Default::default(),
         device: Device::Cpu,
     }
 }

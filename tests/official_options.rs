@@ -699,3 +699,54 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     found
 }
+
+#[test]
+fn a_sweep_draws_class_balanced_batches_when_asked() {
+    let dir = scratch("sweep-sampler");
+    let run = |sampler: &str| -> String {
+        let out = dir.join(sampler);
+        let o = memaware(&[
+            "sweep",
+            "--data",
+            "interpretable:n=300,d=30",
+            "--method",
+            "erm,rwg",
+            "--steps",
+            "30",
+            "--checkpoint-freq",
+            "10",
+            "--draws",
+            "2",
+            "--seeds",
+            "2",
+            "--select",
+            "va_wga",
+            "--sampler",
+            sampler,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        let erm = out.join("interpretable/erm/draw00_seed0/run.json");
+        let rwg = out.join("interpretable/rwg/draw00_seed0/run.json");
+        let rwg = std::fs::read_to_string(rwg).unwrap();
+        assert!(
+            !rwg.contains("class_balanced"),
+            "RWG keeps its own balancing"
+        );
+        std::fs::read_to_string(erm).unwrap()
+    };
+    let balanced = run("class_balanced");
+    let shuffled = run("shuffle");
+    assert!(balanced.contains("class_balanced"), "{balanced}");
+    assert!(!shuffled.contains("class_balanced"), "{shuffled}");
+    let cps = |s: &str| {
+        std::fs::read(
+            dir.join(s)
+                .join("interpretable/erm/draw00_seed0/checkpoints.jsonl"),
+        )
+        .unwrap()
+    };
+    assert_ne!(cps("class_balanced"), cps("shuffle"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -38,7 +38,7 @@ pub struct Args {
     #[arg(required = true, value_name = "DIR")]
     pub dirs: Vec<PathBuf>,
     /// Criteria to apply to the recorded checkpoints, comma-separated: va_wga, va_gi_wga,
-    /// va_avg [default: the criteria each sweep used; va_wga for single runs].
+    /// va_avg, va_wca (worst class) [default: the criteria each sweep used; va_wga for single runs].
     #[arg(long, value_delimiter = ',')]
     pub select: Vec<String>,
     /// Folder for report.md and report.json [default: the first DIR].

@@ -15,6 +15,7 @@ use crate::algo::sweep::{
     data_digest, phase_jobs, prepare_folder, run_sweeps_scoped, Estimator, Manifest, MethodKind,
     MethodPlan, Parallelism, Scope, SweepConfig, XrmOutputs,
 };
+use crate::data::batch::Sampler;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::eval::selection::{Criterion, Spread, StepZero};
@@ -97,6 +98,11 @@ pub struct Args {
     /// MAT; XRM is then not rerun).
     #[arg(long, value_name = "WHICH", default_value = "per-seed")]
     pub xrm_output: XrmOutputs,
+    /// How training batches are drawn: shuffle (every example once per epoch) or
+    /// class_balanced (with replacement, every class equally likely: the official
+    /// `balanced_batch`; RWG keeps its own balancing).
+    #[arg(long, value_name = "SAMPLER", default_value = "shuffle")]
+    pub sampler: Sampler,
     /// Plan the sweep as cluster jobs instead of running it: write `plan.json` and a Slurm
     /// `submit.sh` to DIR (see `memaware job --help`).
     #[arg(long, value_name = "DIR")]
@@ -165,6 +171,7 @@ pub fn planned(args: &Args) -> Result<Planned> {
     cfg.step_zero = args.step_zero;
     cfg.xrm.estimator = args.estimator;
     cfg.xrm.outputs = args.xrm_output;
+    cfg.sampler = args.sampler;
     cfg.device = parse_device(args.device.as_deref().unwrap_or("cpu"))?;
     let plans: Vec<MethodPlan> = kinds
         .iter()

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use super::common::{self, load_dataset, parse_device, with_progress_bar, DATA_HELP};
 use crate::algo::sweep::{Estimator, MethodKind, Parallelism, XrmOutputs};
+use crate::data::batch::Sampler;
 use crate::data::features::load_features;
 use crate::error::{Error, Result};
 use crate::eval::selection::{Spread, StepZero};
@@ -91,6 +92,11 @@ pub struct Args {
     /// MAT; XRM is then not rerun).
     #[arg(long, value_name = "WHICH", default_value = "per-seed")]
     pub xrm_output: XrmOutputs,
+    /// How training batches are drawn: shuffle (every example once per epoch) or
+    /// class_balanced (with replacement, every class equally likely: the official
+    /// `balanced_batch`; RWG keeps its own balancing).
+    #[arg(long, value_name = "SAMPLER", default_value = "shuffle")]
+    pub sampler: Sampler,
     /// Plan the table as cluster jobs instead of running it: write `plan.json` and a Slurm
     /// `submit.sh` to DIR (see `memaware job --help`).
     #[arg(long, value_name = "DIR")]
@@ -184,6 +190,7 @@ pub fn config(args: &Args) -> Result<Table1Config> {
         sweep.step_zero = args.step_zero;
         sweep.xrm.estimator = args.estimator;
         sweep.xrm.outputs = args.xrm_output;
+        sweep.sampler = args.sampler;
         entries.push(Table1Entry {
             label,
             dataset,

@@ -75,6 +75,7 @@ use super::model::{ModelSpec, OptimizerSpec};
 use super::train::TrainConfig;
 use super::xrm::{run_xrm, XrmConfig, XrmLoss, XrmOutput};
 use crate::backend::Device;
+use crate::data::batch::Sampler;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::eval::metrics::SplitMetrics;
@@ -375,6 +376,10 @@ impl FromStr for Estimator {
     }
 }
 
+fn is_shuffle(s: &Sampler) -> bool {
+    *s == Sampler::Shuffle
+}
+
 fn is_drop(z: &StepZero) -> bool {
     *z == StepZero::Drop
 }
@@ -406,6 +411,10 @@ pub struct SweepConfig {
     /// out of files when default).
     #[serde(default, skip_serializing_if = "is_drop")]
     pub step_zero: StepZero,
+    /// How every run draws its batches ([`Method::with_sampler`]; RWG keeps its own
+    /// balancing). Left out of files when it is the default shuffle.
+    #[serde(default, skip_serializing_if = "is_shuffle")]
+    pub sampler: Sampler,
     /// Where the runs compute (not saved: a loaded sweep reports the CPU).
     #[serde(skip, default = "cpu")]
     pub device: Device,
@@ -980,7 +989,10 @@ fn run_job(
 ) -> Result<RunResult> {
     let label = run_label(job.draw, job.seed);
     let dir = out.join(job.kind.name()).join(&label);
-    let method = job.kind.method(hparams, cfg.steps);
+    let method = job
+        .kind
+        .method(hparams, cfg.steps)
+        .with_sampler(cfg.sampler);
     let optimizer = cfg.optimizer_for(hparams);
     let xrm_out = xrm.map(|p| p.output(job.seed)).transpose()?;
     let xrm_seed = xrm.map(|p| p.seed_for(job.seed));
@@ -1708,6 +1720,7 @@ mod tests {
                 outputs: Default::default(),
             },
             parallelism: Parallelism::Runs,
+            sampler: Default::default(),
             step_zero: Default::default(),
             device: Device::Cpu,
         };
