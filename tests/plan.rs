@@ -347,5 +347,39 @@ fn first_xrm_output_feeds_every_seed_and_skips_xrm_reruns() {
         .collect();
     let err = fails(&per_seed.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(err.contains("another configuration"), "{err}");
+
+    // Beside a method that reads its own seed's output (as officially), XRM is rerun, and
+    // MAT still reads seed 0's.
+    let mixed: Vec<String> = local
+        .iter()
+        .map(|a| match a.as_str() {
+            "mat" => "mat,xrm_group_dro".to_string(),
+            _ if a == out.to_str().unwrap() => dir.join("mixed").to_str().unwrap().to_string(),
+            _ => a.clone(),
+        })
+        .collect();
+    ok(&mixed.iter().map(String::as_str).collect::<Vec<_>>());
+    let root = dir.join("mixed").join("interpretable");
+    assert!(
+        root.join("xrm").join("draw00_seed1").exists()
+            || root.join("xrm").join("draw01_seed1").exists()
+    );
+    for (method, own_seed) in [("mat", false), ("xrm_group_dro", true)] {
+        for e in std::fs::read_dir(root.join(method)).unwrap() {
+            let p = e.unwrap().path();
+            if !p.is_dir() {
+                continue;
+            }
+            let run: Value =
+                serde_json::from_str(&std::fs::read_to_string(p.join("run.json")).unwrap())
+                    .unwrap();
+            let expected = if own_seed {
+                run["seed"].clone()
+            } else {
+                Value::from(0)
+            };
+            assert_eq!(run["xrm_seed"], expected, "{}", p.display());
+        }
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -24,7 +24,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{MethodPlan, SweepConfig, XrmOutputs};
+use super::{MethodKind, MethodPlan, SweepConfig, XrmOutputs};
 use crate::error::{Error, Result};
 use crate::eval::selection::Criterion;
 
@@ -130,15 +130,31 @@ pub fn needs_xrm(plans: &[MethodPlan]) -> bool {
         .any(|p| p.kind.needs_xrm() || p.criteria.contains(&Criterion::VaGiWga))
 }
 
+/// Whether XRM's chosen draw is rerun at the other seeds: a run there reads its own seed's
+/// output (every method but MAT under [`XrmOutputs::First`], every one otherwise).
+pub fn xrm_reruns(plans: &[MethodPlan], cfg: &SweepConfig) -> bool {
+    match cfg.xrm.outputs {
+        XrmOutputs::PerSeed => needs_xrm(plans),
+        XrmOutputs::First => needs_xrm(
+            &plans
+                .iter()
+                .filter(|p| p.kind != MethodKind::Mat)
+                .cloned()
+                .collect::<Vec<_>>(),
+        ),
+    }
+}
+
 /// The number of jobs of each phase of [`Phase::ALL`] for a sweep of `plans` with `cfg`; for
 /// [`Phase::Reruns`] the most there can be (every criterion of a method choosing another
 /// draw).
 pub fn phase_jobs(plans: &[MethodPlan], cfg: &SweepConfig) -> [usize; 4] {
     let other_seeds = cfg.seeds.len().saturating_sub(1);
     let (xrm_draws, xrm_seeds) = if needs_xrm(plans) {
-        let reruns = match cfg.xrm.outputs {
-            XrmOutputs::PerSeed => other_seeds,
-            XrmOutputs::First => 0,
+        let reruns = if xrm_reruns(plans, cfg) {
+            other_seeds
+        } else {
+            0
         };
         (cfg.xrm.draws, reruns)
     } else {

@@ -57,7 +57,7 @@
 mod jobs;
 mod resume;
 
-pub use jobs::{needs_xrm, phase_jobs, Phase, Scope};
+pub use jobs::{needs_xrm, phase_jobs, xrm_reruns, Phase, Scope};
 pub use resume::{data_digest, device_kind, prepare_folder, Manifest, RunStatus, MANIFEST_FILE};
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -280,22 +280,24 @@ pub struct XrmPlan {
     /// held-out predictions ([`run_kfold`]) with XRM's draw of steps, batch, optimizer and seed.
     #[serde(default, skip_serializing_if = "Estimator::is_xrm")]
     pub estimator: Estimator,
-    /// Which XRM output a run at seed `s` reads: the chosen draw rerun at `s` (the default,
-    /// left out of files) or, as the official MAT does, the output at the selection seed for
-    /// every seed (then XRM is not rerun).
+    /// Which XRM output MAT's run at seed `s` reads: the chosen draw rerun at `s` (the
+    /// default, left out of files) or, as the official MAT does, the output at the selection
+    /// seed for every seed. Other methods read the output at their seed either way, as
+    /// officially.
     #[serde(default, skip_serializing_if = "XrmOutputs::is_per_seed")]
     pub outputs: XrmOutputs,
 }
 
-/// Which XRM output feeds the runs at each seed (`--xrm-output per-seed|first`).
+/// Which XRM output feeds MAT's runs at each seed (`--xrm-output per-seed|first`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum XrmOutputs {
     /// XRM's chosen draw is rerun at every seed; a run at seed `s` reads the output at `s`.
     #[default]
     PerSeed,
-    /// Every run reads the output at the selection seed `s_0` (the official MAT, which loads
-    /// XRM's seed-0 output for every seed).
+    /// MAT reads the output at the selection seed `s_0` at every seed (the official MAT loads
+    /// XRM's seed-0 output for every seed: `Pitfalls/algos.py:27-29`, `50-54`); XRM is rerun
+    /// at the other seeds only when another method or criterion needs its output there.
     First,
 }
 
@@ -593,17 +595,23 @@ pub struct XrmPhase {
 }
 
 impl XrmPhase {
-    /// The seed of the XRM output that a run at `seed` reads.
-    pub fn seed_for(&self, seed: u64) -> u64 {
+    /// The seed of the XRM output that a run of `kind` at `seed` reads.
+    pub fn seed_for(&self, kind: MethodKind, seed: u64) -> u64 {
         match self.mode {
-            XrmOutputs::PerSeed => seed,
-            XrmOutputs::First => self.record.seeds.first().map_or(seed, |r| r.seed),
+            XrmOutputs::First if kind == MethodKind::Mat => {
+                self.record.seeds.first().map_or(seed, |r| r.seed)
+            }
+            _ => seed,
         }
     }
 
-    /// The XRM output that a run at `seed` reads.
+    /// The XRM output that a run of `kind` at `seed` reads.
+    pub fn output_for(&self, kind: MethodKind, seed: u64) -> Result<&XrmOutput> {
+        self.output(self.seed_for(kind, seed))
+    }
+
+    /// XRM's output at `seed`.
     pub fn output(&self, seed: u64) -> Result<&XrmOutput> {
-        let seed = self.seed_for(seed);
         self.outputs.get(&seed).map(|o| o.as_ref()).ok_or_else(|| {
             Error::Data(format!(
                 "no XRM output for seed {seed} (the phase ran seeds {:?})",
@@ -702,13 +710,15 @@ fn finished_xrm_run(
 /// Runs XRM's phase of a sweep (see the module docs) and saves every run under `dir`
 /// (`{label}/xrm.{json,safetensors}` and the record `{label}/run.json`). A run whose record
 /// there is finished with the same digest is loaded instead of trained again; `data_digest`
-/// is [`data_digest`]`(ds)`. `scope` says which runs this call may train ([`Scope`]); `None`
+/// is [`data_digest`]`(ds)`. The chosen draw is rerun at the other seeds when `plans` need
+/// it there ([`xrm_reruns`]). `scope` says which runs this call may train ([`Scope`]); `None`
 /// when it stopped after its job.
 pub fn run_xrm_phase(
     ds: &Dataset,
     cfg: &SweepConfig,
     dir: &Path,
     data_digest: &str,
+    plans: &[MethodPlan],
     scope: Scope,
     progress: ProgressFn<'_>,
 ) -> Result<Option<XrmPhase>> {
@@ -837,9 +847,10 @@ pub fn run_xrm_phase(
     let chosen_output = chosen_output.expect("the chosen draw has an output");
     let h = draw_hparams[chosen].clone();
 
-    let others: Vec<u64> = match cfg.xrm.outputs {
-        XrmOutputs::PerSeed => cfg.seeds[1..].to_vec(),
-        XrmOutputs::First => Vec::new(),
+    let others: Vec<u64> = if xrm_reruns(plans, cfg) {
+        cfg.seeds[1..].to_vec()
+    } else {
+        Vec::new()
     };
     let Some(seed_runs) = run_phase(
         scope,
@@ -994,8 +1005,8 @@ fn run_job(
         .method(hparams, cfg.steps)
         .with_sampler(cfg.sampler);
     let optimizer = cfg.optimizer_for(hparams);
-    let xrm_out = xrm.map(|p| p.output(job.seed)).transpose()?;
-    let xrm_seed = xrm.map(|p| p.seed_for(job.seed));
+    let xrm_out = xrm.map(|p| p.output_for(job.kind, job.seed)).transpose()?;
+    let xrm_seed = xrm.map(|p| p.seed_for(job.kind, job.seed));
     let xrm_digest = xrm
         .and_then(|p| p.record.seeds.iter().find(|r| Some(r.seed) == xrm_seed))
         .map(|r| r.digest.as_str());
@@ -1380,7 +1391,7 @@ pub fn run_sweeps_scoped(
     let parallelism = cfg.effective_parallelism();
     let xrm = if needs_xrm(plans) {
         let xrm_dir = out.join("xrm");
-        match run_xrm_phase(ds, cfg, &xrm_dir, &data_digest, scope, progress)? {
+        match run_xrm_phase(ds, cfg, &xrm_dir, &data_digest, plans, scope, progress)? {
             Some(x) => Some(x),
             None => return Ok(None),
         }
