@@ -17,7 +17,10 @@ time (benches/*.rs), so that scripts/bench-table.py can set the two side by side
   --figures    figure-level wall times of the paper's reference scripts (Figure 1: ERM at
                sigma_eps 0 and 0.5, XRM twins + MAT at 0.5; Figure 3: good/bad/ugly MLP fits),
                reimplemented faithfully, training time only (data generation excluded), summed
-               over --figure-seeds seeds (Figure 3's step counts vary with the seed by 2x)
+               over --figure-seeds seeds (Figure 3's step counts vary with the seed by 2x);
+               Figure 3 also records each fit's test MSE against the true function on both of
+               memaware's grids (figure3_grids): the reference script's x_sweep, whose 20
+               training rows carry their input noise, and the clean grid
 
 Each micro-benchmark warms up, then times `--repeats` batches of steps (time.perf_counter), each
 batch long enough to last about `--repeat-seconds`, and reports the median time per step. The
@@ -513,7 +516,7 @@ def final_accuracies(log: dict) -> dict:
 def measured_run(args, run) -> dict:
     """One figure run, with the other processes' CPU load during it (and --wait-idle first)."""
     attempts = []
-    for _ in range(3):  # rerun (up to 3 runs) while other processes contended for the CPUs
+    for _ in range(args.max_runs):  # rerun while other processes contended for the CPUs
         idle = settle(args)
         with ForeignLoad() as load:
             result = run()
@@ -534,7 +537,7 @@ def figure1_seeds(args) -> list[int]:
 
 
 def figure3_seeds(args) -> list[int]:
-    return [123 + i for i in range(args.figure_seeds)]
+    return [args.figure3_first_seed + i for i in range(args.figure_seeds)]
 
 
 def bench_figure1(args) -> dict:
@@ -582,6 +585,34 @@ def figure3_data(seed: int, x_noise_std: float, y_noise_std: float = 0.08, N: in
     return x, y, x_sweep, y_sweep
 
 
+# Setting: (sigma_eps, run-name prefix).
+FIGURE3_SETTINGS = {"good": (1e-4, "good_sigma1e-4"), "bad": (1e-3, "bad_sigma1e-3"), "ugly": (0.0, "ugly_sigma0")}
+
+
+def figure3_grids(x_sweep: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Figure 3's two evaluation grids, as memaware's src/repro/figure3.rs defines them.
+
+    "reference": the reference script's x_sweep itself (good_bad_ugly_memorization.py, lines
+    22-28, drawn at line 74): the rows at the training indices carry the training inputs'
+    noise coordinates (x = x_sweep[i]), so the net is evaluated there at the inputs it
+    memorized (figure3::reference_grid). "clean": x_sweep with every extra coordinate 0
+    (RegressionData::grid_x), the function learned off the training inputs.
+    """
+    clean = x_sweep.clone()
+    clean[:, 1:] = 0.0
+    return {"reference": x_sweep, "clean": clean}
+
+
+def figure3_test_mse(net: nn.Module, x_sweep: torch.Tensor, y_sweep: torch.Tensor) -> dict:
+    """MSE against the true function on both grids, in float64 from the net's float32 outputs
+    (as memaware computes it): test_mse_reference_grid and test_mse_clean_grid."""
+    with torch.no_grad():
+        return {
+            f"test_mse_{name}_grid": (net(grid).double() - y_sweep.double()).pow(2).mean().item()
+            for name, grid in figure3_grids(x_sweep).items()
+        }
+
+
 def figure3_run(x_noise_std: float, seed: int = 123, max_steps: float = 1e5) -> dict:
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -603,38 +634,59 @@ def figure3_run(x_noise_std: float, seed: int = 123, max_steps: float = 1e5) -> 
         if loss.item() < 1e-6 or steps > max_steps:
             break
     seconds = time.perf_counter() - t0
-    with torch.no_grad():
-        grid_mse = (net(x_sweep) - y_sweep).pow(2).mean().item()
     return {
         "sigma_eps": x_noise_std,
         "steps": steps,
         "seconds": seconds,
         "steps_per_s": steps / seconds,
         "final_train_mse": loss.item(),
-        "grid_mse_vs_f": grid_mse,
+        **figure3_test_mse(net, x_sweep, y_sweep),
+    }
+
+
+def mean_sample_std(values: list[float]) -> dict:
+    return {
+        "n": len(values),
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
     }
 
 
 def bench_figure3(args) -> dict:
     runs = {}
+    by_setting = {name: [] for name in args.figure3_settings}
     for seed in figure3_seeds(args):
         suffix = "" if seed == 123 else f"_seed{seed}"
-        runs[f"good_sigma1e-4{suffix}"] = measured_run(args, lambda: figure3_run(1e-4, seed=seed))
-        runs[f"bad_sigma1e-3{suffix}"] = measured_run(args, lambda: figure3_run(1e-3, seed=seed))
-        runs[f"ugly_sigma0{suffix}"] = measured_run(args, lambda: figure3_run(0.0, seed=seed))
+        for name in args.figure3_settings:
+            sigma, prefix = FIGURE3_SETTINGS[name]
+            run = measured_run(args, lambda: figure3_run(sigma, seed=seed))
+            runs[prefix + suffix] = run
+            by_setting[name].append(run)
     total = sum(r["seconds"] for r in runs.values())
     steps = sum(r["steps"] for r in runs.values())
+    summary = {
+        name: {
+            key: mean_sample_std([r[key] for r in fits])
+            for key in ("test_mse_clean_grid", "test_mse_reference_grid", "steps")
+        }
+        for name, fits in by_setting.items()
+    }
     return {
         "steps_per_s": steps / total,
         "ms_per_step": total / steps * 1e3,
         "total_s": total,
         "detail": {
-            "seed": 123,
+            "seed": args.figure3_first_seed,
             "seeds": figure3_seeds(args),
+            "settings": args.figure3_settings,
             "steps": steps,
             "runs": runs,
+            "summary": summary,
             "note": "Adam 1e-3 full batch until train MSE < 1e-6 or 1e5 steps; loss.item() "
-            "every step as in the reference; training time only",
+            "every step as in the reference; training time only; test MSE against the true "
+            "function on both grids (figure3_grids); summary: mean and sample std over seeds",
         },
     }
 
@@ -652,8 +704,17 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("results/pytorch_reference.json"))
     parser.add_argument("--figures", action="store_true", help="also time the Figure 1 and 3 scripts")
     parser.add_argument("--figure-seeds", type=int, default=1, metavar="N",
-                        help="seeds per figure (Figure 1: 1234, 1244, ...; Figure 3: 123, 124, ...); "
+                        help="seeds per figure (Figure 1: 1234, 1244, ...; Figure 3: 123, 124, ... "
+                        "or from --figure3-first-seed); "
                         "totals are summed over them (default 1, the reference scripts' one seed)")
+    parser.add_argument("--figure3-first-seed", type=int, default=123, metavar="S",
+                        help="Figure 3's seeds are S, S+1, ... (default 123, the reference's)")
+    parser.add_argument("--figure3-settings", nargs="+", choices=list(FIGURE3_SETTINGS),
+                        default=list(FIGURE3_SETTINGS), metavar="SETTING",
+                        help="Figure 3 settings to fit: good, bad, ugly (default all three)")
+    parser.add_argument("--max-runs", type=int, default=3, metavar="N",
+                        help="figure runs are rerun while other processes contend for the CPUs, "
+                        "N runs at most (default 3; 1 for numbers other than times)")
     parser.add_argument("--repeats", type=int, default=9, help="timed batches per workload")
     parser.add_argument("--repeat-seconds", type=float, default=0.3, help="target length of one batch")
     parser.add_argument("--warmup-seconds", type=float, default=0.5)
@@ -698,6 +759,10 @@ def main() -> int:
                     f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()
                 )
                 print(f"    {run}: {summary}")
+            for setting, stats in workloads[name]["detail"].get("summary", {}).items():
+                print(f"    {setting} over {stats['steps']['n']} seeds: " + ", ".join(
+                    f"{key} {s['mean']:.5g} ± {s['std']:.2g} ({s['min']:.4g}-{s['max']:.4g})"
+                    for key, s in stats.items()))
 
     meta["loadavg_at_end"] = load_average()
     args.out.parent.mkdir(parents=True, exist_ok=True)

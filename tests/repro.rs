@@ -10,12 +10,21 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
+use memaware::algo::model::{ModelSpec, OptimizerSpec};
+use memaware::algo::xrm::{run_xrm, XrmConfig, XrmLoss};
+use memaware::algo::{run_method_with, Method, TrainConfig};
 use memaware::cli::{reproduce, Cli, Command};
-use memaware::data::synthetic::minority_count;
+use memaware::data::synthetic::{
+    good_bad_ugly, interpretable, minority_count, InterpretableConfig, RegressionData,
+};
+use memaware::data::Dataset;
 use memaware::eval::selection::MeanStd;
-use memaware::repro::figure1::{self, Figure1Config, Figure1Report, Figure1Run, GroupCurves};
+use memaware::nn::{Activation, Init, Mlp, Module};
+use memaware::repro::figure1::{
+    self, Figure1Config, Figure1Report, Figure1Run, Figure1Timing, GroupCurves,
+};
 use memaware::repro::figure3::{self, Figure3Config, Figure3Report, Setting};
-use memaware::Error;
+use memaware::{Device, Error, Rng, Tensor};
 
 /// The file exists and starts like a PNG / an SVG document.
 fn assert_image_files(stem: &Path) {
@@ -92,7 +101,9 @@ fn check_figure1_consistency(report: &Figure1Report, cfg: &Figure1Config) {
             run_times.push(s.training_s);
             match (&s.xrm, run) {
                 (Some(x), Figure1Run::Mat) => {
-                    assert_eq!(x.flip_rate_history.len(), cfg.epochs);
+                    let xrm_updates = cfg.timing.xrm_updates(cfg.epochs);
+                    assert_eq!(x.updates, xrm_updates);
+                    assert_eq!(x.flip_rate_history.len(), xrm_updates);
                     assert_eq!(x.flip_rate_history.last().map(|h| h.1), Some(x.flip_rate));
                     assert!((0.0..=1.0).contains(&x.flip_rate));
                     assert!((0.0..=1.0).contains(&x.agreement_train));
@@ -102,7 +113,7 @@ fn check_figure1_consistency(report: &Figure1Report, cfg: &Figure1Config) {
                         minority_count(cfg.n, 0.9) as f64 / cfg.n as f64
                     );
                     assert_eq!(s.training_s, x.xrm_s + x.mat_s);
-                    let updates = 2.0 * cfg.epochs as f64;
+                    let updates = (xrm_updates + cfg.epochs) as f64;
                     assert!((s.steps_per_s - updates / s.training_s).abs() < 1e-6 * s.steps_per_s);
                 }
                 (None, Figure1Run::ErmClean | Figure1Run::ErmNoisy) => {}
@@ -161,6 +172,7 @@ fn figure1_reduced_run_writes_figure_and_consistent_json() {
     assert_eq!(report.json_file, Some(dir.join("figure1.json")));
     let json = read_json(&dir.join("figure1.json"));
     assert_eq!(json["config"]["epochs"], 40);
+    assert_eq!(json["config"]["timing"], "reference");
     assert_eq!(json["config"]["seeds"], serde_json::json!([0, 3]));
     let runs = json["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 3);
@@ -229,6 +241,160 @@ fn figure1_is_deterministic_in_the_seeds() {
     );
 }
 
+/// The data of seed `seed` of a reduced Figure 1 at noise `sigma_eps`, as `figure1::run`
+/// draws it.
+fn figure1_data(cfg: &Figure1Config, sigma_eps: f32, seed: u64) -> Dataset {
+    interpretable(&InterpretableConfig {
+        n: cfg.n,
+        d: cfg.d,
+        sigma_eps,
+        seed,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+/// `mean_i CE(model(x_i), y_i)` over the training set, in f64.
+fn mean_cross_entropy(model: &dyn Module, ds: &Dataset) -> f64 {
+    let x = Tensor::from_slice(&ds.train.x, (ds.train.n, ds.d()), &Device::Cpu).unwrap();
+    let logits = model.forward(&x).unwrap().to_vec().unwrap();
+    let k = ds.classes;
+    logits
+        .chunks_exact(k)
+        .zip(&ds.train.y)
+        .map(|(z, &y)| {
+            let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let lse = max + z.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+            lse - z[y as usize] as f64
+        })
+        .sum::<f64>()
+        / ds.train.n as f64
+}
+
+#[test]
+fn initial_model_is_the_one_training_starts_from() {
+    // The loss of step 0 is computed before the first update, on the initial model: the
+    // rebuilt initial model has it, a model from another seed does not.
+    let cfg = small_figure1(vec![0], None);
+    let ds = figure1_data(&cfg, 0.5, 4);
+    let spec = ModelSpec::linear_no_bias();
+    let train_cfg = TrainConfig {
+        seed: 11,
+        eval_valid: false,
+        ..TrainConfig::full_batch(1, OptimizerSpec::plain_sgd(1e-2), 1)
+    };
+    let run = run_method_with(&ds, &Method::Erm, &spec, &train_cfg, None, &mut |_| Ok(())).unwrap();
+    let step0 = run.outcome.checkpoints[0].train_loss;
+    let same = figure1::initial_model(&spec, &ds, 11, &Device::Cpu).unwrap();
+    let other = figure1::initial_model(&spec, &ds, 12, &Device::Cpu).unwrap();
+    let (ce_same, ce_other) = (
+        mean_cross_entropy(same.as_ref(), &ds),
+        mean_cross_entropy(other.as_ref(), &ds),
+    );
+    assert!(
+        (ce_same - step0).abs() <= 1e-5 * step0,
+        "{ce_same} vs {step0}"
+    );
+    assert!(
+        (ce_other - step0).abs() > 1e-3 * step0,
+        "{ce_other} vs {step0}"
+    );
+}
+
+#[test]
+fn figure1_logs_each_epoch_before_its_update_as_the_reference() {
+    let reference = small_figure1(vec![2], None);
+    assert_eq!(reference.timing, Figure1Timing::Reference, "the default");
+    let after = Figure1Config {
+        timing: Figure1Timing::AfterUpdate,
+        ..small_figure1(vec![2], None)
+    };
+    let r = figure1::run(&reference, &|_| {}).unwrap();
+    let a = figure1::run(&after, &|_| {}).unwrap();
+    check_figure1_consistency(&r, &reference);
+    check_figure1_consistency(&a, &after);
+    let epochs = reference.epochs;
+    let spec = ModelSpec::linear_no_bias();
+    for run in [Figure1Run::ErmClean, Figure1Run::ErmNoisy] {
+        let (sr, sa) = (&r.run(run).seeds[0], &a.run(run).seeds[0]);
+        // The same training: the same final weights, logged at other moments.
+        assert_eq!(sr.plane_weights, sa.plane_weights);
+        assert_ne!(sr.curves, sa.curves, "{run:?}");
+        // Epoch t (1-based) logs the model after t − 1 updates, i.e. what the after-update
+        // rule logs at epoch t − 1 ...
+        for t in 2..=epochs {
+            assert_eq!(
+                sr.curves.at(t - 1),
+                sa.curves.at(t - 2),
+                "{run:?}, epoch {t}"
+            );
+        }
+        // ... and epoch 1 the initial model, before any update.
+        let sigma = if run == Figure1Run::ErmClean {
+            0.0
+        } else {
+            reference.sigma_eps
+        };
+        let ds = figure1_data(&reference, sigma, 2);
+        let initial = figure1::initial_model(&spec, &ds, 2, &Device::Cpu).unwrap();
+        let before = figure1::model_accuracies(initial.as_ref(), &ds, &Device::Cpu).unwrap();
+        assert_eq!(sr.curves.at(0), Some(before), "{run:?}");
+        // The reported numbers are those logged at the last epoch: before the last update.
+        assert_eq!(Some(sr.final_acc), sa.curves.at(epochs - 2));
+    }
+    // MAT under the reference timing: its XRM makes epochs − 1 updates, whose held-out logits
+    // are those the reference's last twin iteration computes before its update.
+    let xr = r.run(Figure1Run::Mat).seeds[0].xrm.as_ref().unwrap();
+    let xa = a.run(Figure1Run::Mat).seeds[0].xrm.as_ref().unwrap();
+    assert_eq!((xr.updates, xa.updates), (epochs - 1, epochs));
+    // The first epochs − 1 updates of an epochs-update run are that run: the same flips.
+    assert_eq!(xr.flip_rate_history[..], xa.flip_rate_history[..epochs - 1]);
+}
+
+#[test]
+fn figure1_mat_shift_reads_the_twins_before_their_last_update() {
+    // Figure 1's MAT run equals MAT trained on the outputs of XRM stopped one update short.
+    let cfg = small_figure1(vec![1], None);
+    let report = figure1::run(&cfg, &|_| {}).unwrap();
+    let mat = &report.run(Figure1Run::Mat).seeds[0];
+    let ds = figure1_data(&cfg, cfg.sigma_eps, 1);
+    let spec = ModelSpec::linear_no_bias();
+    let xrm = |steps: usize| {
+        let xrm_cfg = XrmConfig {
+            steps,
+            batch_size: usize::MAX,
+            optimizer: OptimizerSpec::plain_sgd(cfg.lr_noisy),
+            loss: XrmLoss::Mean,
+            seed: 1,
+            device: Device::Cpu,
+            log_every: 1,
+        };
+        run_xrm(&ds, &spec, &xrm_cfg).unwrap()
+    };
+    let mat_weights = |steps: usize| {
+        let xrm = xrm(steps);
+        let train_cfg = TrainConfig {
+            seed: Rng::new(1).fork(figure1::MAT_MODEL_STREAM).next_u64(),
+            eval_valid: false,
+            ..TrainConfig::full_batch(cfg.epochs, OptimizerSpec::plain_sgd(cfg.lr_noisy), 1)
+        };
+        let method = Method::Mat { tau: cfg.tau };
+        let out =
+            run_method_with(&ds, &method, &spec, &train_cfg, Some(&xrm), &mut |_| Ok(())).unwrap();
+        let w = out.outcome.model.named_parameters()[0].1.to_vec().unwrap();
+        let scale = InterpretableConfig::default().spurious_scale;
+        [[w[0], w[1] * scale], [w[cfg.d], w[cfg.d + 1] * scale]]
+    };
+    assert_eq!(mat.plane_weights, mat_weights(cfg.epochs - 1));
+    let xr = mat.xrm.as_ref().unwrap();
+    let short = xrm(cfg.epochs - 1);
+    assert_eq!(xr.flip_rate, short.final_flip_rate);
+    // At this small size the extra update moves the held-out logits, and so MAT's result.
+    let full = xrm(cfg.epochs);
+    assert_ne!(short.heldout_logits, full.heldout_logits);
+    assert_ne!(mat.plane_weights, mat_weights(cfg.epochs));
+}
+
 fn check_figure3_consistency(report: &Figure3Report, cfg: &Figure3Config) {
     assert_eq!(report.settings.len(), 3);
     assert_eq!(report.grid_x.len(), 1000);
@@ -265,6 +431,14 @@ fn check_figure3_consistency(report: &Figure3Report, cfg: &Figure3Config) {
                 .sum::<f64>()
                 / 1000.0;
             assert!((mse - fit.test_mse).abs() <= 1e-12 * mse.max(1.0));
+            let reference = fit
+                .test_mse_reference_grid
+                .expect("run() knows the grid indices");
+            assert!(reference.is_finite() && reference >= 0.0);
+            if setting == Setting::Ugly {
+                // No input noise: the reference grid is the clean grid.
+                assert_eq!(reference, fit.test_mse);
+            }
             assert!(fit.training_s > 0.0);
             total += fit.training_s;
             run_times.push(fit.training_s);
@@ -272,6 +446,12 @@ fn check_figure3_consistency(report: &Figure3Report, cfg: &Figure3Config) {
         let m = &s.summary;
         let mses: Vec<f64> = s.seeds.iter().map(|f| f.test_mse).collect();
         assert_mean_std(&m.test_mse, &mses);
+        let reference: Vec<f64> = s
+            .seeds
+            .iter()
+            .map(|f| f.test_mse_reference_grid.unwrap())
+            .collect();
+        assert_mean_std(m.test_mse_reference_grid.as_ref().unwrap(), &reference);
         let steps: Vec<f64> = s.seeds.iter().map(|f| f.steps as f64).collect();
         assert_mean_std(&m.steps, &steps);
         assert!(m.test_mse_min <= m.test_mse.mean && m.test_mse.mean <= m.test_mse_max);
@@ -366,6 +546,159 @@ fn figure3_stops_at_the_target_and_is_deterministic() {
     );
 }
 
+/// `np.linspace(0, 999, 20).astype('int')`: the reference script's training rows of the grid.
+const REFERENCE_TRAIN_ROWS: [usize; 20] = [
+    0, 52, 105, 157, 210, 262, 315, 368, 420, 473, 525, 578, 630, 683, 736, 788, 841, 893, 946, 999,
+];
+
+fn row(values: &[f32], d: usize, j: usize) -> &[f32] {
+    &values[j * d..(j + 1) * d]
+}
+
+#[test]
+fn figure3_reference_grid_is_the_official_x_sweep() {
+    // x_sweep = [grid, 0...]; x_sweep[i, 1:] = noise; x = x_sweep[i]: the training inputs are
+    // rows i of the grid, and every other row is clean.
+    let data = good_bad_ugly(&Setting::Bad.data_config(3)).unwrap();
+    assert_eq!(data.train_idx, REFERENCE_TRAIN_ROWS);
+    let grid = figure3::reference_grid(&data).unwrap().unwrap();
+    let d = data.d;
+    assert_eq!(grid.len(), data.grid_x.len());
+    for j in 0..data.grid_f.len() {
+        match data.train_idx.iter().position(|&i| i == j) {
+            Some(r) => {
+                assert_eq!(row(&grid, d, j), row(&data.train_x, d, r), "row {j}");
+                assert_eq!(row(&grid, d, j)[0], row(&data.grid_x, d, j)[0]);
+                assert!(row(&grid, d, j)[1..].iter().any(|&v| v != 0.0));
+            }
+            None => assert_eq!(row(&grid, d, j), row(&data.grid_x, d, j), "row {j}"),
+        }
+    }
+    // Without input noise (ugly) the two grids are one.
+    let ugly = good_bad_ugly(&Setting::Ugly.data_config(3)).unwrap();
+    assert_eq!(
+        figure3::reference_grid(&ugly).unwrap(),
+        Some(ugly.grid_x.clone())
+    );
+    // Data that does not place its training points on the grid has no reference grid; data
+    // that places them wrongly is an error.
+    let unplaced = RegressionData {
+        train_idx: Vec::new(),
+        ..data.clone()
+    };
+    assert_eq!(figure3::reference_grid(&unplaced).unwrap(), None);
+    let misplaced = RegressionData {
+        train_idx: vec![1000; 20],
+        ..data.clone()
+    };
+    assert!(figure3::reference_grid(&misplaced).is_err());
+}
+
+#[test]
+fn figure3_test_mse_is_taken_on_both_grids() {
+    let data = good_bad_ugly(&Setting::Bad.data_config(1)).unwrap();
+    let cfg = Figure3Config {
+        hidden: 16,
+        max_steps: 30,
+        ..Default::default()
+    };
+    let model = |seed: u64| {
+        let mut rng = Rng::new(seed);
+        Mlp::new(
+            &[data.d, 16, 16, 1],
+            Activation::Tanh,
+            true,
+            Init::PyTorchDefault,
+            &mut rng,
+            &Device::Cpu,
+        )
+        .unwrap()
+    };
+    let mse_on = |model: &Mlp, grid: &[f32]| {
+        let x = Tensor::from_slice(grid, (data.grid_f.len(), data.d), &Device::Cpu).unwrap();
+        let g = model.forward(&x).unwrap().to_vec().unwrap();
+        g.iter()
+            .zip(&data.grid_f)
+            .map(|(&g, &f)| (g as f64 - f as f64).powi(2))
+            .sum::<f64>()
+            / data.grid_f.len() as f64
+    };
+    let trained = model(5);
+    let fit = figure3::fit_model(&trained, &data, &cfg, 1).unwrap();
+    let reference = figure3::reference_grid(&data).unwrap().unwrap();
+    let (clean, noisy) = (mse_on(&trained, &data.grid_x), mse_on(&trained, &reference));
+    assert!(
+        (fit.test_mse - clean).abs() <= 1e-12 * clean,
+        "{} vs {clean}",
+        fit.test_mse
+    );
+    let on_reference = fit.test_mse_reference_grid.unwrap();
+    assert!(
+        (on_reference - noisy).abs() <= 1e-12 * noisy,
+        "{on_reference} vs {noisy}"
+    );
+    // The 20 noisy rows change the number.
+    assert_ne!(fit.test_mse, on_reference);
+    // Without grid indices (a start loaded from a file) only the clean grid is known.
+    let unplaced = RegressionData {
+        train_idx: Vec::new(),
+        ..data.clone()
+    };
+    let fit = figure3::fit_model(&model(5), &unplaced, &cfg, 1).unwrap();
+    assert_eq!(fit.test_mse_reference_grid, None);
+}
+
+/// Bad's test MSE on both grids over seeds `0..N` (`FIGURE3_BAD_SEEDS`, default 96), as
+/// docs/figure3-seeds.md reports it beside `benches/pytorch_reference.py --figures --only
+/// figure3 --figure3-settings bad` (one line per seed, then mean ± sample std).
+#[test]
+#[ignore]
+fn figure3_bad_test_mse_over_seeds() {
+    use rayon::prelude::*;
+    let n: u64 = std::env::var("FIGURE3_BAD_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(96);
+    let cfg = Figure3Config::default();
+    let seeds: Vec<u64> = (0..n).collect();
+    let fits: Vec<figure3::FitResult> = seeds
+        .into_par_iter()
+        .with_max_len(1)
+        .map(|seed| {
+            let data = good_bad_ugly(&Setting::Bad.data_config(seed)).unwrap();
+            figure3::fit(&data, &cfg, seed).unwrap()
+        })
+        .collect();
+    for f in &fits {
+        println!(
+            "seed {:>3}: {:>5} steps, test MSE clean grid {:.6}, reference grid {:.6}",
+            f.seed,
+            f.steps,
+            f.test_mse,
+            f.test_mse_reference_grid.unwrap()
+        );
+    }
+    let summary = |v: Vec<f64>| {
+        let n = v.len() as f64;
+        let mean = v.iter().sum::<f64>() / n;
+        let std = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
+        let (lo, hi) = v
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+        format!("{mean:.5} ± {std:.5} ({lo:.5}–{hi:.5})")
+    };
+    println!(
+        "bad over {n} seeds: clean grid {}, reference grid {}",
+        summary(fits.iter().map(|f| f.test_mse).collect()),
+        summary(
+            fits.iter()
+                .map(|f| f.test_mse_reference_grid.unwrap())
+                .collect()
+        )
+    );
+    assert!(fits.iter().all(|f| f.converged));
+}
+
 #[test]
 fn bad_configurations_are_named_errors() {
     let arg = |r: Result<(), Error>, want: &str| match r {
@@ -382,6 +715,20 @@ fn bad_configurations_are_named_errors() {
         }),
         "epochs",
     );
+    // MAT's shift reads the twins before their last update: at least one must come first.
+    arg(
+        f1(Figure1Config {
+            epochs: 1,
+            ..small_figure1(vec![0], None)
+        }),
+        "epochs",
+    );
+    f1(Figure1Config {
+        epochs: 1,
+        timing: Figure1Timing::AfterUpdate,
+        ..small_figure1(vec![0], None)
+    })
+    .unwrap();
     arg(
         f1(Figure1Config {
             tau: 0.0,

@@ -10,13 +10,26 @@
 //! 1. ERM, `σ_ε = 0`, lr `3e-2`: minimise `mean_i CE(W x_i, y_i)`;
 //! 2. ERM, `σ_ε = 0.5`, lr `1e-2`;
 //! 3. MAT, `σ_ε = 0.5`: XRM twins (plain mean CE on the held-in logits, label flipping,
-//!    `epochs` full-batch steps, lr `1e-2`), the shift `s_i = ln(p_ho(·|x_i) + 1e-6)` at
-//!    `τ = 0.1` from the final held-out logits, then a fresh linear model trained `epochs`
-//!    epochs (lr `1e-2`) on `mean_i CE(W x_i + s_i, y_i)` and evaluated with `argmax W x`.
+//!    full-batch steps, lr `1e-2`), the shift `s_i = ln(p_ho(·|x_i) + 1e-6)` at `τ = 0.1`
+//!    from the twins' held-out logits, then a fresh linear model trained `epochs` epochs
+//!    (lr `1e-2`) on `mean_i CE(W x_i + s_i, y_i)` and evaluated with `argmax W x`.
+//!
+//! # When the numbers are read ([`Figure1Timing`])
+//!
+//! By default as the reference (`Pitfalls-of-Memorization/interpretable_experiment.py`,
+//! `run_erm` and `run_mat`): epoch `t` (1-based) logs the accuracies **before** its update,
+//! i.e. of the model after `t − 1` updates, so the last logged values are those of the model
+//! after `epochs − 1` updates (the last update only moves the plotted decision boundary); and
+//! MAT's shift is computed from the held-out logits of the **last twin iteration**, which that
+//! iteration computes before its update: the twins after `epochs − 1` updates. The reference's
+//! last twin update and last round of label flips reach nothing MAT uses, so XRM runs the
+//! `epochs − 1` updates that do (its flip rate is read after them) and the shift comes from
+//! its final held-out logits. [`Figure1Timing::AfterUpdate`] gives this crate's earlier rule:
+//! accuracies after each update, XRM run for `epochs` updates.
 //!
 //! # What is measured
 //!
-//! After every update, on the training and test splits, the accuracy of the majority (`a = y`,
+//! Every epoch, on the training and test splits, the accuracy of the majority (`a = y`,
 //! groups `g = 2y + a ∈ {0, 3}`) and of the minority (`a ≠ y`, `g ∈ {1, 2}`), each pooled
 //! over its two groups: `acc = Σ_g correct_g / Σ_g n_g`. Across seeds: mean and **sample**
 //! standard deviation (denominator `n − 1`). For MAT also XRM's final flip rate
@@ -25,7 +38,8 @@
 //!
 //! Training time is wall time around the training calls only (features to the device, the
 //! epochs and their per-epoch evaluation on the training and test splits, which the reference
-//! also performs); data generation, plotting and file writing are outside it. The validation
+//! also performs, and the evaluation of the initial model under the reference timing); data
+//! generation, plotting and file writing are outside it. The validation
 //! split is not evaluated per epoch: nothing in the figure selects on it.
 //!
 //! The runs are independent, so on the CPU they run concurrently by default, longest first
@@ -54,6 +68,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::algo::model::{ModelSpec, OptimizerSpec};
+use crate::algo::train::predict;
 use crate::algo::xrm::{run_xrm, XrmConfig, XrmLoss, XrmOutput};
 use crate::algo::{run_method_with, Method, MethodOutcome, TrainConfig};
 use crate::backend::Device;
@@ -62,9 +77,10 @@ use crate::data::synthetic::{
 };
 use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
-use crate::eval::metrics::SplitMetrics;
+use crate::eval::metrics::{split_metrics, SplitMetrics};
 use crate::eval::selection::{mean_std, Checkpoint, MeanStd};
 use crate::io::write_json;
+use crate::nn::Module;
 use crate::progress::{Progress, ProgressFn};
 use crate::report::plot::{
     linear_boundary_2d, save, Curve, Figure, LineStyle, Marker, Panel, Scatter, PALETTE_BLACK,
@@ -77,8 +93,46 @@ pub const MINORITY_GROUPS: [usize; 2] = [1, 2];
 pub const MAJORITY_GROUPS: [usize; 2] = [0, 3];
 /// Stream of `Rng::new(seed)` that seeds MAT's fresh model.
 pub const MAT_MODEL_STREAM: u64 = 7;
+/// Stream of `Rng::new(seed)` from which the training loop ([`crate::algo::train()`], its
+/// private `STREAM_INIT`) draws the initial model of a run with seed `seed`; [`initial_model`]
+/// rebuilds that model to log the accuracies before the first update (`tests/repro.rs` checks
+/// that the two agree).
+pub const TRAIN_INIT_STREAM: u64 = 1;
 /// Describes the spread reported over seeds.
 pub const STD_KIND: &str = "sample standard deviation over seeds (denominator n - 1)";
+
+/// When Figure 1 reads its accuracies and MAT's held-out logits, relative to the updates
+/// (see the module docs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Figure1Timing {
+    /// As the reference: epoch `t` logs the model after `t − 1` updates (before its own), and
+    /// the shift reads the held-out logits of the twins after `epochs − 1` updates (those the
+    /// reference's last twin iteration computes before its update). Needs `epochs >= 2`.
+    #[default]
+    Reference,
+    /// This crate's earlier rule: epoch `t` logs the model after `t` updates, and the shift
+    /// reads the held-out logits of the twins after all `epochs` updates.
+    AfterUpdate,
+}
+
+impl Figure1Timing {
+    /// XRM updates made before the held-out logits that feed the shift are read.
+    pub fn xrm_updates(self, epochs: usize) -> usize {
+        match self {
+            Figure1Timing::Reference => epochs.saturating_sub(1),
+            Figure1Timing::AfterUpdate => epochs,
+        }
+    }
+
+    /// Updates applied to the model whose accuracies epoch `t` (1-based) logs.
+    pub fn updates_logged_at(self, t: usize) -> usize {
+        match self {
+            Figure1Timing::Reference => t.saturating_sub(1),
+            Figure1Timing::AfterUpdate => t,
+        }
+    }
+}
 
 /// How Figure 1 runs; `Default` is the paper's setting with seeds 0–4 on the CPU.
 #[derive(Clone, Debug)]
@@ -99,6 +153,8 @@ pub struct Figure1Config {
     pub lr_noisy: f32,
     /// MAT's temperature.
     pub tau: f32,
+    /// When accuracies and held-out logits are read (default: as the reference).
+    pub timing: Figure1Timing,
     pub device: Device,
     /// Folder for `figure1.{png,svg,json}`; `None` writes nothing.
     pub out: Option<PathBuf>,
@@ -119,6 +175,7 @@ impl Default for Figure1Config {
             lr_clean: 3e-2,
             lr_noisy: 1e-2,
             tau: 0.1,
+            timing: Figure1Timing::Reference,
             device: Device::Cpu,
             out: None,
             concurrent_runs: true,
@@ -143,10 +200,11 @@ impl Figure1Run {
     }
 }
 
-/// One value per epoch (after the update of that epoch).
+/// One value per epoch: under [`Figure1Timing::Reference`] before the update of that epoch
+/// (the model after `epoch − 1` updates), under [`Figure1Timing::AfterUpdate`] after it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct GroupCurves {
-    /// Updates applied so far: 1, 2, …, epochs.
+    /// 1, 2, …, epochs.
     pub epoch: Vec<usize>,
     pub train_majority: Vec<f64>,
     pub train_minority: Vec<f64>,
@@ -182,7 +240,7 @@ impl GroupCurves {
         })
     }
 
-    /// The values after the last epoch.
+    /// The values of the last epoch.
     pub fn last(&self) -> Option<GroupAccuracies> {
         self.at(self.epoch.len().checked_sub(1)?)
     }
@@ -191,9 +249,12 @@ impl GroupCurves {
 /// XRM's outcome in the MAT run of one seed.
 #[derive(Clone, Debug, Serialize)]
 pub struct XrmSeedResult {
+    /// Twin updates made ([`Figure1Timing::xrm_updates`]): the shift reads the held-out
+    /// logits of the twins after them, and every XRM number here is read after them.
+    pub updates: usize,
     /// Final `mean_i 1[y_dyn,i ≠ y_i]`.
     pub flip_rate: f64,
-    /// `(epoch, flip rate)` after every epoch (epochs counted from 1).
+    /// `(epoch, flip rate)` after every update (epochs counted from 1).
     pub flip_rate_history: Vec<(usize, f64)>,
     /// Training minority share, which a perfect XRM run flips.
     pub minority_share_train: f64,
@@ -213,14 +274,15 @@ pub struct XrmSeedResult {
 #[derive(Clone, Debug, Serialize)]
 pub struct SeedResult {
     pub seed: u64,
-    /// After the last epoch.
+    /// Logged at the last epoch (the last point of `curves`).
     pub final_acc: GroupAccuracies,
     pub curves: GroupCurves,
     /// Training time of the run (XRM and MAT together for the MAT run).
     pub training_s: f64,
-    /// Full-batch updates per second over the run (`2·epochs` updates for MAT).
+    /// Full-batch updates per second over the run (XRM's updates plus `epochs` for MAT).
     pub steps_per_s: f64,
-    /// Rows `(w_c[x_y], w_c[x_a])` of the final weights for classes 0 and 1, in plot
+    /// Rows `(w_c[x_y], w_c[x_a])` of the final weights (after all `epochs` updates, as the
+    /// reference plots its boundary) for classes 0 and 1, in plot
     /// coordinates: the model sees `5·x_a`, so the spurious weight is multiplied by 5.
     pub plane_weights: [[f32; 2]; 2],
     /// The MAT run only.
@@ -271,6 +333,7 @@ pub struct Figure1ConfigRecord {
     pub lr_clean: f32,
     pub lr_noisy: f32,
     pub tau: f32,
+    pub timing: Figure1Timing,
     pub device: String,
     pub model: String,
     pub optimizer: String,
@@ -308,12 +371,19 @@ impl Figure1Report {
         let ms = |m: &MeanStd| format!("{:.3} ± {:.3}", m.mean, m.std);
         let mut t = format!(
             "Figure 1 — interpretable experiment (n = {}, d = {}, {} epochs, {} seed{}; \
-             mean ± {STD_KIND})\n",
+             mean ± {STD_KIND}; {})\n",
             s.n,
             s.d,
             s.epochs,
             s.seeds.len(),
-            if s.seeds.len() == 1 { "" } else { "s" }
+            if s.seeds.len() == 1 { "" } else { "s" },
+            match s.timing {
+                Figure1Timing::Reference =>
+                    "accuracies logged before each update and MAT's shift from the twins before \
+                     their last update, as the reference",
+                Figure1Timing::AfterUpdate =>
+                    "accuracies logged after each update, MAT's shift from the final twins",
+            }
         );
         t.push_str(&format!(
             "  {:<14} {:>15} {:>15} {:>15} {:>10}   {}\n",
@@ -371,6 +441,13 @@ fn validate(cfg: &Figure1Config) -> Result<()> {
     }
     if cfg.epochs == 0 {
         return Err(Error::arg("epochs", "must be at least 1"));
+    }
+    if cfg.timing == Figure1Timing::Reference && cfg.epochs < 2 {
+        return Err(Error::arg(
+            "epochs",
+            "must be at least 2 with the reference timing: MAT's shift reads the twins' \
+             held-out logits before their last update, after at least one",
+        ));
     }
     for (name, lr) in [("lr_clean", cfg.lr_clean), ("lr_noisy", cfg.lr_noisy)] {
         if !(lr.is_finite() && lr > 0.0) {
@@ -441,12 +518,74 @@ fn accuracies(cp: &Checkpoint) -> Result<GroupAccuracies> {
     })
 }
 
-fn curves(checkpoints: &[Checkpoint]) -> Result<GroupCurves> {
-    let mut c = GroupCurves::default();
+/// The curves of a run of `epochs` updates with a checkpoint after each: `initial` is the
+/// model's accuracy before the first update (needed, and only used, under
+/// [`Figure1Timing::Reference`]).
+fn curves(
+    checkpoints: &[Checkpoint],
+    initial: Option<GroupAccuracies>,
+    timing: Figure1Timing,
+    epochs: usize,
+) -> Result<GroupCurves> {
+    // Accuracy by the number of updates applied: 0 (initial), then one per checkpoint.
+    let mut by_updates = vec![None; epochs + 1];
+    by_updates[0] = initial;
     for cp in checkpoints {
-        c.push(cp.step + 1, accuracies(cp)?);
+        if let Some(slot) = by_updates.get_mut(cp.step + 1) {
+            *slot = Some(accuracies(cp)?);
+        }
+    }
+    let mut c = GroupCurves::default();
+    for t in 1..=epochs {
+        let updates = timing.updates_logged_at(t);
+        let acc = by_updates[updates].ok_or_else(|| {
+            Error::Data(format!(
+                "no accuracy of the model after {updates} updates to log at epoch {t}"
+            ))
+        })?;
+        c.push(t, acc);
     }
     Ok(c)
+}
+
+/// The model that [`crate::algo::train()`] starts from for a run of `spec` on `ds` with seed
+/// `seed` (drawn from stream [`TRAIN_INIT_STREAM`] of `Rng::new(seed)`, as the loop does).
+pub fn initial_model(
+    spec: &ModelSpec,
+    ds: &Dataset,
+    seed: u64,
+    device: &Device,
+) -> Result<Box<dyn Module>> {
+    spec.build(
+        ds.d(),
+        ds.classes,
+        &mut Rng::new(seed).fork(TRAIN_INIT_STREAM),
+        device,
+    )
+}
+
+/// Majority and minority accuracy of `model` (`argmax f(x)`) on training and test.
+pub fn model_accuracies(
+    model: &dyn Module,
+    ds: &Dataset,
+    device: &Device,
+) -> Result<GroupAccuracies> {
+    let metrics = |split: &Split| -> Result<SplitMetrics> {
+        split_metrics(
+            &predict(model, split, device)?,
+            &split.y,
+            &split.groups(ds.n_attr),
+            ds.n_groups(),
+            ds.classes,
+        )
+    };
+    let (tr, te) = (metrics(&ds.train)?, metrics(&ds.test)?);
+    Ok(GroupAccuracies {
+        train_majority: pooled(&tr, MAJORITY_GROUPS)?,
+        train_minority: pooled(&tr, MINORITY_GROUPS)?,
+        test_majority: pooled(&te, MAJORITY_GROUPS)?,
+        test_minority: pooled(&te, MINORITY_GROUPS)?,
+    })
 }
 
 /// Share of examples whose inferred bit equals the true minority indicator.
@@ -480,15 +619,30 @@ fn plane_weights(outcome: &MethodOutcome, d: usize, spurious_scale: f32) -> Resu
     ])
 }
 
+/// A trained run: its outcome, its accuracy before the first update (reference timing only)
+/// and its training time.
+struct Trained {
+    outcome: MethodOutcome,
+    initial: Option<GroupAccuracies>,
+    seconds: f64,
+}
+
 fn seed_result(
+    cfg: &Figure1Config,
     seed: u64,
-    outcome: &MethodOutcome,
+    run: &Trained,
     training_s: f64,
     updates: usize,
     data: &InterpretableConfig,
     xrm: Option<XrmSeedResult>,
 ) -> Result<SeedResult> {
-    let curves = curves(&outcome.outcome.checkpoints)?;
+    let outcome = &run.outcome;
+    let curves = curves(
+        &outcome.outcome.checkpoints,
+        run.initial,
+        cfg.timing,
+        cfg.epochs,
+    )?;
     let final_acc = curves
         .last()
         .ok_or_else(|| Error::Data("the run recorded no checkpoint".into()))?;
@@ -506,6 +660,7 @@ fn seed_result(
 fn xrm_result(xrm: &XrmOutput, ds: &Dataset, xrm_s: f64, mat_s: f64) -> XrmSeedResult {
     let minority = is_minority(&ds.train).iter().filter(|&&m| m).count();
     XrmSeedResult {
+        updates: xrm.config.steps,
         flip_rate: xrm.final_flip_rate,
         flip_rate_history: xrm
             .flip_rate_history
@@ -571,9 +726,10 @@ fn run_one(
 ) -> Result<SeedResult> {
     let seed = data.seed;
     let spec = ModelSpec::linear_no_bias();
+    let device = &cfg.device;
     let train_cfg = |lr: f32, seed: u64| TrainConfig {
         seed,
-        device: cfg.device.clone(),
+        device: device.clone(),
         eval_train: true,
         eval_valid: false,
         ..TrainConfig::full_batch(cfg.epochs, OptimizerSpec::plain_sgd(lr), 1)
@@ -582,50 +738,64 @@ fn run_one(
         progress(Progress::Done(1));
         Ok(())
     };
-    let erm = |ds: &Dataset, lr: f32, tick: &mut dyn FnMut(&Checkpoint) -> Result<()>| {
-        timed(&cfg.device, || {
-            run_method_with(ds, &Method::Erm, &spec, &train_cfg(lr, seed), None, tick)
+    // Trains `method` for `epochs` updates; under the reference timing it also evaluates the
+    // initial model, as the reference logs before its first update.
+    let mut train = |ds: &Dataset, method: &Method, lr: f32, seed: u64, xrm: Option<&XrmOutput>| {
+        timed(device, || {
+            let initial = match cfg.timing {
+                Figure1Timing::Reference => Some(model_accuracies(
+                    initial_model(&spec, ds, seed, device)?.as_ref(),
+                    ds,
+                    device,
+                )?),
+                Figure1Timing::AfterUpdate => None,
+            };
+            let outcome = run_method_with(ds, method, &spec, &train_cfg(lr, seed), xrm, &mut tick)?;
+            Ok((outcome, initial))
+        })
+        .map(|((outcome, initial), seconds)| Trained {
+            outcome,
+            initial,
+            seconds,
         })
     };
     match run {
         Figure1Run::ErmClean => {
-            let (outcome, s) = erm(&data.clean, cfg.lr_clean, &mut tick)?;
-            seed_result(seed, &outcome, s, cfg.epochs, &data.clean_cfg, None)
+            let t = train(&data.clean, &Method::Erm, cfg.lr_clean, seed, None)?;
+            seed_result(cfg, seed, &t, t.seconds, cfg.epochs, &data.clean_cfg, None)
         }
         Figure1Run::ErmNoisy => {
-            let (outcome, s) = erm(&data.noisy, cfg.lr_noisy, &mut tick)?;
-            seed_result(seed, &outcome, s, cfg.epochs, &data.noisy_cfg, None)
+            let t = train(&data.noisy, &Method::Erm, cfg.lr_noisy, seed, None)?;
+            seed_result(cfg, seed, &t, t.seconds, cfg.epochs, &data.noisy_cfg, None)
         }
         Figure1Run::Mat => {
             let xrm_cfg = XrmConfig {
-                steps: cfg.epochs,
+                steps: cfg.timing.xrm_updates(cfg.epochs),
                 batch_size: usize::MAX,
                 optimizer: OptimizerSpec::plain_sgd(cfg.lr_noisy),
                 loss: XrmLoss::Mean,
                 seed,
-                device: cfg.device.clone(),
+                device: device.clone(),
                 log_every: 1,
             };
-            let (xrm, xrm_s) = timed(&cfg.device, || run_xrm(&data.noisy, &spec, &xrm_cfg))?;
+            let (xrm, xrm_s) = timed(device, || run_xrm(&data.noisy, &spec, &xrm_cfg))?;
             progress(Progress::Done(cfg.epochs as u64));
             let mat_seed = Rng::new(seed).fork(MAT_MODEL_STREAM).next_u64();
-            let (mat, mat_s) = timed(&cfg.device, || {
-                run_method_with(
-                    &data.noisy,
-                    &Method::Mat { tau: cfg.tau },
-                    &spec,
-                    &train_cfg(cfg.lr_noisy, mat_seed),
-                    Some(&xrm),
-                    &mut tick,
-                )
-            })?;
+            let mat = train(
+                &data.noisy,
+                &Method::Mat { tau: cfg.tau },
+                cfg.lr_noisy,
+                mat_seed,
+                Some(&xrm),
+            )?;
             seed_result(
+                cfg,
                 seed,
                 &mat,
-                xrm_s + mat_s,
-                2 * cfg.epochs,
+                xrm_s + mat.seconds,
+                xrm_cfg.steps + cfg.epochs,
                 &data.noisy_cfg,
-                Some(xrm_result(&xrm, &data.noisy, xrm_s, mat_s)),
+                Some(xrm_result(&xrm, &data.noisy, xrm_s, mat.seconds)),
             )
         }
     }
@@ -766,6 +936,7 @@ pub fn run(cfg: &Figure1Config, progress: ProgressFn<'_>) -> Result<Figure1Repor
             lr_clean: cfg.lr_clean,
             lr_noisy: cfg.lr_noisy,
             tau: cfg.tau,
+            timing: cfg.timing,
             device: device_name(&cfg.device),
             model: format!("linear {} → 2, no bias, PyTorch default init", cfg.d),
             optimizer: "plain SGD, full batch".into(),

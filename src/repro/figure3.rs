@@ -15,9 +15,18 @@
 //! # What is measured
 //!
 //! Per setting and seed: the number of updates, whether the stop criterion was reached, and
-//! the test MSE against the true function on the clean grid, `(1/1000) Σ_j (g(x_j) − f(x_j))²`
-//! (computed in f64 from the model's f32 outputs). Across seeds: mean and sample standard
-//! deviation (denominator `n − 1`), plus minimum and maximum. Training time is wall time of
+//! the test MSE against the true function, `(1/1000) Σ_j (g(x_j) − f(x_j))²` (computed in f64
+//! from the model's f32 outputs), on two grids of the same 1000 points `x_j`:
+//! - the **clean grid** (`test_mse`, the headline number): every extra coordinate 0, so it
+//!   measures the function learned off the training inputs;
+//! - the **reference grid** (`test_mse_reference_grid`, [`reference_grid`]): the official
+//!   script's `x_sweep` (`good_bad_ugly_memorization.py`, lines 22–28), whose 20 rows at the
+//!   training indices carry the training inputs' noise coordinates, so there `g` is evaluated
+//!   at the very inputs it memorized. This is the grid the official script draws its curves on
+//!   and the one `benches/pytorch_reference.py` evaluates PyTorch on (it reports both grids).
+//!
+//! Across seeds: mean and sample standard deviation (denominator `n − 1`), plus minimum and
+//! maximum. Training time is wall time of
 //! the update loop (parameters and data to the device included; data generation, the grid
 //! evaluation and plotting excluded). On the CPU the fits run concurrently by default, one per
 //! core, each product on one thread; the results are bitwise those of fits run in turn.
@@ -145,6 +154,9 @@ pub struct FitResult {
     pub loss_history: Vec<(usize, f64)>,
     /// MSE of the learned function against the true `f` on the clean grid.
     pub test_mse: f64,
+    /// The same on the reference grid ([`reference_grid`]); `None` when the data does not
+    /// say where its training points sit on the grid (empty `train_idx`).
+    pub test_mse_reference_grid: Option<f64>,
     /// The learned function on the grid.
     pub learned: Vec<f32>,
     pub training_s: f64,
@@ -154,9 +166,12 @@ pub struct FitResult {
 /// Summary of one setting over seeds.
 #[derive(Clone, Debug, Serialize)]
 pub struct SettingSummary {
+    /// On the clean grid.
     pub test_mse: MeanStd,
     pub test_mse_min: f64,
     pub test_mse_max: f64,
+    /// On the reference grid, when every fit has it.
+    pub test_mse_reference_grid: Option<MeanStd>,
     pub steps: MeanStd,
     pub steps_min: usize,
     pub steps_max: usize,
@@ -231,10 +246,11 @@ impl Figure3Report {
             if n == 1 { "" } else { "s" }
         );
         t.push_str(&format!(
-            "  {:<5} {:>7} {:>21} {:>22} {:>9} {:>9}   {}\n",
+            "  {:<5} {:>7} {:>21} {:>21} {:>22} {:>9} {:>9}   {}\n",
             "",
             "σ_ε",
-            "test MSE vs f",
+            "test MSE, clean grid",
+            "reference grid",
             "steps (min–max)",
             "converged",
             "train s",
@@ -248,10 +264,13 @@ impl Figure3Report {
         for (s, p) in self.settings.iter().zip(paper) {
             let m = &s.summary;
             t.push_str(&format!(
-                "  {:<5} {:>7} {:>21} {:>22} {:>9} {:>9.2}   {}\n",
+                "  {:<5} {:>7} {:>21} {:>21} {:>22} {:>9} {:>9.2}   {}\n",
                 s.name,
                 sigma_text(s.sigma_eps),
                 format!("{:.4} ± {:.4}", m.test_mse.mean, m.test_mse.std),
+                m.test_mse_reference_grid
+                    .as_ref()
+                    .map_or_else(|| "-".into(), |r| format!("{:.4} ± {:.4}", r.mean, r.std)),
                 format!("{:.0} ({}–{})", m.steps.mean, m.steps_min, m.steps_max),
                 format!("{}/{}", m.converged, n),
                 m.training_s.mean,
@@ -298,6 +317,49 @@ fn validate(cfg: &Figure3Config) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The official script's evaluation grid `x_sweep` (`good_bad_ugly_memorization.py`, lines
+/// 22–28): the clean grid `data.grid_x` with row `train_idx[r]` replaced by training input
+/// `r`, noise coordinates included (`x_sweep[i, 1:] = noise; x = x_sweep[i]`). Row-major
+/// `n_grid × d`. `None` when `data.train_idx` is empty (data that does not say where its
+/// training points sit).
+///
+/// Errors: `train_idx` of another length than the training set, or an index off the grid.
+pub fn reference_grid(data: &RegressionData) -> Result<Option<Vec<f32>>> {
+    if data.train_idx.is_empty() {
+        return Ok(None);
+    }
+    let (d, n_train, n_grid) = (data.d, data.train_y.len(), data.grid_f.len());
+    if data.train_idx.len() != n_train {
+        return Err(Error::Data(format!(
+            "{} grid indices for {n_train} training points",
+            data.train_idx.len()
+        )));
+    }
+    let mut grid = data.grid_x.clone();
+    for (r, &j) in data.train_idx.iter().enumerate() {
+        if j >= n_grid {
+            return Err(Error::IndexOutOfRange {
+                op: "figure3: reference grid",
+                position: r,
+                index: j,
+                size: n_grid,
+            });
+        }
+        grid[j * d..(j + 1) * d].copy_from_slice(&data.train_x[r * d..(r + 1) * d]);
+    }
+    Ok(Some(grid))
+}
+
+/// `(1/n) Σ_j (g_j − f_j)²` in f64.
+fn mse_against(learned: &[f32], f: &[f32]) -> f64 {
+    learned
+        .iter()
+        .zip(f)
+        .map(|(&g, &f)| (g as f64 - f as f64).powi(2))
+        .sum::<f64>()
+        / f.len().max(1) as f64
 }
 
 /// Fits one setting of one seed with Adam on the full batch (see the module docs).
@@ -376,15 +438,16 @@ fn fit_timed(
     device.synchronize()?;
     let training_s = start.elapsed().as_secs_f64();
 
-    let grid = Tensor::from_slice(&data.grid_x, (n_grid, d), device)?;
-    let learned = no_grad(|| model.forward(&grid)?.to_vec())?;
-    let test_mse = learned
-        .iter()
-        .zip(&data.grid_f)
-        .map(|(&g, &f)| (g as f64 - f as f64).powi(2))
-        .sum::<f64>()
-        / n_grid.max(1) as f64;
-    if !test_mse.is_finite() {
+    let on_grid = |grid: &[f32]| -> Result<Vec<f32>> {
+        let grid = Tensor::from_slice(grid, (n_grid, d), device)?;
+        no_grad(|| model.forward(&grid)?.to_vec())
+    };
+    let learned = on_grid(&data.grid_x)?;
+    let test_mse = mse_against(&learned, &data.grid_f);
+    let test_mse_reference_grid = reference_grid(data)?
+        .map(|grid| on_grid(&grid).map(|g| mse_against(&g, &data.grid_f)))
+        .transpose()?;
+    if !(test_mse.is_finite() && test_mse_reference_grid.is_none_or(f64::is_finite)) {
         return Err(Error::NonFinite {
             op: "figure3: test MSE",
             what: format!("the learned function is not finite on the grid (seed {seed})"),
@@ -397,6 +460,7 @@ fn fit_timed(
         final_train_mse: loss_value as f64,
         loss_history,
         test_mse,
+        test_mse_reference_grid,
         learned,
         training_s,
         steps_per_s: steps as f64 / training_s.max(1e-12),
@@ -411,6 +475,11 @@ fn summarise(fits: &[FitResult]) -> SettingSummary {
         test_mse: stat(&|r| r.test_mse),
         test_mse_min: mse().fold(f64::INFINITY, f64::min),
         test_mse_max: mse().fold(f64::NEG_INFINITY, f64::max),
+        test_mse_reference_grid: fits
+            .iter()
+            .map(|r| r.test_mse_reference_grid)
+            .collect::<Option<Vec<f64>>>()
+            .map(|v| mean_std(&v)),
         steps: stat(&|r| r.steps as f64),
         steps_min: steps().min().unwrap_or(0),
         steps_max: steps().max().unwrap_or(0),
