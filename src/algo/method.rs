@@ -167,7 +167,7 @@ pub fn run_method(
     run_method_with(ds, method, model_spec, cfg, xrm, &mut |_| Ok(()))
 }
 
-/// Builds `method`'s objective and runs [`train`], calling `on_checkpoint` for each checkpoint.
+/// Builds `method`'s objective and runs [`train`](super::train::train), calling `on_checkpoint` for each checkpoint.
 ///
 /// - ERM: `Objective::Mean`.
 /// - GroupDRO: `Objective::GroupDro` on the true groups `n_attr · y + a`.

@@ -77,7 +77,7 @@ pub struct Table1Config {
     pub methods: Vec<MethodKind>,
     pub out: PathBuf,
     /// Replace sweeps of another configuration found under `out` (see
-    /// [`run_sweeps`]); without it they are an error, and finished runs of the same
+    /// [`run_sweeps`](crate::algo::sweep::run_sweeps)); without it they are an error, and finished runs of the same
     /// configuration are kept.
     pub overwrite: bool,
     /// The spread the table's cells and margins print: sample std (the default) or the

@@ -17,7 +17,7 @@
 //!    groups that `va_gi_wga` reads, for every method). Every checkpoint is recorded.
 //! 3. **Selection**, for each criterion `c` separately but from the *same* runs: each draw's
 //!    checkpoint is the last one reaching the best value of `c`
-//!    ([`select_checkpoint`]); the best draw has the highest selected value, ties broken by the
+//!    ([`select_checkpoint_with`]); the best draw has the highest selected value, ties broken by the
 //!    validation average accuracy at that checkpoint, then by the lower index
 //!    ([`pick_best_draw`]).
 //! 4. **Seeds**: the winning draw is rerun at `s_1 … s_{S-1}` (its run at `s_0` is the draw run
