@@ -750,3 +750,65 @@ fn a_sweep_draws_class_balanced_batches_when_asked() {
     assert_ne!(cps("class_balanced"), cps("shuffle"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn table1_official_runs_the_official_settings_on_a_features_file() {
+    use memaware::data::features::save_features_safetensors;
+    let dir = scratch("table1-official");
+    let feats = dir.join("feats.safetensors");
+    save_features_safetensors(&data(300, 24, 3), &feats).unwrap();
+    let table = |name: &str, extra: &[&str]| -> Value {
+        let out = dir.join(name);
+        let mut args = vec![
+            "table1",
+            "--no-builtin",
+            "--data",
+            feats.to_str().unwrap(),
+            "--methods",
+            "erm,mat",
+            "--steps",
+            "21",
+            "--draws",
+            "2",
+            "--seeds",
+            "3",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let o = memaware(&args);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        serde_json::from_str(&std::fs::read_to_string(out.join("table1.json")).unwrap()).unwrap()
+    };
+    let official = table("official", &["--official"]);
+    let sweep = &official["datasets"][0]["sweep"];
+    assert_eq!(sweep["xrm"]["outputs"], "first", "{sweep}");
+    assert!(
+        sweep["model"].to_string().contains("zeros"),
+        "{}",
+        sweep["model"]
+    );
+    let md = std::fs::read_to_string(dir.join("official/table1.md")).unwrap();
+    assert!(md.contains("population"), "{md}");
+    // MAT reads the selection seed's XRM output at every seed.
+    let mat = dir.join("official/feats/mat");
+    let mut seeds = Vec::new();
+    for e in std::fs::read_dir(&mat).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            let run: Value =
+                serde_json::from_str(&std::fs::read_to_string(p.join("run.json")).unwrap())
+                    .unwrap();
+            assert_eq!(run["xrm_seed"], 0, "{}", p.display());
+            seeds.push(run["seed"].as_u64().unwrap());
+        }
+    }
+    assert!(seeds.iter().any(|&s| s > 0), "{seeds:?}");
+
+    // `--model` alone replaces the recipe and nothing else.
+    let zeros = table("zeros", &["--model", "linear:zeros"]);
+    let sweep = &zeros["datasets"][0]["sweep"];
+    assert!(sweep["model"].to_string().contains("zeros"));
+    assert!(sweep["xrm"].get("outputs").is_none(), "{sweep}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::common::{self, load_dataset, parse_device, with_progress_bar, DATA_HELP};
+use crate::algo::model::{ModelSpec, MODEL_HELP};
 use crate::algo::sweep::{Estimator, MethodKind, Parallelism, XrmOutputs};
 use crate::data::batch::Sampler;
 use crate::data::features::load_features;
@@ -97,6 +98,16 @@ pub struct Args {
     /// `balanced_batch`; RWG keeps its own balancing).
     #[arg(long, value_name = "SAMPLER", default_value = "shuffle")]
     pub sampler: Sampler,
+    /// The model of every column, replacing each data set's recipe (see `memaware train
+    /// --help`).
+    #[arg(long, value_name = "SPEC", help = MODEL_HELP)]
+    pub model: Option<ModelSpec>,
+    /// The official protocol's settings where the defaults differ (docs/fidelity.md):
+    /// zero-initialised linear heads on feature columns (`linear:zeros`), MAT on XRM's
+    /// selection-seed output at every seed (`--xrm-output first`), and the population std
+    /// (`--spread population`). Step 0 is dropped from selection by default already.
+    #[arg(long)]
+    pub official: bool,
     /// Plan the table as cluster jobs instead of running it: write `plan.json` and a Slurm
     /// `submit.sh` to DIR (see `memaware job --help`).
     #[arg(long, value_name = "DIR")]
@@ -191,6 +202,15 @@ pub fn config(args: &Args) -> Result<Table1Config> {
         sweep.xrm.estimator = args.estimator;
         sweep.xrm.outputs = args.xrm_output;
         sweep.sampler = args.sampler;
+        if args.official {
+            sweep.xrm.outputs = XrmOutputs::First;
+            if Family::of(&dataset) == Family::Features {
+                sweep.model = "linear:zeros".parse()?;
+            }
+        }
+        if let Some(m) = &args.model {
+            sweep.model = m.clone();
+        }
         entries.push(Table1Entry {
             label,
             dataset,
@@ -205,7 +225,11 @@ pub fn config(args: &Args) -> Result<Table1Config> {
             .clone()
             .unwrap_or_else(|| PathBuf::from("results/table1")),
         overwrite: args.overwrite,
-        spread: args.spread,
+        spread: if args.official {
+            Spread::Population
+        } else {
+            args.spread
+        },
     })
 }
 
