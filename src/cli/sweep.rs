@@ -80,8 +80,9 @@ pub struct Args {
     /// official tables).
     #[arg(long, value_name = "STD", default_value = "sample")]
     pub spread: Spread,
-    /// Phase-1 group estimator: `xrm` (cross-risk minimization) or `kfold:K` (K-fold
-    /// held-out predictions, with XRM's draw of steps, batch, optimizer and seed).
+    /// Phase-1 group estimator: `xrm` (cross-risk minimization), `kfold:K` (K-fold
+    /// held-out predictions, with XRM's draw of steps, batch, optimizer and seed) or
+    /// `external:PATH` (held-out logits from a file, e.g. a PyTorch run; see `xrm --help`).
     #[arg(long, value_name = "EST", default_value = "xrm")]
     pub estimator: Estimator,
 }
@@ -127,7 +128,7 @@ pub fn run(args: &Args) -> Result<()> {
         .unwrap_or("runs")
         .parse::<Parallelism>()?;
     cfg.step_zero = args.step_zero;
-    cfg.xrm.estimator = args.estimator;
+    cfg.xrm.estimator = args.estimator.clone();
     cfg.device = parse_device(args.device.as_deref().unwrap_or("cpu"))?;
     let plans: Vec<MethodPlan> = kinds
         .iter()
