@@ -600,3 +600,38 @@ fn the_heldout_command_runs_every_estimator_and_names_a_bad_file() {
     assert!(!bad.status.success());
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+#[test]
+fn table1_markdown_reports_the_inferred_groups_precision_and_recall() {
+    use memaware::eval::selection::Spread;
+    use memaware::repro::table1::{run_table1, Table1Config, Table1Entry};
+    let out = scratch("heldout-table1");
+    let mut sweep = preset_sweep(
+        Family::Features,
+        Sizes {
+            steps: 20,
+            draws: 1,
+            seeds: 2,
+        },
+        0,
+    );
+    sweep.checkpoint_freq = 10;
+    sweep.xrm.estimator = Estimator::Kfold { folds: 2 };
+    let cfg = Table1Config {
+        entries: vec![Table1Entry {
+            label: "Tiny".into(),
+            dataset: data(),
+            sweep,
+        }],
+        methods: vec![MethodKind::Mat],
+        out: out.clone(),
+        overwrite: false,
+        spread: Spread::Sample,
+    };
+    let outcome = run_table1(&cfg, &|_| {}).unwrap();
+    let md = &outcome.markdown;
+    assert!(md.contains("### Inferred groups vs the true minority"), "{md}");
+    let row = md.lines().find(|l| l.starts_with("| Tiny | kfold:2 |"));
+    assert!(row.is_some(), "{md}");
+    std::fs::remove_dir_all(&out).unwrap();
+}
