@@ -630,7 +630,10 @@ fn table1_markdown_reports_the_inferred_groups_precision_and_recall() {
     };
     let outcome = run_table1(&cfg, &|_| {}).unwrap();
     let md = &outcome.markdown;
-    assert!(md.contains("### Inferred groups vs the true minority"), "{md}");
+    assert!(
+        md.contains("### Inferred groups vs the true minority"),
+        "{md}"
+    );
     let row = md.lines().find(|l| l.starts_with("| Tiny | kfold:2 |"));
     assert!(row.is_some(), "{md}");
     std::fs::remove_dir_all(&out).unwrap();
