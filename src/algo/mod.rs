@@ -1,10 +1,12 @@
 //! The method and its baselines, bottom up: model and optimizer specs ([`model`]), the per-step
 //! objectives ([`objective`]), checkpoint evaluation ([`evaluate`]), one training loop for every
-//! method ([`mod@train`]), the XRM held-out estimator ([`xrm`]), MAT's shift ([`shift`], [`mat`]),
+//! method ([`mod@train`]), the XRM held-out estimator ([`xrm`]) and the other phase-1 sources
+//! (K-fold, [`kfold`]; external files, [`heldout`]), MAT's shift ([`shift`], [`mat`]),
 //! each method's setup ([`method`]), model selection by hyperparameter sweeps ([`sweep`]), and
 //! the saved state that lets a killed run continue ([`run_state`]).
 
 pub mod evaluate;
+pub mod heldout;
 pub mod kfold;
 pub mod mat;
 pub mod method;

@@ -556,6 +556,7 @@ impl XrmOutput {
             inferred_group_counts_tr: inferred_counts(&ds.train.y, &self.inferred_tr, ds.classes),
             inferred_group_counts_va: inferred_counts(&ds.valid.y, &self.inferred_va, ds.classes),
             steps_per_s: self.steps_per_s,
+            inference_quality: super::heldout::inference_quality(self, ds),
         }
     }
 
@@ -770,6 +771,9 @@ struct XrmRecord {
     inferred_group_counts_tr: Vec<usize>,
     inferred_group_counts_va: Vec<usize>,
     steps_per_s: f64,
+    /// Inferred-group precision and recall against the true minority ([`super::heldout`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    inference_quality: Option<super::heldout::InferenceQuality>,
 }
 
 #[cfg(test)]

@@ -23,7 +23,9 @@ use crate::recipes;
 /// Help text for `--data`.
 pub const DATA_HELP: &str = "data set: `interpretable` (Figure 1; `interpretable:sigma=0.5` \
 sets sigma_eps), `colormnist` (from the bundled 5000-digit MNIST sample, or \
-`colormnist:DIR` with the MNIST IDX files), `waterbirds-like` (synthetic 2048-d features), \
+`colormnist:DIR` with the MNIST IDX files), `waterbirds-like` (synthetic 2048-d features; \
+`waterbirds-like:imperfect` has a weaker background, so held-out errors find the minority only \
+in part; options core, core_std, spurious, spurious_std, noise, d as key=value), \
 or a path to a features file (`.safetensors`, or a folder with `x.npy` + `meta.csv`)";
 
 /// Loads the data set named by `spec` (see [`DATA_HELP`]), seeded by `seed`, and validates it.
@@ -96,10 +98,16 @@ pub fn load_dataset(spec: &str, seed: u64) -> Result<Dataset> {
             };
             color_mnist(&images, &labels, &cfg)?
         }
-        "waterbirds-like" => waterbirds_like(&WaterbirdsLikeConfig {
-            seed,
-            ..Default::default()
-        })?,
+        "waterbirds-like" => {
+            let mut cfg = WaterbirdsLikeConfig {
+                seed,
+                ..Default::default()
+            };
+            if let Some(options) = arg {
+                cfg.apply_options(options)?;
+            }
+            waterbirds_like(&cfg)?
+        }
         _ => {
             let path = Path::new(spec);
             if !path.exists() {
@@ -444,13 +452,13 @@ impl RunArgs {
             None => (self.data.as_str(), None),
         };
         let mut label = match (name, arg) {
-            ("interpretable", Some(options)) => {
+            ("interpretable" | "waterbirds-like", Some(options)) => {
                 let options: String = options
                     .chars()
                     .filter(|c| *c != '=')
                     .map(|c| if c == ',' { '-' } else { c })
                     .collect();
-                format!("interpretable-{options}")
+                format!("{name}-{options}")
             }
             ("colormnist", Some(_)) => "colormnist-idx".into(),
             ("interpretable" | "colormnist" | "waterbirds-like", None) => name.into(),

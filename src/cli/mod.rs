@@ -27,7 +27,8 @@ pub struct Cli {
 pub enum Command {
     /// Reproduce the paper's Figures 1 and 3 (the default when no subcommand is given).
     Reproduce(reproduce::Args),
-    /// Phase 1: train XRM twins, save held-out logits and inferred groups.
+    /// Phase 1: held-out logits and inferred groups from XRM twins, K-fold models or a file.
+    #[command(visible_alias = "heldout")]
     Xrm(xrm::Args),
     /// Phase 2: train one method (ERM, GroupDRO, JTT, MAT, RWG, SUBG) and record checkpoints.
     Train(train::Args),

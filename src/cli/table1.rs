@@ -84,8 +84,9 @@ pub struct Args {
     /// official tables).
     #[arg(long, value_name = "STD", default_value = "sample")]
     pub spread: Spread,
-    /// Phase-1 group estimator: `xrm` (cross-risk minimization) or `kfold:K` (K-fold
-    /// held-out predictions, with XRM's draw of steps, batch, optimizer and seed).
+    /// Phase-1 group estimator: `xrm` (cross-risk minimization), `kfold:K` (K-fold
+    /// held-out predictions, with XRM's draw of steps, batch, optimizer and seed) or
+    /// `external:PATH` (held-out logits from a file, e.g. a PyTorch run; see `xrm --help`).
     #[arg(long, value_name = "EST", default_value = "xrm")]
     pub estimator: Estimator,
     /// Which XRM output the runs at each seed read: `per-seed` (XRM's chosen draw rerun at
@@ -199,7 +200,7 @@ pub fn config(args: &Args) -> Result<Table1Config> {
         sweep.parallelism = parallelism;
         sweep.device = device.clone();
         sweep.step_zero = args.step_zero;
-        sweep.xrm.estimator = args.estimator;
+        sweep.xrm.estimator = args.estimator.clone();
         sweep.xrm.outputs = args.xrm_output;
         sweep.sampler = args.sampler;
         if args.official {

@@ -34,8 +34,8 @@
 //! differences.
 //!
 //! Files under the output folder: `table1.md` (the table, margins, XRM's verdicts, the
-//! settings), `table1.json` ([`Table1Record`]: the table with per-group accuracies and counts
-//! behind every cell, every selection with its per-seed metrics, the margins, timings), and
+//! settings, the inferred groups' precision and recall), `table1.json` ([`Table1Record`]: the
+//! table with per-group accuracies and counts behind every cell, every selection with its per-seed metrics, the margins, timings), and
 //! one folder per data set with every run (see [`crate::algo::sweep`]).
 
 use std::path::{Path, PathBuf};
@@ -43,10 +43,11 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use crate::algo::heldout::inference_quality;
 use crate::algo::model::{ModelSpec, OptimizerSpec};
 use crate::algo::sweep::{
     data_digest, phase_jobs, prepare_folder, run_sweeps_scoped, Manifest, MethodKind, MethodPlan,
-    Phase, Scope, Selection, SweepConfig, SweepOutcome, XrmPhaseRecord,
+    Phase, Scope, Selection, SweepConfig, SweepOutcome, XrmPhase, XrmPhaseRecord,
 };
 use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
@@ -508,6 +509,7 @@ pub fn run_table1_scoped(
     let mut margins = Vec::new();
     let mut summaries = Vec::new();
     let mut all_sweeps = Vec::new();
+    let mut inference_rows = Vec::new();
     for entry in &cfg.entries {
         let column_start = Instant::now();
         let dir = entry_dir(&cfg.out, &entry.label);
@@ -539,6 +541,7 @@ pub fn run_table1_scoped(
         }
         margins.extend(margins_of(&entry.label, &set.sweeps, cfg.spread));
         let ds = &entry.dataset;
+        inference_rows.extend(inference_row(entry, set.xrm.as_ref()));
         summaries.push(DatasetSummary {
             label: entry.label.clone(),
             name: ds.name.clone(),
@@ -564,7 +567,8 @@ pub fn run_table1_scoped(
         datasets: summaries,
         seconds: start.elapsed().as_secs_f64(),
     };
-    let md = markdown(&record, cfg.spread);
+    let mut md = markdown(&record, cfg.spread);
+    md.push_str(&inference_markdown(&inference_rows));
     write_text(&cfg.out.join(TABLE_MD), &md)?;
     write_json(&cfg.out.join(TABLE_JSON), &record)?;
     Ok(Some(Table1Outcome {
@@ -589,6 +593,58 @@ pub fn margin_lines(margins: &[Margin]) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// A row of the inferred-groups section: the column, its phase-1 estimator, and the pooled
+/// precision and recall of the inferred minority groups on training and validation
+/// ([`crate::algo::heldout::inference_quality`]), mean ± sample std over the seeds' phase-1
+/// outputs. `None` without a phase 1, or when the data set has no true minority.
+fn inference_row(entry: &Table1Entry, phase: Option<&XrmPhase>) -> Option<Vec<String>> {
+    let ds = &entry.dataset;
+    let mut values: [Vec<f64>; 4] = Default::default();
+    for out in phase?.outputs.values() {
+        let q = inference_quality(out, ds)?;
+        for (v, x) in values.iter_mut().zip([
+            q.train.pooled.precision,
+            q.train.pooled.recall,
+            q.valid.pooled.precision,
+            q.valid.pooled.recall,
+        ]) {
+            v.extend(x);
+        }
+    }
+    let mut row = vec![entry.label.clone(), entry.sweep.xrm.estimator.to_string()];
+    row.extend(values.iter().map(|v| match v.len() {
+        0 => "—".to_string(),
+        _ => {
+            let m = mean_std_with(v, Spread::Sample);
+            format!("{:.2} ± {:.2}", m.mean, m.std)
+        }
+    }));
+    Some(row)
+}
+
+/// The inferred-groups section of `table1.md` (empty without rows).
+fn inference_markdown(rows: &[Vec<String>]) -> String {
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from(
+        "\n### Inferred groups vs the true minority (precision / recall, mean ± std over seeds)\n\n",
+    );
+    md.push_str(&markdown_table(
+        &[
+            "Data set",
+            "phase 1",
+            "train precision",
+            "train recall",
+            "val precision",
+            "val recall",
+        ],
+        "llrrrr",
+        rows,
+    ));
+    md
 }
 
 #[cfg(test)]

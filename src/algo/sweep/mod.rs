@@ -62,13 +62,14 @@ pub use resume::{data_digest, device_kind, prepare_folder, Manifest, RunStatus, 
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::heldout::external_output;
 use super::kfold::{run_kfold, KfoldConfig};
 use super::method::{run_method_with, Method};
 use super::model::{ModelSpec, OptimizerSpec};
@@ -330,8 +331,8 @@ impl FromStr for XrmOutputs {
     }
 }
 
-/// The group estimator of phase 1 (`--estimator xrm|kfold:K`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The group estimator of phase 1 (`--estimator xrm|kfold:K|external:PATH`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Estimator {
     /// Cross-risk minimization (the paper's estimator).
@@ -339,6 +340,39 @@ pub enum Estimator {
     Xrm,
     /// K-fold cross-fitting: each example labelled by the fold model that did not train on it.
     Kfold { folds: usize },
+    /// Held-out logits (and optionally inferred bits) read from a file, say from a PyTorch run
+    /// ([`crate::algo::heldout`]); every draw and seed reads the same file. Files record the
+    /// path and a digest of the file's bytes, so a changed file is a changed configuration.
+    External(#[serde(with = "external_file")] PathBuf),
+}
+
+/// How [`Estimator::External`] is written: `{"path": ..., "digest": ...}` (the digest of the
+/// file's bytes, `missing` when it cannot be read); read back from that or a plain path.
+mod external_file {
+    use std::path::{Path, PathBuf};
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Full { path: PathBuf, digest: String },
+        Path(PathBuf),
+    }
+
+    pub fn serialize<S: Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
+        Written::Full {
+            path: path.to_path_buf(),
+            digest: crate::algo::heldout::file_digest(path),
+        }
+        .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+        Ok(match Written::deserialize(d)? {
+            Written::Full { path, .. } | Written::Path(path) => path,
+        })
+    }
 }
 
 impl Estimator {
@@ -352,6 +386,7 @@ impl fmt::Display for Estimator {
         match self {
             Estimator::Xrm => f.write_str("xrm"),
             Estimator::Kfold { folds } => write!(f, "kfold:{folds}"),
+            Estimator::External(path) => write!(f, "external:{}", path.display()),
         }
     }
 }
@@ -359,12 +394,16 @@ impl fmt::Display for Estimator {
 impl FromStr for Estimator {
     type Err = Error;
 
-    /// `xrm` or `kfold:K` with `2 <= K <= 255`.
+    /// `xrm`, `kfold:K` with `2 <= K <= 255`, or `external:PATH` (a held-out file; see
+    /// [`crate::algo::heldout`]).
     fn from_str(s: &str) -> Result<Self> {
         let bad = || {
             Error::arg(
                 "estimator",
-                format!("unknown estimator `{s}`; expected xrm or kfold:K (K from 2 to 255)"),
+                format!(
+                    "unknown estimator `{s}`; expected xrm, kfold:K (K from 2 to 255) or \
+                     external:PATH"
+                ),
             )
         };
         match s.trim().split_once(':') {
@@ -373,6 +412,9 @@ impl FromStr for Estimator {
                 Ok(folds) if (2..=255).contains(&folds) => Ok(Estimator::Kfold { folds }),
                 _ => Err(bad()),
             },
+            Some(("external", path)) if !path.is_empty() => {
+                Ok(Estimator::External(PathBuf::from(path)))
+            }
             _ => Err(bad()),
         }
     }
@@ -779,12 +821,13 @@ pub fn run_xrm_phase(
                 ..started
             },
         )?;
-        let out = match cfg.xrm.estimator {
+        let out = match &cfg.xrm.estimator {
             Estimator::Xrm => run_xrm(ds, &cfg.model, &xrm_cfg(h, seed)),
+            Estimator::External(path) => external_output(path, ds, &cfg.model),
             Estimator::Kfold { folds } => {
                 let x = xrm_cfg(h, seed);
                 let kcfg = KfoldConfig {
-                    folds,
+                    folds: *folds,
                     steps: x.steps,
                     batch_size: x.batch_size,
                     optimizer: x.optimizer,
