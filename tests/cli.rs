@@ -477,3 +477,34 @@ fn selection_and_estimator_flags_are_offered_and_checked() {
     assert_fails(&memaware(&["report", o, "--spread", "wide"]), &["wide"]);
     clean(&out);
 }
+
+#[test]
+fn a_builtin_name_wins_over_a_folder_of_that_name() {
+    let dir = common::scratch("builtin-name");
+    // `table1 --out .` creates `waterbirds-like/` itself; a rerun must not read it as features.
+    std::fs::create_dir_all(dir.join("waterbirds-like")).unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_memaware"))
+        .current_dir(&dir)
+        .args([
+            "table1",
+            "--no-builtin",
+            "--data",
+            "waterbirds-like",
+            "--methods",
+            "erm",
+            "--steps",
+            "11",
+            "--draws",
+            "1",
+            "--seeds",
+            "1",
+            "--out",
+            "out",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let table = std::fs::read_to_string(dir.join("out/table1.json")).unwrap();
+    assert!(table.contains("\"d\": 2048"), "the built-in 2048-d set");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

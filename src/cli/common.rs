@@ -28,6 +28,13 @@ sets sigma_eps), `colormnist` (from the bundled 5000-digit MNIST sample, or \
 in part; options core, core_std, spurious, spurious_std, noise, d as key=value), \
 or a path to a features file (`.safetensors`, or a folder with `x.npy` + `meta.csv`)";
 
+/// Whether `spec` names a built-in data set (`name` or `name:options`). Built-in names win
+/// over a file or folder of the same name in the working folder.
+pub fn is_builtin(spec: &str) -> bool {
+    let name = spec.split_once(':').map_or(spec, |(n, _)| n);
+    matches!(name, "interpretable" | "colormnist" | "waterbirds-like")
+}
+
 /// Loads the data set named by `spec` (see [`DATA_HELP`]), seeded by `seed`, and validates it.
 pub fn load_dataset(spec: &str, seed: u64) -> Result<Dataset> {
     let (name, arg) = match spec.split_once(':') {

@@ -188,7 +188,7 @@ pub fn planned(args: &Args) -> Result<Planned> {
         .unwrap_or_else(|| PathBuf::from("runs/sweep"));
     // A features file's folder carries a digest of its path: two files with the same stem
     // never share (and overwrite) one sweep folder.
-    let label = if Path::new(&args.data).exists() {
+    let label = if !common::is_builtin(&args.data) && Path::new(&args.data).exists() {
         common::file_label(Path::new(&args.data), &ds.name)
     } else {
         ds.name.clone()

@@ -153,7 +153,7 @@ pub fn config(args: &Args) -> Result<Table1Config> {
     }
     for spec in &args.data {
         let path = std::path::Path::new(spec);
-        let label = if path.exists() {
+        let label = if !common::is_builtin(spec) && path.exists() {
             path.file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| spec.clone())
@@ -189,7 +189,7 @@ pub fn config(args: &Args) -> Result<Table1Config> {
     for (spec, label) in specs {
         let path = std::path::Path::new(&spec);
         // A path loads as a features file, whose errors name the file, tensor and problem.
-        let dataset = if path.exists() {
+        let dataset = if !common::is_builtin(&spec) && path.exists() {
             let ds = load_features(path, &label)?;
             ds.validate()?;
             ds
