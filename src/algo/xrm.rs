@@ -30,7 +30,13 @@
 //!   0 for hyperparameter selection, as in the reference).
 //!
 //! With full batches the twins' row subsets are gathered once; otherwise each step gathers the
-//! batch rows of each twin with `index_select`. Linear twins take a twin's held-in loss (and
+//! batch rows of each twin with `index_select`. The final held-out logits come, where the
+//! backend promises that a row's logits do not depend on the rows beside it (linear twins on
+//! the CPU, [`Device::row_independent_columns`]), from each twin's pass over all the
+//! training rows (the same passes that give the inferred bits), each row taking its
+//! held-out twin's logits: no subset of the training features is gathered, so a run holds
+//! the features once (a mapped file is never copied). Elsewhere each twin's held-out subset
+//! is gathered, one at a time. Linear twins take a twin's held-in loss (and
 //! its weight gradient) and the other twin's held-out logits of the same rows from one pass
 //! over those rows ([`Tensor::linear_shifted_cross_entropy_beside`]): one read of the training
 //! features per step instead of three. Per-step host work is `O(|B|)` on a GPU
@@ -49,6 +55,7 @@ use std::time::Instant;
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 
+use super::evaluate::predict_tensor;
 use super::model::{ModelSpec, OptimizerSpec};
 use crate::autograd::no_grad;
 use crate::backend::Device;
@@ -207,8 +214,8 @@ pub fn run_xrm_with_twins(
             .map(Some)
     };
     // The twins' held-in subsets, gathered once when every step uses them (full batches);
-    // otherwise only for the final held-out logits, one at a time, so that a large training
-    // set is never held twice over.
+    // otherwise, where a row's logits may depend on the batch, only for the final held-out
+    // logits, one at a time.
     let full_batches = batcher.is_full_batch();
     let (x_a_all, x_b_all) = if full_batches {
         (gather(&rows_a_all)?, gather(&rows_b_all)?)
@@ -299,27 +306,52 @@ pub fn run_xrm_with_twins(
     }
     let steps_per_s = cfg.steps as f64 / start.elapsed().as_secs_f64().max(1e-12);
 
-    // Held-out logits of every training example, from the twin that never trained on it.
-    let mut heldout_logits = vec![0.0f32; n * k];
-    no_grad(|| -> Result<()> {
-        for (rows, x, other) in [
-            (&rows_a_all, x_a_all, &twin_b),
-            (&rows_b_all, x_b_all, &twin_a),
-        ] {
-            let x = match x {
-                Some(x) => Some(x),
-                None => gather(rows)?,
-            };
-            if let Some(x) = x {
-                let h = other.forward(&x)?.to_vec()?;
-                for (&i, row) in rows.iter().zip(h.chunks_exact(k)) {
-                    heldout_logits[i * k..(i + 1) * k].copy_from_slice(row);
+    // Held-out logits of every training example, from the twin that never trained on it,
+    // and the inferred training bits.
+    let (heldout_logits, inferred_tr) =
+        if rows_independent(twin_a.as_ref(), device) && rows_independent(twin_b.as_ref(), device) {
+            // One pass of each twin over all the training rows (the inferred bits need both
+            // anyway); each row takes the logits of the twin that did not train on it. A row's
+            // logits do not depend on the rows beside it, so they are the bits of a pass over
+            // the other twin's held-in rows alone, without gathering those rows (half the
+            // training features).
+            let (za, pred_a) = logits_and_predictions(twin_a.as_ref(), &x_tr)?;
+            let (zb, pred_b) = logits_and_predictions(twin_b.as_ref(), &x_tr)?;
+            let heldout_logits = assignment
+                .iter()
+                .enumerate()
+                .flat_map(|(i, &t)| {
+                    let z = if t == 0 { &zb } else { &za };
+                    z[i * k..(i + 1) * k].iter().copied()
+                })
+                .collect();
+            (heldout_logits, mistakes(&ds.train.y, &pred_a, &pred_b))
+        } else {
+            // Each twin's pass over the other twin's held-in rows, gathered one subset at a
+            // time.
+            let mut heldout_logits = vec![0.0f32; n * k];
+            no_grad(|| -> Result<()> {
+                for (rows, x, other) in [
+                    (&rows_a_all, x_a_all, &twin_b),
+                    (&rows_b_all, x_b_all, &twin_a),
+                ] {
+                    let x = match x {
+                        Some(x) => Some(x),
+                        None => gather(rows)?,
+                    };
+                    if let Some(x) = x {
+                        let h = other.forward(&x)?.to_vec()?;
+                        for (&i, row) in rows.iter().zip(h.chunks_exact(k)) {
+                            heldout_logits[i * k..(i + 1) * k].copy_from_slice(row);
+                        }
+                    }
                 }
-            }
-        }
-        Ok(())
-    })?;
-    let inferred_tr = cross_mistakes(twin_a.as_ref(), twin_b.as_ref(), &ds.train, device)?;
+                Ok(())
+            })?;
+            let pred_a = predict_tensor(twin_a.as_ref(), &x_tr)?;
+            let pred_b = predict_tensor(twin_b.as_ref(), &x_tr)?;
+            (heldout_logits, mistakes(&ds.train.y, &pred_a, &pred_b))
+        };
     let inferred_va = cross_mistakes(twin_a.as_ref(), twin_b.as_ref(), &ds.valid, device)?;
     let heldout_pred = crate::eval::metrics::argmax_rows(&heldout_logits, k);
     let heldout_acc_by_group = split_metrics(
@@ -366,12 +398,33 @@ fn cross_mistakes(
 ) -> Result<Vec<u32>> {
     let pred_a = super::train::predict(a, split, device)?;
     let pred_b = super::train::predict(b, split, device)?;
-    Ok(split
-        .y
-        .iter()
-        .zip(pred_a.iter().zip(&pred_b))
+    Ok(mistakes(&split.y, &pred_a, &pred_b))
+}
+
+/// `1[pred_a,i ≠ y_i] ∨ 1[pred_b,i ≠ y_i]`.
+fn mistakes(y: &[u32], pred_a: &[u32], pred_b: &[u32]) -> Vec<u32> {
+    y.iter()
+        .zip(pred_a.iter().zip(pred_b))
         .map(|(&y, (&pa, &pb))| u32::from(pa != y || pb != y))
-        .collect())
+        .collect()
+}
+
+/// Whether `model`'s forward pass gives each row the bits it has in a pass over any other
+/// set of rows on `device`: a linear model within the backend's row-independence promise
+/// ([`Device::row_independent_columns`]; the bias is added elementwise).
+pub(crate) fn rows_independent(model: &dyn Module, device: &Device) -> bool {
+    model
+        .as_linear()
+        .is_some_and(|l| l.out_dim() <= device.row_independent_columns(l.in_dim()))
+}
+
+/// `model(x)` on the host and its predicted classes, under `no_grad`: the bits of
+/// [`predict_tensor`] from one pass.
+fn logits_and_predictions(model: &dyn Module, x: &Tensor) -> Result<(Vec<f32>, Vec<u32>)> {
+    no_grad(|| {
+        let z = model.forward(x)?;
+        Ok((z.to_vec()?, z.argmax_rows()?.to_vec()?))
+    })
 }
 
 /// Counts of inferred groups `2y + m` in `0..2K`.
