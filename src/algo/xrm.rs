@@ -12,7 +12,10 @@
 //!     weights `1/n_c` and a sum over both twins' rows, or
 //!   - [`XrmLoss::Mean`]: `mean_{i ∈ B} CE_i`;
 //!
-//!   one optimizer over both twins' parameters takes one step.
+//!   one optimizer over both twins' parameters takes one step. A twin with no row in the
+//!   batch takes it with a zero gradient (weight decay, momentum, Adam's moments and step
+//!   count move), as PyTorch's optimizer does for the official twins, which are both in
+//!   every step's graph.
 //! - After the step, label flipping from the held-out logits `h_i` of the batch: with
 //!   `p_i, ŷ_i = max, argmax softmax(h_i)`, set `y_dyn,i = ŷ_i` with probability
 //!   [`flip_probability`]`(p_i, K) = (p_i − 1/K) · K/(K−1)`, one uniform per row (A's rows
@@ -287,7 +290,11 @@ pub fn run_xrm_with_twins(
         let [ho_a, ho_b] = heldout;
         let loss = loss.expect("a batch has at least one row, held in by A or B");
         let grads = loss.backward()?;
-        optimizer.step(&grads)?;
+        // Every parameter of both twins steps, as in the official code (one optimizer over
+        // both twins, which are both in the graph): a twin with no row in the batch has no
+        // gradient here and takes a zero one, so its weight decay, momentum and Adam's step
+        // count move as PyTorch's do.
+        optimizer.step_all(&grads)?;
 
         // Label flipping from the pre-update held-out predictions: one uniform per row.
         for (rows, ho) in [(&rows_a, &ho_a), (&rows_b, &ho_b)] {
@@ -828,6 +835,127 @@ struct XrmRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::algo::model::OptimizerKind;
+    use crate::data::synthetic::{interpretable, InterpretableConfig};
+
+    /// Per twin, its parameters' values.
+    type TwinParams = [Vec<Vec<f32>>; 2];
+
+    /// The seed's initial twins, its assignment and its first `steps` batches, as
+    /// [`run_xrm_with_twins`] draws them.
+    fn replay(
+        ds: &Dataset,
+        spec: &ModelSpec,
+        seed: u64,
+        batch_size: usize,
+        steps: usize,
+    ) -> (TwinParams, Vec<u8>, Vec<Vec<usize>>) {
+        let root = Rng::new(seed);
+        let params = |stream| -> Vec<Vec<f32>> {
+            spec.build(ds.d(), ds.classes, &mut root.fork(stream), &Device::Cpu)
+                .unwrap()
+                .parameters()
+                .iter()
+                .map(|p| p.to_vec().unwrap())
+                .collect()
+        };
+        let mut assign_rng = root.fork(STREAM_ASSIGN);
+        let assignment = (0..ds.train.n)
+            .map(|_| u8::from(assign_rng.bernoulli(0.5)))
+            .collect();
+        let mut batcher =
+            Batcher::new(ds.train.n, batch_size, root.fork(STREAM_BATCH).next_u64()).unwrap();
+        let batches = (0..steps).map(|_| batcher.next_batch().to_vec()).collect();
+        (
+            [params(STREAM_TWIN_A), params(STREAM_TWIN_B)],
+            assignment,
+            batches,
+        )
+    }
+
+    /// A twin with no row in a batch still takes its optimizer step, with a zero gradient
+    /// (issue 21, item 4): batches of one row leave one twin empty at every step. Over two
+    /// steps in which the same twin is empty, its parameters must follow the hand-computed
+    /// zero-gradient updates: SGD `b₁ = wd·p₀`, `b₂ = μ·b₁ + wd·p₁`, `pₜ = pₜ₋₁ − lr·bₜ`
+    /// (the kernel's f32 operations, so bit for bit); Adam with L2 decay `gₜ = wd·pₜ₋₁`
+    /// through the moments and bias corrections of steps 1 and 2 (in f64, to 1e-6 of a step).
+    #[test]
+    fn a_twin_with_no_rows_in_a_batch_takes_a_zero_gradient_step() {
+        let ds = interpretable(&InterpretableConfig {
+            n: 24,
+            d: 6,
+            ..Default::default()
+        })
+        .unwrap();
+        let spec = ModelSpec::linear(true);
+        // A seed whose first two one-row batches both belong to the same twin.
+        let (seed, empty, p0) = (0..100u64)
+            .find_map(|seed| {
+                let (twins, assignment, batches) = replay(&ds, &spec, seed, 1, 2);
+                let (t0, t1) = (assignment[batches[0][0]], assignment[batches[1][0]]);
+                (t0 == t1).then(|| {
+                    let empty = 1 - t0 as usize;
+                    (seed, empty, twins[empty].clone())
+                })
+            })
+            .expect("some seed puts both first rows in one twin");
+        let (lr, wd, mu) = (0.1f32, 0.05f32, 0.9f32);
+        for kind in [OptimizerKind::Sgd, OptimizerKind::Adam] {
+            let momentum = if kind == OptimizerKind::Sgd { mu } else { 0.0 };
+            let cfg = XrmConfig {
+                steps: 2,
+                batch_size: 1,
+                optimizer: OptimizerSpec::new(kind, lr, momentum, wd).unwrap(),
+                loss: XrmLoss::ClassBalanced,
+                seed,
+                device: Device::Cpu,
+                log_every: 1,
+            };
+            let (_, twins) = run_xrm_with_twins(&ds, &spec, &cfg).unwrap();
+            let twin = if empty == 0 { &twins.a } else { &twins.b };
+            for (param, p0) in twin.parameters().iter().zip(&p0) {
+                let got = param.to_vec().unwrap();
+                let want: Vec<f32> = match kind {
+                    OptimizerKind::Sgd => p0
+                        .iter()
+                        .map(|&p| {
+                            let b1 = 0.0 + wd * p;
+                            let p1 = p - lr * b1;
+                            let b2 = mu * b1 + 1.0 * (0.0 + wd * p1);
+                            p1 - lr * b2
+                        })
+                        .collect(),
+                    _ => p0
+                        .iter()
+                        .map(|&p| {
+                            let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
+                            let (lr, wd) = (lr as f64, wd as f64);
+                            let (mut p, mut m, mut v) = (p as f64, 0.0, 0.0);
+                            for t in 1..=2 {
+                                let g = wd * p;
+                                m = b1 * m + (1.0 - b1) * g;
+                                v = b2 * v + (1.0 - b2) * g * g;
+                                let bc1 = 1.0 - b1.powi(t);
+                                let bc2 = 1.0 - b2.powi(t);
+                                p -= lr / bc1 * m / (v.sqrt() / bc2.sqrt() + eps);
+                            }
+                            p as f32
+                        })
+                        .collect(),
+                };
+                if kind == OptimizerKind::Sgd {
+                    assert_eq!(got, want, "SGD: the empty twin's zero-gradient steps");
+                } else {
+                    for (g, w) in got.iter().zip(&want) {
+                        // Steps of about lr: f32 rounding is relative to them, not to p.
+                        let tol = 1e-6 * (w.abs() + lr);
+                        assert!((g - w).abs() <= tol, "Adam: {g} vs {w}");
+                    }
+                }
+                assert_ne!(&got, p0, "{kind}: the empty twin moved");
+            }
+        }
+    }
 
     #[test]
     fn flip_probability_endpoints_and_midpoint() {
