@@ -351,6 +351,33 @@ impl Tensor {
         Tensor::from_vec(self.to_vec()?, self.shape().clone(), self.device())
     }
 
+    /// Rows `start..start + len` of the first axis, detached (no gradient flows back through
+    /// them): read in place from a shared or mapped CPU buffer (a data set's features, no
+    /// copy), else copied ([`Tensor::narrow`]). For row-blocked passes over a large matrix.
+    pub fn rows(&self, start: usize, len: usize) -> Result<Tensor> {
+        let Some(&n) = self.dims().first() else {
+            return Err(Error::bad_shape("rows", self.dims(), "needs rank >= 1"));
+        };
+        if start.checked_add(len).is_none_or(|end| end > n) {
+            return Err(Error::bad_shape(
+                "rows",
+                self.dims(),
+                format!("rows {start}..{start}+{len} exceed {n}"),
+            ));
+        }
+        let inner = self.dims()[1..].iter().product::<usize>();
+        let mut dims = self.dims().to_vec();
+        dims[0] = len;
+        let view = match &*self.storage() {
+            Storage::Cpu(s) if s.0.is_shared() => s.0.clone().slice(start * inner, len * inner),
+            _ => None,
+        };
+        match view {
+            Some(buf) => Tensor::from_buffer(buf, dims, &Device::Cpu),
+            None => Ok(self.narrow(0, start, len)?.detach()),
+        }
+    }
+
     /// All values, row-major, on the host.
     pub fn to_vec(&self) -> Result<Vec<f32>> {
         self.storage().to_host()

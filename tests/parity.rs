@@ -341,6 +341,96 @@ fn adamw_three_steps_match_pytorch() {
     three_adam_steps(true, &TORCH_ADAMW);
 }
 
+// ------------------------------------------------------------ a parameter with no gradient
+
+// An XRM twin with no row in a batch is in the graph but not in the loss: PyTorch gives it a
+// zero gradient and its optimizer step still applies weight decay, momentum and Adam's step
+// count. `q` below has no gradient at steps 1 and 3.
+// p0 as above; q0 = [0.1, -0.2, 0.3]
+// gp = ag's weight gradients above; gq = [None, [-0.3, 0.4, 0.02], None]
+// for name, mk in [("sgd", lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-2)),
+//                  ("adam", lambda ps: torch.optim.Adam(ps, lr=0.05, weight_decay=0.1)),
+//                  ("adamw", lambda ps: torch.optim.AdamW(ps, lr=0.05, weight_decay=0.1))]:
+//     p = torch.tensor(p0, requires_grad=True); q = torch.tensor(q0, requires_grad=True)
+//     opt = mk([p, q])
+//     for a, b in zip(gp, gq):
+//         opt.zero_grad()
+//         loss = (p * torch.tensor(a)).sum() + (q * torch.tensor(b or [0.0] * 3)).sum()
+//         loss.backward(); opt.step(); print(f(q))
+const ZERO_GRAD_Q: [Option<[f32; 3]>; 3] = [None, Some([-0.3, 0.4, 0.02]), None];
+const TORCH_ZERO_GRAD_SGD: [[f32; 3]; 3] = [
+    [0.0999, -0.1998, 0.29970002],
+    [0.12971011, -0.2394202, 0.29713032],
+    [0.15640949, -0.27483895, 0.29452047],
+];
+const TORCH_ZERO_GRAD_ADAM: [[f32; 3]; 3] = [
+    [0.05000006, -0.15000004, 0.25000003],
+    [0.08605109, -0.18541962, 0.20045967],
+    [0.11297555, -0.2112322, 0.15344766],
+];
+const TORCH_ZERO_GRAD_ADAMW: [[f32; 3]; 3] = [
+    [0.0995, -0.199, 0.2985],
+    [0.13620934, -0.23521185, 0.25980067],
+    [0.1642893, -0.2627968, 0.22974071],
+];
+
+#[test]
+fn a_parameter_without_a_gradient_takes_a_zero_gradient_step_as_in_pytorch() {
+    type Build = fn(Vec<Tensor>) -> Box<dyn Optimizer>;
+    let cases: [(&str, Build, [[f32; 3]; 3]); 3] = [
+        (
+            "SGD",
+            |ps| Box::new(Sgd::with_options(ps, 0.1, 0.9, 0.0, 1e-2, false).unwrap()),
+            TORCH_ZERO_GRAD_SGD,
+        ),
+        (
+            "Adam (L2)",
+            |ps| Box::new(Adam::new(ps, 0.05, 0.1).unwrap()),
+            TORCH_ZERO_GRAD_ADAM,
+        ),
+        (
+            "AdamW",
+            |ps| Box::new(Adam::adamw(ps, 0.05, 0.1).unwrap()),
+            TORCH_ZERO_GRAD_ADAMW,
+        ),
+    ];
+    for (name, build, expected) in cases {
+        let p = tensor(&P0, (2, 3)).variable();
+        let q = tensor(&B0, 3).variable();
+        let mut opt = build(vec![p.clone(), q.clone()]);
+        for (step, ((gp, gq), want)) in ADAM_GRADS
+            .iter()
+            .map(|(gp, _)| gp)
+            .zip(ZERO_GRAD_Q)
+            .zip(expected)
+            .enumerate()
+        {
+            let grads = match &gq {
+                Some(gq) => grads_equal_to(&[(&p, gp), (&q, gq)]),
+                None => grads_equal_to(&[(&p, gp)]),
+            };
+            assert_eq!(grads.get(&q).is_some(), gq.is_some());
+            opt.step_all(&grads).unwrap();
+            assert_within_ulps(
+                &format!(
+                    "{name}: the parameter without a gradient after step {}",
+                    step + 1
+                ),
+                &q.to_vec().unwrap(),
+                &want,
+            );
+        }
+    }
+    // `step` keeps skipping a parameter without a gradient (PyTorch's `.grad is None`).
+    let p = tensor(&P0, (2, 3)).variable();
+    let q = tensor(&B0, 3).variable();
+    let mut opt =
+        Sgd::with_options(vec![p.clone(), q.clone()], 0.1, 0.9, 0.0, 1e-2, false).unwrap();
+    opt.step(&grads_equal_to(&[(&p, &ADAM_GRADS[0].0)]))
+        .unwrap();
+    assert_eq!(q.to_vec().unwrap(), B0.to_vec());
+}
+
 // ---------------------------------------------------------------------------------- xent
 
 const XENT_Z: [f32; 12] = [

@@ -132,7 +132,14 @@ fn argmax(row: &[f32]) -> u32 {
     best as u32
 }
 
-/// Logits of `model` on `rows` of `split`, row-major `rows.len() × K`.
+/// Rows gathered per block by [`logits_on`] where a row's logits do not depend on the batch.
+const GATHER_BLOCK_ROWS: usize = 1024;
+
+/// Logits of `model` on `rows` of `split`, row-major `rows.len() × K`: the bits of one pass
+/// over those rows gathered together. Where the backend promises that a row's logits do not
+/// depend on the rows beside it ([`super::xrm::rows_independent`]) the rows are gathered
+/// [`GATHER_BLOCK_ROWS`] at a time, so a fold's held-out features (a `1/K` share of the
+/// split) are never copied at once.
 fn logits_on(
     model: &dyn crate::nn::Module,
     split: &Split,
@@ -143,12 +150,21 @@ fn logits_on(
         return Ok(Vec::new());
     }
     let d = split.d;
-    let mut x = Vec::with_capacity(rows.len() * d);
-    for &i in rows {
-        x.extend_from_slice(&split.x[i * d..(i + 1) * d]);
+    let block = if super::xrm::rows_independent(model, device) {
+        GATHER_BLOCK_ROWS
+    } else {
+        rows.len()
+    };
+    let mut logits = Vec::new();
+    for part in rows.chunks(block) {
+        let mut x = Vec::with_capacity(part.len() * d);
+        for &i in part {
+            x.extend_from_slice(&split.x[i * d..(i + 1) * d]);
+        }
+        let x = Tensor::from_vec(x, (part.len(), d), device)?;
+        logits.extend(no_grad(|| model.forward(&x))?.to_vec()?);
     }
-    let x = Tensor::from_vec(x, (rows.len(), d), device)?;
-    no_grad(|| model.forward(&x))?.to_vec()
+    Ok(logits)
 }
 
 /// The first (split, class, bit) with no example, among the classes present in the split

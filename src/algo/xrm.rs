@@ -12,7 +12,10 @@
 //!     weights `1/n_c` and a sum over both twins' rows, or
 //!   - [`XrmLoss::Mean`]: `mean_{i ∈ B} CE_i`;
 //!
-//!   one optimizer over both twins' parameters takes one step.
+//!   one optimizer over both twins' parameters takes one step. A twin with no row in the
+//!   batch takes it with a zero gradient (weight decay, momentum, Adam's moments and step
+//!   count move), as PyTorch's optimizer does for the official twins, which are both in
+//!   every step's graph.
 //! - After the step, label flipping from the held-out logits `h_i` of the batch: with
 //!   `p_i, ŷ_i = max, argmax softmax(h_i)`, set `y_dyn,i = ŷ_i` with probability
 //!   [`flip_probability`]`(p_i, K) = (p_i − 1/K) · K/(K−1)`, one uniform per row (A's rows
@@ -30,7 +33,13 @@
 //!   0 for hyperparameter selection, as in the reference).
 //!
 //! With full batches the twins' row subsets are gathered once; otherwise each step gathers the
-//! batch rows of each twin with `index_select`. Linear twins take a twin's held-in loss (and
+//! batch rows of each twin with `index_select`. The final held-out logits come, where the
+//! backend promises that a row's logits do not depend on the rows beside it (linear twins on
+//! the CPU, [`Device::row_independent_columns`]), from each twin's pass over all the
+//! training rows (the same passes that give the inferred bits), each row taking its
+//! held-out twin's logits: no subset of the training features is gathered, so a run holds
+//! the features once (a mapped file is never copied). Elsewhere each twin's held-out subset
+//! is gathered, one at a time. Linear twins take a twin's held-in loss (and
 //! its weight gradient) and the other twin's held-out logits of the same rows from one pass
 //! over those rows ([`Tensor::linear_shifted_cross_entropy_beside`]): one read of the training
 //! features per step instead of three. Per-step host work is `O(|B|)` on a GPU
@@ -49,6 +58,7 @@ use std::time::Instant;
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 
+use super::evaluate::predict_tensor;
 use super::model::{ModelSpec, OptimizerSpec};
 use crate::autograd::no_grad;
 use crate::backend::Device;
@@ -207,8 +217,8 @@ pub fn run_xrm_with_twins(
             .map(Some)
     };
     // The twins' held-in subsets, gathered once when every step uses them (full batches);
-    // otherwise only for the final held-out logits, one at a time, so that a large training
-    // set is never held twice over.
+    // otherwise, where a row's logits may depend on the batch, only for the final held-out
+    // logits, one at a time.
     let full_batches = batcher.is_full_batch();
     let (x_a_all, x_b_all) = if full_batches {
         (gather(&rows_a_all)?, gather(&rows_b_all)?)
@@ -280,7 +290,11 @@ pub fn run_xrm_with_twins(
         let [ho_a, ho_b] = heldout;
         let loss = loss.expect("a batch has at least one row, held in by A or B");
         let grads = loss.backward()?;
-        optimizer.step(&grads)?;
+        // Every parameter of both twins steps, as in the official code (one optimizer over
+        // both twins, which are both in the graph): a twin with no row in the batch has no
+        // gradient here and takes a zero one, so its weight decay, momentum and Adam's step
+        // count move as PyTorch's do.
+        optimizer.step_all(&grads)?;
 
         // Label flipping from the pre-update held-out predictions: one uniform per row.
         for (rows, ho) in [(&rows_a, &ho_a), (&rows_b, &ho_b)] {
@@ -299,27 +313,52 @@ pub fn run_xrm_with_twins(
     }
     let steps_per_s = cfg.steps as f64 / start.elapsed().as_secs_f64().max(1e-12);
 
-    // Held-out logits of every training example, from the twin that never trained on it.
-    let mut heldout_logits = vec![0.0f32; n * k];
-    no_grad(|| -> Result<()> {
-        for (rows, x, other) in [
-            (&rows_a_all, x_a_all, &twin_b),
-            (&rows_b_all, x_b_all, &twin_a),
-        ] {
-            let x = match x {
-                Some(x) => Some(x),
-                None => gather(rows)?,
-            };
-            if let Some(x) = x {
-                let h = other.forward(&x)?.to_vec()?;
-                for (&i, row) in rows.iter().zip(h.chunks_exact(k)) {
-                    heldout_logits[i * k..(i + 1) * k].copy_from_slice(row);
+    // Held-out logits of every training example, from the twin that never trained on it,
+    // and the inferred training bits.
+    let (heldout_logits, inferred_tr) =
+        if rows_independent(twin_a.as_ref(), device) && rows_independent(twin_b.as_ref(), device) {
+            // One pass of each twin over all the training rows (the inferred bits need both
+            // anyway); each row takes the logits of the twin that did not train on it. A row's
+            // logits do not depend on the rows beside it, so they are the bits of a pass over
+            // the other twin's held-in rows alone, without gathering those rows (half the
+            // training features).
+            let (za, pred_a) = logits_and_predictions(twin_a.as_ref(), &x_tr)?;
+            let (zb, pred_b) = logits_and_predictions(twin_b.as_ref(), &x_tr)?;
+            let heldout_logits = assignment
+                .iter()
+                .enumerate()
+                .flat_map(|(i, &t)| {
+                    let z = if t == 0 { &zb } else { &za };
+                    z[i * k..(i + 1) * k].iter().copied()
+                })
+                .collect();
+            (heldout_logits, mistakes(&ds.train.y, &pred_a, &pred_b))
+        } else {
+            // Each twin's pass over the other twin's held-in rows, gathered one subset at a
+            // time.
+            let mut heldout_logits = vec![0.0f32; n * k];
+            no_grad(|| -> Result<()> {
+                for (rows, x, other) in [
+                    (&rows_a_all, x_a_all, &twin_b),
+                    (&rows_b_all, x_b_all, &twin_a),
+                ] {
+                    let x = match x {
+                        Some(x) => Some(x),
+                        None => gather(rows)?,
+                    };
+                    if let Some(x) = x {
+                        let h = other.forward(&x)?.to_vec()?;
+                        for (&i, row) in rows.iter().zip(h.chunks_exact(k)) {
+                            heldout_logits[i * k..(i + 1) * k].copy_from_slice(row);
+                        }
+                    }
                 }
-            }
-        }
-        Ok(())
-    })?;
-    let inferred_tr = cross_mistakes(twin_a.as_ref(), twin_b.as_ref(), &ds.train, device)?;
+                Ok(())
+            })?;
+            let pred_a = predict_tensor(twin_a.as_ref(), &x_tr)?;
+            let pred_b = predict_tensor(twin_b.as_ref(), &x_tr)?;
+            (heldout_logits, mistakes(&ds.train.y, &pred_a, &pred_b))
+        };
     let inferred_va = cross_mistakes(twin_a.as_ref(), twin_b.as_ref(), &ds.valid, device)?;
     let heldout_pred = crate::eval::metrics::argmax_rows(&heldout_logits, k);
     let heldout_acc_by_group = split_metrics(
@@ -366,12 +405,33 @@ fn cross_mistakes(
 ) -> Result<Vec<u32>> {
     let pred_a = super::train::predict(a, split, device)?;
     let pred_b = super::train::predict(b, split, device)?;
-    Ok(split
-        .y
-        .iter()
-        .zip(pred_a.iter().zip(&pred_b))
+    Ok(mistakes(&split.y, &pred_a, &pred_b))
+}
+
+/// `1[pred_a,i ≠ y_i] ∨ 1[pred_b,i ≠ y_i]`.
+fn mistakes(y: &[u32], pred_a: &[u32], pred_b: &[u32]) -> Vec<u32> {
+    y.iter()
+        .zip(pred_a.iter().zip(pred_b))
         .map(|(&y, (&pa, &pb))| u32::from(pa != y || pb != y))
-        .collect())
+        .collect()
+}
+
+/// Whether `model`'s forward pass gives each row the bits it has in a pass over any other
+/// set of rows on `device`: a linear model within the backend's row-independence promise
+/// ([`Device::row_independent_columns`]; the bias is added elementwise).
+pub(crate) fn rows_independent(model: &dyn Module, device: &Device) -> bool {
+    model
+        .as_linear()
+        .is_some_and(|l| l.out_dim() <= device.row_independent_columns(l.in_dim()))
+}
+
+/// `model(x)` on the host and its predicted classes, under `no_grad`: the bits of
+/// [`predict_tensor`] from one pass.
+fn logits_and_predictions(model: &dyn Module, x: &Tensor) -> Result<(Vec<f32>, Vec<u32>)> {
+    no_grad(|| {
+        let z = model.forward(x)?;
+        Ok((z.to_vec()?, z.argmax_rows()?.to_vec()?))
+    })
 }
 
 /// Counts of inferred groups `2y + m` in `0..2K`.
@@ -779,6 +839,127 @@ struct XrmRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::algo::model::OptimizerKind;
+    use crate::data::synthetic::{interpretable, InterpretableConfig};
+
+    /// Per twin, its parameters' values.
+    type TwinParams = [Vec<Vec<f32>>; 2];
+
+    /// The seed's initial twins, its assignment and its first `steps` batches, as
+    /// [`run_xrm_with_twins`] draws them.
+    fn replay(
+        ds: &Dataset,
+        spec: &ModelSpec,
+        seed: u64,
+        batch_size: usize,
+        steps: usize,
+    ) -> (TwinParams, Vec<u8>, Vec<Vec<usize>>) {
+        let root = Rng::new(seed);
+        let params = |stream| -> Vec<Vec<f32>> {
+            spec.build(ds.d(), ds.classes, &mut root.fork(stream), &Device::Cpu)
+                .unwrap()
+                .parameters()
+                .iter()
+                .map(|p| p.to_vec().unwrap())
+                .collect()
+        };
+        let mut assign_rng = root.fork(STREAM_ASSIGN);
+        let assignment = (0..ds.train.n)
+            .map(|_| u8::from(assign_rng.bernoulli(0.5)))
+            .collect();
+        let mut batcher =
+            Batcher::new(ds.train.n, batch_size, root.fork(STREAM_BATCH).next_u64()).unwrap();
+        let batches = (0..steps).map(|_| batcher.next_batch().to_vec()).collect();
+        (
+            [params(STREAM_TWIN_A), params(STREAM_TWIN_B)],
+            assignment,
+            batches,
+        )
+    }
+
+    /// A twin with no row in a batch still takes its optimizer step, with a zero gradient
+    /// (issue 21, item 4): batches of one row leave one twin empty at every step. Over two
+    /// steps in which the same twin is empty, its parameters must follow the hand-computed
+    /// zero-gradient updates: SGD `b₁ = wd·p₀`, `b₂ = μ·b₁ + wd·p₁`, `pₜ = pₜ₋₁ − lr·bₜ`
+    /// (the kernel's f32 operations, so bit for bit); Adam with L2 decay `gₜ = wd·pₜ₋₁`
+    /// through the moments and bias corrections of steps 1 and 2 (in f64, to 1e-6 of a step).
+    #[test]
+    fn a_twin_with_no_rows_in_a_batch_takes_a_zero_gradient_step() {
+        let ds = interpretable(&InterpretableConfig {
+            n: 24,
+            d: 6,
+            ..Default::default()
+        })
+        .unwrap();
+        let spec = ModelSpec::linear(true);
+        // A seed whose first two one-row batches both belong to the same twin.
+        let (seed, empty, p0) = (0..100u64)
+            .find_map(|seed| {
+                let (twins, assignment, batches) = replay(&ds, &spec, seed, 1, 2);
+                let (t0, t1) = (assignment[batches[0][0]], assignment[batches[1][0]]);
+                (t0 == t1).then(|| {
+                    let empty = 1 - t0 as usize;
+                    (seed, empty, twins[empty].clone())
+                })
+            })
+            .expect("some seed puts both first rows in one twin");
+        let (lr, wd, mu) = (0.1f32, 0.05f32, 0.9f32);
+        for kind in [OptimizerKind::Sgd, OptimizerKind::Adam] {
+            let momentum = if kind == OptimizerKind::Sgd { mu } else { 0.0 };
+            let cfg = XrmConfig {
+                steps: 2,
+                batch_size: 1,
+                optimizer: OptimizerSpec::new(kind, lr, momentum, wd).unwrap(),
+                loss: XrmLoss::ClassBalanced,
+                seed,
+                device: Device::Cpu,
+                log_every: 1,
+            };
+            let (_, twins) = run_xrm_with_twins(&ds, &spec, &cfg).unwrap();
+            let twin = if empty == 0 { &twins.a } else { &twins.b };
+            for (param, p0) in twin.parameters().iter().zip(&p0) {
+                let got = param.to_vec().unwrap();
+                let want: Vec<f32> = match kind {
+                    OptimizerKind::Sgd => p0
+                        .iter()
+                        .map(|&p| {
+                            let b1 = 0.0 + wd * p;
+                            let p1 = p - lr * b1;
+                            let b2 = mu * b1 + 1.0 * (0.0 + wd * p1);
+                            p1 - lr * b2
+                        })
+                        .collect(),
+                    _ => p0
+                        .iter()
+                        .map(|&p| {
+                            let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
+                            let (lr, wd) = (lr as f64, wd as f64);
+                            let (mut p, mut m, mut v) = (p as f64, 0.0, 0.0);
+                            for t in 1..=2 {
+                                let g = wd * p;
+                                m = b1 * m + (1.0 - b1) * g;
+                                v = b2 * v + (1.0 - b2) * g * g;
+                                let bc1 = 1.0 - b1.powi(t);
+                                let bc2 = 1.0 - b2.powi(t);
+                                p -= lr / bc1 * m / (v.sqrt() / bc2.sqrt() + eps);
+                            }
+                            p as f32
+                        })
+                        .collect(),
+                };
+                if kind == OptimizerKind::Sgd {
+                    assert_eq!(got, want, "SGD: the empty twin's zero-gradient steps");
+                } else {
+                    for (g, w) in got.iter().zip(&want) {
+                        // Steps of about lr: f32 rounding is relative to them, not to p.
+                        let tol = 1e-6 * (w.abs() + lr);
+                        assert!((g - w).abs() <= tol, "Adam: {g} vs {w}");
+                    }
+                }
+                assert_ne!(&got, p0, "{kind}: the empty twin moved");
+            }
+        }
+    }
 
     #[test]
     fn flip_probability_endpoints_and_midpoint() {

@@ -249,6 +249,11 @@ pub trait BackendStorage: Sized {
     fn reduce(&self, op: ReduceOp, outer: usize, len: usize, inner: usize) -> Result<Self>;
     /// `op(lhs) · op(rhs)` with `op(lhs)` m×k and `op(rhs)` k×n; a transposed operand is
     /// stored as its transpose (k×m or n×k) and read with swapped strides, never copied.
+    ///
+    /// Row independence: with `lhs` untransposed and `n ≤`
+    /// [`Device::row_independent_columns`]`(k)`, row `i` of the result has the same bits for
+    /// every `m` and every content of the other rows of `lhs` (a backend that cannot keep
+    /// this for a shape reports fewer columns there; callers rely on nothing beyond it).
     #[allow(clippy::too_many_arguments)]
     fn matmul(
         &self,
@@ -395,6 +400,27 @@ impl Device {
             Device::Cpu => cpu::stackable_columns(k),
             #[cfg(feature = "cuda")]
             Device::Cuda(_) => 1,
+        }
+    }
+
+    /// The row-independence promise ([`BackendStorage::matmul`]): the most output columns
+    /// `n` for which `x · Wᵀ` (`x` untransposed, `m × k`; `W` stored `n × k`) gives every
+    /// row of `x` the bits it has in a product of its own, whatever `m` and whatever the
+    /// other rows are. Within it a row's logits do not depend on the batch, so a product may
+    /// be split into row blocks, or a gathered subset's rows read from the product over all
+    /// rows, without changing a bit. 0 where the backend promises nothing (every product
+    /// must then be taken over exactly the rows it was taken over before).
+    ///
+    /// The CPU promises it on its dot-product path ([`Device::stackable_columns`] columns:
+    /// 4, or 64 when `k ≥ 512`): each element is the dot of one row with one column, summed
+    /// in an order fixed by `k` alone (32 partial sums, a fixed tree, the tail in order),
+    /// whatever the row blocking, the thread count and the instruction set; `tests/rows.rs`
+    /// checks it. The CUDA backend promises nothing (0).
+    pub fn row_independent_columns(&self, k: usize) -> usize {
+        match self {
+            Device::Cpu => cpu::stackable_columns(k),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(_) => 0,
         }
     }
 

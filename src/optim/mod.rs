@@ -7,6 +7,11 @@
 //! - [`Adam`]: `g += wd·p` (L2 style; AdamW instead scales `p *= 1 - lr·wd`);
 //!   `m = β1·m + (1-β1)·g`, `v = β2·v + (1-β2)·g²`;
 //!   `p -= (lr / (1-β1^t)) · m / (√v / √(1-β2^t) + ε)` — ε outside the square root.
+//!
+//! A parameter without a gradient: [`Optimizer::step`] leaves it alone (PyTorch's `.grad` is
+//! `None`); [`Optimizer::step_all`] steps it with a zero gradient, as PyTorch does for a
+//! parameter that was in the forward pass but not in the loss (its `.grad` is zeros) — an XRM
+//! twin with no row in the batch. Either way the update is the fused one above.
 
 use crate::autograd::GradStore;
 use crate::backend::{AdamStep, SgdStep, Storage};
@@ -18,6 +23,11 @@ pub trait Optimizer {
     /// Updates every parameter that has a gradient in `grads` (others are left alone, as
     /// PyTorch skips parameters whose `.grad` is `None`).
     fn step(&mut self, grads: &GradStore) -> Result<()>;
+    /// Updates every parameter, with a zero gradient where `grads` has none: what PyTorch
+    /// does for a parameter that took part in the forward pass but not in the loss (its
+    /// `.grad` is a zero tensor, not `None`), e.g. an XRM twin with no held-in row in the
+    /// batch. Weight decay, momentum and Adam's moments and step count still move.
+    fn step_all(&mut self, grads: &GradStore) -> Result<()>;
     fn learning_rate(&self) -> f32;
     fn set_learning_rate(&mut self, lr: f32);
     /// Everything the next steps depend on besides the parameters and hyperparameters
@@ -122,10 +132,22 @@ impl Sgd {
     }
 }
 
-impl Optimizer for Sgd {
-    fn step(&mut self, grads: &GradStore) -> Result<()> {
+/// The gradient of `p` in `grads`; a zero one when there is none and `zero_filled`, else
+/// `None` (the parameter is skipped).
+fn gradient_of(grads: &GradStore, p: &Tensor, zero_filled: bool) -> Result<Option<Tensor>> {
+    match grads.get(p) {
+        Some(g) => Ok(Some(g.clone())),
+        None if zero_filled => Tensor::zeros(p.shape().clone(), p.device()).map(Some),
+        None => Ok(None),
+    }
+}
+
+impl Sgd {
+    fn update(&mut self, grads: &GradStore, zero_filled: bool) -> Result<()> {
         for (p, buf) in self.params.iter().zip(self.buffers.iter_mut()) {
-            let Some(g) = grads.get(p) else { continue };
+            let Some(g) = gradient_of(grads, p, zero_filled)? else {
+                continue;
+            };
             let first_step = buf.is_none();
             if self.momentum != 0.0 && buf.is_none() {
                 *buf = Some(p.device().zeros_storage(p.elem_count())?);
@@ -142,6 +164,16 @@ impl Optimizer for Sgd {
             p.storage_mut().sgd_update(&g, buf.as_mut(), h)?;
         }
         Ok(())
+    }
+}
+
+impl Optimizer for Sgd {
+    fn step(&mut self, grads: &GradStore) -> Result<()> {
+        self.update(grads, false)
+    }
+
+    fn step_all(&mut self, grads: &GradStore) -> Result<()> {
+        self.update(grads, true)
     }
 
     fn learning_rate(&self) -> f32 {
@@ -238,15 +270,17 @@ impl Adam {
     }
 }
 
-impl Optimizer for Adam {
-    fn step(&mut self, grads: &GradStore) -> Result<()> {
+impl Adam {
+    fn update(&mut self, grads: &GradStore, zero_filled: bool) -> Result<()> {
         for ((p, moments), step) in self
             .params
             .iter()
             .zip(self.moments.iter_mut())
             .zip(self.steps.iter_mut())
         {
-            let Some(g) = grads.get(p) else { continue };
+            let Some(g) = gradient_of(grads, p, zero_filled)? else {
+                continue;
+            };
             if moments.is_none() {
                 let dev = p.device();
                 *moments = Some((
@@ -269,6 +303,16 @@ impl Optimizer for Adam {
             p.storage_mut().adam_update(&g, m, v, h)?;
         }
         Ok(())
+    }
+}
+
+impl Optimizer for Adam {
+    fn step(&mut self, grads: &GradStore) -> Result<()> {
+        self.update(grads, false)
+    }
+
+    fn step_all(&mut self, grads: &GradStore) -> Result<()> {
+        self.update(grads, true)
     }
 
     fn learning_rate(&self) -> f32 {
