@@ -9,14 +9,14 @@
 //! what the launch covers: the part of `C` a GEMM grid covers, the column tiles and `z` slabs
 //! of a reduction, the column range a row variant handles (outside it a kernel writes
 //! nothing), error flags for bad indices. Bespoke emulation is kept where the thread
-//! partition or reduction order is the point: the single-pass cross-entropy kernels (the same
-//! per-thread chunks and butterfly trees), the fixed partial sums, and XRM's flip (the
-//! kernel's f64 steps). It says nothing about the kernels' speed or their last-bit rounding
-//! (CUDA's `expf` is not Rust's), and it follows the CPU's NaN conventions for `max` and
-//! `argmax`: the GPU tests do the rest.
+//! partition or reduction order is the point (`xent.rs`): the single-pass cross-entropy
+//! kernels (the same per-thread chunks and butterfly trees) and XRM's flip (the kernel's f64
+//! steps); and the fixed partial sums here. It says nothing about the kernels' speed or their
+//! last-bit rounding (CUDA's `expf` is not Rust's), and it follows the CPU's NaN conventions
+//! for `max` and `argmax`: the GPU tests do the rest.
 //!
 //! Memory (`memory.rs`): every buffer is registered with its address range, and a range past
-//! a live buffer's end is a device fault. The bespoke kernels are in `xent.rs`.
+//! a live buffer's end is a device fault.
 
 mod memory;
 mod xent;
@@ -25,11 +25,12 @@ pub(super) use memory::{copy, memset, read, write, HostBuf};
 
 use super::kernels::Kernel;
 use super::launch::Value;
+use super::plan::extent;
 use crate::backend::cpu::CpuStorage;
 use crate::backend::{AdamStep, BackendStorage, BinaryOp, ReduceOp, SgdStep, UnaryOp};
 use crate::error::{Error, Result};
 use crate::shape::Shape;
-use memory::{cpu, flag, readf, writef};
+use memory::{cpu, flag};
 
 /// Kernel arguments by position (their kinds were checked against the kernel table).
 #[derive(Clone, Copy)]
@@ -55,6 +56,14 @@ impl Args<'_> {
             _ => f32::NAN,
         }
     }
+    /// The `n` floats at pointer argument `i` as a CPU storage.
+    fn cpu(self, i: usize, n: usize) -> Result<CpuStorage> {
+        cpu(self.p(i), n)
+    }
+    /// Writes `data` to pointer argument `i`.
+    fn put(self, i: usize, data: &[f32]) -> Result<()> {
+        write(self.p(i), data)
+    }
 }
 
 /// Runs one launch on the host.
@@ -66,172 +75,117 @@ pub(super) fn run(
     args: &[Value],
 ) -> Result<()> {
     if block.0 * block.1 * block.2 > 1024 || !block.0.is_multiple_of(32) {
-        return Err(Error::Cuda(format!(
-            "emulator: {}: bad block {block:?}",
-            k.name()
-        )));
+        let what = format!("emulator: {}: bad block {block:?}", k.name());
+        return Err(Error::Cuda(what));
     }
     let a = Args(args);
-    let (p, u, f) = (|i| a.p(i), |i| a.u(i), |i| a.f(i));
-    let shape = |n: usize| Shape::from(vec![n]);
-    use Kernel as K;
-    let unary = |op| -> Result<()> { writef(p(1), &cpu(p(0), u(2))?.unary(op)?.0) };
-    let binary = |op, a: CpuStorage, b: CpuStorage, out: u64, n| -> Result<()> {
-        writef(out, &a.binary(&b, op, &shape(n), &shape(n), &shape(n))?.0)
+    let (u, f) = (|i| a.u(i), |i| a.f(i));
+    let flat = |n: usize| Shape::from(vec![n]);
+    let binary = |op, x: CpuStorage, y: CpuStorage, n| -> Result<()> {
+        a.put(2, &x.binary(&y, op, &flat(n), &flat(n), &flat(n))?.0)
     };
+    use Kernel as K;
     match k {
-        K::Neg => unary(UnaryOp::Neg),
-        K::Exp => unary(UnaryOp::Exp),
-        K::Log => unary(UnaryOp::Log),
-        K::Tanh => unary(UnaryOp::Tanh),
-        K::Relu => unary(UnaryOp::Relu),
-        K::Sigmoid => unary(UnaryOp::Sigmoid),
-        K::Sqrt => unary(UnaryOp::Sqrt),
-        K::Square => unary(UnaryOp::Square),
-        K::Recip => unary(UnaryOp::Recip),
-        K::Step => unary(UnaryOp::Step),
-        K::Affine => unary(UnaryOp::Affine {
-            mul: f(3),
-            add: f(4),
-        }),
-        K::Powf => unary(UnaryOp::Powf(f(3))),
-        K::Fill => writef(p(0), &vec![f(2); u(1)]),
+        K::Neg => unary(a, UnaryOp::Neg),
+        K::Exp => unary(a, UnaryOp::Exp),
+        K::Log => unary(a, UnaryOp::Log),
+        K::Tanh => unary(a, UnaryOp::Tanh),
+        K::Relu => unary(a, UnaryOp::Relu),
+        K::Sigmoid => unary(a, UnaryOp::Sigmoid),
+        K::Sqrt => unary(a, UnaryOp::Sqrt),
+        K::Square => unary(a, UnaryOp::Square),
+        K::Recip => unary(a, UnaryOp::Recip),
+        K::Step => unary(a, UnaryOp::Step),
+        K::Affine => unary(
+            a,
+            UnaryOp::Affine {
+                mul: f(3),
+                add: f(4),
+            },
+        ),
+        K::Powf => unary(a, UnaryOp::Powf(f(3))),
+        K::Fill => a.put(0, &vec![f(2); u(1)]),
         K::Add | K::Sub | K::Mul | K::Div | K::Maximum | K::Eq => {
-            let n = u(3);
-            binary(binary_op(k), cpu(p(0), n)?, cpu(p(1), n)?, p(2), n)
+            binary(binary_op(k), a.cpu(0, u(3))?, a.cpu(1, u(3))?, u(3))
         }
         K::AddBcast | K::SubBcast | K::MulBcast | K::DivBcast | K::MaximumBcast | K::EqBcast => {
             // The kernel's index arithmetic: each operand gathered by its strides.
-            let (n, d) = (u(3), [u(3) / (u(4) * u(5) * u(6)).max(1), u(4), u(5), u(6)]);
-            let gather = |x: u64, s: usize| -> Result<CpuStorage> {
-                let reach = 1
-                    + (0..4)
-                        .map(|i| d[i].saturating_sub(1) * u(s + i))
-                        .sum::<usize>();
-                let src = readf(x, if n == 0 { 0 } else { reach })?;
-                let at = |i: usize| -> usize {
+            let n = u(3);
+            let d = [n / (u(4) * u(5) * u(6)).max(1), u(4), u(5), u(6)];
+            let gather = |x: usize, s: usize| -> Result<CpuStorage> {
+                let offset = |i: usize| -> usize {
                     let c = [
                         i / (d[1] * d[2] * d[3]),
                         i / (d[2] * d[3]) % d[1],
                         i / d[3] % d[2],
-                        i % d[3],
                     ];
-                    (0..4).map(|j| c[j] * u(s + j)).sum()
+                    (0..3).map(|j| c[j] * u(s + j)).sum::<usize>() + i % d[3] * u(s + 3)
                 };
-                Ok(CpuStorage::new((0..n).map(|i| src[at(i)]).collect()))
+                let reach = if n == 0 { 0 } else { 1 + offset(n - 1) };
+                let src = a.cpu(x, reach)?;
+                Ok(CpuStorage::new((0..n).map(|i| src.0[offset(i)]).collect()))
             };
-            binary(binary_op(k), gather(p(0), 7)?, gather(p(1), 11)?, p(2), n)
+            binary(binary_op(k), gather(0, 7)?, gather(1, 11)?, n)
         }
         K::WhereCond => {
-            let n = u(4);
-            writef(
-                p(3),
-                &cpu(p(0), n)?.where_cond(&cpu(p(1), n)?, &cpu(p(2), n)?)?.0,
-            )
+            let (c, t, e) = (a.cpu(0, u(4))?, a.cpu(1, u(4))?, a.cpu(2, u(4))?);
+            write(a.p(3), &c.where_cond(&t, &e)?.0)
         }
         K::SumAxisWarp
         | K::MaxAxisWarp
         | K::SumAxisBlock
         | K::MaxAxisBlock
         | K::SumAxisCols
-        | K::MaxAxisCols => {
-            let op = match k {
-                K::SumAxisWarp | K::SumAxisBlock | K::SumAxisCols => ReduceOp::Sum,
-                _ => ReduceOp::Max,
-            };
-            let (outer, len, inner, z, covered) = match k {
-                K::SumAxisWarp | K::MaxAxisWarp => (u(2), u(3), 1, 1, 1),
-                K::SumAxisBlock | K::MaxAxisBlock => (u(2), u(3), u(4), 1, u(4)),
-                _ => (
-                    u(2),
-                    u(3),
-                    u(4),
-                    grid.2 as usize,
-                    (32 * grid.0 as usize).min(u(4)),
-                ),
-            };
-            let x = cpu(p(0), outer * len * inner)?;
-            let mut out = readf(p(1), z * outer * inner)?;
-            // Slab `zi` reduces its chunk of the axis; column tiles cover `covered` columns.
-            let chunk = len.div_ceil(z.max(1));
-            for zi in 0..z {
-                let (begin, end) = (len.min(zi * chunk), len.min((zi + 1) * chunk));
-                let w = (end - begin) * inner;
-                let mut part = CpuStorage::new(vec![0.0; outer * w]);
-                x.copy2d(&mut part, outer, w, len * inner, w, begin * inner, 0)?;
-                let r = part.reduce(op, outer, end - begin, inner)?;
-                for (i, &v) in r.0.iter().enumerate().filter(|(i, _)| i % inner < covered) {
-                    out[zi * outer * inner + i] = v;
-                }
-            }
-            writef(p(1), &out)
-        }
+        | K::MaxAxisCols => reduce(k, grid, a),
         K::ArgmaxRows => {
             let (rows, cols) = (u(1), u(2));
-            let best = cpu(p(0), rows * cols)?.argmax_rows(rows, cols)?;
-            write(
-                p(3),
-                &best
-                    .iter()
-                    .map(|&b| if cols == 0 { u32::MAX } else { b })
-                    .collect::<Vec<_>>(),
-            )
+            let best = a.cpu(0, rows * cols)?.argmax_rows(rows, cols)?;
+            let none = best.iter().map(|&b| if cols == 0 { u32::MAX } else { b });
+            write(a.p(3), &none.collect::<Vec<_>>())
         }
         K::IndexSelectRows | K::IndexAddRows | K::GatherCols | K::ScatterCols => index_kernel(k, a),
         K::Copy2d => {
             let (rows, cols, ss, ds, so, dof) = (u(2), u(3), u(4), u(5), u(6), u(7));
-            let ext = |off, s| off + super::plan::extent(rows, cols, s);
-            let mut dst = cpu(p(1), ext(dof, ds))?;
-            cpu(p(0), ext(so, ss))?.copy2d(&mut dst, rows, cols, ss, ds, so, dof)?;
-            writef(p(1), &dst.0)
+            let mut dst = a.cpu(1, dof + extent(rows, cols, ds))?;
+            a.cpu(0, so + extent(rows, cols, ss))?
+                .copy2d(&mut dst, rows, cols, ss, ds, so, dof)?;
+            a.put(1, &dst.0)
         }
-        K::Transpose2d => writef(p(1), &cpu(p(0), u(2) * u(3))?.transpose2d(u(2), u(3))?.0),
+        K::Transpose2d => a.put(1, &a.cpu(0, u(2) * u(3))?.transpose2d(u(2), u(3))?.0),
         K::SoftmaxSmallC
         | K::LogSoftmaxSmallC
         | K::SoftmaxWarpRow
         | K::LogSoftmaxWarpRow
         | K::SoftmaxBlockRow
         | K::LogSoftmaxBlockRow => {
-            let log = matches!(
-                k,
-                K::LogSoftmaxSmallC | K::LogSoftmaxWarpRow | K::LogSoftmaxBlockRow
-            );
-            let (rows, cols) = (u(2), u(3));
-            match handles(k, cols) {
-                true => writef(
-                    p(1),
-                    &cpu(p(0), rows * cols)?.softmax_rows(rows, cols, log)?.0,
-                ),
-                false => Ok(()),
+            use K::{LogSoftmaxBlockRow as LB, LogSoftmaxSmallC as LS, LogSoftmaxWarpRow as LW};
+            let (rows, cols, log) = (u(2), u(3), matches!(k, LS | LW | LB));
+            if !handles(k, cols) {
+                return Ok(());
             }
+            a.put(1, &a.cpu(0, rows * cols)?.softmax_rows(rows, cols, log)?.0)
         }
-        K::XentSmallC | K::XentWarpRow | K::XentBlockRow => match handles(k, u(7)) {
-            true => xent::xent_fallback(args),
-            false => Ok(()),
-        },
+        K::XentSmallC | K::XentWarpRow | K::XentBlockRow if !handles(k, u(7)) => Ok(()),
+        K::XentSmallC | K::XentWarpRow | K::XentBlockRow => xent::xent_fallback(a),
         K::XentGroupVec
         | K::XentWarpVec
         | K::XentWarpVec8
         | K::XentBlockVec
-        | K::XentBlockScalar => xent::xent_single_pass(k, block, smem, args),
-        K::XrmFlipTargets => xent::xrm_flip_targets(args),
-        K::SumAll => {
-            if grid != (1, 1, 1) {
-                return Err(Error::Cuda(format!(
-                    "emulator: {} needs one block",
-                    k.name()
-                )));
-            }
-            writef(p(2), &[f(3) * cpu(p(0), u(1))?.sum_all()?.0[0]])
-        }
+        | K::XentBlockScalar => xent::xent_single_pass(k, block, smem, a),
+        K::XrmFlipTargets => xent::xrm_flip_targets(a),
+        K::SumAll if grid != (1, 1, 1) => Err(Error::Cuda(format!(
+            "emulator: {} needs one block",
+            k.name()
+        ))),
+        K::SumAll => a.put(2, &[f(3) * a.cpu(0, u(1))?.sum_all()?.0[0]]),
         K::SumPartials => {
             // Block b sums the elements its grid-stride loop visits, in order.
-            let (x, g) = (readf(p(0), u(1))?, grid.0 as usize);
+            let (x, g) = (a.cpu(0, u(1))?, grid.0 as usize);
             let mut acc = vec![0.0f32; g];
-            for (i, v) in x.iter().enumerate() {
+            for (i, v) in x.0.iter().enumerate() {
                 acc[(i % (g * 256)) / 256] += v;
             }
-            writef(p(2), &acc)
+            a.put(2, &acc)
         }
         K::SgdStep => {
             let n = u(3);
@@ -243,13 +197,11 @@ pub(super) fn run(
                 nesterov: u(8) != 0,
                 first_step: u(9) != 0,
             };
-            let (mut param, mut buf) = (
-                cpu(p(0), n)?,
-                cpu(p(2), if h.momentum != 0.0 { n } else { 0 })?,
-            );
-            param.sgd_update(&cpu(p(1), n)?, (h.momentum != 0.0).then_some(&mut buf), h)?;
-            writef(p(0), &param.0)?;
-            writef(p(2), &buf.0)
+            let mut buf = a.cpu(2, if h.momentum != 0.0 { n } else { 0 })?;
+            let mut p = a.cpu(0, n)?;
+            p.sgd_update(&a.cpu(1, n)?, (h.momentum != 0.0).then_some(&mut buf), h)?;
+            a.put(0, &p.0)?;
+            a.put(2, &buf.0)
         }
         K::AdamStep => {
             let n = u(4);
@@ -262,11 +214,11 @@ pub(super) fn run(
                 step: u(10) as u32,
                 decoupled: u(11) != 0,
             };
-            let (mut param, mut m, mut v) = (cpu(p(0), n)?, cpu(p(2), n)?, cpu(p(3), n)?);
-            param.adam_update(&cpu(p(1), n)?, &mut m, &mut v, h)?;
-            writef(p(0), &param.0)?;
-            writef(p(2), &m.0)?;
-            writef(p(3), &v.0)
+            let (mut p, mut m, mut v) = (a.cpu(0, n)?, a.cpu(2, n)?, a.cpu(3, n)?);
+            p.adam_update(&a.cpu(1, n)?, &mut m, &mut v, h)?;
+            a.put(0, &p.0)?;
+            a.put(2, &m.0)?;
+            a.put(3, &v.0)
         }
         K::Sgemm128
         | K::Sgemm64
@@ -275,6 +227,10 @@ pub(super) fn run(
         | K::SgemmThinTaPartial
         | K::SgemmThinFinish => gemm(k, grid, a),
     }
+}
+
+fn unary(a: Args, op: UnaryOp) -> Result<()> {
+    a.put(1, &a.cpu(0, a.u(2))?.unary(op)?.0)
 }
 
 fn binary_op(k: Kernel) -> BinaryOp {
@@ -299,18 +255,53 @@ fn handles(k: Kernel, cols: usize) -> bool {
     }
 }
 
+/// The axis reductions over `(outer, len, inner)`: slab `z` of a split column reduction
+/// reduces its chunk of the axis, and column tiles write the columns they cover.
+fn reduce(k: Kernel, grid: (u32, u32, u32), a: Args) -> Result<()> {
+    use Kernel as K;
+    let op = match k {
+        K::SumAxisWarp | K::SumAxisBlock | K::SumAxisCols => ReduceOp::Sum,
+        _ => ReduceOp::Max,
+    };
+    let (outer, len, warp) = (a.u(2), a.u(3), matches!(k, K::SumAxisWarp | K::MaxAxisWarp));
+    let inner = if warp { 1 } else { a.u(4) };
+    let (z, covered) = match k {
+        K::SumAxisCols | K::MaxAxisCols => (grid.2 as usize, (32 * grid.0 as usize).min(inner)),
+        _ => (1, inner),
+    };
+    let x = a.cpu(0, outer * len * inner)?;
+    let mut out = a.cpu(1, z * outer * inner)?;
+    let chunk = len.div_ceil(z.max(1));
+    for zi in 0..z {
+        let (begin, end) = (len.min(zi * chunk), len.min((zi + 1) * chunk));
+        let w = (end - begin) * inner;
+        let mut part = CpuStorage::new(vec![0.0; outer * w]);
+        x.copy2d(&mut part, outer, w, len * inner, w, begin * inner, 0)?;
+        let r = part.reduce(op, outer, end - begin, inner)?;
+        for (i, &v) in r.0.iter().enumerate().filter(|(i, _)| i % inner < covered) {
+            out.0[zi * outer * inner + i] = v;
+        }
+    }
+    a.put(1, &out.0)
+}
+
 /// The row and column index kernels: bad entries are flagged and never followed (selected
 /// rows and gathered values NaN, scattered rows zero, added rows skipped); the good ones go
 /// through the CPU backend.
 fn index_kernel(k: Kernel, a: Args) -> Result<()> {
     use Kernel as K;
-    let (src, idx, dst, n, cols) = (a.p(0), a.p(1), a.p(2), a.u(3), a.u(4));
+    let (n, cols, rows_kernel) = (
+        a.u(3),
+        a.u(4),
+        matches!(k, K::IndexSelectRows | K::IndexAddRows),
+    );
     // (the range the entries index, the flag)
-    let (size, bad) = match k {
-        K::IndexSelectRows | K::IndexAddRows => (a.u(5), a.p(6)),
-        _ => (cols, a.p(5)),
+    let (size, bad) = if rows_kernel {
+        (a.u(5), a.p(6))
+    } else {
+        (cols, a.p(5))
     };
-    let idx = read(idx, n)?;
+    let idx = read::<u32>(a.p(1), n)?;
     let bad_rows: Vec<usize> = (0..n).filter(|&r| idx[r] as usize >= size).collect();
     let safe: Vec<u32> = idx
         .iter()
@@ -319,16 +310,17 @@ fn index_kernel(k: Kernel, a: Args) -> Result<()> {
     flag(bad, &bad_rows)?;
     let row = |r: usize| r * cols..(r + 1) * cols;
     let mut out = match k {
-        K::IndexSelectRows => cpu(src, size * cols)?.index_select_rows(cols, &safe)?,
+        K::IndexSelectRows => a.cpu(0, size * cols)?.index_select_rows(cols, &safe)?,
         K::IndexAddRows => {
-            let mut src = cpu(src, n * cols)?;
+            let mut src = a.cpu(0, n * cols)?;
             bad_rows.iter().for_each(|&r| src.0[row(r)].fill(0.0));
             let added = src.index_add_rows(cols, &safe, size)?;
             let flat = Shape::from(vec![size * cols]);
-            cpu(dst, size * cols)?.binary(&added, BinaryOp::Add, &flat, &flat, &flat)?
+            a.cpu(2, size * cols)?
+                .binary(&added, BinaryOp::Add, &flat, &flat, &flat)?
         }
-        K::GatherCols => cpu(src, n * cols)?.gather_cols(n, cols, &safe)?,
-        _ => cpu(src, n)?.scatter_cols(n, cols, &safe)?,
+        K::GatherCols => a.cpu(0, n * cols)?.gather_cols(n, cols, &safe)?,
+        _ => a.cpu(0, n)?.scatter_cols(n, cols, &safe)?,
     };
     for &r in &bad_rows {
         match k {
@@ -338,56 +330,53 @@ fn index_kernel(k: Kernel, a: Args) -> Result<()> {
             _ => {}
         }
     }
-    writef(dst, &out.0)
+    a.put(2, &out.0)
 }
 
 /// The GEMM kernels on densified operands: `C = α op(A) op(B) + β C` over the part of `C`
 /// the launch covers (tiles: what the grid covers; thin: `N <= 16`), split-K slab by slab.
-fn gemm(k: Kernel, grid: (u32, u32, u32), args: Args) -> Result<()> {
+fn gemm(k: Kernel, grid: (u32, u32, u32), a: Args) -> Result<()> {
     use Kernel as K;
-    let (p, u, f) = (|i| args.p(i), |i| args.u(i), |i| args.f(i));
+    let u = |i| a.u(i);
     if k == K::SgemmThinFinish {
-        let (m, n, z, ldc, alpha, beta) = (u(2), u(3), u(4), u(5), f(6), f(7));
-        let sums = cpu(p(0), z * m * n)?.reduce(ReduceOp::Sum, 1, z, m * n)?;
-        return store_c(p(1), &sums.0, (m, n, ldc), (m, n), (alpha, beta));
+        let (m, n, z, ldc) = (u(2), u(3), u(4), u(5));
+        let sums = a.cpu(0, z * m * n)?.reduce(ReduceOp::Sum, 1, z, m * n)?;
+        return store_c(a.p(1), &sums.0, (m, n, ldc), (m, n), (a.f(6), a.f(7)));
     }
     let (m, n, kk, lda, ldb) = (u(3), u(4), u(5), u(6), u(7));
+    let thin_cols = if n > 16 { 0 } else { n };
     let (ta, tb, rows, cols) = match k {
         K::Sgemm128 | K::Sgemm64 => {
             let tile = if k == K::Sgemm128 { 128 } else { 64 };
-            (
-                u(11) != 0,
-                u(12) != 0,
-                m.min(grid.1 as usize * tile),
-                n.min(grid.0 as usize * tile),
-            )
+            let (rows, cols) = (m.min(grid.1 as usize * tile), n.min(grid.0 as usize * tile));
+            (u(11) != 0, u(12) != 0, rows, cols)
         }
-        K::SgemmThin => (false, u(11) != 0, m, if n > 16 { 0 } else { n }),
-        K::SgemmThinTa => (true, u(11) != 0, m, if n > 16 { 0 } else { n }),
-        _ => (true, u(8) != 0, m, if n > 16 { 0 } else { n }),
+        K::SgemmThin => (false, u(11) != 0, m, thin_cols),
+        K::SgemmThinTa => (true, u(11) != 0, m, thin_cols),
+        _ => (true, u(8) != 0, m, thin_cols),
     };
     // op(A) op(B) over the K range `ks`, from the dense blocks of A and B it reads.
     let prod = |ks: std::ops::Range<usize>| -> Result<CpuStorage> {
         let (l, kn) = (ks.start, ks.len());
-        let a = match ta {
-            true => dense(p(0), kn, m, lda, l * lda)?,
-            false => dense(p(0), m, kn, lda, l)?,
+        let x = match ta {
+            true => dense(a.p(0), kn, m, lda, l * lda)?,
+            false => dense(a.p(0), m, kn, lda, l)?,
         };
-        let b = match tb {
-            true => dense(p(1), n, kn, ldb, l)?,
-            false => dense(p(1), kn, n, ldb, l * ldb)?,
+        let y = match tb {
+            true => dense(a.p(1), n, kn, ldb, l)?,
+            false => dense(a.p(1), kn, n, ldb, l * ldb)?,
         };
-        a.matmul(&b, m, kn, n, ta, tb)
+        x.matmul(&y, m, kn, n, ta, tb)
     };
     if k != K::SgemmThinTaPartial {
         let c = prod(0..kk)?;
-        return store_c(p(2), &c.0, (m, n, u(8)), (rows, cols), (f(9), f(10)));
+        return store_c(a.p(2), &c.0, (m, n, u(8)), (rows, cols), (a.f(9), a.f(10)));
     }
     // Split-K: slab `zi` holds the product over its chunk of K.
     let (z, chunk) = (grid.1 as usize, kk.div_ceil(grid.1 as usize));
     for zi in 0..z {
         let c = prod(kk.min(zi * chunk)..kk.min((zi + 1) * chunk))?;
-        let slab = p(2) + 4 * (zi * m * n) as u64;
+        let slab = a.p(2) + 4 * (zi * m * n) as u64;
         store_c(slab, &c.0, (m, n, n), (rows, cols), (1.0, 0.0))?;
     }
     Ok(())
@@ -397,7 +386,7 @@ fn gemm(k: Kernel, grid: (u32, u32, u32), args: Args) -> Result<()> {
 fn dense(addr: u64, rows: usize, cols: usize, ld: usize, off: usize) -> Result<CpuStorage> {
     let mut out = CpuStorage::new(vec![0.0; rows * cols]);
     if rows * cols > 0 {
-        let src = cpu(addr, off + super::plan::extent(rows, cols, ld))?;
+        let src = cpu(addr, off + extent(rows, cols, ld))?;
         src.copy2d(&mut out, rows, cols, ld, cols, off, 0)?;
     }
     Ok(out)
@@ -412,7 +401,7 @@ fn store_c(
     (rows, cols): (usize, usize),
     (alpha, beta): (f32, f32),
 ) -> Result<()> {
-    let mut out = readf(c, super::plan::extent(m, n, ldc))?;
+    let mut out = read::<f32>(c, extent(m, n, ldc))?;
     for i in 0..rows {
         for j in 0..cols {
             let r = alpha * prod[i * n + j];
@@ -420,5 +409,5 @@ fn store_c(
             *o = if beta == 0.0 { r } else { beta.mul_add(*o, r) };
         }
     }
-    writef(c, &out)
+    write(c, &out)
 }

@@ -1,69 +1,61 @@
-//! The bespoke emulation, where the thread partition or reduction order is the point: the
-//! single-pass cross-entropy kernels (the same per-thread chunks and butterfly trees) and
-//! XRM's flip (the kernel's f64 steps).
+//! The cross-entropy kernels (the scalar fallbacks through the CPU reference; the single-pass
+//! kernels bespoke, with the same per-thread chunks and butterfly trees) and XRM's flip (the
+//! kernel's f64 steps).
 
-use super::memory::{fault, flag, read, readf, write, writef};
-use super::Args;
+use super::memory::{fault, flag};
+use super::{read, write, Args};
 use crate::backend::cpu::CpuStorage;
 use crate::backend::cuda::kernels::Kernel;
-use crate::backend::cuda::launch::Value;
 use crate::backend::cuda::xent::{XENT_BLOCK_VR, XENT_BLOCK_VS, XENT_BLOCK_VS_LONG};
 use crate::backend::{BackendStorage, XentArgs};
 use crate::error::{Error, Result};
 
-/// The arguments of a fused cross-entropy launch, read from the device.
-struct Xent {
+/// A fused cross-entropy launch (`xent.cu`'s argument list) with its buffers read from the
+/// device; `dz` when it writes the gradient.
+struct Xent<'a> {
+    a: Args<'a>,
     z: Vec<f32>,
     s: Option<Vec<f32>>,
     y: Vec<u32>,
     w: Option<Vec<f32>>,
     rows: usize,
     cols: usize,
-    grad_scale: f32,
-    write_grad: bool,
     loss: Vec<f32>,
-    dz: Vec<f32>,
+    dz: Option<Vec<f32>>,
 }
 
-impl Xent {
-    fn read(args: &[Value]) -> Result<(Xent, [u64; 3])> {
-        let a = Args(args);
-        let (z, s, y, w, loss, dz) = (a.p(0), a.p(1), a.p(2), a.p(3), a.p(4), a.p(5));
-        let (rows, cols, grad_scale, write_grad, bad) =
-            (a.u(6), a.u(7), a.f(8), a.u(9) != 0, a.p(10));
-        if write_grad && dz == 0 {
+impl<'a> Xent<'a> {
+    fn read(a: Args<'a>) -> Result<Xent<'a>> {
+        let (rows, cols, write_grad) = (a.u(6), a.u(7), a.u(9) != 0);
+        if write_grad && a.p(5) == 0 {
             return Err(Error::Cuda("emulator: write_grad without dz".into()));
         }
-        let opt = |a: u64, n: usize| (a != 0).then(|| readf(a, n)).transpose();
-        let x = Xent {
-            z: readf(z, rows * cols)?,
-            s: opt(s, rows * cols)?,
-            y: read(y, rows)?,
-            w: opt(w, rows)?,
+        let opt = |i: usize, n: usize, on: bool| (on && a.p(i) != 0).then(|| read(a.p(i), n));
+        Ok(Xent {
+            z: read(a.p(0), rows * cols)?,
+            s: opt(1, rows * cols, true).transpose()?,
+            y: read(a.p(2), rows)?,
+            w: opt(3, rows, true).transpose()?,
+            loss: read(a.p(4), rows)?,
+            dz: opt(5, rows * cols, write_grad).transpose()?,
+            a,
             rows,
             cols,
-            grad_scale,
-            write_grad,
-            loss: readf(loss, rows)?,
-            dz: if write_grad {
-                readf(dz, rows * cols)?
-            } else {
-                Vec::new()
-            },
-        };
-        Ok((x, [loss, dz, bad]))
+        })
     }
 
     /// Writes back the losses, the gradient, and the flag for the bad rows.
-    fn write(&self, [loss, dz, bad]: [u64; 3]) -> Result<()> {
-        writef(loss, &self.loss)?;
-        if self.write_grad {
-            writef(dz, &self.dz)?;
+    fn write(&self) -> Result<()> {
+        write(self.a.p(4), &self.loss)?;
+        if let Some(dz) = &self.dz {
+            write(self.a.p(5), dz)?;
         }
-        let bad_rows: Vec<usize> = (0..self.rows)
-            .filter(|&r| self.y[r] as usize >= self.cols)
-            .collect();
-        flag(bad, &bad_rows)
+        let bad: Vec<usize> = (0..self.rows).filter(|&r| self.bad(r)).collect();
+        flag(self.a.p(10), &bad)
+    }
+
+    fn bad(&self, r: usize) -> bool {
+        self.y[r] as usize >= self.cols
     }
 
     /// `t = z + s` at column `j` of row `r`, or -inf past the row (the kernels' padding).
@@ -76,43 +68,42 @@ impl Xent {
         }
     }
 
-    fn weight(&self, r: usize) -> f32 {
-        self.w.as_ref().map_or(1.0, |w| w[r])
+    /// `grad_scale · w_r`.
+    fn coef(&self, r: usize) -> f32 {
+        self.a.f(8) * self.w.as_ref().map_or(1.0, |w| w[r])
     }
 
     /// Row `r`'s loss from its max `m` and exp-sum, NaN for a bad label.
     fn finish_row(&mut self, r: usize, m: f32, sum: f32) {
-        let label = self.y[r] as usize;
-        self.loss[r] = match label < self.cols {
-            true => self.weight(r) * ((m - self.t(r, label)) + sum.ln()),
-            false => f32::NAN,
+        let w = self.w.as_ref().map_or(1.0, |w| w[r]);
+        self.loss[r] = match self.bad(r) {
+            false => w * ((m - self.t(r, self.y[r] as usize)) + sum.ln()),
+            true => f32::NAN,
         };
     }
 
     /// The gradient of column `j` from its exp value `e` and `a = coef / S` (times the
     /// thread's rescale in the block kernels): `e·a`, or `fma(e, a, −coef)` at the label.
     fn grad(&mut self, r: usize, j: usize, e: f32, a: f32) {
-        if j >= self.cols {
-            return;
+        let (cols, bad, label, coef) = (self.cols, self.bad(r), self.y[r] as usize, self.coef(r));
+        if let Some(dz) = self.dz.as_mut().filter(|_| j < cols) {
+            dz[r * cols + j] = match (bad, j == label) {
+                (true, _) => f32::NAN,
+                (false, true) => e.mul_add(a, -coef),
+                (false, false) => e * a,
+            };
         }
-        let (label, coef) = (self.y[r] as usize, self.grad_scale * self.weight(r));
-        self.dz[r * self.cols + j] = match (label < self.cols, j == label) {
-            (false, _) => f32::NAN,
-            (true, true) => e.mul_add(a, -coef),
-            (true, false) => e * a,
-        };
     }
 }
 
 /// The scalar fallback kernels, whose order is not the point: the CPU reference, with bad
 /// labels' rows NaN.
-pub(super) fn xent_fallback(args: &[Value]) -> Result<()> {
-    let (mut x, out) = Xent::read(args)?;
-    let bad: Vec<bool> = x.y.iter().map(|&l| l as usize >= x.cols).collect();
+pub(super) fn xent_fallback(a: Args) -> Result<()> {
+    let mut x = Xent::read(a)?;
+    let cols = x.cols;
     let labels: Vec<u32> =
         x.y.iter()
-            .zip(&bad)
-            .map(|(&l, &b)| if b { 0 } else { l })
+            .map(|&l| if l as usize >= cols { 0 } else { l })
             .collect();
     let (s, w) = (
         x.s.take().map(CpuStorage::new),
@@ -123,21 +114,19 @@ pub(super) fn xent_fallback(args: &[Value]) -> Result<()> {
         labels: &labels,
         weights: w.as_ref(),
         rows: x.rows,
-        cols: x.cols,
-        grad_scale: x.grad_scale,
-        write_grad: x.write_grad,
+        cols,
+        grad_scale: a.f(8),
+        write_grad: x.dz.is_some(),
     })?;
     x.loss = loss.as_slice().to_vec();
-    if let Some(g) = grad {
-        x.dz = g.as_slice().to_vec();
-    }
-    for r in (0..x.rows).filter(|&r| bad[r]) {
+    x.dz = grad.map(|g| g.as_slice().to_vec());
+    for r in (0..x.rows).filter(|&r| x.y[r] as usize >= cols) {
         x.loss[r] = f32::NAN;
-        if x.write_grad {
-            x.dz[r * x.cols..(r + 1) * x.cols].fill(f32::NAN);
+        if let Some(dz) = &mut x.dz {
+            dz[r * cols..(r + 1) * cols].fill(f32::NAN);
         }
     }
-    x.write(out)
+    x.write()
 }
 
 /// The single-pass kernels, mirrored: which shapes each handles (the kernel's dispatch on
@@ -147,21 +136,19 @@ pub(super) fn xent_single_pass(
     k: Kernel,
     block: (u32, u32, u32),
     smem: u32,
-    args: &[Value],
+    a: Args,
 ) -> Result<()> {
     use Kernel as K;
-    if k.is_vectorized_xent() {
+    for (i, what) in [(0, "z"), (1, "s"), (5, "dz")] {
         // A float4 access at an address that is not 16-byte aligned faults on a GPU.
-        for (i, what) in [(0, "z"), (1, "s"), (5, "dz")] {
-            if matches!(args[i], Value::Ptr(a) if !a.is_multiple_of(16)) {
-                return Err(fault(format!(
-                    "{}: misaligned address of `{what}`",
-                    k.name()
-                )));
-            }
+        if k.is_vectorized_xent() && !a.p(i).is_multiple_of(16) {
+            return Err(fault(format!(
+                "{}: misaligned address of `{what}`",
+                k.name()
+            )));
         }
     }
-    let (mut x, out) = Xent::read(args)?;
+    let mut x = Xent::read(a)?;
     let (cols, b) = (x.cols, block.0 as usize);
     let aligned = cols.is_multiple_of(4);
     let vs = if cols <= 32 * b {
@@ -169,8 +156,7 @@ pub(super) fn xent_single_pass(
     } else {
         XENT_BLOCK_VS_LONG
     };
-    let block_fits = block.1 == 1
-        && block.2 == 1
+    let block_fits = (block.1, block.2) == (1, 1)
         && matches!(b, 64 | 128 | 256 | 512)
         && (cols <= 32 * b || (b == 512 && cols <= 64 * b))
         && smem as usize >= b * vs * 16;
@@ -186,7 +172,7 @@ pub(super) fn xent_single_pass(
         K::XentBlockScalar if block_fits => xent_block_rows(&mut x, b, vs, false),
         _ => return Ok(()),
     }
-    x.write(out)
+    x.write()
 }
 
 /// `xent_vec_rows<log2(g), v>`: a group of `g` lanes per row, lane `q` holding the float4
@@ -194,38 +180,30 @@ pub(super) fn xent_single_pass(
 /// chunk and component order, then xor butterflies over the group.
 fn xent_vec_rows(x: &mut Xent, g: usize, v: usize) {
     let quads = x.cols / 4;
+    // Slot `i` of the row: lane `i / v`'s chunk `i % v`.
+    let chunk = |i: usize| i / v + g * (i % v);
     for r in 0..x.rows {
-        let chunk = |q: usize, e: usize| -> Option<[f32; 4]> {
-            let k = q + g * e;
-            (k < quads).then(|| std::array::from_fn(|c| x.t(r, 4 * k + c)))
-        };
-        let chunks: Vec<Option<[f32; 4]>> = (0..g * v).map(|i| chunk(i / v, i % v)).collect();
-        let m = chunks
+        let slots: Vec<Option<[f32; 4]>> = (0..g * v)
+            .map(|i| (chunk(i) < quads).then(|| std::array::from_fn(|c| x.t(r, 4 * chunk(i) + c))))
+            .collect();
+        let m = slots
             .iter()
             .flatten()
             .flatten()
             .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        let exps: Vec<Option<[f32; 4]>> = chunks
+        let exps: Vec<Option<[f32; 4]>> = slots
             .iter()
             .map(|c| c.map(|c| c.map(|t| (t - m).exp())))
             .collect();
-        let partial = (0..g)
-            .map(|q| {
-                exps[q * v..(q + 1) * v]
-                    .iter()
-                    .flatten()
-                    .flatten()
-                    .fold(0.0f32, |a, &b| a + b)
-            })
-            .collect();
-        let sum = butterfly(partial, |p, q| p + q);
+        let lane_sums = exps
+            .chunks(v)
+            .map(|l| l.iter().flatten().flatten().fold(0.0, |s, &e| s + e));
+        let sum = butterfly(lane_sums.collect(), |p, q| p + q);
         x.finish_row(r, m, sum);
-        if x.write_grad {
-            let a = x.grad_scale * x.weight(r) / sum;
-            for (i, ex) in exps.iter().enumerate() {
-                for (c, &e) in ex.iter().flatten().enumerate() {
-                    x.grad(r, 4 * (i / v + g * (i % v)) + c, e, a);
-                }
+        let a = x.coef(r) / sum;
+        for (i, e) in exps.iter().enumerate() {
+            for (c, &e) in e.iter().flatten().enumerate() {
+                x.grad(r, 4 * chunk(i) + c, e, a);
             }
         }
     }
@@ -294,35 +272,27 @@ fn xent_block_rows(x: &mut Xent, block: usize, vs: usize, vec: bool) {
         partials.resize(32, (f32::NEG_INFINITY, 0.0));
         let (m, sum) = butterfly(partials, lse_merge);
         x.finish_row(r, m, sum);
-        if x.write_grad {
-            let coef = x.grad_scale * x.weight(r);
-            for (tid, &(mt, _)) in threads.iter().enumerate() {
-                let rescale = if mt == f32::NEG_INFINITY {
-                    0.0
-                } else {
-                    (mt - m).exp()
-                };
-                for i in 0..per_thread {
-                    x.grad(
-                        r,
-                        col(tid, i),
-                        exps[tid * per_thread + i],
-                        rescale * (coef / sum),
-                    );
-                }
+        let a = x.coef(r) / sum;
+        for (tid, &(mt, _)) in threads.iter().enumerate() {
+            let rescale = if mt == f32::NEG_INFINITY {
+                0.0
+            } else {
+                (mt - m).exp()
+            };
+            for i in 0..per_thread {
+                x.grad(r, col(tid, i), exps[tid * per_thread + i], rescale * a);
             }
         }
     }
 }
 
 /// XRM's flip (kernels/xrm.cu): the kernel's f64 steps, in its order, one row at a time.
-pub(super) fn xrm_flip_targets(args: &[Value]) -> Result<()> {
-    let a = Args(args);
-    let (logits, u, target, rows, k) = (a.p(0), a.p(1), a.p(2), a.u(3), a.u(4));
+pub(super) fn xrm_flip_targets(a: Args) -> Result<()> {
+    let (u, rows, k) = (a.p(1), a.u(3), a.u(4));
     if !u.is_multiple_of(8) {
         return Err(fault("xrm_flip_targets_f32: misaligned `u`".into()));
     }
-    let (z, words) = (readf(logits, rows * k)?, read(u, 2 * rows)?);
+    let (z, words) = (read::<f32>(a.p(0), rows * k)?, read::<u32>(u, 2 * rows)?);
     let kd = k as f64;
     let flip = |i: usize| -> u32 {
         let row = &z[i * k..(i + 1) * k];
@@ -340,5 +310,5 @@ pub(super) fn xrm_flip_targets(args: &[Value]) -> Result<()> {
             u32::MAX
         }
     };
-    write(target, &(0..rows).map(flip).collect::<Vec<_>>())
+    write(a.p(2), &(0..rows).map(flip).collect::<Vec<_>>())
 }
