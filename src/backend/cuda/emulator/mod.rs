@@ -1,29 +1,27 @@
 //! A host emulator of the kernels, for running the CUDA backend without a GPU.
 //!
-//! [`super::CudaDevice::emulated`] gives a device whose buffers live in host memory and whose
-//! launches run here, so the backend's choice of kernels, grids, strides, leading dimensions
-//! and offsets, its argument and index checks, pool and poisoning run as on a GPU and can be
-//! compared with the CPU backend. Each launch reads the buffer ranges its arguments name and
-//! writes its outputs back. The plain math (elementwise maps, broadcasts, reductions,
-//! gathers and scatters, softmax, GEMM, optimizer steps) is the CPU backend's own, applied to
-//! what the launch covers: the part of `C` a GEMM grid covers, the column tiles and `z` slabs
-//! of a reduction, the column range a row variant handles (outside it a kernel writes
-//! nothing), error flags for bad indices. Bespoke emulation is kept where the thread
-//! partition or reduction order is the point (`xent.rs`): the single-pass cross-entropy
-//! kernels (the same per-thread chunks and butterfly trees) and XRM's flip (the kernel's f64
-//! steps); and the fixed partial sums here. It says nothing about the kernels' speed or their
-//! last-bit rounding (CUDA's `expf` is not Rust's), and it follows the CPU's NaN conventions
-//! for `max` and `argmax`: the GPU tests do the rest.
-//!
-//! Memory (`memory.rs`): every buffer is registered with its address range, and a range past
-//! a live buffer's end is a device fault.
+//! [`super::CudaDevice::emulated`] gives a device whose buffers live in host memory
+//! (`memory.rs`: a range past a live buffer's end is a device fault) and whose launches run
+//! here, so the backend's choice of kernels, grids, strides, leading dimensions and offsets,
+//! its argument and index checks, pool and poisoning run as on a GPU and can be compared
+//! with the CPU backend. The plain math (maps, broadcasts, reductions, gathers and scatters,
+//! softmax, GEMM, optimizer steps) is the CPU backend's own, applied to what the launch
+//! covers: the operand elements a broadcast's strides name, the part of `C` a GEMM grid
+//! covers, the column tiles and `z` slabs of a reduction, the column range a row variant
+//! handles (outside it a kernel writes nothing), error flags for bad indices. Bespoke
+//! emulation is kept where the thread partition or reduction order is the point: the fixed
+//! partial sums here, and in `xent.rs` the single-pass cross-entropy kernels (the same
+//! per-thread chunks and butterfly trees) and XRM's flip (the kernel's f64 steps). It says
+//! nothing about the kernels' speed or their last-bit rounding (CUDA's `expf` is not
+//! Rust's), and it follows the CPU's NaN conventions for `max` and `argmax`: the GPU tests
+//! do the rest.
 
 mod memory;
 mod xent;
 
 pub(super) use memory::{copy, memset, read, write, HostBuf};
 
-use super::kernels::Kernel;
+use super::kernels::{Kernel, PtxModule};
 use super::launch::Value;
 use super::plan::extent;
 use crate::backend::cpu::CpuStorage;
@@ -78,170 +76,40 @@ pub(super) fn run(
         let what = format!("emulator: {}: bad block {block:?}", k.name());
         return Err(Error::Cuda(what));
     }
-    let a = Args(args);
-    let (u, f) = (|i| a.u(i), |i| a.f(i));
-    let flat = |n: usize| Shape::from(vec![n]);
-    let binary = |op, x: CpuStorage, y: CpuStorage, n| -> Result<()> {
-        a.put(2, &x.binary(&y, op, &flat(n), &flat(n), &flat(n))?.0)
-    };
+    let (a, name) = (Args(args), k.name());
     use Kernel as K;
-    match k {
-        K::Neg => unary(a, UnaryOp::Neg),
-        K::Exp => unary(a, UnaryOp::Exp),
-        K::Log => unary(a, UnaryOp::Log),
-        K::Tanh => unary(a, UnaryOp::Tanh),
-        K::Relu => unary(a, UnaryOp::Relu),
-        K::Sigmoid => unary(a, UnaryOp::Sigmoid),
-        K::Sqrt => unary(a, UnaryOp::Sqrt),
-        K::Square => unary(a, UnaryOp::Square),
-        K::Recip => unary(a, UnaryOp::Recip),
-        K::Step => unary(a, UnaryOp::Step),
-        K::Affine => unary(
-            a,
-            UnaryOp::Affine {
-                mul: f(3),
-                add: f(4),
-            },
-        ),
-        K::Powf => unary(a, UnaryOp::Powf(f(3))),
-        K::Fill => a.put(0, &vec![f(2); u(1)]),
-        K::Add | K::Sub | K::Mul | K::Div | K::Maximum | K::Eq => {
-            binary(binary_op(k), a.cpu(0, u(3))?, a.cpu(1, u(3))?, u(3))
-        }
-        K::AddBcast | K::SubBcast | K::MulBcast | K::DivBcast | K::MaximumBcast | K::EqBcast => {
-            // The kernel's index arithmetic: each operand gathered by its strides.
-            let n = u(3);
-            let d = [n / (u(4) * u(5) * u(6)).max(1), u(4), u(5), u(6)];
-            let gather = |x: usize, s: usize| -> Result<CpuStorage> {
-                let offset = |i: usize| -> usize {
-                    let c = [
-                        i / (d[1] * d[2] * d[3]),
-                        i / (d[2] * d[3]) % d[1],
-                        i / d[3] % d[2],
-                    ];
-                    (0..3).map(|j| c[j] * u(s + j)).sum::<usize>() + i % d[3] * u(s + 3)
-                };
-                let reach = if n == 0 { 0 } else { 1 + offset(n - 1) };
-                let src = a.cpu(x, reach)?;
-                Ok(CpuStorage::new((0..n).map(|i| src.0[offset(i)]).collect()))
-            };
-            binary(binary_op(k), gather(0, 7)?, gather(1, 11)?, n)
-        }
-        K::WhereCond => {
-            let (c, t, e) = (a.cpu(0, u(4))?, a.cpu(1, u(4))?, a.cpu(2, u(4))?);
-            write(a.p(3), &c.where_cond(&t, &e)?.0)
-        }
-        K::SumAxisWarp
-        | K::MaxAxisWarp
-        | K::SumAxisBlock
-        | K::MaxAxisBlock
-        | K::SumAxisCols
-        | K::MaxAxisCols => reduce(k, grid, a),
-        K::ArgmaxRows => {
-            let (rows, cols) = (u(1), u(2));
-            let best = a.cpu(0, rows * cols)?.argmax_rows(rows, cols)?;
-            let none = best.iter().map(|&b| if cols == 0 { u32::MAX } else { b });
-            write(a.p(3), &none.collect::<Vec<_>>())
-        }
-        K::IndexSelectRows | K::IndexAddRows | K::GatherCols | K::ScatterCols => index_kernel(k, a),
-        K::Copy2d => {
-            let (rows, cols, ss, ds, so, dof) = (u(2), u(3), u(4), u(5), u(6), u(7));
-            let mut dst = a.cpu(1, dof + extent(rows, cols, ds))?;
-            a.cpu(0, so + extent(rows, cols, ss))?
-                .copy2d(&mut dst, rows, cols, ss, ds, so, dof)?;
-            a.put(1, &dst.0)
-        }
-        K::Transpose2d => a.put(1, &a.cpu(0, u(2) * u(3))?.transpose2d(u(2), u(3))?.0),
-        K::SoftmaxSmallC
-        | K::LogSoftmaxSmallC
-        | K::SoftmaxWarpRow
-        | K::LogSoftmaxWarpRow
-        | K::SoftmaxBlockRow
-        | K::LogSoftmaxBlockRow => {
-            use K::{LogSoftmaxBlockRow as LB, LogSoftmaxSmallC as LS, LogSoftmaxWarpRow as LW};
-            let (rows, cols, log) = (u(2), u(3), matches!(k, LS | LW | LB));
-            if !handles(k, cols) {
-                return Ok(());
+    match k.module() {
+        PtxModule::Elementwise => elementwise(k, a),
+        PtxModule::Reduce => reduce(k, grid, a),
+        PtxModule::Index => index(k, a),
+        PtxModule::Softmax => {
+            let (rows, cols, log) = (a.u(2), a.u(3), name.starts_with("log_"));
+            match handles(k, cols) {
+                true => a.put(1, &a.cpu(0, rows * cols)?.softmax_rows(rows, cols, log)?.0),
+                false => Ok(()),
             }
-            a.put(1, &a.cpu(0, rows * cols)?.softmax_rows(rows, cols, log)?.0)
         }
-        K::XentSmallC | K::XentWarpRow | K::XentBlockRow if !handles(k, u(7)) => Ok(()),
-        K::XentSmallC | K::XentWarpRow | K::XentBlockRow => xent::xent_fallback(a),
-        K::XentGroupVec
-        | K::XentWarpVec
-        | K::XentWarpVec8
-        | K::XentBlockVec
-        | K::XentBlockScalar => xent::xent_single_pass(k, block, smem, a),
-        K::XrmFlipTargets => xent::xrm_flip_targets(a),
-        K::SumAll if grid != (1, 1, 1) => Err(Error::Cuda(format!(
-            "emulator: {} needs one block",
-            k.name()
-        ))),
-        K::SumAll => a.put(2, &[f(3) * a.cpu(0, u(1))?.sum_all()?.0[0]]),
-        K::SumPartials => {
-            // Block b sums the elements its grid-stride loop visits, in order.
-            let (x, g) = (a.cpu(0, u(1))?, grid.0 as usize);
-            let mut acc = vec![0.0f32; g];
-            for (i, v) in x.0.iter().enumerate() {
-                acc[(i % (g * 256)) / 256] += v;
+        PtxModule::Xent => match k {
+            K::SumAll if grid != (1, 1, 1) => {
+                Err(Error::Cuda(format!("emulator: {name} needs one block")))
             }
-            a.put(2, &acc)
-        }
-        K::SgdStep => {
-            let n = u(3);
-            let h = SgdStep {
-                lr: f(4),
-                momentum: f(5),
-                dampening: f(6),
-                weight_decay: f(7),
-                nesterov: u(8) != 0,
-                first_step: u(9) != 0,
-            };
-            let mut buf = a.cpu(2, if h.momentum != 0.0 { n } else { 0 })?;
-            let mut p = a.cpu(0, n)?;
-            p.sgd_update(&a.cpu(1, n)?, (h.momentum != 0.0).then_some(&mut buf), h)?;
-            a.put(0, &p.0)?;
-            a.put(2, &buf.0)
-        }
-        K::AdamStep => {
-            let n = u(4);
-            let h = AdamStep {
-                lr: f(5),
-                beta1: f(6),
-                beta2: f(7),
-                eps: f(8),
-                weight_decay: f(9),
-                step: u(10) as u32,
-                decoupled: u(11) != 0,
-            };
-            let (mut p, mut m, mut v) = (a.cpu(0, n)?, a.cpu(2, n)?, a.cpu(3, n)?);
-            p.adam_update(&a.cpu(1, n)?, &mut m, &mut v, h)?;
-            a.put(0, &p.0)?;
-            a.put(2, &m.0)?;
-            a.put(3, &v.0)
-        }
-        K::Sgemm128
-        | K::Sgemm64
-        | K::SgemmThin
-        | K::SgemmThinTa
-        | K::SgemmThinTaPartial
-        | K::SgemmThinFinish => gemm(k, grid, a),
-    }
-}
-
-fn unary(a: Args, op: UnaryOp) -> Result<()> {
-    a.put(1, &a.cpu(0, a.u(2))?.unary(op)?.0)
-}
-
-fn binary_op(k: Kernel) -> BinaryOp {
-    use Kernel as K;
-    match k {
-        K::Add | K::AddBcast => BinaryOp::Add,
-        K::Sub | K::SubBcast => BinaryOp::Sub,
-        K::Mul | K::MulBcast => BinaryOp::Mul,
-        K::Div | K::DivBcast => BinaryOp::Div,
-        K::Maximum | K::MaximumBcast => BinaryOp::Maximum,
-        _ => BinaryOp::Eq,
+            K::SumAll => a.put(2, &[a.f(3) * a.cpu(0, a.u(1))?.sum_all()?.0[0]]),
+            K::SumPartials => {
+                // Block b sums the elements its grid-stride loop visits, in order.
+                let (x, g) = (a.cpu(0, a.u(1))?, grid.0 as usize);
+                let mut acc = vec![0.0f32; g];
+                for (i, v) in x.0.iter().enumerate() {
+                    acc[(i % (g * 256)) / 256] += v;
+                }
+                a.put(2, &acc)
+            }
+            K::XentSmallC | K::XentWarpRow | K::XentBlockRow if !handles(k, a.u(7)) => Ok(()),
+            K::XentSmallC | K::XentWarpRow | K::XentBlockRow => xent::xent_fallback(a),
+            _ => xent::xent_single_pass(k, block, smem, a),
+        },
+        PtxModule::Xrm => xent::xrm_flip_targets(a),
+        PtxModule::Optim => optim(k, a),
+        PtxModule::Gemm => gemm(k, grid, a),
     }
 }
 
@@ -255,16 +123,90 @@ fn handles(k: Kernel, cols: usize) -> bool {
     }
 }
 
-/// The axis reductions over `(outer, len, inner)`: slab `z` of a split column reduction
-/// reduces its chunk of the axis, and column tiles write the columns they cover.
+/// The maps, same-shape (`n` at argument 3) and broadcast: each operand gathered by its
+/// strides with the kernel's index arithmetic (`n`, then dims 1..4 and the strides).
+fn elementwise(k: Kernel, a: Args) -> Result<()> {
+    use {BinaryOp as B, Kernel as K, UnaryOp as U};
+    let unary = match k {
+        K::Neg => U::Neg,
+        K::Exp => U::Exp,
+        K::Log => U::Log,
+        K::Tanh => U::Tanh,
+        K::Relu => U::Relu,
+        K::Sigmoid => U::Sigmoid,
+        K::Sqrt => U::Sqrt,
+        K::Square => U::Square,
+        K::Recip => U::Recip,
+        K::Step => U::Step,
+        K::Affine => U::Affine {
+            mul: a.f(3),
+            add: a.f(4),
+        },
+        K::Powf => U::Powf(a.f(3)),
+        K::Fill => return a.put(0, &vec![a.f(2); a.u(1)]),
+        K::WhereCond => {
+            let (c, t, e) = (a.cpu(0, a.u(4))?, a.cpu(1, a.u(4))?, a.cpu(2, a.u(4))?);
+            return a.put(3, &c.where_cond(&t, &e)?.0);
+        }
+        K::Add | K::AddBcast => return binary(k, B::Add, a),
+        K::Sub | K::SubBcast => return binary(k, B::Sub, a),
+        K::Mul | K::MulBcast => return binary(k, B::Mul, a),
+        K::Div | K::DivBcast => return binary(k, B::Div, a),
+        K::Maximum | K::MaximumBcast => return binary(k, B::Maximum, a),
+        _ => return binary(k, B::Eq, a),
+    };
+    a.put(1, &a.cpu(0, a.u(2))?.unary(unary)?.0)
+}
+
+fn binary(k: Kernel, op: BinaryOp, a: Args) -> Result<()> {
+    let n = a.u(3);
+    let gather = |x: usize, s: usize| -> Result<CpuStorage> {
+        if !k.name().ends_with("_bcast_f32") {
+            return a.cpu(x, n);
+        }
+        let d = [
+            n / (a.u(4) * a.u(5) * a.u(6)).max(1),
+            a.u(4),
+            a.u(5),
+            a.u(6),
+        ];
+        let offset = |i: usize| -> usize {
+            let c = [
+                i / (d[1] * d[2] * d[3]),
+                i / (d[2] * d[3]) % d[1],
+                i / d[3] % d[2],
+            ];
+            (0..3).map(|j| c[j] * a.u(s + j)).sum::<usize>() + i % d[3] * a.u(s + 3)
+        };
+        let src = a.cpu(x, if n == 0 { 0 } else { 1 + offset(n - 1) })?;
+        Ok(CpuStorage::new((0..n).map(|i| src.0[offset(i)]).collect()))
+    };
+    let flat = Shape::from(vec![n]);
+    let out = gather(0, 7)?.binary(&gather(1, 11)?, op, &flat, &flat, &flat)?;
+    a.put(2, &out.0)
+}
+
+/// The axis reductions over `(outer, len, inner)` (slab `z` of a split column reduction
+/// reduces its chunk of the axis, and column tiles write the columns they cover), and
+/// `argmax_rows`.
 fn reduce(k: Kernel, grid: (u32, u32, u32), a: Args) -> Result<()> {
     use Kernel as K;
-    let op = match k {
-        K::SumAxisWarp | K::SumAxisBlock | K::SumAxisCols => ReduceOp::Sum,
-        _ => ReduceOp::Max,
+    if k == K::ArgmaxRows {
+        let (rows, cols) = (a.u(1), a.u(2));
+        let best = a.cpu(0, rows * cols)?.argmax_rows(rows, cols)?;
+        let none = best.iter().map(|&b| if cols == 0 { u32::MAX } else { b });
+        return write(a.p(3), &none.collect::<Vec<_>>());
+    }
+    let op = match k.name().starts_with("sum_") {
+        true => ReduceOp::Sum,
+        false => ReduceOp::Max,
     };
-    let (outer, len, warp) = (a.u(2), a.u(3), matches!(k, K::SumAxisWarp | K::MaxAxisWarp));
-    let inner = if warp { 1 } else { a.u(4) };
+    let (outer, len) = (a.u(2), a.u(3));
+    let inner = if matches!(k, K::SumAxisWarp | K::MaxAxisWarp) {
+        1
+    } else {
+        a.u(4)
+    };
     let (z, covered) = match k {
         K::SumAxisCols | K::MaxAxisCols => (grid.2 as usize, (32 * grid.0 as usize).min(inner)),
         _ => (1, inner),
@@ -285,19 +227,31 @@ fn reduce(k: Kernel, grid: (u32, u32, u32), a: Args) -> Result<()> {
     a.put(1, &out.0)
 }
 
-/// The row and column index kernels: bad entries are flagged and never followed (selected
-/// rows and gathered values NaN, scattered rows zero, added rows skipped); the good ones go
-/// through the CPU backend.
-fn index_kernel(k: Kernel, a: Args) -> Result<()> {
+/// The row and column index kernels (bad entries are flagged and never followed: selected
+/// rows and gathered values NaN, scattered rows zero, added rows skipped; the good ones go
+/// through the CPU backend), `copy2d` and `transpose2d`.
+fn index(k: Kernel, a: Args) -> Result<()> {
     use Kernel as K;
+    let u = |i| a.u(i);
+    match k {
+        K::Copy2d => {
+            let (rows, cols, ss, ds, so, dof) = (u(2), u(3), u(4), u(5), u(6), u(7));
+            let mut dst = a.cpu(1, dof + extent(rows, cols, ds))?;
+            let src = a.cpu(0, so + extent(rows, cols, ss))?;
+            src.copy2d(&mut dst, rows, cols, ss, ds, so, dof)?;
+            return a.put(1, &dst.0);
+        }
+        K::Transpose2d => return a.put(1, &a.cpu(0, u(2) * u(3))?.transpose2d(u(2), u(3))?.0),
+        _ => {}
+    }
     let (n, cols, rows_kernel) = (
-        a.u(3),
-        a.u(4),
+        u(3),
+        u(4),
         matches!(k, K::IndexSelectRows | K::IndexAddRows),
     );
     // (the range the entries index, the flag)
     let (size, bad) = if rows_kernel {
-        (a.u(5), a.p(6))
+        (u(5), a.p(6))
     } else {
         (cols, a.p(5))
     };
@@ -331,6 +285,41 @@ fn index_kernel(k: Kernel, a: Args) -> Result<()> {
         }
     }
     a.put(2, &out.0)
+}
+
+/// The optimizer steps (`optim.cu`'s argument lists).
+fn optim(k: Kernel, a: Args) -> Result<()> {
+    let (u, f) = (|i| a.u(i), |i| a.f(i));
+    if k == Kernel::SgdStep {
+        let h = SgdStep {
+            lr: f(4),
+            momentum: f(5),
+            dampening: f(6),
+            weight_decay: f(7),
+            nesterov: u(8) != 0,
+            first_step: u(9) != 0,
+        };
+        let (n, momentum) = (u(3), h.momentum != 0.0);
+        let (mut p, mut buf) = (a.cpu(0, n)?, a.cpu(2, if momentum { n } else { 0 })?);
+        p.sgd_update(&a.cpu(1, n)?, momentum.then_some(&mut buf), h)?;
+        a.put(0, &p.0)?;
+        return a.put(2, &buf.0);
+    }
+    let h = AdamStep {
+        lr: f(5),
+        beta1: f(6),
+        beta2: f(7),
+        eps: f(8),
+        weight_decay: f(9),
+        step: u(10) as u32,
+        decoupled: u(11) != 0,
+    };
+    let n = u(4);
+    let (mut p, mut m, mut v) = (a.cpu(0, n)?, a.cpu(2, n)?, a.cpu(3, n)?);
+    p.adam_update(&a.cpu(1, n)?, &mut m, &mut v, h)?;
+    a.put(0, &p.0)?;
+    a.put(2, &m.0)?;
+    a.put(3, &v.0)
 }
 
 /// The GEMM kernels on densified operands: `C = α op(A) op(B) + β C` over the part of `C`
