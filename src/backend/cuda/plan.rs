@@ -302,15 +302,14 @@ mod tests {
         let mut got = vec![(usize::MAX, usize::MAX); n];
         for (oa, ob, oo) in plan.launches() {
             for i in 0..inner {
-                let mut r = i;
-                let c3 = r % d4[3];
-                r /= d4[3];
-                let c2 = r % d4[2];
-                r /= d4[2];
-                let c1 = r % d4[1];
-                let c0 = r / d4[1];
-                let ia = c0 * a4[0] + c1 * a4[1] + c2 * a4[2] + c3 * a4[3];
-                let ib = c0 * b4[0] + c1 * b4[1] + c2 * b4[2] + c3 * b4[3];
+                let c = [
+                    i / (d4[1] * d4[2] * d4[3]),
+                    i / (d4[2] * d4[3]) % d4[1],
+                    i / d4[3] % d4[2],
+                    i % d4[3],
+                ];
+                let ia: usize = (0..4).map(|j| c[j] * a4[j]).sum();
+                let ib: usize = (0..4).map(|j| c[j] * b4[j]).sum();
                 got[oo + i] = (oa + ia, ob + ib);
             }
         }

@@ -265,15 +265,8 @@ mod tests {
                 block: 256,
                 smem_bytes: 0,
             };
-            let bufs = [
-                z,
-                Region::NULL,
-                y.region(),
-                Region::NULL,
-                loss.region(),
-                Region::NULL,
-                Region::NULL,
-            ];
+            let null = Region::NULL;
+            let bufs = [z, null, y.region(), null, loss.region(), null, null];
             launch::xent(&dev.inner, &plan, bufs, (rows, cols), 1.0)?;
             crate::backend::BackendStorage::to_host(&loss)
         };

@@ -35,18 +35,17 @@ use memory::{cpu, flag};
 struct Args<'a>(&'a [Value]);
 
 impl Args<'_> {
-    fn p(self, i: usize) -> u64 {
-        match self.0[i] {
-            Value::Ptr(a) => a,
-            _ => 0,
-        }
-    }
+    /// Argument `i` as a size (0 for a float).
     fn u(self, i: usize) -> usize {
         match self.0[i] {
+            Value::Ptr(v) | Value::Usize(v) => v as usize,
             Value::U32(v) => v as usize,
-            Value::Usize(v) => v as usize,
-            _ => 0,
+            Value::F32(_) => 0,
         }
+    }
+    /// Argument `i` as an address.
+    fn p(self, i: usize) -> u64 {
+        self.u(i) as u64
     }
     fn f(self, i: usize) -> f32 {
         match self.0[i] {
@@ -123,8 +122,7 @@ fn handles(k: Kernel, cols: usize) -> bool {
     }
 }
 
-/// The maps, same-shape (`n` at argument 3) and broadcast: each operand gathered by its
-/// strides with the kernel's index arithmetic (`n`, then dims 1..4 and the strides).
+/// The maps, same-shape and broadcast (`n`, dims 1..4 and each operand's strides).
 fn elementwise(k: Kernel, a: Args) -> Result<()> {
     use {BinaryOp as B, Kernel as K, UnaryOp as U};
     let unary = match k {
@@ -164,19 +162,12 @@ fn binary(k: Kernel, op: BinaryOp, a: Args) -> Result<()> {
         if !k.name().ends_with("_bcast_f32") {
             return a.cpu(x, n);
         }
-        let d = [
-            n / (a.u(4) * a.u(5) * a.u(6)).max(1),
-            a.u(4),
-            a.u(5),
-            a.u(6),
-        ];
-        let offset = |i: usize| -> usize {
-            let c = [
-                i / (d[1] * d[2] * d[3]),
-                i / (d[2] * d[3]) % d[1],
-                i / d[3] % d[2],
-            ];
-            (0..3).map(|j| c[j] * a.u(s + j)).sum::<usize>() + i % d[3] * a.u(s + 3)
+        // The kernel's index arithmetic over dims (d0, d1, d2, d3) with operand strides `st`.
+        let (d, st) = ([a.u(4), a.u(5), a.u(6)], |j: usize| a.u(s + j));
+        let offset = |i: usize| {
+            let (c3, r) = (i % d[2], i / d[2]);
+            let (c2, r) = (r % d[1], r / d[1]);
+            (r / d[0]) * st(0) + (r % d[0]) * st(1) + c2 * st(2) + c3 * st(3)
         };
         let src = a.cpu(x, if n == 0 { 0 } else { 1 + offset(n - 1) })?;
         Ok(CpuStorage::new((0..n).map(|i| src.0[offset(i)]).collect()))
@@ -202,10 +193,9 @@ fn reduce(k: Kernel, grid: (u32, u32, u32), a: Args) -> Result<()> {
         false => ReduceOp::Max,
     };
     let (outer, len) = (a.u(2), a.u(3));
-    let inner = if matches!(k, K::SumAxisWarp | K::MaxAxisWarp) {
-        1
-    } else {
-        a.u(4)
+    let inner = match k {
+        K::SumAxisWarp | K::MaxAxisWarp => 1,
+        _ => a.u(4),
     };
     let (z, covered) = match k {
         K::SumAxisCols | K::MaxAxisCols => (grid.2 as usize, (32 * grid.0 as usize).min(inner)),
@@ -244,16 +234,11 @@ fn index(k: Kernel, a: Args) -> Result<()> {
         K::Transpose2d => return a.put(1, &a.cpu(0, u(2) * u(3))?.transpose2d(u(2), u(3))?.0),
         _ => {}
     }
-    let (n, cols, rows_kernel) = (
-        u(3),
-        u(4),
-        matches!(k, K::IndexSelectRows | K::IndexAddRows),
-    );
     // (the range the entries index, the flag)
-    let (size, bad) = if rows_kernel {
-        (u(5), a.p(6))
-    } else {
-        (cols, a.p(5))
+    let (n, cols) = (u(3), u(4));
+    let (size, bad) = match k {
+        K::IndexSelectRows | K::IndexAddRows => (u(5), a.p(6)),
+        _ => (cols, a.p(5)),
     };
     let idx = read::<u32>(a.p(1), n)?;
     let bad_rows: Vec<usize> = (0..n).filter(|&r| idx[r] as usize >= size).collect();
