@@ -5,6 +5,8 @@
 //! argument list against the table, so an argument of the wrong width or position is an
 //! error, never undefined behaviour on the device.
 
+use super::plan::Dim3;
+
 macro_rules! modules {
     ($($variant:ident => $name:literal),* $(,)?) => {
         /// A PTX module; each is loaded at most once per device, on first use.
@@ -181,7 +183,7 @@ impl Kernel {
 
     /// The block shape a kernel's reduction tree or tile loop assumes, where it needs one
     /// exactly (kernels/*.cu); launches check it.
-    pub(super) fn exact_block(self) -> Option<(u32, u32, u32)> {
+    pub(super) fn exact_block(self) -> Option<Dim3> {
         use Kernel::*;
         match self {
             SumAxisBlock | MaxAxisBlock | SoftmaxBlockRow | LogSoftmaxBlockRow | XentBlockRow

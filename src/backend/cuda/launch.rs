@@ -14,7 +14,7 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::device::{driver_err, internal, DeviceInner};
 use super::kernels::{Kernel, ParamKind};
-use super::plan::{self, extent, MAX_GRID};
+use super::plan::{self, extent, Dim3, MAX_GRID};
 use super::xent::XentPlan;
 use crate::backend::{AdamStep, SgdStep};
 use crate::error::{Error, Result};
@@ -120,8 +120,8 @@ fn values(kernel: Kernel, args: &[Arg]) -> Result<Vec<Value>> {
 unsafe fn launch(
     dev: &DeviceInner,
     kernel: Kernel,
-    grid: (u32, u32, u32),
-    block: (u32, u32, u32),
+    grid: Dim3,
+    block: Dim3,
     smem_bytes: u32,
     args: &[Arg],
 ) -> Result<()> {
@@ -169,16 +169,16 @@ unsafe fn launch(
         .map_err(|e| driver_err(format!("launching {}", kernel.name()), e))
 }
 
-const B256: (u32, u32, u32) = (256, 1, 1);
-const B32X8: (u32, u32, u32) = (32, 8, 1);
+const B256: Dim3 = (256, 1, 1);
+const B32X8: Dim3 = (32, 8, 1);
 
 /// `blocks` blocks in x, or no launch when `work` is 0.
-fn unless_empty(work: usize, blocks: u32) -> (u32, u32, u32) {
+fn unless_empty(work: usize, blocks: u32) -> Dim3 {
     (if work == 0 { 0 } else { blocks }, 1, 1)
 }
 
 /// A grid-stride grid over `work` items, `per_block` a block; empty when there is no work.
-fn stride(work: usize, per_block: usize) -> (u32, u32, u32) {
+fn stride(work: usize, per_block: usize) -> Dim3 {
     unless_empty(work, plan::grid_stride_blocks(work, per_block))
 }
 
@@ -279,7 +279,7 @@ pub(super) fn reduce(
     k: Kernel,
     [x, out]: [Region; 2],
     (outer, len, inner): (usize, usize, usize),
-    grid: (u32, u32, u32),
+    grid: Dim3,
 ) -> Result<()> {
     let warp = matches!(k, Kernel::SumAxisWarp | Kernel::MaxAxisWarp);
     let cols = matches!(k, Kernel::SumAxisCols | Kernel::MaxAxisCols);

@@ -6,7 +6,7 @@ use super::device::{internal, CudaDevice, DevBuf, DeviceInner};
 use super::index::{out_of_range, with_index_check, CudaIndex, IndexBound};
 use super::kernels::Kernel;
 use super::launch::{self, Arg, Operand, Region};
-use super::plan::{self, GemmPlan, ReducePlan, RowVariant, ThinTaPlan};
+use super::plan::{self, GemmPlan, ReduceVariant, RowVariant};
 use crate::backend::{AdamStep, BackendStorage, BinaryOp, ReduceOp, SgdStep, UnaryOp, XentArgs};
 use crate::error::{Error, Result};
 use crate::shape::Shape;
@@ -123,10 +123,10 @@ fn gemm(dev: &CudaDevice, [a, b, c]: [Operand; 3], (m, n, k): (usize, usize, usi
 
 /// `C = op(A) op(B)` with `n <= 16`.
 fn gemm_thin(dev: &CudaDevice, ops: [Operand; 3], (m, n, k): (usize, usize, usize)) -> Result<()> {
-    match plan::thin_ta_plan(m, k) {
-        ThinTaPlan::Split { blocks, z } if ops[0].trans => {
-            let work = dev.output(mul(z as usize, mul(m, n)?)?)?;
-            launch::sgemm_thin_split(&dev.inner, ops, work.region(), (m, n, k), (blocks, z))
+    match plan::thin_ta_split(m, k) {
+        Some(split) if ops[0].trans => {
+            let work = dev.output(mul(split.1 as usize, mul(m, n)?)?)?;
+            launch::sgemm_thin_split(&dev.inner, ops, work.region(), (m, n, k), split)
         }
         _ => launch::sgemm_thin(&dev.inner, ops, (m, n, k)),
     }
@@ -256,14 +256,11 @@ impl BackendStorage for CudaStorage {
             out.region(),
             (outer, len, inner),
         );
-        let (kernel, grid) = match plan::reduce_plan(outer, len, inner) {
-            ReducePlan::Warp { blocks } => (warp, (blocks, 1, 1)),
-            ReducePlan::Block { blocks } => (block, (blocks, 1, 1)),
-            ReducePlan::Cols {
-                tiles,
-                outer_blocks,
-                z,
-            } => (cols, (tiles, outer_blocks, z)),
+        let (variant, grid) = plan::reduce_plan(outer, len, inner);
+        let kernel = match variant {
+            ReduceVariant::Warp => warp,
+            ReduceVariant::Block => block,
+            ReduceVariant::Cols => cols,
         };
         if grid.2 == 1 {
             launch::reduce(dev, kernel, [x, y], shape, grid)?;

@@ -23,7 +23,7 @@ pub(super) use memory::{copy, memset, read, write, HostBuf};
 
 use super::kernels::{Kernel, PtxModule};
 use super::launch::Value;
-use super::plan::extent;
+use super::plan::{extent, Dim3};
 use crate::backend::cpu::CpuStorage;
 use crate::backend::{AdamStep, BackendStorage, BinaryOp, ReduceOp, SgdStep, UnaryOp};
 use crate::error::{Error, Result};
@@ -64,13 +64,7 @@ impl Args<'_> {
 }
 
 /// Runs one launch on the host.
-pub(super) fn run(
-    k: Kernel,
-    grid: (u32, u32, u32),
-    block: (u32, u32, u32),
-    smem: u32,
-    args: &[Value],
-) -> Result<()> {
+pub(super) fn run(k: Kernel, grid: Dim3, block: Dim3, smem: u32, args: &[Value]) -> Result<()> {
     if block.0 * block.1 * block.2 > 1024 || !block.0.is_multiple_of(32) {
         let what = format!("emulator: {}: bad block {block:?}", k.name());
         return Err(Error::Cuda(what));
@@ -180,7 +174,7 @@ fn binary(k: Kernel, op: BinaryOp, a: Args) -> Result<()> {
 /// The axis reductions over `(outer, len, inner)` (slab `z` of a split column reduction
 /// reduces its chunk of the axis, and column tiles write the columns they cover), and
 /// `argmax_rows`.
-fn reduce(k: Kernel, grid: (u32, u32, u32), a: Args) -> Result<()> {
+fn reduce(k: Kernel, grid: Dim3, a: Args) -> Result<()> {
     use Kernel as K;
     if k == K::ArgmaxRows {
         let (rows, cols) = (a.u(1), a.u(2));
@@ -309,7 +303,7 @@ fn optim(k: Kernel, a: Args) -> Result<()> {
 
 /// The GEMM kernels on densified operands: `C = α op(A) op(B) + β C` over the part of `C`
 /// the launch covers (tiles: what the grid covers; thin: `N <= 16`), split-K slab by slab.
-fn gemm(k: Kernel, grid: (u32, u32, u32), a: Args) -> Result<()> {
+fn gemm(k: Kernel, grid: Dim3, a: Args) -> Result<()> {
     use Kernel as K;
     let u = |i| a.u(i);
     if k == K::SgemmThinFinish {

@@ -6,6 +6,7 @@ use super::memory::{fault, flag};
 use super::{read, write, Args};
 use crate::backend::cpu::CpuStorage;
 use crate::backend::cuda::kernels::Kernel;
+use crate::backend::cuda::plan::Dim3;
 use crate::backend::cuda::xent::{XENT_BLOCK_VR, XENT_BLOCK_VS, XENT_BLOCK_VS_LONG};
 use crate::backend::{BackendStorage, XentArgs};
 use crate::error::{Error, Result};
@@ -99,12 +100,7 @@ pub(super) fn xent_fallback(a: Args) -> Result<()> {
 /// alignment faults, and each row's thread partition and reduction tree; then
 /// `loss = w·((m − t_y) + ln S)` and `dz = e·a`, `fma(e, a, −coef)` at the label, with
 /// `a = rescale · (coef / S)`, `coef = grad_scale · w`.
-pub(super) fn xent_single_pass(
-    k: Kernel,
-    block: (u32, u32, u32),
-    smem: u32,
-    a: Args,
-) -> Result<()> {
+pub(super) fn xent_single_pass(k: Kernel, block: Dim3, smem: u32, a: Args) -> Result<()> {
     use Kernel as K;
     for (i, what) in [(0, "z"), (1, "s"), (5, "dz")] {
         // A float4 access at an address that is not 16-byte aligned faults on a GPU.
