@@ -9,7 +9,7 @@ use crate::backend::cuda::kernels::Kernel;
 use crate::backend::cuda::plan::Dim3;
 use crate::backend::cuda::xent::{XENT_BLOCK_VR, XENT_BLOCK_VS, XENT_BLOCK_VS_LONG};
 use crate::backend::{BackendStorage, XentArgs};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// A fused cross-entropy launch (`xent.cu`'s argument list) with its buffers read from the
 /// device: `t = z + s` (one rounding, as the kernels), the weights (1 when absent), and `dz`
@@ -26,10 +26,8 @@ struct Xent {
 
 impl Xent {
     fn read(a: Args) -> Result<Xent> {
+        // (A null `dz` with `write_grad` faults on its read, as the kernel's write would.)
         let (rows, cols, write_grad) = (a.u(6), a.u(7), a.u(9) != 0);
-        if write_grad && a.p(5) == 0 {
-            return Err(Error::Cuda("emulator: write_grad without dz".into()));
-        }
         let mut t = read::<f32>(a.p(0), rows * cols)?;
         if a.p(1) != 0 {
             let s = read::<f32>(a.p(1), rows * cols)?;
@@ -71,6 +69,10 @@ impl Xent {
         flag(a.p(10), &bad)
     }
 }
+
+/// A row as a single-pass kernel reduces it: its max, its exp-sum, and per column its exp
+/// value and rescale.
+type Row = (f32, f32, Vec<(f32, f32)>);
 
 /// The scalar fallback kernels, whose order is not the point: the CPU reference.
 pub(super) fn xent_fallback(a: Args) -> Result<()> {
@@ -122,8 +124,7 @@ pub(super) fn xent_single_pass(k: Kernel, block: Dim3, smem: u32, a: Args) -> Re
         && matches!(b, 64 | 128 | 256 | 512)
         && (cols <= 32 * b || (b == 512 && cols <= 64 * b))
         && smem as usize >= b * vs * 16;
-    // Each row's (max, exp-sum, and per column its exp value and rescale).
-    let row: &dyn Fn(&[f32]) -> (f32, f32, Vec<(f32, f32)>) = match k {
+    let row: &dyn Fn(&[f32]) -> Row = match k {
         K::XentGroupVec if aligned && (4..=128).contains(&cols) => {
             &|t| vec_row(t, (cols / 4).next_power_of_two(), 1)
         }
@@ -160,7 +161,7 @@ pub(super) fn xent_single_pass(k: Kernel, block: Dim3, smem: u32, a: Args) -> Re
 /// `xent_vec_rows<log2(g), v>`: a group of `g` lanes per row, lane `q` holding the float4
 /// chunks `q + g·e`, `e < v`; the max (NaN ignored) over the row, each lane's exp values
 /// summed in chunk and component order, then xor butterflies over the group.
-fn vec_row(t: &[f32], g: usize, v: usize) -> (f32, f32, Vec<(f32, f32)>) {
+fn vec_row(t: &[f32], g: usize, v: usize) -> Row {
     let m = t.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
     let chunk = |k: usize| t.get(4 * k..4 * k + 4).unwrap_or(&[]);
     let lane = |q: usize| {
@@ -203,7 +204,7 @@ fn lse_merge((m, s): (f32, f32), (om, os): (f32, f32)) -> (f32, f32) {
 /// NaN-propagating max `mt` and exps `exp(t − mt)` (`t − 0` for an all -inf thread) summed
 /// in chunk and component order; the block merges the `(mt, St)` pairs warp by warp, then
 /// over the warps' partials; the gradient rescales by `exp(mt − m)`.
-fn block_row(t: &[f32], block: usize, vs: usize, vec: bool) -> (f32, f32, Vec<(f32, f32)>) {
+fn block_row(t: &[f32], block: usize, vs: usize, vec: bool) -> Row {
     let col = |tid: usize, i: usize| match vec {
         true => 4 * (tid + block * (i / 4)) + i % 4,
         false => tid + block * i,
