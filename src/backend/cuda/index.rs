@@ -35,16 +35,11 @@ pub(super) enum IndexBound {
 impl IndexBound {
     /// The bound of host data: its largest value's first position.
     pub(super) fn of(data: &[u32]) -> IndexBound {
-        data.iter()
-            .enumerate()
-            .fold(None, |best: Option<(usize, u32)>, (p, &v)| match best {
-                Some((_, b)) if b >= v => best,
-                _ => Some((p, v)),
-            })
-            .map_or(IndexBound::Empty, |(position, value)| IndexBound::Max {
-                value,
-                position,
-            })
+        let first_max = data.iter().enumerate().rev().max_by_key(|&(_, &v)| v);
+        first_max.map_or(IndexBound::Empty, |(position, &value)| IndexBound::Max {
+            value,
+            position,
+        })
     }
 }
 
