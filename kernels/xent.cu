@@ -27,21 +27,12 @@
 // and touch y, w, loss once per row: (2 or 3) * rows * cols * 4 bytes + rows * 12, against 5-6
 // passes for the unfused chain. Only the fallback xent_block_row_f32 reads each row twice.
 //
-// Which kernel (all take the same arguments, listed at xent_small_c_f32). "Vectorized" needs
-// cols % 4 == 0 and z, s, dz 16-byte aligned (then every row starts on a float4):
-//   vectorized, cols <= 128            xent_group_vec_f32   (next_pow2(cols/4) lanes per row,
-//                                                            one float4 per lane)
-//   vectorized, 128 < cols <= 1024     xent_warp_vec_f32    (one warp per row, 2-8 float4 per lane)
-//   1024 < cols <= 32768               xent_block_vec_f32 (vectorized) / xent_block_scalar_f32
-//                                      (one block per row, 32 values per thread in registers,
-//                                       plus 32 in shared memory above 16384 columns)
-//   otherwise (scalar, or cols > 32768):
-//   cols <= 32                         xent_small_c_f32     (32 / next_pow2(cols) rows per warp)
-//   32 < cols <= 1024                  xent_warp_row_f32    (one warp per row, row in registers)
-//   cols > 1024                        xent_block_row_f32   (two passes over the row)
-// Every variant except xent_block_row_f32 writes nothing for a cols (or, for the block
-// kernels, a blockDim.x / dynamic shared memory size) outside its range, so dispatch on the
-// host; xent_block_row_f32 is correct for any cols.
+// Which kernel runs which shape, and why: the selection table in src/backend/cuda/xent.rs (the
+// one place it is written). All take the same arguments, listed at xent_small_c_f32; the
+// vectorized ones also need cols % 4 == 0 and z, s, dz 16-byte aligned. Every variant except
+// xent_block_row_f32 writes nothing for a cols (or, for the block kernels, a blockDim.x /
+// dynamic shared memory size) outside the range stated above it, so dispatch on the host;
+// xent_block_row_f32 is correct for any cols.
 #include "common.cuh"
 
 // Per-row constants and the loss write shared by the three variants.

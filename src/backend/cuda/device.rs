@@ -9,18 +9,18 @@
 //! function handle is cached.
 //!
 //! Output buffers come from a per-device pool keyed by length ([`Pool`]): a dropped storage
-//! hands its buffer back instead of freeing it, and the next request for the same length
-//! takes it. A training step allocates the same lengths every time, so from the second step
-//! on it makes no device allocation ([`CudaDevice::allocations`] counts the real ones).
-//! Reuse is safe without events because of the one stream: any kernel that used a buffer
-//! before it was returned is queued before any kernel that uses it after it is taken again.
-//! The pool keeps at most [`POOL_MAX_BYTES`]; a failed allocation empties it and retries.
+//! or index hands its buffer back instead of freeing it, and the next request for the same
+//! length takes it (every buffer holds 4-byte words, f32 or u32 alike). A training step
+//! allocates the same lengths every time, so from the second step on it makes no device
+//! allocation ([`CudaDevice::allocations`] counts the real ones). Reuse is safe without
+//! events because of the one stream: any kernel that used a buffer before it was returned is
+//! queued before any kernel that uses it after it is taken again. The pool keeps at most
+//! [`POOL_MAX_BYTES`]; a failed allocation empties it and retries.
 //!
 //! This module holds the driver's memory calls (allocation, copies, memset), each `unsafe`
 //! with its `// SAFETY:` argument; kernel launches are in `launch.rs`.
 
 use std::collections::HashMap;
-use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -43,13 +43,12 @@ pub(super) struct Gpu {
     functions: Vec<OnceLock<CudaFunction>>,
 }
 
-/// One device: a GPU (or, without `gpu`, the host emulator), its buffer pools and counters.
+/// One device: a GPU (or, without `gpu`, the host emulator), its buffer pool and counters.
 pub(super) struct DeviceInner {
     ordinal: usize,
     name: String,
     pub(super) gpu: Option<Gpu>,
-    pool_f32: Mutex<Pool<f32>>,
-    pool_u32: Mutex<Pool<u32>>,
+    pool: Mutex<Pool>,
     allocations: AtomicU64,
     poison: AtomicBool,
     /// Launches per kernel ([`Kernel::index`]), for tests that check which variants ran.
@@ -95,49 +94,32 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
-/// Device memory: a CUDA buffer, or host memory standing in for one on the emulator.
-pub(super) enum DevBuf<T> {
-    Cuda(CudaAlloc, PhantomData<T>),
-    Host(HostBuf, PhantomData<T>),
+/// The element types of device buffers: 4 bytes, every bit pattern a value (f32 data, u32
+/// indices), so host copies move them as plain bytes.
+pub(super) trait Word: Copy + Default {}
+impl Word for f32 {}
+impl Word for u32 {}
+
+/// Device memory of 4-byte words: a CUDA buffer, or host memory standing in for one on the
+/// emulator.
+pub(super) enum DevBuf {
+    Cuda(CudaAlloc),
+    Host(HostBuf),
 }
 
-impl<T> DevBuf<T> {
-    fn len(&self) -> usize {
+impl DevBuf {
+    fn addr(&self) -> u64 {
         match self {
-            DevBuf::Cuda(a, _) => a.len(),
-            DevBuf::Host(h, _) => h.len(),
+            DevBuf::Cuda(a) => a.addr,
+            DevBuf::Host(h) => h.addr(),
         }
     }
-}
 
-/// Buffer element types (4 bytes each) with a pool of their own.
-pub(super) trait Pooled: Copy + Default {
-    fn pool(dev: &DeviceInner) -> &Mutex<Pool<Self>>;
-    fn to_word(self) -> u32;
-    fn from_word(w: u32) -> Self;
-}
-
-impl Pooled for f32 {
-    fn pool(dev: &DeviceInner) -> &Mutex<Pool<f32>> {
-        &dev.pool_f32
-    }
-    fn to_word(self) -> u32 {
-        self.to_bits()
-    }
-    fn from_word(w: u32) -> Self {
-        f32::from_bits(w)
-    }
-}
-
-impl Pooled for u32 {
-    fn pool(dev: &DeviceInner) -> &Mutex<Pool<u32>> {
-        &dev.pool_u32
-    }
-    fn to_word(self) -> u32 {
-        self
-    }
-    fn from_word(w: u32) -> Self {
-        w
+    fn len(&self) -> usize {
+        match self {
+            DevBuf::Cuda(a) => a.len,
+            DevBuf::Host(h) => h.len(),
+        }
     }
 }
 
@@ -145,16 +127,13 @@ impl DeviceInner {
     fn open(ordinal: usize) -> Result<DeviceInner> {
         let (ctx, stream) = open_context(ordinal)?;
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
-        Ok(DeviceInner::with(
-            ordinal,
-            name,
-            Some(Gpu {
-                ctx,
-                stream,
-                modules: Mutex::new(Default::default()),
-                functions: (0..Kernel::COUNT).map(|_| OnceLock::new()).collect(),
-            }),
-        ))
+        let gpu = Gpu {
+            ctx,
+            stream,
+            modules: Mutex::new(Default::default()),
+            functions: (0..Kernel::COUNT).map(|_| OnceLock::new()).collect(),
+        };
+        Ok(DeviceInner::with(ordinal, name, Some(gpu)))
     }
 
     fn with(ordinal: usize, name: String, gpu: Option<Gpu>) -> DeviceInner {
@@ -162,8 +141,7 @@ impl DeviceInner {
             ordinal,
             name,
             gpu,
-            pool_f32: Mutex::new(Pool::new()),
-            pool_u32: Mutex::new(Pool::new()),
+            pool: Mutex::new(Pool::default()),
             allocations: AtomicU64::new(0),
             poison: AtomicBool::new(false),
             launches: (0..Kernel::COUNT).map(|_| AtomicU64::new(0)).collect(),
@@ -184,15 +162,11 @@ impl DeviceInner {
         if let Some(loaded) = &modules[m.index()] {
             return Ok(loaded.clone());
         }
-        let loaded = gpu
-            .ctx
-            .load_module(cudarc::nvrtc::Ptx::from_src(m.ptx()))
-            .map_err(|e| {
-                driver_err(
-                    format!("loading kernels/ptx/{}.ptx on {}", m.name(), self.name),
-                    e,
-                )
-            })?;
+        let ptx = cudarc::nvrtc::Ptx::from_src(m.ptx());
+        let loaded = gpu.ctx.load_module(ptx).map_err(|e| {
+            let what = format!("loading kernels/ptx/{}.ptx on {}", m.name(), self.name);
+            driver_err(what, e)
+        })?;
         modules[m.index()] = Some(loaded.clone());
         Ok(loaded)
     }
@@ -210,28 +184,19 @@ impl DeviceInner {
         let smem = k.max_dynamic_smem();
         if smem > 0 {
             use sys::CUfunction_attribute as A;
+            let set = |attribute, value, what| {
+                f.set_attribute(attribute, value).map_err(|e| {
+                    let on = format!("setting {what} of {} on {}", k.name(), self.name);
+                    driver_err(on, e)
+                })
+            };
             // Dynamic shared memory beyond 48 KiB must be opted into per function; and these
             // kernels stream their data, so they prefer the whole carveout as shared memory
             // (two 96 KiB blocks per SM), not L1.
-            for (attribute, value, what) in [
-                (
-                    A::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    smem as i32,
-                    "the dynamic shared memory limit",
-                ),
-                (
-                    A::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
-                    100,
-                    "the shared memory carveout",
-                ),
-            ] {
-                f.set_attribute(attribute, value).map_err(|e| {
-                    driver_err(
-                        format!("setting {what} of {} on {}", k.name(), self.name),
-                        e,
-                    )
-                })?;
-            }
+            let limit = A::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+            set(limit, smem as i32, "the dynamic shared memory limit")?;
+            let carveout = A::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT;
+            set(carveout, 100, "the shared memory carveout")?;
         }
         // Another thread may have cached the same handle first; either is fine.
         let _ = slot.set(f);
@@ -239,33 +204,25 @@ impl DeviceInner {
             .ok_or_else(|| internal(format!("kernel {} was not cached", k.name())))
     }
 
-    fn addr<T>(&self, buf: &DevBuf<T>) -> u64 {
-        match buf {
-            DevBuf::Cuda(a, _) => a.addr(),
-            DevBuf::Host(h, _) => h.addr(),
-        }
-    }
-
     /// A device buffer of `len` elements (at least one), from the pool or freshly allocated.
     /// With `uninit` and poisoning on, its bytes are set to 0xFF (NaN / u32::MAX) first.
-    pub(super) fn obtain<T: Pooled>(&self, len: usize, uninit: bool) -> Result<(DevBuf<T>, u64)> {
+    fn obtain(&self, len: usize, uninit: bool) -> Result<(DevBuf, u64)> {
         let cap = len.max(1);
-        let reused = T::pool(self).lock().ok().and_then(|mut p| p.take(cap));
-        let buf = match reused {
+        let buf = match self.pool.lock().ok().and_then(|mut p| p.take(cap)) {
             Some(b) => b,
-            None => self.fresh::<T>(cap)?,
+            None => self.fresh(cap)?,
         };
-        let addr = self.addr(&buf);
+        let addr = buf.addr();
         if uninit && self.poison.load(Ordering::Relaxed) {
             memset(self, Region { addr, len: cap }, 0xFF)?;
         }
         Ok((buf, addr))
     }
 
-    fn fresh<T: Pooled>(&self, cap: usize) -> Result<DevBuf<T>> {
+    fn fresh(&self, cap: usize) -> Result<DevBuf> {
         let Some(gpu) = &self.gpu else {
             self.allocations.fetch_add(1, Ordering::Relaxed);
-            return Ok(DevBuf::Host(HostBuf::new(cap), PhantomData));
+            return Ok(DevBuf::Host(HostBuf::new(cap)));
         };
         let failed = |e| driver_err(format!("allocating {} bytes on {}", 4 * cap, self.name), e);
         let buf = match CudaAlloc::new(&gpu.ctx, cap) {
@@ -278,11 +235,11 @@ impl DeviceInner {
             Err(e) => return Err(failed(e)),
         };
         self.allocations.fetch_add(1, Ordering::Relaxed);
-        Ok(DevBuf::Cuda(buf, PhantomData))
+        Ok(DevBuf::Cuda(buf))
     }
 
-    pub(super) fn recycle<T: Pooled>(&self, buf: DevBuf<T>) {
-        let rejected = match T::pool(self).lock() {
+    pub(super) fn recycle(&self, buf: DevBuf) {
+        let rejected = match self.pool.lock() {
             Ok(mut p) => p.give(buf),
             Err(_) => Some(buf),
         };
@@ -291,17 +248,8 @@ impl DeviceInner {
     }
 
     fn release_pool(&self) {
-        let f = self
-            .pool_f32
-            .lock()
-            .map(|mut p| p.drain())
-            .unwrap_or_default();
-        let u = self
-            .pool_u32
-            .lock()
-            .map(|mut p| p.drain())
-            .unwrap_or_default();
-        drop((f, u));
+        let freed = self.pool.lock().map(|mut p| p.drain()).unwrap_or_default();
+        drop(freed);
     }
 
     fn synchronize(&self) -> Result<()> {
@@ -314,40 +262,30 @@ impl DeviceInner {
         }
     }
 
-    /// Copies host data into the first `data.len()` elements of `buf`.
-    fn upload<T: Pooled>(&self, data: &[T], buf: &mut DevBuf<T>, addr: u64) -> Result<()> {
-        if data.is_empty() {
-            return Ok(());
-        }
-        if buf.len() < data.len() {
-            return Err(internal(format!(
-                "uploading {} elements into {}",
-                data.len(),
-                buf.len()
-            )));
-        }
-        match (buf, &self.gpu) {
-            (DevBuf::Cuda(a, _), Some(gpu)) => {
+    /// A buffer holding a copy of host data.
+    fn upload<T: Word>(&self, data: &[T]) -> Result<(DevBuf, u64)> {
+        let (buf, addr) = self.obtain(data.len(), false)?;
+        match (&buf, &self.gpu) {
+            (_, _) if data.is_empty() => {}
+            (DevBuf::Cuda(_), Some(gpu)) => {
                 bind(&gpu.ctx)?;
-                // SAFETY: `a` holds at least `data.len()` elements (checked above) of 4 bytes
-                // (`Pooled`); the copy is synchronous (legacy default stream), ordered after
-                // queued kernels, and `data` outlives it.
-                unsafe { cu::memcpy_htod_sync(a.addr(), data) }
-                    .map_err(|e| driver_err("copying host data to the device", e))
+                // SAFETY: the buffer holds at least `data.len()` elements of 4 bytes (`Word`);
+                // the copy is synchronous (legacy default stream), ordered after queued
+                // kernels, and `data` outlives it.
+                unsafe { cu::memcpy_htod_sync(addr, data) }
+                    .map_err(|e| driver_err("copying host data to the device", e))?
             }
-            (DevBuf::Host(..), _) => {
-                let words: Vec<u32> = data.iter().map(|v| v.to_word()).collect();
-                emulator::write(addr, &words)
-            }
-            (DevBuf::Cuda(..), None) => Err(internal("a CUDA buffer on the emulator")),
+            (DevBuf::Host(_), _) => emulator::write(addr, data)?,
+            (DevBuf::Cuda(_), None) => return Err(internal("a CUDA buffer on the emulator")),
         }
+        Ok((buf, addr))
     }
 
     /// Reads elements `start..start + len` of `buf` back to the host, after every queued
     /// kernel (so a fault of any of them is reported here).
-    pub(super) fn download<T: Pooled>(
+    pub(super) fn download<T: Word>(
         &self,
-        buf: Option<&DevBuf<T>>,
+        buf: Option<&DevBuf>,
         start: usize,
         len: usize,
     ) -> Result<Vec<T>> {
@@ -356,30 +294,25 @@ impl DeviceInner {
         }
         let buf = buf.ok_or_else(|| internal("storage without a buffer"))?;
         if start + len > buf.len() {
-            return Err(internal(format!(
-                "reading {start}..{} of {}",
-                start + len,
-                buf.len()
-            )));
+            let what = format!("reading {start}..{} of {}", start + len, buf.len());
+            return Err(internal(what));
         }
+        let addr = buf.addr() + 4 * start as u64;
         match (buf, &self.gpu) {
-            (DevBuf::Cuda(a, _), Some(gpu)) => {
+            (DevBuf::Cuda(_), Some(gpu)) => {
                 let mut out = vec![T::default(); len];
                 bind(&gpu.ctx)?;
-                // SAFETY: the range lies inside `a` (checked above) and `out` has room for it;
-                // the copy is synchronous and ordered after every queued kernel on the legacy
-                // stream.
-                unsafe { cu::memcpy_dtoh_sync(&mut out[..], a.addr() + 4 * start as u64) }
+                // SAFETY: the range lies inside the buffer (checked above) and `out` has room
+                // for it; the copy is synchronous and ordered after every queued kernel on
+                // the legacy stream.
+                unsafe { cu::memcpy_dtoh_sync(&mut out[..], addr) }
                     .map_err(|e| driver_err("copying device data to the host", e))?;
                 // Surfaces a fault of any kernel queued before the copy.
                 self.synchronize()?;
                 Ok(out)
             }
-            (DevBuf::Host(h, _), _) => Ok(emulator::read(h.addr() + 4 * start as u64, len)?
-                .into_iter()
-                .map(T::from_word)
-                .collect()),
-            (DevBuf::Cuda(..), None) => Err(internal("a CUDA buffer on the emulator")),
+            (DevBuf::Host(_), _) => emulator::read(addr, len),
+            (DevBuf::Cuda(_), None) => Err(internal("a CUDA buffer on the emulator")),
         }
     }
 }
@@ -407,12 +340,9 @@ impl CudaDevice {
     /// it is slow and says nothing about the real kernels' speed.
     #[doc(hidden)]
     pub fn emulated() -> Result<CudaDevice> {
+        let name = "host emulator of the CUDA kernels";
         Self::registered(EMULATOR_ORDINAL, || {
-            Ok(DeviceInner::with(
-                EMULATOR_ORDINAL,
-                "host emulator of the CUDA kernels".into(),
-                None,
-            ))
+            Ok(DeviceInner::with(EMULATOR_ORDINAL, name.into(), None))
         })
     }
 
@@ -459,19 +389,7 @@ impl CudaDevice {
 
     /// Bytes held by the pool in free buffers.
     pub fn pooled_bytes(&self) -> usize {
-        let f = self
-            .inner
-            .pool_f32
-            .lock()
-            .map(|p| p.cached_bytes())
-            .unwrap_or(0);
-        let u = self
-            .inner
-            .pool_u32
-            .lock()
-            .map(|p| p.cached_bytes())
-            .unwrap_or(0);
-        f + u
+        self.inner.pool.lock().map_or(0, |p| p.cached_bytes)
     }
 
     /// Frees every buffer the pool holds.
@@ -510,79 +428,63 @@ impl CudaDevice {
         self.inner.xent_fallback.store(on, Ordering::Relaxed);
     }
 
-    fn storage(&self, len: usize, uninit: bool) -> Result<CudaStorage> {
-        let (buf, addr) = self.inner.obtain::<f32>(len, uninit)?;
-        Ok(CudaStorage {
-            buf: Some(buf),
+    fn storage(&self, len: usize, (buf, addr): (DevBuf, u64)) -> CudaStorage {
+        let dev = self.clone();
+        let buf = Some(buf);
+        CudaStorage {
+            buf,
             addr,
             len,
-            dev: self.clone(),
-        })
+            dev,
+        }
+    }
+
+    fn index(&self, len: usize, (buf, addr): (DevBuf, u64), bound: IndexBound) -> CudaIndex {
+        let (dev, buf) = (self.clone(), Some(buf));
+        CudaIndex {
+            buf,
+            addr,
+            len,
+            bound,
+            dev,
+        }
     }
 
     /// An output buffer whose elements the caller's kernel writes (poisoned when asked).
     pub(super) fn output(&self, len: usize) -> Result<CudaStorage> {
-        self.storage(len, true)
+        Ok(self.storage(len, self.inner.obtain(len, true)?))
     }
 
     /// A copy of host data on the device.
     pub fn storage_from_host(&self, data: &[f32]) -> Result<CudaStorage> {
-        let mut s = self.storage(data.len(), false)?;
-        let addr = s.addr;
-        let buf = s
-            .buf
-            .as_mut()
-            .ok_or_else(|| internal("storage without a buffer"))?;
-        self.inner.upload(data, buf, addr)?;
-        Ok(s)
+        Ok(self.storage(data.len(), self.inner.upload(data)?))
     }
 
     /// `len` zeros.
     pub fn zeros(&self, len: usize) -> Result<CudaStorage> {
-        let s = self.storage(len, false)?;
+        let s = self.storage(len, self.inner.obtain(len, false)?);
         memset(&self.inner, s.region(), 0)?;
         Ok(s)
     }
 
     /// `len` copies of `value`.
     pub fn full(&self, len: usize, value: f32) -> Result<CudaStorage> {
-        let s = self.storage(len, false)?;
-        launch::elementwise(
-            &self.inner,
-            Kernel::Fill,
-            &[s.region()],
-            len,
-            &[launch::Arg::F(value)],
-        )?;
+        let s = self.storage(len, self.inner.obtain(len, false)?);
+        let fill = [launch::Arg::F(value)];
+        launch::elementwise(&self.inner, Kernel::Fill, &[s.region()], len, &fill)?;
         Ok(s)
-    }
-
-    fn index(&self, len: usize, uninit: bool, bound: IndexBound) -> Result<CudaIndex> {
-        let (buf, addr) = self.inner.obtain::<u32>(len, uninit)?;
-        Ok(CudaIndex {
-            buf: Some(buf),
-            addr,
-            len,
-            bound,
-            dev: self.clone(),
-        })
     }
 
     /// Indices on the device; their largest value is recorded for range checks.
     pub fn index_from_host(&self, data: &[u32]) -> Result<CudaIndex> {
-        let mut idx = self.index(data.len(), false, IndexBound::of(data))?;
-        let addr = idx.addr;
-        let buf = idx
-            .buf
-            .as_mut()
-            .ok_or_else(|| internal("index without a buffer"))?;
-        self.inner.upload(data, buf, addr)?;
-        Ok(idx)
+        let bound = IndexBound::of(data);
+        Ok(self.index(data.len(), self.inner.upload(data)?, bound))
     }
 
     /// A u32 output buffer whose elements the caller's kernel writes (poisoned when asked).
     pub(super) fn output_u32(&self, len: usize) -> Result<CudaIndex> {
-        self.index(len, true, IndexBound::AtMost(u32::MAX))
+        let bound = IndexBound::AtMost(u32::MAX);
+        Ok(self.index(len, self.inner.obtain(len, true)?, bound))
     }
 
     pub(super) fn zeros_u32(&self, len: usize) -> Result<CudaIndex> {
@@ -590,7 +492,7 @@ impl CudaDevice {
             value: 0,
             position: 0,
         };
-        let idx = self.index(len, false, bound)?;
+        let idx = self.index(len, self.inner.obtain(len, false)?, bound);
         memset(&self.inner, idx.region(), 0)?;
         Ok(idx)
     }
@@ -645,28 +547,14 @@ pub(super) struct CudaAlloc {
 }
 
 impl CudaAlloc {
-    pub(super) fn new(
-        ctx: &Arc<CudaContext>,
-        len: usize,
-    ) -> std::result::Result<CudaAlloc, DriverError> {
+    fn new(ctx: &Arc<CudaContext>, len: usize) -> std::result::Result<CudaAlloc, DriverError> {
         ctx.bind_to_thread()?;
         // SAFETY: allocates `4 · len` bytes in the current (this device's) context; the
         // memory is uninitialized, and every user fills it or has a kernel write every
         // element it later exposes.
         let addr = unsafe { cu::malloc_sync(4 * len.max(1)) }?;
-        Ok(CudaAlloc {
-            addr,
-            len,
-            ctx: ctx.clone(),
-        })
-    }
-
-    pub(super) fn addr(&self) -> u64 {
-        self.addr
-    }
-
-    pub(super) fn len(&self) -> usize {
-        self.len
+        let ctx = ctx.clone();
+        Ok(CudaAlloc { addr, len, ctx })
     }
 }
 
@@ -687,7 +575,7 @@ fn bind(ctx: &CudaContext) -> Result<()> {
         .map_err(|e| driver_err("binding the CUDA context", e))
 }
 
-/// Sets `bytes` bytes at `addr` to `byte`.
+/// Sets the bytes of `r` to `byte`.
 fn memset(dev: &DeviceInner, r: Region, byte: u8) -> Result<()> {
     if r.len == 0 {
         return Ok(());
@@ -705,10 +593,8 @@ fn memset(dev: &DeviceInner, r: Region, byte: u8) -> Result<()> {
 /// Copies `src` to `dst` (equal lengths, distinct buffers) on the device.
 fn copy_dtod(dev: &DeviceInner, src: Region, dst: Region) -> Result<()> {
     if src.len != dst.len {
-        return Err(Error::Cuda(format!(
-            "internal: device copy of {} elements into {}",
-            src.len, dst.len
-        )));
+        let what = format!("device copy of {} elements into {}", src.len, dst.len);
+        return Err(internal(what));
     }
     if src.len == 0 {
         return Ok(());
@@ -725,25 +611,19 @@ fn copy_dtod(dev: &DeviceInner, src: Region, dst: Region) -> Result<()> {
 
 // ------------------------------------------------------------------------- buffer pool
 
-/// Most bytes the pool keeps cached (per element type, per device).
+/// Most bytes the pool keeps cached (per device).
 const POOL_MAX_BYTES: usize = 8 << 30;
 
-/// Free buffers of one element type (4-byte f32 or u32).
-pub(super) struct Pool<T> {
-    free: HashMap<usize, Vec<DevBuf<T>>>,
+/// Free buffers by length.
+#[derive(Default)]
+pub(super) struct Pool {
+    free: HashMap<usize, Vec<DevBuf>>,
     cached_bytes: usize,
 }
 
-impl<T> Pool<T> {
-    fn new() -> Self {
-        Pool {
-            free: HashMap::new(),
-            cached_bytes: 0,
-        }
-    }
-
+impl Pool {
     /// A cached buffer of exactly `len` elements, if one is free.
-    fn take(&mut self, len: usize) -> Option<DevBuf<T>> {
+    fn take(&mut self, len: usize) -> Option<DevBuf> {
         let buf = self.free.get_mut(&len)?.pop()?;
         self.cached_bytes -= 4 * len;
         Some(buf)
@@ -751,7 +631,7 @@ impl<T> Pool<T> {
 
     /// Caches `buf`; returns it instead when the pool is full (the caller frees it outside
     /// the lock).
-    fn give(&mut self, buf: DevBuf<T>) -> Option<DevBuf<T>> {
+    fn give(&mut self, buf: DevBuf) -> Option<DevBuf> {
         let bytes = 4 * buf.len();
         if self.cached_bytes + bytes > POOL_MAX_BYTES {
             return Some(buf);
@@ -762,12 +642,8 @@ impl<T> Pool<T> {
     }
 
     /// Every cached buffer, emptying the pool.
-    fn drain(&mut self) -> Vec<DevBuf<T>> {
+    fn drain(&mut self) -> Vec<DevBuf> {
         self.cached_bytes = 0;
         self.free.drain().flat_map(|(_, v)| v).collect()
-    }
-
-    fn cached_bytes(&self) -> usize {
-        self.cached_bytes
     }
 }

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 
 /// u32 indices on a CUDA device. Dropping it returns the buffer to the device's pool.
 pub struct CudaIndex {
-    pub(super) buf: Option<DevBuf<u32>>,
+    pub(super) buf: Option<DevBuf>,
     pub(super) addr: u64,
     pub(super) len: usize,
     pub(super) bound: IndexBound,
@@ -35,16 +35,11 @@ pub(super) enum IndexBound {
 impl IndexBound {
     /// The bound of host data: its largest value's first position.
     pub(super) fn of(data: &[u32]) -> IndexBound {
-        data.iter()
-            .enumerate()
-            .fold(None, |best: Option<(usize, u32)>, (p, &v)| match best {
-                Some((_, b)) if b >= v => best,
-                _ => Some((p, v)),
-            })
-            .map_or(IndexBound::Empty, |(position, value)| IndexBound::Max {
-                value,
-                position,
-            })
+        let first_max = data.iter().enumerate().rev().max_by_key(|&(_, &v)| v);
+        first_max.map_or(IndexBound::Empty, |(position, &value)| IndexBound::Max {
+            value,
+            position,
+        })
     }
 }
 
@@ -88,10 +83,8 @@ impl CudaIndex {
     }
 
     pub(super) fn region(&self) -> Region {
-        Region {
-            addr: self.addr,
-            len: self.len,
-        }
+        let (addr, len) = (self.addr, self.len);
+        Region { addr, len }
     }
 
     /// Whether the first `used` indices lie in `0..size`, from the recorded bound.
@@ -111,14 +104,6 @@ impl CudaIndex {
     }
 }
 
-/// How an op uses an index buffer: its first `used` entries index `0..size`; `err` makes the
-/// typed error for a bad entry (position, value).
-pub(super) struct IndexUse<E: Fn(usize, u32) -> Error> {
-    pub size: usize,
-    pub used: usize,
-    pub err: E,
-}
-
 /// `Error::IndexOutOfRange` of `op` for indices into `0..size`.
 pub(super) fn out_of_range(op: &'static str, size: usize) -> impl Fn(usize, u32) -> Error {
     move |position, value| Error::IndexOutOfRange {
@@ -129,28 +114,28 @@ pub(super) fn out_of_range(op: &'static str, size: usize) -> impl Fn(usize, u32)
     }
 }
 
-/// Runs `launch` for an op that reads `idx` as `u` says, on `dev`. Indices known to be in
-/// range launch with a null error flag; one known to be out of range is its typed error
-/// before anything runs; otherwise `launch` gets a zeroed flag word, and a nonzero flag
-/// afterwards becomes the typed error for the position it reports.
-pub(super) fn with_index_check<E: Fn(usize, u32) -> Error>(
+/// Runs `launch` for an op that reads the first `used` entries of `idx` as indices into
+/// `0..size`, on `dev`; `err` makes the typed error for a bad entry (position, value).
+/// Indices known to be in range launch with a null error flag; one known to be out of range
+/// is its typed error before anything runs; otherwise `launch` gets a zeroed flag word, and
+/// a nonzero flag afterwards becomes the typed error for the position it reports.
+pub(super) fn with_index_check(
     dev: &CudaDevice,
     idx: &CudaIndex,
-    u: IndexUse<E>,
+    (used, size): (usize, usize),
+    err: impl Fn(usize, u32) -> Error,
     launch: impl FnOnce(Region) -> Result<()>,
 ) -> Result<()> {
     if !idx.dev.same_device(dev) {
         return Err(Error::Device("indices on another CUDA device".into()));
     }
-    if idx.len < u.used {
-        return Err(internal(format!(
-            "{} indices where {} are read",
-            idx.len, u.used
-        )));
+    if idx.len < used {
+        let what = format!("{} indices where {used} are read", idx.len);
+        return Err(internal(what));
     }
-    let flag = match idx.check(u.size, u.used) {
+    let flag = match idx.check(size, used) {
         IndexCheck::InRange => return launch(Region::NULL),
-        IndexCheck::OutOfRange { position, value } => return Err((u.err)(position, value)),
+        IndexCheck::OutOfRange { position, value } => return Err(err(position, value)),
         IndexCheck::OnDevice => dev.zeros_u32(1)?,
     };
     launch(flag.region())?;
@@ -159,13 +144,8 @@ pub(super) fn with_index_check<E: Fn(usize, u32) -> Error>(
         return Ok(());
     }
     let position = reported as usize - 1;
-    let value = dev
-        .inner
-        .download(idx.buf.as_ref(), position, 1)?
-        .first()
-        .copied()
-        .unwrap_or(u32::MAX);
-    Err((u.err)(position, value))
+    let value = dev.inner.download(idx.buf.as_ref(), position, 1)?;
+    Err(err(position, value.first().copied().unwrap_or(u32::MAX)))
 }
 
 #[cfg(test)]

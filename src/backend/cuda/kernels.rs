@@ -5,52 +5,48 @@
 //! argument list against the table, so an argument of the wrong width or position is an
 //! error, never undefined behaviour on the device.
 
-/// A PTX module; each is loaded at most once per device, on first use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum PtxModule {
-    Elementwise,
-    Gemm,
-    Index,
-    Optim,
-    Reduce,
-    Softmax,
-    Xent,
-    Xrm,
+use super::plan::Dim3;
+
+macro_rules! modules {
+    ($($variant:ident => $name:literal),* $(,)?) => {
+        /// A PTX module; each is loaded at most once per device, on first use.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub(super) enum PtxModule { $($variant),* }
+
+        pub(super) const MODULE_COUNT: usize = [$(PtxModule::$variant),*].len();
+
+        impl PtxModule {
+            #[cfg(test)]
+            const ALL: &'static [PtxModule] = &[$(PtxModule::$variant),*];
+
+            pub(super) fn index(self) -> usize {
+                self as usize
+            }
+            /// The file name, `kernels/ptx/{name}.ptx`.
+            pub(super) fn name(self) -> &'static str {
+                match self { $(PtxModule::$variant => $name),* }
+            }
+            /// The PTX text, embedded at compile time.
+            pub(super) fn ptx(self) -> &'static str {
+                match self {
+                    $(PtxModule::$variant => {
+                        include_str!(concat!("../../../kernels/ptx/", $name, ".ptx"))
+                    }),*
+                }
+            }
+        }
+    };
 }
 
-pub(super) const MODULE_COUNT: usize = 8;
-
-impl PtxModule {
-    pub(super) fn index(self) -> usize {
-        self as usize
-    }
-
-    pub(super) fn name(self) -> &'static str {
-        match self {
-            PtxModule::Elementwise => "elementwise",
-            PtxModule::Gemm => "gemm",
-            PtxModule::Index => "index",
-            PtxModule::Optim => "optim",
-            PtxModule::Reduce => "reduce",
-            PtxModule::Softmax => "softmax",
-            PtxModule::Xent => "xent",
-            PtxModule::Xrm => "xrm",
-        }
-    }
-
-    /// The PTX text, embedded at compile time.
-    pub(super) fn ptx(self) -> &'static str {
-        match self {
-            PtxModule::Elementwise => include_str!("../../../kernels/ptx/elementwise.ptx"),
-            PtxModule::Gemm => include_str!("../../../kernels/ptx/gemm.ptx"),
-            PtxModule::Index => include_str!("../../../kernels/ptx/index.ptx"),
-            PtxModule::Optim => include_str!("../../../kernels/ptx/optim.ptx"),
-            PtxModule::Reduce => include_str!("../../../kernels/ptx/reduce.ptx"),
-            PtxModule::Softmax => include_str!("../../../kernels/ptx/softmax.ptx"),
-            PtxModule::Xent => include_str!("../../../kernels/ptx/xent.ptx"),
-            PtxModule::Xrm => include_str!("../../../kernels/ptx/xrm.ptx"),
-        }
-    }
+modules! {
+    Elementwise => "elementwise",
+    Gemm => "gemm",
+    Index => "index",
+    Optim => "optim",
+    Reduce => "reduce",
+    Softmax => "softmax",
+    Xent => "xent",
+    Xrm => "xrm",
 }
 
 /// One kernel parameter's kind: a device pointer (`float*`, `unsigned int*`; null allowed
@@ -187,7 +183,7 @@ impl Kernel {
 
     /// The block shape a kernel's reduction tree or tile loop assumes, where it needs one
     /// exactly (kernels/*.cu); launches check it.
-    pub(super) fn exact_block(self) -> Option<(u32, u32, u32)> {
+    pub(super) fn exact_block(self) -> Option<Dim3> {
         use Kernel::*;
         match self {
             SumAxisBlock | MaxAxisBlock | SoftmaxBlockRow | LogSoftmaxBlockRow | XentBlockRow
@@ -252,16 +248,7 @@ mod tests {
 
     #[test]
     fn ptx_modules_are_loadable_text() {
-        for m in [
-            PtxModule::Elementwise,
-            PtxModule::Gemm,
-            PtxModule::Index,
-            PtxModule::Optim,
-            PtxModule::Reduce,
-            PtxModule::Softmax,
-            PtxModule::Xent,
-            PtxModule::Xrm,
-        ] {
+        for &m in PtxModule::ALL {
             let ptx = m.ptx();
             // The driver takes a NUL-terminated string: no NUL inside.
             assert!(!ptx.contains('\0'), "{}", m.name());

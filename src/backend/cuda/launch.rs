@@ -14,8 +14,9 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::device::{driver_err, internal, DeviceInner};
 use super::kernels::{Kernel, ParamKind};
-use super::plan::{self, extent, MAX_GRID};
-use crate::backend::AdamStep;
+use super::plan::{self, extent, Dim3, MAX_GRID};
+use super::xent::XentPlan;
+use crate::backend::{AdamStep, SgdStep};
 use crate::error::{Error, Result};
 
 /// A device buffer (or part of one): address and length in 4-byte elements (f32 or u32).
@@ -32,15 +33,11 @@ impl Region {
     /// The part of this region from element `elems` on.
     pub fn offset(self, elems: usize) -> Result<Region> {
         if elems > self.len {
-            return Err(internal(format!(
-                "offset {elems} past a buffer of {} elements",
-                self.len
-            )));
+            let what = format!("offset {elems} past a buffer of {} elements", self.len);
+            return Err(internal(what));
         }
-        Ok(Region {
-            addr: self.addr + 4 * elems as u64,
-            len: self.len - elems,
-        })
+        let (addr, len) = (self.addr + 4 * elems as u64, self.len - elems);
+        Ok(Region { addr, len })
     }
 }
 
@@ -72,9 +69,9 @@ pub(super) enum Value {
 /// `v` as a kernel's `unsigned int` parameter.
 pub(super) fn to_u32(v: usize, what: &str, kernel: Kernel) -> Result<u32> {
     u32::try_from(v).map_err(|_| {
+        let k = kernel.name();
         Error::Device(format!(
-            "{}: {what} = {v} exceeds the kernel's 32-bit size limit",
-            kernel.name()
+            "{k}: {what} = {v} exceeds the kernel's 32-bit size limit"
         ))
     })
 }
@@ -83,9 +80,9 @@ pub(super) fn to_u32(v: usize, what: &str, kernel: Kernel) -> Result<u32> {
 fn values(kernel: Kernel, args: &[Arg]) -> Result<Vec<Value>> {
     let params = kernel.params();
     let mismatch = || {
+        let k = kernel.name();
         internal(format!(
-            "{}: arguments {args:?} do not match the parameters {params:?}",
-            kernel.name()
+            "{k}: arguments {args:?} do not match the parameters {params:?}"
         ))
     };
     if args.len() != params.len() {
@@ -123,8 +120,8 @@ fn values(kernel: Kernel, args: &[Arg]) -> Result<Vec<Value>> {
 unsafe fn launch(
     dev: &DeviceInner,
     kernel: Kernel,
-    grid: (u32, u32, u32),
-    block: (u32, u32, u32),
+    grid: Dim3,
+    block: Dim3,
     smem_bytes: u32,
     args: &[Arg],
 ) -> Result<()> {
@@ -133,11 +130,10 @@ unsafe fn launch(
         // A zero grid dimension is a launch error: there is no work.
         return Ok(());
     }
-    if kernel.exact_block().is_some_and(|b| b != block) {
+    if let Some(exact) = kernel.exact_block().filter(|&b| b != block) {
+        let k = kernel.name();
         return Err(internal(format!(
-            "{} needs block {:?} exactly, launched with {block:?}",
-            kernel.name(),
-            kernel.exact_block()
+            "{k} needs block {exact:?} exactly, launched with {block:?}"
         )));
     }
     if smem_bytes > kernel.max_dynamic_smem() {
@@ -160,10 +156,11 @@ unsafe fn launch(
             Value::F32(v) => builder.arg(v),
         };
     }
+    let (grid_dim, block_dim, shared_mem_bytes) = (grid, block, smem_bytes);
     let cfg = LaunchConfig {
-        grid_dim: grid,
-        block_dim: block,
-        shared_mem_bytes: smem_bytes,
+        grid_dim,
+        block_dim,
+        shared_mem_bytes,
     };
     // SAFETY: the values match the kernel's PTX parameters (checked in `values`), every
     // pointer covers what the kernel touches (the caller's contract, the extents checked).
@@ -172,25 +169,17 @@ unsafe fn launch(
         .map_err(|e| driver_err(format!("launching {}", kernel.name()), e))
 }
 
-const B256: (u32, u32, u32) = (256, 1, 1);
-const B32X8: (u32, u32, u32) = (32, 8, 1);
+const B256: Dim3 = (256, 1, 1);
+const B32X8: Dim3 = (32, 8, 1);
 
-fn grid1(blocks: u32) -> (u32, u32, u32) {
-    (blocks, 1, 1)
+/// `blocks` blocks in x, or no launch when `work` is 0.
+fn unless_empty(work: usize, blocks: u32) -> Dim3 {
+    (if work == 0 { 0 } else { blocks }, 1, 1)
 }
 
 /// A grid-stride grid over `work` items, `per_block` a block; empty when there is no work.
-fn stride(work: usize, per_block: usize) -> (u32, u32, u32) {
-    grid1(if work == 0 {
-        0
-    } else {
-        plan::grid_stride_blocks(work, per_block)
-    })
-}
-
-/// `blocks`, or no launch when `work` is 0.
-fn unless_empty(work: usize, blocks: u32) -> (u32, u32, u32) {
-    grid1(if work == 0 { 0 } else { blocks })
+fn stride(work: usize, per_block: usize) -> Dim3 {
+    unless_empty(work, plan::grid_stride_blocks(work, per_block))
 }
 
 // ----------------------------------------------------------------- elementwise and optimizers
@@ -222,33 +211,26 @@ pub(super) fn sgd(
     dev: &DeviceInner,
     [p, g, buf]: [Region; 3],
     n: usize,
-    h: &crate::backend::SgdStep,
+    h: &SgdStep,
 ) -> Result<()> {
     // The kernel reads the momentum buffer only when momentum != 0.
     if h.momentum != 0.0 && buf.addr == 0 {
         return Err(internal("sgd_step_f32: momentum without a buffer"));
     }
-    let scalars = [
-        F(h.lr),
-        F(h.momentum),
-        F(h.dampening),
-        F(h.weight_decay),
-        Flag(h.nesterov),
-        Flag(h.first_step),
-    ];
+    let (hyper, flags) = (
+        [h.lr, h.momentum, h.dampening, h.weight_decay],
+        [h.nesterov, h.first_step],
+    );
+    let scalars: Vec<Arg> = hyper.map(F).into_iter().chain(flags.map(Flag)).collect();
     elementwise(dev, Kernel::SgdStep, &[p, g, buf], n, &scalars)
 }
 
 pub(super) fn adam(dev: &DeviceInner, bufs: [Region; 4], n: usize, h: &AdamStep) -> Result<()> {
-    let scalars = [
-        F(h.lr),
-        F(h.beta1),
-        F(h.beta2),
-        F(h.eps),
-        F(h.weight_decay),
-        N(h.step.max(1) as usize),
-        Flag(h.decoupled),
-    ];
+    let hyper = [h.lr, h.beta1, h.beta2, h.eps, h.weight_decay].map(F);
+    let scalars: Vec<Arg> = hyper
+        .into_iter()
+        .chain([N(h.step.max(1) as usize), Flag(h.decoupled)])
+        .collect();
     elementwise(dev, Kernel::AdamStep, &bufs, n, &scalars)
 }
 
@@ -271,19 +253,11 @@ pub(super) fn binary_bcast(
         )));
     }
     // The largest operand offset the kernel forms is Σ (d_i − 1) · s_i.
-    let reach = |s: &[usize; 4]| -> usize {
-        match n {
-            0 => 0,
-            _ => {
-                1 + d
-                    .iter()
-                    .zip(s)
-                    .map(|(&di, &si)| (di - 1) * si)
-                    .sum::<usize>()
-            }
-        }
+    let reach = |s: [usize; 4]| match n {
+        0 => 0,
+        _ => 1 + (0..4).map(|i| (d[i] - 1) * s[i]).sum::<usize>(),
     };
-    let mut args = vec![Buf(a, reach(&sa)), Buf(b, reach(&sb)), Buf(out, n), N(n)];
+    let mut args = vec![Buf(a, reach(sa)), Buf(b, reach(sb)), Buf(out, n), N(n)];
     args.extend(d[1..].iter().chain(&sa).chain(&sb).map(|&v| N(v)));
     // SAFETY: the kernel reads `a` and `b` only at offsets Σ c_i·s_i < reach and writes
     // `out[0..n]` (all stated); `out` is a fresh buffer.
@@ -297,41 +271,25 @@ pub(super) fn binary_bcast(
 // reduction, `1` for the full sums, one per block for the partial sums), as stated; the
 // block shapes are those the kernels' trees assume; outputs are fresh buffers.
 
-/// One warp (`*_axis_warp`) per row of `len`: `(x, out, rows, len)`.
-pub(super) fn reduce_rows(
-    dev: &DeviceInner,
-    k: Kernel,
-    [x, out]: [Region; 2],
-    rows: usize,
-    len: usize,
-    blocks: u32,
-) -> Result<()> {
-    let args = [Buf(x, rows * len), Buf(out, rows), N(rows), N(len)];
-    // SAFETY: the reductions family above.
-    unsafe { launch(dev, k, grid1(blocks), B256, 0, &args) }
-}
-
-/// `*_axis_block` (grid `(blocks, 1, 1)`, block 256) or `*_axis_cols` (grid
-/// `(tiles, outer blocks, z)`, block (32, 8)); with `z > 1`, `out` receives `z` slabs of
-/// `outer × inner` partials.
-pub(super) fn reduce_axis(
+/// `*_axis_warp` (`inner` 1: `(x, out, outer, len)`, block 256), `*_axis_block` (block 256)
+/// or `*_axis_cols` (grid `(tiles, outer blocks, z)`, block (32, 8); with `z > 1`, `out`
+/// receives `z` slabs of `outer × inner` partials).
+pub(super) fn reduce(
     dev: &DeviceInner,
     k: Kernel,
     [x, out]: [Region; 2],
     (outer, len, inner): (usize, usize, usize),
-    grid: (u32, u32, u32),
+    grid: Dim3,
 ) -> Result<()> {
+    let warp = matches!(k, Kernel::SumAxisWarp | Kernel::MaxAxisWarp);
     let cols = matches!(k, Kernel::SumAxisCols | Kernel::MaxAxisCols);
-    if cols && (grid.0 as usize) * 32 < inner {
-        return Err(internal(format!("{}: grid does not cover inner", k.name())));
+    if (warp && inner != 1) || (cols && (grid.0 as usize) * 32 < inner) {
+        let what = format!("{}: grid {grid:?} for ({outer}, {len}, {inner})", k.name());
+        return Err(internal(what));
     }
-    let args = [
-        Buf(x, outer * len * inner),
-        Buf(out, grid.2 as usize * outer * inner),
-        N(outer),
-        N(len),
-        N(inner),
-    ];
+    let (x_len, out_len) = (outer * len * inner, grid.2 as usize * outer * inner);
+    let mut args = vec![Buf(x, x_len), Buf(out, out_len), N(outer), N(len), N(inner)];
+    args.truncate(if warp { 4 } else { 5 });
     let block = if cols { B32X8 } else { B256 };
     // SAFETY: the reductions family above.
     unsafe { launch(dev, k, grid, block, 0, &args) }
@@ -343,20 +301,17 @@ pub(super) fn argmax(
     rows: usize,
     cols: usize,
 ) -> Result<()> {
-    let args = [Buf(x, rows * cols), N(rows), N(cols), Buf(out, rows)];
+    let (k, args) = (
+        Kernel::ArgmaxRows,
+        [Buf(x, rows * cols), N(rows), N(cols), Buf(out, rows)],
+    );
     // SAFETY: the reductions family above.
-    unsafe { launch(dev, Kernel::ArgmaxRows, stride(rows, 8), B256, 0, &args) }
+    unsafe { launch(dev, k, stride(rows, 8), B256, 0, &args) }
 }
 
-/// `out[0] = scale · Σ x[0..n]` in one block of 1024.
-pub(super) fn sum_one_block(
-    dev: &DeviceInner,
-    x: Region,
-    n: usize,
-    out: Region,
-    scale: f32,
-) -> Result<()> {
-    let args = [Buf(x, n), N(n), Buf(out, 1), F(scale)];
+/// `out[0] = Σ x[0..n]` in one block of 1024.
+pub(super) fn sum_one_block(dev: &DeviceInner, x: Region, n: usize, out: Region) -> Result<()> {
+    let args = [Buf(x, n), N(n), Buf(out, 1), F(1.0)];
     // SAFETY: the reductions family above.
     unsafe { launch(dev, Kernel::SumAll, (1, 1, 1), (1024, 1, 1), 0, &args) }
 }
@@ -371,7 +326,7 @@ pub(super) fn sum_partials(
 ) -> Result<()> {
     let args = [Buf(x, n), N(n), Buf(partials, blocks as usize)];
     // SAFETY: the reductions family above.
-    unsafe { launch(dev, Kernel::SumPartials, grid1(blocks), B256, 0, &args) }
+    unsafe { launch(dev, Kernel::SumPartials, (blocks, 1, 1), B256, 0, &args) }
 }
 
 // ------------------------------------------------------------------------------- indexing
@@ -381,58 +336,34 @@ pub(super) fn sum_partials(
 // `bad` word instead), and write fresh buffers; copy2d and transpose2d touch the strided
 // blocks stated, between distinct buffers (a `&` and a `&mut` storage, or a fresh output).
 
-/// `index_select_rows` (reads `table_rows`, writes `n_idx` rows) or `index_add_rows` (reads
-/// `n_idx` rows, adds into `table_rows`).
-pub(super) fn index_rows(
+/// The kernels that follow the first `n` entries of `idx` into `0..size`:
+/// `index_select_rows` (reads `size` rows of `src`, writes `n` rows), `index_add_rows`
+/// (reads `n` rows, adds into `size` rows), `gather_cols` (`size` = `cols`: writes one value
+/// per row) and `scatter_cols` (reads one value per row, writes `n × cols`).
+pub(super) fn indexed(
     dev: &DeviceInner,
     k: Kernel,
     [src, idx, dst, bad]: [Region; 4],
-    n_idx: usize,
-    cols: usize,
-    table_rows: usize,
+    (n, cols, size): (usize, usize, usize),
 ) -> Result<()> {
-    let (src_len, dst_len) = match k {
-        Kernel::IndexSelectRows => (table_rows * cols, n_idx * cols),
-        _ => (n_idx * cols, table_rows * cols),
+    let (table, rows) = (size * cols, n * cols);
+    let (src_len, dst_len, work) = match k {
+        Kernel::IndexSelectRows => (table, rows, rows),
+        Kernel::IndexAddRows => (rows, table, rows),
+        Kernel::GatherCols => (rows, n, n),
+        _ => (n, rows, rows),
     };
-    let args = [
+    let mut args = vec![
         Buf(src, src_len),
-        Buf(idx, n_idx),
+        Buf(idx, n),
         Buf(dst, dst_len),
-        N(n_idx),
+        N(n),
         N(cols),
-        N(table_rows),
-        Opt(bad, 1),
     ];
-    // SAFETY: the indexing family above.
-    unsafe { launch(dev, k, stride(n_idx * cols, 256), B256, 0, &args) }
-}
-
-/// `gather_cols` (`out` holds rows) or `scatter_cols` (`out` holds rows × cols).
-pub(super) fn cols_by_label(
-    dev: &DeviceInner,
-    k: Kernel,
-    [src, labels, out, bad]: [Region; 4],
-    rows: usize,
-    cols: usize,
-) -> Result<()> {
-    let (src_len, out_len) = match k {
-        Kernel::GatherCols => (rows * cols, rows),
-        _ => (rows, rows * cols),
-    };
-    let args = [
-        Buf(src, src_len),
-        Buf(labels, rows),
-        Buf(out, out_len),
-        N(rows),
-        N(cols),
-        Opt(bad, 1),
-    ];
-    let work = if k == Kernel::GatherCols {
-        rows
-    } else {
-        out_len
-    };
+    if matches!(k, Kernel::IndexSelectRows | Kernel::IndexAddRows) {
+        args.push(N(size));
+    }
+    args.push(Opt(bad, 1));
     // SAFETY: the indexing family above.
     unsafe { launch(dev, k, stride(work, 256), B256, 0, &args) }
 }
@@ -458,17 +389,9 @@ pub(super) fn copy2d(
         N(src_off),
         N(dst_off),
     ];
+    let k = Kernel::Copy2d;
     // SAFETY: the indexing family above.
-    unsafe {
-        launch(
-            dev,
-            Kernel::Copy2d,
-            stride(rows * cols, 256),
-            B256,
-            0,
-            &args,
-        )
-    }
+    unsafe { launch(dev, k, stride(rows * cols, 256), B256, 0, &args) }
 }
 
 pub(super) fn transpose2d(
@@ -479,13 +402,11 @@ pub(super) fn transpose2d(
     cols: usize,
 ) -> Result<()> {
     let n = rows * cols;
-    let grid = match n {
-        0 => (0, 1, 1),
-        _ => (
-            cols.div_ceil(32).min(MAX_GRID) as u32,
-            rows.div_ceil(32).min(MAX_GRID) as u32,
-            1,
-        ),
+    let tiles = |d: usize| d.div_ceil(32).min(MAX_GRID) as u32;
+    let grid = if n == 0 {
+        (0, 1, 1)
+    } else {
+        (tiles(cols), tiles(rows), 1)
     };
     let args = [Buf(src, n), Buf(dst, n), N(rows), N(cols)];
     // SAFETY: the indexing family above; block (32, 8) as the tile loop assumes.
@@ -512,17 +433,9 @@ pub(super) fn xrm_flip_targets(
         N(rows),
         N(k),
     ];
+    let kernel = Kernel::XrmFlipTargets;
     // SAFETY: the indexing family above (one thread per row reads its row and uniform).
-    unsafe {
-        launch(
-            dev,
-            Kernel::XrmFlipTargets,
-            stride(rows, 256),
-            B256,
-            0,
-            &args,
-        )
-    }
+    unsafe { launch(dev, kernel, stride(rows, 256), B256, 0, &args) }
 }
 
 // ---------------------------------------------------------------------- softmax and xent
@@ -536,8 +449,7 @@ pub(super) fn softmax(
     dev: &DeviceInner,
     k: Kernel,
     [x, y]: [Region; 2],
-    rows: usize,
-    cols: usize,
+    (rows, cols): (usize, usize),
     blocks: u32,
 ) -> Result<()> {
     let n = rows * cols;
@@ -546,59 +458,40 @@ pub(super) fn softmax(
     unsafe { launch(dev, k, unless_empty(n, blocks), B256, 0, &args) }
 }
 
-/// A fused cross-entropy launch (`xent.cu`); `s`, `w`, `bad` may be [`Region::NULL`], and
-/// `dz` when `write_grad` is false. Grid, block and shared memory come from the plan.
-pub(super) struct XentLaunch {
-    pub kernel: Kernel,
-    pub z: Region,
-    pub s: Region,
-    pub y: Region,
-    pub w: Region,
-    pub loss: Region,
-    pub dz: Region,
-    pub rows: usize,
-    pub cols: usize,
-    pub grad_scale: f32,
-    pub write_grad: bool,
-    pub bad: Region,
-    pub blocks: u32,
-    pub block: u32,
-    pub smem_bytes: u32,
-}
-
-pub(super) fn xent(dev: &DeviceInner, a: &XentLaunch) -> Result<()> {
-    let k = a.kernel;
+/// A fused cross-entropy launch (`xent.cu`) as planned: `s`, `w`, `bad` may be
+/// [`Region::NULL`], and `dz`, which the kernel then does not write.
+pub(super) fn xent(
+    dev: &DeviceInner,
+    p: &XentPlan,
+    [z, s, y, w, loss, dz, bad]: [Region; 7],
+    (rows, cols): (usize, usize),
+    grad_scale: f32,
+) -> Result<()> {
     // float4 accesses: every row must start 16-byte aligned.
-    if k.is_vectorized_xent()
-        && (!a.cols.is_multiple_of(4)
-            || [a.z, a.s, a.dz].iter().any(|r| !r.addr.is_multiple_of(16)))
-    {
+    let misaligned = [z, s, dz].iter().any(|r| !r.addr.is_multiple_of(16));
+    if p.kernel.is_vectorized_xent() && (!cols.is_multiple_of(4) || misaligned) {
+        let k = p.kernel.name();
         return Err(internal(format!(
-            "{} needs cols % 4 == 0 and 16-byte aligned buffers",
-            k.name()
+            "{k} needs cols % 4 == 0 and 16-byte aligned buffers"
         )));
     }
-    let n = a.rows * a.cols;
-    let dz = match a.write_grad {
-        true => Buf(a.dz, n),
-        false => Opt(Region::NULL, 0),
-    };
+    let (n, write_grad) = (rows * cols, dz.addr != 0);
     let args = [
-        Buf(a.z, n),
-        Opt(a.s, n),
-        Buf(a.y, a.rows),
-        Opt(a.w, a.rows),
-        Buf(a.loss, a.rows),
-        dz,
-        N(a.rows),
-        N(a.cols),
-        F(a.grad_scale),
-        Flag(a.write_grad),
-        Opt(a.bad, 1),
+        Buf(z, n),
+        Opt(s, n),
+        Buf(y, rows),
+        Opt(w, rows),
+        Buf(loss, rows),
+        Opt(dz, n),
+        N(rows),
+        N(cols),
+        F(grad_scale),
+        Flag(write_grad),
+        Opt(bad, 1),
     ];
-    let (grid, block) = (unless_empty(a.rows, a.blocks), (a.block, 1, 1));
+    let (grid, block) = (unless_empty(rows, p.blocks), (p.block, 1, 1));
     // SAFETY: the row family above.
-    unsafe { launch(dev, k, grid, block, a.smem_bytes, &args) }
+    unsafe { launch(dev, p.kernel, grid, block, p.smem_bytes, &args) }
 }
 
 // ----------------------------------------------------------------------------------- GEMM
@@ -608,7 +501,7 @@ pub(super) fn xent(dev: &DeviceInner, a: &XentLaunch) -> Result<()> {
 // `m × n` in `work`), all stated; the grids cover C once; C is distinct from A and B.
 
 /// A GEMM operand: its region, whether the product reads it transposed, its leading
-/// dimension.
+/// dimension (C: never transposed).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Operand {
     pub r: Region,
@@ -617,6 +510,10 @@ pub(super) struct Operand {
 }
 
 impl Operand {
+    pub fn new(r: Region, trans: bool, ld: usize) -> Operand {
+        Operand { r, trans, ld }
+    }
+
     /// The elements the product reads of this operand, `rows × cols` as `op(·)` sees it.
     fn extent(&self, rows: usize, cols: usize) -> usize {
         match self.trans {
@@ -626,54 +523,35 @@ impl Operand {
     }
 }
 
-/// Dimensions of `C = op(A) op(B)` (`m × k` times `k × n`) with `C`'s leading dimension.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct GemmDims {
-    pub m: usize,
-    pub n: usize,
-    pub k: usize,
-    pub ldc: usize,
+/// `(A, B, C, M, N, K, lda, ldb, ldc)` of `C = op(A) op(B)` (`m × k` times `k × n`), every
+/// block stated.
+fn gemm_args(a: Operand, b: Operand, c: Operand, (m, n, k): (usize, usize, usize)) -> Vec<Arg> {
+    let (a_need, b_need, c_need) = (a.extent(m, k), b.extent(k, n), c.extent(m, n));
+    let (bufs, sizes) = (
+        [Buf(a.r, a_need), Buf(b.r, b_need), Buf(c.r, c_need)],
+        [m, n, k, a.ld, b.ld, c.ld],
+    );
+    bufs.into_iter().chain(sizes.map(N)).collect()
 }
 
-/// `(A, B, C, M, N, K, lda, ldb, ldc)`, every block stated.
-fn gemm_args(a: Operand, b: Operand, c: Region, d: GemmDims) -> Vec<Arg> {
-    let c_need = extent(d.m, d.n, d.ldc);
-    vec![
-        Buf(a.r, a.extent(d.m, d.k)),
-        Buf(b.r, b.extent(d.k, d.n)),
-        Buf(c, c_need),
-        N(d.m),
-        N(d.n),
-        N(d.k),
-        N(a.ld),
-        N(b.ld),
-        N(d.ldc),
-    ]
-}
-
-/// `C = op(A) op(B)` with a tile kernel (`Sgemm128` or `Sgemm64`); `d.m` must fit the grid.
+/// `C = op(A) op(B)` with a tile kernel (`Sgemm128` or `Sgemm64`); `m` must fit the grid.
 pub(super) fn sgemm_tiled(
     dev: &DeviceInner,
     kernel: Kernel,
-    a: Operand,
-    b: Operand,
-    c: Region,
-    d: GemmDims,
+    [a, b, c]: [Operand; 3],
+    (m, n, k): (usize, usize, usize),
 ) -> Result<()> {
     let tile = if kernel == Kernel::Sgemm128 { 128 } else { 64 };
     let grid = (
-        to_u32(d.n.div_ceil(tile), "column tiles", kernel)?,
-        to_u32(d.m.div_ceil(tile), "row tiles", kernel)?,
+        to_u32(n.div_ceil(tile), "column tiles", kernel)?,
+        to_u32(m.div_ceil(tile), "row tiles", kernel)?,
         1,
     );
     if grid.1 as usize > MAX_GRID {
-        return Err(internal(format!(
-            "{}: {} row tiles exceed the grid",
-            kernel.name(),
-            grid.1
-        )));
+        let what = format!("{}: {} row tiles exceed the grid", kernel.name(), grid.1);
+        return Err(internal(what));
     }
-    let mut args = gemm_args(a, b, c, d);
+    let mut args = gemm_args(a, b, c, (m, n, k));
     args.extend([F(1.0), F(0.0), Flag(a.trans), Flag(b.trans)]);
     // SAFETY: the GEMM family above.
     unsafe { launch(dev, kernel, grid, B256, 0, &args) }
@@ -683,71 +561,57 @@ pub(super) fn sgemm_tiled(
 /// `SgemmThinTa` (A transposed, 32 rows per block).
 pub(super) fn sgemm_thin(
     dev: &DeviceInner,
-    a: Operand,
-    b: Operand,
-    c: Region,
-    d: GemmDims,
+    [a, b, c]: [Operand; 3],
+    (m, n, k): (usize, usize, usize),
 ) -> Result<()> {
-    if d.n > plan::THIN_MAX {
-        return Err(internal(format!("a thin product with N = {}", d.n)));
+    if n > plan::THIN_MAX {
+        return Err(internal(format!("a thin product with N = {n}")));
     }
-    let (kernel, grid, block) = match a.trans {
-        false => (Kernel::SgemmThin, stride(d.m * d.n, 8), B256),
-        true => (Kernel::SgemmThinTa, stride(d.m * d.n, 32), B32X8),
+    let (kernel, rows_per_block, block) = match a.trans {
+        false => (Kernel::SgemmThin, 8, B256),
+        true => (Kernel::SgemmThinTa, 32, B32X8),
     };
-    let grid = grid1(
-        grid.0
-            .min(plan::grid_stride_blocks(d.m, if a.trans { 32 } else { 8 })),
-    );
-    let mut args = gemm_args(a, b, c, d);
+    let grid = unless_empty(m * n, plan::grid_stride_blocks(m, rows_per_block));
+    let mut args = gemm_args(a, b, c, (m, n, k));
     args.extend([F(1.0), F(0.0), Flag(b.trans)]);
     // SAFETY: the GEMM family above; N <= 16 as the kernels require.
     unsafe { launch(dev, kernel, grid, block, 0, &args) }
 }
 
-/// Split-K stage 1 of `C = Aᵀ op(B)` (A stored K × M, N <= 16): `work` receives `z` slabs of
-/// `M × N` partial sums; stage 2 sums them into `C`.
+/// Split-K `C = Aᵀ op(B)` (A stored K × M, N <= 16): stage 1 writes `z` slabs of `M × N`
+/// partial sums into `work`, stage 2 sums them into `C`.
 pub(super) fn sgemm_thin_split(
     dev: &DeviceInner,
-    a: Operand,
-    b: Operand,
-    [work, c]: [Region; 2],
-    d: GemmDims,
-    blocks: u32,
-    z: u32,
+    [a, b, c]: [Operand; 3],
+    work: Region,
+    (m, n, k): (usize, usize, usize),
+    (blocks, z): (u32, u32),
 ) -> Result<()> {
-    if !a.trans || d.n > plan::THIN_MAX {
+    if !a.trans || n > plan::THIN_MAX {
         return Err(internal("split-K on an unsupported layout"));
     }
-    let slabs = z as usize * d.m * d.n;
-    let mut args = gemm_args(a, b, work, GemmDims { ldc: d.n, ..d });
+    let slabs = z as usize * m * n;
+    let mut args = gemm_args(a, b, Operand::new(work, false, n), (m, n, k));
     args[2] = Buf(work, slabs);
     args.pop(); // no ldc: the slabs are dense
     args.push(Flag(b.trans));
-    let grid = (if d.m * d.n == 0 { 0 } else { blocks }, z, 1);
+    let grid = (if m * n == 0 { 0 } else { blocks }, z, 1);
     // SAFETY: the GEMM family above.
     unsafe { launch(dev, Kernel::SgemmThinTaPartial, grid, B32X8, 0, &args) }?;
+    let c_need = c.extent(m, n);
     let args = [
         Buf(work, slabs),
-        Buf(c, extent(d.m, d.n, d.ldc)),
-        N(d.m),
-        N(d.n),
+        Buf(c.r, c_need),
+        N(m),
+        N(n),
         N(z as usize),
-        N(d.ldc),
+        N(c.ld),
         F(1.0),
         F(0.0),
     ];
+    let finish = Kernel::SgemmThinFinish;
     // SAFETY: the GEMM family above.
-    unsafe {
-        launch(
-            dev,
-            Kernel::SgemmThinFinish,
-            stride(d.m * d.n, 256),
-            B256,
-            0,
-            &args,
-        )
-    }
+    unsafe { launch(dev, finish, stride(m * n, 256), B256, 0, &args) }
 }
 
 #[cfg(test)]
@@ -758,23 +622,23 @@ mod tests {
     fn a_wrong_argument_list_is_an_error() {
         let dev = super::super::CudaDevice::emulated().unwrap();
         let x = dev.zeros(4).unwrap().region();
+        let run = |k, block, args: &[Arg]| {
+            // SAFETY: every call below is refused by a check; nothing is launched.
+            let err = unsafe { launch(&dev.inner, k, (1, 1, 1), block, 0, args) };
+            err.unwrap_err().to_string()
+        };
         // neg_f32 takes (ptr, ptr, size_t): a flag in place of the size is refused.
-        let args = [Buf(x, 4), Buf(x, 4), Flag(true)];
-        // SAFETY: the call is refused by the signature check; nothing is launched.
-        let err =
-            unsafe { launch(&dev.inner, Kernel::Neg, (1, 1, 1), B256, 0, &args) }.unwrap_err();
-        assert!(err.to_string().contains("do not match"), "{err}");
+        let err = run(Kernel::Neg, B256, &[Buf(x, 4), Buf(x, 4), Flag(true)]);
+        assert!(err.contains("do not match"), "{err}");
         // A buffer shorter than the launch touches is refused.
-        let args = [Buf(x, 5), Buf(x, 5), N(5)];
-        // SAFETY: refused by the extent check; nothing is launched.
-        let err =
-            unsafe { launch(&dev.inner, Kernel::Neg, (1, 1, 1), B256, 0, &args) }.unwrap_err();
-        assert!(err.to_string().contains("holds 4 elements"), "{err}");
+        let err = run(Kernel::Neg, B256, &[Buf(x, 5), Buf(x, 5), N(5)]);
+        assert!(err.contains("holds 4 elements"), "{err}");
         // An exact block shape is enforced.
-        let args = [Buf(x, 4), Buf(x, 4), N(1), N(4)];
-        // SAFETY: x holds 4 elements, one row of 4; the launch shape is refused.
-        let err = unsafe { launch(&dev.inner, Kernel::Transpose2d, (1, 1, 1), B256, 0, &args) }
-            .unwrap_err();
-        assert!(err.to_string().contains("needs block"), "{err}");
+        let err = run(
+            Kernel::Transpose2d,
+            B256,
+            &[Buf(x, 4), Buf(x, 4), N(1), N(4)],
+        );
+        assert!(err.contains("needs block"), "{err}");
     }
 }

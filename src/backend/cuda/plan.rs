@@ -15,6 +15,9 @@
 //!   128×128 tile kernel when it makes at least [`TILED_128_MIN_TILES`] tiles, else 64×64
 //!   tiles (the two are bitwise identical).
 
+/// A launch's grid or block dimensions (CUDA's `dim3`).
+pub(super) type Dim3 = (u32, u32, u32);
+
 /// Grid limit for the x dimension of grid-stride kernels and for the y dimension of any grid.
 pub(super) const MAX_GRID: usize = 65535;
 
@@ -121,50 +124,37 @@ impl BroadcastPlan {
     }
 }
 
-/// How an axis reduction over `(outer, len, inner)` runs.
+/// Which kernel of an axis reduction over `(outer, len, inner)` runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum ReducePlan {
+pub(super) enum ReduceVariant {
     /// `inner == 1`: one warp per row; grid blocks of 256 threads.
-    Warp { blocks: u32 },
+    Warp,
     /// `inner == 1`, long rows: one 256-thread block per row.
-    Block { blocks: u32 },
-    /// Column tiles `(ceil(inner/32), min(outer, 65535), z)`; `z > 1` writes `z` partial
+    Block,
+    /// Column tiles, grid `(ceil(inner/32), min(outer, 65535), z)`; `z > 1` writes `z` partial
     /// slabs that a second launch over `(1, z, outer*inner)` reduces.
-    Cols {
-        tiles: u32,
-        outer_blocks: u32,
-        z: u32,
-    },
+    Cols,
 }
 
 /// Rows up to this length use one warp per row.
 const WARP_MAX_LEN: usize = 2048;
 
-pub(super) fn reduce_plan(outer: usize, len: usize, inner: usize) -> ReducePlan {
-    if inner == 1 {
-        if len <= WARP_MAX_LEN {
-            ReducePlan::Warp {
-                blocks: grid_stride_blocks(outer, 8),
-            }
-        } else {
-            ReducePlan::Block {
-                blocks: grid_stride_blocks(outer, 1),
-            }
-        }
-    } else {
-        let tiles = inner.div_ceil(32);
-        // Few column tiles walking a long axis leave the GPU idle: split the axis.
-        let z = if len >= WARP_MAX_LEN && tiles * outer < 1024 {
-            (len / 1024).clamp(1, 256)
-        } else {
-            1
-        };
-        ReducePlan::Cols {
-            tiles: tiles as u32,
-            outer_blocks: outer.clamp(1, MAX_GRID) as u32,
-            z: z as u32,
-        }
+/// The variant and grid of a reduction over `(outer, len, inner)`.
+pub(super) fn reduce_plan(outer: usize, len: usize, inner: usize) -> (ReduceVariant, Dim3) {
+    if inner == 1 && len <= WARP_MAX_LEN {
+        return (ReduceVariant::Warp, (grid_stride_blocks(outer, 8), 1, 1));
     }
+    if inner == 1 {
+        return (ReduceVariant::Block, (grid_stride_blocks(outer, 1), 1, 1));
+    }
+    let tiles = inner.div_ceil(32);
+    // Few column tiles walking a long axis leave the GPU idle: split the axis.
+    let z = match len >= WARP_MAX_LEN && tiles * outer < 1024 {
+        true => (len / 1024).clamp(1, 256),
+        false => 1,
+    };
+    let grid = (tiles as u32, outer.clamp(1, MAX_GRID) as u32, z as u32);
+    (ReduceVariant::Cols, grid)
 }
 
 /// Which softmax (and fallback cross-entropy) variant handles rows of `cols` classes.
@@ -234,26 +224,13 @@ pub(super) fn gemm_plan(m: usize, n: usize) -> GemmPlan {
     }
 }
 
-/// How a thin product with a transposed left operand (`A` stored `K × M`) runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum ThinTaPlan {
-    /// One block per 32 rows of `C` over the whole `K`.
-    Single { blocks: u32 },
-    /// Split-K in `z` chunks, then a finishing pass.
-    Split { blocks: u32, z: u32 },
-}
-
-pub(super) fn thin_ta_plan(m: usize, k: usize) -> ThinTaPlan {
-    let blocks = grid_stride_blocks(m, 32);
+/// Whether a thin product with a transposed left operand (`A` stored `K × M`) splits `K`:
+/// `Some((blocks, z))` for split-K in `z` chunks over `blocks` row blocks of 32, then a
+/// finishing pass; `None` for one block per 32 rows of `C` over the whole `K`.
+pub(super) fn thin_ta_split(m: usize, k: usize) -> Option<(u32, u32)> {
     // A long K over few row blocks: split it so that enough blocks run.
-    if k >= 2048 && m.div_ceil(32) < 512 {
-        ThinTaPlan::Split {
-            blocks,
-            z: (k / 1024).clamp(1, 128) as u32,
-        }
-    } else {
-        ThinTaPlan::Single { blocks }
-    }
+    let split = k >= 2048 && m.div_ceil(32) < 512;
+    split.then(|| (grid_stride_blocks(m, 32), (k / 1024).clamp(1, 128) as u32))
 }
 
 /// Elements spanned by a `rows × cols` row-major block with leading dimension `ld`.
@@ -302,15 +279,14 @@ mod tests {
         let mut got = vec![(usize::MAX, usize::MAX); n];
         for (oa, ob, oo) in plan.launches() {
             for i in 0..inner {
-                let mut r = i;
-                let c3 = r % d4[3];
-                r /= d4[3];
-                let c2 = r % d4[2];
-                r /= d4[2];
-                let c1 = r % d4[1];
-                let c0 = r / d4[1];
-                let ia = c0 * a4[0] + c1 * a4[1] + c2 * a4[2] + c3 * a4[3];
-                let ib = c0 * b4[0] + c1 * b4[1] + c2 * b4[2] + c3 * b4[3];
+                let c = [
+                    i / (d4[1] * d4[2] * d4[3]),
+                    i / (d4[2] * d4[3]) % d4[1],
+                    i / d4[3] % d4[2],
+                    i % d4[3],
+                ];
+                let ia: usize = (0..4).map(|j| c[j] * a4[j]).sum();
+                let ib: usize = (0..4).map(|j| c[j] * b4[j]).sum();
                 got[oo + i] = (oa + ia, ob + ib);
             }
         }
@@ -368,34 +344,14 @@ mod tests {
 
     #[test]
     fn reduce_plans_follow_the_shape() {
-        assert_eq!(reduce_plan(1000, 10, 1), ReducePlan::Warp { blocks: 125 });
-        assert_eq!(reduce_plan(3, 100_000, 1), ReducePlan::Block { blocks: 3 });
+        use ReduceVariant::*;
+        assert_eq!(reduce_plan(1000, 10, 1), (Warp, (125, 1, 1)));
+        assert_eq!(reduce_plan(3, 100_000, 1), (Block, (3, 1, 1)));
         // A bias gradient: (1, 4e6, 2) splits the long axis (README: 256 slabs).
-        assert_eq!(
-            reduce_plan(1, 4_000_000, 2),
-            ReducePlan::Cols {
-                tiles: 1,
-                outer_blocks: 1,
-                z: 256
-            }
-        );
+        assert_eq!(reduce_plan(1, 4_000_000, 2), (Cols, (1, 1, 256)));
         // A batch of 1024 rows of 390 columns: one stage.
-        assert_eq!(
-            reduce_plan(1, 1024, 390),
-            ReducePlan::Cols {
-                tiles: 13,
-                outer_blocks: 1,
-                z: 1
-            }
-        );
-        assert_eq!(
-            reduce_plan(100_000, 3, 7),
-            ReducePlan::Cols {
-                tiles: 1,
-                outer_blocks: 65535,
-                z: 1
-            }
-        );
+        assert_eq!(reduce_plan(1, 1024, 390), (Cols, (13, 1, 1)));
+        assert_eq!(reduce_plan(100_000, 3, 7), (Cols, (1, 65535, 1)));
     }
 
     #[test]
@@ -418,11 +374,8 @@ mod tests {
         assert_eq!(gemm_plan(2, 1800), GemmPlan::ThinTransposed);
         assert_eq!(gemm_plan(4096, 4096), GemmPlan::Tiled128);
         assert_eq!(gemm_plan(1024, 390), GemmPlan::Tiled64);
-        assert_eq!(thin_ta_plan(1800, 1000), ThinTaPlan::Single { blocks: 57 });
-        assert_eq!(
-            thin_ta_plan(1800, 100_000),
-            ThinTaPlan::Split { blocks: 57, z: 97 }
-        );
+        assert_eq!(thin_ta_split(1800, 1000), None);
+        assert_eq!(thin_ta_split(1800, 100_000), Some((57, 97)));
         assert_eq!(extent(3, 4, 10), 24);
         assert_eq!(extent(0, 4, 10), 0);
     }

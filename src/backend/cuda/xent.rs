@@ -38,9 +38,9 @@
 
 use std::sync::atomic::Ordering;
 
-use super::index::{with_index_check, IndexUse};
+use super::index::with_index_check;
 use super::kernels::Kernel;
-use super::launch::{self, Region, XentLaunch};
+use super::launch::{self, Region};
 use super::plan::{grid_stride_blocks, next_pow2, row_variant, RowVariant};
 use super::storage::{mul, CudaStorage};
 use super::CudaIndex;
@@ -135,28 +135,24 @@ pub(super) fn xent_plan(
 /// of the planned kernel, the labels checked as every index is ([`with_index_check`]).
 pub(super) fn xent(
     z: &CudaStorage,
-    args: XentArgs<'_, CudaStorage, CudaIndex>,
+    a: XentArgs<'_, CudaStorage, CudaIndex>,
 ) -> Result<(CudaStorage, Option<CudaStorage>)> {
-    let XentArgs {
-        shift,
-        labels,
-        weights,
-        rows,
-        cols,
-        grad_scale,
-        write_grad,
-    } = args;
-    for t in shift.into_iter().chain(weights) {
+    for t in a.shift.into_iter().chain(a.weights) {
         t.check_device(&z.dev, "shifted_cross_entropy")?;
     }
-    let n = mul(rows, cols)?;
+    let (rows, cols) = (a.rows, a.cols);
     let loss = z.dev.output(rows)?;
-    let grad = match write_grad {
-        true => Some(z.dev.output(n)?),
+    let grad = match a.write_grad {
+        true => Some(z.dev.output(mul(rows, cols)?)?),
         false => None,
     };
-    let (zr, s) = (z.region(), shift.map_or(Region::NULL, CudaStorage::region));
-    let dz = grad.as_ref().map_or(Region::NULL, CudaStorage::region);
+    let region = |t: Option<&CudaStorage>| t.map_or(Region::NULL, CudaStorage::region);
+    let (zr, s, w, dz) = (
+        z.region(),
+        region(a.shift),
+        region(a.weights),
+        region(grad.as_ref()),
+    );
     // Whole device buffers are 256-byte aligned; checked anyway, as the float4 kernels need it.
     let aligned = [zr, s, dz].iter().all(|r| r.addr.is_multiple_of(16));
     let fallback_only = z.inner().xent_fallback.load(Ordering::Relaxed);
@@ -167,35 +163,10 @@ pub(super) fn xent(
         label,
         classes: cols,
     };
-    with_index_check(
-        &z.dev,
-        labels,
-        IndexUse {
-            size: cols,
-            used: rows,
-            err,
-        },
-        |bad| {
-            let launch = XentLaunch {
-                kernel: plan.kernel,
-                z: zr,
-                s,
-                y: labels.region(),
-                w: weights.map_or(Region::NULL, CudaStorage::region),
-                loss: loss.region(),
-                dz,
-                rows,
-                cols,
-                grad_scale,
-                write_grad,
-                bad,
-                blocks: plan.blocks,
-                block: plan.block,
-                smem_bytes: plan.smem_bytes,
-            };
-            launch::xent(z.inner(), &launch)
-        },
-    )?;
+    with_index_check(&z.dev, a.labels, (rows, cols), err, |bad| {
+        let bufs = [zr, s, a.labels.region(), w, loss.region(), dz, bad];
+        launch::xent(z.inner(), &plan, bufs, (rows, cols), a.grad_scale)
+    })?;
     Ok((loss, grad))
 }
 
@@ -286,39 +257,30 @@ mod tests {
         let z = dev.storage_from_host(&data).unwrap();
         let y = dev.index_from_host(&[1, 7, 0]).unwrap();
         let shifted = z.region().offset(1).unwrap();
-        let run = |kernel: Kernel, z: Region, block: u32| -> Result<Vec<f32>> {
+        let run = |kernel: Kernel, z: Region| -> Result<Vec<f32>> {
             let loss = dev.output(rows)?;
-            let launch = XentLaunch {
+            let plan = XentPlan {
                 kernel,
-                z,
-                s: Region::NULL,
-                y: y.region(),
-                w: Region::NULL,
-                loss: loss.region(),
-                dz: Region::NULL,
-                rows,
-                cols,
-                grad_scale: 1.0,
-                write_grad: false,
-                bad: Region::NULL,
                 blocks: 1,
-                block,
+                block: 256,
                 smem_bytes: 0,
             };
-            launch::xent(&dev.inner, &launch)?;
+            let null = Region::NULL;
+            let bufs = [z, null, y.region(), null, loss.region(), null, null];
+            launch::xent(&dev.inner, &plan, bufs, (rows, cols), 1.0)?;
             crate::backend::BackendStorage::to_host(&loss)
         };
         // Rows 4 bytes past a 16-byte boundary: the float4 kernels refuse them…
         for kernel in [XentGroupVec, XentBlockVec] {
-            let err = run(kernel, shifted, 256).unwrap_err();
+            let err = run(kernel, shifted).unwrap_err();
             assert!(err.to_string().contains("16-byte aligned"), "{err}");
         }
         // …the plan sends them to the scalar kernels, which agree with the float4 kernel on
         // an aligned copy.
         assert_eq!(xent_plan(rows, cols, false, false).kernel, XentSmallC);
         let aligned = dev.storage_from_host(&data[1..]).unwrap();
-        let scalar = run(XentSmallC, shifted, 256).unwrap();
-        let vector = run(XentGroupVec, aligned.region(), 256).unwrap();
+        let scalar = run(XentSmallC, shifted).unwrap();
+        let vector = run(XentGroupVec, aligned.region()).unwrap();
         for (a, b) in scalar.iter().zip(&vector) {
             assert!(
                 (a - b).abs() <= 1e-6 * b.abs().max(1.0),

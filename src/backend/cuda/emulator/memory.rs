@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use crate::backend::cpu::CpuStorage;
+use crate::backend::cuda::device::Word;
 use crate::error::{Error, Result};
 
 /// Live emulated buffers: start address → length in 4-byte words.
@@ -18,33 +19,26 @@ static LIVE: Mutex<BTreeMap<u64, usize>> = Mutex::new(BTreeMap::new());
 #[derive(Clone, Copy)]
 struct Aligned256([u32; 64]);
 
-/// Host memory standing in for a device buffer of 4-byte words.
+/// Host memory standing in for a device buffer of `len` 4-byte words (at least one, so that
+/// every buffer has an address), read and written by address only.
 pub(in crate::backend::cuda) struct HostBuf {
-    ptr: *mut u32,
+    addr: u64,
     len: usize,
-    units: usize,
 }
 
-// SAFETY: the buffer is plain heap memory owned by this value; it is read and written only
-// through `load` and `store`, by the op that owns it (ops never share an output buffer).
-unsafe impl Send for HostBuf {}
-// SAFETY: as above; `&HostBuf` exposes only the address and length.
-unsafe impl Sync for HostBuf {}
-
 impl HostBuf {
-    /// `len` words of all-ones bytes (at least one word, so every buffer has an address).
     pub(in crate::backend::cuda) fn new(len: usize) -> HostBuf {
-        let (len, units) = (len.max(1), len.max(1).div_ceil(64));
-        let ptr =
-            Box::into_raw(vec![Aligned256([u32::MAX; 64]); units].into_boxed_slice()) as *mut u32;
+        let len = len.max(1);
+        let units = vec![Aligned256([u32::MAX; 64]); len.div_ceil(64)].into_boxed_slice();
+        let addr = Box::into_raw(units) as *mut Aligned256 as u64;
         if let Ok(mut live) = LIVE.lock() {
-            live.insert(ptr as u64, len);
+            live.insert(addr, len);
         }
-        HostBuf { ptr, len, units }
+        HostBuf { addr, len }
     }
 
     pub(in crate::backend::cuda) fn addr(&self) -> u64 {
-        self.ptr as u64
+        self.addr
     }
 
     pub(in crate::backend::cuda) fn len(&self) -> usize {
@@ -55,12 +49,13 @@ impl HostBuf {
 impl Drop for HostBuf {
     fn drop(&mut self) {
         if let Ok(mut live) = LIVE.lock() {
-            live.remove(&(self.ptr as u64));
+            live.remove(&self.addr);
         }
-        let units = std::ptr::slice_from_raw_parts_mut(self.ptr as *mut Aligned256, self.units);
-        // SAFETY: `ptr` and `units` come from `Box::into_raw` of a boxed slice of `units`
-        // `Aligned256` in `new`, and are freed exactly once, here.
-        unsafe { drop(Box::from_raw(units)) };
+        let units = self.len.div_ceil(64);
+        let ptr = std::ptr::slice_from_raw_parts_mut(self.addr as *mut Aligned256, units);
+        // SAFETY: `addr` and `units` are those of the boxed slice `new` leaked, freed
+        // exactly once, here.
+        unsafe { drop(Box::from_raw(ptr)) };
     }
 }
 
@@ -70,9 +65,6 @@ pub(super) fn fault(what: String) -> Error {
 
 /// Checks that `n` words from `addr` lie in one live buffer.
 fn check(addr: u64, n: usize) -> Result<()> {
-    if n == 0 {
-        return Ok(());
-    }
     let live = LIVE
         .lock()
         .map_err(|_| fault("buffer registry poisoned".into()))?;
@@ -93,26 +85,25 @@ fn check(addr: u64, n: usize) -> Result<()> {
 }
 
 /// The `n` words at `addr`.
-pub(in crate::backend::cuda) fn read(addr: u64, n: usize) -> Result<Vec<u32>> {
-    check(addr, n)?;
-    if n == 0 {
-        return Ok(Vec::new());
+pub(in crate::backend::cuda) fn read<T: Word>(addr: u64, n: usize) -> Result<Vec<T>> {
+    let mut out = vec![T::default(); n];
+    if n > 0 {
+        check(addr, n)?;
+        // SAFETY: `addr..addr + 4n` lies inside a live buffer (checked; 4-byte aligned),
+        // which the launching op keeps alive; `T` is a 4-byte plain value (`Word`) and `out`
+        // a distinct host vector of `n` of them.
+        unsafe { std::ptr::copy_nonoverlapping(addr as *const T, out.as_mut_ptr(), n) };
     }
-    let mut out = vec![0u32; n];
-    // SAFETY: `addr..addr + 4n` lies inside a live buffer (checked), which the launching op
-    // keeps alive, and `out` is a distinct host vector of `n` words.
-    unsafe { std::ptr::copy_nonoverlapping(addr as *const u32, out.as_mut_ptr(), n) };
     Ok(out)
 }
 
 /// Writes `data` to the words at `addr`.
-pub(in crate::backend::cuda) fn write(addr: u64, data: &[u32]) -> Result<()> {
-    check(addr, data.len())?;
-    if data.is_empty() {
-        return Ok(());
+pub(in crate::backend::cuda) fn write<T: Word>(addr: u64, data: &[T]) -> Result<()> {
+    if !data.is_empty() {
+        check(addr, data.len())?;
+        // SAFETY: as in `read`; the op writing a buffer is the only one using it.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), addr as *mut T, data.len()) };
     }
-    // SAFETY: as in `read`; the op writing a buffer is the only one using it.
-    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), addr as *mut u32, data.len()) };
     Ok(())
 }
 
@@ -121,20 +112,12 @@ pub(in crate::backend::cuda) fn memset(addr: u64, words: usize, byte: u8) -> Res
 }
 
 pub(in crate::backend::cuda) fn copy(src: u64, dst: u64, words: usize) -> Result<()> {
-    write(dst, &read(src, words)?)
-}
-
-pub(super) fn readf(addr: u64, n: usize) -> Result<Vec<f32>> {
-    Ok(read(addr, n)?.into_iter().map(f32::from_bits).collect())
-}
-
-pub(super) fn writef(addr: u64, data: &[f32]) -> Result<()> {
-    write(addr, &data.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+    write(dst, &read::<u32>(src, words)?)
 }
 
 /// A CPU storage of the `n` floats at `addr`.
 pub(super) fn cpu(addr: u64, n: usize) -> Result<CpuStorage> {
-    readf(addr, n).map(CpuStorage::new)
+    read(addr, n).map(CpuStorage::new)
 }
 
 /// `atomicMax(bad, position + 1)` for each bad position, when a flag is given.
@@ -142,7 +125,7 @@ pub(super) fn flag(bad: u64, positions: &[usize]) -> Result<()> {
     match (bad, positions.iter().max()) {
         (0, _) | (_, None) => Ok(()),
         (_, Some(&p)) => {
-            let v = read(bad, 1)?[0].max((p as u32).saturating_add(1));
+            let v = read::<u32>(bad, 1)?[0].max((p as u32).saturating_add(1));
             write(bad, &[v])
         }
     }
