@@ -137,7 +137,7 @@ const GATHER_BLOCK_ROWS: usize = 1024;
 
 /// Logits of `model` on `rows` of `split`, row-major `rows.len() × K`: the bits of one pass
 /// over those rows gathered together. Where the backend promises that a row's logits do not
-/// depend on the rows beside it ([`super::xrm::rows_independent`]) the rows are gathered
+/// depend on the rows beside it ([`crate::nn::Module::rows_independent`]) the rows are gathered
 /// [`GATHER_BLOCK_ROWS`] at a time, so a fold's held-out features (a `1/K` share of the
 /// split) are never copied at once.
 fn logits_on(
@@ -150,7 +150,7 @@ fn logits_on(
         return Ok(Vec::new());
     }
     let d = split.d;
-    let block = if super::xrm::rows_independent(model, device) {
+    let block = if model.rows_independent(device) {
         GATHER_BLOCK_ROWS
     } else {
         rows.len()

@@ -34,8 +34,9 @@
 //!
 //! With full batches the twins' row subsets are gathered once; otherwise each step gathers the
 //! batch rows of each twin with `index_select`. The final held-out logits come, where the
-//! backend promises that a row's logits do not depend on the rows beside it (linear twins on
-//! the CPU, [`Device::row_independent_columns`]), from each twin's pass over all the
+//! twins promise that a row's logits do not depend on the rows beside it
+//! ([`Module::rows_independent`]: linear twins within [`Device::row_independent_columns`],
+//! on the CPU), from each twin's pass over all the
 //! training rows (the same passes that give the inferred bits), each row taking its
 //! held-out twin's logits: no subset of the training features is gathered, so a run holds
 //! the features once (a mapped file is never copied). Elsewhere each twin's held-out subset
@@ -316,7 +317,7 @@ pub fn run_xrm_with_twins(
     // Held-out logits of every training example, from the twin that never trained on it,
     // and the inferred training bits.
     let (heldout_logits, inferred_tr) =
-        if rows_independent(twin_a.as_ref(), device) && rows_independent(twin_b.as_ref(), device) {
+        if twin_a.rows_independent(device) && twin_b.rows_independent(device) {
             // One pass of each twin over all the training rows (the inferred bits need both
             // anyway); each row takes the logits of the twin that did not train on it. A row's
             // logits do not depend on the rows beside it, so they are the bits of a pass over
@@ -414,15 +415,6 @@ fn mistakes(y: &[u32], pred_a: &[u32], pred_b: &[u32]) -> Vec<u32> {
         .zip(pred_a.iter().zip(pred_b))
         .map(|(&y, (&pa, &pb))| u32::from(pa != y || pb != y))
         .collect()
-}
-
-/// Whether `model`'s forward pass gives each row the bits it has in a pass over any other
-/// set of rows on `device`: a linear model within the backend's row-independence promise
-/// ([`Device::row_independent_columns`]; the bias is added elementwise).
-pub(crate) fn rows_independent(model: &dyn Module, device: &Device) -> bool {
-    model
-        .as_linear()
-        .is_some_and(|l| l.out_dim() <= device.row_independent_columns(l.in_dim()))
 }
 
 /// `model(x)` on the host and its predicted classes, under `no_grad`: the bits of

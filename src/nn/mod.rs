@@ -77,6 +77,13 @@ pub trait Module: Send + Sync {
         None
     }
 
+    /// Whether [`Module::forward`] gives each row the bits it gets in a pass over any other
+    /// set of rows on `device`, so a caller may evaluate rows in whatever blocks it likes.
+    /// The default promises nothing.
+    fn rows_independent(&self, _device: &Device) -> bool {
+        false
+    }
+
     /// The parameters copied to the host, for a later evaluation batched with other
     /// snapshots of the same model ([`LinearSnapshot::predict_all`]); `None` for models that
     /// are evaluated as they are.
@@ -225,6 +232,12 @@ impl Module for Linear {
 
     fn as_linear(&self) -> Option<&Linear> {
         Some(self)
+    }
+
+    /// Within the backend's row-independence promise
+    /// ([`Device::row_independent_columns`]); the bias is added elementwise.
+    fn rows_independent(&self, device: &Device) -> bool {
+        self.out_dim() <= device.row_independent_columns(self.in_dim())
     }
 
     fn snapshot(&self) -> Result<Option<LinearSnapshot>> {
