@@ -579,30 +579,6 @@ fn held_out_errors(logits: &[f32], y: &[u32], k: usize) -> Vec<u32> {
         .collect()
 }
 
-/// XRM's degeneracy rule on the bits: the first (split, class) present that lacks a bit value.
-fn degeneracy(ds: &Dataset, inferred_tr: &[u32], inferred_va: &[u32]) -> Option<String> {
-    for (name, split, bits) in [
-        ("training", &ds.train, inferred_tr),
-        ("validation", &ds.valid, inferred_va),
-    ] {
-        for c in 0..ds.classes as u32 {
-            let mut seen = [0usize; 2];
-            for (&y, &m) in split.y.iter().zip(bits) {
-                if y == c {
-                    seen[m as usize] += 1;
-                }
-            }
-            if seen[0] + seen[1] > 0 && (seen[0] == 0 || seen[1] == 0) {
-                let missing = usize::from(seen[1] == 0);
-                return Some(format!(
-                    "{name} split: no example of class {c} with inferred bit {missing}"
-                ));
-            }
-        }
-    }
-    None
-}
-
 /// The phase-1 output of a validated held-out file (see the module docs); `model_spec` is
 /// recorded as the output's model.
 pub fn output_from_file(file: &HeldoutFile, ds: &Dataset, model_spec: &ModelSpec) -> XrmOutput {
@@ -625,7 +601,8 @@ pub fn output_from_file(file: &HeldoutFile, ds: &Dataset, model_spec: &ModelSpec
     )
     .map(|m| m.group_acc)
     .unwrap_or_default();
-    let degenerate = degeneracy(ds, &inferred_tr, &inferred_va)
+    let by = ("by the held-out predictions", "by the held-out predictions");
+    let degenerate = super::xrm::degeneracy(ds, &inferred_tr, &inferred_va, by)
         .filter(|why| !(no_va && why.starts_with("validation")))
         .or_else(|| {
             no_va.then(|| {

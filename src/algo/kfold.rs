@@ -167,41 +167,6 @@ fn logits_on(
     Ok(logits)
 }
 
-/// The first (split, class, bit) with no example, among the classes present in the split
-/// (XRM's degeneracy rule).
-fn degeneracy(ds: &Dataset, inferred_tr: &[u32], inferred_va: &[u32]) -> Option<String> {
-    for (name, split, bits) in [
-        ("training", &ds.train, inferred_tr),
-        ("validation", &ds.valid, inferred_va),
-    ] {
-        for c in 0..ds.classes as u32 {
-            let mut seen = [0usize; 2];
-            for (&y, &m) in split.y.iter().zip(bits) {
-                if y == c {
-                    seen[m as usize] += 1;
-                }
-            }
-            match seen {
-                [0, 0] => {}
-                [0, _] => {
-                    return Some(format!(
-                        "{name} split: no example of class {c} with inferred bit 0 (every \
-                         example of the class is mispredicted by its held-out model)"
-                    ))
-                }
-                [_, 0] => {
-                    return Some(format!(
-                        "{name} split: no example of class {c} with inferred bit 1 (no example \
-                         of the class is mispredicted by its held-out model)"
-                    ))
-                }
-                _ => {}
-            }
-        }
-    }
-    None
-}
-
 /// Runs K-fold cross-fitting on `ds` (see the module docs).
 ///
 /// Errors: an invalid data set or config, a fold model's training failing (a non-finite
@@ -279,7 +244,8 @@ pub fn run_kfold(ds: &Dataset, model_spec: &ModelSpec, cfg: &KfoldConfig) -> Res
         .zip(&total)
         .map(|(&r, &t)| (t > 0).then(|| r as f64 / t as f64))
         .collect();
-    let degenerate = degeneracy(ds, &inferred_tr, &inferred_va);
+    let by = ("by its held-out model", "by its held-out model");
+    let degenerate = super::xrm::degeneracy(ds, &inferred_tr, &inferred_va, by);
     Ok(XrmOutput {
         dataset: ds.name.clone(),
         classes: k,

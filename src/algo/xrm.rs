@@ -370,7 +370,12 @@ pub fn run_xrm_with_twins(
         k,
     )?
     .group_acc;
-    let degenerate = degeneracy(ds, &inferred_tr, &inferred_va);
+    let degenerate = degeneracy(
+        ds,
+        &inferred_tr,
+        &inferred_va,
+        ("by a twin", "by either twin"),
+    );
     let final_flip_rate = flip_rate(&y_dyn, &ds.train.y);
     let output = XrmOutput {
         dataset: ds.name.clone(),
@@ -432,8 +437,15 @@ fn inferred_counts(y: &[u32], bits: &[u32], classes: usize) -> Vec<usize> {
     Split::counts(&groups, 2 * classes)
 }
 
-/// The first (split, class, bit) with no example, among the classes present in the split.
-fn degeneracy(ds: &Dataset, inferred_tr: &[u32], inferred_va: &[u32]) -> Option<String> {
+/// The first (split, class, bit) with no example, among the classes present in the split:
+/// XRM's degeneracy rule, shared by every phase-1 estimator. `by` names what marks an example
+/// in the message: (when every example is marked, when none is).
+pub(crate) fn degeneracy(
+    ds: &Dataset,
+    inferred_tr: &[u32],
+    inferred_va: &[u32],
+    by: (&str, &str),
+) -> Option<String> {
     for (name, split, bits) in [
         ("training", &ds.train, inferred_tr),
         ("validation", &ds.valid, inferred_va),
@@ -446,9 +458,15 @@ fn degeneracy(ds: &Dataset, inferred_tr: &[u32], inferred_va: &[u32]) -> Option<
             }
             if m0 == 0 || m1 == 0 {
                 let (missing, what) = if m0 == 0 {
-                    (0, "every example of the class is mispredicted by a twin")
+                    (
+                        0,
+                        format!("every example of the class is mispredicted {}", by.0),
+                    )
                 } else {
-                    (1, "no example of the class is mispredicted by either twin")
+                    (
+                        1,
+                        format!("no example of the class is mispredicted {}", by.1),
+                    )
                 };
                 return Some(format!(
                     "{name} split: no example of class {c} with inferred bit {missing} ({what})"
