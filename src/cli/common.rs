@@ -28,6 +28,20 @@ sets sigma_eps), `colormnist` (from the bundled 5000-digit MNIST sample, or \
 in part; options core, core_std, spurious, spurious_std, noise, d as key=value), \
 or a path to a features file (`.safetensors`, or a folder with `x.npy` + `meta.csv`)";
 
+/// `s` with every character but ASCII letters, digits, `.`, `_` and `-` replaced by `_`: a
+/// name that is safe in a path on any file system.
+pub fn file_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// Whether `spec` names a built-in data set (`name` or `name:options`). Built-in names win
 /// over a file or folder of the same name in the working folder.
 pub fn is_builtin(spec: &str) -> bool {
@@ -471,16 +485,7 @@ impl RunArgs {
             ("interpretable" | "colormnist" | "waterbirds-like", None) => name.into(),
             _ => file_label(Path::new(&self.data), &ds.name),
         };
-        label = label
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+        label = file_safe(&label);
         if self.data_seed() != self.seed {
             label.push_str(&format!("-dseed{}", self.data_seed()));
         }

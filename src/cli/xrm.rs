@@ -99,16 +99,7 @@ pub fn output_dir_for(run: &RunArgs, ds: &Dataset, estimator: &Estimator) -> Pat
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "heldout".into());
-            let label: String = common::file_label(path, &stem)
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
-                .collect();
+            let label = common::file_safe(&common::file_label(path, &stem));
             run.out
                 .join(format!("external-{}-{label}", run.data_label(ds)))
         }
