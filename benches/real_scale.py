@@ -11,6 +11,10 @@ test.
         the held-out predictions, --xrm-steps steps), then MAT (logits + log p(y | yho) shift
         at temperature 0.1) for --steps steps: two processes for memaware (`xrm`, `train`),
         one for PyTorch
+  sweep `memaware sweep --method erm,mat --draws D --seeds S` (XRM's draws and reruns, every
+        draw of ERM and MAT, the winners' reruns; runs in parallel across the threads); PyTorch
+        then runs the same runs, one after the other, each with the hyperparameters (learning
+        rate, weight decay, batch size, τ) memaware recorded for it
 Each run is a fresh process timed with /usr/bin/time -v (wall time, CPU time, peak RSS);
 memaware and PyTorch alternate, --repeats times, in the same period, each with --threads
 threads (RAYON_NUM_THREADS, torch.set_num_threads). "steps/s" counts training steps over the
@@ -77,10 +81,34 @@ def memaware_common(a) -> list[str]:
             "--weight-decay", "1e-4", "--batch-size", "128", "--seed", "0"]
 
 
+def sweep_runs(out: Path, xrm_steps: int) -> list[dict]:
+    """Every run a memaware sweep under `out` made: XRM's first, then the methods'."""
+    runs = []
+    for rec in sorted(out.glob("*/xrm/draw*/run.json")):
+        r = json.load(open(rec))
+        runs.append({"kind": "xrm", "seed": r["seed"], "steps": xrm_steps, "hparams": r["hparams"]})
+    for rec in sorted(out.glob("*/*/draw*/run.json")):
+        if rec.parts[-3] == "xrm":
+            continue
+        r = json.load(open(rec))
+        runs.append({"kind": r["kind"], "seed": r["seed"], "steps": r["steps"], "hparams": r["hparams"]})
+    return runs
+
+
 def run_memaware(a, workload: str, env: dict, out: Path, checkpoint_freq: int = 50) -> dict:
     exe = str(a.memaware)
     shutil.rmtree(out, ignore_errors=True)
     runs = []
+    if workload == "sweep":
+        r = timed([exe, "sweep", "--data", a.file, "--method", "erm,mat", "--draws", str(a.draws),
+                   "--seeds", str(a.seeds), "--steps", str(a.steps), "--xrm-steps", str(a.xrm_steps),
+                   "--checkpoint-freq", str(checkpoint_freq), "--out", str(out)], env)
+        runs = sweep_runs(out, a.xrm_steps)
+        (out / "runs.json").write_text(json.dumps(runs))
+        total = sum(x["steps"] for x in runs)
+        return {"wall_s": r["wall_s"], "cpu_s": r["user_s"] + r["sys_s"], "peak_rss_bytes": r["peak_rss_bytes"],
+                "steps_per_s": total / r["wall_s"], "runs": len(runs),
+                "phases": [{k: v for k, v in r.items() if k != "stdout"}]}
     if workload == "mat":
         runs.append(timed([exe, "xrm", "--data", a.file] + memaware_common(a) +
                           ["--steps", str(a.xrm_steps), "--loss", "class-balanced",
@@ -118,11 +146,11 @@ def torch_child(a) -> None:
     d = data["tr"][0].shape[1]
     n = data["tr"][0].shape[0]
 
-    def batches(gen):
+    def batches(gen, bs=128):
         while True:
             perm = torch.randperm(n, generator=gen)
-            for i in range(0, n - n % 128 if n >= 128 else n, 128):
-                yield perm[i:i + 128]
+            for i in range(0, n - n % bs if n >= bs else n, bs):
+                yield perm[i:i + bs]
 
     def evaluate(model):
         out = {}
@@ -136,14 +164,14 @@ def torch_child(a) -> None:
                 out[s] = (correct / count).min().item()
         return out
 
-    def train(shift=None, steps=a.steps):
+    def train(shift=None, steps=a.steps, lr=a.lr, wd=1e-4, bs=128):
         model = torch.nn.Linear(d, k)
-        opt = torch.optim.SGD(model.parameters(), lr=a.lr, momentum=0.9, weight_decay=1e-4)
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=wd)
         gen = torch.Generator().manual_seed(1)
         x, y, _ = data["tr"]
         eval_s, best = 0.0, None
         t0 = time.perf_counter()
-        it = batches(gen)
+        it = batches(gen, bs)
         for step in range(steps):
             idx = next(it)
             logits = model(x[idx])
@@ -161,21 +189,19 @@ def torch_child(a) -> None:
         loop_s = time.perf_counter() - t0
         return {"loop_s": loop_s, "eval_s": eval_s, "steps_per_s": steps / loop_s, "best": best}
 
-    result = {"load_s": load_s}
-    shift = None
-    if a.torch == "mat":
+    def xrm(steps, lr=a.lr, wd=1e-4, bs=128, tau=0.1):
         # XRM twins: each row held in by one twin; class-balanced held-in loss on dynamic labels;
         # label flips from the held-out twin's probabilities.
         x, y, _ = data["tr"]
         gen = torch.Generator().manual_seed(2)
         assign = torch.rand(n, generator=gen) < 0.5
         twins = [torch.nn.Linear(d, k), torch.nn.Linear(d, k)]
-        opt = torch.optim.SGD([p for m in twins for p in m.parameters()], lr=a.lr, momentum=0.9,
-                              weight_decay=1e-4)
+        opt = torch.optim.SGD([p for m in twins for p in m.parameters()], lr=lr, momentum=0.9,
+                              weight_decay=wd)
         y_dyn = y.clone()
         t0 = time.perf_counter()
-        it = batches(gen)
-        for _ in range(a.xrm_steps):
+        it = batches(gen, bs)
+        for _ in range(steps):
             idx = next(it)
             xb, yb, held = x[idx], y_dyn[idx], assign[idx]
             la, lb = twins[0](xb), twins[1](xb)
@@ -193,19 +219,43 @@ def torch_child(a) -> None:
         with torch.no_grad():
             ho = torch.where(assign[:, None], twins[0](x), twins[1](x))
         xrm_s = time.perf_counter() - t0
-        # MAT's shift: log p_ho(y | x) through p(y | yho), temperature 0.1.
-        p_yho = F.softmax(ho / 0.1, 1)
+        # MAT's shift: log p_ho(y | x) through p(y | yho), temperature tau.
+        p_yho = F.softmax(ho / tau, 1)
         joint = torch.zeros(k, k).index_add_(1, y, p_yho.T) / n
         cond = joint / joint.sum(1, keepdim=True).clamp(min=1e-30)
-        shift = torch.log(p_yho @ cond + 1e-6)
+        return torch.log(p_yho @ cond + 1e-6), xrm_s
+
+    result = {"load_s": load_s}
+    if a.torch == "sweep":
+        # memaware's runs, in its order: XRM first (a seed's shift comes from its last XRM run).
+        runs = json.load(open(a.runs))
+        shifts, loop_s, eval_s, steps = {}, 0.0, 0.0, 0
+        for r in runs:
+            h = r["hparams"]
+            if r["kind"] == "xrm":
+                shifts[r["seed"]], t = xrm(r["steps"], h["lr"], h["weight_decay"], h["batch_size"])
+                loop_s += t
+            else:
+                shift = shifts[r["seed"]] if r["kind"] == "mat" else None
+                t = train(shift, r["steps"], h["lr"], h["weight_decay"], h["batch_size"])
+                loop_s, eval_s = loop_s + t["loop_s"], eval_s + t["eval_s"]
+            steps += r["steps"]
+        result.update({"loop_s": loop_s, "eval_s": eval_s, "steps_per_s": steps / loop_s,
+                       "runs": len(runs)})
+        print("RESULT " + json.dumps(result))
+        return
+    shift = None
+    if a.torch == "mat":
+        shift, xrm_s = xrm(a.xrm_steps)
         result["xrm_s"] = xrm_s
         result["xrm_steps_per_s"] = a.xrm_steps / xrm_s
     result.update(train(shift))
     print("RESULT " + json.dumps(result))
 
 
-def run_torch(a, workload: str, env: dict) -> dict:
-    r = timed([sys.executable, __file__, a.file, "--torch", workload, "--steps", str(a.steps),
+def run_torch(a, workload: str, env: dict, runs: Path | None = None) -> dict:
+    extra = ["--runs", str(runs)] if runs else []
+    r = timed([sys.executable, __file__, a.file, "--torch", workload] + extra + ["--steps", str(a.steps),
                "--xrm-steps", str(a.xrm_steps), "--threads", str(a.torch_threads or a.threads),
                "--lr", str(a.lr)], dict(env, OMP_NUM_THREADS=str(a.torch_threads or a.threads),
                                         MKL_NUM_THREADS=str(a.torch_threads or a.threads)))
@@ -234,7 +284,10 @@ def main() -> None:
     ap.add_argument("--eval-share", action="store_true",
                     help="also run memaware's ERM without checkpoints to measure its evaluation share")
     ap.add_argument("--out")
-    ap.add_argument("--torch", choices=["erm", "mat"], help=argparse.SUPPRESS)
+    ap.add_argument("--draws", type=int, default=10, help="sweep: hyperparameter draws")
+    ap.add_argument("--seeds", type=int, default=5, help="sweep: seeds of the winners")
+    ap.add_argument("--torch", choices=["erm", "mat", "sweep"], help=argparse.SUPPRESS)
+    ap.add_argument("--runs", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.torch:
         torch_child(a)
@@ -257,7 +310,7 @@ def main() -> None:
                 if a.eval_share and w == "erm":
                     no_eval = run_memaware(a, w, env, work / "noeval", checkpoint_freq=10 ** 9)
                     m["eval_share"] = max(0.0, 1 - m["steps_per_s"] / no_eval["steps_per_s"])
-                t = run_torch(a, w, env)
+                t = run_torch(a, w, env, work / w / "runs.json" if w == "sweep" else None)
                 results[w]["memaware"].append(m)
                 results[w]["pytorch"].append(t)
                 print(f"  [{rep + 1}/{a.repeats}] {w}: memaware {m['wall_s']:.2f} s, "
