@@ -71,7 +71,7 @@ pub fn data_digest(ds: &Dataset) -> String {
     d.u32s([ds.classes as u32, ds.n_attr as u32].into_iter());
     let split = |d: &mut Digest, s: &Split| {
         d.u32s([s.n as u32, s.d as u32].into_iter());
-        d.u32s(s.x.iter().map(|v| v.to_bits()));
+        d.f32s(&s.x);
         d.u32s(s.y.iter().copied());
         d.u32s(s.a.iter().copied());
         let ids: Vec<u32> = s
