@@ -1558,9 +1558,11 @@ fn colormnist_mlp_training_matches_the_cpu_and_stops_allocating() {
     };
     let cpu = run_method(&ds, &Method::Erm, &spec, &cfg(&Device::Cpu), None).unwrap();
     let mut allocations = Vec::new();
+    let mut uploads = Vec::new();
     let cuda = g.cuda.clone();
     let dev = run_method_with(&ds, &Method::Erm, &spec, &cfg(&g.dev), None, &mut |_| {
         allocations.push(cuda.allocations());
+        uploads.push(cuda.uploaded_bytes());
         Ok(())
     })
     .unwrap();
@@ -1584,6 +1586,16 @@ fn colormnist_mlp_training_matches_the_cpu_and_stops_allocating() {
     assert!(
         steady.iter().all(|&a| a == steady[0]),
         "device allocations keep growing during training: {allocations:?}"
+    );
+    // The features go to the device once; a step (and its checkpoint) uploads a batch's
+    // indices and scalars: far less than 1% of the training features.
+    let features = 4 * (ds.train.n * ds.train.d) as u64;
+    assert!(uploads[0] >= features, "{uploads:?}");
+    let per_step: Vec<u64> = uploads.windows(2).map(|w| w[1] - w[0]).collect();
+    println!("uploaded bytes per step: {per_step:?} (training features: {features})");
+    assert!(
+        per_step.iter().all(|&b| b < features / 100),
+        "a step uploads features: {per_step:?} of {features}"
     );
 }
 

@@ -50,6 +50,8 @@ pub(super) struct DeviceInner {
     pub(super) gpu: Option<Gpu>,
     pool: Mutex<Pool>,
     allocations: AtomicU64,
+    /// Bytes copied from the host so far.
+    uploaded: AtomicU64,
     poison: AtomicBool,
     /// Launches per kernel ([`Kernel::index`]), for tests that check which variants ran.
     launches: Vec<AtomicU64>,
@@ -143,6 +145,7 @@ impl DeviceInner {
             gpu,
             pool: Mutex::new(Pool::default()),
             allocations: AtomicU64::new(0),
+            uploaded: AtomicU64::new(0),
             poison: AtomicBool::new(false),
             launches: (0..Kernel::COUNT).map(|_| AtomicU64::new(0)).collect(),
             xent_fallback: AtomicBool::new(false),
@@ -265,6 +268,8 @@ impl DeviceInner {
     /// A buffer holding a copy of host data.
     fn upload<T: Word>(&self, data: &[T]) -> Result<(DevBuf, u64)> {
         let (buf, addr) = self.obtain(data.len(), false)?;
+        self.uploaded
+            .fetch_add(4 * data.len() as u64, Ordering::Relaxed);
         match (&buf, &self.gpu) {
             (_, _) if data.is_empty() => {}
             (DevBuf::Cuda(_), Some(gpu)) => {
@@ -385,6 +390,12 @@ impl CudaDevice {
     /// steps: every buffer a step needs comes back from the pool.
     pub fn allocations(&self) -> u64 {
         self.inner.allocations.load(Ordering::Relaxed)
+    }
+
+    /// Bytes copied from the host so far. A training step uploads its batch's indices and
+    /// a few scalars, never features: each feature matrix is uploaded once per run.
+    pub fn uploaded_bytes(&self) -> u64 {
+        self.inner.uploaded.load(Ordering::Relaxed)
     }
 
     /// Bytes held by the pool in free buffers.
