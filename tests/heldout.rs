@@ -626,6 +626,7 @@ fn table1_markdown_reports_the_inferred_groups_precision_and_recall() {
         methods: vec![MethodKind::Mat],
         out: out.clone(),
         overwrite: false,
+        extra_criteria: Vec::new(),
         spread: Spread::Sample,
     };
     let outcome = run_table1(&cfg, &|_| {}).unwrap();

@@ -812,3 +812,65 @@ fn table1_official_runs_the_official_settings_on_a_features_file() {
     assert!(sweep["xrm"].get("outputs").is_none(), "{sweep}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn table1_select_adds_a_block_of_worst_class_rows() {
+    let dir = scratch("table1-select");
+    let out = dir.join("out");
+    let o = memaware(&[
+        "table1",
+        "--no-builtin",
+        "--data",
+        "interpretable:n=300,d=24",
+        "--methods",
+        "erm,group_dro",
+        "--steps",
+        "21",
+        "--draws",
+        "2",
+        "--seeds",
+        "2",
+        "--select",
+        "va_wca",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let table: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("table1.json")).unwrap()).unwrap();
+    let rows: Vec<&str> = table["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["row"].as_str().unwrap())
+        .collect();
+    assert!(
+        rows.iter()
+            .any(|r| r.contains("va_wca") && r.contains("ERM")),
+        "{rows:?}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r.contains("va_wca") && r.contains("GroupDRO")),
+        "{rows:?}"
+    );
+    // The default blocks stay first and as they were.
+    assert!(rows[0].contains("va_wga"), "{rows:?}");
+    let bad = memaware(&[
+        "table1",
+        "--no-builtin",
+        "--data",
+        "interpretable",
+        "--select",
+        "va_best",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad.stderr).contains("va_best"),
+        "{}",
+        text(&bad.stderr)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -288,6 +288,7 @@ fn tiny_table(out: &Path, seed: u64, parallelism: Parallelism) -> Table1Config {
         methods: MethodKind::TABLE1.to_vec(),
         out: out.to_path_buf(),
         overwrite: false,
+        extra_criteria: Vec::new(),
         spread: Default::default(),
     }
 }

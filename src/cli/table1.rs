@@ -109,6 +109,11 @@ pub struct Args {
     /// (`--spread population`). Step 0 is dropped from selection by default already.
     #[arg(long)]
     pub official: bool,
+    /// More selection criteria, comma-separated (e.g. `va_wca`, worst-class accuracy, the
+    /// official no-annotation setting; `va_avg`): each adds a block of rows, one per method,
+    /// after the `va_wga` and `va_gi_wga` blocks.
+    #[arg(long, value_delimiter = ',')]
+    pub select: Vec<String>,
     /// Plan the table as cluster jobs instead of running it: write `plan.json` and a Slurm
     /// `submit.sh` to DIR (see `memaware job --help`).
     #[arg(long, value_name = "DIR")]
@@ -226,6 +231,11 @@ pub fn config(args: &Args) -> Result<Table1Config> {
             .clone()
             .unwrap_or_else(|| PathBuf::from("results/table1")),
         overwrite: args.overwrite,
+        extra_criteria: args
+            .select
+            .iter()
+            .map(|c| c.parse())
+            .collect::<Result<_>>()?,
         spread: if args.official {
             Spread::Population
         } else {

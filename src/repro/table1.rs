@@ -81,6 +81,9 @@ pub struct Table1Config {
     /// [`run_sweeps`](crate::algo::sweep::run_sweeps)); without it they are an error, and finished runs of the same
     /// configuration are kept.
     pub overwrite: bool,
+    /// Criteria beyond each method's table rows (`va_wga`, and `va_gi_wga` where the method
+    /// uses no training groups): each adds a block of rows, one per method.
+    pub extra_criteria: Vec<Criterion>,
     /// The spread the table's cells and margins print: sample std (the default) or the
     /// population std of the official tables.
     pub spread: Spread,
@@ -170,7 +173,17 @@ pub fn row_label(kind: MethodKind, c: Criterion) -> String {
 /// The table's rows in order: every criterion block (`va_wga`, then `va_gi_wga`), methods in
 /// the given order, each where [`MethodKind::table_criteria`] lists the criterion.
 pub fn table_rows(methods: &[MethodKind]) -> Vec<(MethodKind, Criterion)> {
-    [Criterion::VaWga, Criterion::VaGiWga]
+    table_rows_with(methods, &[])
+}
+
+/// [`table_rows`], then a block of rows for each criterion of `extra` (every method) that is
+/// not already a block.
+pub fn table_rows_with(
+    methods: &[MethodKind],
+    extra: &[Criterion],
+) -> Vec<(MethodKind, Criterion)> {
+    let base = [Criterion::VaWga, Criterion::VaGiWga];
+    let mut rows: Vec<(MethodKind, Criterion)> = base
         .into_iter()
         .flat_map(|c| {
             methods
@@ -178,7 +191,15 @@ pub fn table_rows(methods: &[MethodKind]) -> Vec<(MethodKind, Criterion)> {
                 .filter(move |m| m.table_criteria().contains(&c))
                 .map(move |&m| (m, c))
         })
-        .collect()
+        .collect();
+    let mut seen = base.to_vec();
+    for &c in extra {
+        if !seen.contains(&c) {
+            seen.push(c);
+            rows.extend(methods.iter().map(|&m| (m, c)));
+        }
+    }
+    rows
 }
 
 fn group_counts(ds: &Dataset, split: &Split) -> Vec<usize> {
@@ -422,12 +443,17 @@ pub fn run_table1(cfg: &Table1Config, progress: ProgressFn<'_>) -> Result<Table1
 }
 
 /// The sweep plans of the table's methods: each with its rows' criteria.
-fn table_plans(methods: &[MethodKind]) -> Vec<MethodPlan> {
-    methods
+fn table_plans(cfg: &Table1Config) -> Vec<MethodPlan> {
+    let rows = table_rows_with(&cfg.methods, &cfg.extra_criteria);
+    cfg.methods
         .iter()
         .map(|&kind| MethodPlan {
             kind,
-            criteria: kind.table_criteria(),
+            criteria: rows
+                .iter()
+                .filter(|(m, _)| *m == kind)
+                .map(|&(_, c)| c)
+                .collect(),
         })
         .collect()
 }
@@ -435,7 +461,7 @@ fn table_plans(methods: &[MethodKind]) -> Vec<MethodPlan> {
 /// The jobs of each phase of [`Phase::ALL`] for the whole table: the columns' jobs one
 /// after the other (see [`phase_jobs`]).
 pub fn table1_jobs(cfg: &Table1Config) -> [usize; 4] {
-    let plans = table_plans(&cfg.methods);
+    let plans = table_plans(cfg);
     cfg.entries.iter().fold([0; 4], |mut acc, e| {
         let jobs = phase_jobs(&plans, &e.sweep);
         for (a, j) in acc.iter_mut().zip(jobs) {
@@ -449,7 +475,7 @@ pub fn table1_jobs(cfg: &Table1Config) -> [usize; 4] {
 /// [`prepare_folder`]) without training, so that jobs started later in parallel find it.
 pub fn prepare_table1(cfg: &Table1Config) -> Result<()> {
     check_table(cfg)?;
-    let plans = table_plans(&cfg.methods);
+    let plans = table_plans(cfg);
     for e in &cfg.entries {
         e.sweep.validate()?;
         e.dataset.validate()?;
@@ -468,7 +494,7 @@ pub fn run_table1_scoped(
     progress: ProgressFn<'_>,
 ) -> Result<Option<Table1Outcome>> {
     check_table(cfg)?;
-    let plans = table_plans(&cfg.methods);
+    let plans = table_plans(cfg);
     if let Scope::Job { phase, index } = scope {
         let k = Phase::ALL.iter().position(|&p| p == phase).unwrap_or(0);
         let mut local = index;
@@ -502,7 +528,7 @@ pub fn run_table1_scoped(
         ));
     }
     let start = Instant::now();
-    let rows = table_rows(&cfg.methods);
+    let rows = table_rows_with(&cfg.methods, &cfg.extra_criteria);
     let mut table = ResultsTable::new(cfg.entries.iter().map(|e| e.label.clone()).collect());
     let mut cells_by_row: Vec<Vec<Option<TableCell>>> = vec![Vec::new(); rows.len()];
     let mut cell_records = Vec::new();
