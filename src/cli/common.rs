@@ -6,8 +6,12 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+
 use crate::algo::model::{ModelSpec, OptimizerKind, OptimizerSpec, MODEL_HELP};
+use crate::algo::sweep::{Estimator, SweepConfig, XrmOutputs};
 use crate::backend::Device;
+use crate::data::batch::Sampler;
 use crate::data::colormnist::{
     bundled_mnist_sample, color_mnist, load_mnist_idx, ColorMnistConfig,
 };
@@ -17,6 +21,7 @@ use crate::data::synthetic::{
 };
 use crate::data::Dataset;
 use crate::error::{Error, Result};
+use crate::eval::selection::{Spread, StepZero};
 use crate::progress::{Progress, ProgressFn};
 use crate::recipes;
 
@@ -576,5 +581,43 @@ mod tests {
         );
         assert_eq!(r.batch_size, 16);
         assert_eq!(args.data_label(&ds), "interpretable-n50-d20-dseed3");
+    }
+}
+
+/// The protocol options `sweep` and `table1` share: what [`ProtocolArgs::apply`] sets on a
+/// [`SweepConfig`], and the printed spread.
+#[derive(clap::Args, Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ProtocolArgs {
+    /// Whether a step-0 checkpoint may be selected: `drop` (the official rule) or `keep`.
+    #[arg(long, value_name = "RULE", default_value = "drop")]
+    pub step_zero: StepZero,
+    /// The ± of the printed tables: `sample` std (n − 1) or `population` std (n, as the
+    /// official tables).
+    #[arg(long, value_name = "STD", default_value = "sample")]
+    pub spread: Spread,
+    /// Phase-1 group estimator: `xrm` (cross-risk minimization), `kfold:K` (K-fold
+    /// held-out predictions, with XRM's draw of steps, batch, optimizer and seed) or
+    /// `external:PATH` (held-out logits from a file, e.g. a PyTorch run; see `xrm --help`).
+    #[arg(long, value_name = "EST", default_value = "xrm")]
+    pub estimator: Estimator,
+    /// Which XRM output MAT's runs at each seed read: `per-seed` (XRM's chosen draw rerun at
+    /// every seed) or `first` (the selection seed's output at every seed, as the official
+    /// MAT; other methods read their own seed's output either way).
+    #[arg(long, value_name = "WHICH", default_value = "per-seed")]
+    pub xrm_output: XrmOutputs,
+    /// How training batches are drawn: shuffle (every example once per epoch) or
+    /// class_balanced (with replacement, every class equally likely: the official
+    /// `balanced_batch`; RWG keeps its own balancing).
+    #[arg(long, value_name = "SAMPLER", default_value = "shuffle")]
+    pub sampler: Sampler,
+}
+
+impl ProtocolArgs {
+    /// Sets the step-0 rule, the estimator, the XRM output and the sampler of `cfg`.
+    pub fn apply(&self, cfg: &mut SweepConfig) {
+        cfg.step_zero = self.step_zero;
+        cfg.xrm.estimator = self.estimator.clone();
+        cfg.xrm.outputs = self.xrm_output;
+        cfg.sampler = self.sampler;
     }
 }

@@ -7,18 +7,17 @@
 
 use std::path::{Path, PathBuf};
 
-use super::common::{self, load_dataset, parse_device, with_progress_bar, DATA_HELP};
+use super::common::{self, load_dataset, parse_device, with_progress_bar, ProtocolArgs, DATA_HELP};
 use crate::algo::model::{ModelSpec, MODEL_HELP};
 use serde::{Deserialize, Serialize};
 
 use crate::algo::sweep::{
-    data_digest, phase_jobs, prepare_folder, run_sweeps_scoped, Estimator, Manifest, MethodKind,
-    MethodPlan, Parallelism, Scope, SweepConfig, XrmOutputs,
+    data_digest, phase_jobs, prepare_folder, run_sweeps_scoped, Manifest, MethodKind, MethodPlan,
+    Parallelism, Scope, SweepConfig,
 };
-use crate::data::batch::Sampler;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::eval::selection::{Criterion, Spread, StepZero};
+use crate::eval::selection::Criterion;
 use crate::recipes::{preset_sweep, Family, Sizes};
 use crate::report::table::ResultsTable;
 use crate::repro::table1::{entry_dir, row_label};
@@ -82,28 +81,10 @@ pub struct Args {
     /// runs the rest, and another configuration is an error.
     #[arg(long)]
     pub overwrite: bool,
-    /// Whether a step-0 checkpoint may be selected: `drop` (the official rule) or `keep`.
-    #[arg(long, value_name = "RULE", default_value = "drop")]
-    pub step_zero: StepZero,
-    /// The ± of the printed tables: `sample` std (n − 1) or `population` std (n, as the
-    /// official tables).
-    #[arg(long, value_name = "STD", default_value = "sample")]
-    pub spread: Spread,
-    /// Phase-1 group estimator: `xrm` (cross-risk minimization), `kfold:K` (K-fold
-    /// held-out predictions, with XRM's draw of steps, batch, optimizer and seed) or
-    /// `external:PATH` (held-out logits from a file, e.g. a PyTorch run; see `xrm --help`).
-    #[arg(long, value_name = "EST", default_value = "xrm")]
-    pub estimator: Estimator,
-    /// Which XRM output the runs at each seed read: `per-seed` (XRM's chosen draw rerun at
-    /// every seed) or `first` (the selection seed's output for every seed, as the official
-    /// MAT; XRM is then not rerun).
-    #[arg(long, value_name = "WHICH", default_value = "per-seed")]
-    pub xrm_output: XrmOutputs,
-    /// How training batches are drawn: shuffle (every example once per epoch) or
-    /// class_balanced (with replacement, every class equally likely: the official
-    /// `balanced_batch`; RWG keeps its own balancing).
-    #[arg(long, value_name = "SAMPLER", default_value = "shuffle")]
-    pub sampler: Sampler,
+    /// Step-0 rule, spread, phase-1 estimator, XRM output and sampler.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub protocol: ProtocolArgs,
     /// Plan the sweep as cluster jobs instead of running it: write `plan.json` and a Slurm
     /// `submit.sh` to DIR (see `memaware job --help`).
     #[arg(long, value_name = "DIR")]
@@ -169,10 +150,7 @@ pub fn planned(args: &Args) -> Result<Planned> {
         .as_deref()
         .unwrap_or("runs")
         .parse::<Parallelism>()?;
-    cfg.step_zero = args.step_zero;
-    cfg.xrm.estimator = args.estimator.clone();
-    cfg.xrm.outputs = args.xrm_output;
-    cfg.sampler = args.sampler;
+    args.protocol.apply(&mut cfg);
     cfg.device = parse_device(args.device.as_deref().unwrap_or("cpu"))?;
     let plans: Vec<MethodPlan> = kinds
         .iter()
@@ -241,7 +219,7 @@ pub fn run_scoped(args: &Args, scope: Scope) -> Result<()> {
             if let Some(sel) = s.selection(c) {
                 table.push_row(
                     row_label(s.method, c),
-                    vec![Some(sel.cell.with_spread(args.spread))],
+                    vec![Some(sel.cell.with_spread(args.protocol.spread))],
                 )?;
                 let seeds: Vec<String> = sel.seeds.iter().map(|s| s.seed.to_string()).collect();
                 notes.push_str(&format!(
@@ -263,7 +241,7 @@ pub fn run_scoped(args: &Args, scope: Scope) -> Result<()> {
         "{}\nTest accuracy (%), mean ± {} std over seeds; Avg is the plain test accuracy.\n\n\
          Winning draws:\n{notes}",
         table.to_markdown(),
-        args.spread
+        args.protocol.spread
     );
     crate::io::write_text(&dir.join("sweep.md"), &md)?;
     println!("{md}");

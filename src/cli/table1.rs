@@ -7,13 +7,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::common::{self, load_dataset, parse_device, with_progress_bar, DATA_HELP};
+use super::common::{self, load_dataset, parse_device, with_progress_bar, ProtocolArgs, DATA_HELP};
 use crate::algo::model::{ModelSpec, MODEL_HELP};
-use crate::algo::sweep::{Estimator, MethodKind, Parallelism, XrmOutputs};
-use crate::data::batch::Sampler;
+use crate::algo::sweep::{MethodKind, Parallelism, XrmOutputs};
 use crate::data::features::load_features;
 use crate::error::{Error, Result};
-use crate::eval::selection::{Spread, StepZero};
+use crate::eval::selection::Spread;
 use crate::recipes::{preset_sweep, Family, Sizes};
 use serde::{Deserialize, Serialize};
 
@@ -77,28 +76,10 @@ pub struct Args {
     /// rest, and another configuration is an error.
     #[arg(long)]
     pub overwrite: bool,
-    /// Whether a step-0 checkpoint may be selected: `drop` (the official rule) or `keep`.
-    #[arg(long, value_name = "RULE", default_value = "drop")]
-    pub step_zero: StepZero,
-    /// The ± of the printed tables: `sample` std (n − 1) or `population` std (n, as the
-    /// official tables).
-    #[arg(long, value_name = "STD", default_value = "sample")]
-    pub spread: Spread,
-    /// Phase-1 group estimator: `xrm` (cross-risk minimization), `kfold:K` (K-fold
-    /// held-out predictions, with XRM's draw of steps, batch, optimizer and seed) or
-    /// `external:PATH` (held-out logits from a file, e.g. a PyTorch run; see `xrm --help`).
-    #[arg(long, value_name = "EST", default_value = "xrm")]
-    pub estimator: Estimator,
-    /// Which XRM output the runs at each seed read: `per-seed` (XRM's chosen draw rerun at
-    /// every seed) or `first` (the selection seed's output for every seed, as the official
-    /// MAT; XRM is then not rerun).
-    #[arg(long, value_name = "WHICH", default_value = "per-seed")]
-    pub xrm_output: XrmOutputs,
-    /// How training batches are drawn: shuffle (every example once per epoch) or
-    /// class_balanced (with replacement, every class equally likely: the official
-    /// `balanced_batch`; RWG keeps its own balancing).
-    #[arg(long, value_name = "SAMPLER", default_value = "shuffle")]
-    pub sampler: Sampler,
+    /// Step-0 rule, spread, phase-1 estimator, XRM output and sampler.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub protocol: ProtocolArgs,
     /// The model of every column, replacing each data set's recipe (see `memaware train
     /// --help`).
     #[arg(long, value_name = "SPEC", help = MODEL_HELP)]
@@ -204,10 +185,7 @@ pub fn config(args: &Args) -> Result<Table1Config> {
         let mut sweep = preset_sweep(Family::of(&dataset), sizes, args.seed);
         sweep.parallelism = parallelism;
         sweep.device = device.clone();
-        sweep.step_zero = args.step_zero;
-        sweep.xrm.estimator = args.estimator.clone();
-        sweep.xrm.outputs = args.xrm_output;
-        sweep.sampler = args.sampler;
+        args.protocol.apply(&mut sweep);
         if args.official {
             sweep.xrm.outputs = XrmOutputs::First;
             if Family::of(&dataset) == Family::Features {
@@ -239,7 +217,7 @@ pub fn config(args: &Args) -> Result<Table1Config> {
         spread: if args.official {
             Spread::Population
         } else {
-            args.spread
+            args.protocol.spread
         },
     })
 }
