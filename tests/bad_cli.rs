@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::OnceLock;
 
-use common::{memaware, scratch, text};
+use common::{assert_ok, memaware, scratch, text};
 use serde_json::Value;
 
 /// A tiny data set: every run on it takes a fraction of a second.
@@ -42,17 +42,6 @@ fn listing(dir: &Path) -> Vec<String> {
     }
     out.sort();
     out
-}
-
-#[track_caller]
-fn assert_ok(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({:?}):\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
 }
 
 /// A clean failure: non-zero exit, no panic, stderr containing every one of `words`.

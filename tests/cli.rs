@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::OnceLock;
 
-use common::{memaware, scratch, text};
+use common::{assert_ok, memaware, path_str, scratch, text};
 use serde_json::Value;
 
 const DATA: &str = "interpretable:n=200,d=300";
@@ -18,20 +18,6 @@ const DATA_LABEL: &str = "interpretable-n200-d300";
 /// Removes a test's folder once the test has passed.
 fn clean(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("temporary paths are UTF-8")
-}
-
-fn assert_ok(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({:?}):\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
 }
 
 /// Asserts a clean failure: non-zero exit, no panic, stderr containing every `needle`.

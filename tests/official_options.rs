@@ -11,9 +11,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::Output;
 
-use common::{memaware, scratch, text};
+use common::{assert_ok, memaware, path_str, scratch, text};
 use memaware::algo::model::{ModelSpec, OptimizerSpec};
 use memaware::algo::sweep::MethodKind;
 use memaware::algo::xrm::{run_xrm, XrmConfig, XrmLoss, XrmOutput};
@@ -473,20 +472,6 @@ fn sweep_kinds_for_inferred_groups() {
 // The command line
 
 const DATA: &str = "interpretable:n=200,d=300";
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("temporary paths are UTF-8")
-}
-
-fn assert_ok(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({:?}):\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-}
 
 fn read_json(path: &Path) -> Value {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
