@@ -241,7 +241,7 @@ impl Digest {
     pub fn f32s(&mut self, x: &[f32]) -> &mut Self {
         use rayon::prelude::*;
         let block = |b: &[f32]| -> u64 {
-            let mut lanes = [0xcbf2_9ce4_8422_2325u64, 1, 2, 3];
+            let mut lanes = [Digest::new().0, 1, 2, 3];
             let mut words = b.chunks_exact(8);
             for c in &mut words {
                 for (lane, pair) in lanes.iter_mut().zip(c.chunks_exact(2)) {

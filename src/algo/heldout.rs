@@ -240,16 +240,20 @@ fn read_npy(path: &Path, name: &str) -> Result<Raw> {
     })
 }
 
-fn read_npy_folder(dir: &Path) -> Result<HashMap<String, Raw>> {
-    let mut out = HashMap::new();
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-    let mut names: Vec<String> = entries
+/// The `.npy` file names in `dir`, sorted.
+fn npy_names(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)?
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".npy"))
         .collect();
     names.sort();
-    for file in names {
+    Ok(names)
+}
+
+fn read_npy_folder(dir: &Path) -> Result<HashMap<String, Raw>> {
+    let mut out = HashMap::new();
+    for file in npy_names(dir).map_err(|e| Error::io(dir, e))? {
         let name = file.trim_end_matches(".npy").to_string();
         let path = dir.join(&file);
         let raw = read_npy(&path, &name)?;
@@ -737,19 +741,11 @@ pub fn file_digest(path: &Path) -> String {
         }
     };
     let ok = if path.is_dir() {
-        match std::fs::read_dir(path) {
-            Ok(entries) => {
-                let mut names: Vec<String> = entries
-                    .flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.ends_with(".npy"))
-                    .collect();
-                names.sort();
-                names.iter().all(|n| {
-                    d.str(n);
-                    read(&mut d, &path.join(n))
-                })
-            }
+        match npy_names(path) {
+            Ok(names) => names.iter().all(|n| {
+                d.str(n);
+                read(&mut d, &path.join(n))
+            }),
             Err(_) => false,
         }
     } else {

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{sweep, table1};
-use crate::algo::sweep::{Phase, Scope};
+use crate::algo::sweep::{phase_jobs, Phase, Scope};
 use crate::error::{Error, Result};
 use crate::io::{read_json, write_json, write_text};
 use crate::repro::table1::{prepare_table1, table1_jobs};
@@ -131,7 +131,7 @@ pub fn write(dir: &Path, command: Command) -> Result<()> {
         Command::Sweep(a) => {
             let planned = sweep::planned(a)?;
             sweep::prepare(&planned, a.overwrite)?;
-            sweep::jobs(&planned)
+            phase_jobs(&planned.plans, &planned.cfg)
         }
         Command::Table1(a) => {
             let cfg = table1::config(a)?;

@@ -12,8 +12,8 @@ use crate::algo::model::{ModelSpec, MODEL_HELP};
 use serde::{Deserialize, Serialize};
 
 use crate::algo::sweep::{
-    data_digest, phase_jobs, prepare_folder, run_sweeps_scoped, Manifest, MethodKind, MethodPlan,
-    Parallelism, Scope, SweepConfig,
+    data_digest, prepare_folder, run_sweeps_scoped, Manifest, MethodKind, MethodPlan, Parallelism,
+    Scope, SweepConfig,
 };
 use crate::data::Dataset;
 use crate::error::{Error, Result};
@@ -179,11 +179,6 @@ pub fn planned(args: &Args) -> Result<Planned> {
         criteria,
         dir,
     })
-}
-
-/// The jobs of each phase of the sweep (see [`crate::algo::sweep::phase_jobs`]).
-pub fn jobs(p: &Planned) -> [usize; 4] {
-    phase_jobs(&p.plans, &p.cfg)
 }
 
 /// Readies the output folder for the sweep's jobs (its manifest), training nothing.

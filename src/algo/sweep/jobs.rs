@@ -125,24 +125,20 @@ impl Scope {
 /// Whether a sweep of `plans` runs XRM's phase: a method needs its output, or a criterion
 /// reads the groups it infers.
 pub fn needs_xrm(plans: &[MethodPlan]) -> bool {
-    plans
-        .iter()
-        .any(|p| p.kind.needs_xrm() || p.criteria.contains(&Criterion::VaGiWga))
+    plans.iter().any(reads_xrm)
+}
+
+fn reads_xrm(p: &MethodPlan) -> bool {
+    p.kind.needs_xrm() || p.criteria.contains(&Criterion::VaGiWga)
 }
 
 /// Whether XRM's chosen draw is rerun at the other seeds: a run there reads its own seed's
 /// output (every method but MAT under [`XrmOutputs::First`], every one otherwise).
 pub fn xrm_reruns(plans: &[MethodPlan], cfg: &SweepConfig) -> bool {
-    match cfg.xrm.outputs {
-        XrmOutputs::PerSeed => needs_xrm(plans),
-        XrmOutputs::First => needs_xrm(
-            &plans
-                .iter()
-                .filter(|p| p.kind != MethodKind::Mat)
-                .cloned()
-                .collect::<Vec<_>>(),
-        ),
-    }
+    plans
+        .iter()
+        .filter(|p| reads_xrm(p))
+        .any(|p| cfg.xrm.outputs == XrmOutputs::PerSeed || p.kind != MethodKind::Mat)
 }
 
 /// The number of jobs of each phase of [`Phase::ALL`] for a sweep of `plans` with `cfg`; for
@@ -163,10 +159,9 @@ pub fn phase_jobs(plans: &[MethodPlan], cfg: &SweepConfig) -> [usize; 4] {
     let winners: usize = plans
         .iter()
         .map(|p| {
-            let mut c = p.criteria.clone();
-            c.sort_by_key(|c| c.to_string());
-            c.dedup();
-            c.len().min(cfg.draws)
+            let c = &p.criteria;
+            let distinct = (0..c.len()).filter(|&i| !c[..i].contains(&c[i])).count();
+            distinct.min(cfg.draws)
         })
         .sum();
     [
