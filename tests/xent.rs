@@ -326,6 +326,20 @@ fn label_out_of_range_is_an_error() {
             }
         }
     }
+    // The first bad row is named, at the paper's class counts and past the first block.
+    for c in [2usize, 3, 17] {
+        let z = tensor(vec![0.5; 100 * c], (100, c));
+        let mut y: Vec<u32> = (0..100).map(|i| (i % c) as u32).collect();
+        y[70] = c as u32;
+        y[40] = 99;
+        match z
+            .variable()
+            .shifted_cross_entropy(&labels(y), None, None, Reduction::Mean)
+        {
+            Err(Error::LabelOutOfRange { row, label, .. }) => assert_eq!((row, label), (40, 99)),
+            other => panic!("C={c}: expected LabelOutOfRange, got {other:?}"),
+        }
+    }
     // The same with gradients being recorded.
     let zv = z.variable();
     let err = zv

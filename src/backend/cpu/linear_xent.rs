@@ -116,7 +116,7 @@ pub(super) fn linear_xent(
                     let y = labels[i] as usize;
                     let wi = weights.map_or(1.0, |w| w[i]);
                     let u_y = zr[y] + shift.map_or(0.0, |s| s[i * c + y]);
-                    l[r] = wi * (m + sum.ln() - u_y);
+                    l[r] = wi * (m + math::ln(sum) - u_y);
                     let scale = grad_scale * wi;
                     let factor = scale / sum;
                     for j in 0..c {

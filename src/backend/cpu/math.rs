@@ -1,84 +1,24 @@
-//! Branch-free `exp` for f32 slices that the compiler vectorizes.
-//!
-//! `exp(x) = 2^k · e^r` with `k = round(x / ln 2)` and `r = x - k·ln 2` (ln 2 split in a
-//! high and a low part, Cody–Waite), `|r| ≤ ln 2 / 2`, and `e^r` from a degree-6 Taylor
-//! polynomial in Horner form: relative error below 3 ulp over the normal range. Inputs are
-//! clamped to `[-104, 89]` (where `e^x` is already 0 or infinite in f32), and `2^k` is
-//! applied as two normal powers of two, so underflow gives 0 (through denormals) and
-//! overflow gives infinity, as `expf` does. NaN propagates.
+//! Branch-free elementwise math for f32 slices that the compiler vectorizes: `exp` and `ln`
+//! (the scalar instantiations of [`simd::exp`](super::simd::exp) and
+//! [`simd::ln`](super::simd::ln), which state their accuracy), `tanh`, and the row passes of
+//! softmax and cross-entropy.
 //!
 //! The same arithmetic runs on every path (no fused multiply-add, no reassociation), so the
-//! scalar and vector versions give the same bits. libm's `expf` is a function call per
-//! element; softmax and cross-entropy spend most of their time in it.
+//! scalar and vector versions give the same bits. libm's `expf` and `logf` are a function
+//! call per element; softmax and cross-entropy spent most of their time in them.
 
-const LN2_HI: f32 = 0.693_145_75;
-const LN2_LO: f32 = 1.428_606_8e-6;
-const LOG2_E: f32 = std::f32::consts::LOG2_E;
+use super::simd::{self, Scalar};
 
-/// `e^x` with the properties of the module docs.
+/// `e^x` (see [`simd::exp`]).
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
-    // Comparisons (not `clamp`/`max`) so that NaN passes through and the selects vectorize.
-    let x = if x < -104.0 { -104.0 } else { x };
-    let x = if x > 89.0 { 89.0 } else { x };
-    // Round to nearest through the 1.5·2^23 trick: the integer k lands in the low mantissa
-    // bits of `t`, so it is read with integer arithmetic instead of a float→int conversion
-    // (Rust's saturating `as` does not vectorize).
-    const SHIFTER: f32 = 12_582_912.0;
-    let t = x * LOG2_E + SHIFTER;
-    let kf = t - SHIFTER;
-    let k = (t.to_bits() as i32).wrapping_sub(SHIFTER.to_bits() as i32);
-    let r = (x - kf * LN2_HI) - kf * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    // 2^k as two normal powers of two, so k ∈ [-150, 128] neither wraps the exponent field
-    // nor loses the underflow to zero and the overflow to infinity.
-    let half = k >> 1;
-    let pow2 = |e: i32| f32::from_bits((e.wrapping_add(127) as u32) << 23);
-    (p * pow2(half)) * pow2(k.wrapping_sub(half))
+    simd::exp(Scalar, x)
 }
 
-/// [`exp`] on 16 lanes with AVX-512F: the same operations in the same order (compare-and-select
-/// clamps, separate multiplies and adds, integer exponent arithmetic), so the same bits.
-///
-/// # Safety
-/// The CPU must support AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx512f")]
-pub(crate) unsafe fn exp_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
-    use std::arch::x86_64::*;
-    const SHIFTER: f32 = 12_582_912.0;
-    let s = _mm512_set1_ps;
-    let x = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, s(-104.0)), x, s(-104.0));
-    let x = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(x, s(89.0)), x, s(89.0));
-    let t = _mm512_add_ps(_mm512_mul_ps(x, s(LOG2_E)), s(SHIFTER));
-    let kf = _mm512_sub_ps(t, s(SHIFTER));
-    let k = _mm512_sub_epi32(
-        _mm512_castps_si512(t),
-        _mm512_set1_epi32(SHIFTER.to_bits() as i32),
-    );
-    let r = _mm512_sub_ps(
-        _mm512_sub_ps(x, _mm512_mul_ps(kf, s(LN2_HI))),
-        _mm512_mul_ps(kf, s(LN2_LO)),
-    );
-    let mut q = s(1.0 / 720.0);
-    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
-        q = _mm512_add_ps(s(c), _mm512_mul_ps(r, q));
-    }
-    let half = _mm512_srai_epi32::<1>(k);
-    let pow2 = |e: __m512i| {
-        _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(
-            e,
-            _mm512_set1_epi32(127),
-        )))
-    };
-    _mm512_mul_ps(
-        _mm512_mul_ps(q, pow2(half)),
-        pow2(_mm512_sub_epi32(k, half)),
-    )
+/// `ln x` (see [`simd::ln`]).
+#[inline(always)]
+pub(crate) fn ln(x: f32) -> f32 {
+    simd::ln(Scalar, x)
 }
 
 /// `tanh x = sign(x) · m / (m + 2)` with `m = e^{2|x|} - 1`; for `2|x| < 0.5`, `m` comes from
@@ -250,47 +190,6 @@ mod tests {
         assert_eq!(tanh(-1e30), -1.0);
         assert!(tanh(f32::NAN).is_nan());
         assert!((tanh(1e-6) - 1e-6).abs() < 1e-12);
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn avx512_exp_gives_the_bits_of_exp() {
-        if !super::super::has_avx512() {
-            eprintln!("skipped: no AVX-512F on this CPU");
-            return;
-        }
-        // Every 997th f32 bit pattern (both signs, denormals, the clamps, NaNs), ±inf, and a fine
-        // sweep of the range where the result is normal.
-        let mut xs: Vec<f32> = (0..u32::MAX / 997)
-            .map(|i| f32::from_bits(i * 997))
-            .collect();
-        xs.extend([
-            f32::INFINITY,
-            f32::NEG_INFINITY,
-            0.0,
-            -0.0,
-            -104.0,
-            89.0,
-            88.7,
-            -87.4,
-        ]);
-        xs.extend((0..1 << 20).map(|i| -104.0 + i as f32 * (194.0 / (1 << 20) as f32)));
-        for chunk in xs.chunks_exact(16) {
-            let mut got = [0.0f32; 16];
-            // SAFETY: AVX-512F was detected; `chunk` and `got` hold 16 values.
-            unsafe {
-                use std::arch::x86_64::*;
-                let v = exp_avx512(_mm512_loadu_ps(chunk.as_ptr()));
-                _mm512_storeu_ps(got.as_mut_ptr(), v);
-            }
-            for (&x, &g) in chunk.iter().zip(&got) {
-                let want = exp(x);
-                assert!(
-                    g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()),
-                    "exp({x:e}): {g:e} against {want:e}"
-                );
-            }
-        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod linear_xent;
 mod math;
 mod optim;
 mod pool;
+mod simd;
 mod small_gemm;
 mod xent;
 
@@ -465,7 +466,7 @@ impl BackendStorage for CpuStorage {
             o.copy_from_slice(x);
             let sum = math::exp_shifted_sum(o, m);
             if log {
-                let lse = m + sum.ln();
+                let lse = m + math::ln(sum);
                 o.iter_mut().zip(x).for_each(|(o, &v)| *o = v - lse);
             } else {
                 let inv = 1.0 / sum;

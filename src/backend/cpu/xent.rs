@@ -24,20 +24,24 @@
 //!   vector lane (one AVX-512 register, two AVX2 registers), the class loop unrolled. Each lane
 //!   repeats the per-row kernel's arithmetic exactly — the same 8 running maxima and partial
 //!   sums for the first `⌊C/8⌋·8` classes, the same fixed tree, the rest in order, the same
-//!   [`math::exp`](super::math::exp), `ln` and scaling — so only the placement of rows in
-//!   registers changes. Its AVX-512 and AVX2 versions are the portable code compiled for those
-//!   instruction sets (no fused multiply-add, no reassociation): the same bits again.
+//!   [`math::exp`](super::math::exp), [`math::ln`](super::math::ln) and scaling — so only
+//!   the placement of rows in registers changes. Its AVX2 version is the portable code
+//!   compiled for AVX2, its AVX-512 version the same operations in intrinsics (no fused
+//!   multiply-add, no reassociation): the same bits again.
 //!
 //! Rows run in parallel above a size threshold; each row is computed by one thread, so results
 //! do not depend on the thread count.
 
 use rayon::prelude::*;
 
+use super::simd::{self, Scalar, Simd};
+#[cfg(target_arch = "x86_64")]
+use super::simd::{Avx2, Avx512};
 use super::{math, CpuStorage, PAR_MIN_ELEMS};
 use crate::backend::XentArgs;
 use crate::error::{Error, Result};
 
-/// Rows side by side in the across-rows kernel.
+/// The most rows side by side in the across-rows kernel (one per lane of the widest vector).
 const LANES: usize = 16;
 /// Largest class count of the across-rows kernel.
 pub(super) const ACROSS_MAX_CLASSES: usize = 16;
@@ -55,25 +59,25 @@ struct Rows<'a> {
     grad_scale: f32,
 }
 
-/// Which compiled version of the across-rows kernel runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which instruction set runs the across-rows kernel.
+#[derive(Clone, Copy, Debug)]
 enum Isa {
     Portable,
     #[cfg(target_arch = "x86_64")]
-    Avx2,
+    Avx2(Avx2),
     #[cfg(target_arch = "x86_64")]
-    Avx512,
+    Avx512(Avx512),
 }
 
 impl Isa {
     fn best() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
-            if super::has_avx512() {
-                return Isa::Avx512;
+            if let Some(s) = Avx512::new() {
+                return Isa::Avx512(s);
             }
-            if super::has_avx2() {
-                return Isa::Avx2;
+            if let Some(s) = Avx2::new() {
+                return Isa::Avx2(s);
             }
         }
         Isa::Portable
@@ -93,13 +97,24 @@ pub(super) fn shifted_xent(
         grad_scale,
         write_grad,
     } = args;
-    if let Some((row, &label)) = labels.iter().enumerate().find(|(_, &y)| y as usize >= cols) {
-        return Err(Error::LabelOutOfRange {
+    let label_error = || {
+        let (row, &label) = labels
+            .iter()
+            .enumerate()
+            .find(|(_, &y)| y as usize >= cols)?;
+        Some(Error::LabelOutOfRange {
             op: "shifted_cross_entropy",
             row,
             label,
             classes: cols,
-        });
+        })
+    };
+    let across = (1..=ACROSS_MAX_CLASSES).contains(&cols);
+    // The across-rows kernel checks labels as it reads them; the per-row one indexes by them.
+    if !across {
+        if let Some(e) = label_error() {
+            return Err(e);
+        }
     }
     let input = Rows {
         z: z.as_slice(),
@@ -109,16 +124,20 @@ pub(super) fn shifted_xent(
         cols,
         grad_scale,
     };
-    let mut losses = vec![0.0f32; rows];
+    // Every element of both outputs is written below.
+    let mut losses = super::pool::take_for_overwrite(rows);
     let mut grad = if write_grad {
-        // Every element is written below.
         super::pool::take_for_overwrite(rows * cols)
     } else {
         Vec::new()
     };
     let grad_out = write_grad.then_some(&mut grad[..]);
-    if (1..=ACROSS_MAX_CLASSES).contains(&cols) {
-        across_rows(Isa::best(), input, &mut losses, grad_out);
+    if across {
+        if !across_rows(Isa::best(), input, &mut losses, grad_out) {
+            if let Some(e) = label_error() {
+                return Err(e);
+            }
+        }
     } else {
         per_row(input, &mut losses, grad_out);
     }
@@ -149,7 +168,7 @@ fn per_row(input: Rows<'_>, losses: &mut [f32], grad: Option<&mut [f32]>) {
         let u_y = u[y];
         // One exp per element: u becomes exp(u - m), and softmax = that / Σ.
         let sum = math::exp_shifted_sum(u, m);
-        let lse = m + sum.ln();
+        let lse = m + math::ln(sum);
         let w = weights.map_or(1.0, |w| w[i]);
         let loss = w * (lse - u_y);
         if write_grad {
@@ -196,7 +215,9 @@ fn per_row(input: Rows<'_>, losses: &mut [f32], grad: Option<&mut [f32]>) {
 }
 
 /// The across-rows kernel for `1 ≤ C ≤ ACROSS_MAX_CLASSES`, in tasks of [`TASK_ROWS`] rows.
-fn across_rows(isa: Isa, input: Rows<'_>, losses: &mut [f32], grad: Option<&mut [f32]>) {
+/// Returns whether every label was below `C` (a row with another label gets no `-scale` and
+/// a loss as if `u_y = 0`; the caller reports it).
+fn across_rows(isa: Isa, input: Rows<'_>, losses: &mut [f32], grad: Option<&mut [f32]>) -> bool {
     let cols = input.cols;
     let task = |(t, (l, g)): (usize, (&mut [f32], Option<&mut [f32]>))| {
         across_dispatch(isa, input, t * TASK_ROWS, l, g)
@@ -207,20 +228,22 @@ fn across_rows(isa: Isa, input: Rows<'_>, losses: &mut [f32], grad: Option<&mut 
             .par_chunks_mut(TASK_ROWS)
             .zip(grad.par_chunks_mut(TASK_ROWS * cols))
             .enumerate()
-            .for_each(|(t, (l, g))| task((t, (l, Some(g))))),
+            .map(|(t, (l, g))| task((t, (l, Some(g)))))
+            .reduce(|| true, |a, b| a & b),
         Some(grad) => losses
             .chunks_mut(TASK_ROWS)
             .zip(grad.chunks_mut(TASK_ROWS * cols))
             .enumerate()
-            .for_each(|(t, (l, g))| task((t, (l, Some(g))))),
+            .fold(true, |ok, (t, (l, g))| task((t, (l, Some(g)))) & ok),
         None if parallel => losses
             .par_chunks_mut(TASK_ROWS)
             .enumerate()
-            .for_each(|(t, l)| task((t, (l, None)))),
+            .map(|(t, l)| task((t, (l, None))))
+            .reduce(|| true, |a, b| a & b),
         None => losses
             .chunks_mut(TASK_ROWS)
             .enumerate()
-            .for_each(|(t, l)| task((t, (l, None)))),
+            .fold(true, |ok, (t, l)| task((t, (l, None))) & ok),
     }
 }
 
@@ -231,7 +254,7 @@ fn across_dispatch(
     r0: usize,
     losses: &mut [f32],
     grad: Option<&mut [f32]>,
-) {
+) -> bool {
     macro_rules! classes {
         ($($c:literal)*) => {
             match input.cols {
@@ -249,71 +272,77 @@ fn across_isa<const C: usize>(
     r0: usize,
     losses: &mut [f32],
     grad: Option<&mut [f32]>,
-) {
+) -> bool {
     match isa {
-        Isa::Portable => across::<C>(input, r0, losses, grad, block::<C>),
-        // SAFETY: `Isa::best` chose these only where the CPU has the instruction set, and the
-        // tests ask for them only where it does.
+        Isa::Portable => across::<Scalar, C>(Scalar, input, r0, losses, grad),
+        // SAFETY: the token exists, so the CPU has the instruction set.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { across_avx2::<C>(input, r0, losses, grad) },
+        Isa::Avx2(s) => unsafe { across_avx2::<C>(s, input, r0, losses, grad) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { across_avx512::<C>(input, r0, losses, grad) },
+        Isa::Avx512(s) => unsafe { across_avx512::<C>(s, input, r0, losses, grad) },
     }
 }
 
+/// [`across`] compiled for AVX2.
+///
 /// # Safety
 /// The CPU must support AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn across_avx2<const C: usize>(
+    s: Avx2,
     input: Rows<'_>,
     r0: usize,
     losses: &mut [f32],
     grad: Option<&mut [f32]>,
-) {
-    across::<C>(input, r0, losses, grad, block::<C>)
+) -> bool {
+    across::<Avx2, C>(s, input, r0, losses, grad)
 }
 
+/// [`across`] compiled for AVX-512F.
+///
 /// # Safety
 /// The CPU must support AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn across_avx512<const C: usize>(
+    s: Avx512,
     input: Rows<'_>,
     r0: usize,
     losses: &mut [f32],
     grad: Option<&mut [f32]>,
-) {
-    across::<C>(input, r0, losses, grad, |z, s, y, w, gs, l, g| {
-        // SAFETY: this function runs only where the CPU has AVX-512F.
-        unsafe { avx512::block::<C>(z, s, y, w, gs, l, g) }
-    })
+) -> bool {
+    across::<Avx512, C>(s, input, r0, losses, grad)
 }
 
-/// Rows `r0 .. r0 + losses.len()`, [`LANES`] at a time; the last partial block runs padded.
+/// Rows `r0 .. r0 + losses.len()`, `S::LANES` at a time; the last partial block runs padded.
+/// Returns whether every label was below `C`.
 #[inline(always)]
-fn across<const C: usize>(
+fn across<S: Simd, const C: usize>(
+    s: S,
     input: Rows<'_>,
     r0: usize,
     losses: &mut [f32],
     mut grad: Option<&mut [f32]>,
-    block: impl Fn(&[f32], Option<&[f32]>, &[u32], Option<&[f32]>, f32, &mut [f32], Option<&mut [f32]>),
-) {
+) -> bool {
+    let lanes = S::LANES;
     let n = losses.len();
     let z = &input.z[r0 * C..(r0 + n) * C];
     let shift = input.shift.map(|s| &s[r0 * C..(r0 + n) * C]);
     let labels = &input.labels[r0..r0 + n];
     let weights = input.weights.map(|w| &w[r0..r0 + n]);
-    let full = n / LANES * LANES;
-    for b in (0..full).step_by(LANES) {
-        let e = b * C..(b + LANES) * C;
-        block(
+    let full = n / lanes * lanes;
+    let mut ok = true;
+    for b in (0..full).step_by(lanes) {
+        let e = b * C..(b + lanes) * C;
+        ok &= block::<S, C>(
+            s,
             &z[e.clone()],
             shift.map(|s| &s[e.clone()]),
-            &labels[b..b + LANES],
-            weights.map(|w| &w[b..b + LANES]),
+            &labels[b..b + lanes],
+            weights.map(|w| &w[b..b + lanes]),
             input.grad_scale,
-            &mut losses[b..b + LANES],
+            &mut losses[b..b + lanes],
             grad.as_deref_mut().map(|g| &mut g[e]),
         );
     }
@@ -334,7 +363,8 @@ fn across<const C: usize>(
         if let Some(w) = weights {
             wp[..rest].copy_from_slice(&w[full..]);
         }
-        block(
+        ok &= block::<S, C>(
+            s,
             zp.as_flattened(),
             shift.map(|_| sp.as_flattened()),
             &yp,
@@ -348,294 +378,105 @@ fn across<const C: usize>(
             g[full * C..].copy_from_slice(&gp.as_flattened()[..rest * C]);
         }
     }
+    ok
 }
 
-/// [`LANES`] rows of `C` classes: `z`, `s` and `grad` hold `LANES · C` values, row-major;
-/// `labels`, `weights` and `losses` hold `LANES`. Lane `r` repeats the per-row kernel on row
-/// `r` operation for operation (see the module docs).
+/// `S::LANES` rows of `C` classes, one row per lane: `z`, `s` and `grad` hold `LANES · C`
+/// values, row-major; `labels`, `weights` and `losses` hold `LANES`. Each lane repeats the
+/// per-row kernel on its row operation for operation (see the module docs). Returns whether
+/// every label was below `C`.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn block<const C: usize>(
+fn block<S: Simd, const C: usize>(
+    s: S,
     z: &[f32],
-    s: Option<&[f32]>,
+    shift: Option<&[f32]>,
     labels: &[u32],
     weights: Option<&[f32]>,
     grad_scale: f32,
     losses: &mut [f32],
     grad: Option<&mut [f32]>,
-) {
-    let z = &z[..LANES * C];
-    let labels = &labels[..LANES];
-    let losses = &mut losses[..LANES];
-    // u[j][r] = z + s of row r, class j (`math::load_max`'s first loop).
-    let mut u = [[0.0f32; LANES]; C];
-    match s {
-        Some(s) => {
-            let s = &s[..LANES * C];
-            for r in 0..LANES {
-                for j in 0..C {
-                    u[j][r] = z[r * C + j] + s[r * C + j];
-                }
-            }
-        }
-        None => {
-            for r in 0..LANES {
-                for j in 0..C {
-                    u[j][r] = z[r * C + j];
-                }
-            }
+) -> bool {
+    let n = S::LANES;
+    assert!(
+        z.len() >= n * C
+            && shift.is_none_or(|v| v.len() >= n * C)
+            && labels.len() >= n
+            && weights.is_none_or(|w| w.len() >= n)
+            && losses.len() >= n
+            && grad.as_ref().is_none_or(|g| g.len() >= n * C)
+    );
+    // u[j] = z + s of class j, one row per lane (`math::load_max`'s first loop).
+    // SAFETY (every load and store below): the lengths were checked above.
+    let mut u = unsafe { s.load_columns::<C>(z.as_ptr()) };
+    if let Some(shift) = shift {
+        let v = unsafe { s.load_columns::<C>(shift.as_ptr()) };
+        for (uj, vj) in u.iter_mut().zip(v) {
+            *uj = s.add(*uj, vj);
         }
     }
     // The maximum as `math::load_max` takes it: 8 running maxima over the first ⌊C/8⌋·8
-    // classes (a strict `>`), folded with `f32::max` from -∞, then the rest in order.
+    // classes (a strict `>`), folded with `max` from -∞, then the rest in order.
     let body = C / 8 * 8;
-    let mut lanes = [[f32::NEG_INFINITY; LANES]; 8];
-    for c0 in (0..body).step_by(8) {
-        for (l, lane) in lanes.iter_mut().enumerate() {
-            for r in 0..LANES {
-                let v = u[c0 + l][r];
-                lane[r] = if v > lane[r] { v } else { lane[r] };
+    let neg_inf = s.splat(f32::NEG_INFINITY);
+    let mut m = neg_inf;
+    if body > 0 {
+        let mut lanes = [neg_inf; 8];
+        for c0 in (0..body).step_by(8) {
+            for (l, lane) in lanes.iter_mut().enumerate() {
+                let v = u[c0 + l];
+                *lane = s.select(s.gt(v, *lane), v, *lane);
             }
         }
-    }
-    let mut m = [f32::NEG_INFINITY; LANES];
-    for lane in &lanes {
-        for r in 0..LANES {
-            m[r] = m[r].max(lane[r]);
+        for lane in lanes {
+            m = s.max(m, lane);
         }
     }
-    for uj in &u[body..] {
-        for r in 0..LANES {
-            m[r] = m[r].max(uj[r]);
-        }
+    for &uj in &u[body..] {
+        m = s.max(m, uj);
     }
     // u at the label, before the exponentials.
-    let mut u_y = [0.0f32; LANES];
-    for (j, uj) in u.iter().enumerate() {
-        for r in 0..LANES {
-            u_y[r] = if labels[r] as usize == j {
-                uj[r]
-            } else {
-                u_y[r]
-            };
-        }
+    let y = unsafe { s.load_u32(labels.as_ptr()) };
+    let labels_ok = !s.any_at_least(y, C as u32);
+    let mut u_y = s.splat(0.0);
+    for (j, &uj) in u.iter().enumerate() {
+        u_y = s.select(s.eq_i(y, j as i32), uj, u_y);
     }
     // exp(u - m) and its sum as `math::exp_shifted_sum` takes it: 8 partial sums from 0 over
     // the first ⌊C/8⌋·8 classes, the fixed tree, then the rest in order.
-    let mut acc = [[0.0f32; LANES]; 8];
+    let mut acc = [s.splat(0.0); 8];
     for c0 in (0..body).step_by(8) {
         for (l, a) in acc.iter_mut().enumerate() {
-            for r in 0..LANES {
-                let e = math::exp(u[c0 + l][r] - m[r]);
-                u[c0 + l][r] = e;
-                a[r] += e;
-            }
+            let e = simd::exp(s, s.sub(u[c0 + l], m));
+            u[c0 + l] = e;
+            *a = s.add(*a, e);
         }
     }
-    let mut sum = [0.0f32; LANES];
-    for r in 0..LANES {
-        sum[r] = ((acc[0][r] + acc[4][r]) + (acc[2][r] + acc[6][r]))
-            + ((acc[1][r] + acc[5][r]) + (acc[3][r] + acc[7][r]));
-    }
+    let mut sum = s.add(
+        s.add(s.add(acc[0], acc[4]), s.add(acc[2], acc[6])),
+        s.add(s.add(acc[1], acc[5]), s.add(acc[3], acc[7])),
+    );
     for uj in u[body..].iter_mut() {
-        for r in 0..LANES {
-            let e = math::exp(uj[r] - m[r]);
-            uj[r] = e;
-            sum[r] += e;
-        }
+        let e = simd::exp(s, s.sub(*uj, m));
+        *uj = e;
+        sum = s.add(sum, e);
     }
-    let mut w = [1.0f32; LANES];
-    if let Some(weights) = weights {
-        w.copy_from_slice(&weights[..LANES]);
-    }
-    for r in 0..LANES {
-        let lse = m[r] + sum[r].ln();
-        losses[r] = w[r] * (lse - u_y[r]);
-    }
+    let w = match weights {
+        Some(w) => unsafe { s.load(w.as_ptr()) },
+        None => s.splat(1.0),
+    };
+    let lse = s.add(m, simd::ln(s, sum));
+    unsafe { s.store(losses.as_mut_ptr(), s.mul(w, s.sub(lse, u_y))) };
     if let Some(grad) = grad {
-        let grad = &mut grad[..LANES * C];
-        let mut scale = [0.0f32; LANES];
-        let mut factor = [0.0f32; LANES];
-        for r in 0..LANES {
-            scale[r] = grad_scale * w[r];
-            factor[r] = scale[r] / sum[r];
-        }
+        let scale = s.mul(s.splat(grad_scale), w);
+        let factor = s.div(scale, sum);
         for (j, uj) in u.iter_mut().enumerate() {
-            for r in 0..LANES {
-                let g = uj[r] * factor[r];
-                uj[r] = if labels[r] as usize == j {
-                    g - scale[r]
-                } else {
-                    g
-                };
-            }
+            let g = s.mul(*uj, factor);
+            *uj = s.select(s.eq_i(y, j as i32), s.sub(g, scale), g);
         }
-        for r in 0..LANES {
-            for j in 0..C {
-                grad[r * C + j] = u[j][r];
-            }
-        }
+        unsafe { s.store_columns::<C>(grad.as_mut_ptr(), &u) };
     }
-}
-
-/// [`block`] in AVX-512 registers, one row per lane: the same operations in the same order,
-/// with one exception that cannot show in the results: the maximum is taken with `vmaxps`,
-/// which differs from `f32::max` only on NaN (a row holding a NaN gives NaN whatever its
-/// maximum) and on the sign of a zero maximum (`u - m` and `m + ln Σ` are the same for `m = ±0`).
-#[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use super::LANES;
-    use crate::backend::cpu::math::exp_avx512;
-    use std::arch::x86_64::*;
-
-    /// Class `j` of the 16 rows at `p` (row-major, `C` classes).
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn load_class<const C: usize>(p: &[f32], j: usize) -> __m512 {
-        debug_assert!(p.len() >= LANES * C);
-        if C == 2 {
-            let lo = _mm512_loadu_ps(p.as_ptr());
-            let hi = _mm512_loadu_ps(p.as_ptr().add(16));
-            let idx = _mm512_add_epi32(
-                _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30),
-                _mm512_set1_epi32(j as i32),
-            );
-            return _mm512_permutex2var_ps(lo, idx, hi);
-        }
-        let idx = _mm512_add_epi32(
-            _mm512_mullo_epi32(
-                _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                _mm512_set1_epi32(C as i32),
-            ),
-            _mm512_set1_epi32(j as i32),
-        );
-        _mm512_i32gather_ps::<4>(idx, p.as_ptr())
-    }
-
-    /// Writes the 16 rows of `C` classes at `p` from one register per class.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn store_classes<const C: usize>(p: &mut [f32], g: &[__m512; C]) {
-        debug_assert!(p.len() >= LANES * C);
-        if C == 2 {
-            let lo = _mm512_permutex2var_ps(
-                g[0],
-                _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23),
-                g[1],
-            );
-            let hi = _mm512_permutex2var_ps(
-                g[0],
-                _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31),
-                g[1],
-            );
-            _mm512_storeu_ps(p.as_mut_ptr(), lo);
-            _mm512_storeu_ps(p.as_mut_ptr().add(16), hi);
-            return;
-        }
-        let rows = _mm512_mullo_epi32(
-            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-            _mm512_set1_epi32(C as i32),
-        );
-        for (j, &v) in g.iter().enumerate() {
-            let idx = _mm512_add_epi32(rows, _mm512_set1_epi32(j as i32));
-            _mm512_i32scatter_ps::<4>(p.as_mut_ptr(), idx, v);
-        }
-    }
-
-    /// # Safety
-    /// The CPU must support AVX-512F; the slices hold what [`super::block`] asks for.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn block<const C: usize>(
-        z: &[f32],
-        s: Option<&[f32]>,
-        labels: &[u32],
-        weights: Option<&[f32]>,
-        grad_scale: f32,
-        losses: &mut [f32],
-        grad: Option<&mut [f32]>,
-    ) {
-        assert!(
-            z.len() >= LANES * C
-                && s.is_none_or(|s| s.len() >= LANES * C)
-                && labels.len() >= LANES
-                && weights.is_none_or(|w| w.len() >= LANES)
-                && losses.len() >= LANES
-                && grad.as_ref().is_none_or(|g| g.len() >= LANES * C)
-        );
-        let mut u: [__m512; C] = std::array::from_fn(|j| load_class::<C>(z, j));
-        if let Some(s) = s {
-            for (j, uj) in u.iter_mut().enumerate() {
-                *uj = _mm512_add_ps(*uj, load_class::<C>(s, j));
-            }
-        }
-        let body = C / 8 * 8;
-        let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
-        let mut m = neg_inf;
-        if body > 0 {
-            let mut lanes = [neg_inf; 8];
-            for c0 in (0..body).step_by(8) {
-                for (l, lane) in lanes.iter_mut().enumerate() {
-                    let v = u[c0 + l];
-                    *lane =
-                        _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, *lane), *lane, v);
-                }
-            }
-            for lane in lanes {
-                m = _mm512_max_ps(m, lane);
-            }
-        }
-        for &uj in &u[body..] {
-            m = _mm512_max_ps(m, uj);
-        }
-        let y = _mm512_loadu_si512(labels.as_ptr().cast());
-        let is_label = |j: usize| _mm512_cmpeq_epi32_mask(y, _mm512_set1_epi32(j as i32));
-        let mut u_y = _mm512_setzero_ps();
-        for (j, &uj) in u.iter().enumerate() {
-            u_y = _mm512_mask_blend_ps(is_label(j), u_y, uj);
-        }
-        let mut acc = [_mm512_setzero_ps(); 8];
-        for c0 in (0..body).step_by(8) {
-            for (l, a) in acc.iter_mut().enumerate() {
-                let e = exp_avx512(_mm512_sub_ps(u[c0 + l], m));
-                u[c0 + l] = e;
-                *a = _mm512_add_ps(*a, e);
-            }
-        }
-        let mut sum = _mm512_add_ps(
-            _mm512_add_ps(_mm512_add_ps(acc[0], acc[4]), _mm512_add_ps(acc[2], acc[6])),
-            _mm512_add_ps(_mm512_add_ps(acc[1], acc[5]), _mm512_add_ps(acc[3], acc[7])),
-        );
-        for uj in u[body..].iter_mut() {
-            let e = exp_avx512(_mm512_sub_ps(*uj, m));
-            *uj = e;
-            sum = _mm512_add_ps(sum, e);
-        }
-        // ln from the C library, as the per-row kernel takes it.
-        let mut ln = [0.0f32; LANES];
-        _mm512_storeu_ps(ln.as_mut_ptr(), sum);
-        for v in ln.iter_mut() {
-            *v = v.ln();
-        }
-        let w = match weights {
-            Some(w) => _mm512_loadu_ps(w.as_ptr()),
-            None => _mm512_set1_ps(1.0),
-        };
-        let lse = _mm512_add_ps(m, _mm512_loadu_ps(ln.as_ptr()));
-        _mm512_storeu_ps(
-            losses.as_mut_ptr(),
-            _mm512_mul_ps(w, _mm512_sub_ps(lse, u_y)),
-        );
-        if let Some(grad) = grad {
-            let scale = _mm512_mul_ps(_mm512_set1_ps(grad_scale), w);
-            let factor = _mm512_div_ps(scale, sum);
-            let mut g = u;
-            for (j, gj) in g.iter_mut().enumerate() {
-                let v = _mm512_mul_ps(*gj, factor);
-                *gj = _mm512_mask_blend_ps(is_label(j), v, _mm512_sub_ps(v, scale));
-            }
-            store_classes::<C>(grad, &g);
-        }
-    }
+    labels_ok
 }
 
 #[cfg(test)]
@@ -644,15 +485,12 @@ mod tests {
 
     /// Every compiled version of the across-rows kernel this CPU can run.
     fn isas() -> Vec<Isa> {
+        #[allow(unused_mut)]
         let mut out = vec![Isa::Portable];
         #[cfg(target_arch = "x86_64")]
         {
-            if super::super::has_avx2() {
-                out.push(Isa::Avx2);
-            }
-            if super::super::has_avx512() {
-                out.push(Isa::Avx512);
-            }
+            out.extend(Avx2::new().map(Isa::Avx2));
+            out.extend(Avx512::new().map(Isa::Avx512));
         }
         out
     }
@@ -727,12 +565,45 @@ mod tests {
                             );
                             let mut l = vec![7.0f32; rows];
                             let mut g = vec![7.0f32; rows * cols];
-                            across_rows(isa, input, &mut l, write_grad.then_some(&mut g[..]));
+                            let ok =
+                                across_rows(isa, input, &mut l, write_grad.then_some(&mut g[..]));
+                            assert!(ok, "labels in range, {what}");
                             assert_eq!(bits(&l), bits(&want_l), "losses, {what}");
                             if write_grad {
                                 assert_eq!(bits(&g), bits(&want_g), "gradient, {what}");
                             }
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn across_rows_flags_a_label_out_of_range_on_every_path() {
+        let mut rng = crate::rng::Rng::new(21);
+        for cols in [1, 2, 3, 5, 10, 16] {
+            for rows in [1, 16, 100, 3 * TASK_ROWS + 5] {
+                let z = logits(&mut rng, rows * cols, false);
+                for bad in [cols as u32, cols as u32 + 5, u32::MAX] {
+                    let mut y: Vec<u32> =
+                        (0..rows).map(|_| rng.below(cols as u64) as u32).collect();
+                    y[rng.below(rows as u64) as usize] = bad;
+                    let input = Rows {
+                        z: &z,
+                        shift: None,
+                        labels: &y,
+                        weights: None,
+                        cols,
+                        grad_scale: 1.0,
+                    };
+                    for isa in isas() {
+                        let mut l = vec![0.0f32; rows];
+                        let mut g = vec![0.0f32; rows * cols];
+                        assert!(
+                            !across_rows(isa, input, &mut l, Some(&mut g)),
+                            "{isa:?} C={cols} N={rows} label {bad}"
+                        );
                     }
                 }
             }
