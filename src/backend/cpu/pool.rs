@@ -18,15 +18,18 @@ const MAX_KEPT: usize = 4;
 
 static POOL: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
 
-/// Keeps `buf` for reuse if it is large and the pool has room.
+/// Keeps `buf` for reuse if it is large; when the pool is full the longest-kept buffer goes,
+/// so buffers of sizes no longer in use (a data set's setup, an earlier shape) cannot keep
+/// the current ones out.
 pub(crate) fn give(buf: Vec<f32>) {
     if buf.len() < MIN_LEN || buf.len() > MAX_LEN {
         return;
     }
     if let Ok(mut pool) = POOL.lock() {
-        if pool.len() < MAX_KEPT {
-            pool.push(buf);
+        if pool.len() == MAX_KEPT {
+            pool.remove(0);
         }
+        pool.push(buf);
     }
 }
 
@@ -44,7 +47,7 @@ pub(crate) fn take_for_overwrite(len: usize) -> Vec<f32> {
                 .min_by_key(|(_, b)| b.len())
                 .map(|(i, _)| i);
             if let Some(i) = best {
-                let mut buf = pool.swap_remove(i);
+                let mut buf = pool.remove(i);
                 buf.truncate(len);
                 return buf;
             }
