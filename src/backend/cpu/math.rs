@@ -202,5 +202,14 @@ mod tests {
         let sb = exp_shifted_sum_generic(&mut b, 1.5);
         assert_eq!(sa.to_bits(), sb.to_bits());
         assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()));
+        // Every tail length, on rows short and long.
+        for len in (1..=19).chain([100, 1000]) {
+            let x = rng.uniform_vec(len, -30.0, 5.0);
+            let (mut a, mut b) = (x.clone(), x);
+            let sa = exp_shifted_sum(&mut a, 0.5);
+            let sb = exp_shifted_sum_generic(&mut b, 0.5);
+            assert_eq!(sa.to_bits(), sb.to_bits(), "sum, length {len}");
+            assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()));
+        }
     }
 }
