@@ -25,6 +25,7 @@
 
 use rayon::prelude::*;
 
+use super::simd::{self, Simd};
 use super::small_gemm;
 
 /// Widest output (in columns, or rows for the thin-left path) handled by the thin paths.
@@ -176,51 +177,6 @@ mod avx2 {
             }
         }
     }
-
-    /// # Safety
-    /// The CPU must support AVX2; every `b[r]` holds at least `width` values and `out`
-    /// `coef.len() * width`.
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn axpy4_rows(
-        coef: &[[f32; 4]],
-        b: [&[f32]; 4],
-        out: &mut [f32],
-        width: usize,
-    ) {
-        let body = width / 8 * 8;
-        let mut q = 0;
-        while q < body {
-            // SAFETY: q + 8 <= width, within every row of B and every output row.
-            let bv = [
-                _mm256_loadu_ps(b[0].as_ptr().add(q)),
-                _mm256_loadu_ps(b[1].as_ptr().add(q)),
-                _mm256_loadu_ps(b[2].as_ptr().add(q)),
-                _mm256_loadu_ps(b[3].as_ptr().add(q)),
-            ];
-            for (i, c) in coef.iter().enumerate() {
-                let o = out.as_mut_ptr().add(i * width + q);
-                let t01 = _mm256_add_ps(
-                    _mm256_mul_ps(_mm256_set1_ps(c[0]), bv[0]),
-                    _mm256_mul_ps(_mm256_set1_ps(c[1]), bv[1]),
-                );
-                let t23 = _mm256_add_ps(
-                    _mm256_mul_ps(_mm256_set1_ps(c[2]), bv[2]),
-                    _mm256_mul_ps(_mm256_set1_ps(c[3]), bv[3]),
-                );
-                _mm256_storeu_ps(
-                    o,
-                    _mm256_add_ps(_mm256_loadu_ps(o), _mm256_add_ps(t01, t23)),
-                );
-            }
-            q += 8;
-        }
-        for (i, c) in coef.iter().enumerate() {
-            let o = &mut out[i * width..(i + 1) * width];
-            for (qq, o) in o.iter_mut().enumerate().skip(body) {
-                *o += (c[0] * b[0][qq] + c[1] * b[1][qq]) + (c[2] * b[2][qq] + c[3] * b[3][qq]);
-            }
-        }
-    }
 }
 
 /// AVX-512F: `R` rows of A against up to four columns at once. Partial sum `l` of each dot
@@ -360,11 +316,88 @@ pub(super) fn row_dots(a: &[f32], cols: &[Vec<f32>], out: &mut [f32]) {
 
 fn axpy4_rows(coef: &[[f32; 4]], b: [&[f32]; 4], out: &mut [f32], width: usize) {
     #[cfg(target_arch = "x86_64")]
-    if super::has_avx2() {
-        // SAFETY: AVX2 support was detected at run time; the caller passes rows of `width`.
-        return unsafe { avx2::axpy4_rows(coef, b, out, width) };
+    {
+        if let Some(s) = simd::Avx512::new() {
+            // SAFETY: the token exists, so the CPU has AVX-512F.
+            return unsafe { axpy4_rows_avx512(s, coef, b, out, width) };
+        }
+        if let Some(s) = simd::Avx2::new() {
+            // SAFETY: the token exists, so the CPU has AVX2.
+            return unsafe { axpy4_rows_avx2(s, coef, b, out, width) };
+        }
     }
     axpy4_rows_generic(coef, b, out, width)
+}
+
+/// [`axpy4_rows_generic`] on `S::LANES` output columns at a time. Each output element gets
+/// the generic code's operations (the width of a vector changes no association), so every
+/// instruction set gives the same bits.
+#[inline(always)]
+fn axpy4_rows_simd<S: Simd>(
+    s: S,
+    coef: &[[f32; 4]],
+    b: [&[f32]; 4],
+    out: &mut [f32],
+    width: usize,
+) {
+    assert!(b.iter().all(|row| row.len() >= width) && out.len() >= coef.len() * width);
+    let body = width / S::LANES * S::LANES;
+    let mut q = 0;
+    while q < body {
+        // SAFETY (loads and stores): q + LANES <= width, within every row of B and every
+        // output row (checked above).
+        let bv = unsafe {
+            [
+                s.load(b[0].as_ptr().add(q)),
+                s.load(b[1].as_ptr().add(q)),
+                s.load(b[2].as_ptr().add(q)),
+                s.load(b[3].as_ptr().add(q)),
+            ]
+        };
+        for (i, c) in coef.iter().enumerate() {
+            let t01 = s.add(s.mul(s.splat(c[0]), bv[0]), s.mul(s.splat(c[1]), bv[1]));
+            let t23 = s.add(s.mul(s.splat(c[2]), bv[2]), s.mul(s.splat(c[3]), bv[3]));
+            unsafe {
+                let o = out.as_mut_ptr().add(i * width + q);
+                s.store(o, s.add(s.load(o), s.add(t01, t23)));
+            }
+        }
+        q += S::LANES;
+    }
+    for (i, c) in coef.iter().enumerate() {
+        let o = &mut out[i * width..(i + 1) * width];
+        for (qq, o) in o.iter_mut().enumerate().skip(body) {
+            *o += (c[0] * b[0][qq] + c[1] * b[1][qq]) + (c[2] * b[2][qq] + c[3] * b[3][qq]);
+        }
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn axpy4_rows_avx2(
+    s: simd::Avx2,
+    coef: &[[f32; 4]],
+    b: [&[f32]; 4],
+    out: &mut [f32],
+    width: usize,
+) {
+    axpy4_rows_simd(s, coef, b, out, width)
+}
+
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn axpy4_rows_avx512(
+    s: simd::Avx512,
+    coef: &[[f32; 4]],
+    b: [&[f32]; 4],
+    out: &mut [f32],
+    width: usize,
+) {
+    axpy4_rows_simd(s, coef, b, out, width)
 }
 
 /// `out (m × width) += A(:, rows) · B[rows, c0..c0 + width]`, four rows of B at a time, then
@@ -641,14 +674,38 @@ mod tests {
         let rows: Vec<Vec<f32>> = (0..4).map(|_| rng.normal_vec(width)).collect();
         let coef = [[0.3f32, -1.7, 2.2, 0.01], [1.1, 0.5, -0.25, 3.0]];
         let start = rng.normal_vec(2 * width);
-        let (mut fast, mut portable) = (start.clone(), start);
+        let (mut fast, mut portable) = (start.clone(), start.clone());
         let b = [&rows[0][..], &rows[1][..], &rows[2][..], &rows[3][..]];
         axpy4_rows(&coef, b, &mut fast, width);
         axpy4_rows_generic(&coef, b, &mut portable, width);
-        assert!(fast
-            .iter()
-            .zip(&portable)
-            .all(|(x, y)| x.to_bits() == y.to_bits()));
+        let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same(&fast, &portable));
+        // Each instruction set this CPU has, not only the one `axpy4_rows` picks.
+        #[cfg(target_arch = "x86_64")]
+        for (isa, out) in [
+            (
+                "AVX2",
+                simd::Avx2::new().map(|s| {
+                    let mut o = start.clone();
+                    // SAFETY: the token exists, so the CPU has AVX2.
+                    unsafe { axpy4_rows_avx2(s, &coef, b, &mut o, width) };
+                    o
+                }),
+            ),
+            (
+                "AVX-512",
+                simd::Avx512::new().map(|s| {
+                    let mut o = start.clone();
+                    // SAFETY: the token exists, so the CPU has AVX-512F.
+                    unsafe { axpy4_rows_avx512(s, &coef, b, &mut o, width) };
+                    o
+                }),
+            ),
+        ] {
+            if let Some(out) = out {
+                assert!(same(&out, &portable), "{isa}");
+            }
+        }
         let cols: Vec<Vec<f32>> = (0..3).map(|_| rng.normal_vec(width)).collect();
         let (mut d_fast, mut d_portable) = ([0.0f32; 3], [0.0f32; 3]);
         row_dots(&rows[0], &cols, &mut d_fast);
