@@ -2,7 +2,7 @@
 //! kernels bespoke, with the same per-thread chunks and butterfly trees) and XRM's flip (the
 //! kernel's f64 steps).
 
-use super::memory::{fault, flag};
+use super::memory::{fault, screen};
 use super::{read, write, Args};
 use crate::backend::cuda::kernels::Kernel;
 use crate::backend::cuda::plan::Dim3;
@@ -11,11 +11,10 @@ use crate::backend::{BackendStorage, XentArgs};
 use crate::error::Result;
 
 /// Writes a fused cross-entropy launch's outputs (`xent.cu`'s argument list): the rows with
-/// bad labels NaN and flagged, the others as computed.
-fn finish(a: Args, y: &[u32], loss: &mut [f32], mut dz: Option<&mut [f32]>) -> Result<()> {
+/// bad labels NaN, the others as computed.
+fn finish(a: Args, bad: &[usize], loss: &mut [f32], mut dz: Option<&mut [f32]>) -> Result<()> {
     let cols = a.u(7);
-    let bad: Vec<usize> = (0..y.len()).filter(|&r| y[r] as usize >= cols).collect();
-    for &r in &bad {
+    for &r in bad {
         loss[r] = f32::NAN;
         if let Some(dz) = &mut dz {
             dz[r * cols..(r + 1) * cols].fill(f32::NAN);
@@ -23,10 +22,10 @@ fn finish(a: Args, y: &[u32], loss: &mut [f32], mut dz: Option<&mut [f32]>) -> R
     }
     write(a.p(4), loss)?;
     // (A null `dz` with `write_grad` faults here, as the kernel's write would.)
-    if let Some(dz) = &dz {
-        write(a.p(5), dz)?;
+    match dz {
+        Some(dz) => write(a.p(5), dz),
+        None => Ok(()),
     }
-    flag(a.p(10), &bad)
 }
 
 /// A row as a single-pass kernel reduces it: its max, its exp-sum, and per column its exp
@@ -38,15 +37,8 @@ type Row = (f32, f32, Vec<(f32, f32)>);
 pub(super) fn xent_fallback(a: Args) -> Result<()> {
     let (rows, cols) = (a.u(6), a.u(7));
     let opt = |i: usize, n| (a.p(i) != 0).then(|| a.cpu(i, n)).transpose();
-    let (s, w, y) = (
-        opt(1, rows * cols)?,
-        opt(3, rows)?,
-        read::<u32>(a.p(2), rows)?,
-    );
-    let labels: Vec<u32> = y
-        .iter()
-        .map(|&l| if l as usize >= cols { 0 } else { l })
-        .collect();
+    let (s, w) = (opt(1, rows * cols)?, opt(3, rows)?);
+    let (labels, bad) = screen(&read::<u32>(a.p(2), rows)?, cols, a.p(10))?;
     let (mut loss, mut grad) = a.cpu(0, rows * cols)?.xent(XentArgs {
         shift: s.as_ref(),
         labels: &labels,
@@ -57,7 +49,7 @@ pub(super) fn xent_fallback(a: Args) -> Result<()> {
         write_grad: a.u(9) != 0,
     })?;
     let dz = grad.as_mut().map(|g| g.0.as_mut_slice());
-    finish(a, &y, loss.0.as_mut_slice(), dz)
+    finish(a, &bad, loss.0.as_mut_slice(), dz)
 }
 
 /// The single-pass kernels, mirrored: which shapes each handles (the kernel's dispatch on
@@ -108,6 +100,7 @@ pub(super) fn xent_single_pass(k: Kernel, block: Dim3, smem: u32, a: Args) -> Re
             .for_each(|(t, s)| *t += s);
     }
     let y = read::<u32>(a.p(2), rows)?;
+    let (_, bad) = screen(&y, cols, a.p(10))?;
     let w = match a.p(3) {
         0 => vec![1.0; rows],
         p => read(p, rows)?,
@@ -131,7 +124,7 @@ pub(super) fn xent_single_pass(k: Kernel, block: Dim3, smem: u32, a: Args) -> Re
             }
         }
     }
-    finish(a, &y, &mut loss, dz.as_deref_mut())
+    finish(a, &bad, &mut loss, dz.as_deref_mut())
 }
 
 /// `xent_vec_rows<log2(g), v>`: a group of `g` lanes per row, lane `q` holding the float4
