@@ -120,13 +120,17 @@ pub(super) fn cpu(addr: u64, n: usize) -> Result<CpuStorage> {
     read(addr, n).map(CpuStorage::new)
 }
 
-/// `atomicMax(bad, position + 1)` for each bad position, when a flag is given.
-pub(super) fn flag(bad: u64, positions: &[usize]) -> Result<()> {
-    match (bad, positions.iter().max()) {
-        (0, _) | (_, None) => Ok(()),
-        (_, Some(&p)) => {
-            let v = read::<u32>(bad, 1)?[0].max((p as u32).saturating_add(1));
-            write(bad, &[v])
-        }
+/// The positions of the entries of `idx` at or past `size` (flagged in the word at `bad`, as
+/// `atomicMax(bad, position + 1)`, when a flag is given), and `idx` with those entries read as
+/// 0: kernels never follow them.
+pub(super) fn screen(idx: &[u32], size: usize, bad: u64) -> Result<(Vec<u32>, Vec<usize>)> {
+    let bad_at: Vec<usize> = (0..idx.len())
+        .filter(|&r| idx[r] as usize >= size)
+        .collect();
+    if let (true, Some(&p)) = (bad != 0, bad_at.last()) {
+        let v = read::<u32>(bad, 1)?[0].max((p as u32).saturating_add(1));
+        write(bad, &[v])?;
     }
+    let safe = idx.iter().map(|&i| if i as usize >= size { 0 } else { i });
+    Ok((safe.collect(), bad_at))
 }

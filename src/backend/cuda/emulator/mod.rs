@@ -28,7 +28,7 @@ use crate::backend::cpu::CpuStorage;
 use crate::backend::{AdamStep, BackendStorage, BinaryOp, ReduceOp, SgdStep, UnaryOp};
 use crate::error::{Error, Result};
 use crate::shape::Shape;
-use memory::{cpu, flag};
+use memory::{cpu, screen};
 
 /// Kernel arguments by position (their kinds were checked against the kernel table).
 #[derive(Clone, Copy)]
@@ -234,13 +234,7 @@ fn index(k: Kernel, a: Args) -> Result<()> {
         K::IndexSelectRows | K::IndexAddRows => (u(5), a.p(6)),
         _ => (cols, a.p(5)),
     };
-    let idx = read::<u32>(a.p(1), n)?;
-    let bad_rows: Vec<usize> = (0..n).filter(|&r| idx[r] as usize >= size).collect();
-    let safe: Vec<u32> = idx
-        .iter()
-        .map(|&i| if i as usize >= size { 0 } else { i })
-        .collect();
-    flag(bad, &bad_rows)?;
+    let (safe, bad_rows) = screen(&read::<u32>(a.p(1), n)?, size, bad)?;
     let row = |r: usize| r * cols..(r + 1) * cols;
     let mut out = match k {
         K::IndexSelectRows => a.cpu(0, size * cols)?.index_select_rows(cols, &safe)?,

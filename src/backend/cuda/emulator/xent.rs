@@ -2,71 +2,29 @@
 //! kernels bespoke, with the same per-thread chunks and butterfly trees) and XRM's flip (the
 //! kernel's f64 steps).
 
-use super::memory::{fault, flag};
+use super::memory::{fault, screen};
 use super::{read, write, Args};
-use crate::backend::cpu::CpuStorage;
 use crate::backend::cuda::kernels::Kernel;
 use crate::backend::cuda::plan::Dim3;
 use crate::backend::cuda::xent::{XENT_BLOCK_VR, XENT_BLOCK_VS, XENT_BLOCK_VS_LONG};
 use crate::backend::{BackendStorage, XentArgs};
 use crate::error::Result;
 
-/// A fused cross-entropy launch (`xent.cu`'s argument list) with its buffers read from the
-/// device: `t = z + s` (one rounding, as the kernels), the weights (1 when absent), and `dz`
-/// when the launch writes the gradient.
-struct Xent {
-    t: Vec<f32>,
-    y: Vec<u32>,
-    w: Vec<f32>,
-    rows: usize,
-    cols: usize,
-    loss: Vec<f32>,
-    dz: Option<Vec<f32>>,
-}
-
-impl Xent {
-    fn read(a: Args) -> Result<Xent> {
-        // (A null `dz` with `write_grad` faults on its read, as the kernel's write would.)
-        let (rows, cols, write_grad) = (a.u(6), a.u(7), a.u(9) != 0);
-        let mut t = read::<f32>(a.p(0), rows * cols)?;
-        if a.p(1) != 0 {
-            let s = read::<f32>(a.p(1), rows * cols)?;
-            t.iter_mut().zip(s).for_each(|(t, s)| *t += s);
+/// Writes a fused cross-entropy launch's outputs (`xent.cu`'s argument list): the rows with
+/// bad labels NaN, the others as computed.
+fn finish(a: Args, bad: &[usize], loss: &mut [f32], mut dz: Option<&mut [f32]>) -> Result<()> {
+    let cols = a.u(7);
+    for &r in bad {
+        loss[r] = f32::NAN;
+        if let Some(dz) = &mut dz {
+            dz[r * cols..(r + 1) * cols].fill(f32::NAN);
         }
-        let w = match a.p(3) {
-            0 => vec![1.0; rows],
-            p => read(p, rows)?,
-        };
-        let (y, loss) = (read(a.p(2), rows)?, read(a.p(4), rows)?);
-        let dz = write_grad.then(|| read(a.p(5), rows * cols)).transpose()?;
-        Ok(Xent {
-            t,
-            y,
-            w,
-            rows,
-            cols,
-            loss,
-            dz,
-        })
     }
-
-    /// Makes the rows with bad labels NaN, flags them, and writes the outputs back.
-    fn finish(mut self, a: Args) -> Result<()> {
-        let cols = self.cols;
-        let bad: Vec<usize> = (0..self.rows)
-            .filter(|&r| self.y[r] as usize >= cols)
-            .collect();
-        for &r in &bad {
-            self.loss[r] = f32::NAN;
-            if let Some(dz) = &mut self.dz {
-                dz[r * cols..(r + 1) * cols].fill(f32::NAN);
-            }
-        }
-        write(a.p(4), &self.loss)?;
-        if let Some(dz) = &self.dz {
-            write(a.p(5), dz)?;
-        }
-        flag(a.p(10), &bad)
+    write(a.p(4), loss)?;
+    // (A null `dz` with `write_grad` faults here, as the kernel's write would.)
+    match dz {
+        Some(dz) => write(a.p(5), dz),
+        None => Ok(()),
     }
 }
 
@@ -74,27 +32,24 @@ impl Xent {
 /// value and rescale.
 type Row = (f32, f32, Vec<(f32, f32)>);
 
-/// The scalar fallback kernels, whose order is not the point: the CPU reference.
+/// The scalar fallback kernels, whose order is not the point: the CPU reference (bad labels
+/// read as 0, their rows then overwritten).
 pub(super) fn xent_fallback(a: Args) -> Result<()> {
-    let mut x = Xent::read(a)?;
-    let cols = x.cols;
-    let labels: Vec<u32> =
-        x.y.iter()
-            .map(|&l| if l as usize >= cols { 0 } else { l })
-            .collect();
-    let weights = CpuStorage::new(x.w.clone());
-    let (loss, grad) = CpuStorage::new(x.t.clone()).xent(XentArgs {
-        shift: None,
+    let (rows, cols) = (a.u(6), a.u(7));
+    let opt = |i: usize, n| (a.p(i) != 0).then(|| a.cpu(i, n)).transpose();
+    let (s, w) = (opt(1, rows * cols)?, opt(3, rows)?);
+    let (labels, bad) = screen(&read::<u32>(a.p(2), rows)?, cols, a.p(10))?;
+    let (mut loss, mut grad) = a.cpu(0, rows * cols)?.xent(XentArgs {
+        shift: s.as_ref(),
         labels: &labels,
-        weights: Some(&weights),
-        rows: x.rows,
+        weights: w.as_ref(),
+        rows,
         cols,
         grad_scale: a.f(8),
-        write_grad: x.dz.is_some(),
+        write_grad: a.u(9) != 0,
     })?;
-    x.loss = loss.as_slice().to_vec();
-    x.dz = grad.map(|g| g.as_slice().to_vec());
-    x.finish(a)
+    let dz = grad.as_mut().map(|g| g.0.as_mut_slice());
+    finish(a, &bad, loss.0.as_mut_slice(), dz)
 }
 
 /// The single-pass kernels, mirrored: which shapes each handles (the kernel's dispatch on
@@ -136,15 +91,29 @@ pub(super) fn xent_single_pass(k: Kernel, block: Dim3, smem: u32, a: Args) -> Re
         K::XentBlockScalar if block_fits => &|t| block_row(t, b, vs, false),
         _ => return Ok(()),
     };
-    let mut x = Xent::read(a)?;
-    for r in 0..x.rows {
-        let t = &x.t[r * cols..(r + 1) * cols];
+    // `t = z + s` (one rounding, as the kernels); weights 1 when absent.
+    let (rows, n) = (a.u(6), a.u(6) * cols);
+    let mut t = read::<f32>(a.p(0), n)?;
+    if a.p(1) != 0 {
+        t.iter_mut()
+            .zip(read::<f32>(a.p(1), n)?)
+            .for_each(|(t, s)| *t += s);
+    }
+    let y = read::<u32>(a.p(2), rows)?;
+    let (_, bad) = screen(&y, cols, a.p(10))?;
+    let w = match a.p(3) {
+        0 => vec![1.0; rows],
+        p => read(p, rows)?,
+    };
+    let (mut loss, mut dz) = (vec![0.0; rows], (a.u(9) != 0).then(|| vec![0.0; n]));
+    for r in 0..rows {
+        let t = &t[r * cols..(r + 1) * cols];
         let (m, sum, e) = row(t);
-        let (label, coef) = (x.y[r] as usize, a.f(8) * x.w[r]);
+        let (label, coef) = (y[r] as usize, a.f(8) * w[r]);
         if label < cols {
-            x.loss[r] = x.w[r] * ((m - t[label]) + sum.ln());
+            loss[r] = w[r] * ((m - t[label]) + sum.ln());
         }
-        if let Some(dz) = &mut x.dz {
+        if let Some(dz) = &mut dz {
             for (j, &(e, rescale)) in e.iter().enumerate() {
                 let a = rescale * (coef / sum);
                 dz[r * cols + j] = if j == label {
@@ -155,7 +124,7 @@ pub(super) fn xent_single_pass(k: Kernel, block: Dim3, smem: u32, a: Args) -> Re
             }
         }
     }
-    x.finish(a)
+    finish(a, &bad, &mut loss, dz.as_deref_mut())
 }
 
 /// `xent_vec_rows<log2(g), v>`: a group of `g` lanes per row, lane `q` holding the float4
