@@ -63,6 +63,18 @@ pub(super) trait Simd: Copy {
     fn eq_i(self, a: Self::I, v: i32) -> Self::M;
     /// Whether any lane, read as u32, is at least `v`.
     fn any_at_least(self, a: Self::I, v: u32) -> bool;
+    /// `q · 2^k` for `q ∈ [½, 2]` and integer `k ∈ [-150, 128]` (`kf` as f32, `k` as i32),
+    /// rounded once: as two normal powers of two, so that neither multiply wraps the
+    /// exponent field, underflow rounds once into a denormal or 0 and overflow gives ∞.
+    #[inline(always)]
+    fn scale_pow2(self, q: Self::F, kf: Self::F, k: Self::I) -> Self::F {
+        let _ = kf;
+        let half = self.shr_i(k, 1);
+        self.mul(
+            self.mul(q, pow2(self, half)),
+            pow2(self, self.sub_i(k, half)),
+        )
+    }
 
     /// The [`Self::LANES`] rows of `C ≤ 16` floats at `p` (row-major) as `C` vectors, one per
     /// column: lane `r` of vector `j` is `p[C·r + j]`.
@@ -568,6 +580,11 @@ impl Simd for Avx512 {
     fn any_at_least(self, a: __m512i, v: u32) -> bool {
         with_isa!(_mm512_cmpge_epu32_mask(a, _mm512_set1_epi32(v as i32)) != 0)
     }
+    /// `vscalefps`: `q · 2^kf` rounded once, the product the two multiplies give.
+    #[inline(always)]
+    fn scale_pow2(self, q: __m512, kf: __m512, _k: __m512i) -> __m512 {
+        with_isa!(_mm512_scalef_ps(q, kf))
+    }
     /// The `C` registers of the block, each column assembled from one two-register permute
     /// per pair of registers (`C·⌈C/2⌉` permutes; faster than gathers up to 16 columns).
     #[inline(always)]
@@ -649,10 +666,7 @@ pub(super) fn exp<S: Simd>(s: S, x: S::F) -> S::F {
     for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
         q = s.add(s.splat(c), s.mul(r, q));
     }
-    // 2^k as two normal powers of two, so k ∈ [-150, 128] neither wraps the exponent field
-    // nor loses the underflow to zero and the overflow to infinity.
-    let half = s.shr_i(k, 1);
-    s.mul(s.mul(q, pow2(s, half)), pow2(s, s.sub_i(k, half)))
+    s.scale_pow2(q, kf, k)
 }
 
 /// `2^e` for `e ∈ [-126, 127]`, written into the exponent field.
