@@ -1,7 +1,8 @@
 //! f32 vectors for kernels written once and compiled for each instruction set.
 //!
-//! A kernel generic over [`Simd`] runs with [`Scalar`] (the portable path: one lane, plain
-//! Rust that the compiler may vectorize), [`Avx2`] (8 lanes) or [`Avx512`] (16 lanes). Every
+//! A kernel generic over [`Simd`] runs with [`Scalar`] (one lane: the reference), [`Lanes8`]
+//! (the portable path for blocks: 8 lanes as arrays, plain Rust that the compiler
+//! vectorizes), [`Avx2`] (8 lanes) or [`Avx512`] (16 lanes). Every
 //! method is one IEEE operation per lane — no fused multiply-add, no reassociation — so each
 //! lane of a vector instantiation computes the bits of the scalar one. [`exp`] and [`ln`]
 //! are written here once, in these operations; `math::exp` and `math::ln` are their scalar
@@ -259,6 +260,139 @@ impl Simd for Scalar {
     unsafe fn store_columns<const C: usize>(self, p: *mut f32, v: &[f32; C]) {
         // SAFETY: the caller's promise.
         unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), p, C) }
+    }
+}
+
+/// The portable path for blocks of rows: 8 lanes as arrays, each method a loop over them
+/// that the compiler vectorizes for whatever the target has (SSE2, NEON), with the scalar
+/// operations lane by lane.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Lanes8;
+
+/// `[f(a[0], b[0]), …]` over 8 lanes.
+#[inline(always)]
+fn zip8<T: Copy, U: Copy>(a: [T; 8], b: [T; 8], f: impl Fn(T, T) -> U) -> [U; 8] {
+    std::array::from_fn(|l| f(a[l], b[l]))
+}
+
+impl Simd for Lanes8 {
+    const LANES: usize = 8;
+    type F = [f32; 8];
+    type I = [i32; 8];
+    type M = [bool; 8];
+
+    #[inline(always)]
+    fn splat(self, v: f32) -> [f32; 8] {
+        [v; 8]
+    }
+    #[inline(always)]
+    fn splat_i(self, v: i32) -> [i32; 8] {
+        [v; 8]
+    }
+    #[inline(always)]
+    unsafe fn load(self, p: *const f32) -> [f32; 8] {
+        // SAFETY: the caller's promise.
+        unsafe { p.cast::<[f32; 8]>().read_unaligned() }
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32, v: [f32; 8]) {
+        // SAFETY: the caller's promise.
+        unsafe { p.cast::<[f32; 8]>().write_unaligned(v) }
+    }
+    #[inline(always)]
+    unsafe fn load_u32(self, p: *const u32) -> [i32; 8] {
+        // SAFETY: the caller's promise.
+        unsafe { p.cast::<[i32; 8]>().read_unaligned() }
+    }
+    #[inline(always)]
+    fn add(self, a: [f32; 8], b: [f32; 8]) -> [f32; 8] {
+        zip8(a, b, |x, y| x + y)
+    }
+    #[inline(always)]
+    fn sub(self, a: [f32; 8], b: [f32; 8]) -> [f32; 8] {
+        zip8(a, b, |x, y| x - y)
+    }
+    #[inline(always)]
+    fn mul(self, a: [f32; 8], b: [f32; 8]) -> [f32; 8] {
+        zip8(a, b, |x, y| x * y)
+    }
+    #[inline(always)]
+    fn div(self, a: [f32; 8], b: [f32; 8]) -> [f32; 8] {
+        zip8(a, b, |x, y| x / y)
+    }
+    #[inline(always)]
+    fn max(self, a: [f32; 8], b: [f32; 8]) -> [f32; 8] {
+        zip8(a, b, f32::max)
+    }
+    #[inline(always)]
+    fn lt(self, a: [f32; 8], b: [f32; 8]) -> [bool; 8] {
+        zip8(a, b, |x, y| x < y)
+    }
+    #[inline(always)]
+    fn gt(self, a: [f32; 8], b: [f32; 8]) -> [bool; 8] {
+        zip8(a, b, |x, y| x > y)
+    }
+    #[inline(always)]
+    fn eq(self, a: [f32; 8], b: [f32; 8]) -> [bool; 8] {
+        zip8(a, b, |x, y| x == y)
+    }
+    #[inline(always)]
+    fn select(self, m: [bool; 8], a: [f32; 8], b: [f32; 8]) -> [f32; 8] {
+        std::array::from_fn(|l| if m[l] { a[l] } else { b[l] })
+    }
+    #[inline(always)]
+    fn f32_to_bits(self, a: [f32; 8]) -> [i32; 8] {
+        a.map(|x| x.to_bits() as i32)
+    }
+    #[inline(always)]
+    fn bits_to_f32(self, a: [i32; 8]) -> [f32; 8] {
+        a.map(|x| f32::from_bits(x as u32))
+    }
+    #[inline(always)]
+    fn to_f32(self, a: [i32; 8]) -> [f32; 8] {
+        a.map(|x| x as f32)
+    }
+    #[inline(always)]
+    fn add_i(self, a: [i32; 8], b: [i32; 8]) -> [i32; 8] {
+        zip8(a, b, i32::wrapping_add)
+    }
+    #[inline(always)]
+    fn sub_i(self, a: [i32; 8], b: [i32; 8]) -> [i32; 8] {
+        zip8(a, b, i32::wrapping_sub)
+    }
+    #[inline(always)]
+    fn and_i(self, a: [i32; 8], b: [i32; 8]) -> [i32; 8] {
+        zip8(a, b, |x, y| x & y)
+    }
+    #[inline(always)]
+    fn shr_i(self, a: [i32; 8], n: u32) -> [i32; 8] {
+        a.map(|x| x >> n)
+    }
+    #[inline(always)]
+    fn shl_i(self, a: [i32; 8], n: u32) -> [i32; 8] {
+        a.map(|x| x.wrapping_shl(n))
+    }
+    #[inline(always)]
+    fn eq_i(self, a: [i32; 8], v: i32) -> [bool; 8] {
+        a.map(|x| x == v)
+    }
+    #[inline(always)]
+    fn any_at_least(self, a: [i32; 8], v: u32) -> bool {
+        a.iter().any(|&x| x as u32 >= v)
+    }
+    #[inline(always)]
+    unsafe fn load_columns<const C: usize>(self, p: *const f32) -> [[f32; 8]; C] {
+        // SAFETY: the caller's promise.
+        std::array::from_fn(|j| std::array::from_fn(|r| unsafe { *p.add(C * r + j) }))
+    }
+    #[inline(always)]
+    unsafe fn store_columns<const C: usize>(self, p: *mut f32, v: &[[f32; 8]; C]) {
+        for r in 0..8 {
+            for (j, col) in v.iter().enumerate() {
+                // SAFETY: the caller's promise.
+                unsafe { *p.add(C * r + j) = col[r] };
+            }
+        }
     }
 }
 
@@ -754,14 +888,29 @@ mod tests {
         a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
     }
 
-    /// `f` on every vector instruction set this CPU has gives `f` on [`Scalar`]'s bits.
+    /// `f` on [`Lanes8`] and on every vector instruction set this CPU has gives `f` on
+    /// [`Scalar`]'s bits.
     fn vector_paths_match(
         xs: &[f32],
         scalar: impl Fn(f32) -> f32,
+        lanes8: impl Fn(Lanes8, [f32; 8]) -> [f32; 8],
         #[cfg(target_arch = "x86_64")] avx2: impl Fn(Avx2, __m256) -> __m256,
         #[cfg(target_arch = "x86_64")] avx512: impl Fn(Avx512, __m512) -> __m512,
     ) {
         let want: Vec<f32> = xs.iter().map(|&x| scalar(x)).collect();
+        for (x, w) in xs.chunks_exact(8).zip(want.chunks_exact(8)) {
+            let x: [f32; 8] = x.try_into().expect("8 values");
+            let got = lanes8(Lanes8, x);
+            for l in 0..8 {
+                assert!(
+                    same(got[l], w[l]),
+                    "Lanes8 at {:e}: {:e} against {:e}",
+                    x[l],
+                    got[l],
+                    w[l]
+                );
+            }
+        }
         #[cfg(target_arch = "x86_64")]
         {
             let mut got = vec![0.0f32; xs.len()];
@@ -791,6 +940,7 @@ mod tests {
         vector_paths_match(
             &inputs(997, -104.0, 90.0),
             |x| exp(Scalar, x),
+            exp,
             #[cfg(target_arch = "x86_64")]
             exp,
             #[cfg(target_arch = "x86_64")]
@@ -799,6 +949,7 @@ mod tests {
         vector_paths_match(
             &inputs(997, 1.0, 1000.0),
             |x| ln(Scalar, x),
+            ln,
             #[cfg(target_arch = "x86_64")]
             ln,
             #[cfg(target_arch = "x86_64")]

@@ -34,7 +34,7 @@
 
 use rayon::prelude::*;
 
-use super::simd::{self, Scalar, Simd};
+use super::simd::{self, Lanes8, Simd};
 #[cfg(target_arch = "x86_64")]
 use super::simd::{Avx2, Avx512};
 use super::{math, CpuStorage, PAR_MIN_ELEMS};
@@ -274,7 +274,7 @@ fn across_isa<const C: usize>(
     grad: Option<&mut [f32]>,
 ) -> bool {
     match isa {
-        Isa::Portable => across::<Scalar, C>(Scalar, input, r0, losses, grad),
+        Isa::Portable => across::<Lanes8, C>(Lanes8, input, r0, losses, grad),
         // SAFETY: the token exists, so the CPU has the instruction set.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2(s) => unsafe { across_avx2::<C>(s, input, r0, losses, grad) },
