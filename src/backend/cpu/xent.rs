@@ -20,14 +20,16 @@
 //! - **per row** (any `C`): the row's classes run on vector lanes
 //!   ([`math::load_max`](super::math::load_max), [`math::exp_shifted_sum`](super::math::exp_shifted_sum)).
 //!   At `C` of a few classes most of a row's time is loop overhead and a horizontal reduction.
-//! - **across rows** (`C ≤` [`ACROSS_MAX_CLASSES`]): [`LANES`] rows side by side, one row per
-//!   vector lane (one AVX-512 register, two AVX2 registers), the class loop unrolled. Each lane
-//!   repeats the per-row kernel's arithmetic exactly — the same 8 running maxima and partial
-//!   sums for the first `⌊C/8⌋·8` classes, the same fixed tree, the rest in order, the same
-//!   [`math::exp`](super::math::exp), [`math::ln`](super::math::ln) and scaling — so only
-//!   the placement of rows in registers changes. Its AVX2 version is the portable code
-//!   compiled for AVX2, its AVX-512 version the same operations in intrinsics (no fused
-//!   multiply-add, no reassociation): the same bits again.
+//! - **across rows** (`C ≤` [`ACROSS_MAX_CLASSES`]): a block of rows side by side, one row
+//!   per vector lane, the class loop unrolled. The block is written once over
+//!   [`Simd`](super::simd::Simd) and runs as 8 lanes of arrays (portable), 8 AVX2 lanes or 16
+//!   AVX-512 lanes; the block's `C` contiguous vectors are deinterleaved into one vector per
+//!   class by permutes (gathers on AVX2 above 4 classes) and the gradient interleaved back
+//!   the same way. Each lane repeats the per-row kernel's arithmetic exactly — the same 8
+//!   running maxima and partial sums for the first `⌊C/8⌋·8` classes, the same fixed tree,
+//!   the rest in order, the same [`math::exp`](super::math::exp),
+//!   [`math::ln`](super::math::ln) and scaling — so every path gives the same bits. Labels
+//!   are range-checked as the block reads them.
 //!
 //! Rows run in parallel above a size threshold; each row is computed by one thread, so results
 //! do not depend on the thread count.
