@@ -21,7 +21,8 @@
 //!   bandwidth, GEMM and the fused linear + CE step against the FMA peak. With
 //!   `PYTORCH_REFERENCE=path.json` (benches/pytorch_reference.py's output, default
 //!   `results/pytorch_reference.json`) PyTorch's figures for the same workloads are printed
-//!   beside ours. `cargo bench --bench engine -- roofline` runs the table alone.
+//!   beside ours. `cargo bench --bench engine -- roofline` runs the table alone;
+//!   `MEMAWARE_SIMD=avx2` or `portable` measures the narrower kernels on a wider CPU.
 //!
 //! scripts/bench-table.py reads criterion's results and PyTorch's JSON into one table.
 
@@ -419,6 +420,12 @@ fn roofline(_c: &mut Criterion) {
     };
     #[cfg(not(target_arch = "x86_64"))]
     let isa = "portable";
+    let isa = match std::env::var("MEMAWARE_SIMD").as_deref() {
+        Ok(cap @ ("avx2" | "portable")) => {
+            format!("{isa}, kernels capped at {cap} by MEMAWARE_SIMD")
+        }
+        _ => isa.to_string(),
+    };
     println!(
         "\nroofline on {cpu} ({isa}), rayon {} threads; PyTorch from {}",
         rayon::current_num_threads(),

@@ -63,16 +63,38 @@ fn max_softmax(logits: &[f32]) -> (f64, u32) {
     (1.0 / total, best as u32)
 }
 
-/// Defines a function that says whether the CPU has every listed feature, probed once per
-/// process (so a process never mixes a kernel's two paths).
+/// The widest instruction set the crate's own kernels may use: `MEMAWARE_SIMD=avx2` or
+/// `portable` caps it below what the CPU has (to measure or test the narrower paths on a
+/// wider machine); unset or `avx512`, no cap. Read once per process. (`matrixmultiply`, which
+/// runs the large products, probes the CPU itself.)
+fn simd_cap() -> u8 {
+    static CAP: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
+    *CAP.get_or_init(|| match std::env::var("MEMAWARE_SIMD").as_deref() {
+        Err(_) | Ok("avx512") => 2,
+        Ok("avx2") => 1,
+        Ok("portable") => 0,
+        Ok(other) => {
+            eprintln!(
+                "memaware: MEMAWARE_SIMD={other:?} is not one of avx512, avx2, portable; ignored"
+            );
+            2
+        }
+    })
+}
+
+/// Defines a function that says whether the CPU has every listed feature and
+/// [`simd_cap`] allows instruction sets of that `$rank` (1: AVX2, 2: AVX-512), probed once
+/// per process (so a process never mixes a kernel's two paths).
 macro_rules! cpu_features {
-    ($(#[$doc:meta])* $name:ident: $($feature:tt),+) => {
+    ($(#[$doc:meta])* $name:ident, $rank:literal: $($feature:tt),+) => {
         $(#[$doc])*
         pub(crate) fn $name() -> bool {
             #[cfg(target_arch = "x86_64")]
             {
                 static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-                *HAS.get_or_init(|| true $(&& is_x86_feature_detected!($feature))+)
+                *HAS.get_or_init(|| {
+                    simd_cap() >= $rank $(&& is_x86_feature_detected!($feature))+
+                })
             }
             #[cfg(not(target_arch = "x86_64"))]
             {
@@ -85,16 +107,16 @@ macro_rules! cpu_features {
 cpu_features!(
     /// AVX2. Kernels with an AVX2 version compute the same bits as their portable version;
     /// only the speed differs.
-    has_avx2: "avx2"
+    has_avx2, 1: "avx2"
 );
 cpu_features!(
     /// AVX-512F; its kernels, too, give the portable bits.
-    has_avx512: "avx512f"
+    has_avx512, 2: "avx512f"
 );
 cpu_features!(
     /// AVX2 and FMA (the small-dimension GEMM kernels, whose bits differ from the portable
     /// path's).
-    has_avx2_fma: "avx2", "fma"
+    has_avx2_fma, 1: "avx2", "fma"
 );
 
 /// A host buffer: owned by the tensor, or shared read-only with others (a data set's
