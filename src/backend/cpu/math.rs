@@ -89,9 +89,65 @@ unsafe fn exp_shifted_sum_avx2(v: &mut [f32], shift: f32) -> f32 {
     exp_shifted_sum_generic(v, shift)
 }
 
+/// Shortest row that [`exp_shifted_sum`] runs on AVX-512.
+#[cfg(target_arch = "x86_64")]
+const AVX512_MIN_ROW: usize = 256;
+
+/// [`exp_shifted_sum_generic`] with the exponentials on 16 AVX-512 lanes: each 16 values are
+/// two of the generic code's chunks of 8, added to the 8 partial sums one chunk after the
+/// other, so every partial sum sees the same additions in the same order.
+///
+/// # Safety
+/// The CPU must support AVX-512F (the token says so).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn exp_shifted_sum_avx512(s: simd::Avx512, v: &mut [f32], shift: f32) -> f32 {
+    use super::simd::Simd;
+    use std::arch::x86_64::*;
+    let body = v.len() / 8 * 8;
+    let sh = s.splat(shift);
+    let mut acc = _mm256_setzero_ps();
+    let mut p = 0;
+    while p < body {
+        // A last single chunk of 8 runs masked to its 8 lanes.
+        let mask: __mmask16 = if p + 16 <= body { 0xffff } else { 0x00ff };
+        // SAFETY: the mask covers `p .. min(p + 16, body)`, inside `v`.
+        unsafe {
+            let at = v.as_mut_ptr().add(p);
+            let e = simd::exp(s, s.sub(_mm512_maskz_loadu_ps(mask, at), sh));
+            _mm512_mask_storeu_ps(at, mask, e);
+            acc = _mm256_add_ps(acc, _mm512_castps512_ps256(e));
+            if mask == 0xffff {
+                let hi = _mm512_extractf64x4_pd::<1>(_mm512_castps_pd(e));
+                acc = _mm256_add_ps(acc, _mm256_castpd_ps(hi));
+            }
+        }
+        p += 16;
+    }
+    let mut lanes = [0.0f32; 8];
+    // SAFETY: `lanes` holds 8 values.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+    let mut sum = ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6]))
+        + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]));
+    for o in v[body..].iter_mut() {
+        *o = exp(*o - shift);
+        sum += *o;
+    }
+    sum
+}
+
 /// `v[i] = exp(v[i] - shift)` in place and `Σ v`, vectorized where the CPU allows (same
 /// bits on every path).
 pub(crate) fn exp_shifted_sum(v: &mut [f32], shift: f32) -> f32 {
+    // Short rows run faster on AVX2 (measured at 100: 1.21 against 1.34 ms for the fused CE
+    // of 16384 rows); long ones on AVX-512 (at 1000: 6.4 against 5.3 ms).
+    #[cfg(target_arch = "x86_64")]
+    if v.len() >= AVX512_MIN_ROW {
+        if let Some(s) = simd::Avx512::new() {
+            // SAFETY: the token exists, so the CPU has AVX-512F.
+            return unsafe { exp_shifted_sum_avx512(s, v, shift) };
+        }
+    }
     #[cfg(target_arch = "x86_64")]
     if super::has_avx2() {
         // SAFETY: AVX2 support was detected at run time.
@@ -202,6 +258,34 @@ mod tests {
         let sb = exp_shifted_sum_generic(&mut b, 1.5);
         assert_eq!(sa.to_bits(), sb.to_bits());
         assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()));
+        // Each instruction set this CPU has, at every length up to 40 and two long rows (the
+        // AVX-512 loop's full, half and empty last blocks, every tail).
+        #[cfg(target_arch = "x86_64")]
+        for len in (0..=40).chain([100, 1000]) {
+            let x = rng.uniform_vec(len, -30.0, 5.0);
+            let mut want = x.clone();
+            let sum = exp_shifted_sum_generic(&mut want, 0.5);
+            let mut paths: Vec<(&str, f32, Vec<f32>)> = Vec::new();
+            if super::super::has_avx2() {
+                let mut v = x.clone();
+                // SAFETY: AVX2 was detected.
+                let s = unsafe { exp_shifted_sum_avx2(&mut v, 0.5) };
+                paths.push(("AVX2", s, v));
+            }
+            if let Some(t) = simd::Avx512::new() {
+                let mut v = x.clone();
+                // SAFETY: the token exists, so the CPU has AVX-512F.
+                let s = unsafe { exp_shifted_sum_avx512(t, &mut v, 0.5) };
+                paths.push(("AVX-512", s, v));
+            }
+            for (isa, s, v) in paths {
+                assert_eq!(s.to_bits(), sum.to_bits(), "{isa} sum, length {len}");
+                assert!(
+                    v.iter().zip(&want).all(|(p, q)| p.to_bits() == q.to_bits()),
+                    "{isa} values, length {len}"
+                );
+            }
+        }
         // Every tail length, on rows short and long.
         for len in (1..=19).chain([100, 1000]) {
             let x = rng.uniform_vec(len, -30.0, 5.0);
