@@ -9,7 +9,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 
 use common::{assert_ok, path_str, scratch};
 use serde_json::Value;
@@ -28,9 +28,10 @@ fn untimed(v: Value) -> Value {
     }
 }
 
-/// Trains under `MEMAWARE_SIMD=simd` into `out` and returns checkpoints and summary.
-fn train(simd: &str, out: &Path) -> (Vec<Value>, Value) {
-    let run = Command::new(env!("CARGO_BIN_EXE_memaware"))
+/// `memaware train` (ERM, linear, the Figure-1 data) for `steps` steps under
+/// `MEMAWARE_SIMD=simd`, into `out`.
+fn run(simd: &str, out: &Path, steps: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_memaware"))
         .env("MEMAWARE_SIMD", simd)
         .args([
             "train",
@@ -41,14 +42,19 @@ fn train(simd: &str, out: &Path) -> (Vec<Value>, Value) {
             "--model",
             "linear",
             "--steps",
-            "40",
+            steps,
             "--checkpoint-freq",
             "10",
             "--out",
             path_str(out),
         ])
         .output()
-        .expect("the memaware binary runs");
+        .expect("the memaware binary runs")
+}
+
+/// Trains under `MEMAWARE_SIMD=simd` into `out` and returns checkpoints and summary.
+fn train(simd: &str, out: &Path) -> (Vec<Value>, Value) {
+    let run = run(simd, out, "40");
     assert_ok(&run, &format!("train with MEMAWARE_SIMD={simd}"));
     let dir = out.join("erm-interpretable-sigma0.5-seed0");
     let jsonl = std::fs::read_to_string(dir.join("checkpoints.jsonl")).expect("checkpoints");
@@ -75,23 +81,7 @@ fn linear_training_is_bitwise_identical_on_every_simd_path() {
 #[test]
 fn an_unknown_simd_cap_is_reported_and_ignored() {
     let tmp = scratch("simd-cap-unknown");
-    let run = Command::new(env!("CARGO_BIN_EXE_memaware"))
-        .env("MEMAWARE_SIMD", "sse9")
-        .args([
-            "train",
-            "--method",
-            "erm",
-            "--data",
-            "interpretable:sigma=0.5",
-            "--model",
-            "linear",
-            "--steps",
-            "2",
-            "--out",
-            path_str(&tmp),
-        ])
-        .output()
-        .expect("the memaware binary runs");
+    let run = run("sse9", &tmp, "2");
     assert_ok(&run, "train with MEMAWARE_SIMD=sse9");
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(
