@@ -145,7 +145,13 @@ fn elementwise(k: Kernel, a: Args) -> Result<()> {
         K::Mul | K::MulBcast => return binary(k, B::Mul, a),
         K::Div | K::DivBcast => return binary(k, B::Div, a),
         K::Maximum | K::MaximumBcast => return binary(k, B::Maximum, a),
-        _ => return binary(k, B::Eq, a),
+        K::Eq | K::EqBcast => return binary(k, B::Eq, a),
+        _ => {
+            return Err(Error::Cuda(format!(
+                "emulator: {} is not an elementwise kernel",
+                k.name()
+            )))
+        }
     };
     a.put(1, &a.cpu(0, a.u(2))?.unary(unary)?.0)
 }
