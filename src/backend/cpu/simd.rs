@@ -2,14 +2,15 @@
 //!
 //! A kernel generic over [`Simd`] runs with [`Scalar`] (one lane: the reference), [`Lanes8`]
 //! (the portable path for blocks: 8 lanes as arrays, plain Rust that the compiler
-//! vectorizes), [`Avx2`] (8 lanes) or [`Avx512`] (16 lanes). Every
-//! method is one IEEE operation per lane — no fused multiply-add, no reassociation — so each
-//! lane of a vector instantiation computes the bits of the scalar one. [`exp`] and [`ln`]
-//! are written here once, in these operations; `math::exp` and `math::ln` are their scalar
-//! instantiations.
+//! vectorizes), [`Avx2`] (8 lanes) or [`Avx512`] (16 lanes). Every arithmetic method is one
+//! IEEE operation per lane — no fused multiply-add, no reassociation (`scale_pow2`'s AVX-512
+//! `vscalefps` is the same correctly rounded product) — so each lane of a vector
+//! instantiation computes the bits of the scalar one. [`exp`] and [`ln`] are written here
+//! once, in these operations; `math::exp` and `math::ln` are their scalar instantiations.
 //!
 //! The vector types are tokens: a value exists only where the CPU has the instruction set
-//! ([`Avx2::new`], [`Avx512::new`] probe it), which is what makes their methods safe to call.
+//! and `MEMAWARE_SIMD` allows it ([`Avx2::new`], [`Avx512::new`] probe both), which is what
+//! makes their methods safe to call.
 //! A generic kernel is fast only when it is inlined into a function compiled for the
 //! instruction set (`#[target_feature]`); elsewhere it is still correct.
 
@@ -138,7 +139,7 @@ impl<const N: usize, const C: usize> Columns<N, C> {
     };
 }
 
-/// The portable path: one lane.
+/// One lane: the reference every vector path is tested against, and the scalar `exp` / `ln`.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Scalar;
 
