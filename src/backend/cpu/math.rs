@@ -74,9 +74,20 @@ fn exp_shifted_sum_generic(v: &mut [f32], shift: f32) -> f32 {
             lanes[l] += chunk[l];
         }
     }
-    let mut s = ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6]))
-        + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]));
-    for o in v[body..].iter_mut() {
+    finish_exp_sum(lanes, &mut v[body..], shift)
+}
+
+/// The fixed tree over 8 partial sums that every 8-lane sum of the CPU backend ends with.
+#[inline(always)]
+pub(crate) fn tree8(l: [f32; 8]) -> f32 {
+    ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))
+}
+
+/// The partial sums folded by [`tree8`], then the tail's exponentials added in order.
+#[inline(always)]
+fn finish_exp_sum(lanes: [f32; 8], tail: &mut [f32], shift: f32) -> f32 {
+    let mut s = tree8(lanes);
+    for o in tail.iter_mut() {
         *o = exp(*o - shift);
         s += *o;
     }
@@ -127,13 +138,7 @@ unsafe fn exp_shifted_sum_avx512(s: simd::Avx512, v: &mut [f32], shift: f32) -> 
     let mut lanes = [0.0f32; 8];
     // SAFETY: `lanes` holds 8 values.
     unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
-    let mut sum = ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6]))
-        + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]));
-    for o in v[body..].iter_mut() {
-        *o = exp(*o - shift);
-        sum += *o;
-    }
-    sum
+    finish_exp_sum(lanes, &mut v[body..], shift)
 }
 
 /// `v[i] = exp(v[i] - shift)` in place and `Σ v`, vectorized where the CPU allows (same

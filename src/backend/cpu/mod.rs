@@ -573,8 +573,7 @@ pub(crate) fn sum_fixed_order(x: &[f32]) -> f32 {
                 lanes[l] += chunk[l];
             }
         }
-        let mut s = ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6]))
-            + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]));
+        let mut s = math::tree8(lanes);
         for &v in &c[body..] {
             s += v;
         }
