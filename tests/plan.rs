@@ -7,46 +7,25 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{memaware, scratch, text};
+use common::{files_under, memaware, scratch, text, untimed};
 use serde_json::Value;
 
 /// Every file under `dir`, JSON with its timings removed, as (relative path, content).
 fn files(dir: &Path) -> Vec<(PathBuf, String)> {
-    fn strip(v: &mut Value) {
-        match v {
-            Value::Object(m) => {
-                m.retain(|k, _| !matches!(k.as_str(), "seconds" | "steps_per_s"));
-                m.values_mut().for_each(strip);
-            }
-            Value::Array(a) => a.iter_mut().for_each(strip),
-            _ => {}
-        }
-    }
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-                continue;
-            }
-            let rel = p.strip_prefix(dir).unwrap().to_path_buf();
+    files_under(dir)
+        .into_iter()
+        .map(|p| {
             let content = match p.extension().and_then(|x| x.to_str()) {
                 Some("json") => {
-                    let mut v: Value =
-                        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-                    strip(&mut v);
-                    v.to_string()
+                    untimed(serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap())
+                        .to_string()
                 }
                 Some("safetensors") => format!("{:?}", std::fs::read(&p).unwrap()),
                 _ => std::fs::read_to_string(&p).unwrap(),
             };
-            out.push((rel, content));
-        }
-    }
-    out.sort();
-    out
+            (p.strip_prefix(dir).unwrap().to_path_buf(), content)
+        })
+        .collect()
 }
 
 fn ok(args: &[&str]) -> String {
@@ -251,7 +230,7 @@ fn job_arguments_are_checked() {
     let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     v["crate_version"] = Value::from("0.0.0-other");
     std::fs::write(&path, v.to_string()).unwrap();
-    let err = fails(&[
+    let first_job = [
         "job",
         "--plan",
         plan_s,
@@ -259,18 +238,11 @@ fn job_arguments_are_checked() {
         "xrm-draws",
         "--index",
         "0",
-    ]);
+    ];
+    let err = fails(&first_job);
     assert!(err.contains("0.0.0-other"), "{err}");
     std::fs::write(&path, "{\"format\": ").unwrap();
-    let err = fails(&[
-        "job",
-        "--plan",
-        plan_s,
-        "--phase",
-        "xrm-draws",
-        "--index",
-        "0",
-    ]);
+    let err = fails(&first_job);
     assert!(err.contains("plan.json"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

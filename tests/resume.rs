@@ -3,8 +3,11 @@
 //! others, and refuses another configuration unless told to overwrite; the report lists
 //! interrupted runs and damaged lines instead of failing.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
+use common::files_under;
 use memaware::algo::model::{ModelSpec, OptimizerSpec};
 use memaware::algo::sweep::{
     run_label, run_sweeps, Estimator, MethodKind, MethodPlan, RunRecord, RunStatus,
@@ -155,27 +158,20 @@ fn a_stopped_run_continues_to_the_same_bits() {
 }
 
 fn sweep_files(dir: &Path) -> Vec<(PathBuf, String)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "jsonl" || x == "json") {
-                // Timings differ from run to run.
-                let text = std::fs::read_to_string(&p).unwrap();
-                let kept: String = text
-                    .lines()
-                    .filter(|l| !l.contains("steps_per_s"))
-                    .collect::<Vec<_>>()
-                    .join("\n");
-                out.push((p.strip_prefix(dir).unwrap().to_path_buf(), kept));
-            }
-        }
-    }
-    out.sort();
-    out
+    files_under(dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl" || x == "json"))
+        .map(|p| {
+            // Timings differ from run to run.
+            let text = std::fs::read_to_string(&p).unwrap();
+            let kept: String = text
+                .lines()
+                .filter(|l| !l.contains("steps_per_s"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            (p.strip_prefix(dir).unwrap().to_path_buf(), kept)
+        })
+        .collect()
 }
 
 #[test]

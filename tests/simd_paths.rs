@@ -11,22 +11,8 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{assert_ok, path_str, scratch};
+use common::{assert_ok, path_str, scratch, untimed};
 use serde_json::Value;
-
-/// Drops the fields that measure time.
-fn untimed(v: Value) -> Value {
-    match v {
-        Value::Object(map) => Value::Object(
-            map.into_iter()
-                .filter(|(k, _)| !k.ends_with("per_s") && !k.ends_with("seconds"))
-                .map(|(k, v)| (k, untimed(v)))
-                .collect(),
-        ),
-        Value::Array(items) => Value::Array(items.into_iter().map(untimed).collect()),
-        other => other,
-    }
-}
 
 /// `memaware train` (ERM, linear, the Figure-1 data) for `steps` steps under
 /// `MEMAWARE_SIMD=simd`, into `out`.

@@ -17,6 +17,40 @@ pub fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// Every file under `dir`, in its subfolders too, sorted.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("a readable folder") {
+            let p = e.expect("a folder entry").path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A JSON value without the fields that measure time (`seconds`, `steps_per_s`), which
+/// differ from run to run.
+pub fn untimed(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "seconds" | "steps_per_s"))
+                .map(|(k, v)| (k, untimed(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(untimed).collect()),
+        other => other,
+    }
+}
+
 /// The bits of every value of a tensor, for exact comparisons.
 pub fn bits(t: &Tensor) -> Vec<u32> {
     t.to_vec()
