@@ -400,6 +400,163 @@ unsafe fn axpy4_rows_avx512(
     axpy4_rows_simd(s, coef, b, out, width)
 }
 
+/// Two independent jobs in one pass over `k` columns, for the fused linear + CE: the dot
+/// products `dots[r][j] = a[r] · cols[j]` of `R` rows (the next rows' logits, streamed from
+/// memory) and `out[i, :] += (c[i][0]·b[0] + c[i][1]·b[1]) + (c[i][2]·b[2] + c[i][3]·b[3])`
+/// (a weight gradient over four rows already in cache). Each job has the bits of its own
+/// kernel ([`row_dots`], [`accumulate_rows`]); together, the gradient's arithmetic runs while
+/// the next rows arrive instead of after them.
+pub(super) fn dots_and_axpy4<const R: usize>(
+    a: [&[f32]; R],
+    cols: &[Vec<f32>],
+    dots: [&mut [f32]; R],
+    coef: &[[f32; 4]],
+    b: [&[f32]; 4],
+    out: &mut [f32],
+) {
+    let k = a[0].len();
+    assert!(
+        a.iter().all(|r| r.len() == k)
+            && (1..=THIN).contains(&cols.len())
+            && cols.iter().all(|c| c.len() == k)
+            && dots.iter().all(|d| d.len() >= cols.len())
+            && coef.len() <= THIN
+            && b.iter().all(|r| r.len() == k)
+            && out.len() >= coef.len() * k,
+        "dots_and_axpy4: rows, columns and gradient rows of one length"
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        if let Some(s) = simd::Avx512::new() {
+            // SAFETY: the token exists, so the CPU has AVX-512F; lengths checked above.
+            return unsafe { dots_and_axpy4_avx512(s, a, cols, dots, coef, b, out) };
+        }
+        if let Some(s) = simd::Avx2::new() {
+            // SAFETY: the token exists, so the CPU has AVX2; lengths checked above.
+            return unsafe { dots_and_axpy4_avx2(s, a, cols, dots, coef, b, out) };
+        }
+    }
+    dots_and_axpy4_n(simd::Lanes8, a, cols, dots, coef, b, out)
+}
+
+#[inline(always)]
+fn dots_and_axpy4_n<S: Simd, const R: usize>(
+    s: S,
+    a: [&[f32]; R],
+    cols: &[Vec<f32>],
+    dots: [&mut [f32]; R],
+    coef: &[[f32; 4]],
+    b: [&[f32]; 4],
+    out: &mut [f32],
+) {
+    match cols.len() {
+        1 => dots_and_axpy4_simd::<S, R, 1>(s, a, cols, dots, coef, b, out),
+        2 => dots_and_axpy4_simd::<S, R, 2>(s, a, cols, dots, coef, b, out),
+        3 => dots_and_axpy4_simd::<S, R, 3>(s, a, cols, dots, coef, b, out),
+        _ => dots_and_axpy4_simd::<S, R, 4>(s, a, cols, dots, coef, b, out),
+    }
+}
+
+/// [`dots_and_axpy4`] with `N` columns: lane `l` of accumulator `v` is partial sum
+/// `v·S::LANES + l` of [`row_dots`]' 32; the gradient as [`axpy4_rows_simd`].
+#[inline(always)]
+fn dots_and_axpy4_simd<S: Simd, const R: usize, const N: usize>(
+    s: S,
+    a: [&[f32]; R],
+    cols: &[Vec<f32>],
+    dots: [&mut [f32]; R],
+    coef: &[[f32; 4]],
+    b: [&[f32]; 4],
+    out: &mut [f32],
+) {
+    let k = a[0].len();
+    let per = LANES / S::LANES;
+    let body = k / LANES * LANES;
+    let zero = s.splat(0.0);
+    // acc[v][r][j]: vector `v` of the partial sums of row `r` and column `j`.
+    let mut acc = [[[zero; N]; R]; 4];
+    let c: [&[f32]; N] = std::array::from_fn(|j| &cols[j][..k]);
+    let mut p = 0;
+    while p < body {
+        for (v, acc) in acc.iter_mut().enumerate().take(per) {
+            let q = p + v * S::LANES;
+            // SAFETY (loads and stores): q + S::LANES <= body <= k, the length of every row,
+            // column and gradient row (checked by the caller).
+            unsafe {
+                let x: [S::F; R] = std::array::from_fn(|r| s.load(a[r].as_ptr().add(q)));
+                for (j, col) in c.iter().enumerate() {
+                    let w = s.load(col.as_ptr().add(q));
+                    for (acc, &x) in acc.iter_mut().zip(&x) {
+                        acc[j] = s.add(acc[j], s.mul(x, w));
+                    }
+                }
+                let bv = [
+                    s.load(b[0].as_ptr().add(q)),
+                    s.load(b[1].as_ptr().add(q)),
+                    s.load(b[2].as_ptr().add(q)),
+                    s.load(b[3].as_ptr().add(q)),
+                ];
+                for (i, cf) in coef.iter().enumerate() {
+                    let t01 = s.add(s.mul(s.splat(cf[0]), bv[0]), s.mul(s.splat(cf[1]), bv[1]));
+                    let t23 = s.add(s.mul(s.splat(cf[2]), bv[2]), s.mul(s.splat(cf[3]), bv[3]));
+                    let o = out.as_mut_ptr().add(i * k + q);
+                    s.store(o, s.add(s.load(o), s.add(t01, t23)));
+                }
+            }
+        }
+        p += LANES;
+    }
+    for (r, dots) in dots.into_iter().enumerate() {
+        for j in 0..N {
+            let mut w = [0.0f32; LANES];
+            for (v, acc) in acc.iter().enumerate().take(per) {
+                // SAFETY: `w` holds LANES = per · S::LANES floats.
+                unsafe { s.store(w.as_mut_ptr().add(v * S::LANES), acc[r][j]) };
+            }
+            dots[j] = finish_lanes(w, &a[r][body..], &c[j][body..]);
+        }
+    }
+    // The gradient's columns past the last whole block of 32, as `axpy4_rows` takes them.
+    for (i, cf) in coef.iter().enumerate() {
+        for q in body..k {
+            out[i * k + q] +=
+                (cf[0] * b[0][q] + cf[1] * b[1][q]) + (cf[2] * b[2][q] + cf[3] * b[3][q]);
+        }
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX2; lengths as [`dots_and_axpy4`] checks them.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn dots_and_axpy4_avx2<const R: usize>(
+    s: simd::Avx2,
+    a: [&[f32]; R],
+    cols: &[Vec<f32>],
+    dots: [&mut [f32]; R],
+    coef: &[[f32; 4]],
+    b: [&[f32]; 4],
+    out: &mut [f32],
+) {
+    dots_and_axpy4_n(s, a, cols, dots, coef, b, out)
+}
+
+/// # Safety
+/// The CPU must support AVX-512F; lengths as [`dots_and_axpy4`] checks them.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dots_and_axpy4_avx512<const R: usize>(
+    s: simd::Avx512,
+    a: [&[f32]; R],
+    cols: &[Vec<f32>],
+    dots: [&mut [f32]; R],
+    coef: &[[f32; 4]],
+    b: [&[f32]; 4],
+    out: &mut [f32],
+) {
+    dots_and_axpy4_n(s, a, cols, dots, coef, b, out)
+}
+
 /// `out (m × width) += A(:, rows) · B[rows, c0..c0 + width]`, four rows of B at a time, then
 /// the remaining rows one by one: the fixed association of the thin-left product.
 #[allow(clippy::too_many_arguments)]
@@ -727,6 +884,69 @@ mod tests {
             row_block_dots([&rows[0], &rows[3], &rows[1]], &cols[..n], [o0, o1, o2]);
             for (got, row) in r.iter().zip([0, 3, 1]) {
                 assert_eq!(got.map(f32::to_bits), portable(row, n));
+            }
+        }
+    }
+
+    /// The fused kernel of the linear + CE pass gives each of its two jobs the bits of that
+    /// job's own kernel, on the portable lanes and on every instruction set this CPU has, at
+    /// lengths with and without a tail past the blocks of 32 and 16.
+    #[test]
+    fn dots_beside_gradient_rows_have_the_bits_of_each_alone() {
+        let mut rng = crate::rng::Rng::new(12);
+        for k in [1usize, 31, 32, 47, 64, 1003] {
+            let rows: Vec<Vec<f32>> = (0..8).map(|_| rng.normal_vec(k)).collect();
+            let cols: Vec<Vec<f32>> = (0..4).map(|_| rng.normal_vec(k)).collect();
+            let b = std::array::from_fn(|t| &rows[4 + t][..]);
+            for (n, m) in [(1, 1), (2, 2), (3, 1), (4, 4), (4, 2)] {
+                let coef: Vec<[f32; 4]> = (0..m)
+                    .map(|_| std::array::from_fn(|_| rng.normal()))
+                    .collect();
+                let start = rng.normal_vec(m * k);
+                let mut want_out = start.clone();
+                axpy4_rows_generic(&coef, b, &mut want_out, k);
+                let want_dot = |r: usize| {
+                    let mut p = [0.0f32; 4];
+                    row_dots_generic(&rows[r], &cols[..n], &mut p);
+                    p.map(f32::to_bits)
+                };
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                type Run<'a> = &'a dyn Fn([&mut [f32]; 4], &mut [f32]);
+                let check = |isa: &str, run: Run| {
+                    let mut d = [[0.0f32; 4]; 4];
+                    let mut out = start.clone();
+                    let [d0, d1, d2, d3] = &mut d;
+                    run([d0, d1, d2, d3], &mut out);
+                    assert_eq!(bits(&out), bits(&want_out), "{isa}: gradient, k {k}, m {m}");
+                    for (r, got) in d.iter().enumerate() {
+                        assert_eq!(got.map(f32::to_bits), want_dot(r), "{isa}: dot {r}, k {k}");
+                    }
+                };
+                let a4: [&[f32]; 4] = std::array::from_fn(|r| &rows[r][..]);
+                let cols = &cols[..n];
+                check("portable", &|[d0, d1, d2, d3], out| {
+                    dots_and_axpy4_n(simd::Lanes8, a4, cols, [d0, d1, d2, d3], &coef, b, out)
+                });
+                check("chosen, two rows", &|[d0, d1, d2, d3], out| {
+                    dots_and_axpy4([a4[0], a4[1]], cols, [d0, d1], &coef, b, out);
+                    row_dots_generic(a4[2], cols, d2);
+                    row_dots_generic(a4[3], cols, d3);
+                });
+                #[cfg(target_arch = "x86_64")]
+                {
+                    if let Some(s) = simd::Avx2::new() {
+                        check("AVX2", &|d, out| {
+                            // SAFETY: the token exists, so the CPU has AVX2.
+                            unsafe { dots_and_axpy4_avx2(s, a4, cols, d, &coef, b, out) }
+                        });
+                    }
+                    if let Some(s) = simd::Avx512::new() {
+                        check("AVX-512", &|d, out| {
+                            // SAFETY: the token exists, so the CPU has AVX-512F.
+                            unsafe { dots_and_axpy4_avx512(s, a4, cols, d, &coef, b, out) }
+                        });
+                    }
+                }
             }
         }
     }

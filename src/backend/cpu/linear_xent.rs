@@ -2,28 +2,34 @@
 //!
 //! For `z_i = W x_i + b` (`W` is `C × D`, `C ≤ 4`), the loss of
 //! [`xent`](super::xent) and its gradients `dW = Σ_i dz_i x_iᵀ`, `db = Σ_i dz_i`, computed in
-//! one pass over `X`: each block of [`ROWS`] rows is read from memory once for its logits and
-//! read again from cache (a block is `ROWS · D · 4` bytes, 460 KB for `D = 1800`) for its share
-//! of `dW`. The unfused chain (`X · Wᵀ`, cross-entropy, `dZᵀ · X`) streams `X` twice.
+//! one pass over `X`. Each thread takes a run of consecutive rows in groups of [`GROUP`]:
+//! while the cross-entropy of one group is done, the next group's logits are taken in the
+//! same pass over the columns as this group's share of `dW` ([`dots_and_axpy4`]), so `X` is
+//! read from memory once (`4·N·D` bytes) and the gradient's arithmetic runs while the next
+//! rows arrive. The unfused chain (`X · Wᵀ`, cross-entropy, `dZᵀ · X`) streams `X` twice.
 //!
 //! Optional extra weight rows (`also`, e.g. the other XRM twin) get their logits from the same
 //! pass, so a caller that needs `X · Wᵀ` for the loss and `X · Vᵀ` for something else reads
 //! `X` from memory once.
 //!
-//! Determinism: each block's partial `dW` is accumulated in row order by one thread, and the
-//! partials are added in block order, whatever the thread count.
+//! Determinism: `dW` is summed over blocks of [`ROWS`] rows, each block's partial accumulated
+//! four rows at a time in row order ([`accumulate_rows`]' association), and the partials are
+//! added in block order: the same bits for any thread count and any split of the rows.
+
+use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::gemm::{accumulate_rows, row_block_dots, row_dots};
-use super::{math, CpuStorage};
+use super::gemm::{accumulate_rows, dots_and_axpy4, row_block_dots, row_dots};
+use super::{xent, CpuStorage};
 use crate::backend::{LinearXentArgs, LinearXentOut};
 use crate::error::{Error, Result};
 
 /// Rows per block.
 const ROWS: usize = 64;
-/// Rows per group within a block: a multiple of 4, the rows `accumulate_rows` takes per pass.
-const GROUP: usize = 4;
+/// Rows per group: the cross-entropy runs on a group while the next group's logits are taken
+/// (a multiple of 4, the rows `accumulate_rows` takes per pass).
+const GROUP: usize = 8;
 /// Largest class count of the fused path.
 pub(super) const MAX_CLASSES: usize = 4;
 
@@ -56,112 +62,54 @@ pub(super) fn linear_xent(
         .map(|j| w[j * d..(j + 1) * d].to_vec())
         .chain((0..e).map(|j| also[j * d..(j + 1) * d].to_vec()))
         .collect();
-    let width = c + e;
     let mut logits = vec![0.0f32; n * c];
     let mut also_logits = vec![0.0f32; n * e];
     let mut row_losses = vec![0.0f32; n];
-    let block =
-        |(bi, (z, l)): (usize, (&mut [f32], &mut [f32]))| -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-            let r0 = bi * ROWS;
-            let rows = l.len();
-            let mut dz = vec![0.0f32; rows * c];
-            let mut all = vec![0.0f32; rows * width];
-            let mut gw = vec![0.0f32; c * d];
-            // Groups of GROUP rows: logits, loss and dz of the group, then its share of dW
-            // while its rows are still in L1. The groups start at multiples of 4 from the
-            // block's first row, so dW is accumulated exactly as one pass over the block would.
-            for g0 in (0..rows).step_by(GROUP) {
-                let g1 = (g0 + GROUP).min(rows);
-                // Logits two rows at a time (each column load serves both rows).
-                for (pi, zp) in all[g0 * width..g1 * width]
-                    .chunks_mut(2 * width)
-                    .enumerate()
-                {
-                    let i = r0 + g0 + 2 * pi;
-                    let x0 = &x[i * d..(i + 1) * d];
-                    if zp.len() == 2 * width {
-                        let (z0, z1) = zp.split_at_mut(width);
-                        let x1 = &x[(i + 1) * d..(i + 2) * d];
-                        for ((group, z0), z1) in cols
-                            .chunks(MAX_CLASSES)
-                            .zip(z0.chunks_mut(MAX_CLASSES))
-                            .zip(z1.chunks_mut(MAX_CLASSES))
-                        {
-                            row_block_dots([x0, x1], group, [z0, z1]);
-                        }
-                    } else {
-                        for (group, z0) in cols.chunks(MAX_CLASSES).zip(zp.chunks_mut(MAX_CLASSES))
-                        {
-                            row_dots(x0, group, z0);
-                        }
-                    }
-                }
-                for r in g0..g1 {
-                    let i = r0 + r;
-                    let zr = &mut z[r * c..(r + 1) * c];
-                    zr.copy_from_slice(&all[r * width..r * width + c]);
-                    if let Some(b) = bias {
-                        zr.iter_mut().zip(b).for_each(|(z, &b)| *z += b);
-                    }
-                    let mut u = [0.0f32; MAX_CLASSES];
-                    for j in 0..c {
-                        u[j] = zr[j] + shift.map_or(0.0, |s| s[i * c + j]);
-                    }
-                    let m = u[..c].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0.0f32;
-                    for v in u[..c].iter_mut() {
-                        *v = math::exp(*v - m);
-                        sum += *v;
-                    }
-                    let y = labels[i] as usize;
-                    let wi = weights.map_or(1.0, |w| w[i]);
-                    let u_y = zr[y] + shift.map_or(0.0, |s| s[i * c + y]);
-                    l[r] = wi * (m + math::ln(sum) - u_y);
-                    let scale = grad_scale * wi;
-                    let factor = scale / sum;
-                    for j in 0..c {
-                        dz[r * c + j] = factor * u[j];
-                    }
-                    dz[r * c + y] -= scale;
-                }
-                let dz_at = |j: usize, p: usize| dz[(p - r0) * c + j];
-                accumulate_rows(&dz_at, c, r0 + g0..r0 + g1, x, d, 0, d, &mut gw);
-            }
-            let mut also_block = Vec::with_capacity(rows * e);
-            for row in all.chunks_exact(width) {
-                also_block.extend_from_slice(&row[c..]);
-            }
-            let mut gb = vec![0.0f32; c];
-            for r in 0..rows {
-                for j in 0..c {
-                    gb[j] += dz[r * c + j];
-                }
-            }
-            (gw, gb, also_block)
-        };
-    let partials: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = if n * d >= 1 << 18 {
-        logits
-            .par_chunks_mut(ROWS * c)
-            .zip(row_losses.par_chunks_mut(ROWS))
+    let pass = Pass {
+        x,
+        d,
+        cols: &cols,
+        c,
+        bias,
+        shift,
+        labels,
+        weights,
+        grad_scale,
+    };
+    // Runs of whole blocks: two per thread (the bits do not depend on the split).
+    let blocks = n.div_ceil(ROWS).max(1);
+    let parallel = n * d >= 1 << 18;
+    let threads = if parallel {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    let run_rows = blocks.div_ceil(2 * threads).max(1) * ROWS;
+    let run = |(ri, (z, l)): (usize, (&mut [f32], &mut [f32]))| pass.run(ri * run_rows, z, l);
+    let partials: Vec<Partial> = if parallel {
+        let runs: Vec<Vec<Partial>> = logits
+            .par_chunks_mut(run_rows * c)
+            .zip(row_losses.par_chunks_mut(run_rows))
             .enumerate()
-            .map(block)
-            .collect()
+            .map(run)
+            .collect();
+        runs.into_iter().flatten().collect()
     } else {
         logits
-            .chunks_mut(ROWS * c)
-            .zip(row_losses.chunks_mut(ROWS))
+            .chunks_mut(run_rows * c)
+            .zip(row_losses.chunks_mut(run_rows))
             .enumerate()
-            .map(block)
+            .flat_map(run)
             .collect()
     };
     let mut grad_w = vec![0.0f32; c * d];
     let mut grad_b = vec![0.0f32; c];
-    for (gw, gb, _) in &partials {
-        grad_w.iter_mut().zip(gw).for_each(|(o, &v)| *o += v);
-        grad_b.iter_mut().zip(gb).for_each(|(o, &v)| *o += v);
+    for p in &partials {
+        grad_w.iter_mut().zip(&p.gw).for_each(|(o, &v)| *o += v);
+        grad_b.iter_mut().zip(&p.gb).for_each(|(o, &v)| *o += v);
     }
-    for (dst, (_, _, src)) in also_logits.chunks_mut(ROWS * e.max(1)).zip(&partials) {
-        dst.copy_from_slice(src);
+    for (dst, p) in also_logits.chunks_mut(ROWS * e.max(1)).zip(&partials) {
+        dst.copy_from_slice(&p.also);
     }
     // The extra rows' bias in f32 adds, as `broadcast_add` makes them.
     if let Some((_, Some(b), _)) = a.also {
@@ -176,4 +124,294 @@ pub(super) fn linear_xent(
         grad_b: a.bias.map(|_| CpuStorage::new(grad_b)),
         also_logits: a.also.map(|_| CpuStorage::new(also_logits)),
     })
+}
+
+/// One block's share of the gradients, and its rows' extra logits.
+struct Partial {
+    gw: Vec<f32>,
+    gb: Vec<f32>,
+    also: Vec<f32>,
+}
+
+/// What every run of rows reads: `x` (`n × d`), the weight rows as columns (the loss's `c`
+/// first, then the extra rows), and the cross-entropy's inputs for all rows.
+struct Pass<'a> {
+    x: &'a [f32],
+    d: usize,
+    cols: &'a [Vec<f32>],
+    c: usize,
+    bias: Option<&'a [f32]>,
+    shift: Option<&'a [f32]>,
+    labels: &'a [u32],
+    weights: Option<&'a [f32]>,
+    grad_scale: f32,
+}
+
+impl Pass<'_> {
+    fn row(&self, i: usize) -> &[f32] {
+        &self.x[i * self.d..(i + 1) * self.d]
+    }
+
+    /// Rows `r0 .. r0 + l.len()` (whole blocks, but for the last run): their logits into `z`,
+    /// losses into `l`, and one [`Partial`] per block.
+    fn run(&self, r0: usize, z: &mut [f32], l: &mut [f32]) -> Vec<Partial> {
+        let (rows, c, d, width) = (l.len(), self.c, self.d, self.cols.len());
+        let mut all = vec![0.0f32; rows * width];
+        let mut dz = vec![0.0f32; rows * c];
+        let mut gw: Vec<Vec<f32>> = (0..rows.div_ceil(ROWS)).map(|_| vec![0.0; c * d]).collect();
+        let groups: Vec<Range<usize>> = (0..rows)
+            .step_by(GROUP)
+            .map(|g0| g0..(g0 + GROUP).min(rows))
+            .collect();
+        for r in groups[0].clone().step_by(2) {
+            self.logits(r0 + r, r + 1 < groups[0].end, &mut all[r * width..]);
+        }
+        for (gi, cur) in groups.iter().enumerate() {
+            // The group's logits, losses and dz (labels were checked), by the cross-entropy's
+            // own kernel.
+            for (zr, row) in z[cur.start * c..cur.end * c]
+                .chunks_exact_mut(c)
+                .zip(all[cur.start * width..].chunks_exact(width))
+            {
+                zr.copy_from_slice(&row[..c]);
+                if let Some(b) = self.bias {
+                    zr.iter_mut().zip(b).for_each(|(z, &b)| *z += b);
+                }
+            }
+            let at = r0 + cur.start..r0 + cur.end;
+            let input = xent::Rows {
+                z: &z[cur.start * c..cur.end * c],
+                shift: self.shift.map(|s| &s[at.start * c..at.end * c]),
+                labels: &self.labels[at.clone()],
+                weights: self.weights.map(|w| &w[at.clone()]),
+                cols: c,
+                grad_scale: self.grad_scale,
+            };
+            let dz_cur = Some(&mut dz[cur.start * c..cur.end * c]);
+            xent::across_rows_here(input, &mut l[cur.clone()], dz_cur);
+            // The next group's logits, each run of 4 (2 above two columns) rows in one pass
+            // with four of this group's rows' share of dW, while those are still in cache.
+            let gw = &mut gw[cur.start / ROWS];
+            let next = groups.get(gi + 1).cloned().unwrap_or(cur.end..cur.end);
+            let step = if width <= 2 { 4 } else { 2 };
+            let mut done = cur.start;
+            let mut r = next.start;
+            while r < next.end {
+                if r + step > next.end || done + 4 > cur.end || (r - next.start) % 4 != 0 {
+                    self.logits(r0 + r, r + 1 < next.end, &mut all[r * width..]);
+                    r += 2;
+                    continue;
+                }
+                let mut coef = [[0.0f32; 4]; MAX_CLASSES];
+                for (j, cf) in coef.iter_mut().enumerate().take(c) {
+                    *cf = std::array::from_fn(|t| dz[(done + t) * c + j]);
+                }
+                let b = std::array::from_fn(|t| self.row(r0 + done + t));
+                let first = &self.cols[..width.min(MAX_CLASSES)];
+                let out = &mut all[r * width..(r + step) * width];
+                if step == 4 {
+                    let xs = std::array::from_fn(|t| self.row(r0 + r + t));
+                    dots_and_axpy4(xs, first, rows4(out, width), &coef[..c], b, gw);
+                } else {
+                    let xs = [self.row(r0 + r), self.row(r0 + r + 1)];
+                    let (z0, z1) = out.split_at_mut(width);
+                    dots_and_axpy4(xs, first, [z0, z1], &coef[..c], b, gw);
+                    // Logit columns past the first four, as a separate product takes them.
+                    let rest = self.cols[first.len()..].chunks(MAX_CLASSES);
+                    let z0 = z0[first.len()..].chunks_mut(MAX_CLASSES);
+                    let z1 = z1[first.len()..].chunks_mut(MAX_CLASSES);
+                    for ((group, z0), z1) in rest.zip(z0).zip(z1) {
+                        row_block_dots(xs, group, [z0, z1]);
+                    }
+                }
+                done += 4;
+                r += step;
+            }
+            let dz_at = |j: usize, p: usize| dz[(p - r0) * c + j];
+            accumulate_rows(&dz_at, c, r0 + done..r0 + cur.end, self.x, d, 0, d, gw);
+        }
+        let blocks = dz.chunks(ROWS * c).zip(all.chunks(ROWS * width)).zip(gw);
+        blocks
+            .map(|((dz, all), gw)| {
+                let mut gb = vec![0.0f32; c];
+                for row in dz.chunks_exact(c) {
+                    gb.iter_mut().zip(row).for_each(|(o, &v)| *o += v);
+                }
+                let also = all.chunks_exact(width).flat_map(|row| &row[c..]);
+                Partial {
+                    gw,
+                    gb,
+                    also: also.copied().collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// Logits of row `i` and, when `pair`, of row `i + 1` into the rows of `z`: each column
+    /// load serves both rows.
+    fn logits(&self, i: usize, pair: bool, z: &mut [f32]) {
+        let width = self.cols.len();
+        let groups = self.cols.chunks(MAX_CLASSES);
+        if pair {
+            let (z0, z1) = z.split_at_mut(width);
+            let xs = [self.row(i), self.row(i + 1)];
+            let outs = z0.chunks_mut(MAX_CLASSES).zip(z1.chunks_mut(MAX_CLASSES));
+            for (group, (z0, z1)) in groups.zip(outs) {
+                row_block_dots(xs, group, [z0, z1]);
+            }
+        } else {
+            for (group, z0) in groups.zip(z.chunks_mut(MAX_CLASSES)) {
+                row_dots(self.row(i), group, z0);
+            }
+        }
+    }
+}
+
+/// The first four rows of `width` floats of `z`.
+fn rows4(z: &mut [f32], width: usize) -> [&mut [f32]; 4] {
+    let (z0, rest) = z.split_at_mut(width);
+    let (z1, rest) = rest.split_at_mut(width);
+    let (z2, rest) = rest.split_at_mut(width);
+    [z0, z1, z2, &mut rest[..width]]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::XentArgs;
+
+    /// The pipelined pass against its parts taken one after another: logits by `row_dots`
+    /// (+ bias), the cross-entropy by its own kernel over all rows, `dW` as per-block
+    /// `accumulate_rows` summed in block order: the same bits at awkward sizes (rows not a
+    /// multiple of the group or the block, lengths with tails, up to four extra rows), with and
+    /// without bias, shift and weights, on 1, 2 and 3 threads.
+    #[test]
+    fn the_pipelined_pass_has_the_bits_of_its_parts_on_any_thread_count() {
+        let mut rng = crate::rng::Rng::new(41);
+        let shapes = [
+            (1usize, 5usize, 1usize, 0usize),
+            (7, 33, 2, 0),
+            (100, 47, 3, 1),
+            (130, 64, 2, 2),
+            (333, 129, 4, 4),
+            (1000, 300, 2, 0),
+            (517, 1800, 2, 2),
+        ];
+        for (case, &(n, d, c, e)) in shapes.iter().enumerate() {
+            let x = rng.normal_vec(n * d);
+            let w = rng.normal_vec(c * d);
+            let v = rng.normal_vec(e * d);
+            let bias = rng.normal_vec(c);
+            let shift = rng.normal_vec(n * c);
+            let weights = rng.uniform_vec(n, 0.2, 2.0);
+            let labels: Vec<u32> = (0..n).map(|i| (i * 7 % c) as u32).collect();
+            let (with_bias, with_shift, with_weights) =
+                (case % 2 == 0, case % 3 != 1, case % 2 == 1);
+            // The parts.
+            let cols: Vec<Vec<f32>> = (0..c)
+                .map(|j| w[j * d..(j + 1) * d].to_vec())
+                .chain((0..e).map(|j| v[j * d..(j + 1) * d].to_vec()))
+                .collect();
+            let mut all = vec![0.0f32; n * (c + e)];
+            for (i, out) in all.chunks_exact_mut(c + e).enumerate() {
+                for (group, out) in cols.chunks(MAX_CLASSES).zip(out.chunks_mut(MAX_CLASSES)) {
+                    row_dots(&x[i * d..(i + 1) * d], group, out);
+                }
+            }
+            let mut z: Vec<f32> = all
+                .chunks_exact(c + e)
+                .flat_map(|r| r[..c].to_vec())
+                .collect();
+            if with_bias {
+                z.chunks_exact_mut(c)
+                    .for_each(|r| r.iter_mut().zip(&bias).for_each(|(z, b)| *z += b));
+            }
+            let also_want: Vec<f32> = all
+                .chunks_exact(c + e)
+                .flat_map(|r| r[c..].to_vec())
+                .collect();
+            let (mut loss_want, mut dz) = (vec![0.0f32; n], vec![0.0f32; n * c]);
+            let input = xent::Rows {
+                z: &z,
+                shift: with_shift.then_some(&shift[..]),
+                labels: &labels,
+                weights: with_weights.then_some(&weights[..]),
+                cols: c,
+                grad_scale: 0.37,
+            };
+            assert!(xent::across_rows_here(input, &mut loss_want, Some(&mut dz)));
+            let (mut gw_want, mut gb_want) = (vec![0.0f32; c * d], vec![0.0f32; c]);
+            for b0 in (0..n).step_by(ROWS) {
+                let b1 = (b0 + ROWS).min(n);
+                let mut gw = vec![0.0f32; c * d];
+                accumulate_rows(&|j, p| dz[p * c + j], c, b0..b1, &x, d, 0, d, &mut gw);
+                let mut gb = vec![0.0f32; c];
+                for row in dz[b0 * c..b1 * c].chunks_exact(c) {
+                    gb.iter_mut().zip(row).for_each(|(o, &v)| *o += v);
+                }
+                gw_want.iter_mut().zip(&gw).for_each(|(o, &v)| *o += v);
+                gb_want.iter_mut().zip(&gb).for_each(|(o, &v)| *o += v);
+            }
+            // The pass.
+            let store = |v: &[f32]| CpuStorage::new(v.to_vec());
+            let (ws, bs, vs, ss, wts) = (
+                store(&w),
+                store(&bias),
+                store(&v),
+                store(&shift),
+                store(&weights),
+            );
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            for threads in [1, 2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let out = pool
+                    .install(|| {
+                        linear_xent(
+                            &x,
+                            LinearXentArgs {
+                                weight: &ws,
+                                bias: with_bias.then_some(&bs),
+                                d,
+                                xent: XentArgs {
+                                    shift: with_shift.then_some(&ss),
+                                    labels: &labels,
+                                    weights: with_weights.then_some(&wts),
+                                    rows: n,
+                                    cols: c,
+                                    grad_scale: 0.37,
+                                    write_grad: true,
+                                },
+                                also: (e > 0).then_some((&vs, None, e)),
+                            },
+                        )
+                    })
+                    .unwrap();
+                let what = format!("n {n}, d {d}, c {c}, e {e}, {threads} threads");
+                assert_eq!(bits(out.logits.as_slice()), bits(&z), "logits, {what}");
+                assert_eq!(
+                    bits(out.row_losses.as_slice()),
+                    bits(&loss_want),
+                    "losses, {what}"
+                );
+                assert_eq!(bits(out.grad_w.as_slice()), bits(&gw_want), "dW, {what}");
+                if with_bias {
+                    assert_eq!(
+                        bits(out.grad_b.unwrap().as_slice()),
+                        bits(&gb_want),
+                        "db, {what}"
+                    );
+                }
+                if e > 0 {
+                    assert_eq!(
+                        bits(out.also_logits.unwrap().as_slice()),
+                        bits(&also_want),
+                        "also, {what}"
+                    );
+                }
+            }
+        }
+    }
 }

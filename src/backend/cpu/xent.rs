@@ -52,13 +52,13 @@ const TASK_ROWS: usize = 1024;
 
 /// The inputs of one call, as slices.
 #[derive(Clone, Copy)]
-struct Rows<'a> {
-    z: &'a [f32],
-    shift: Option<&'a [f32]>,
-    labels: &'a [u32],
-    weights: Option<&'a [f32]>,
-    cols: usize,
-    grad_scale: f32,
+pub(super) struct Rows<'a> {
+    pub z: &'a [f32],
+    pub shift: Option<&'a [f32]>,
+    pub labels: &'a [u32],
+    pub weights: Option<&'a [f32]>,
+    pub cols: usize,
+    pub grad_scale: f32,
 }
 
 /// Which instruction set runs the across-rows kernel.
@@ -147,6 +147,17 @@ pub(super) fn shifted_xent(
         CpuStorage::new(losses),
         write_grad.then_some(CpuStorage::new(grad)),
     ))
+}
+
+/// The across-rows kernel on the calling thread, for callers that split the rows themselves
+/// (the fused linear + CE): `losses.len()` rows of `1 ..= ACROSS_MAX_CLASSES` classes, with
+/// the bits of every other path. Returns whether every label was below `cols`.
+pub(super) fn across_rows_here(
+    input: Rows<'_>,
+    losses: &mut [f32],
+    grad: Option<&mut [f32]>,
+) -> bool {
+    across_dispatch(Isa::best(), input, 0, losses, grad)
 }
 
 /// The per-row kernel: losses of all rows, and the gradient into `grad` when given.
