@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use crate::backend::cpu::CpuStorage;
 use crate::backend::cuda::device::Word;
 use crate::error::{Error, Result};
 
@@ -104,11 +103,6 @@ pub(in crate::backend::cuda) fn memset(addr: u64, words: usize, byte: u8) -> Res
 
 pub(in crate::backend::cuda) fn copy(src: u64, dst: u64, words: usize) -> Result<()> {
     write(dst, &read::<u32>(src, words)?)
-}
-
-/// A CPU storage of the `n` floats at `addr`.
-pub(super) fn cpu(addr: u64, n: usize) -> Result<CpuStorage> {
-    read(addr, n).map(CpuStorage::new)
 }
 
 /// The positions of the entries of `idx` at or past `size` (flagged in the word at `bad`, as
