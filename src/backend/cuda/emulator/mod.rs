@@ -96,8 +96,7 @@ pub(super) fn run(k: Kernel, grid: Dim3, block: Dim3, smem: u32, args: &[Value])
                 write(a.p(2), &acc)
             }
             _ if !handles(k, a.u(7)) => Ok(()),
-            K::XentSmallC | K::XentWarpRow | K::XentBlockRow => xent::xent_fallback(a),
-            _ => xent::xent_single_pass(k, block, smem, a),
+            _ => xent::xent(k, block, smem, a),
         },
         PtxModule::Xrm => xent::xrm_flip_targets(a),
         PtxModule::Optim => optim(k, a),
