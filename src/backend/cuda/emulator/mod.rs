@@ -4,15 +4,14 @@
 //! (`memory.rs`: a range past a live buffer's end is a device fault) and whose launches run
 //! here, so the backend's choice of kernels, grids, strides, leading dimensions and offsets,
 //! its argument and index checks, pool and poisoning run as on a GPU and can be compared
-//! with the CPU backend. The plain math (maps, broadcasts, reductions, gathers and scatters,
-//! softmax, GEMM, optimizer steps) is the CPU backend's own, applied to what the launch
-//! covers: the operand elements a broadcast's strides name, the part of `C` a GEMM grid
-//! covers, the column tiles and `z` slabs of a reduction, the column range a row variant
-//! handles (outside it a kernel writes nothing), error flags for bad indices. Bespoke
-//! emulation is kept where the thread partition or reduction order is the point: the fixed
-//! partial sums here, and in `xent.rs` the single-pass cross-entropy kernels (the same
-//! per-thread chunks and butterfly trees) and XRM's flip (the kernel's f64 steps). It says
-//! nothing about the kernels' speed or their last-bit rounding (CUDA's `expf` is not
+//! with the CPU backend. A launch reads its operands as the kernel indexes them ([`view`]),
+//! computes with the CPU backend, and writes the part of each output its grid covers
+//! ([`store`]: GEMM tiles and split-K slabs, a reduction's column tiles and `z` slabs; a row
+//! variant outside its column range writes nothing); bad indices are flagged as the kernels
+//! flag them. Bespoke emulation is kept where the thread partition or reduction order is the
+//! point: the fixed partial sums here, and in `xent.rs` the single-pass cross-entropy kernels
+//! (the same per-thread chunks and butterfly trees) and XRM's flip (the kernel's f64 steps).
+//! It says nothing about the kernels' speed or their last-bit rounding (CUDA's `expf` is not
 //! Rust's), and it follows the CPU's NaN conventions for `max` and `argmax`: the GPU tests
 //! do the rest.
 
@@ -28,14 +27,14 @@ use crate::backend::cpu::CpuStorage;
 use crate::backend::{AdamStep, BackendStorage, BinaryOp, ReduceOp, SgdStep, UnaryOp};
 use crate::error::{Error, Result};
 use crate::shape::Shape;
-use memory::{cpu, screen};
+use memory::screen;
 
 /// Kernel arguments by position (their kinds were checked against the kernel table).
 #[derive(Clone, Copy)]
 struct Args<'a>(&'a [Value]);
 
 impl Args<'_> {
-    /// Argument `i` as a size (0 for a float).
+    /// Argument `i` as a size, or as an address (0 for a float).
     fn u(self, i: usize) -> usize {
         match self.0[i] {
             Value::Ptr(v) | Value::Usize(v) => v as usize,
@@ -47,46 +46,46 @@ impl Args<'_> {
     fn p(self, i: usize) -> u64 {
         self.u(i) as u64
     }
+    /// Pointer argument `i` advanced by `elems` 4-byte elements.
+    fn at(self, i: usize, elems: usize) -> u64 {
+        self.p(i) + 4 * elems as u64
+    }
     fn f(self, i: usize) -> f32 {
         match self.0[i] {
             Value::F32(v) => v,
             _ => f32::NAN,
         }
     }
-    /// The `n` floats at pointer argument `i` as a CPU storage.
+    /// The `n` floats at pointer argument `i`.
     fn cpu(self, i: usize, n: usize) -> Result<CpuStorage> {
-        cpu(self.p(i), n)
-    }
-    /// Writes `data` to pointer argument `i`.
-    fn put(self, i: usize, data: &[f32]) -> Result<()> {
-        write(self.p(i), data)
+        read(self.p(i), n).map(CpuStorage::new)
     }
 }
 
 /// Runs one launch on the host.
 pub(super) fn run(k: Kernel, grid: Dim3, block: Dim3, smem: u32, args: &[Value]) -> Result<()> {
-    if block.0 * block.1 * block.2 > 1024 || !block.0.is_multiple_of(32) {
-        let what = format!("emulator: {}: bad block {block:?}", k.name());
-        return Err(Error::Cuda(what));
-    }
     let (a, name) = (Args(args), k.name());
+    if block.0 * block.1 * block.2 > 1024 || !block.0.is_multiple_of(32) {
+        return Err(Error::Cuda(format!(
+            "emulator: {name}: bad block {block:?}"
+        )));
+    }
     use Kernel as K;
     match k.module() {
         PtxModule::Elementwise => elementwise(k, a),
         PtxModule::Reduce => reduce(k, grid, a),
         PtxModule::Index => index(k, a),
+        PtxModule::Softmax if !handles(k, a.u(3)) => Ok(()),
         PtxModule::Softmax => {
             let (rows, cols, log) = (a.u(2), a.u(3), name.starts_with("log_"));
-            match handles(k, cols) {
-                true => a.put(1, &a.cpu(0, rows * cols)?.softmax_rows(rows, cols, log)?.0),
-                false => Ok(()),
-            }
+            let y = a.cpu(0, rows * cols)?.softmax_rows(rows, cols, log)?;
+            write(a.p(1), &y.0)
         }
         PtxModule::Xent => match k {
             K::SumAll if grid != (1, 1, 1) => {
                 Err(Error::Cuda(format!("emulator: {name} needs one block")))
             }
-            K::SumAll => a.put(2, &[a.f(3) * a.cpu(0, a.u(1))?.sum_all()?.0[0]]),
+            K::SumAll => write(a.p(2), &[a.f(3) * a.cpu(0, a.u(1))?.sum_all()?.0[0]]),
             K::SumPartials => {
                 // Block b sums the elements its grid-stride loop visits, in order.
                 let (x, g) = (a.cpu(0, a.u(1))?, grid.0 as usize);
@@ -94,11 +93,10 @@ pub(super) fn run(k: Kernel, grid: Dim3, block: Dim3, smem: u32, args: &[Value])
                 for (i, v) in x.0.iter().enumerate() {
                     acc[(i % (g * 256)) / 256] += v;
                 }
-                a.put(2, &acc)
+                write(a.p(2), &acc)
             }
-            K::XentSmallC | K::XentWarpRow | K::XentBlockRow if !handles(k, a.u(7)) => Ok(()),
-            K::XentSmallC | K::XentWarpRow | K::XentBlockRow => xent::xent_fallback(a),
-            _ => xent::xent_single_pass(k, block, smem, a),
+            _ if !handles(k, a.u(7)) => Ok(()),
+            _ => xent::xent(k, block, smem, a),
         },
         PtxModule::Xrm => xent::xrm_flip_targets(a),
         PtxModule::Optim => optim(k, a),
@@ -114,6 +112,39 @@ fn handles(k: Kernel, cols: usize) -> bool {
         K::SoftmaxWarpRow | K::LogSoftmaxWarpRow | K::XentWarpRow => (33..=1024).contains(&cols),
         _ => true,
     }
+}
+
+/// The elements at offsets `Σ c_i·s_i` from `addr`, for the coordinates `c` of `dims` in
+/// row-major order: an operand as a kernel's index arithmetic reads it, made dense.
+fn view(addr: u64, dims: &[usize], strides: &[usize]) -> Result<CpuStorage> {
+    let offset = |i: usize| {
+        let (mut rest, mut o) = (i, 0);
+        for (&d, &s) in dims.iter().zip(strides).rev() {
+            (o, rest) = (o + rest % d * s, rest / d);
+        }
+        o
+    };
+    let n: usize = dims.iter().product();
+    let src = read::<f32>(addr, if n == 0 { 0 } else { 1 + offset(n - 1) })?;
+    Ok(CpuStorage::new((0..n).map(|i| src[offset(i)]).collect()))
+}
+
+/// Sets element `(i, j)` of the `m × n` matrix with leading dimension `ld` at `addr` to
+/// `f(i, j, old value)` where the launch covers it, `i < rows` and `j < cols`; the rest keeps
+/// what it held (the poison, where the device poisons outputs).
+fn store(
+    addr: u64,
+    (m, n, ld): (usize, usize, usize),
+    (rows, cols): (usize, usize),
+    f: impl Fn(usize, usize, f32) -> f32,
+) -> Result<()> {
+    let mut out = read::<f32>(addr, extent(m, n, ld))?;
+    for i in 0..rows.min(m) {
+        for j in 0..cols.min(n) {
+            out[i * ld + j] = f(i, j, out[i * ld + j]);
+        }
+    }
+    write(addr, &out)
 }
 
 /// The maps, same-shape and broadcast (`n`, dims 1..4 and each operand's strides).
@@ -135,10 +166,10 @@ fn elementwise(k: Kernel, a: Args) -> Result<()> {
             add: a.f(4),
         },
         K::Powf => U::Powf(a.f(3)),
-        K::Fill => return a.put(0, &vec![a.f(2); a.u(1)]),
+        K::Fill => return write(a.p(0), &vec![a.f(2); a.u(1)]),
         K::WhereCond => {
             let (c, t, e) = (a.cpu(0, a.u(4))?, a.cpu(1, a.u(4))?, a.cpu(2, a.u(4))?);
-            return a.put(3, &c.where_cond(&t, &e)?.0);
+            return write(a.p(3), &c.where_cond(&t, &e)?.0);
         }
         K::Add | K::AddBcast => return binary(k, B::Add, a),
         K::Sub | K::SubBcast => return binary(k, B::Sub, a),
@@ -153,28 +184,23 @@ fn elementwise(k: Kernel, a: Args) -> Result<()> {
             )))
         }
     };
-    a.put(1, &a.cpu(0, a.u(2))?.unary(unary)?.0)
+    write(a.p(1), &a.cpu(0, a.u(2))?.unary(unary)?.0)
 }
 
 fn binary(k: Kernel, op: BinaryOp, a: Args) -> Result<()> {
     let n = a.u(3);
-    let gather = |x: usize, s: usize| -> Result<CpuStorage> {
-        if !k.name().ends_with("_bcast_f32") {
-            return a.cpu(x, n);
+    // A broadcast operand over dims (d0, d1, d2, d3) with its strides from argument `s`.
+    let operand = |x: usize, s: usize| match k.name().ends_with("_bcast_f32") {
+        true => {
+            let d = [a.u(4), a.u(5), a.u(6)];
+            let dims = [n / d.iter().product::<usize>().max(1), d[0], d[1], d[2]];
+            view(a.p(x), &dims, &[a.u(s), a.u(s + 1), a.u(s + 2), a.u(s + 3)])
         }
-        // The kernel's index arithmetic over dims (d0, d1, d2, d3) with operand strides `st`.
-        let (d, st) = ([a.u(4), a.u(5), a.u(6)], |j: usize| a.u(s + j));
-        let offset = |i: usize| {
-            let (c3, r) = (i % d[2], i / d[2]);
-            let (c2, r) = (r % d[1], r / d[1]);
-            (r / d[0]) * st(0) + (r % d[0]) * st(1) + c2 * st(2) + c3 * st(3)
-        };
-        let src = a.cpu(x, if n == 0 { 0 } else { 1 + offset(n - 1) })?;
-        Ok(CpuStorage::new((0..n).map(|i| src.0[offset(i)]).collect()))
+        false => a.cpu(x, n),
     };
     let flat = Shape::from(vec![n]);
-    let out = gather(0, 7)?.binary(&gather(1, 11)?, op, &flat, &flat, &flat)?;
-    a.put(2, &out.0)
+    let out = operand(0, 7)?.binary(&operand(1, 11)?, op, &flat, &flat, &flat)?;
+    write(a.p(2), &out.0)
 }
 
 /// The axis reductions over `(outer, len, inner)` (slab `z` of a split column reduction
@@ -197,24 +223,22 @@ fn reduce(k: Kernel, grid: Dim3, a: Args) -> Result<()> {
         K::SumAxisWarp | K::MaxAxisWarp => 1,
         _ => a.u(4),
     };
-    let (z, covered) = match k {
-        K::SumAxisCols | K::MaxAxisCols => (grid.2 as usize, (32 * grid.0 as usize).min(inner)),
+    let (z, cols) = match k {
+        K::SumAxisCols | K::MaxAxisCols => (grid.2 as usize, 32 * grid.0 as usize),
         _ => (1, inner),
     };
-    let x = a.cpu(0, outer * len * inner)?;
-    let mut out = a.cpu(1, z * outer * inner)?;
-    let chunk = len.div_ceil(z.max(1));
+    let chunk = len.div_ceil(z);
     for zi in 0..z {
         let (begin, end) = (len.min(zi * chunk), len.min((zi + 1) * chunk));
-        let w = (end - begin) * inner;
-        let mut part = CpuStorage::new(vec![0.0; outer * w]);
-        x.copy2d(&mut part, outer, w, len * inner, w, begin * inner, 0)?;
-        let r = part.reduce(op, outer, end - begin, inner)?;
-        for (i, &v) in r.0.iter().enumerate().filter(|(i, _)| i % inner < covered) {
-            out.0[zi * outer * inner + i] = v;
-        }
+        let dims = [outer, (end - begin) * inner];
+        let x = view(a.at(0, begin * inner), &dims, &[len * inner, 1])?;
+        let r = x.reduce(op, outer, end - begin, inner)?;
+        let slab = a.at(1, zi * outer * inner);
+        store(slab, (outer, inner, inner), (outer, cols), |i, j, _| {
+            r.0[i * inner + j]
+        })?;
     }
-    a.put(1, &out.0)
+    Ok(())
 }
 
 /// The row and column index kernels (bad entries are flagged and never followed: selected
@@ -225,13 +249,16 @@ fn index(k: Kernel, a: Args) -> Result<()> {
     let u = |i| a.u(i);
     match k {
         K::Copy2d => {
-            let (rows, cols, ss, ds, so, dof) = (u(2), u(3), u(4), u(5), u(6), u(7));
-            let mut dst = a.cpu(1, dof + extent(rows, cols, ds))?;
-            let src = a.cpu(0, so + extent(rows, cols, ss))?;
-            src.copy2d(&mut dst, rows, cols, ss, ds, so, dof)?;
-            return a.put(1, &dst.0);
+            let (rows, cols, dst) = (u(2), u(3), a.at(1, u(7)));
+            let src = view(a.at(0, u(6)), &[rows, cols], &[u(4), 1])?;
+            return store(dst, (rows, cols, u(5)), (rows, cols), |i, j, _| {
+                src.0[i * cols + j]
+            });
         }
-        K::Transpose2d => return a.put(1, &a.cpu(0, u(2) * u(3))?.transpose2d(u(2), u(3))?.0),
+        K::Transpose2d => {
+            let (rows, cols) = (u(2), u(3));
+            return write(a.p(1), &a.cpu(0, rows * cols)?.transpose2d(rows, cols)?.0);
+        }
         _ => {}
     }
     // (the range the entries index, the flag)
@@ -263,7 +290,7 @@ fn index(k: Kernel, a: Args) -> Result<()> {
             _ => {}
         }
     }
-    a.put(2, &out.0)
+    write(a.p(2), &out.0)
 }
 
 /// The optimizer steps (`optim.cu`'s argument lists).
@@ -281,8 +308,8 @@ fn optim(k: Kernel, a: Args) -> Result<()> {
         let (n, momentum) = (u(3), h.momentum != 0.0);
         let (mut p, mut buf) = (a.cpu(0, n)?, a.cpu(2, if momentum { n } else { 0 })?);
         p.sgd_update(&a.cpu(1, n)?, momentum.then_some(&mut buf), h)?;
-        a.put(0, &p.0)?;
-        return a.put(2, &buf.0);
+        write(a.p(0), &p.0)?;
+        return write(a.p(2), &buf.0);
     }
     let h = AdamStep {
         lr: f(5),
@@ -296,86 +323,64 @@ fn optim(k: Kernel, a: Args) -> Result<()> {
     let n = u(4);
     let (mut p, mut m, mut v) = (a.cpu(0, n)?, a.cpu(2, n)?, a.cpu(3, n)?);
     p.adam_update(&a.cpu(1, n)?, &mut m, &mut v, h)?;
-    a.put(0, &p.0)?;
-    a.put(2, &m.0)?;
-    a.put(3, &v.0)
+    write(a.p(0), &p.0)?;
+    write(a.p(2), &m.0)?;
+    write(a.p(3), &v.0)
 }
 
-/// The GEMM kernels on densified operands: `C = α op(A) op(B) + β C` over the part of `C`
-/// the launch covers (tiles: what the grid covers; thin: `N <= 16`), split-K slab by slab.
+/// The GEMM kernels: `C = α op(A) op(B) + β C` (`C` not read when `β == 0`) with the operands
+/// read as the kernel indexes them, over the part of `C` the launch covers (the tiles of the
+/// grid; the thin kernels: `N <= 16`); split-K slab `z` holds the product over its chunk of
+/// `K`, and the finishing pass sums the slabs.
 fn gemm(k: Kernel, grid: Dim3, a: Args) -> Result<()> {
     use Kernel as K;
     let u = |i| a.u(i);
+    let axpby = |(alpha, beta): (f32, f32), p: f32, c: f32| match beta == 0.0 {
+        true => alpha * p,
+        false => beta.mul_add(c, alpha * p),
+    };
     if k == K::SgemmThinFinish {
-        let (m, n, z, ldc) = (u(2), u(3), u(4), u(5));
+        let (m, n, z, ab) = (u(2), u(3), u(4), (a.f(6), a.f(7)));
         let sums = a.cpu(0, z * m * n)?.reduce(ReduceOp::Sum, 1, z, m * n)?;
-        return store_c(a.p(1), &sums.0, (m, n, ldc), (m, n), (a.f(6), a.f(7)));
+        let c = |i: usize, j: usize, c| axpby(ab, sums.0[i * n + j], c);
+        return store(a.p(1), (m, n, u(5)), (m, n), c);
     }
     let (m, n, kk, lda, ldb) = (u(3), u(4), u(5), u(6), u(7));
-    let thin_cols = if n > 16 { 0 } else { n };
-    let (ta, tb, rows, cols) = match k {
+    let thin = (m, if n > 16 { 0 } else { n });
+    let (ta, tb, ldc, ab, z, covered) = match k {
         K::Sgemm128 | K::Sgemm64 => {
             let tile = if k == K::Sgemm128 { 128 } else { 64 };
-            let (rows, cols) = (m.min(grid.1 as usize * tile), n.min(grid.0 as usize * tile));
-            (u(11) != 0, u(12) != 0, rows, cols)
+            let tiles = (grid.1 as usize * tile, grid.0 as usize * tile);
+            (u(11) != 0, u(12) != 0, u(8), (a.f(9), a.f(10)), 1, tiles)
         }
-        K::SgemmThin => (false, u(11) != 0, m, thin_cols),
-        K::SgemmThinTa => (true, u(11) != 0, m, thin_cols),
-        _ => (true, u(8) != 0, m, thin_cols),
+        K::SgemmThinTaPartial => (true, u(8) != 0, n, (1.0, 0.0), grid.1 as usize, thin),
+        _ => (
+            k == K::SgemmThinTa,
+            u(11) != 0,
+            u(8),
+            (a.f(9), a.f(10)),
+            1,
+            thin,
+        ),
     };
-    // op(A) op(B) over the K range `ks`, from the dense blocks of A and B it reads.
-    let prod = |ks: std::ops::Range<usize>| -> Result<CpuStorage> {
-        let (l, kn) = (ks.start, ks.len());
+    let chunk = kk.div_ceil(z);
+    for zi in 0..z {
+        let (l, kn) = (
+            kk.min(zi * chunk),
+            kk.min((zi + 1) * chunk) - kk.min(zi * chunk),
+        );
+        // op(A) is m × kn and op(B) kn × n, from K index l on.
         let x = match ta {
-            true => dense(a.p(0), kn, m, lda, l * lda)?,
-            false => dense(a.p(0), m, kn, lda, l)?,
+            true => view(a.at(0, l * lda), &[m, kn], &[1, lda])?,
+            false => view(a.at(0, l), &[m, kn], &[lda, 1])?,
         };
         let y = match tb {
-            true => dense(a.p(1), n, kn, ldb, l)?,
-            false => dense(a.p(1), kn, n, ldb, l * ldb)?,
+            true => view(a.at(1, l), &[kn, n], &[1, ldb])?,
+            false => view(a.at(1, l * ldb), &[kn, n], &[ldb, 1])?,
         };
-        x.matmul(&y, m, kn, n, ta, tb)
-    };
-    if k != K::SgemmThinTaPartial {
-        let c = prod(0..kk)?;
-        return store_c(a.p(2), &c.0, (m, n, u(8)), (rows, cols), (a.f(9), a.f(10)));
-    }
-    // Split-K: slab `zi` holds the product over its chunk of K.
-    let (z, chunk) = (grid.1 as usize, kk.div_ceil(grid.1 as usize));
-    for zi in 0..z {
-        let c = prod(kk.min(zi * chunk)..kk.min((zi + 1) * chunk))?;
-        let slab = a.p(2) + 4 * (zi * m * n) as u64;
-        store_c(slab, &c.0, (m, n, n), (rows, cols), (1.0, 0.0))?;
+        let p = x.matmul(&y, m, kn, n, false, false)?;
+        let c = |i: usize, j: usize, c| axpby(ab, p.0[i * n + j], c);
+        store(a.at(2, zi * m * n), (m, n, ldc), covered, c)?;
     }
     Ok(())
-}
-
-/// The `rows × cols` block at `off` of a matrix with leading dimension `ld`, made dense.
-fn dense(addr: u64, rows: usize, cols: usize, ld: usize, off: usize) -> Result<CpuStorage> {
-    let mut out = CpuStorage::new(vec![0.0; rows * cols]);
-    if rows * cols > 0 {
-        let src = cpu(addr, off + extent(rows, cols, ld))?;
-        src.copy2d(&mut out, rows, cols, ld, cols, off, 0)?;
-    }
-    Ok(out)
-}
-
-/// Writes `α·prod + β·C` (`C` not read when `β == 0`) for the first `rows × cols` of the
-/// `m × n` product into `C` with leading dimension `ldc`.
-fn store_c(
-    c: u64,
-    prod: &[f32],
-    (m, n, ldc): (usize, usize, usize),
-    (rows, cols): (usize, usize),
-    (alpha, beta): (f32, f32),
-) -> Result<()> {
-    let mut out = read::<f32>(c, extent(m, n, ldc))?;
-    for i in 0..rows {
-        for j in 0..cols {
-            let r = alpha * prod[i * n + j];
-            let o = &mut out[i * ldc + j];
-            *o = if beta == 0.0 { r } else { beta.mul_add(*o, r) };
-        }
-    }
-    write(c, &out)
 }

@@ -1,72 +1,35 @@
-//! The cross-entropy kernels (the scalar fallbacks through the CPU reference; the single-pass
-//! kernels bespoke, with the same per-thread chunks and butterfly trees) and XRM's flip (the
+//! The cross-entropy kernels (the single-pass ones bespoke, with the same per-thread chunks
+//! and butterfly trees; the scalar fallbacks through the CPU reference) and XRM's flip (the
 //! kernel's f64 steps).
 
 use super::memory::{fault, screen};
 use super::{read, write, Args};
+use crate::backend::cpu::CpuStorage;
 use crate::backend::cuda::kernels::Kernel;
 use crate::backend::cuda::plan::Dim3;
 use crate::backend::cuda::xent::{XENT_BLOCK_VR, XENT_BLOCK_VS, XENT_BLOCK_VS_LONG};
 use crate::backend::{BackendStorage, XentArgs};
 use crate::error::Result;
 
-/// Writes a fused cross-entropy launch's outputs (`xent.cu`'s argument list): the rows with
-/// bad labels NaN, the others as computed.
-fn finish(a: Args, bad: &[usize], loss: &mut [f32], mut dz: Option<&mut [f32]>) -> Result<()> {
-    let cols = a.u(7);
-    for &r in bad {
-        loss[r] = f32::NAN;
-        if let Some(dz) = &mut dz {
-            dz[r * cols..(r + 1) * cols].fill(f32::NAN);
-        }
-    }
-    write(a.p(4), loss)?;
-    // (A null `dz` with `write_grad` faults here, as the kernel's write would.)
-    match dz {
-        Some(dz) => write(a.p(5), dz),
-        None => Ok(()),
-    }
-}
-
 /// A row as a single-pass kernel reduces it: its max, its exp-sum, and per column its exp
 /// value and rescale.
 type Row = (f32, f32, Vec<(f32, f32)>);
 
-/// The scalar fallback kernels, whose order is not the point: the CPU reference (bad labels
-/// read as 0, their rows then overwritten).
-pub(super) fn xent_fallback(a: Args) -> Result<()> {
-    let (rows, cols) = (a.u(6), a.u(7));
-    let opt = |i: usize, n| (a.p(i) != 0).then(|| a.cpu(i, n)).transpose();
-    let (s, w) = (opt(1, rows * cols)?, opt(3, rows)?);
-    let (labels, bad) = screen(&read::<u32>(a.p(2), rows)?, cols, a.p(10))?;
-    let (mut loss, mut grad) = a.cpu(0, rows * cols)?.xent(XentArgs {
-        shift: s.as_ref(),
-        labels: &labels,
-        weights: w.as_ref(),
-        rows,
-        cols,
-        grad_scale: a.f(8),
-        write_grad: a.u(9) != 0,
-    })?;
-    let dz = grad.as_mut().map(|g| g.0.as_mut_slice());
-    finish(a, &bad, loss.0.as_mut_slice(), dz)
-}
+/// How a single-pass kernel reduces a row (`None`: a fallback kernel).
+type RowFn<'a> = Option<&'a dyn Fn(&[f32]) -> Row>;
 
-/// The single-pass kernels, mirrored: which shapes each handles (the kernel's dispatch on
-/// `cols`, `blockDim.x` and shared memory; outside it, nothing is written), float4
-/// alignment faults, and each row's thread partition and reduction tree; then
-/// `loss = w·((m − t_y) + ln S)` and `dz = e·a`, `fma(e, a, −coef)` at the label, with
-/// `a = rescale · (coef / S)`, `coef = grad_scale · w`.
-pub(super) fn xent_single_pass(k: Kernel, block: Dim3, smem: u32, a: Args) -> Result<()> {
+/// A fused cross-entropy launch (`xent.cu`'s argument list). The single-pass kernels are
+/// mirrored: which shapes each handles (the kernel's dispatch on `cols`, `blockDim.x` and
+/// shared memory; outside it, nothing is written), float4 alignment faults, and each row's
+/// thread partition and reduction tree; then `loss = w·((m − t_y) + ln S)` and `dz = e·a`,
+/// `fma(e, a, −coef)` at the label, with `a = rescale · (coef / S)`, `coef = grad_scale · w`.
+/// The scalar fallbacks, whose order is not the point, are the CPU reference. Bad labels are
+/// read as 0 and their rows written NaN.
+pub(super) fn xent(k: Kernel, block: Dim3, smem: u32, a: Args) -> Result<()> {
     use Kernel as K;
-    for (i, what) in [(0, "z"), (1, "s"), (5, "dz")] {
-        // A float4 access at an address that is not 16-byte aligned faults on a GPU.
-        if k.is_vectorized_xent() && !a.p(i).is_multiple_of(16) {
-            return Err(fault(format!(
-                "{}: misaligned address of `{what}`",
-                k.name()
-            )));
-        }
+    // A float4 access at an address that is not 16-byte aligned faults on a GPU.
+    if k.is_vectorized_xent() && [0, 1, 5].iter().any(|&i| !a.p(i).is_multiple_of(16)) {
+        return Err(fault(format!("{}: a misaligned float4 access", k.name())));
     }
     let (cols, b) = (a.u(7), block.0 as usize);
     let aligned = cols.is_multiple_of(4);
@@ -79,20 +42,21 @@ pub(super) fn xent_single_pass(k: Kernel, block: Dim3, smem: u32, a: Args) -> Re
         && matches!(b, 64 | 128 | 256 | 512)
         && (cols <= 32 * b || (b == 512 && cols <= 64 * b))
         && smem as usize >= b * vs * 16;
-    let row: &dyn Fn(&[f32]) -> Row = match k {
+    let row: RowFn = match k {
+        K::XentSmallC | K::XentWarpRow | K::XentBlockRow => None,
         K::XentGroupVec if aligned && (4..=128).contains(&cols) => {
-            &|t| vec_row(t, (cols / 4).next_power_of_two(), 1)
+            Some(&|t| vec_row(t, (cols / 4).next_power_of_two(), 1))
         }
         K::XentWarpVec if aligned && (129..=512).contains(&cols) => {
-            &|t| vec_row(t, 32, if cols <= 256 { 2 } else { 4 })
+            Some(&|t| vec_row(t, 32, if cols <= 256 { 2 } else { 4 }))
         }
-        K::XentWarpVec8 if aligned && (513..=1024).contains(&cols) => &|t| vec_row(t, 32, 8),
-        K::XentBlockVec if block_fits && aligned => &|t| block_row(t, b, vs, true),
-        K::XentBlockScalar if block_fits => &|t| block_row(t, b, vs, false),
+        K::XentWarpVec8 if aligned && (513..=1024).contains(&cols) => Some(&|t| vec_row(t, 32, 8)),
+        K::XentBlockVec if block_fits && aligned => Some(&|t| block_row(t, b, vs, true)),
+        K::XentBlockScalar if block_fits => Some(&|t| block_row(t, b, vs, false)),
         _ => return Ok(()),
     };
     // `t = z + s` (one rounding, as the kernels); weights 1 when absent.
-    let (rows, n) = (a.u(6), a.u(6) * cols);
+    let (rows, n, write_grad) = (a.u(6), a.u(6) * cols, a.u(9) != 0);
     let mut t = read::<f32>(a.p(0), n)?;
     if a.p(1) != 0 {
         t.iter_mut()
@@ -100,31 +64,59 @@ pub(super) fn xent_single_pass(k: Kernel, block: Dim3, smem: u32, a: Args) -> Re
             .for_each(|(t, s)| *t += s);
     }
     let y = read::<u32>(a.p(2), rows)?;
-    let (_, bad) = screen(&y, cols, a.p(10))?;
+    let (safe, bad) = screen(&y, cols, a.p(10))?;
     let w = match a.p(3) {
         0 => vec![1.0; rows],
         p => read(p, rows)?,
     };
-    let (mut loss, mut dz) = (vec![0.0; rows], (a.u(9) != 0).then(|| vec![0.0; n]));
-    for r in 0..rows {
-        let t = &t[r * cols..(r + 1) * cols];
-        let (m, sum, e) = row(t);
-        let (label, coef) = (y[r] as usize, a.f(8) * w[r]);
-        if label < cols {
-            loss[r] = w[r] * ((m - t[label]) + sum.ln());
+    let (mut loss, mut dz) = match row {
+        None => {
+            // The same bits as the reference on `z`, `s` and no weights: it forms the same
+            // `z + s`, and `1·x = x`.
+            let (t, w) = (CpuStorage::new(t), CpuStorage::new(w));
+            let (loss, dz) = t.xent(XentArgs {
+                shift: None,
+                labels: &safe,
+                weights: Some(&w),
+                rows,
+                cols,
+                grad_scale: a.f(8),
+                write_grad,
+            })?;
+            (loss.0.to_vec(), dz.map(|g| g.0.to_vec()))
         }
-        if let Some(dz) = &mut dz {
-            for (j, &(e, rescale)) in e.iter().enumerate() {
-                let a = rescale * (coef / sum);
-                dz[r * cols + j] = if j == label {
-                    e.mul_add(a, -coef)
-                } else {
-                    e * a
-                };
+        Some(row) => {
+            let (mut loss, mut dz) = (vec![0.0; rows], write_grad.then(|| vec![0.0; n]));
+            for r in 0..rows {
+                let t = &t[r * cols..(r + 1) * cols];
+                let (m, sum, e) = row(t);
+                let (label, coef) = (y[r] as usize, a.f(8) * w[r]);
+                if label < cols {
+                    loss[r] = w[r] * ((m - t[label]) + sum.ln());
+                }
+                if let Some(dz) = &mut dz {
+                    for (j, &(e, rescale)) in e.iter().enumerate() {
+                        let a = rescale * (coef / sum);
+                        dz[r * cols + j] = if j == label {
+                            e.mul_add(a, -coef)
+                        } else {
+                            e * a
+                        };
+                    }
+                }
             }
+            (loss, dz)
+        }
+    };
+    for &r in &bad {
+        loss[r] = f32::NAN;
+        if let Some(dz) = &mut dz {
+            dz[r * cols..(r + 1) * cols].fill(f32::NAN);
         }
     }
-    finish(a, &bad, &mut loss, dz.as_deref_mut())
+    write(a.p(4), &loss)?;
+    // (A null `dz` with `write_grad` faults here, as the kernel's write would.)
+    dz.map_or(Ok(()), |dz| write(a.p(5), &dz))
 }
 
 /// `xent_vec_rows<log2(g), v>`: a group of `g` lanes per row, lane `q` holding the float4
