@@ -953,6 +953,50 @@ fn every_fused_cross_entropy_kernel_is_picked_and_matches_the_cpu() {
     }
 }
 
+/// The row variants at the widths where one hands over to the next (31–33, 1023–1025
+/// columns): the fallback cross-entropy kernels (forced) and softmax, each picked where the
+/// plan says and matching the CPU, so a variant that stops a column short or takes one too
+/// many leaves poisoned outputs or runs the wrong kernel.
+#[test]
+fn row_variants_match_the_cpu_at_their_boundaries() {
+    let g = gpu();
+    let mut rng = Rng::new(18);
+    g.cuda.set_xent_fallback_kernels(true);
+    for (cols, kernel) in [
+        (31, "small_c"),
+        (32, "small_c"),
+        (33, "warp_row"),
+        (1023, "warp_row"),
+        (1024, "warp_row"),
+        (1025, "block_row"),
+    ] {
+        let xent = format!("xent_{kernel}_f32");
+        let before = launches(&g, &xent);
+        check_fused_ce(&g, &mut rng, 33, cols, &xent);
+        assert!(launches(&g, &xent) > before, "33×{cols} did not run {xent}");
+        let data = uniform(&mut rng, 33 * cols, -8.0, 8.0);
+        let (c, d) = pair(&data, &[33, cols], &g);
+        for log in [false, true] {
+            let name = format!("{}softmax_{kernel}_f32", if log { "log_" } else { "" });
+            let before = launches(&g, &name);
+            let (got, want) = match log {
+                true => (d.log_softmax(), c.log_softmax()),
+                false => (d.softmax(), c.softmax()),
+            };
+            let what = format!("{name} 33×{cols}");
+            assert_rows_norm(
+                &what,
+                &host(&got.unwrap()),
+                &host(&want.unwrap()),
+                cols,
+                REDUCTION,
+            );
+            assert!(launches(&g, &name) > before, "{what}: not launched");
+        }
+    }
+    g.cuda.set_xent_fallback_kernels(false);
+}
+
 #[test]
 fn fused_cross_entropy_special_values_match_the_cpu_on_every_kernel() {
     let g = gpu();
