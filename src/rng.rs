@@ -25,6 +25,12 @@ pub struct Rng {
     seed: u64,
 }
 
+/// One normal from `u1 ∈ (0, 1]` and `u2 ∈ [0, 1)`: `√(-2 ln u1) · cos(2π u2)` in f64, rounded
+/// to f32.
+fn box_muller(u1: f64, u2: f64) -> f32 {
+    ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+}
+
 fn splitmix64(x: &mut u64) -> u64 {
     *x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = *x;
@@ -90,7 +96,38 @@ impl Rng {
     pub fn normal(&mut self) -> f32 {
         let u1 = 1.0 - self.uniform_f64(); // (0, 1]: ln never sees 0
         let u2 = self.uniform_f64();
-        ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+        box_muller(u1, u2)
+    }
+
+    /// Fills `out` with [`normal`](Self::normal) draws: exactly the values, and the state
+    /// after, of calling it `out.len()` times. The uniforms are drawn here in order, a batch
+    /// at a time; the transforms (a logarithm, a square root and a cosine in f64, most of a
+    /// draw's cost) run on rayon's threads, each value from its own pair, so the thread count
+    /// changes nothing.
+    pub fn fill_normals(&mut self, out: &mut [f32]) {
+        use rayon::prelude::*;
+        /// Values per parallel task, and values whose uniforms are held at once (1 MiB).
+        const TASK: usize = 1 << 12;
+        const BATCH: usize = 1 << 16;
+        if out.len() < 2 * TASK {
+            out.iter_mut().for_each(|v| *v = self.normal());
+            return;
+        }
+        let mut pairs = vec![(0.0f64, 0.0f64); BATCH.min(out.len())];
+        for part in out.chunks_mut(BATCH) {
+            let pairs = &mut pairs[..part.len()];
+            for p in pairs.iter_mut() {
+                let u1 = 1.0 - self.uniform_f64();
+                *p = (u1, self.uniform_f64());
+            }
+            part.par_chunks_mut(TASK)
+                .zip(pairs.par_chunks(TASK))
+                .for_each(|(out, pairs)| {
+                    for (v, &(u1, u2)) in out.iter_mut().zip(pairs) {
+                        *v = box_muller(u1, u2);
+                    }
+                });
+        }
     }
 
     /// `true` with probability `p`.
@@ -132,7 +169,9 @@ impl Rng {
 
     /// `n` standard normals.
     pub fn normal_vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.normal()).collect()
+        let mut v = vec![0.0; n];
+        self.fill_normals(&mut v);
+        v
     }
 
     /// `n` uniforms in `[lo, hi)`.
@@ -144,6 +183,32 @@ impl Rng {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The batched, parallel fill gives the values and the final state of one `normal()` call
+    /// after another, below, at and across its batch sizes, on 1 and 3 threads.
+    #[test]
+    fn fill_normals_is_normal_called_in_order() {
+        for n in [0usize, 1, 8191, 8192, 65_536, 65_537, 200_001] {
+            let mut want_rng = Rng::new(7);
+            let want: Vec<u32> = (0..n).map(|_| want_rng.normal().to_bits()).collect();
+            for threads in [1, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let mut rng = Rng::new(7);
+                let mut got = vec![0.0f32; n];
+                pool.install(|| rng.fill_normals(&mut got));
+                let got: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
+                assert!(got == want, "n {n}, {threads} threads");
+                assert_eq!(
+                    rng.next_u64(),
+                    want_rng.clone().next_u64(),
+                    "state after {n}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn stream_is_pinned() {

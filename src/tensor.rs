@@ -261,9 +261,8 @@ impl Tensor {
         device: &Device,
     ) -> Result<Tensor> {
         let shape = shape.into();
-        let v = (0..shape.elem_count())
-            .map(|_| std * rng.normal())
-            .collect();
+        let mut v = rng.normal_vec(shape.elem_count());
+        v.iter_mut().for_each(|x| *x *= std);
         Tensor::from_vec(v, shape, device)
     }
 

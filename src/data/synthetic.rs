@@ -178,14 +178,33 @@ fn interpretable_split(cfg: &InterpretableConfig, majority: f64, mut rng: Rng) -
         let row = &mut x[i * d..(i + 1) * d];
         row[0] = x_y[i];
         row[1] = cfg.spurious_scale * x_a[i];
-        if cfg.sigma_eps != 0.0 {
-            for v in &mut row[2..] {
-                *v = cfg.sigma_eps * rng.normal();
-            }
-        }
+    }
+    if cfg.sigma_eps != 0.0 {
+        fill_noise(&mut rng, &mut x, d, 2, cfg.sigma_eps);
     }
     let a: Vec<u32> = x_a.iter().map(|&v| u32::from(v < 0.0)).collect();
     Split::new(x, d, y, Some(a))
+}
+
+/// Columns `from..d` of every row of `x` (`d` columns) set to `scale · normal()`, drawn in row
+/// order as a loop over rows and columns draws them, a block of rows at a time
+/// ([`Rng::fill_normals`]).
+fn fill_noise(rng: &mut Rng, x: &mut [f32], d: usize, from: usize, scale: f32) {
+    let width = d.saturating_sub(from);
+    if width == 0 {
+        return;
+    }
+    let rows = (1 << 16) / width + 1;
+    let mut noise = vec![0.0f32; rows * width];
+    for block in x.chunks_mut(rows * d) {
+        let noise = &mut noise[..block.len() / d * width];
+        rng.fill_normals(noise);
+        for (row, noise) in block.chunks_exact_mut(d).zip(noise.chunks_exact(width)) {
+            for (v, &e) in row[from..].iter_mut().zip(noise) {
+                *v = scale * e;
+            }
+        }
+    }
 }
 
 /// The interpretable data set of Figure 1 (see the module docs for the exact recipe).
@@ -218,13 +237,25 @@ pub fn interpretable(cfg: &InterpretableConfig) -> Result<Dataset> {
     }
     check_finite_nonneg("sigma_eps", cfg.sigma_eps)?;
     let root = Rng::new(cfg.seed);
+    // Each split from its own stream: they are drawn side by side.
+    let split = |majority: f64, stream: u64| interpretable_split(cfg, majority, root.fork(stream));
+    let (train, (valid, test)) = rayon::join(
+        || split(cfg.train_majority, 0),
+        || {
+            rayon::join(
+                || split(cfg.eval_majority, 1),
+                || split(cfg.eval_majority, 2),
+            )
+        },
+    );
+    let (train, valid, test) = (train?, valid?, test?);
     let ds = Dataset {
         name: "interpretable".into(),
         classes: 2,
         n_attr: 2,
-        train: interpretable_split(cfg, cfg.train_majority, root.fork(0))?,
-        valid: interpretable_split(cfg, cfg.eval_majority, root.fork(1))?,
-        test: interpretable_split(cfg, cfg.eval_majority, root.fork(2))?,
+        train,
+        valid,
+        test,
     };
     ds.validate()?;
     Ok(ds)
@@ -394,12 +425,9 @@ pub fn good_bad_ugly(cfg: &RegressionConfig) -> Result<RegressionData> {
     let mut rng = Rng::new(cfg.seed).fork(0);
     let mut train_x = try_zeros(cfg.n_train * d, "regression training inputs")?;
     for (r, &j) in train_idx.iter().enumerate() {
-        let row = &mut train_x[r * d..(r + 1) * d];
-        row[0] = grid[j] as f32;
-        for v in &mut row[1..] {
-            *v = cfg.sigma_eps * rng.normal();
-        }
+        train_x[r * d] = grid[j] as f32;
     }
+    fill_noise(&mut rng, &mut train_x, d, 1, cfg.sigma_eps);
     let train_y: Vec<f32> = train_idx
         .iter()
         .map(|&j| grid_f[j] + cfg.label_noise * rng.normal())
