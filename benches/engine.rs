@@ -15,10 +15,13 @@
 //!
 //! - `roofline` (a table, not a criterion benchmark): this machine's limits measured in the
 //!   same run — copy bandwidth with 1 and 2 threads (read + write bytes, a 32 MiB working set
-//!   like the CE rows' and a 1 GiB one that no cache holds) and peak FMA throughput (1 and 2
+//!   like the CE rows' and a 1 GiB one that no cache holds), read bandwidth of an 8 MiB
+//!   working set (the linear step's input) and peak FMA throughput (1 and 2
 //!   threads, the widest FMA the CPU has) — and each kernel's speed as a fraction of the limit
 //!   that binds it: fused CE rows (C = 2, 3, 10, 100, 1000, `N·C ≥ 2^20`) against copy
-//!   bandwidth, GEMM and the fused linear + CE step against the FMA peak. With
+//!   bandwidth, the fused linear + CE step (the bytes of `x` it reads once; called from outside
+//!   rayon's pool and from a pool thread, as the CLI runs) against the read bandwidth of an
+//!   8 MiB working set, GEMM against the FMA peak. With
 //!   `PYTORCH_REFERENCE=path.json` (benches/pytorch_reference.py's output, default
 //!   `results/pytorch_reference.json`) PyTorch's figures for the same workloads are printed
 //!   beside ours. `cargo bench --bench engine -- roofline` runs the table alone;
@@ -285,6 +288,38 @@ fn copy_bandwidth(bytes: usize, threads: usize) -> [f64; 3] {
     [gbs(t[0]), gbs(t[2]), gbs(t[1])]
 }
 
+/// Read-only bandwidth of one pass over `bytes` (a sum with 64 independent partial sums per
+/// thread), in GB/s: median, min, max.
+fn read_bandwidth(bytes: usize, threads: usize) -> [f64; 3] {
+    use rayon::prelude::*;
+    let n = bytes / 4;
+    let src: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("thread pool");
+    let part = n.div_ceil(threads);
+    let t = pool.install(|| {
+        time_calls(|| {
+            let sums: Vec<f32> = src
+                .par_chunks(part)
+                .map(|s| {
+                    let mut acc = [0.0f32; 64];
+                    for c in s.chunks_exact(64) {
+                        for (a, &v) in acc.iter_mut().zip(c) {
+                            *a += v;
+                        }
+                    }
+                    acc.iter().sum()
+                })
+                .collect();
+            black_box(sums);
+        })
+    });
+    let gbs = |s: f64| bytes as f64 / s / 1e9;
+    [gbs(t[0]), gbs(t[2]), gbs(t[1])]
+}
+
 /// Independent FMA chains per thread: enough to cover the FMA latency on two ports.
 const FMA_CHAINS: usize = 12;
 
@@ -438,6 +473,7 @@ fn roofline(_c: &mut Criterion) {
     let range = |v: [f64; 3]| format!("{:.1} ({:.1}–{:.1})", v[0], v[1], v[2]);
     let copy_l3 = [1, 2].map(|t| copy_bandwidth(16 << 20, t));
     let copy_dram = [1, 2].map(|t| copy_bandwidth(512 << 20, t));
+    let read_x = [1, 2].map(|t| read_bandwidth(8 << 20, t));
     let fma = [1, 2].map(fma_peak);
     println!("limits (median (min–max) of 7 batches):");
     println!(
@@ -449,6 +485,11 @@ fn roofline(_c: &mut Criterion) {
         "  copy, 1 GiB working set    1 thread {} GB/s, 2 threads {} GB/s",
         range(copy_dram[0]),
         range(copy_dram[1])
+    );
+    println!(
+        "  read, 8 MiB working set    1 thread {} GB/s, 2 threads {} GB/s",
+        range(read_x[0]),
+        range(read_x[1])
     );
     println!(
         "  {fma_name:<26} 1 thread {} GFLOP/s, 2 threads {} GFLOP/s",
@@ -528,7 +569,7 @@ fn roofline(_c: &mut Criterion) {
         let model =
             Linear::new(1800, 2, false, Init::PyTorchDefault, &mut rng, &dev).expect("model");
         let mut opt = Sgd::new(model.parameters(), 1e-2).expect("optimizer");
-        let t = time_calls(|| {
+        let mut one_step = || {
             step(
                 || {
                     x.linear_shifted_cross_entropy(
@@ -543,21 +584,34 @@ fn roofline(_c: &mut Criterion) {
                 },
                 &mut opt,
             )
-        });
-        let flops = 4.0 * 1000.0 * 1800.0 * 2.0;
-        let torch = pytorch(&reference, "linear_1800x2_sgd").map(|(ms, _)| (ms, flops));
-        row(
-            "linear 1800→2 SGD step, fused (N=1000)".to_string(),
-            t,
-            flops,
-            "GFLOP/s",
-            peak,
-            torch,
-        );
+        };
+        let t = time_calls(&mut one_step);
+        // On a thread of rayon's pool, as the CLI runs: no hand-over to the pool per op.
+        let t_pool = rayon::scope(|_| time_calls(&mut one_step));
+        // The step is bound by one pass over x (7.2 MB, from L3 or memory): its figure is
+        // those bytes per second against the read bandwidth of an 8 MiB working set (14.4
+        // MFLOP would be 3% of peak).
+        let bytes = 4.0 * 1000.0 * 1800.0;
+        let torch = pytorch(&reference, "linear_1800x2_sgd").map(|(ms, _)| (ms, bytes));
+        for (t, caller) in [
+            (t, "caller outside the pool"),
+            (t_pool, "caller on a pool thread"),
+        ] {
+            row(
+                format!("linear 1800→2 SGD step, fused (N=1000), {caller}"),
+                t,
+                bytes,
+                "GB/s",
+                read_x[1][0],
+                torch,
+            );
+        }
     }
     println!(
-        "limits: CE rows against {bw:.1} GB/s (2-thread copy), GEMM and the linear step against \
-         {peak:.1} GFLOP/s (2-thread {fma_name}); PyTorch's CE bytes count int64 labels (8 B/row)"
+        "limits: CE rows against {bw:.1} GB/s (2-thread copy), the linear step (bytes of x) \
+         against {:.1} GB/s (2-thread read of 8 MiB), GEMM against {peak:.1} GFLOP/s (2-thread \
+         {fma_name}); PyTorch's CE bytes count int64 labels (8 B/row)",
+        read_x[1][0]
     );
 }
 
