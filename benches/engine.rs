@@ -271,21 +271,24 @@ fn copy_bandwidth(bytes: usize, threads: usize) -> [f64; 3] {
     let n = bytes / 4;
     let src: Vec<f32> = (0..n).map(|i| i as f32).collect();
     let mut dst = vec![0.0f32; n];
+    let part = n.div_ceil(threads);
+    let t = on_threads(threads, || {
+        dst.par_chunks_mut(part)
+            .zip(src.par_chunks(part))
+            .for_each(|(d, s)| d.copy_from_slice(s));
+        black_box(&mut dst);
+    });
+    let gbs = |s: f64| 2.0 * bytes as f64 / s / 1e9;
+    [gbs(t[0]), gbs(t[2]), gbs(t[1])]
+}
+
+/// Seconds per call of `f` ([`time_calls`]) on a pool of `threads` threads.
+fn on_threads(threads: usize, f: impl FnMut() + Send) -> [f64; 3] {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
         .expect("thread pool");
-    let part = n.div_ceil(threads);
-    let t = pool.install(|| {
-        time_calls(|| {
-            dst.par_chunks_mut(part)
-                .zip(src.par_chunks(part))
-                .for_each(|(d, s)| d.copy_from_slice(s));
-            black_box(&mut dst);
-        })
-    });
-    let gbs = |s: f64| 2.0 * bytes as f64 / s / 1e9;
-    [gbs(t[0]), gbs(t[2]), gbs(t[1])]
+    pool.install(|| time_calls(f))
 }
 
 /// Read-only bandwidth of one pass over `bytes` (a sum with 64 independent partial sums per
@@ -294,27 +297,21 @@ fn read_bandwidth(bytes: usize, threads: usize) -> [f64; 3] {
     use rayon::prelude::*;
     let n = bytes / 4;
     let src: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .expect("thread pool");
     let part = n.div_ceil(threads);
-    let t = pool.install(|| {
-        time_calls(|| {
-            let sums: Vec<f32> = src
-                .par_chunks(part)
-                .map(|s| {
-                    let mut acc = [0.0f32; 64];
-                    for c in s.chunks_exact(64) {
-                        for (a, &v) in acc.iter_mut().zip(c) {
-                            *a += v;
-                        }
+    let t = on_threads(threads, || {
+        let sums: Vec<f32> = src
+            .par_chunks(part)
+            .map(|s| {
+                let mut acc = [0.0f32; 64];
+                for c in s.chunks_exact(64) {
+                    for (a, &v) in acc.iter_mut().zip(c) {
+                        *a += v;
                     }
-                    acc.iter().sum()
-                })
-                .collect();
-            black_box(sums);
-        })
+                }
+                acc.iter().sum()
+            })
+            .collect();
+        black_box(sums);
     });
     let gbs = |s: f64| bytes as f64 / s / 1e9;
     [gbs(t[0]), gbs(t[2]), gbs(t[1])]
@@ -393,18 +390,12 @@ fn fma_peak(threads: usize) -> [f64; 3] {
     use rayon::prelude::*;
     let (_, f, lanes) = fma_kernel();
     let iters = 200_000;
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .expect("thread pool");
-    let t = pool.install(|| {
-        time_calls(|| {
-            let s: f32 = (0..threads)
-                .into_par_iter()
-                .map(|i| f(iters, i as f32))
-                .sum();
-            black_box(s);
-        })
+    let t = on_threads(threads, || {
+        let s: f32 = (0..threads)
+            .into_par_iter()
+            .map(|i| f(iters, i as f32))
+            .sum();
+        black_box(s);
     });
     let flops = (threads * iters * FMA_CHAINS * lanes * 2) as f64;
     [flops / t[0] / 1e9, flops / t[2] / 1e9, flops / t[1] / 1e9]
