@@ -50,6 +50,17 @@ pub(super) trait Simd: Copy {
     fn eq(self, a: Self::F, b: Self::F) -> Self::M;
     /// `m ? a : b` per lane.
     fn select(self, m: Self::M, a: Self::F, b: Self::F) -> Self::F;
+    /// `x < lo ? lo : x` per lane, so NaN passes (one instruction on x86: `max(lo, x)`
+    /// returns its second operand unless the first is greater).
+    #[inline(always)]
+    fn at_least(self, x: Self::F, lo: Self::F) -> Self::F {
+        self.select(self.lt(x, lo), lo, x)
+    }
+    /// `x > hi ? hi : x` per lane, so NaN passes (x86: `min(hi, x)`).
+    #[inline(always)]
+    fn at_most(self, x: Self::F, hi: Self::F) -> Self::F {
+        self.select(self.gt(x, hi), hi, x)
+    }
 
     fn f32_to_bits(self, a: Self::F) -> Self::I;
     fn bits_to_f32(self, a: Self::I) -> Self::F;
@@ -483,6 +494,14 @@ impl Simd for Avx2 {
         with_isa!(_mm256_blendv_ps(b, a, m))
     }
     #[inline(always)]
+    fn at_least(self, x: Self::F, lo: Self::F) -> Self::F {
+        with_isa!(_mm256_max_ps(lo, x))
+    }
+    #[inline(always)]
+    fn at_most(self, x: Self::F, hi: Self::F) -> Self::F {
+        with_isa!(_mm256_min_ps(hi, x))
+    }
+    #[inline(always)]
     fn f32_to_bits(self, a: __m256) -> __m256i {
         with_isa!(_mm256_castps_si256(a))
     }
@@ -676,6 +695,14 @@ impl Simd for Avx512 {
         with_isa!(_mm512_mask_blend_ps(m, b, a))
     }
     #[inline(always)]
+    fn at_least(self, x: Self::F, lo: Self::F) -> Self::F {
+        with_isa!(_mm512_max_ps(lo, x))
+    }
+    #[inline(always)]
+    fn at_most(self, x: Self::F, hi: Self::F) -> Self::F {
+        with_isa!(_mm512_min_ps(hi, x))
+    }
+    #[inline(always)]
     fn f32_to_bits(self, a: __m512) -> __m512i {
         with_isa!(_mm512_castps_si512(a))
     }
@@ -781,9 +808,8 @@ const LN2_LO: f32 = 1.428_606_8e-6;
 /// `expf` does. NaN propagates.
 #[inline(always)]
 pub(super) fn exp<S: Simd>(s: S, x: S::F) -> S::F {
-    // Compare-and-select (not min/max) so that NaN passes through.
-    let x = s.select(s.lt(x, s.splat(-104.0)), s.splat(-104.0), x);
-    let x = s.select(s.gt(x, s.splat(89.0)), s.splat(89.0), x);
+    // Clamps that let NaN through.
+    let x = s.at_most(s.at_least(x, s.splat(-104.0)), s.splat(89.0));
     // Round to nearest through the 1.5·2^23 trick: the integer k lands in the low mantissa
     // bits of `t`, read with integer arithmetic (no float→int conversion).
     const SHIFTER: f32 = 12_582_912.0;
