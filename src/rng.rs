@@ -10,6 +10,8 @@
 //! - `normal()`: Box–Muller in f64 on two `uniform_f64` draws (`u1` mapped to `(0, 1]`), the
 //!   cosine branch only (one normal per pair of draws, no cached second value, so the stream
 //!   never depends on call history beyond the generator state), rounded to f32;
+//!   `fill_normals` / `normal_vec` give exactly the values of `normal()` called in a loop (the
+//!   uniforms drawn in order, the transforms spread over rayon's threads);
 //! - `bernoulli(p)`: `uniform_f64() < p`;
 //! - `below(n)`: Lemire's unbiased multiply-shift rejection on `next_u64`;
 //! - `permutation(n)`: Fisher–Yates from the last index down, `j = below(i + 1)`;
