@@ -102,6 +102,17 @@ fn step(loss: impl Fn() -> Result<Tensor>, opt: &mut dyn Optimizer) {
     black_box(loss);
 }
 
+/// One SGD step of a bias-free linear model with mean CE, through the fused linear + CE op.
+fn fused_linear_step(x: &Tensor, model: &Linear, y: &Indices, opt: &mut impl Optimizer) {
+    step(
+        || {
+            x.linear_shifted_cross_entropy(&model.weight, None, y, None, None, Reduction::Mean)
+                .map(|(loss, _)| loss)
+        },
+        opt,
+    )
+}
+
 fn train_step(c: &mut Criterion) {
     let dev = Device::Cpu;
     let mut rng = Rng::new(1);
@@ -128,22 +139,7 @@ fn train_step(c: &mut Criterion) {
         });
         // The same step through the fused linear + cross-entropy op (one pass over x).
         group.bench_function("linear_1800x2_sgd_fused", |bench| {
-            bench.iter(|| {
-                step(
-                    || {
-                        x.linear_shifted_cross_entropy(
-                            &model.weight,
-                            None,
-                            &y,
-                            None,
-                            None,
-                            Reduction::Mean,
-                        )
-                        .map(|(loss, _)| loss)
-                    },
-                    &mut opt,
-                )
-            })
+            bench.iter(|| fused_linear_step(&x, &model, &y, &mut opt))
         });
     }
 
@@ -560,22 +556,7 @@ fn roofline(_c: &mut Criterion) {
         let model =
             Linear::new(1800, 2, false, Init::PyTorchDefault, &mut rng, &dev).expect("model");
         let mut opt = Sgd::new(model.parameters(), 1e-2).expect("optimizer");
-        let mut one_step = || {
-            step(
-                || {
-                    x.linear_shifted_cross_entropy(
-                        &model.weight,
-                        None,
-                        &y,
-                        None,
-                        None,
-                        Reduction::Mean,
-                    )
-                    .map(|(loss, _)| loss)
-                },
-                &mut opt,
-            )
-        };
+        let mut one_step = || fused_linear_step(&x, &model, &y, &mut opt);
         let t = time_calls(&mut one_step);
         // On a thread of rayon's pool, as the CLI runs: no hand-over to the pool per op.
         let t_pool = rayon::scope(|_| time_calls(&mut one_step));
