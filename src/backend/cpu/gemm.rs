@@ -87,10 +87,43 @@ fn row_dots_generic(a: &[f32], cols: &[Vec<f32>], out: &mut [f32]) {
 /// B per pass over the output, so the output row is loaded and stored once per four rows.
 #[inline(always)]
 fn axpy4_rows_generic(coef: &[[f32; 4]], b: [&[f32]; 4], out: &mut [f32], width: usize) {
+    axpy4_columns(coef, b, out, width, 0);
+}
+
+/// [`axpy4_rows_generic`] on columns `from..width` only, one at a time: the vector kernels'
+/// tails.
+#[inline(always)]
+fn axpy4_columns(coef: &[[f32; 4]], b: [&[f32]; 4], out: &mut [f32], width: usize, from: usize) {
     for (i, c) in coef.iter().enumerate() {
         let o = &mut out[i * width..(i + 1) * width];
-        for (q, o) in o.iter_mut().enumerate() {
+        for (q, o) in o.iter_mut().enumerate().skip(from) {
             *o += (c[0] * b[0][q] + c[1] * b[1][q]) + (c[2] * b[2][q] + c[3] * b[3][q]);
+        }
+    }
+}
+
+/// [`axpy4_rows_generic`] on the `S::LANES` columns from `q`, with its association.
+///
+/// # Safety
+/// `q + S::LANES` is at most `width`, the length of every row of `b`; `out` holds
+/// `coef.len()` rows of `width`.
+#[inline(always)]
+unsafe fn axpy4_vector<S: Simd>(
+    s: S,
+    coef: &[[f32; 4]],
+    b: [&[f32]; 4],
+    out: &mut [f32],
+    width: usize,
+    q: usize,
+) {
+    // SAFETY: the caller's promise.
+    unsafe {
+        let bv = b.map(|row| s.load(row.as_ptr().add(q)));
+        for (i, c) in coef.iter().enumerate() {
+            let t01 = s.add(s.mul(s.splat(c[0]), bv[0]), s.mul(s.splat(c[1]), bv[1]));
+            let t23 = s.add(s.mul(s.splat(c[2]), bv[2]), s.mul(s.splat(c[3]), bv[3]));
+            let o = out.as_mut_ptr().add(i * width + q);
+            s.store(o, s.add(s.load(o), s.add(t01, t23)));
         }
     }
 }
@@ -342,34 +375,12 @@ fn axpy4_rows_simd<S: Simd>(
 ) {
     assert!(b.iter().all(|row| row.len() >= width) && out.len() >= coef.len() * width);
     let body = width / S::LANES * S::LANES;
-    let mut q = 0;
-    while q < body {
-        // SAFETY (loads and stores): q + LANES <= width, within every row of B and every
-        // output row (checked above).
-        let bv = unsafe {
-            [
-                s.load(b[0].as_ptr().add(q)),
-                s.load(b[1].as_ptr().add(q)),
-                s.load(b[2].as_ptr().add(q)),
-                s.load(b[3].as_ptr().add(q)),
-            ]
-        };
-        for (i, c) in coef.iter().enumerate() {
-            let t01 = s.add(s.mul(s.splat(c[0]), bv[0]), s.mul(s.splat(c[1]), bv[1]));
-            let t23 = s.add(s.mul(s.splat(c[2]), bv[2]), s.mul(s.splat(c[3]), bv[3]));
-            unsafe {
-                let o = out.as_mut_ptr().add(i * width + q);
-                s.store(o, s.add(s.load(o), s.add(t01, t23)));
-            }
-        }
-        q += S::LANES;
+    for q in (0..body).step_by(S::LANES) {
+        // SAFETY: q + LANES <= width, within every row of B and every output row (checked
+        // above).
+        unsafe { axpy4_vector(s, coef, b, out, width, q) };
     }
-    for (i, c) in coef.iter().enumerate() {
-        let o = &mut out[i * width..(i + 1) * width];
-        for (qq, o) in o.iter_mut().enumerate().skip(body) {
-            *o += (c[0] * b[0][qq] + c[1] * b[1][qq]) + (c[2] * b[2][qq] + c[3] * b[3][qq]);
-        }
-    }
+    axpy4_columns(coef, b, out, width, body);
 }
 
 /// # Safety
@@ -490,18 +501,7 @@ fn dots_and_axpy4_simd<S: Simd, const R: usize, const N: usize>(
                         acc[j] = s.add(acc[j], s.mul(x, w));
                     }
                 }
-                let bv = [
-                    s.load(b[0].as_ptr().add(q)),
-                    s.load(b[1].as_ptr().add(q)),
-                    s.load(b[2].as_ptr().add(q)),
-                    s.load(b[3].as_ptr().add(q)),
-                ];
-                for (i, cf) in coef.iter().enumerate() {
-                    let t01 = s.add(s.mul(s.splat(cf[0]), bv[0]), s.mul(s.splat(cf[1]), bv[1]));
-                    let t23 = s.add(s.mul(s.splat(cf[2]), bv[2]), s.mul(s.splat(cf[3]), bv[3]));
-                    let o = out.as_mut_ptr().add(i * k + q);
-                    s.store(o, s.add(s.load(o), s.add(t01, t23)));
-                }
+                axpy4_vector(s, coef, b, out, k, q);
             }
         }
         p += LANES;
@@ -516,13 +516,8 @@ fn dots_and_axpy4_simd<S: Simd, const R: usize, const N: usize>(
             dots[j] = finish_lanes(w, &a[r][body..], &c[j][body..]);
         }
     }
-    // The gradient's columns past the last whole block of 32, as `axpy4_rows` takes them.
-    for (i, cf) in coef.iter().enumerate() {
-        for q in body..k {
-            out[i * k + q] +=
-                (cf[0] * b[0][q] + cf[1] * b[1][q]) + (cf[2] * b[2][q] + cf[3] * b[3][q]);
-        }
-    }
+    // The gradient's columns past the last whole block of 32.
+    axpy4_columns(coef, b, out, k, body);
 }
 
 /// # Safety

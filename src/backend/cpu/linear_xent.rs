@@ -164,7 +164,7 @@ impl Pass<'_> {
             .map(|g0| g0..(g0 + GROUP).min(rows))
             .collect();
         for r in groups[0].clone().step_by(2) {
-            self.logits(r0 + r, r + 1 < groups[0].end, &mut all[r * width..]);
+            self.logits(r0 + r, r + 1 < groups[0].end, &mut all[r * width..], 0);
         }
         for (gi, cur) in groups.iter().enumerate() {
             // The group's logits, losses and dz (labels were checked), by the cross-entropy's
@@ -198,7 +198,7 @@ impl Pass<'_> {
             let mut r = next.start;
             while r < next.end {
                 if r + step > next.end || done + 4 > cur.end || (r - next.start) % 4 != 0 {
-                    self.logits(r0 + r, r + 1 < next.end, &mut all[r * width..]);
+                    self.logits(r0 + r, r + 1 < next.end, &mut all[r * width..], 0);
                     r += 2;
                     continue;
                 }
@@ -217,12 +217,7 @@ impl Pass<'_> {
                     let (z0, z1) = out.split_at_mut(width);
                     dots_and_axpy4(xs, first, [z0, z1], &coef[..c], b, gw);
                     // Logit columns past the first four, as a separate product takes them.
-                    let rest = self.cols[first.len()..].chunks(MAX_CLASSES);
-                    let z0 = z0[first.len()..].chunks_mut(MAX_CLASSES);
-                    let z1 = z1[first.len()..].chunks_mut(MAX_CLASSES);
-                    for ((group, z0), z1) in rest.zip(z0).zip(z1) {
-                        row_block_dots(xs, group, [z0, z1]);
-                    }
+                    self.logits(r0 + r, true, out, 1);
                 }
                 done += 4;
                 r += step;
@@ -247,20 +242,20 @@ impl Pass<'_> {
             .collect()
     }
 
-    /// Logits of row `i` and, when `pair`, of row `i + 1` into the rows of `z`: each column
-    /// load serves both rows.
-    fn logits(&self, i: usize, pair: bool, z: &mut [f32]) {
+    /// Logits of row `i` and, when `pair`, of row `i + 1` into the rows of `z`, in groups of
+    /// [`MAX_CLASSES`] columns from group `skip` on: each column load serves both rows.
+    fn logits(&self, i: usize, pair: bool, z: &mut [f32], skip: usize) {
         let width = self.cols.len();
-        let groups = self.cols.chunks(MAX_CLASSES);
+        let groups = self.cols.chunks(MAX_CLASSES).skip(skip);
         if pair {
             let (z0, z1) = z.split_at_mut(width);
             let xs = [self.row(i), self.row(i + 1)];
             let outs = z0.chunks_mut(MAX_CLASSES).zip(z1.chunks_mut(MAX_CLASSES));
-            for (group, (z0, z1)) in groups.zip(outs) {
+            for (group, (z0, z1)) in groups.zip(outs.skip(skip)) {
                 row_block_dots(xs, group, [z0, z1]);
             }
         } else {
-            for (group, z0) in groups.zip(z.chunks_mut(MAX_CLASSES)) {
+            for (group, z0) in groups.zip(z.chunks_mut(MAX_CLASSES).skip(skip)) {
                 row_dots(self.row(i), group, z0);
             }
         }
