@@ -14,17 +14,20 @@
 //!   `axpy`s over the rows of B, again one pass over B;
 //! - **one small dimension** (`k ≤ 32` or `m ≤ 32`, below the parallel threshold, e.g. the
 //!   20-example batches of Figure 3): the unpacked kernels of `small_gemm`;
-//! - otherwise `matrixmultiply::sgemm` (packed, cache-blocked), split into fixed blocks of
-//!   output rows across rayon threads when the product is large.
+//! - otherwise the packed kernels of `packed` (AVX-512, or AVX2 with FMA: one fused chain per
+//!   element, the same bits on either and for any thread count), or `matrixmultiply::sgemm`
+//!   where the CPU has neither, split into blocks of output rows across rayon threads when
+//!   the product is large.
 //!
 //! A general GEMM would pack the whole 1000×1800 operand of the thin cases first, moving
 //! twice the bytes the product needs.
 //!
-//! Determinism: each output element is accumulated in a fixed order by one thread; the row
-//! blocks have a fixed size, so results do not depend on the thread count.
+//! Determinism: each output element is accumulated in a fixed order by one thread, whatever
+//! the blocks, so results do not depend on the thread count.
 
 use rayon::prelude::*;
 
+use super::packed;
 use super::simd::{self, Simd};
 use super::small_gemm;
 
@@ -665,13 +668,11 @@ pub(super) fn matmul(
     lhs_t: bool,
     rhs_t: bool,
 ) -> Vec<f32> {
-    let mut c = vec![0.0f32; m * n];
-    if m == 0 || n == 0 {
-        return c;
+    if m == 0 || n == 0 || k == 0 {
+        return vec![0.0; m * n];
     }
-    if k == 0 {
-        return c;
-    }
+    // Every path but the packed one accumulates into zeros.
+    let zeros = || vec![0.0f32; m * n];
     let macs = m * n * k;
     // Strides of op(A) (m×k) and op(B) (k×n) in their stored buffers.
     let (rsa, csa) = if lhs_t { (1, m) } else { (k, 1) };
@@ -689,6 +690,7 @@ pub(super) fn matmul(
         // `row_block_dots`). Pairs suffice for a thin output, whose rows stream from memory;
         // a wide one (snapshot evaluation) is bound by the vector units, and three rows by
         // four columns use the registers best.
+        let mut c = zeros();
         if n <= THIN {
             dot_row_blocks::<2>(a, k, n, &cols, &mut c, macs >= PAR_MIN_MACS);
         } else {
@@ -698,6 +700,7 @@ pub(super) fn matmul(
     }
 
     if m <= THIN && !rhs_t {
+        let mut c = zeros();
         // C[i, :] = Σ_p A(i, p) · B[p, :], accumulated over p in order, split by columns.
         const COLS: usize = 256;
         let a_at = |i: usize, p: usize| a[i * rsa + p * csa];
@@ -754,6 +757,7 @@ pub(super) fn matmul(
     if macs < PAR_MIN_MACS && (k <= small_gemm::SMALL_K_MAX || m <= small_gemm::SMALL_M_MAX) {
         // One small dimension: the unpacked kernels (a packed GEMM would copy the large
         // operand for every call, about as costly as the product itself).
+        let mut c = zeros();
         if k <= small_gemm::SMALL_K_MAX {
             small_gemm::small_k(a, rsa, csa, b, rsb, csb, m, k, n, &mut c);
         } else {
@@ -762,6 +766,21 @@ pub(super) fn matmul(
         return c;
     }
 
+    let parallel = macs >= PAR_MIN_MACS;
+    let a_op = packed::Strided {
+        data: a,
+        rs: rsa,
+        cs: csa,
+    };
+    let b_op = packed::Strided {
+        data: b,
+        rs: rsb,
+        cs: csb,
+    };
+    if let Some(c) = packed::product(a_op, b_op, (m, k, n), parallel) {
+        return c;
+    }
+    let mut c = zeros();
     let sgemm_rows = |r0: usize, rows: usize, out: &mut [f32]| {
         // SAFETY: the pointers cover op(A) rows r0..r0+rows (m×k with strides rsa, csa),
         // op(B) (k×n with rsb, csb) and `out` (rows×n, row stride n), all in bounds of

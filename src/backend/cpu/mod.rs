@@ -1,5 +1,6 @@
 //! The CPU backend: contiguous `Vec<f32>` buffers, loops that the compiler vectorizes, rayon for
-//! row-parallel work above `PAR_MIN_ELEMS` (2^15 elements), and `matrixmultiply` for GEMM.
+//! row-parallel work above `PAR_MIN_ELEMS` (2^15 elements), and packed GEMM kernels of its own
+//! (`matrixmultiply` where the CPU has no AVX2).
 //!
 //! Determinism: every output element is computed by one thread in a fixed order, and reductions
 //! that span threads use fixed chunk boundaries that do not depend on the thread count, so the
@@ -12,6 +13,7 @@ mod gemm;
 mod linear_xent;
 mod math;
 mod optim;
+mod packed;
 mod pool;
 mod simd;
 mod small_gemm;
@@ -66,7 +68,7 @@ fn max_softmax(logits: &[f32]) -> (f64, u32) {
 /// The widest instruction set the crate's own kernels may use: `MEMAWARE_SIMD=avx2` or
 /// `portable` caps it below what the CPU has (to measure or test the narrower paths on a
 /// wider machine); unset or `avx512`, no cap. Read once per process. (`matrixmultiply`, which
-/// runs the large products, probes the CPU itself.)
+/// runs the large products where the crate has no packed kernel, probes the CPU itself.)
 fn simd_cap() -> u8 {
     static CAP: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
     *CAP.get_or_init(|| match std::env::var("MEMAWARE_SIMD").as_deref() {
@@ -105,18 +107,13 @@ macro_rules! cpu_features {
 }
 
 cpu_features!(
-    /// AVX2. Kernels with an AVX2 version compute the same bits as their portable version;
-    /// only the speed differs.
-    has_avx2, 1: "avx2"
+    /// AVX2 and FMA (every CPU with AVX2 has FMA; the token promises both). Kernels with an
+    /// AVX2 version compute the same bits as their portable version; only the speed differs.
+    has_avx2, 1: "avx2", "fma"
 );
 cpu_features!(
     /// AVX-512F; its kernels, too, give the portable bits.
     has_avx512, 2: "avx512f"
-);
-cpu_features!(
-    /// AVX2 and FMA (the small-dimension GEMM kernels, whose bits differ from the portable
-    /// path's).
-    has_avx2_fma, 1: "avx2", "fma"
 );
 
 /// A host buffer: owned by the tensor, or shared read-only with others (a data set's

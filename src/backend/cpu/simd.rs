@@ -2,10 +2,11 @@
 //!
 //! A kernel generic over [`Simd`] runs with [`Scalar`] (one lane: the reference), [`Lanes8`]
 //! (the portable path for blocks: 8 lanes as arrays, plain Rust that the compiler
-//! vectorizes), [`Avx2`] (8 lanes) or [`Avx512`] (16 lanes). Every arithmetic method is one
-//! IEEE operation per lane — no fused multiply-add, no reassociation (`scale_pow2`'s AVX-512
-//! `vscalefps` is the same correctly rounded product) — so each lane of a vector
-//! instantiation computes the bits of the scalar one. [`exp`] and [`ln`] are written here
+//! vectorizes), [`Avx2`] (8 lanes, with FMA) or [`Avx512`] (16 lanes). Every arithmetic
+//! method is one IEEE operation per lane — no reassociation, no fused multiply-add except
+//! where asked for by name ([`Simd::mul_add`], rounded once on every path), and
+//! `scale_pow2`'s AVX-512 `vscalefps` is the same correctly rounded product — so each lane of
+//! a vector instantiation computes the bits of the scalar one. [`exp`] and [`ln`] are written here
 //! once, in these operations; `math::exp` and `math::ln` are their scalar instantiations.
 //!
 //! The vector types are tokens: a value exists only where the CPU has the instruction set
@@ -41,6 +42,9 @@ pub(super) trait Simd: Copy {
     fn sub(self, a: Self::F, b: Self::F) -> Self::F;
     fn mul(self, a: Self::F, b: Self::F) -> Self::F;
     fn div(self, a: Self::F, b: Self::F) -> Self::F;
+    /// `a·b + c` rounded once (a fused multiply-add on every path; the portable ones use
+    /// `f32::mul_add`, which is slow where the CPU has no FMA instruction).
+    fn mul_add(self, a: Self::F, b: Self::F, c: Self::F) -> Self::F;
     /// The larger lane; which one on NaN or on `±0` against `∓0` is the instruction set's
     /// (a NaN row's loss is NaN either way, and `m + ln Σ` is the same for `m = ±0`).
     fn max(self, a: Self::F, b: Self::F) -> Self::F;
@@ -200,6 +204,10 @@ impl Simd for Scalar {
         a / b
     }
     #[inline(always)]
+    fn mul_add(self, a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+    #[inline(always)]
     fn max(self, a: f32, b: f32) -> f32 {
         a.max(b)
     }
@@ -333,6 +341,10 @@ impl Simd for Lanes8 {
         zip8(a, b, |x, y| x / y)
     }
     #[inline(always)]
+    fn mul_add(self, a: [f32; 8], b: [f32; 8], c: [f32; 8]) -> [f32; 8] {
+        std::array::from_fn(|l| a[l].mul_add(b[l], c[l]))
+    }
+    #[inline(always)]
     fn max(self, a: [f32; 8], b: [f32; 8]) -> [f32; 8] {
         zip8(a, b, f32::max)
     }
@@ -408,14 +420,14 @@ impl Simd for Lanes8 {
     }
 }
 
-/// AVX2: 8 lanes.
+/// AVX2 with FMA: 8 lanes.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Avx2(());
 
 #[cfg(target_arch = "x86_64")]
 impl Avx2 {
-    /// The token, where the CPU has AVX2.
+    /// The token, where the CPU has AVX2 and FMA.
     pub(super) fn new() -> Option<Avx2> {
         super::has_avx2().then_some(Avx2(()))
     }
@@ -472,6 +484,10 @@ impl Simd for Avx2 {
     #[inline(always)]
     fn div(self, a: __m256, b: __m256) -> __m256 {
         with_isa!(_mm256_div_ps(a, b))
+    }
+    #[inline(always)]
+    fn mul_add(self, a: __m256, b: __m256, c: __m256) -> __m256 {
+        with_isa!(_mm256_fmadd_ps(a, b, c))
     }
     #[inline(always)]
     fn max(self, a: __m256, b: __m256) -> __m256 {
@@ -673,6 +689,10 @@ impl Simd for Avx512 {
     #[inline(always)]
     fn div(self, a: __m512, b: __m512) -> __m512 {
         with_isa!(_mm512_div_ps(a, b))
+    }
+    #[inline(always)]
+    fn mul_add(self, a: __m512, b: __m512, c: __m512) -> __m512 {
+        with_isa!(_mm512_fmadd_ps(a, b, c))
     }
     #[inline(always)]
     fn max(self, a: __m512, b: __m512) -> __m512 {

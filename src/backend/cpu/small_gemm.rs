@@ -124,7 +124,7 @@ pub(super) fn small_m(
         k,
         n,
     };
-    run(prod, c, Outer::Columns, super::has_avx2_fma());
+    run(prod, c, Outer::Columns, super::has_avx2());
 }
 
 /// `C = op(A) · op(B)` for a small `k` (≤ [`SMALL_K_MAX`]); `c` is `m×n` row-major and is
@@ -157,7 +157,7 @@ pub(super) fn small_k(
         k,
         n,
     };
-    run(prod, c, Outer::Rows, super::has_avx2_fma());
+    run(prod, c, Outer::Rows, super::has_avx2());
 }
 
 /// One past the largest index a `rows×cols` view with strides `(rs, cs)` touches (both ≥ 1).
@@ -787,7 +787,7 @@ mod tests {
 
     /// Both paths this machine can run: portable, and AVX2+FMA where the CPU has it.
     fn paths() -> Vec<bool> {
-        if crate::backend::cpu::has_avx2_fma() {
+        if crate::backend::cpu::has_avx2() {
             vec![false, true]
         } else {
             vec![false]
