@@ -14,10 +14,9 @@
 //!   `axpy`s over the rows of B, again one pass over B;
 //! - **one small dimension** (`k ≤ 32` or `m ≤ 32`, below the parallel threshold, e.g. the
 //!   20-example batches of Figure 3): the unpacked kernels of `small_gemm`;
-//! - otherwise the packed kernels of `packed` (AVX-512, or AVX2 with FMA: one fused chain per
-//!   element, the same bits on either and for any thread count), or `matrixmultiply::sgemm`
-//!   where the CPU has neither, split into blocks of output rows across rayon threads when
-//!   the product is large.
+//! - otherwise, for products at least 512 on every side on an AVX-512 CPU, the packed kernel
+//!   of `packed` (one fused chain per element); else `matrixmultiply::sgemm`; either split
+//!   into blocks of output rows across rayon threads when the product is large.
 //!
 //! A general GEMM would pack the whole 1000×1800 operand of the thin cases first, moving
 //! twice the bytes the product needs.

@@ -1,6 +1,6 @@
 //! The CPU backend: contiguous `Vec<f32>` buffers, loops that the compiler vectorizes, rayon for
 //! row-parallel work above `PAR_MIN_ELEMS` (2^15 elements), and packed GEMM kernels of its own
-//! (`matrixmultiply` where the CPU has no AVX2).
+//! (`matrixmultiply` for products below 512 on a side or without AVX-512).
 //!
 //! Determinism: every output element is computed by one thread in a fixed order, and reductions
 //! that span threads use fixed chunk boundaries that do not depend on the thread count, so the

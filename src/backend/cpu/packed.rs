@@ -1,14 +1,15 @@
 //! Large products `C (m×n) = op(A) · op(B)` from packed operands through a register-blocked
-//! kernel, on AVX-512 or on AVX2 with FMA (elsewhere `gemm` calls `matrixmultiply`).
+//! kernel, on AVX-512 for products at least [`MIN_SIDE`] on every side (elsewhere `gemm`
+//! calls `matrixmultiply`).
 //!
 //! Layout (the BLIS design). `op(B)` is packed once, whole, into slabs of [`KC`] rows, each
 //! cut into panels of `NR` columns stored row by row (`kc × NR`, zero past column `n`). The
 //! rows of C are split into blocks of whole A panels, one task each; a task packs its block
 //! of `op(A)` per slab into panels of `MR` rows stored column by column (`kc × MR`, zero past
 //! row `m`), then for each panel of B runs the kernel against every panel of its A block.
-//! The kernel holds an `MR × NR` tile of C in registers (AVX-512: 12 × 32 in 24 registers;
-//! AVX2: 6 × 16 in 12) and per step of `p` loads `NR/LANES` vectors of B and broadcasts `MR`
-//! values of A into `MR·NR/LANES` fused multiply-adds.
+//! The kernel is written once over `Simd` (tests run its portable instantiations against the
+//! same bits); on AVX-512 it holds a 12 × 32 tile of C in 24 registers and per step of `p`
+//! loads 2 vectors of B and broadcasts 12 values of A into 24 fused multiply-adds.
 //!
 //! Memory traffic. `op(A)` and `op(B)` are each read once from where they lie and written
 //! once into the packs (B's from the buffer pool, A's in a per-thread buffer, so neither
@@ -23,7 +24,7 @@
 //! increasing order, from +0: `c ← fma(A(i, p), B(p, j), c)`. The chain does not depend on
 //! the tile sizes, the slabs (a slab resumes from the f32 the previous one stored, which is
 //! what the chain holds anyway), the blocks or the instruction set, so every element has the
-//! same bits on AVX-512, AVX2 and the portable instantiation, for any thread count.
+//! same bits on AVX-512 and the portable instantiations, for any thread count.
 
 use rayon::prelude::*;
 
@@ -33,6 +34,13 @@ use super::simd::Simd;
 const KC: usize = 256;
 /// Rows of C per task, at most (before rounding to whole A panels and to the thread count).
 const MC: usize = 240;
+/// Smallest side of a product taken here. Below it the fixed costs (packing all of B for few
+/// rows, short slabs, edge tiles) outweigh the wider FMA, and `matrixmultiply`'s AVX2 kernel,
+/// which runs at the higher AVX2 clock, was as fast or faster (Xeon, model 167: the
+/// 64 × 392 × 390 layers of a batch-64 step took 35 % longer here, 1024³ 15 % less).
+const MIN_SIDE: usize = 512;
+/// Largest packed B (floats, 4 MiB) a thread keeps between products.
+const KEEP_B: usize = 1 << 20;
 /// Largest `MR·NR` of a kernel (the edge tiles' scratch).
 const MAX_TILE: usize = 512;
 
@@ -51,47 +59,34 @@ impl Strided<'_> {
     }
 }
 
-/// `op(A) · op(B)` (`m × n`, row-major) where the CPU has a packed kernel, `None` where it
-/// has none. The output comes from the buffer pool: the first slab writes every element.
+/// `op(A) · op(B)` (`m × n`, row-major) on the packed AVX-512 kernel, or `None` where the CPU
+/// has no AVX-512 or the product is smaller than [`MIN_SIDE`] on a side. The output comes
+/// from the buffer pool: the first slab writes every element.
 pub(super) fn product(
     a: Strided,
     b: Strided,
     (m, k, n): (usize, usize, usize),
     parallel: bool,
 ) -> Option<Vec<f32>> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use super::simd::{Avx2, Avx512};
-        if let Some(s) = Avx512::new() {
-            return Some(run::<_, 12>(
-                s,
-                2,
-                a,
-                b,
-                (m, k, n),
-                parallel,
-                |s, job, r0, out| {
-                    // SAFETY: the token proves AVX-512F.
-                    unsafe { block_avx512(s, job, r0, out) }
-                },
-            ));
-        }
-        if let Some(s) = Avx2::new() {
-            return Some(run::<_, 6>(
-                s,
-                2,
-                a,
-                b,
-                (m, k, n),
-                parallel,
-                |s, job, r0, out| {
-                    // SAFETY: the token proves AVX2 and FMA.
-                    unsafe { block_avx2(s, job, r0, out) }
-                },
-            ));
-        }
+    if m.min(k).min(n) < MIN_SIDE {
+        return None;
     }
-    let _ = (a, b, m, k, n, parallel);
+    #[cfg(target_arch = "x86_64")]
+    if let Some(s) = super::simd::Avx512::new() {
+        return Some(run::<_, 12>(
+            s,
+            2,
+            a,
+            b,
+            (m, k, n),
+            parallel,
+            |s, job, r0, out| {
+                // SAFETY: the token proves AVX-512F.
+                unsafe { block_avx512(s, job, r0, out) }
+            },
+        ));
+    }
+    let _ = (a, b, parallel);
     None
 }
 
@@ -101,14 +96,6 @@ pub(super) fn product(
 #[target_feature(enable = "avx512f")]
 unsafe fn block_avx512(s: super::simd::Avx512, job: &Job, r0: usize, out: &mut [f32]) {
     block::<_, 12, 2>(s, job, r0, out)
-}
-
-/// # Safety
-/// The CPU must support AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn block_avx2(s: super::simd::Avx2, job: &Job, r0: usize, out: &mut [f32]) {
-    block::<_, 6, 2>(s, job, r0, out)
 }
 
 /// What every task of one product shares.
@@ -169,7 +156,10 @@ fn run<S: Simd + Send + Sync, const MR: usize>(
     } else {
         tasks.into_iter().for_each(task);
     }
-    super::pool::give(packed_b);
+    match packed_b.len() <= KEEP_B {
+        true => PACK_B.set(packed_b),
+        false => super::pool::give(packed_b),
+    }
     c
 }
 
@@ -243,8 +233,12 @@ fn block<S: Simd, const MR: usize, const NV: usize>(s: S, job: &Job, r0: usize, 
 }
 
 thread_local! {
-    /// Each thread's packed block of A (reused: a fresh one per task would fault its pages in).
+    /// Each thread's packed block of A, and the calling thread's packed B when it is at most
+    /// [`KEEP_B`] floats (larger ones go through the buffer pool): reused, because a fresh
+    /// buffer per product is zeroed or faults its pages in, which for the paper's batch-64
+    /// layers costs as much as the product.
     static PACK_A: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    static PACK_B: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// `op(B)` as slabs of [`KC`] rows, each as `⌈n/nr⌉` panels of `kc × nr` floats (row `p` of a
@@ -252,35 +246,36 @@ thread_local! {
 fn pack_b(b: Strided, k: usize, n: usize, nr: usize, parallel: bool) -> Vec<f32> {
     let panels_n = n.div_ceil(nr);
     let slab = KC * panels_n * nr;
-    // Every element a kernel reads is written below (padding included).
-    let mut packed = super::pool::take_for_overwrite(k.div_ceil(KC) * slab);
+    // Column j of op(B) as lane j, along depth p.
+    let lanes = Strided {
+        data: b.data,
+        rs: b.cs,
+        cs: b.rs,
+    };
+    // Every element a kernel reads is written (padding included).
+    let len = k.div_ceil(KC) * slab;
+    let mut packed = match len <= KEEP_B {
+        true => {
+            let mut v = PACK_B.take();
+            v.resize(v.len().max(len), 0.0);
+            v
+        }
+        false => super::pool::take_for_overwrite(len),
+    };
     let fill = |(q, out): (usize, &mut [f32])| {
-        let p0 = q * KC;
-        let kc = KC.min(k - p0);
+        let (p0, kc) = (q * KC, KC.min(k - q * KC));
         for (jp, panel) in out.chunks_mut(kc * nr).take(panels_n).enumerate() {
             let (j0, cols) = (jp * nr, nr.min(n - jp * nr));
-            if b.cs == 1 {
-                for (p, dst) in panel.chunks_exact_mut(nr).enumerate() {
-                    let from = (p0 + p) * b.rs + j0;
-                    dst[..cols].copy_from_slice(&b.data[from..from + cols]);
-                    dst[cols..].fill(0.0);
-                }
-            } else {
-                if cols < nr {
-                    panel.fill(0.0);
-                }
-                for j in 0..cols {
-                    for p in 0..kc {
-                        panel[p * nr + j] = b.at(p0 + p, j0 + j);
-                    }
-                }
-            }
+            pack_panel(lanes, j0, cols, nr, p0, kc, panel);
         }
     };
     if parallel {
-        packed.par_chunks_mut(slab).enumerate().for_each(fill);
+        packed[..len]
+            .par_chunks_mut(slab)
+            .enumerate()
+            .for_each(fill);
     } else {
-        packed.chunks_mut(slab).enumerate().for_each(fill);
+        packed[..len].chunks_mut(slab).enumerate().for_each(fill);
     }
     packed
 }
@@ -297,29 +292,63 @@ fn pack_a<const MR: usize>(
 ) {
     for (ip, panel) in pack.chunks_mut(kc * MR).take(rows.div_ceil(MR)).enumerate() {
         let live = MR.min(rows - ip * MR);
-        let i0 = r0 + ip * MR;
-        if a.cs == 1 && live == MR {
-            // Rows contiguous along p: MR streams read in step, each panel row written whole.
-            let src: [&[f32]; MR] = std::array::from_fn(|i| &a.data[(i0 + i) * a.rs + p0..][..kc]);
-            for (p, dst) in panel.chunks_exact_mut(MR).take(kc).enumerate() {
-                for (d, row) in dst.iter_mut().zip(&src) {
-                    *d = row[p];
-                }
+        pack_panel(a, r0 + ip * MR, live, MR, p0, kc, panel);
+    }
+}
+
+/// Lanes `l0..l0+live` of `x` (lane `l` at depth `p` is `x.at(l, p)`), depths `p0..p0+kc`,
+/// as `kc` rows of `width` floats (zero from lane `live` on).
+fn pack_panel(
+    x: Strided,
+    l0: usize,
+    live: usize,
+    width: usize,
+    p0: usize,
+    kc: usize,
+    panel: &mut [f32],
+) {
+    let rows = panel[..kc * width].chunks_exact_mut(width);
+    if x.rs == 1 {
+        // Lanes contiguous: each row of the panel is one copy (by 8 floats where whole, so
+        // that it compiles to vector moves rather than a call per row).
+        for (p, dst) in rows.enumerate() {
+            let src = &x.data[(p0 + p) * x.cs + l0..][..live];
+            let whole = live / 8 * 8;
+            for (d, s) in dst[..whole].chunks_exact_mut(8).zip(src.chunks_exact(8)) {
+                d.copy_from_slice(s);
             }
-        } else if a.rs == 1 {
-            // Columns contiguous along i (a transposed operand): each panel row is a copy.
-            for (p, dst) in panel.chunks_exact_mut(MR).take(kc).enumerate() {
-                dst[..live].copy_from_slice(&a.data[(p0 + p) * a.cs + i0..][..live]);
-            }
-        } else {
-            for p in 0..kc {
-                for i in 0..live {
-                    panel[p * MR + i] = a.at(i0 + i, p0 + p);
-                }
+            dst[whole..live].copy_from_slice(&src[whole..]);
+            dst[live..].fill(0.0);
+        }
+        return;
+    }
+    for dst in rows {
+        dst[live..].fill(0.0);
+    }
+    if x.cs == 1 {
+        // Depths contiguous: four lanes' streams at a time, read in step (the slices have
+        // length kc, so the reads need no checks inside the loop).
+        const G: usize = 4;
+        let full = live / G * G;
+        for g0 in (0..full).step_by(G) {
+            let src: [&[f32]; G] =
+                std::array::from_fn(|i| &x.data[(l0 + g0 + i) * x.rs + p0..][..kc]);
+            for (p, dst) in panel.chunks_exact_mut(width).take(kc).enumerate() {
+                let dst: &mut [f32; G] = (&mut dst[g0..g0 + G]).try_into().expect("four lanes");
+                *dst = std::array::from_fn(|i| src[i][p]);
             }
         }
-        for p in 0..kc {
-            panel[p * MR + live..(p + 1) * MR].fill(0.0);
+        for l in full..live {
+            let src = &x.data[(l0 + l) * x.rs + p0..][..kc];
+            for (dst, &v) in panel.chunks_exact_mut(width).zip(src) {
+                dst[l] = v;
+            }
+        }
+    } else {
+        for (p, dst) in panel.chunks_exact_mut(width).take(kc).enumerate() {
+            for (l, d) in dst[..live].iter_mut().enumerate() {
+                *d = x.at(l0 + l, p0 + p);
+            }
         }
     }
 }
@@ -491,12 +520,12 @@ mod tests {
         }
     }
 
-    /// Both vector kernels run where the CPU has them (a machine without AVX-512 still
-    /// checks the AVX2 one here).
+    /// The AVX-512 kernel, where the CPU has it, at a size `product` leaves to
+    /// `matrixmultiply` (edge tiles in both directions, two slabs).
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn each_vector_kernel_gives_the_bits_of_the_chain() {
-        use crate::backend::cpu::simd::{Avx2, Avx512};
+    fn the_avx512_kernel_gives_the_bits_of_the_chain() {
+        use crate::backend::cpu::simd::Avx512;
         let (m, k, n) = (29, 270, 45);
         let mut rng = Rng::new(3);
         let (a_store, b_store) = (rng.normal_vec(m * k), rng.normal_vec(k * n));
@@ -510,43 +539,64 @@ mod tests {
             rs: n,
             cs: 1,
         };
-        let want = bits(&chain(a, b, (m, k, n)));
-        if let Some(s) = Avx2::new() {
-            let got = run::<_, 6>(s, 2, a, b, (m, k, n), false, |s, job, r0, out| {
-                // SAFETY: the token proves AVX2 and FMA.
-                unsafe { block_avx2(s, job, r0, out) }
-            });
-            assert_eq!(bits(&got), want, "AVX2");
-        }
         if let Some(s) = Avx512::new() {
             let got = run::<_, 12>(s, 2, a, b, (m, k, n), false, |s, job, r0, out| {
                 // SAFETY: the token proves AVX-512F.
                 unsafe { block_avx512(s, job, r0, out) }
             });
-            assert_eq!(bits(&got), want, "AVX-512");
+            assert_eq!(bits(&got), bits(&chain(a, b, (m, k, n))));
         }
     }
 
     /// A reused (pooled) output buffer holding old values gives the same product: the first
-    /// slab overwrites every element, edge tiles included.
+    /// slab overwrites every element, edge tiles included; and `product` takes products of
+    /// at least `MIN_SIDE` on every side, on 1 to 3 threads, in every operand layout.
     #[test]
-    fn a_dirty_pooled_output_is_overwritten() {
-        let (m, k, n) = (700, 520, 400);
-        super::super::pool::give(vec![f32::NAN; m * n]);
+    fn large_products_overwrite_a_dirty_pooled_output() {
+        let (m, k, n) = (530, 520, 515);
         let mut rng = Rng::new(11);
         let (a_store, b_store) = (rng.normal_vec(m * k), rng.normal_vec(k * n));
-        let a = Strided {
-            data: &a_store,
-            rs: k,
-            cs: 1,
-        };
-        let b = Strided {
-            data: &b_store,
-            rs: n,
-            cs: 1,
-        };
-        if let Some(got) = product(a, b, (m, k, n), true) {
-            assert_eq!(bits(&got), bits(&chain(a, b, (m, k, n))));
+        for (ta, tb) in [(false, false), (true, false), (false, true)] {
+            let a = match ta {
+                false => Strided {
+                    data: &a_store,
+                    rs: k,
+                    cs: 1,
+                },
+                true => Strided {
+                    data: &a_store,
+                    rs: 1,
+                    cs: m,
+                },
+            };
+            let b = match tb {
+                false => Strided {
+                    data: &b_store,
+                    rs: n,
+                    cs: 1,
+                },
+                true => Strided {
+                    data: &b_store,
+                    rs: 1,
+                    cs: k,
+                },
+            };
+            let want = bits(&chain(a, b, (m, k, n)));
+            super::super::pool::give(vec![f32::NAN; m * n]);
+            let got = run::<_, 6>(Lanes8, 2, a, b, (m, k, n), true, |s, job, r0, out| {
+                block::<_, 6, 2>(s, job, r0, out)
+            });
+            assert_eq!(bits(&got), want, "portable, ta={ta} tb={tb}");
+            for threads in 1..=3 {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .expect("pool");
+                super::super::pool::give(vec![f32::NAN; m * n]);
+                if let Some(got) = pool.install(|| product(a, b, (m, k, n), true)) {
+                    assert_eq!(bits(&got), want, "ta={ta} tb={tb}, {threads} threads");
+                }
+            }
         }
     }
 }
