@@ -12,13 +12,15 @@
 //! loads 2 vectors of B and broadcasts 12 values of A into 24 fused multiply-adds.
 //!
 //! Memory traffic. `op(A)` and `op(B)` are each read once from where they lie and written
-//! once into the packs (B's from the buffer pool, A's in a per-thread buffer, so neither
-//! faults pages in per call). The B panel (`kc·NR·4` bytes, 32 KiB on AVX-512) stays in L1
-//! while the task's A block (at most about `MC·kc·4` = 240 KiB) streams from L2; each tile
-//! also prefetches its share of the next B panel, which would otherwise arrive from L2 or L3
-//! on demand at the start of the next column of tiles. C is written once per slab and read
-//! once per slab after the first (the first slab overwrites, so the output needs no zeroing).
-//! Packing costs `m·k + k·n` copies against `m·n·k` multiply-adds.
+//! once into the packs (reused buffers: B's kept by the calling thread up to 4 MiB, else from
+//! the buffer pool; A's per thread; so no pack faults pages in per call). The B panel
+//! (`kc·NR·4` bytes, 32 KiB on AVX-512) stays in L1 while the task's A block (at most about
+//! `MC·kc·4` = 240 KiB) streams from L2. C is written once per slab and read once per slab
+//! after the first (the first slab overwrites, so the output needs no zeroing). While a tile
+//! runs it prefetches, a line per step, its share of the next B panel and the rows of the
+//! next tile of C: both would otherwise arrive from L2 or L3 on demand (a tile's rows are a
+//! row stride apart, which no hardware prefetcher follows). Packing costs `m·k + k·n` copies
+//! against `m·n·k` multiply-adds.
 //!
 //! Summation order. Each element of C is one chain of fused multiply-adds over `p` in
 //! increasing order, from +0: `c ← fma(A(i, p), B(p, j), c)`. The chain does not depend on
@@ -204,6 +206,20 @@ fn block<S: Simd, const MR: usize, const NV: usize>(s: S, job: &Job, r0: usize, 
                     ),
                     false => (slab.as_ptr(), 0),
                 };
+                // The next tile's rows of C (down this column of tiles, then the next column),
+                // read at its start unless it is on the first slab.
+                let next = match ip + 1 < tiles {
+                    true => (i0 + MR) * n + j0,
+                    false => j0 + nr,
+                };
+                let next_c = match p0 + kc < k || ip + 1 < tiles {
+                    true => (out.as_ptr().wrapping_add(next), n),
+                    false => (out.as_ptr(), 0),
+                };
+                let ahead = Ahead {
+                    b: ahead,
+                    c: next_c,
+                };
                 let corner = &mut out[i0 * n + j0..];
                 let first = p0 == 0;
                 if tile_rows == MR && cols == nr {
@@ -365,9 +381,17 @@ fn prefetch(p: *const f32) {
     let _ = p;
 }
 
+/// Lines a tile prefetches while it runs, one per step of `p`: `b.1` consecutive lines from
+/// `b.0` (a share of the next B panel), then the rows of the next tile of C from `c.0` at
+/// row stride `c.1` (none when `c.1` is 0).
+#[derive(Clone, Copy)]
+struct Ahead {
+    b: (*const f32, usize),
+    c: (*const f32, usize),
+}
+
 /// `C[i, j] ← fma(A(i, p), B(p, j), C[i, j])` for `p` in `0..kc` over one `MR × NV·LANES`
 /// tile, held in registers; on the `first` slab C is not read (the chain starts from +0).
-/// Step `p < ahead.1` also prefetches line `p` from `ahead.0`.
 ///
 /// # Safety
 /// `c` is valid for reads and writes of `MR` rows of `NV·LANES` floats at row stride `ldc`;
@@ -382,9 +406,12 @@ unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
     c: *mut f32,
     ldc: usize,
     first: bool,
-    ahead: (*const f32, usize),
+    ahead: Ahead,
 ) {
     let l = S::LANES;
+    // Cache lines per tile row, and the steps that fetch the next tile of C.
+    let per_row = (NV * l).div_ceil(16);
+    let c_steps = if ahead.c.1 == 0 { 0 } else { MR * per_row };
     assert!(
         a.len() >= kc * MR && b.len() >= kc * NV * l,
         "packed panels"
@@ -402,8 +429,16 @@ unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
         }
         let (mut ap, mut bp) = (a.as_ptr(), b.as_ptr());
         for p in 0..kc {
-            if p < ahead.1 {
-                prefetch(ahead.0.wrapping_add(16 * p));
+            if p < ahead.b.1 {
+                prefetch(ahead.b.0.wrapping_add(16 * p));
+            }
+            if p < c_steps {
+                prefetch(
+                    ahead
+                        .c
+                        .0
+                        .wrapping_add(p / per_row * ahead.c.1 + p % per_row * 16),
+                );
             }
             let mut bv = [s.splat(0.0); NV];
             for (v, x) in bv.iter_mut().enumerate() {
