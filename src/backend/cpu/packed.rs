@@ -478,6 +478,20 @@ mod tests {
         c
     }
 
+    /// `op(A)` (`m×k`) and `op(B)` (`k×n`) read through the strides of their storage, stored
+    /// transposed where asked.
+    fn operands<'a>(
+        a: &'a [f32],
+        b: &'a [f32],
+        (m, k, n): (usize, usize, usize),
+        (ta, tb): (bool, bool),
+    ) -> (Strided<'a>, Strided<'a>) {
+        let (rs, cs) = if ta { (1, m) } else { (k, 1) };
+        let a = Strided { data: a, rs, cs };
+        let (rs, cs) = if tb { (1, k) } else { (n, 1) };
+        (a, Strided { data: b, rs, cs })
+    }
+
     fn bits(v: &[f32]) -> Vec<u32> {
         v.iter().map(|x| x.to_bits()).collect()
     }
@@ -499,31 +513,7 @@ mod tests {
             let a_store = rng.normal_vec(m * k);
             let b_store = rng.normal_vec(k * n);
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-                // op(A) (m×k) and op(B) (k×n) read through the strides of their storage.
-                let a = match ta {
-                    false => Strided {
-                        data: &a_store,
-                        rs: k,
-                        cs: 1,
-                    },
-                    true => Strided {
-                        data: &a_store,
-                        rs: 1,
-                        cs: m,
-                    },
-                };
-                let b = match tb {
-                    false => Strided {
-                        data: &b_store,
-                        rs: n,
-                        cs: 1,
-                    },
-                    true => Strided {
-                        data: &b_store,
-                        rs: 1,
-                        cs: k,
-                    },
-                };
+                let (a, b) = operands(&a_store, &b_store, (m, k, n), (ta, tb));
                 let want = bits(&chain(a, b, (m, k, n)));
                 let what = format!("{m}x{k}x{n} ta={ta} tb={tb}");
                 for threads in 1..=3 {
@@ -591,31 +581,8 @@ mod tests {
         let (m, k, n) = (530, 520, 515);
         let mut rng = Rng::new(11);
         let (a_store, b_store) = (rng.normal_vec(m * k), rng.normal_vec(k * n));
-        for (ta, tb) in [(false, false), (true, false), (false, true)] {
-            let a = match ta {
-                false => Strided {
-                    data: &a_store,
-                    rs: k,
-                    cs: 1,
-                },
-                true => Strided {
-                    data: &a_store,
-                    rs: 1,
-                    cs: m,
-                },
-            };
-            let b = match tb {
-                false => Strided {
-                    data: &b_store,
-                    rs: n,
-                    cs: 1,
-                },
-                true => Strided {
-                    data: &b_store,
-                    rs: 1,
-                    cs: k,
-                },
-            };
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let (a, b) = operands(&a_store, &b_store, (m, k, n), (ta, tb));
             let want = bits(&chain(a, b, (m, k, n)));
             super::super::pool::give(vec![f32::NAN; m * n]);
             let got = run::<_, 6>(Lanes8, 2, a, b, (m, k, n), true, |s, job, r0, out| {
