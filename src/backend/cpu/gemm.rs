@@ -41,6 +41,8 @@ const DOTS_MIN_K: usize = 512;
 const PAR_MIN_MACS: usize = 1 << 21;
 /// Rows per parallel block of the general path.
 const ROW_BLOCK: usize = 64;
+/// Fewest columns per parallel block of the general path when it has too few rows to split.
+const COL_BLOCK: usize = 64;
 /// Largest thin-left output (elements) that each thread keeps a private copy of.
 const ROW_SPLIT_MAX_OUT: usize = 1 << 14;
 
@@ -780,41 +782,68 @@ pub(super) fn matmul(
         return c;
     }
     let mut c = zeros();
-    let sgemm_rows = |r0: usize, rows: usize, out: &mut [f32]| {
-        // SAFETY: the pointers cover op(A) rows r0..r0+rows (m×k with strides rsa, csa),
-        // op(B) (k×n with rsb, csb) and `out` (rows×n, row stride n), all in bounds of
-        // their slices; matrixmultiply reads A and B and writes only `out`.
-        unsafe {
-            matrixmultiply::sgemm(
-                rows,
-                k,
-                n,
-                1.0,
-                a.as_ptr().add(r0 * rsa),
-                rsa as isize,
-                csa as isize,
-                b.as_ptr(),
-                rsb as isize,
-                csb as isize,
-                0.0,
-                out.as_mut_ptr(),
-                n as isize,
-                1,
-            )
-        }
-    };
+    // C[r0.., c0..] (rows × cols, row stride ldc) of the product.
+    let sgemm_block =
+        |(r0, rows): (usize, usize), (c0, cols): (usize, usize), out: &mut [f32], ldc: usize| {
+            // SAFETY: the pointers cover op(A) rows r0..r0+rows (m×k with strides rsa, csa),
+            // op(B) columns c0..c0+cols (k×n with rsb, csb) and `out` (rows×cols, row stride
+            // ldc), all in bounds of their slices; matrixmultiply reads A and B and writes only
+            // `out`.
+            unsafe {
+                matrixmultiply::sgemm(
+                    rows,
+                    k,
+                    cols,
+                    1.0,
+                    a.as_ptr().add(r0 * rsa),
+                    rsa as isize,
+                    csa as isize,
+                    b.as_ptr().add(c0 * csb),
+                    rsb as isize,
+                    csb as isize,
+                    0.0,
+                    out.as_mut_ptr(),
+                    ldc as isize,
+                    1,
+                )
+            }
+        };
+    // The splits cannot change any bit of the result: matrixmultiply computes every element
+    // of C with the same sequence of operations wherever its row or column falls (the
+    // k-blocking depends on k alone; edge tiles run the same kernel).
+    let threads = rayon::current_num_threads();
     if macs >= PAR_MIN_MACS && m > ROW_BLOCK {
         // One block of rows per thread: each block packs all of op(B), so fewer, larger
-        // blocks pack less. The split cannot change any bit of the result: matrixmultiply
-        // computes every element of C with the same sequence of operations wherever its row
-        // falls (the k-blocking depends on k alone).
-        let blocks = rayon::current_num_threads().clamp(1, m / ROW_BLOCK);
+        // blocks pack less.
+        let blocks = threads.clamp(1, m / ROW_BLOCK);
         let rows_per_block = m.div_ceil(blocks);
         c.par_chunks_mut(rows_per_block * n)
             .enumerate()
-            .for_each(|(bi, out)| sgemm_rows(bi * rows_per_block, out.len() / n, out));
+            .for_each(|(bi, out)| {
+                let rows = (bi * rows_per_block, out.len() / n);
+                sgemm_block(rows, (0, n), out, n)
+            });
+    } else if macs >= PAR_MIN_MACS && threads > 1 && n >= 2 * COL_BLOCK {
+        // Few rows (a batch of 64): blocks of columns instead, each packing its own part of
+        // op(B), computed into its own buffer and copied into place.
+        let width = n.div_ceil(threads.min(n / COL_BLOCK)).next_multiple_of(8);
+        let blocks: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(width))
+            .into_par_iter()
+            .map(|bi| {
+                let (c0, cols) = (bi * width, width.min(n - bi * width));
+                let mut out = vec![0.0f32; m * cols];
+                sgemm_block((0, m), (c0, cols), &mut out, cols);
+                (c0, out)
+            })
+            .collect();
+        for (c0, out) in blocks {
+            let cols = out.len() / m;
+            for (row, part) in c.chunks_mut(n).zip(out.chunks(cols)) {
+                row[c0..c0 + cols].copy_from_slice(part);
+            }
+        }
     } else {
-        sgemm_rows(0, m, &mut c);
+        sgemm_block((0, m), (0, n), &mut c, n);
     }
     c
 }
@@ -978,6 +1007,39 @@ mod tests {
                 for dj in 0..2 {
                     assert_eq!(wide[i * n + j0 + dj].to_bits(), thin[i * 2 + dj].to_bits());
                 }
+            }
+        }
+    }
+
+    /// A product with too few rows to split by rows is split by columns on several threads,
+    /// with the bits of the unsplit product (one thread).
+    #[test]
+    fn column_blocks_give_the_bits_of_one_block() {
+        let mut rng = crate::rng::Rng::new(5);
+        for (m, k, n, rhs_t) in [
+            (64, 390, 392, false),
+            (64, 392, 390, true),
+            (40, 300, 777, false),
+        ] {
+            let (a, b) = (rng.normal_vec(m * k), rng.normal_vec(k * n));
+            let on = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .expect("pool");
+                pool.install(|| matmul(&a, &b, m, k, n, false, rhs_t))
+            };
+            let one: Vec<u32> = on(1).iter().map(|x| x.to_bits()).collect();
+            for threads in [2, 3] {
+                let split: Vec<u32> = on(threads).iter().map(|x| x.to_bits()).collect();
+                assert!(split == one, "{m}x{k}x{n} rhs_t={rhs_t}, {threads} threads");
+            }
+            let want = naive(&a, &b, m, k, n, false, rhs_t);
+            for (got, want) in on(2).iter().zip(&want) {
+                assert!(
+                    (*got as f64 - want).abs() <= 1e-3 * (1.0 + want.abs()),
+                    "{got} vs {want}"
+                );
             }
         }
     }
