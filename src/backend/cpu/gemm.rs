@@ -16,7 +16,8 @@
 //!   20-example batches of Figure 3): the unpacked kernels of `small_gemm`;
 //! - otherwise, for products at least 512 on every side on an AVX-512 CPU, the packed kernel
 //!   of `packed` (one fused chain per element); else `matrixmultiply::sgemm`; either split
-//!   into blocks of output rows across rayon threads when the product is large.
+//!   across rayon threads when the product is large, into blocks of output rows (or, for
+//!   `matrixmultiply` with 64 rows or fewer, of output columns).
 //!
 //! A general GEMM would pack the whole 1000×1800 operand of the thin cases first, moving
 //! twice the bytes the product needs.
