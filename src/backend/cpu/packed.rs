@@ -38,8 +38,9 @@ const KC: usize = 256;
 const MC: usize = 240;
 /// Smallest side of a product taken here. Below it the fixed costs (packing all of B for few
 /// rows, short slabs, edge tiles) outweigh the wider FMA, and `matrixmultiply`'s AVX2 kernel,
-/// which runs at the higher AVX2 clock, was as fast or faster (Xeon, model 167: the
-/// 64 × 392 × 390 layers of a batch-64 step took 35 % longer here, 1024³ 15 % less).
+/// which runs at the higher AVX2 clock, was as fast or faster (Xeon, model 167: a batch-64
+/// Adam step of the 392-390-390 MLP took 1.62–1.68 ms here against 1.37–1.40; 1024³ was
+/// 3–15 % faster here).
 const MIN_SIDE: usize = 512;
 /// Largest packed B (floats, 4 MiB) a thread keeps between products.
 const KEEP_B: usize = 1 << 20;
@@ -206,15 +207,12 @@ fn block<S: Simd, const MR: usize, const NV: usize>(s: S, job: &Job, r0: usize, 
                     ),
                     false => (slab.as_ptr(), 0),
                 };
-                // The next tile's rows of C (down this column of tiles, then the next column),
-                // read at its start unless it is on the first slab.
-                let next = match ip + 1 < tiles {
-                    true => (i0 + MR) * n + j0,
-                    false => j0 + nr,
-                };
-                let next_c = match p0 + kc < k || ip + 1 < tiles {
-                    true => (out.as_ptr().wrapping_add(next), n),
-                    false => (out.as_ptr(), 0),
+                // The next tile's rows of C (down this column of tiles, then the next column):
+                // read at that tile's start on the slabs after the first, written at its end.
+                let next_c = match (ip + 1 < tiles, jp + 1 < panels_n) {
+                    (true, _) => (out.as_ptr().wrapping_add((i0 + MR) * n + j0), n),
+                    (false, true) => (out.as_ptr().wrapping_add(j0 + nr), n),
+                    (false, false) => (out.as_ptr(), 0),
                 };
                 let ahead = Ahead {
                     b: ahead,
