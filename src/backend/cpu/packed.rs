@@ -12,8 +12,8 @@
 //! loads 2 vectors of B and broadcasts 12 values of A into 24 fused multiply-adds.
 //!
 //! Memory traffic. `op(A)` and `op(B)` are each read once from where they lie and written
-//! once into the packs (reused buffers: B's kept by the calling thread up to 4 MiB, else from
-//! the buffer pool; A's per thread; so no pack faults pages in per call). The B panel
+//! once into the packs (reused buffers: B's from the buffer pool, which holds anything
+//! [`MIN_SIDE`]² or larger; A's per thread; so no pack faults pages in per call). The B panel
 //! (`kc·NR·4` bytes, 32 KiB on AVX-512) stays in L1 while the task's A block (at most about
 //! `MC·kc·4` = 240 KiB) streams from L2. C is written once per slab and read once per slab
 //! after the first (the first slab overwrites, so the output needs no zeroing). While a tile
@@ -42,8 +42,6 @@ const MC: usize = 240;
 /// Adam step of the 392-390-390 MLP took 1.62–1.68 ms here against 1.37–1.40; 1024³ was
 /// 3–15 % faster here).
 const MIN_SIDE: usize = 512;
-/// Largest packed B (floats, 4 MiB) a thread keeps between products.
-const KEEP_B: usize = 1 << 20;
 /// Largest `MR·NR` of a kernel (the edge tiles' scratch).
 const MAX_TILE: usize = 512;
 
@@ -76,9 +74,8 @@ pub(super) fn product(
     }
     #[cfg(target_arch = "x86_64")]
     if let Some(s) = super::simd::Avx512::new() {
-        return Some(run::<_, 12>(
+        return Some(run::<_, 12, 2>(
             s,
-            2,
             a,
             b,
             (m, k, n),
@@ -107,15 +104,13 @@ struct Job<'a> {
     packed_b: &'a [f32],
     k: usize,
     n: usize,
-    nr: usize,
 }
 
-/// The product with `MR`-row tiles `nv` vectors wide: packs B, splits the rows of C into
+/// The product with `MR × NV·LANES` tiles: packs B, splits the rows of C into
 /// blocks of whole A panels (as equal as possible; a multiple of the thread count when
 /// parallel — the split cannot change any bit, see the module docs) and runs `block` on each.
-fn run<S: Simd + Send + Sync, const MR: usize>(
+fn run<S: Simd + Send + Sync, const MR: usize, const NV: usize>(
     s: S,
-    nv: usize,
     a: Strided,
     b: Strided,
     (m, k, n): (usize, usize, usize),
@@ -126,14 +121,12 @@ fn run<S: Simd + Send + Sync, const MR: usize>(
         return vec![0.0; m * n];
     }
     let mut c = super::pool::take_for_overwrite(m * n);
-    let nr = nv * S::LANES;
-    let packed_b = pack_b(b, k, n, nr, parallel);
+    let packed_b = pack_b(b, k, n, NV * S::LANES, parallel);
     let job = Job {
         a,
         packed_b: &packed_b[..],
         k,
         n,
-        nr,
     };
     let panels_m = m.div_ceil(MR);
     let threads = if parallel {
@@ -159,22 +152,17 @@ fn run<S: Simd + Send + Sync, const MR: usize>(
     } else {
         tasks.into_iter().for_each(task);
     }
-    match packed_b.len() <= KEEP_B {
-        true => PACK_B.set(packed_b),
-        false => super::pool::give(packed_b),
-    }
+    super::pool::give(packed_b);
     c
 }
 
 /// One task: rows `r0..r0 + out.len()/n` of C, slab by slab of `k`.
 #[inline(always)]
 fn block<S: Simd, const MR: usize, const NV: usize>(s: S, job: &Job, r0: usize, out: &mut [f32]) {
-    assert!(
-        job.nr == NV * S::LANES && MR * job.nr <= MAX_TILE,
-        "tile shape"
-    );
-    let rows = out.len() / job.n;
-    let k = job.k;
+    let nr = NV * S::LANES;
+    assert!(MR * nr <= MAX_TILE, "tile shape");
+    let &Job { a, packed_b, k, n } = job;
+    let rows = out.len() / n;
     // Taken out and put back rather than borrowed in a closure: a closure would not inherit
     // the caller's target features, and the kernel would not be inlined into it.
     let mut pack = PACK_A.take();
@@ -182,12 +170,11 @@ fn block<S: Simd, const MR: usize, const NV: usize>(s: S, job: &Job, r0: usize, 
     if pack.len() < need {
         pack.resize(need, 0.0);
     }
-    let &Job {
-        a, packed_b, n, nr, ..
-    } = job;
     let (panels_n, tiles) = (n.div_ceil(nr), rows.div_ceil(MR));
     for (q, p0) in (0..k).step_by(KC).enumerate() {
         let kc = KC.min(k - p0);
+        // Each tile's share of the next B panel, a line per step of `p`.
+        let share = (kc * nr / 16).div_ceil(tiles);
         pack_a::<MR>(a, r0, rows, p0, kc, &mut pack);
         let slab = &packed_b[q * KC * panels_n * nr..];
         for jp in 0..panels_n {
@@ -196,9 +183,7 @@ fn block<S: Simd, const MR: usize, const NV: usize>(s: S, job: &Job, r0: usize, 
             for ip in 0..tiles {
                 let ap = &pack[ip * kc * MR..(ip + 1) * kc * MR];
                 let (i0, tile_rows) = (ip * MR, MR.min(rows - ip * MR));
-                // This tile's share of the next B panel, a line per step of `p`.
-                let share = (kc * nr / 16).div_ceil(tiles);
-                let ahead = match jp + 1 < panels_n {
+                let next_b = match jp + 1 < panels_n {
                     true => (
                         slab[(jp + 1) * kc * nr..]
                             .as_ptr()
@@ -215,7 +200,7 @@ fn block<S: Simd, const MR: usize, const NV: usize>(s: S, job: &Job, r0: usize, 
                     (false, false) => (out.as_ptr(), 0),
                 };
                 let ahead = Ahead {
-                    b: ahead,
+                    b: next_b,
                     c: next_c,
                 };
                 let corner = &mut out[i0 * n + j0..];
@@ -231,8 +216,10 @@ fn block<S: Simd, const MR: usize, const NV: usize>(s: S, job: &Job, r0: usize, 
                     // Edge tile: through a full-size copy (rows and columns past C's edge are
                     // computed from the packs' zeros and dropped).
                     let mut t = [0.0f32; MAX_TILE];
-                    for i in (0..tile_rows).filter(|_| !first) {
-                        t[i * nr..i * nr + cols].copy_from_slice(&corner[i * n..i * n + cols]);
+                    if !first {
+                        for i in 0..tile_rows {
+                            t[i * nr..i * nr + cols].copy_from_slice(&corner[i * n..i * n + cols]);
+                        }
                     }
                     // SAFETY: `t` holds MR rows of nr floats (MR·nr ≤ MAX_TILE, checked above).
                     unsafe { tile::<S, MR, NV>(s, kc, ap, bp, t.as_mut_ptr(), nr, first, ahead) };
@@ -247,12 +234,9 @@ fn block<S: Simd, const MR: usize, const NV: usize>(s: S, job: &Job, r0: usize, 
 }
 
 thread_local! {
-    /// Each thread's packed block of A, and the calling thread's packed B when it is at most
-    /// [`KEEP_B`] floats (larger ones go through the buffer pool): reused, because a fresh
-    /// buffer per product is zeroed or faults its pages in, which for the paper's batch-64
-    /// layers costs as much as the product.
+    /// Each thread's packed block of A (below the buffer pool's sizes): reused, because a
+    /// fresh buffer per task is zeroed or faults its pages in.
     static PACK_A: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
-    static PACK_B: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// `op(B)` as slabs of [`KC`] rows, each as `⌈n/nr⌉` panels of `kc × nr` floats (row `p` of a
@@ -268,14 +252,7 @@ fn pack_b(b: Strided, k: usize, n: usize, nr: usize, parallel: bool) -> Vec<f32>
     };
     // Every element a kernel reads is written (padding included).
     let len = k.div_ceil(KC) * slab;
-    let mut packed = match len <= KEEP_B {
-        true => {
-            let mut v = PACK_B.take();
-            v.resize(v.len().max(len), 0.0);
-            v
-        }
-        false => super::pool::take_for_overwrite(len),
-    };
+    let mut packed = super::pool::take_for_overwrite(len);
     let fill = |(q, out): (usize, &mut [f32])| {
         let (p0, kc) = (q * KC, KC.min(k - q * KC));
         for (jp, panel) in out.chunks_mut(kc * nr).take(panels_n).enumerate() {
@@ -520,13 +497,13 @@ mod tests {
                         .build()
                         .expect("pool");
                     let got = pool.install(|| {
-                        run::<_, 6>(Lanes8, 2, a, b, (m, k, n), true, |s, job, r0, out| {
+                        run::<_, 6, 2>(Lanes8, a, b, (m, k, n), true, |s, job, r0, out| {
                             block::<_, 6, 2>(s, job, r0, out)
                         })
                     });
                     assert_eq!(bits(&got), want, "portable, {what}, {threads} threads");
                     let got = pool.install(|| {
-                        run::<_, 3>(Scalar, 5, a, b, (m, k, n), true, |s, job, r0, out| {
+                        run::<_, 3, 5>(Scalar, a, b, (m, k, n), true, |s, job, r0, out| {
                             block::<_, 3, 5>(s, job, r0, out)
                         })
                     });
@@ -563,7 +540,7 @@ mod tests {
             cs: 1,
         };
         if let Some(s) = Avx512::new() {
-            let got = run::<_, 12>(s, 2, a, b, (m, k, n), false, |s, job, r0, out| {
+            let got = run::<_, 12, 2>(s, a, b, (m, k, n), false, |s, job, r0, out| {
                 // SAFETY: the token proves AVX-512F.
                 unsafe { block_avx512(s, job, r0, out) }
             });
@@ -583,7 +560,7 @@ mod tests {
             let (a, b) = operands(&a_store, &b_store, (m, k, n), (ta, tb));
             let want = bits(&chain(a, b, (m, k, n)));
             super::super::pool::give(vec![f32::NAN; m * n]);
-            let got = run::<_, 6>(Lanes8, 2, a, b, (m, k, n), true, |s, job, r0, out| {
+            let got = run::<_, 6, 2>(Lanes8, a, b, (m, k, n), true, |s, job, r0, out| {
                 block::<_, 6, 2>(s, job, r0, out)
             });
             assert_eq!(bits(&got), want, "portable, ta={ta} tb={tb}");
