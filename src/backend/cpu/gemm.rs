@@ -747,12 +747,7 @@ pub(super) fn matmul(
             block(0, n, &mut out);
             vec![(0, out)]
         };
-        for (c0, out) in blocks {
-            let w = out.len() / m;
-            for i in 0..m {
-                c[i * n + c0..i * n + c0 + w].copy_from_slice(&out[i * w..(i + 1) * w]);
-            }
-        }
+        place_column_blocks(&mut c, n, blocks);
         return c;
     }
 
@@ -813,7 +808,7 @@ pub(super) fn matmul(
     // of C with the same sequence of operations wherever its row or column falls (the
     // k-blocking depends on k alone; edge tiles run the same kernel).
     let threads = rayon::current_num_threads();
-    if macs >= PAR_MIN_MACS && m > ROW_BLOCK {
+    if parallel && m > ROW_BLOCK {
         // One block of rows per thread: each block packs all of op(B), so fewer, larger
         // blocks pack less.
         let blocks = threads.clamp(1, m / ROW_BLOCK);
@@ -824,7 +819,7 @@ pub(super) fn matmul(
                 let rows = (bi * rows_per_block, out.len() / n);
                 sgemm_block(rows, (0, n), out, n)
             });
-    } else if macs >= PAR_MIN_MACS && threads > 1 && n >= 2 * COL_BLOCK {
+    } else if parallel && threads > 1 && n >= 2 * COL_BLOCK {
         // Few rows (a batch of 64): blocks of columns instead, each packing its own part of
         // op(B), computed into its own buffer and copied into place.
         let width = n.div_ceil(threads.min(n / COL_BLOCK)).next_multiple_of(8);
@@ -837,16 +832,23 @@ pub(super) fn matmul(
                 (c0, out)
             })
             .collect();
-        for (c0, out) in blocks {
-            let cols = out.len() / m;
-            for (row, part) in c.chunks_mut(n).zip(out.chunks(cols)) {
-                row[c0..c0 + cols].copy_from_slice(part);
-            }
-        }
+        place_column_blocks(&mut c, n, blocks);
     } else {
         sgemm_block((0, m), (0, n), &mut c, n);
     }
     c
+}
+
+/// Copies blocks of whole columns, each given as its first column and its values row-major,
+/// into `c` (row stride `n`).
+fn place_column_blocks(c: &mut [f32], n: usize, blocks: Vec<(usize, Vec<f32>)>) {
+    let m = c.len() / n;
+    for (c0, out) in blocks {
+        let width = out.len() / m;
+        for (row, part) in c.chunks_mut(n).zip(out.chunks(width)) {
+            row[c0..c0 + width].copy_from_slice(part);
+        }
+    }
 }
 
 #[cfg(test)]
