@@ -19,7 +19,9 @@
 //!
 //! - **per row** (any `C`): the row's classes run on vector lanes
 //!   ([`math::load_max`](super::math::load_max), [`math::exp_shifted_sum`](super::math::exp_shifted_sum)).
-//!   At `C` of a few classes most of a row's time is loop overhead and a horizontal reduction.
+//!   Rows run in groups of [`GROUP_ROWS`], each pass over the whole group before the next, so
+//!   the rows' dependency chains overlap. At `C` of a few classes most of a row's time is loop
+//!   overhead and a horizontal reduction.
 //! - **across rows** (`C ≤` [`ACROSS_MAX_CLASSES`]): a block of rows side by side, one row
 //!   per vector lane, the class loop unrolled. The block is written once over
 //!   [`Simd`](super::simd::Simd) and runs as 8 lanes of arrays (portable), 8 AVX2 lanes or 16
@@ -160,6 +162,11 @@ pub(super) fn across_rows_here(
     across_dispatch(Isa::best(), input, 0, losses, grad)
 }
 
+/// Rows per group of the per-row kernel: each pass runs over the group's rows before the next
+/// pass starts, so the rows' dependency chains (maximum → exponentials and sum → `ln` and
+/// scale) overlap instead of running one after the other.
+const GROUP_ROWS: usize = 4;
+
 /// The per-row kernel: losses of all rows, and the gradient into `grad` when given.
 fn per_row(input: Rows<'_>, losses: &mut [f32], grad: Option<&mut [f32]>) {
     let Rows {
@@ -172,57 +179,67 @@ fn per_row(input: Rows<'_>, losses: &mut [f32], grad: Option<&mut [f32]>) {
     } = input;
     let rows = losses.len();
     let write_grad = grad.is_some();
-    // One row: `u` is scratch for z + s (the gradient row when it is written).
-    let row_op = |i: usize, u: &mut [f32]| -> f32 {
-        let zr = &z[i * cols..(i + 1) * cols];
-        let sr = shift.map(|s| &s[i * cols..(i + 1) * cols]);
-        let m = math::load_max(zr, sr, u);
-        let y = labels[i] as usize;
-        let u_y = u[y];
-        // One exp per element: u becomes exp(u - m), and softmax = that / Σ.
-        let sum = math::exp_shifted_sum(u, m);
-        let lse = m + math::ln(sum);
-        let w = weights.map_or(1.0, |w| w[i]);
-        let loss = w * (lse - u_y);
-        if write_grad {
-            let scale = grad_scale * w;
-            let factor = scale / sum;
-            for v in u.iter_mut() {
-                *v *= factor;
-            }
-            u[y] -= scale;
+    // Rows `g·GROUP_ROWS ..`: `u` is scratch for z + s (the gradient rows when they are written).
+    let group_op = |g: usize, l: &mut [f32], u: &mut [f32]| {
+        let i0 = g * GROUP_ROWS;
+        let mut m = [0.0f32; GROUP_ROWS];
+        let mut u_y = [0.0f32; GROUP_ROWS];
+        let mut sum = [0.0f32; GROUP_ROWS];
+        for (r, ur) in u.chunks_exact_mut(cols).enumerate().take(l.len()) {
+            let i = i0 + r;
+            m[r] = math::load_max(
+                &z[i * cols..(i + 1) * cols],
+                shift.map(|s| &s[i * cols..(i + 1) * cols]),
+                ur,
+            );
+            u_y[r] = ur[labels[i] as usize];
         }
-        loss
+        // One exp per element: u becomes exp(u - m), and softmax = that / Σ.
+        for (r, ur) in u.chunks_exact_mut(cols).enumerate().take(l.len()) {
+            sum[r] = math::exp_shifted_sum(ur, m[r]);
+        }
+        for (r, ur) in u.chunks_exact_mut(cols).enumerate().take(l.len()) {
+            let i = i0 + r;
+            let lse = m[r] + math::ln(sum[r]);
+            let w = weights.map_or(1.0, |w| w[i]);
+            l[r] = w * (lse - u_y[r]);
+            if write_grad {
+                let scale = grad_scale * w;
+                math::scale(ur, scale / sum[r]);
+                ur[labels[i] as usize] -= scale;
+            }
+        }
     };
-
+    let parallel = rows * cols >= PAR_MIN_ELEMS;
     if let Some(grad) = grad {
-        let body = |(i, (l, g)): (usize, (&mut f32, &mut [f32]))| *l = row_op(i, g);
-        if rows * cols >= PAR_MIN_ELEMS {
-            losses
-                .par_iter_mut()
-                .zip(grad.par_chunks_mut(cols))
-                .enumerate()
-                .for_each(body);
+        let body = |(g, (l, u)): (usize, (&mut [f32], &mut [f32]))| group_op(g, l, u);
+        let (l, u) = (
+            losses.chunks_mut(GROUP_ROWS),
+            grad.chunks_mut(GROUP_ROWS * cols),
+        );
+        if parallel {
+            let (l, u) = (
+                losses.par_chunks_mut(GROUP_ROWS),
+                grad.par_chunks_mut(GROUP_ROWS * cols),
+            );
+            l.zip(u).enumerate().for_each(body);
         } else {
-            losses
-                .iter_mut()
-                .zip(grad.chunks_mut(cols))
-                .enumerate()
-                .for_each(body);
+            l.zip(u).enumerate().for_each(body);
         }
     } else {
-        let body = |scratch: &mut Vec<f32>, (i, l): (usize, &mut f32)| *l = row_op(i, scratch);
-        if rows * cols >= PAR_MIN_ELEMS {
+        let body = |scratch: &mut Vec<f32>, (g, l): (usize, &mut [f32])| group_op(g, l, scratch);
+        let scratch = || vec![0.0f32; GROUP_ROWS * cols];
+        if parallel {
             losses
-                .par_iter_mut()
+                .par_chunks_mut(GROUP_ROWS)
                 .enumerate()
-                .for_each_init(|| vec![0.0f32; cols], body);
+                .for_each_init(scratch, body);
         } else {
-            let mut scratch = vec![0.0f32; cols];
+            let mut u = scratch();
             losses
-                .iter_mut()
+                .chunks_mut(GROUP_ROWS)
                 .enumerate()
-                .for_each(|item| body(&mut scratch, item));
+                .for_each(|item| body(&mut u, item));
         }
     }
 }
