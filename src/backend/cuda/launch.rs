@@ -182,6 +182,13 @@ fn stride(work: usize, per_block: usize) -> Dim3 {
     unless_empty(work, plan::grid_stride_blocks(work, per_block))
 }
 
+/// The buffers of a parameter list followed by its sizes (`unsigned int` or `size_t`).
+fn with_sizes<const B: usize>(bufs: [Arg; B], sizes: &[usize]) -> Vec<Arg> {
+    bufs.into_iter()
+        .chain(sizes.iter().map(|&n| N(n)))
+        .collect()
+}
+
 // ----------------------------------------------------------------- elementwise and optimizers
 //
 // SAFETY (elementwise.cu, optim.cu): each kernel is a grid-stride loop over `i < n` that
@@ -217,11 +224,9 @@ pub(super) fn sgd(
     if h.momentum != 0.0 && buf.addr == 0 {
         return Err(internal("sgd_step_f32: momentum without a buffer"));
     }
-    let (hyper, flags) = (
-        [h.lr, h.momentum, h.dampening, h.weight_decay],
-        [h.nesterov, h.first_step],
-    );
-    let scalars: Vec<Arg> = hyper.map(F).into_iter().chain(flags.map(Flag)).collect();
+    let hyper = [h.lr, h.momentum, h.dampening, h.weight_decay].map(F);
+    let flags = [Flag(h.nesterov), Flag(h.first_step)];
+    let scalars: Vec<Arg> = hyper.into_iter().chain(flags).collect();
     elementwise(dev, Kernel::SgdStep, &[p, g, buf], n, &scalars)
 }
 
@@ -301,12 +306,9 @@ pub(super) fn argmax(
     rows: usize,
     cols: usize,
 ) -> Result<()> {
-    let (k, args) = (
-        Kernel::ArgmaxRows,
-        [Buf(x, rows * cols), N(rows), N(cols), Buf(out, rows)],
-    );
+    let args = [Buf(x, rows * cols), N(rows), N(cols), Buf(out, rows)];
     // SAFETY: the reductions family above.
-    unsafe { launch(dev, k, stride(rows, 8), B256, 0, &args) }
+    unsafe { launch(dev, Kernel::ArgmaxRows, stride(rows, 8), B256, 0, &args) }
 }
 
 /// `out[0] = Σ x[0..n]` in one block of 1024.
@@ -353,16 +355,11 @@ pub(super) fn indexed(
         Kernel::GatherCols => (rows, n, n),
         _ => (n, rows, rows),
     };
-    let mut args = vec![
-        Buf(src, src_len),
-        Buf(idx, n),
-        Buf(dst, dst_len),
-        N(n),
-        N(cols),
-    ];
-    if matches!(k, Kernel::IndexSelectRows | Kernel::IndexAddRows) {
-        args.push(N(size));
-    }
+    // The row kernels also take the number of rows the entries index.
+    let rows = matches!(k, Kernel::IndexSelectRows | Kernel::IndexAddRows);
+    let sizes = [n, cols, size];
+    let bufs = [Buf(src, src_len), Buf(idx, n), Buf(dst, dst_len)];
+    let mut args = with_sizes(bufs, &sizes[..2 + usize::from(rows)]);
     args.push(Opt(bad, 1));
     // SAFETY: the indexing family above.
     unsafe { launch(dev, k, stride(work, 256), B256, 0, &args) }
@@ -379,17 +376,12 @@ pub(super) fn copy2d(
     if rows == 0 || cols == 0 {
         return Ok(());
     }
-    let args = [
+    let bufs = [
         Buf(src, src_off + extent(rows, cols, src_stride)),
         Buf(dst, dst_off + extent(rows, cols, dst_stride)),
-        N(rows),
-        N(cols),
-        N(src_stride),
-        N(dst_stride),
-        N(src_off),
-        N(dst_off),
     ];
-    let k = Kernel::Copy2d;
+    let sizes = [rows, cols, src_stride, dst_stride, src_off, dst_off];
+    let (k, args) = (Kernel::Copy2d, with_sizes(bufs, &sizes));
     // SAFETY: the indexing family above.
     unsafe { launch(dev, k, stride(rows * cols, 256), B256, 0, &args) }
 }
@@ -403,11 +395,7 @@ pub(super) fn transpose2d(
 ) -> Result<()> {
     let n = rows * cols;
     let tiles = |d: usize| d.div_ceil(32).min(MAX_GRID) as u32;
-    let grid = if n == 0 {
-        (0, 1, 1)
-    } else {
-        (tiles(cols), tiles(rows), 1)
-    };
+    let grid = (if n == 0 { 0 } else { tiles(cols) }, tiles(rows), 1);
     let args = [Buf(src, n), Buf(dst, n), N(rows), N(cols)];
     // SAFETY: the indexing family above; block (32, 8) as the tile loop assumes.
     unsafe { launch(dev, Kernel::Transpose2d, grid, B32X8, 0, &args) }
@@ -426,13 +414,12 @@ pub(super) fn xrm_flip_targets(
             "xrm_flip_targets_f32: the uniforms are not 8-byte aligned",
         ));
     }
-    let args = [
+    let bufs = [
         Buf(logits, rows * k),
         Buf(uniforms, 2 * rows),
         Buf(target, rows),
-        N(rows),
-        N(k),
     ];
+    let args = with_sizes(bufs, &[rows, k]);
     let kernel = Kernel::XrmFlipTargets;
     // SAFETY: the indexing family above (one thread per row reads its row and uniform).
     unsafe { launch(dev, kernel, stride(rows, 256), B256, 0, &args) }
@@ -526,12 +513,12 @@ impl Operand {
 /// `(A, B, C, M, N, K, lda, ldb, ldc)` of `C = op(A) op(B)` (`m × k` times `k × n`), every
 /// block stated.
 fn gemm_args(a: Operand, b: Operand, c: Operand, (m, n, k): (usize, usize, usize)) -> Vec<Arg> {
-    let (a_need, b_need, c_need) = (a.extent(m, k), b.extent(k, n), c.extent(m, n));
-    let (bufs, sizes) = (
-        [Buf(a.r, a_need), Buf(b.r, b_need), Buf(c.r, c_need)],
-        [m, n, k, a.ld, b.ld, c.ld],
-    );
-    bufs.into_iter().chain(sizes.map(N)).collect()
+    let bufs = [
+        Buf(a.r, a.extent(m, k)),
+        Buf(b.r, b.extent(k, n)),
+        Buf(c.r, c.extent(m, n)),
+    ];
+    with_sizes(bufs, &[m, n, k, a.ld, b.ld, c.ld])
 }
 
 /// `C = op(A) op(B)` with a tile kernel (`Sgemm128` or `Sgemm64`); `m` must fit the grid.
@@ -598,17 +585,9 @@ pub(super) fn sgemm_thin_split(
     let grid = (if m * n == 0 { 0 } else { blocks }, z, 1);
     // SAFETY: the GEMM family above.
     unsafe { launch(dev, Kernel::SgemmThinTaPartial, grid, B32X8, 0, &args) }?;
-    let c_need = c.extent(m, n);
-    let args = [
-        Buf(work, slabs),
-        Buf(c.r, c_need),
-        N(m),
-        N(n),
-        N(z as usize),
-        N(c.ld),
-        F(1.0),
-        F(0.0),
-    ];
+    let bufs = [Buf(work, slabs), Buf(c.r, c.extent(m, n))];
+    let mut args = with_sizes(bufs, &[m, n, z as usize, c.ld]);
+    args.extend([F(1.0), F(0.0)]);
     let finish = Kernel::SgemmThinFinish;
     // SAFETY: the GEMM family above.
     unsafe { launch(dev, finish, stride(m * n, 256), B256, 0, &args) }
