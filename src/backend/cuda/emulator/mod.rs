@@ -28,6 +28,7 @@ use crate::backend::{AdamStep, BackendStorage, BinaryOp, ReduceOp, SgdStep, Unar
 use crate::error::{Error, Result};
 use crate::shape::Shape;
 use memory::screen;
+use std::ops::Range;
 
 /// Kernel arguments by position (their kinds were checked against the kernel table).
 #[derive(Clone, Copy)]
@@ -129,6 +130,12 @@ fn view(addr: u64, dims: &[usize], strides: &[usize]) -> Result<CpuStorage> {
     Ok(CpuStorage::new((0..n).map(|i| src[offset(i)]).collect()))
 }
 
+/// Slab `zi` of an axis of `len` split into `z` chunks of `ceil(len / z)`: `(zi, its range)`.
+fn slabs(len: usize, z: usize) -> impl Iterator<Item = (usize, Range<usize>)> {
+    let chunk = len.div_ceil(z);
+    (0..z).map(move |zi| (zi, len.min(zi * chunk)..len.min((zi + 1) * chunk)))
+}
+
 /// Sets element `(i, j)` of the `m × n` matrix with leading dimension `ld` at `addr` to
 /// `f(i, j, old value)` where the launch covers it, `i < rows` and `j < cols`; the rest keeps
 /// what it held (the poison, where the device poisons outputs).
@@ -227,12 +234,10 @@ fn reduce(k: Kernel, grid: Dim3, a: Args) -> Result<()> {
         K::SumAxisCols | K::MaxAxisCols => (grid.2 as usize, 32 * grid.0 as usize),
         _ => (1, inner),
     };
-    let chunk = len.div_ceil(z);
-    for zi in 0..z {
-        let (begin, end) = (len.min(zi * chunk), len.min((zi + 1) * chunk));
-        let dims = [outer, (end - begin) * inner];
-        let x = view(a.at(0, begin * inner), &dims, &[len * inner, 1])?;
-        let r = x.reduce(op, outer, end - begin, inner)?;
+    for (zi, axis) in slabs(len, z) {
+        let dims = [outer, axis.len() * inner];
+        let x = view(a.at(0, axis.start * inner), &dims, &[len * inner, 1])?;
+        let r = x.reduce(op, outer, axis.len(), inner)?;
         let slab = a.at(1, zi * outer * inner);
         store(slab, (outer, inner, inner), (outer, cols), |i, j, _| {
             r.0[i * inner + j]
@@ -346,29 +351,22 @@ fn gemm(k: Kernel, grid: Dim3, a: Args) -> Result<()> {
         return store(a.p(1), (m, n, u(5)), (m, n), c);
     }
     let (m, n, kk, lda, ldb) = (u(3), u(4), u(5), u(6), u(7));
-    let thin = (m, if n > 16 { 0 } else { n });
-    let (ta, tb, ldc, ab, z, covered) = match k {
+    // B's transpose flag is the last parameter; A's a parameter of the tile kernels only.
+    let tb = u(a.0.len() - 1) != 0;
+    let (ta, covered) = match k {
         K::Sgemm128 | K::Sgemm64 => {
             let tile = if k == K::Sgemm128 { 128 } else { 64 };
-            let tiles = (grid.1 as usize * tile, grid.0 as usize * tile);
-            (u(11) != 0, u(12) != 0, u(8), (a.f(9), a.f(10)), 1, tiles)
+            (u(11) != 0, (grid.1 as usize * tile, grid.0 as usize * tile))
         }
-        K::SgemmThinTaPartial => (true, u(8) != 0, n, (1.0, 0.0), grid.1 as usize, thin),
-        _ => (
-            k == K::SgemmThinTa,
-            u(11) != 0,
-            u(8),
-            (a.f(9), a.f(10)),
-            1,
-            thin,
-        ),
+        _ => (k != K::SgemmThin, (m, if n > 16 { 0 } else { n })),
     };
-    let chunk = kk.div_ceil(z);
-    for zi in 0..z {
-        let (l, kn) = (
-            kk.min(zi * chunk),
-            kk.min((zi + 1) * chunk) - kk.min(zi * chunk),
-        );
+    // The partial kernel writes dense slabs of plain products.
+    let (ldc, ab, z) = match k {
+        K::SgemmThinTaPartial => (n, (1.0, 0.0), grid.1 as usize),
+        _ => (u(8), (a.f(9), a.f(10)), 1),
+    };
+    for (zi, ks) in slabs(kk, z) {
+        let (l, kn) = (ks.start, ks.len());
         // op(A) is m × kn and op(B) kn × n, from K index l on.
         let x = match ta {
             true => view(a.at(0, l * lda), &[m, kn], &[1, lda])?,
