@@ -250,12 +250,8 @@ impl BackendStorage for CudaStorage {
             ReduceOp::Sum => [SumAxisWarp, SumAxisBlock, SumAxisCols],
             ReduceOp::Max => [MaxAxisWarp, MaxAxisBlock, MaxAxisCols],
         };
-        let (dev, x, y, shape) = (
-            self.inner(),
-            self.region(),
-            out.region(),
-            (outer, len, inner),
-        );
+        let (dev, shape) = (self.inner(), (outer, len, inner));
+        let (x, y) = (self.region(), out.region());
         let (variant, grid) = plan::reduce_plan(outer, len, inner);
         let kernel = match variant {
             ReduceVariant::Warp => warp,
@@ -270,14 +266,9 @@ impl BackendStorage for CudaStorage {
             let partial = self.dev.output(mul(grid.2 as usize, n_out)?)?;
             let p = partial.region();
             launch::reduce(dev, cols, [x, p], shape, grid)?;
-            let tiles = launch::to_u32(n_out.div_ceil(32), "column tiles", cols)?;
-            launch::reduce(
-                dev,
-                cols,
-                [p, y],
-                (1, grid.2 as usize, n_out),
-                (tiles, 1, 1),
-            )?;
+            let (slabs, tiles) = (grid.2 as usize, n_out.div_ceil(32));
+            let tiles = launch::to_u32(tiles, "column tiles", cols)?;
+            launch::reduce(dev, cols, [p, y], (1, slabs, n_out), (tiles, 1, 1))?;
         }
         Ok(out)
     }
@@ -324,12 +315,8 @@ impl BackendStorage for CudaStorage {
 
     fn scatter_cols(&self, rows: usize, cols: usize, idx: &CudaIndex) -> Result<Self> {
         let out = self.dev.output(mul(rows, cols)?)?;
-        self.indexed(
-            (Kernel::ScatterCols, "scatter"),
-            idx,
-            (rows, cols, cols),
-            out,
-        )
+        let kernel = (Kernel::ScatterCols, "scatter");
+        self.indexed(kernel, idx, (rows, cols, cols), out)
     }
 
     fn copy2d(
