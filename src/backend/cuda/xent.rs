@@ -56,6 +56,17 @@ pub(super) struct XentPlan {
     pub smem_bytes: u32,
 }
 
+impl XentPlan {
+    pub(super) fn new(kernel: Kernel, blocks: u32, block: u32, smem_bytes: u32) -> XentPlan {
+        XentPlan {
+            kernel,
+            blocks,
+            block,
+            smem_bytes,
+        }
+    }
+}
+
 /// Longest row of the single-pass kernels.
 pub(super) const XENT_SINGLE_PASS_MAX: usize = 32768;
 /// float4 chunks per thread of the block kernels (xent.cu): in registers, in shared memory,
@@ -86,12 +97,7 @@ pub(super) fn xent_plan(
     fallback_only: bool,
 ) -> XentPlan {
     let vec = vectorizable && cols.is_multiple_of(4) && cols > 0;
-    let plan = |kernel, blocks, block, smem_bytes| XentPlan {
-        kernel,
-        blocks,
-        block,
-        smem_bytes,
-    };
+    let plan = XentPlan::new;
     let warp_rows = grid_stride_blocks(rows, 8);
     if !fallback_only {
         if vec && cols <= 128 {
@@ -180,12 +186,7 @@ mod tests {
     fn plans_pick_the_single_pass_kernels_by_shape() {
         let pick = |rows, cols, vec| xent_plan(rows, cols, vec, false);
         // Vectorized small rows: 16 columns = 4 float4 = 4 lanes per row, 64 rows per block.
-        let expect = |kernel, blocks, block, smem_bytes| XentPlan {
-            kernel,
-            blocks,
-            block,
-            smem_bytes,
-        };
+        let expect = XentPlan::new;
         assert_eq!(pick(1 << 22, 16, true), expect(XentGroupVec, 65535, 256, 0));
         assert_eq!(pick(1000, 4, true).blocks, 4); // 1 lane per row: 256 rows per block
         assert_eq!(pick(1000, 128, true).blocks, 125); // a warp per row
@@ -259,12 +260,7 @@ mod tests {
         let shifted = z.region().offset(1).unwrap();
         let run = |kernel: Kernel, z: Region| -> Result<Vec<f32>> {
             let loss = dev.output(rows)?;
-            let plan = XentPlan {
-                kernel,
-                blocks: 1,
-                block: 256,
-                smem_bytes: 0,
-            };
+            let plan = XentPlan::new(kernel, 1, 256, 0);
             let null = Region::NULL;
             let bufs = [z, null, y.region(), null, loss.region(), null, null];
             launch::xent(&dev.inner, &plan, bufs, (rows, cols), 1.0)?;
