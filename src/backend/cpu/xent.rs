@@ -27,7 +27,9 @@
 //!   [`Simd`](super::simd::Simd) and runs as 8 lanes of arrays (portable), 8 AVX2 lanes or 16
 //!   AVX-512 lanes; the block's `C` contiguous vectors are deinterleaved into one vector per
 //!   class by permutes (gathers on AVX2 above 4 classes) and the gradient interleaved back
-//!   the same way. Each lane repeats the per-row kernel's arithmetic exactly — the same 8
+//!   the same way. Four blocks go together, each phase (exponentials and sums, then `ln`,
+//!   then the gradient) over all four before the next, so their dependency chains overlap.
+//!   Each lane repeats the per-row kernel's arithmetic exactly — the same 8
 //!   running maxima and partial sums for the first `⌊C/8⌋·8` classes, the same fixed tree,
 //!   the rest in order, the same [`math::exp`](super::math::exp),
 //!   [`math::ln`](super::math::ln) and scaling — so every path gives the same bits. Labels
@@ -345,8 +347,13 @@ unsafe fn across_avx512<const C: usize>(
     across::<Avx512, C>(s, input, r0, losses, grad)
 }
 
-/// Rows `r0 .. r0 + losses.len()`, `S::LANES` at a time; the last partial block runs padded.
-/// Returns whether every label was below `C`.
+/// Blocks of rows the across-rows kernel takes at once: each phase of [`block`] runs over all
+/// of them before the next, so the blocks' long dependency chains (exponentials, then `ln`
+/// and a division) overlap.
+const GROUP_BLOCKS: usize = 4;
+
+/// Rows `r0 .. r0 + losses.len()`, `S::LANES` at a time, in groups of [`GROUP_BLOCKS`]
+/// blocks; the last partial block runs padded. Returns whether every label was below `C`.
 #[inline(always)]
 fn across<S: Simd, const C: usize>(
     s: S,
@@ -362,19 +369,30 @@ fn across<S: Simd, const C: usize>(
     let labels = &input.labels[r0..r0 + n];
     let weights = input.weights.map(|w| &w[r0..r0 + n]);
     let full = n / lanes * lanes;
+    let grouped = n / (GROUP_BLOCKS * lanes) * (GROUP_BLOCKS * lanes);
     let mut ok = true;
-    for b in (0..full).step_by(lanes) {
-        let e = b * C..(b + lanes) * C;
-        ok &= block::<S, C>(
-            s,
+    let mut b = 0;
+    while b < full {
+        let rows = if b < grouped {
+            GROUP_BLOCKS * lanes
+        } else {
+            lanes
+        };
+        let e = b * C..(b + rows) * C;
+        let args = (
             &z[e.clone()],
             shift.map(|s| &s[e.clone()]),
-            &labels[b..b + lanes],
-            weights.map(|w| &w[b..b + lanes]),
-            input.grad_scale,
-            &mut losses[b..b + lanes],
-            grad.as_deref_mut().map(|g| &mut g[e]),
+            &labels[b..b + rows],
+            weights.map(|w| &w[b..b + rows]),
         );
+        let l = &mut losses[b..b + rows];
+        let g = grad.as_deref_mut().map(|g| &mut g[e]);
+        ok &= if b < grouped {
+            block::<S, C, GROUP_BLOCKS>(s, args, input.grad_scale, l, g)
+        } else {
+            block::<S, C, 1>(s, args, input.grad_scale, l, g)
+        };
+        b += rows;
     }
     let rest = n - full;
     if rest > 0 {
@@ -393,15 +411,18 @@ fn across<S: Simd, const C: usize>(
         if let Some(w) = weights {
             wp[..rest].copy_from_slice(&w[full..]);
         }
-        ok &= block::<S, C>(
+        ok &= block::<S, C, 1>(
             s,
-            zp.as_flattened(),
-            shift.map(|_| sp.as_flattened()),
-            &yp,
-            weights.map(|_| &wp[..]),
+            (
+                &zp.as_flattened()[..lanes * C],
+                shift.map(|_| &sp.as_flattened()[..lanes * C]),
+                &yp[..lanes],
+                weights.map(|_| &wp[..lanes]),
+            ),
             input.grad_scale,
-            &mut lp,
-            grad.is_some().then_some(gp.as_flattened_mut()),
+            &mut lp[..lanes],
+            grad.is_some()
+                .then_some(&mut gp.as_flattened_mut()[..lanes * C]),
         );
         losses[full..].copy_from_slice(&lp[..rest]);
         if let Some(g) = grad {
@@ -411,100 +432,112 @@ fn across<S: Simd, const C: usize>(
     ok
 }
 
-/// `S::LANES` rows of `C` classes, one row per lane: `z`, `s` and `grad` hold `LANES · C`
-/// values, row-major; `labels`, `weights` and `losses` hold `LANES`. Each lane repeats the
-/// per-row kernel on its row operation for operation (see the module docs). Returns whether
-/// every label was below `C`.
-#[allow(clippy::too_many_arguments)]
+/// One group's inputs: logits, shift (`G · LANES · C` values, row-major), labels and weights
+/// (`G · LANES`).
+type BlockIn<'a> = (&'a [f32], Option<&'a [f32]>, &'a [u32], Option<&'a [f32]>);
+
+/// `G` blocks of `S::LANES` rows of `C` classes, one row per lane. `losses` holds
+/// `G · LANES` values and `grad` `G · LANES · C`. Each lane repeats the per-row kernel on
+/// its row operation for operation (see the module docs); each phase runs over the `G`
+/// blocks before the next. Returns whether every label was below `C`.
 #[inline(always)]
-fn block<S: Simd, const C: usize>(
+fn block<S: Simd, const C: usize, const G: usize>(
     s: S,
-    z: &[f32],
-    shift: Option<&[f32]>,
-    labels: &[u32],
-    weights: Option<&[f32]>,
+    (z, shift, labels, weights): BlockIn<'_>,
     grad_scale: f32,
     losses: &mut [f32],
     grad: Option<&mut [f32]>,
 ) -> bool {
     let n = S::LANES;
     assert!(
-        z.len() >= n * C
-            && shift.is_none_or(|v| v.len() >= n * C)
-            && labels.len() >= n
-            && weights.is_none_or(|w| w.len() >= n)
-            && losses.len() >= n
-            && grad.as_ref().is_none_or(|g| g.len() >= n * C)
+        z.len() == G * n * C
+            && shift.is_none_or(|v| v.len() == G * n * C)
+            && labels.len() == G * n
+            && weights.is_none_or(|w| w.len() == G * n)
+            && losses.len() == G * n
+            && grad.as_ref().is_none_or(|g| g.len() == G * n * C)
     );
-    // u[j] = z + s of class j, one row per lane (`math::load_max`'s first loop).
-    // SAFETY (every load and store below): the lengths were checked above.
-    let mut u = unsafe { s.load_columns::<C>(z.as_ptr()) };
-    if let Some(shift) = shift {
-        let v = unsafe { s.load_columns::<C>(shift.as_ptr()) };
-        for (uj, vj) in u.iter_mut().zip(v) {
-            *uj = s.add(*uj, vj);
-        }
-    }
-    // The maximum as `math::load_max` takes it: 8 running maxima over the first ⌊C/8⌋·8
-    // classes (a strict `>`), folded with `max` from -∞, then the rest in order.
     let body = C / 8 * 8;
     let neg_inf = s.splat(f32::NEG_INFINITY);
-    let mut m = neg_inf;
-    if body > 0 {
-        let mut lanes = [neg_inf; 8];
-        for c0 in (0..body).step_by(8) {
-            for (l, lane) in lanes.iter_mut().enumerate() {
-                let v = u[c0 + l];
-                *lane = s.select(s.gt(v, *lane), v, *lane);
+    let mut u = [[s.splat(0.0); C]; G];
+    let mut m = [neg_inf; G];
+    let mut y = [s.splat_i(0); G];
+    let mut u_y = [s.splat(0.0); G];
+    let mut sum = [s.splat(0.0); G];
+    let mut labels_ok = true;
+    for g in 0..G {
+        let (u, m, y, u_y, sum) = (&mut u[g], &mut m[g], &mut y[g], &mut u_y[g], &mut sum[g]);
+        // u[j] = z + s of class j, one row per lane (`math::load_max`'s first loop).
+        // SAFETY (every load and store in this function): the lengths were checked above.
+        *u = unsafe { s.load_columns::<C>(z.as_ptr().add(g * n * C)) };
+        if let Some(shift) = shift {
+            let v = unsafe { s.load_columns::<C>(shift.as_ptr().add(g * n * C)) };
+            for (uj, vj) in u.iter_mut().zip(v) {
+                *uj = s.add(*uj, vj);
             }
         }
-        for lane in lanes {
-            m = s.max(m, lane);
+        // The maximum as `math::load_max` takes it: 8 running maxima over the first ⌊C/8⌋·8
+        // classes (a strict `>`), folded with `max` from -∞, then the rest in order.
+        if body > 0 {
+            let mut lanes = [neg_inf; 8];
+            for c0 in (0..body).step_by(8) {
+                for (l, lane) in lanes.iter_mut().enumerate() {
+                    let v = u[c0 + l];
+                    *lane = s.select(s.gt(v, *lane), v, *lane);
+                }
+            }
+            for lane in lanes {
+                *m = s.max(*m, lane);
+            }
+        }
+        for &uj in &u[body..] {
+            *m = s.max(*m, uj);
+        }
+        // u at the label, before the exponentials.
+        *y = unsafe { s.load_u32(labels.as_ptr().add(g * n)) };
+        labels_ok &= !s.any_at_least(*y, C as u32);
+        for (j, &uj) in u.iter().enumerate() {
+            *u_y = s.select(s.eq_i(*y, j as i32), uj, *u_y);
+        }
+        // exp(u - m) and its sum as `math::exp_shifted_sum` takes it: 8 partial sums from 0
+        // over the first ⌊C/8⌋·8 classes, the fixed tree, then the rest in order.
+        let mut acc = [s.splat(0.0); 8];
+        for c0 in (0..body).step_by(8) {
+            for (l, a) in acc.iter_mut().enumerate() {
+                let e = simd::exp(s, s.sub(u[c0 + l], *m));
+                u[c0 + l] = e;
+                *a = s.add(*a, e);
+            }
+        }
+        *sum = s.add(
+            s.add(s.add(acc[0], acc[4]), s.add(acc[2], acc[6])),
+            s.add(s.add(acc[1], acc[5]), s.add(acc[3], acc[7])),
+        );
+        for uj in u[body..].iter_mut() {
+            let e = simd::exp(s, s.sub(*uj, *m));
+            *uj = e;
+            *sum = s.add(*sum, e);
         }
     }
-    for &uj in &u[body..] {
-        m = s.max(m, uj);
-    }
-    // u at the label, before the exponentials.
-    let y = unsafe { s.load_u32(labels.as_ptr()) };
-    let labels_ok = !s.any_at_least(y, C as u32);
-    let mut u_y = s.splat(0.0);
-    for (j, &uj) in u.iter().enumerate() {
-        u_y = s.select(s.eq_i(y, j as i32), uj, u_y);
-    }
-    // exp(u - m) and its sum as `math::exp_shifted_sum` takes it: 8 partial sums from 0 over
-    // the first ⌊C/8⌋·8 classes, the fixed tree, then the rest in order.
-    let mut acc = [s.splat(0.0); 8];
-    for c0 in (0..body).step_by(8) {
-        for (l, a) in acc.iter_mut().enumerate() {
-            let e = simd::exp(s, s.sub(u[c0 + l], m));
-            u[c0 + l] = e;
-            *a = s.add(*a, e);
-        }
-    }
-    let mut sum = s.add(
-        s.add(s.add(acc[0], acc[4]), s.add(acc[2], acc[6])),
-        s.add(s.add(acc[1], acc[5]), s.add(acc[3], acc[7])),
-    );
-    for uj in u[body..].iter_mut() {
-        let e = simd::exp(s, s.sub(*uj, m));
-        *uj = e;
-        sum = s.add(sum, e);
-    }
-    let w = match weights {
-        Some(w) => unsafe { s.load(w.as_ptr()) },
+    let w: [S::F; G] = std::array::from_fn(|g| match weights {
+        Some(w) => unsafe { s.load(w.as_ptr().add(g * n)) },
         None => s.splat(1.0),
-    };
-    let lse = s.add(m, simd::ln(s, sum));
-    unsafe { s.store(losses.as_mut_ptr(), s.mul(w, s.sub(lse, u_y))) };
+    });
+    for g in 0..G {
+        let lse = s.add(m[g], simd::ln(s, sum[g]));
+        let loss = s.mul(w[g], s.sub(lse, u_y[g]));
+        unsafe { s.store(losses.as_mut_ptr().add(g * n), loss) };
+    }
     if let Some(grad) = grad {
-        let scale = s.mul(s.splat(grad_scale), w);
-        let factor = s.div(scale, sum);
-        for (j, uj) in u.iter_mut().enumerate() {
-            let g = s.mul(*uj, factor);
-            *uj = s.select(s.eq_i(y, j as i32), s.sub(g, scale), g);
+        for g in 0..G {
+            let scale = s.mul(s.splat(grad_scale), w[g]);
+            let factor = s.div(scale, sum[g]);
+            for (j, uj) in u[g].iter_mut().enumerate() {
+                let v = s.mul(*uj, factor);
+                *uj = s.select(s.eq_i(y[g], j as i32), s.sub(v, scale), v);
+            }
+            unsafe { s.store_columns::<C>(grad.as_mut_ptr().add(g * n * C), &u[g]) };
         }
-        unsafe { s.store_columns::<C>(grad.as_mut_ptr(), &u) };
     }
     labels_ok
 }
