@@ -104,6 +104,28 @@ pub(super) trait Simd: Copy {
     /// # Safety
     /// `p` is valid for `LANES · C` writes.
     unsafe fn store_columns<const C: usize>(self, p: *mut f32, v: &[Self::F; C]);
+
+    /// Transposes a tile of `LANES × LANES` floats: `dst[c·dst_stride + r] =
+    /// src[r·src_stride + c]` for `r, c < LANES`. Data movement only.
+    ///
+    /// # Safety
+    /// Both tiles are valid (for reads at `src`, writes at `dst`) at those offsets and do not
+    /// overlap.
+    #[inline(always)]
+    unsafe fn transpose(
+        self,
+        src: *const f32,
+        src_stride: usize,
+        dst: *mut f32,
+        dst_stride: usize,
+    ) {
+        for r in 0..Self::LANES {
+            for c in 0..Self::LANES {
+                // SAFETY: the caller's contract.
+                unsafe { *dst.add(c * dst_stride + r) = *src.add(r * src_stride + c) };
+            }
+        }
+    }
 }
 
 /// Index tables of the transposes of a block of `N` rows of `C` floats (compile-time
@@ -566,6 +588,44 @@ impl Simd for Avx2 {
     /// `C ≤ AVX2_PERMUTE_MAX`: the `C` registers of the block, each column assembled from
     /// one lane permute per register and blends (`C²` permutes); wider: one gather per
     /// column.
+    /// The 8 × 8 transpose in three rounds of 8 shuffles (pairs, quads, halves).
+    #[inline(always)]
+    unsafe fn transpose(
+        self,
+        src: *const f32,
+        src_stride: usize,
+        dst: *mut f32,
+        dst_stride: usize,
+    ) {
+        with_isa!({
+            let mut r = [_mm256_setzero_ps(); 8];
+            for (i, v) in r.iter_mut().enumerate() {
+                *v = _mm256_loadu_ps(src.add(i * src_stride));
+            }
+            let mut t = [_mm256_setzero_ps(); 8];
+            for i in (0..8).step_by(2) {
+                t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+                t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+            }
+            // u[4h + q]: rows 4h..4h+4, columns q, q + 4 (one per 128-bit half).
+            let mut u = [_mm256_setzero_ps(); 8];
+            for i in (0..8).step_by(2) {
+                let (h, q) = (i / 4, i % 4);
+                let (a, b) = (t[4 * h + q / 2], t[4 * h + q / 2 + 2]);
+                u[i] = _mm256_shuffle_ps::<0x44>(a, b);
+                u[i + 1] = _mm256_shuffle_ps::<0xEE>(a, b);
+            }
+            for c in 0..8 {
+                let (a, b) = (u[c % 4], u[4 + c % 4]);
+                let v = if c < 4 {
+                    _mm256_permute2f128_ps::<0x20>(a, b)
+                } else {
+                    _mm256_permute2f128_ps::<0x31>(a, b)
+                };
+                _mm256_storeu_ps(dst.add(c * dst_stride), v);
+            }
+        })
+    }
     #[inline(always)]
     unsafe fn load_columns<const C: usize>(self, p: *const f32) -> [__m256; C] {
         with_isa!({
@@ -767,6 +827,55 @@ impl Simd for Avx512 {
     fn scale_pow2(self, q: __m512, kf: __m512, _k: __m512i) -> __m512 {
         with_isa!(_mm512_scalef_ps(q, kf))
     }
+    /// The 16 × 16 transpose in four rounds of 16 shuffles (pairs, quads, then 128-bit
+    /// lanes twice).
+    #[inline(always)]
+    unsafe fn transpose(
+        self,
+        src: *const f32,
+        src_stride: usize,
+        dst: *mut f32,
+        dst_stride: usize,
+    ) {
+        with_isa!({
+            let mut r = [_mm512_setzero_ps(); 16];
+            for (i, v) in r.iter_mut().enumerate() {
+                *v = _mm512_loadu_ps(src.add(i * src_stride));
+            }
+            let mut t = [_mm512_setzero_ps(); 16];
+            for i in (0..16).step_by(2) {
+                t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+                t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+            }
+            let mut u = [_mm512_setzero_ps(); 16];
+            for i in (0..16).step_by(2) {
+                let (h, q) = (i / 4, i % 4);
+                let (a, b) = (t[4 * h + q / 2], t[4 * h + q / 2 + 2]);
+                u[i] = _mm512_shuffle_ps::<0x44>(a, b);
+                u[i + 1] = _mm512_shuffle_ps::<0xEE>(a, b);
+            }
+            let mut v = [_mm512_setzero_ps(); 16];
+            for (i, x) in v.iter_mut().enumerate() {
+                let (h, q) = (i / 8, i % 8);
+                let (a, b) = (u[8 * h + q % 4], u[8 * h + q % 4 + 4]);
+                *x = if q < 4 {
+                    _mm512_shuffle_f32x4::<0x88>(a, b)
+                } else {
+                    _mm512_shuffle_f32x4::<0xDD>(a, b)
+                };
+            }
+            for c in 0..16 {
+                let (a, b) = (v[c % 8], v[8 + c % 8]);
+                let w = if c < 8 {
+                    _mm512_shuffle_f32x4::<0x88>(a, b)
+                } else {
+                    _mm512_shuffle_f32x4::<0xDD>(a, b)
+                };
+                _mm512_storeu_ps(dst.add(c * dst_stride), w);
+            }
+        })
+    }
+
     /// The `C` registers of the block, each column assembled from one two-register permute
     /// per pair of registers (`C·⌈C/2⌉` permutes; faster than gathers up to 16 columns).
     #[inline(always)]
@@ -979,6 +1088,36 @@ mod tests {
                     assert!(same(*g, *w), "AVX-512 at {x:e}: {g:e} against {w:e}");
                 }
             }
+        }
+    }
+
+    /// `transpose` on `isa` moves each float of a strided tile to its place and writes nothing
+    /// else.
+    fn check_transpose<S: Simd>(isa: S) {
+        let n = S::LANES;
+        let (ss, ds) = (n + 5, n + 3);
+        let src: Vec<f32> = (0..n * ss).map(|i| i as f32).collect();
+        let mut dst = vec![-1.0f32; n * ds];
+        // SAFETY: both tiles fit their buffers at these strides.
+        unsafe { isa.transpose(src.as_ptr(), ss, dst.as_mut_ptr(), ds) };
+        for (i, &d) in dst.iter().enumerate() {
+            let (c, r) = (i / ds, i % ds);
+            let want = if r < n { src[r * ss + c] } else { -1.0 };
+            assert_eq!(d, want, "{} lanes: row {r}, column {c}", n);
+        }
+    }
+
+    #[test]
+    fn transposes_move_every_float_once() {
+        check_transpose(Scalar);
+        check_transpose(Lanes8);
+        #[cfg(target_arch = "x86_64")]
+        if let Some(isa) = Avx2::new() {
+            check_transpose(isa);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(isa) = Avx512::new() {
+            check_transpose(isa);
         }
     }
 

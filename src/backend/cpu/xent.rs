@@ -14,10 +14,11 @@
 //! row while it is in L1, and `dz` is written once — `3·N·C·4` bytes against `5–6·N·C·4`
 //! for the unfused add → log_softmax → pick → backward chain.
 //!
-//! Two kernels compute these formulas with the same operations per row, so they give the
+//! Three kernels compute these formulas with the same operations per row, so they give the
 //! same bits:
 //!
-//! - **per row** (any `C`): the row's classes run on vector lanes
+//! - **per row** (any `C`; used above [`WIDE_MAX_CLASSES`], and above 16 classes without
+//!   AVX2): the row's classes run on vector lanes
 //!   ([`math::load_max`](super::math::load_max), [`math::exp_shifted_sum`](super::math::exp_shifted_sum)).
 //!   Rows run in groups of [`GROUP_ROWS`], each pass over the whole group before the next, so
 //!   the rows' dependency chains overlap. At `C` of a few classes most of a row's time is loop
@@ -35,6 +36,14 @@
 //!   [`math::ln`](super::math::ln) and scaling — so every path gives the same bits. Labels
 //!   are range-checked as the block reads them.
 //!
+//! - **wide** (`ACROSS_MAX_CLASSES < C ≤` [`WIDE_MAX_CLASSES`], AVX2 or AVX-512): a block of
+//!   rows side by side as above, for any `C` at run time: the block's `u = z + s` is
+//!   transposed tile by tile ([`Simd::transpose`](super::simd::Simd::transpose), 8 × 8 or
+//!   16 × 16) into one vector per class in an L1-sized buffer, the per-row kernel's passes
+//!   run on those vectors, and the gradient is transposed back. Above that `C` the per-row
+//!   kernel measured faster on rows streamed from memory; so it is on CPUs without AVX2,
+//!   where the per-row kernel is the portable twin (the same bits, tested).
+//!
 //! Rows run in parallel above a size threshold; each row is computed by one thread, so results
 //! do not depend on the thread count.
 
@@ -51,6 +60,12 @@ use crate::error::{Error, Result};
 const LANES: usize = 16;
 /// Largest class count of the across-rows kernel.
 pub(super) const ACROSS_MAX_CLASSES: usize = 16;
+/// Largest class count of the wide across-rows kernel; above it the per-row kernel is faster
+/// on rows streamed from memory (2 threads, AVX-512 / AVX2 cap: 65536 × 24 0.95 / 1.05
+/// against 1.65 / 1.57 ms, 32768 × 40 0.75 / 0.88 against 0.95 / 0.98, 16384 × 64 0.52 /
+/// 0.67 against 0.54 / 0.58, 16384 × 100 0.88 / 1.11 against 0.83 / 0.93), though not on
+/// rows in cache (512 × 100 on one thread: 35 against 44 µs).
+const WIDE_MAX_CLASSES: usize = 48;
 /// Rows per parallel task of the across-rows kernel (a multiple of [`LANES`]).
 const TASK_ROWS: usize = 1024;
 
@@ -145,7 +160,14 @@ pub(super) fn shifted_xent(
             }
         }
     } else {
-        per_row(input, &mut losses, grad_out);
+        let isa = Isa::best();
+        // The portable instantiation of the wide kernel measured slower than the per-row
+        // kernel (100 classes: 98 against 72 µs for 512 rows).
+        if cols <= WIDE_MAX_CLASSES && !matches!(isa, Isa::Portable) {
+            wide_rows(isa, input, &mut losses, grad_out);
+        } else {
+            per_row(input, &mut losses, grad_out);
+        }
     }
     Ok((
         CpuStorage::new(losses),
@@ -345,6 +367,241 @@ unsafe fn across_avx512<const C: usize>(
     grad: Option<&mut [f32]>,
 ) -> bool {
     across::<Avx512, C>(s, input, r0, losses, grad)
+}
+
+/// The across-rows kernel for wide rows (`C > ACROSS_MAX_CLASSES`), in tasks of about
+/// [`WIDE_TASK_ELEMS`] logits. The label of every row must be below `C` (checked before).
+fn wide_rows(isa: Isa, input: Rows<'_>, losses: &mut [f32], grad: Option<&mut [f32]>) {
+    let cols = input.cols;
+    let task = (WIDE_TASK_ELEMS / cols / LANES).max(1) * LANES;
+    let run = |(t, (l, g)): (usize, (&mut [f32], Option<&mut [f32]>))| {
+        wide_dispatch(isa, input, t * task, l, g)
+    };
+    let parallel = losses.len() * cols >= PAR_MIN_ELEMS;
+    match grad {
+        Some(grad) if parallel => losses
+            .par_chunks_mut(task)
+            .zip(grad.par_chunks_mut(task * cols))
+            .enumerate()
+            .for_each(|(t, (l, g))| run((t, (l, Some(g))))),
+        Some(grad) => losses
+            .chunks_mut(task)
+            .zip(grad.chunks_mut(task * cols))
+            .enumerate()
+            .for_each(|(t, (l, g))| run((t, (l, Some(g))))),
+        None if parallel => losses
+            .par_chunks_mut(task)
+            .enumerate()
+            .for_each(|(t, l)| run((t, (l, None)))),
+        None => losses
+            .chunks_mut(task)
+            .enumerate()
+            .for_each(|(t, l)| run((t, (l, None)))),
+    }
+}
+
+/// Logits per parallel task of the wide kernel.
+const WIDE_TASK_ELEMS: usize = 1 << 17;
+
+fn wide_dispatch(
+    isa: Isa,
+    input: Rows<'_>,
+    r0: usize,
+    losses: &mut [f32],
+    grad: Option<&mut [f32]>,
+) {
+    match isa {
+        Isa::Portable => wide::<Lanes8>(Lanes8, input, r0, losses, grad),
+        // SAFETY: the token exists, so the CPU has the instruction set.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2(s) => unsafe { wide_avx2(s, input, r0, losses, grad) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512(s) => unsafe { wide_avx512(s, input, r0, losses, grad) },
+    }
+}
+
+/// [`wide`] compiled for AVX2.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn wide_avx2(
+    s: Avx2,
+    input: Rows<'_>,
+    r0: usize,
+    losses: &mut [f32],
+    grad: Option<&mut [f32]>,
+) {
+    wide::<Avx2>(s, input, r0, losses, grad)
+}
+
+/// [`wide`] compiled for AVX-512F.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn wide_avx512(
+    s: Avx512,
+    input: Rows<'_>,
+    r0: usize,
+    losses: &mut [f32],
+    grad: Option<&mut [f32]>,
+) {
+    wide::<Avx512>(s, input, r0, losses, grad)
+}
+
+/// Rows `r0 .. r0 + losses.len()` of `C` classes, `S::LANES` at a time, one row per lane: the
+/// block's `u = z + s` (row-major) is transposed tile by tile into one vector per class, the
+/// per-row kernel's passes run on those vectors — the same 8 running maxima and partial sums
+/// over the first `⌊C/8⌋·8` classes, the fixed tree, the rest in order, the same `exp`, `ln`
+/// and scaling, so the same bits — and the gradient is transposed back. A last partial block
+/// runs padded (zero logits, label 0, weight 1; its results are dropped).
+#[inline(always)]
+fn wide<S: Simd>(
+    s: S,
+    input: Rows<'_>,
+    r0: usize,
+    losses: &mut [f32],
+    mut grad: Option<&mut [f32]>,
+) {
+    let (c, n, rows) = (input.cols, S::LANES, losses.len());
+    assert!(
+        n <= LANES
+            && input.z.len() >= (r0 + rows) * c
+            && input.shift.is_none_or(|v| v.len() >= (r0 + rows) * c)
+            && input.labels.len() >= r0 + rows
+            && input.weights.is_none_or(|w| w.len() >= r0 + rows)
+            && grad.as_ref().is_none_or(|g| g.len() == rows * c)
+    );
+    // Class-major vectors, padded to whole tiles; row-major scratch for z + s and for padded
+    // blocks; one tile for a last partial column tile.
+    let tiles = c.div_ceil(n);
+    let mut t = vec![0.0f32; tiles * n * n];
+    let mut scratch = vec![0.0f32; n * c];
+    let mut tile = [0.0f32; LANES * LANES];
+    let body = c / 8 * 8;
+    let full_cols = c / n * n;
+    let neg_inf = s.splat(f32::NEG_INFINITY);
+    for b in (0..rows).step_by(n) {
+        let k = (rows - b).min(n);
+        let (i0, e) = (r0 + b, (r0 + b) * c..(r0 + b + k) * c);
+        let z = &input.z[e.clone()];
+        // The block's u, row-major: the logits themselves, or z + s written where the gradient
+        // will go (or into the scratch).
+        let in_place = k == n && grad.is_some();
+        let u: &[f32] = if k == n && input.shift.is_none() {
+            z
+        } else {
+            let dst = match grad.as_deref_mut() {
+                Some(g) if in_place => &mut g[b * c..(b + n) * c],
+                _ => &mut scratch[..],
+            };
+            match input.shift {
+                Some(sh) => {
+                    for ((d, &a), &v) in dst.iter_mut().zip(z).zip(&sh[e.clone()]) {
+                        *d = a + v;
+                    }
+                }
+                None => dst[..k * c].copy_from_slice(z),
+            }
+            dst[k * c..].fill(0.0);
+            dst
+        };
+        // SAFETY (every tile below): `u` holds `n` rows of `c`, `t` `tiles · n` vectors of `n`.
+        for j0 in (0..full_cols).step_by(n) {
+            unsafe { s.transpose(u.as_ptr().add(j0), c, t.as_mut_ptr().add(j0 * n), n) };
+        }
+        if full_cols < c {
+            let w = c - full_cols;
+            for r in 0..n {
+                tile[r * n..r * n + w].copy_from_slice(&u[r * c + full_cols..(r + 1) * c]);
+            }
+            unsafe { s.transpose(tile.as_ptr(), n, t.as_mut_ptr().add(full_cols * n), n) };
+        }
+        let mut y = [0u32; LANES];
+        let mut u_y = [0.0f32; LANES];
+        let mut w = [1.0f32; LANES];
+        for r in 0..k {
+            y[r] = input.labels[i0 + r];
+            u_y[r] = u[r * c + y[r] as usize];
+            w[r] = input.weights.map_or(1.0, |w| w[i0 + r]);
+        }
+        let tp = t.as_mut_ptr();
+        let v = |j: usize| unsafe { s.load(tp.add(j * n)) };
+        // The maximum as `math::load_max` takes it.
+        let mut m = neg_inf;
+        if body > 0 {
+            let mut lanes = [neg_inf; 8];
+            for c0 in (0..body).step_by(8) {
+                for (l, lane) in lanes.iter_mut().enumerate() {
+                    let x = v(c0 + l);
+                    *lane = s.select(s.gt(x, *lane), x, *lane);
+                }
+            }
+            for lane in lanes {
+                m = s.max(m, lane);
+            }
+        }
+        for j in body..c {
+            m = s.max(m, v(j));
+        }
+        // exp(u - m) in place and its sum as `math::exp_shifted_sum` takes it.
+        let mut acc = [s.splat(0.0); 8];
+        for c0 in (0..body).step_by(8) {
+            for (l, a) in acc.iter_mut().enumerate() {
+                let e = simd::exp(s, s.sub(v(c0 + l), m));
+                unsafe { s.store(tp.add((c0 + l) * n), e) };
+                *a = s.add(*a, e);
+            }
+        }
+        let mut sum = s.add(
+            s.add(s.add(acc[0], acc[4]), s.add(acc[2], acc[6])),
+            s.add(s.add(acc[1], acc[5]), s.add(acc[3], acc[7])),
+        );
+        for j in body..c {
+            let e = simd::exp(s, s.sub(v(j), m));
+            unsafe { s.store(tp.add(j * n), e) };
+            sum = s.add(sum, e);
+        }
+        let wv = unsafe { s.load(w.as_ptr()) };
+        let lse = s.add(m, simd::ln(s, sum));
+        let mut l = [0.0f32; LANES];
+        unsafe { s.store(l.as_mut_ptr(), s.mul(wv, s.sub(lse, s.load(u_y.as_ptr())))) };
+        losses[b..b + k].copy_from_slice(&l[..k]);
+        let Some(g) = grad.as_deref_mut() else {
+            continue;
+        };
+        let scale = s.mul(s.splat(input.grad_scale), wv);
+        let factor = s.div(scale, sum);
+        for j in 0..c {
+            unsafe { s.store(tp.add(j * n), s.mul(v(j), factor)) };
+        }
+        let out = if in_place {
+            &mut g[b * c..(b + n) * c]
+        } else {
+            &mut scratch[..]
+        };
+        for j0 in (0..full_cols).step_by(n) {
+            unsafe { s.transpose(tp.add(j0 * n), n, out.as_mut_ptr().add(j0), c) };
+        }
+        if full_cols < c {
+            let w = c - full_cols;
+            unsafe { s.transpose(tp.add(full_cols * n), n, tile.as_mut_ptr(), n) };
+            for r in 0..n {
+                out[r * c + full_cols..(r + 1) * c].copy_from_slice(&tile[r * n..r * n + w]);
+            }
+        }
+        let mut sc = [0.0f32; LANES];
+        unsafe { s.store(sc.as_mut_ptr(), scale) };
+        for r in 0..k {
+            out[r * c + y[r] as usize] -= sc[r];
+        }
+        if !in_place {
+            g[b * c..(b + k) * c].copy_from_slice(&scratch[..k * c]);
+        }
+    }
 }
 
 /// Blocks of rows the across-rows kernel takes at once: each phase of [`block`] runs over all
@@ -643,6 +900,54 @@ mod tests {
     }
 
     #[test]
+    fn wide_rows_match_per_row_bit_for_bit_on_every_path() {
+        let mut rng = crate::rng::Rng::new(23);
+        for cols in [17, 23, 31, 32, 33, 100, 257, 1000] {
+            for rows in [1, 15, 16, 17, 100, 300] {
+                for poison in [false, true] {
+                    let z = logits(&mut rng, rows * cols, poison);
+                    let s = logits(&mut rng, rows * cols, false);
+                    let y: Vec<u32> = (0..rows).map(|_| rng.below(cols as u64) as u32).collect();
+                    let w = rng.uniform_vec(rows, 0.0, 3.0);
+                    for (with_shift, with_weights, write_grad) in [
+                        (false, false, true),
+                        (true, false, true),
+                        (false, true, true),
+                        (true, true, true),
+                        (true, true, false),
+                        (false, false, false),
+                    ] {
+                        let input = Rows {
+                            z: &z,
+                            shift: with_shift.then_some(&s[..]),
+                            labels: &y,
+                            weights: with_weights.then_some(&w[..]),
+                            cols,
+                            grad_scale: 0.37,
+                        };
+                        let mut want_l = vec![0.0f32; rows];
+                        let mut want_g = vec![0.0f32; rows * cols];
+                        per_row(input, &mut want_l, write_grad.then_some(&mut want_g[..]));
+                        for isa in isas() {
+                            let what = format!(
+                                "{isa:?} C={cols} N={rows} poison={poison} shift={with_shift} \
+                                 weights={with_weights} grad={write_grad}"
+                            );
+                            let mut l = vec![7.0f32; rows];
+                            let mut g = vec![7.0f32; rows * cols];
+                            wide_rows(isa, input, &mut l, write_grad.then_some(&mut g[..]));
+                            assert_eq!(bits(&l), bits(&want_l), "losses, {what}");
+                            if write_grad {
+                                assert_eq!(bits(&g), bits(&want_g), "gradient, {what}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn across_rows_flags_a_label_out_of_range_on_every_path() {
         let mut rng = crate::rng::Rng::new(21);
         for cols in [1, 2, 3, 5, 10, 16] {
@@ -676,7 +981,7 @@ mod tests {
     #[test]
     fn across_rows_gives_the_same_bits_for_any_thread_count() {
         let mut rng = crate::rng::Rng::new(20);
-        for cols in [2, 3, 10] {
+        for cols in [2, 3, 10, 100] {
             let rows = 3 * TASK_ROWS + 5;
             let z = logits(&mut rng, rows * cols, false);
             let s = logits(&mut rng, rows * cols, false);
@@ -697,7 +1002,11 @@ mod tests {
                 pool.install(|| {
                     let mut l = vec![0.0f32; rows];
                     let mut g = vec![0.0f32; rows * cols];
-                    across_rows(Isa::best(), input, &mut l, Some(&mut g));
+                    if cols <= ACROSS_MAX_CLASSES {
+                        across_rows(Isa::best(), input, &mut l, Some(&mut g));
+                    } else {
+                        wide_rows(Isa::best(), input, &mut l, Some(&mut g));
+                    }
                     (bits(&l), bits(&g))
                 })
             };
