@@ -27,8 +27,8 @@
 //!   per vector lane, the class loop unrolled. The block is written once over
 //!   [`Simd`](super::simd::Simd) and runs as 8 lanes of arrays (portable), 8 AVX2 lanes or 16
 //!   AVX-512 lanes; the block's `C` contiguous vectors are deinterleaved into one vector per
-//!   class by permutes (gathers on AVX2 above 4 classes) and the gradient interleaved back
-//!   the same way. Four blocks go together, each phase (exponentials and sums, then `ln`,
+//!   class by permutes (up to 6 classes on AVX-512, 4 on AVX2) or above that by 16 × 16 or
+//!   8 × 8 transposes, and the gradient interleaved back the same way. Four blocks go together, each phase (exponentials and sums, then `ln`,
 //!   then the gradient) over all four before the next, so their dependency chains overlap.
 //!   Each lane repeats the per-row kernel's arithmetic exactly — the same 8
 //!   running maxima and partial sums for the first `⌊C/8⌋·8` classes, the same fixed tree,
