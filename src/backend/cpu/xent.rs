@@ -850,60 +850,17 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn across_rows_matches_per_row_bit_for_bit_on_every_path() {
-        let mut rng = crate::rng::Rng::new(19);
-        for cols in 1..=ACROSS_MAX_CLASSES {
-            for rows in [1, 15, 16, 17, 100, 2 * TASK_ROWS + 37] {
-                for poison in [false, true] {
-                    let z = logits(&mut rng, rows * cols, poison);
-                    let s = logits(&mut rng, rows * cols, false);
-                    let y: Vec<u32> = (0..rows).map(|_| rng.below(cols as u64) as u32).collect();
-                    let w = rng.uniform_vec(rows, 0.0, 3.0);
-                    for (with_shift, with_weights, write_grad) in [
-                        (false, false, true),
-                        (true, false, true),
-                        (false, true, true),
-                        (true, true, true),
-                        (true, true, false),
-                    ] {
-                        let input = Rows {
-                            z: &z,
-                            shift: with_shift.then_some(&s[..]),
-                            labels: &y,
-                            weights: with_weights.then_some(&w[..]),
-                            cols,
-                            grad_scale: 0.37,
-                        };
-                        let mut want_l = vec![0.0f32; rows];
-                        let mut want_g = vec![0.0f32; rows * cols];
-                        per_row(input, &mut want_l, write_grad.then_some(&mut want_g[..]));
-                        for isa in isas() {
-                            let what = format!(
-                                "{isa:?} C={cols} N={rows} poison={poison} shift={with_shift} \
-                                 weights={with_weights} grad={write_grad}"
-                            );
-                            let mut l = vec![7.0f32; rows];
-                            let mut g = vec![7.0f32; rows * cols];
-                            let ok =
-                                across_rows(isa, input, &mut l, write_grad.then_some(&mut g[..]));
-                            assert!(ok, "labels in range, {what}");
-                            assert_eq!(bits(&l), bits(&want_l), "losses, {what}");
-                            if write_grad {
-                                assert_eq!(bits(&g), bits(&want_g), "gradient, {what}");
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn wide_rows_match_per_row_bit_for_bit_on_every_path() {
-        let mut rng = crate::rng::Rng::new(23);
-        for cols in [17, 23, 31, 32, 33, 100, 257, 1000] {
-            for rows in [1, 15, 16, 17, 100, 300] {
+    /// `run` gives the per-row kernel's bits on every instruction set, for each class count
+    /// and row count, with poisoned logits, with and without shift, weights and gradient.
+    fn matches_per_row(
+        seed: u64,
+        classes: &[usize],
+        row_counts: &[usize],
+        run: impl Fn(Isa, Rows<'_>, &mut [f32], Option<&mut [f32]>),
+    ) {
+        let mut rng = crate::rng::Rng::new(seed);
+        for &cols in classes {
+            for &rows in row_counts {
                 for poison in [false, true] {
                     let z = logits(&mut rng, rows * cols, poison);
                     let s = logits(&mut rng, rows * cols, false);
@@ -935,7 +892,7 @@ mod tests {
                             );
                             let mut l = vec![7.0f32; rows];
                             let mut g = vec![7.0f32; rows * cols];
-                            wide_rows(isa, input, &mut l, write_grad.then_some(&mut g[..]));
+                            run(isa, input, &mut l, write_grad.then_some(&mut g[..]));
                             assert_eq!(bits(&l), bits(&want_l), "losses, {what}");
                             if write_grad {
                                 assert_eq!(bits(&g), bits(&want_g), "gradient, {what}");
@@ -945,6 +902,21 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn across_rows_matches_per_row_bit_for_bit_on_every_path() {
+        let classes: Vec<usize> = (1..=ACROSS_MAX_CLASSES).collect();
+        let rows = [1, 15, 16, 17, 100, 2 * TASK_ROWS + 37];
+        matches_per_row(19, &classes, &rows, |isa, input, l, g| {
+            assert!(across_rows(isa, input, l, g), "labels in range");
+        });
+    }
+
+    #[test]
+    fn wide_rows_match_per_row_bit_for_bit_on_every_path() {
+        let classes = [17, 23, 31, 32, 33, 100, 257, 1000];
+        matches_per_row(23, &classes, &[1, 15, 16, 17, 100, 300], wide_rows);
     }
 
     #[test]
