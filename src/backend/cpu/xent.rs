@@ -28,14 +28,14 @@
 //!   [`Simd`](super::simd::Simd) and runs as 8 lanes of arrays (portable), 8 AVX2 lanes or 16
 //!   AVX-512 lanes; the block's `C` contiguous vectors are deinterleaved into one vector per
 //!   class by permutes (up to 6 classes on AVX-512, 4 on AVX2) or above that by 16 × 16 or
-//!   8 × 8 transposes, and the gradient interleaved back the same way. Four blocks go together, each phase (exponentials and sums, then `ln`,
-//!   then the gradient) over all four before the next, so their dependency chains overlap.
-//!   Each lane repeats the per-row kernel's arithmetic exactly — the same 8
-//!   running maxima and partial sums for the first `⌊C/8⌋·8` classes, the same fixed tree,
-//!   the rest in order, the same [`math::exp`](super::math::exp),
+//!   8 × 8 transposes, and the gradient interleaved back the same way. Four blocks go
+//!   together, each phase (exponentials and sums, then `ln`, then the gradient) over all four
+//!   before the next, so their dependency chains overlap. Each lane repeats the per-row
+//!   kernel's arithmetic exactly — the same 8 running maxima and partial sums for the first
+//!   `⌊C/8⌋·8` classes, the same fixed tree, the rest in order ([`max_in_order`],
+//!   [`sum_in_order`]), the same [`math::exp`](super::math::exp),
 //!   [`math::ln`](super::math::ln) and scaling — so every path gives the same bits. Labels
 //!   are range-checked as the block reads them.
-//!
 //! - **wide** (`ACROSS_MAX_CLASSES < C ≤` [`WIDE_MAX_CLASSES`], AVX2 or AVX-512): a block of
 //!   rows side by side as above, for any `C` at run time: the block's `u = z + s` is
 //!   transposed tile by tile ([`Simd::transpose`](super::simd::Simd::transpose), 8 × 8 or
@@ -237,18 +237,15 @@ fn per_row(input: Rows<'_>, losses: &mut [f32], grad: Option<&mut [f32]>) {
     let parallel = rows * cols >= PAR_MIN_ELEMS;
     if let Some(grad) = grad {
         let body = |(g, (l, u)): (usize, (&mut [f32], &mut [f32]))| group_op(g, l, u);
-        let (l, u) = (
-            losses.chunks_mut(GROUP_ROWS),
-            grad.chunks_mut(GROUP_ROWS * cols),
-        );
+        let u_rows = GROUP_ROWS * cols;
         if parallel {
-            let (l, u) = (
-                losses.par_chunks_mut(GROUP_ROWS),
-                grad.par_chunks_mut(GROUP_ROWS * cols),
-            );
-            l.zip(u).enumerate().for_each(body);
+            let l = losses.par_chunks_mut(GROUP_ROWS);
+            l.zip(grad.par_chunks_mut(u_rows))
+                .enumerate()
+                .for_each(body);
         } else {
-            l.zip(u).enumerate().for_each(body);
+            let l = losses.chunks_mut(GROUP_ROWS);
+            l.zip(grad.chunks_mut(u_rows)).enumerate().for_each(body);
         }
     } else {
         let body = |scratch: &mut Vec<f32>, (g, l): (usize, &mut [f32])| group_op(g, l, scratch);
@@ -475,15 +472,14 @@ fn wide<S: Simd>(
             && input.weights.is_none_or(|w| w.len() >= r0 + rows)
             && grad.as_ref().is_none_or(|g| g.len() == rows * c)
     );
-    // Class-major vectors, padded to whole tiles; row-major scratch for z + s and for padded
-    // blocks; one tile for a last partial column tile.
-    let tiles = c.div_ceil(n);
-    let mut t = vec![0.0f32; tiles * n * n];
+    // Class-major vectors, padded to whole tiles (the transposes write them as floats: a
+    // vector is its `n` lanes in order); row-major scratch for z + s and for padded blocks;
+    // one tile for a last partial column tile.
+    assert_eq!(std::mem::size_of::<S::F>(), 4 * n);
+    let mut t = vec![s.splat(0.0); c.div_ceil(n) * n];
     let mut scratch = vec![0.0f32; n * c];
     let mut tile = [0.0f32; LANES * LANES];
-    let body = c / 8 * 8;
     let full_cols = c / n * n;
-    let neg_inf = s.splat(f32::NEG_INFINITY);
     for b in (0..rows).step_by(n) {
         let k = (rows - b).min(n);
         let (i0, e) = (r0 + b, (r0 + b) * c..(r0 + b + k) * c);
@@ -509,16 +505,31 @@ fn wide<S: Simd>(
             dst[k * c..].fill(0.0);
             dst
         };
-        // SAFETY (every tile below): `u` holds `n` rows of `c`, `t` `tiles · n` vectors of `n`.
+        // SAFETY (every tile below): `u` holds `n` rows of `c`, `t` whole tiles of `n` vectors
+        // of `n` floats.
         for j0 in (0..full_cols).step_by(n) {
-            unsafe { s.transpose(u.as_ptr().add(j0), c, t.as_mut_ptr().add(j0 * n), n) };
+            unsafe {
+                s.transpose(
+                    u.as_ptr().add(j0),
+                    c,
+                    t.as_mut_ptr().cast::<f32>().add(j0 * n),
+                    n,
+                )
+            };
         }
         if full_cols < c {
             let w = c - full_cols;
             for r in 0..n {
                 tile[r * n..r * n + w].copy_from_slice(&u[r * c + full_cols..(r + 1) * c]);
             }
-            unsafe { s.transpose(tile.as_ptr(), n, t.as_mut_ptr().add(full_cols * n), n) };
+            unsafe {
+                s.transpose(
+                    tile.as_ptr(),
+                    n,
+                    t.as_mut_ptr().cast::<f32>().add(full_cols * n),
+                    n,
+                )
+            };
         }
         let mut y = [0u32; LANES];
         let mut u_y = [0.0f32; LANES];
@@ -528,43 +539,8 @@ fn wide<S: Simd>(
             u_y[r] = u[r * c + y[r] as usize];
             w[r] = input.weights.map_or(1.0, |w| w[i0 + r]);
         }
-        let tp = t.as_mut_ptr();
-        let v = |j: usize| unsafe { s.load(tp.add(j * n)) };
-        // The maximum as `math::load_max` takes it.
-        let mut m = neg_inf;
-        if body > 0 {
-            let mut lanes = [neg_inf; 8];
-            for c0 in (0..body).step_by(8) {
-                for (l, lane) in lanes.iter_mut().enumerate() {
-                    let x = v(c0 + l);
-                    *lane = s.select(s.gt(x, *lane), x, *lane);
-                }
-            }
-            for lane in lanes {
-                m = s.max(m, lane);
-            }
-        }
-        for j in body..c {
-            m = s.max(m, v(j));
-        }
-        // exp(u - m) in place and its sum as `math::exp_shifted_sum` takes it.
-        let mut acc = [s.splat(0.0); 8];
-        for c0 in (0..body).step_by(8) {
-            for (l, a) in acc.iter_mut().enumerate() {
-                let e = simd::exp(s, s.sub(v(c0 + l), m));
-                unsafe { s.store(tp.add((c0 + l) * n), e) };
-                *a = s.add(*a, e);
-            }
-        }
-        let mut sum = s.add(
-            s.add(s.add(acc[0], acc[4]), s.add(acc[2], acc[6])),
-            s.add(s.add(acc[1], acc[5]), s.add(acc[3], acc[7])),
-        );
-        for j in body..c {
-            let e = simd::exp(s, s.sub(v(j), m));
-            unsafe { s.store(tp.add(j * n), e) };
-            sum = s.add(sum, e);
-        }
+        let m = max_in_order(s, &t[..c]);
+        let sum = exp_sum_in_order(s, &mut t[..c], m);
         let wv = unsafe { s.load(w.as_ptr()) };
         let lse = s.add(m, simd::ln(s, sum));
         let mut l = [0.0f32; LANES];
@@ -575,8 +551,8 @@ fn wide<S: Simd>(
         };
         let scale = s.mul(s.splat(input.grad_scale), wv);
         let factor = s.div(scale, sum);
-        for j in 0..c {
-            unsafe { s.store(tp.add(j * n), s.mul(v(j), factor)) };
+        for v in &mut t[..c] {
+            *v = s.mul(*v, factor);
         }
         let out = if in_place {
             &mut g[b * c..(b + n) * c]
@@ -584,11 +560,25 @@ fn wide<S: Simd>(
             &mut scratch[..]
         };
         for j0 in (0..full_cols).step_by(n) {
-            unsafe { s.transpose(tp.add(j0 * n), n, out.as_mut_ptr().add(j0), c) };
+            unsafe {
+                s.transpose(
+                    t.as_ptr().cast::<f32>().add(j0 * n),
+                    n,
+                    out.as_mut_ptr().add(j0),
+                    c,
+                )
+            };
         }
         if full_cols < c {
             let w = c - full_cols;
-            unsafe { s.transpose(tp.add(full_cols * n), n, tile.as_mut_ptr(), n) };
+            unsafe {
+                s.transpose(
+                    t.as_ptr().cast::<f32>().add(full_cols * n),
+                    n,
+                    tile.as_mut_ptr(),
+                    n,
+                )
+            };
             for r in 0..n {
                 out[r * c + full_cols..(r + 1) * c].copy_from_slice(&tile[r * n..r * n + w]);
             }
@@ -602,6 +592,54 @@ fn wide<S: Simd>(
             g[b * c..(b + k) * c].copy_from_slice(&scratch[..k * c]);
         }
     }
+}
+
+/// The maximum over the class vectors `u` as `math::load_max` takes it: 8 running maxima over
+/// the first `⌊C/8⌋·8` classes (a strict `>`), folded with `max` from -∞, then the rest in
+/// order. (Loops, not closures: a closure is not compiled for the caller's instruction set.)
+#[inline(always)]
+fn max_in_order<S: Simd>(s: S, u: &[S::F]) -> S::F {
+    let body = u.len() / 8 * 8;
+    let neg_inf = s.splat(f32::NEG_INFINITY);
+    let mut m = neg_inf;
+    if body > 0 {
+        let mut lanes = [neg_inf; 8];
+        for chunk in u[..body].chunks_exact(8) {
+            for (lane, &v) in lanes.iter_mut().zip(chunk) {
+                *lane = s.select(s.gt(v, *lane), v, *lane);
+            }
+        }
+        for lane in lanes {
+            m = s.max(m, lane);
+        }
+    }
+    for &v in &u[body..] {
+        m = s.max(m, v);
+    }
+    m
+}
+
+/// `u = exp(u - m)` in place and its sum as `math::exp_shifted_sum` adds: 8 partial sums from
+/// 0 over the first `⌊C/8⌋·8` classes, the fixed tree, then the rest in order.
+#[inline(always)]
+fn exp_sum_in_order<S: Simd>(s: S, u: &mut [S::F], m: S::F) -> S::F {
+    let body = u.len() / 8 * 8;
+    let mut acc = [s.splat(0.0); 8];
+    for chunk in u[..body].chunks_exact_mut(8) {
+        for (a, v) in acc.iter_mut().zip(chunk) {
+            *v = simd::exp(s, s.sub(*v, m));
+            *a = s.add(*a, *v);
+        }
+    }
+    let mut sum = s.add(
+        s.add(s.add(acc[0], acc[4]), s.add(acc[2], acc[6])),
+        s.add(s.add(acc[1], acc[5]), s.add(acc[3], acc[7])),
+    );
+    for v in &mut u[body..] {
+        *v = simd::exp(s, s.sub(*v, m));
+        sum = s.add(sum, *v);
+    }
+    sum
 }
 
 /// Blocks of rows the across-rows kernel takes at once: each phase of [`block`] runs over all
@@ -714,10 +752,8 @@ fn block<S: Simd, const C: usize, const G: usize>(
             && losses.len() == G * n
             && grad.as_ref().is_none_or(|g| g.len() == G * n * C)
     );
-    let body = C / 8 * 8;
-    let neg_inf = s.splat(f32::NEG_INFINITY);
     let mut u = [[s.splat(0.0); C]; G];
-    let mut m = [neg_inf; G];
+    let mut m = [s.splat(0.0); G];
     let mut y = [s.splat_i(0); G];
     let mut u_y = [s.splat(0.0); G];
     let mut sum = [s.splat(0.0); G];
@@ -733,48 +769,14 @@ fn block<S: Simd, const C: usize, const G: usize>(
                 *uj = s.add(*uj, vj);
             }
         }
-        // The maximum as `math::load_max` takes it: 8 running maxima over the first ⌊C/8⌋·8
-        // classes (a strict `>`), folded with `max` from -∞, then the rest in order.
-        if body > 0 {
-            let mut lanes = [neg_inf; 8];
-            for c0 in (0..body).step_by(8) {
-                for (l, lane) in lanes.iter_mut().enumerate() {
-                    let v = u[c0 + l];
-                    *lane = s.select(s.gt(v, *lane), v, *lane);
-                }
-            }
-            for lane in lanes {
-                *m = s.max(*m, lane);
-            }
-        }
-        for &uj in &u[body..] {
-            *m = s.max(*m, uj);
-        }
+        *m = max_in_order(s, u);
         // u at the label, before the exponentials.
         *y = unsafe { s.load_u32(labels.as_ptr().add(g * n)) };
         labels_ok &= !s.any_at_least(*y, C as u32);
         for (j, &uj) in u.iter().enumerate() {
             *u_y = s.select(s.eq_i(*y, j as i32), uj, *u_y);
         }
-        // exp(u - m) and its sum as `math::exp_shifted_sum` takes it: 8 partial sums from 0
-        // over the first ⌊C/8⌋·8 classes, the fixed tree, then the rest in order.
-        let mut acc = [s.splat(0.0); 8];
-        for c0 in (0..body).step_by(8) {
-            for (l, a) in acc.iter_mut().enumerate() {
-                let e = simd::exp(s, s.sub(u[c0 + l], *m));
-                u[c0 + l] = e;
-                *a = s.add(*a, e);
-            }
-        }
-        *sum = s.add(
-            s.add(s.add(acc[0], acc[4]), s.add(acc[2], acc[6])),
-            s.add(s.add(acc[1], acc[5]), s.add(acc[3], acc[7])),
-        );
-        for uj in u[body..].iter_mut() {
-            let e = simd::exp(s, s.sub(*uj, *m));
-            *uj = e;
-            *sum = s.add(*sum, e);
-        }
+        *sum = exp_sum_in_order(s, u, *m);
     }
     let w: [S::F; G] = std::array::from_fn(|g| match weights {
         Some(w) => unsafe { s.load(w.as_ptr().add(g * n)) },
