@@ -355,11 +355,12 @@ pub(super) fn indexed(
         Kernel::GatherCols => (rows, n, n),
         _ => (n, rows, rows),
     };
-    // The row kernels also take the number of rows the entries index.
-    let rows = matches!(k, Kernel::IndexSelectRows | Kernel::IndexAddRows);
-    let sizes = [n, cols, size];
     let bufs = [Buf(src, src_len), Buf(idx, n), Buf(dst, dst_len)];
-    let mut args = with_sizes(bufs, &sizes[..2 + usize::from(rows)]);
+    let mut args = with_sizes(bufs, &[n, cols]);
+    // The row kernels also take the number of rows the entries index.
+    if matches!(k, Kernel::IndexSelectRows | Kernel::IndexAddRows) {
+        args.push(N(size));
+    }
     args.push(Opt(bad, 1));
     // SAFETY: the indexing family above.
     unsafe { launch(dev, k, stride(work, 256), B256, 0, &args) }
