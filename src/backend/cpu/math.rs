@@ -63,12 +63,17 @@ pub(crate) fn map(x: &[f32], out: &mut [f32], f: &impl Fn(f32) -> f32) {
 }
 
 /// `v[i] = exp(v[i] - shift)` in place; returns `Σ v` (summed in 8 fixed lanes, then a fixed
-/// tree, then the tail in order).
+/// tree, then the tail in order). Prefetches `next` as [`exp_shifted_sum`] says.
 #[inline(always)]
-fn exp_shifted_sum_generic(v: &mut [f32], shift: f32) -> f32 {
+fn exp_shifted_sum_generic(v: &mut [f32], shift: f32, next: [&[f32]; 2]) -> f32 {
     let mut lanes = [0.0f32; 8];
     let body = v.len() / 8 * 8;
-    for chunk in v[..body].chunks_exact_mut(8) {
+    for (c, chunk) in v[..body].chunks_exact_mut(8).enumerate() {
+        if c % 2 == 0 {
+            for n in next {
+                prefetch(n, 8 * c);
+            }
+        }
         for l in 0..8 {
             chunk[l] = exp(chunk[l] - shift);
             lanes[l] += chunk[l];
@@ -96,8 +101,8 @@ fn finish_exp_sum(lanes: [f32; 8], tail: &mut [f32], shift: f32) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn exp_shifted_sum_avx2(v: &mut [f32], shift: f32) -> f32 {
-    exp_shifted_sum_generic(v, shift)
+unsafe fn exp_shifted_sum_avx2(v: &mut [f32], shift: f32, next: [&[f32]; 2]) -> f32 {
+    exp_shifted_sum_generic(v, shift, next)
 }
 
 /// The lanes of a 16-lane block that hold elements `p ..` of a row of `len`.
@@ -121,7 +126,12 @@ fn block_mask(p: usize, len: usize) -> u16 {
 /// The CPU must support AVX-512F (the token says so).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn exp_shifted_sum_avx512(s: simd::Avx512, v: &mut [f32], shift: f32) -> f32 {
+unsafe fn exp_shifted_sum_avx512(
+    s: simd::Avx512,
+    v: &mut [f32],
+    shift: f32,
+    next: [&[f32]; 2],
+) -> f32 {
     use super::simd::Simd;
     use std::arch::x86_64::*;
     let (len, body) = (v.len(), v.len() / 8 * 8);
@@ -130,6 +140,9 @@ unsafe fn exp_shifted_sum_avx512(s: simd::Avx512, v: &mut [f32], shift: f32) -> 
     let mut p = 0;
     while p < len {
         let mask = block_mask(p, len);
+        for n in next {
+            prefetch(n, p);
+        }
         // SAFETY: the mask covers `p .. min(p + 16, len)`, inside `v`.
         unsafe {
             let at = v.as_mut_ptr().add(p);
@@ -153,20 +166,39 @@ unsafe fn exp_shifted_sum_avx512(s: simd::Avx512, v: &mut [f32], shift: f32) -> 
 
 /// `v[i] = exp(v[i] - shift)` in place and `Σ v`, vectorized where the CPU allows (same
 /// bits on every path).
-pub(crate) fn exp_shifted_sum(v: &mut [f32], shift: f32) -> f32 {
+///
+/// While it runs it prefetches the slices of `next` into L1, a line of each per 16 values of
+/// `v` (pass empty slices for none). A caller streaming rows from memory names the rows it
+/// reads next: they then arrive while these exponentials, a row's arithmetic, run, instead
+/// of after them (per-row CE, 8192 × 1000 on 2 threads: 3.6 → 2.8 ms).
+pub(crate) fn exp_shifted_sum(v: &mut [f32], shift: f32, next: [&[f32]; 2]) -> f32 {
     // AVX-512 wherever the CPU has it: with the tail on the vector too, it measured at least
     // as fast as AVX2 at 20, 40, 100 and 1000 classes.
     #[cfg(target_arch = "x86_64")]
     if let Some(s) = simd::Avx512::new() {
         // SAFETY: the token exists, so the CPU has AVX-512F.
-        return unsafe { exp_shifted_sum_avx512(s, v, shift) };
+        return unsafe { exp_shifted_sum_avx512(s, v, shift, next) };
     }
     #[cfg(target_arch = "x86_64")]
     if super::has_avx2() {
         // SAFETY: AVX2 support was detected at run time.
-        return unsafe { exp_shifted_sum_avx2(v, shift) };
+        return unsafe { exp_shifted_sum_avx2(v, shift, next) };
     }
-    exp_shifted_sum_generic(v, shift)
+    exp_shifted_sum_generic(v, shift, next)
+}
+
+/// Hints the line holding `v[at]` into L1, where `at` is inside `v` (a hint: it changes no
+/// value, and elsewhere than x86-64 it does nothing).
+#[inline(always)]
+fn prefetch(v: &[f32], at: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if at < v.len() {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: the address is inside `v`, and a prefetch reads nothing architecturally.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(v.as_ptr().add(at).cast()) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (v, at);
 }
 
 /// `u[i] = z[i] + s[i]` (or `z[i]`) and `max u`, in one pass with 8 running maxima.
@@ -349,6 +381,8 @@ mod tests {
         assert!((tanh(1e-6) - 1e-6).abs() < 1e-12);
     }
 
+    const NONE: [&[f32]; 2] = [&[], &[]];
+
     fn bits(v: &[f32]) -> Vec<u32> {
         v.iter().map(|x| x.to_bits()).collect()
     }
@@ -359,28 +393,31 @@ mod tests {
         let x = rng.uniform_vec(1003, -30.0, 5.0);
         let mut a = x.clone();
         let mut b = x.clone();
-        let sa = exp_shifted_sum(&mut a, 1.5);
-        let sb = exp_shifted_sum_generic(&mut b, 1.5);
+        let sa = exp_shifted_sum(&mut a, 1.5, NONE);
+        let sb = exp_shifted_sum_generic(&mut b, 1.5, NONE);
         assert_eq!(sa.to_bits(), sb.to_bits());
         assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()));
         // Each instruction set this CPU has, at every length up to 40 and two long rows (the
-        // AVX-512 loop's full, half and empty last blocks, every tail).
+        // AVX-512 loop's full, half and empty last blocks, every tail), each prefetching a
+        // shorter and a longer slice than the row.
         #[cfg(target_arch = "x86_64")]
         for len in (0..=40).chain([100, 1000]) {
             let x = rng.uniform_vec(len, -30.0, 5.0);
+            let longer = vec![1.0f32; len + 20];
+            let next = [&x[..len / 2], &longer[..]];
             let mut want = x.clone();
-            let sum = exp_shifted_sum_generic(&mut want, 0.5);
+            let sum = exp_shifted_sum_generic(&mut want, 0.5, NONE);
             let mut paths: Vec<(&str, f32, Vec<f32>)> = Vec::new();
             if super::super::has_avx2() {
                 let mut v = x.clone();
                 // SAFETY: AVX2 was detected.
-                let s = unsafe { exp_shifted_sum_avx2(&mut v, 0.5) };
+                let s = unsafe { exp_shifted_sum_avx2(&mut v, 0.5, next) };
                 paths.push(("AVX2", s, v));
             }
             if let Some(t) = simd::Avx512::new() {
                 let mut v = x.clone();
                 // SAFETY: the token exists, so the CPU has AVX-512F.
-                let s = unsafe { exp_shifted_sum_avx512(t, &mut v, 0.5) };
+                let s = unsafe { exp_shifted_sum_avx512(t, &mut v, 0.5, next) };
                 paths.push(("AVX-512", s, v));
             }
             for (isa, s, v) in paths {
@@ -425,8 +462,8 @@ mod tests {
         for len in (1..=19).chain([100, 1000]) {
             let x = rng.uniform_vec(len, -30.0, 5.0);
             let (mut a, mut b) = (x.clone(), x);
-            let sa = exp_shifted_sum(&mut a, 0.5);
-            let sb = exp_shifted_sum_generic(&mut b, 0.5);
+            let sa = exp_shifted_sum(&mut a, 0.5, NONE);
+            let sb = exp_shifted_sum_generic(&mut b, 0.5, NONE);
             assert_eq!(sa.to_bits(), sb.to_bits(), "sum, length {len}");
             assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()));
         }

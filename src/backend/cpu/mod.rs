@@ -483,7 +483,7 @@ impl BackendStorage for CpuStorage {
         let row_op = |o: &mut [f32], x: &[f32]| {
             let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             o.copy_from_slice(x);
-            let sum = math::exp_shifted_sum(o, m);
+            let sum = math::exp_shifted_sum(o, m, [&[], &[]]);
             if log {
                 let lse = m + math::ln(sum);
                 o.iter_mut().zip(x).for_each(|(o, &v)| *o = v - lse);

@@ -21,8 +21,10 @@
 //!   AVX2): the row's classes run on vector lanes
 //!   ([`math::load_max`](super::math::load_max), [`math::exp_shifted_sum`](super::math::exp_shifted_sum)).
 //!   Rows run in groups of [`GROUP_ROWS`], each pass over the whole group before the next, so
-//!   the rows' dependency chains overlap. At `C` of a few classes most of a row's time is loop
-//!   overhead and a horizontal reduction.
+//!   the rows' dependency chains overlap; while a group's exponentials run, the same rows of
+//!   the next group are prefetched, so that memory and arithmetic overlap (a row streamed in
+//!   whole before its arithmetic would leave one idle while the other runs). At `C` of a few
+//!   classes most of a row's time is loop overhead and a horizontal reduction.
 //! - **across rows** (`C ≤` [`ACROSS_MAX_CLASSES`]): a block of rows side by side, one row
 //!   per vector lane, the class loop unrolled. The block is written once over
 //!   [`Simd`](super::simd::Simd) and runs as 8 lanes of arrays (portable), 8 AVX2 lanes or 16
@@ -220,7 +222,12 @@ fn per_row(input: Rows<'_>, losses: &mut [f32], grad: Option<&mut [f32]>) {
         }
         // One exp per element: u becomes exp(u - m), and softmax = that / Σ.
         for (r, ur) in u.chunks_exact_mut(cols).enumerate().take(l.len()) {
-            sum[r] = math::exp_shifted_sum(ur, m[r]);
+            // The same row of the next group, whose loads would otherwise wait on memory
+            // after this group's arithmetic instead of arriving during it.
+            let next = ((i0 + GROUP_ROWS + r) * cols).min(z.len())..;
+            let next = next.start..(next.start + cols).min(z.len());
+            let next_s = shift.map_or(&[][..], |s| &s[next.clone()]);
+            sum[r] = math::exp_shifted_sum(ur, m[r], [&z[next], next_s]);
         }
         for (r, ur) in u.chunks_exact_mut(cols).enumerate().take(l.len()) {
             let i = i0 + r;
