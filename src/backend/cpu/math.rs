@@ -190,7 +190,7 @@ pub(crate) fn exp_shifted_sum(v: &mut [f32], shift: f32, next: [&[f32]; 2]) -> f
 /// Hints the line holding `v[at]` into L1, where `at` is inside `v` (a hint: it changes no
 /// value, and elsewhere than x86-64 it does nothing).
 #[inline(always)]
-fn prefetch(v: &[f32], at: usize) {
+pub(super) fn prefetch(v: &[f32], at: usize) {
     #[cfg(target_arch = "x86_64")]
     if at < v.len() {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};

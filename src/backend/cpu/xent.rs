@@ -32,7 +32,8 @@
 //!   class by permutes (up to 6 classes on AVX-512, 4 on AVX2) or above that by 16 × 16 or
 //!   8 × 8 transposes, and the gradient interleaved back the same way. Four blocks go
 //!   together, each phase (exponentials and sums, then `ln`, then the gradient) over all four
-//!   before the next, so their dependency chains overlap. Each lane repeats the per-row
+//!   before the next, so their dependency chains overlap; the next group's inputs are
+//!   prefetched during the exponentials, as in the per-row kernel. Each lane repeats the per-row
 //!   kernel's arithmetic exactly — the same 8 running maxima and partial sums for the first
 //!   `⌊C/8⌋·8` classes, the same fixed tree, the rest in order ([`max_in_order`],
 //!   [`sum_in_order`]), the same [`math::exp`](super::math::exp),
@@ -681,6 +682,9 @@ fn across<S: Simd, const C: usize>(
             lanes
         };
         let e = b * C..(b + rows) * C;
+        // The next group's inputs, prefetched while this group's exponentials run.
+        let ahead = ((b + rows) * C).min(z.len())..((b + 2 * rows) * C).min(z.len());
+        let next = (&z[ahead.clone()], shift.map_or(&[][..], |s| &s[ahead]));
         let args = (
             &z[e.clone()],
             shift.map(|s| &s[e.clone()]),
@@ -690,9 +694,9 @@ fn across<S: Simd, const C: usize>(
         let l = &mut losses[b..b + rows];
         let g = grad.as_deref_mut().map(|g| &mut g[e]);
         ok &= if b < grouped {
-            block::<S, C, GROUP_BLOCKS>(s, args, input.grad_scale, l, g)
+            block::<S, C, GROUP_BLOCKS>(s, args, next, input.grad_scale, l, g)
         } else {
-            block::<S, C, 1>(s, args, input.grad_scale, l, g)
+            block::<S, C, 1>(s, args, next, input.grad_scale, l, g)
         };
         b += rows;
     }
@@ -721,6 +725,7 @@ fn across<S: Simd, const C: usize>(
                 &yp[..lanes],
                 weights.map(|_| &wp[..lanes]),
             ),
+            (&[], &[]),
             input.grad_scale,
             &mut lp[..lanes],
             grad.is_some()
@@ -741,11 +746,13 @@ type BlockIn<'a> = (&'a [f32], Option<&'a [f32]>, &'a [u32], Option<&'a [f32]>);
 /// `G` blocks of `S::LANES` rows of `C` classes, one row per lane. `losses` holds
 /// `G · LANES` values and `grad` `G · LANES · C`. Each lane repeats the per-row kernel on
 /// its row operation for operation (see the module docs); each phase runs over the `G`
-/// blocks before the next. Returns whether every label was below `C`.
+/// blocks before the next. `next` (logits and shift of the rows after these, or empty) is
+/// prefetched during the exponentials. Returns whether every label was below `C`.
 #[inline(always)]
 fn block<S: Simd, const C: usize, const G: usize>(
     s: S,
     (z, shift, labels, weights): BlockIn<'_>,
+    next: (&[f32], &[f32]),
     grad_scale: f32,
     losses: &mut [f32],
     grad: Option<&mut [f32]>,
@@ -782,6 +789,11 @@ fn block<S: Simd, const C: usize, const G: usize>(
         labels_ok &= !s.any_at_least(*y, C as u32);
         for (j, &uj) in u.iter().enumerate() {
             *u_y = s.select(s.eq_i(*y, j as i32), uj, *u_y);
+        }
+        // The lines of the next group's block `g`, spread over the group's exponentials.
+        for p in (g * n * C..(g + 1) * n * C).step_by(16) {
+            math::prefetch(next.0, p);
+            math::prefetch(next.1, p);
         }
         *sum = exp_sum_in_order(s, u, *m);
     }
