@@ -17,7 +17,7 @@
 //! Three kernels compute these formulas with the same operations per row, so they give the
 //! same bits:
 //!
-//! - **per row** (any `C`; used above [`WIDE_MAX_CLASSES`], and above 16 classes without
+//! - **per row** (any `C`; used above the wide kernel's range, and above 16 classes without
 //!   AVX2): the row's classes run on vector lanes
 //!   ([`math::load_max`](super::math::load_max), [`math::exp_shifted_sum`](super::math::exp_shifted_sum)).
 //!   Rows run in groups of [`GROUP_ROWS`], each pass over the whole group before the next, so
@@ -36,16 +36,17 @@
 //!   prefetched during the exponentials, as in the per-row kernel. Each lane repeats the per-row
 //!   kernel's arithmetic exactly — the same 8 running maxima and partial sums for the first
 //!   `⌊C/8⌋·8` classes, the same fixed tree, the rest in order ([`max_in_order`],
-//!   [`sum_in_order`]), the same [`math::exp`](super::math::exp),
+//!   [`exp_sum_in_order`]), the same [`math::exp`](super::math::exp),
 //!   [`math::ln`](super::math::ln) and scaling — so every path gives the same bits. Labels
 //!   are range-checked as the block reads them.
-//! - **wide** (`ACROSS_MAX_CLASSES < C ≤` [`WIDE_MAX_CLASSES`], AVX2 or AVX-512): a block of
-//!   rows side by side as above, for any `C` at run time: the block's `u = z + s` is
-//!   transposed tile by tile ([`Simd::transpose`](super::simd::Simd::transpose), 8 × 8 or
-//!   16 × 16) into one vector per class in an L1-sized buffer, the per-row kernel's passes
-//!   run on those vectors, and the gradient is transposed back. Above that `C` the per-row
-//!   kernel measured faster on rows streamed from memory; so it is on CPUs without AVX2,
-//!   where the per-row kernel is the portable twin (the same bits, tested).
+//! - **wide** (`ACROSS_MAX_CLASSES < C ≤` 127 on AVX-512, 48 on AVX2): a block of rows side
+//!   by side as above, for any `C` at run time: the block's `u = z + s` is transposed tile
+//!   by tile ([`Simd::transpose`](super::simd::Simd::transpose), 8 × 8 or 16 × 16) into one
+//!   vector per class in an L1-sized buffer, the per-row kernel's passes run on those
+//!   vectors (the next block's rows prefetched beside the exponentials), and the gradient is
+//!   transposed back. Above that `C` the per-row kernel measured faster on rows streamed
+//!   from memory ([`Isa::wide_max_classes`]); so it is on CPUs without AVX2, where the
+//!   per-row kernel is the portable twin (the same bits, tested).
 //!
 //! Rows run in parallel above a size threshold; each row is computed by one thread, so results
 //! do not depend on the thread count.
@@ -63,12 +64,6 @@ use crate::error::{Error, Result};
 const LANES: usize = 16;
 /// Largest class count of the across-rows kernel.
 pub(super) const ACROSS_MAX_CLASSES: usize = 16;
-/// Largest class count of the wide across-rows kernel; above it the per-row kernel is faster
-/// on rows streamed from memory (2 threads, AVX-512 / AVX2 cap: 65536 × 24 0.95 / 1.05
-/// against 1.65 / 1.57 ms, 32768 × 40 0.75 / 0.88 against 0.95 / 0.98, 16384 × 64 0.52 /
-/// 0.67 against 0.54 / 0.58, 16384 × 100 0.88 / 1.11 against 0.83 / 0.93), though not on
-/// rows in cache (512 × 100 on one thread: 35 against 44 µs).
-const WIDE_MAX_CLASSES: usize = 48;
 /// Rows per parallel task of the across-rows kernel (a multiple of [`LANES`]).
 const TASK_ROWS: usize = 1024;
 
@@ -94,6 +89,23 @@ enum Isa {
 }
 
 impl Isa {
+    /// Largest class count the wide kernel takes on this instruction set (0: none). Above it
+    /// the per-row kernel measured faster on rows streamed from memory (2 threads, with both
+    /// kernels prefetching; AVX-512: 16384 × 100 0.67–0.69 against 0.72–0.77 ms, × 127
+    /// 0.75 against 0.84–0.89, 8192 × 128 0.39–0.40 against 0.37–0.38, × 200 0.69 against
+    /// 0.56; AVX2: 32768 × 48 0.78–0.81 against 0.91–0.94, 16384 × 100 0.94 against 0.81).
+    /// Without AVX2 the wide kernel's portable instantiation was the slower (100 classes: 98
+    /// against 72 µs for 512 rows), so the per-row kernel is the portable twin.
+    fn wide_max_classes(self) -> usize {
+        match self {
+            Isa::Portable => 0,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(_) => 48,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512(_) => 127,
+        }
+    }
+
     fn best() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
@@ -164,9 +176,7 @@ pub(super) fn shifted_xent(
         }
     } else {
         let isa = Isa::best();
-        // The portable instantiation of the wide kernel measured slower than the per-row
-        // kernel (100 classes: 98 against 72 µs for 512 rows).
-        if cols <= WIDE_MAX_CLASSES && !matches!(isa, Isa::Portable) {
+        if cols <= isa.wide_max_classes() {
             wide_rows(isa, input, &mut losses, grad_out);
         } else {
             per_row(input, &mut losses, grad_out);
@@ -548,7 +558,12 @@ fn wide<S: Simd>(
             w[r] = input.weights.map_or(1.0, |w| w[i0 + r]);
         }
         let m = max_in_order(s, &t[..c]);
-        let sum = exp_sum_in_order(s, &mut t[..c], m);
+        let ahead = ((i0 + n) * c).min(input.z.len())..((i0 + 2 * n) * c).min(input.z.len());
+        let next = [
+            &input.z[ahead.clone()],
+            input.shift.map_or(&[][..], |s| &s[ahead]),
+        ];
+        let sum = exp_sum_in_order(s, &mut t[..c], m, next);
         let wv = unsafe { s.load(w.as_ptr()) };
         let lse = s.add(m, simd::ln(s, sum));
         let mut l = [0.0f32; LANES];
@@ -628,13 +643,18 @@ fn max_in_order<S: Simd>(s: S, u: &[S::F]) -> S::F {
 }
 
 /// `u = exp(u - m)` in place and its sum as `math::exp_shifted_sum` adds: 8 partial sums from
-/// 0 over the first `⌊C/8⌋·8` classes, the fixed tree, then the rest in order.
+/// 0 over the first `⌊C/8⌋·8` classes, the fixed tree, then the rest in order. Beside the
+/// exponential of class `j` it prefetches `next` at `j · LANES` (the next block's rows: one
+/// line of each per class on AVX-512).
 #[inline(always)]
-fn exp_sum_in_order<S: Simd>(s: S, u: &mut [S::F], m: S::F) -> S::F {
+fn exp_sum_in_order<S: Simd>(s: S, u: &mut [S::F], m: S::F, next: [&[f32]; 2]) -> S::F {
     let body = u.len() / 8 * 8;
     let mut acc = [s.splat(0.0); 8];
-    for chunk in u[..body].chunks_exact_mut(8) {
-        for (a, v) in acc.iter_mut().zip(chunk) {
+    for (c, chunk) in u[..body].chunks_exact_mut(8).enumerate() {
+        for (l, (a, v)) in acc.iter_mut().zip(chunk).enumerate() {
+            for n in next {
+                math::prefetch(n, (8 * c + l) * S::LANES);
+            }
             *v = simd::exp(s, s.sub(*v, m));
             *a = s.add(*a, *v);
         }
@@ -643,7 +663,10 @@ fn exp_sum_in_order<S: Simd>(s: S, u: &mut [S::F], m: S::F) -> S::F {
         s.add(s.add(acc[0], acc[4]), s.add(acc[2], acc[6])),
         s.add(s.add(acc[1], acc[5]), s.add(acc[3], acc[7])),
     );
-    for v in &mut u[body..] {
+    for (j, v) in u.iter_mut().enumerate().skip(body) {
+        for n in next {
+            math::prefetch(n, j * S::LANES);
+        }
         *v = simd::exp(s, s.sub(*v, m));
         sum = s.add(sum, *v);
     }
@@ -790,12 +813,9 @@ fn block<S: Simd, const C: usize, const G: usize>(
         for (j, &uj) in u.iter().enumerate() {
             *u_y = s.select(s.eq_i(*y, j as i32), uj, *u_y);
         }
-        // The lines of the next group's block `g`, spread over the group's exponentials.
-        for p in (g * n * C..(g + 1) * n * C).step_by(16) {
-            math::prefetch(next.0, p);
-            math::prefetch(next.1, p);
-        }
-        *sum = exp_sum_in_order(s, u, *m);
+        let e = (g * n * C).min(next.0.len())..;
+        let next = [&next.0[e.clone()], next.1.get(e).unwrap_or(&[])];
+        *sum = exp_sum_in_order(s, u, *m, next);
     }
     let w: [S::F; G] = std::array::from_fn(|g| match weights {
         Some(w) => unsafe { s.load(w.as_ptr().add(g * n)) },
@@ -936,7 +956,7 @@ mod tests {
 
     #[test]
     fn wide_rows_match_per_row_bit_for_bit_on_every_path() {
-        let classes = [17, 23, 31, 32, 33, 100, 257, 1000];
+        let classes = [17, 23, 31, 32, 33, 48, 49, 100, 127, 128, 257, 1000];
         matches_per_row(23, &classes, &[1, 15, 16, 17, 100, 300], wide_rows);
     }
 
