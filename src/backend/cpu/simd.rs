@@ -94,11 +94,16 @@ pub(super) trait Simd: Copy {
     }
 
     /// The [`Self::LANES`] rows of `C ≤ 16` floats at `p` (row-major) as `C` vectors, one per
-    /// column: lane `r` of vector `j` is `p[C·r + j]`.
+    /// column: lane `r` of vector `j` is `p[C·r + j]`, or `p[C·r + j] + q[C·r + j]` with `q`
+    /// (added before the rows are rearranged, so the rearranging is done once).
     ///
     /// # Safety
-    /// `p` is valid for `LANES · C` reads.
-    unsafe fn load_columns<const C: usize>(self, p: *const f32) -> [Self::F; C];
+    /// `p`, and `q` if given, are valid for `LANES · C` reads.
+    unsafe fn load_columns<const C: usize>(
+        self,
+        p: *const f32,
+        q: Option<*const f32>,
+    ) -> [Self::F; C];
     /// The inverse of [`Self::load_columns`]: writes the `LANES · C` floats at `p`.
     ///
     /// # Safety
@@ -294,9 +299,9 @@ impl Simd for Scalar {
         a as u32 >= v
     }
     #[inline(always)]
-    unsafe fn load_columns<const C: usize>(self, p: *const f32) -> [f32; C] {
+    unsafe fn load_columns<const C: usize>(self, p: *const f32, q: Option<*const f32>) -> [f32; C] {
         // SAFETY: the caller's promise.
-        std::array::from_fn(|j| unsafe { *p.add(j) })
+        std::array::from_fn(|j| unsafe { q.map_or(*p.add(j), |q| *p.add(j) + *q.add(j)) })
     }
     #[inline(always)]
     unsafe fn store_columns<const C: usize>(self, p: *mut f32, v: &[f32; C]) {
@@ -427,9 +432,16 @@ impl Simd for Lanes8 {
         a.iter().any(|&x| x as u32 >= v)
     }
     #[inline(always)]
-    unsafe fn load_columns<const C: usize>(self, p: *const f32) -> [[f32; 8]; C] {
+    unsafe fn load_columns<const C: usize>(
+        self,
+        p: *const f32,
+        q: Option<*const f32>,
+    ) -> [[f32; 8]; C] {
         // SAFETY: the caller's promise.
-        std::array::from_fn(|j| std::array::from_fn(|r| unsafe { *p.add(C * r + j) }))
+        let at = |p: *const f32, r: usize, j: usize| unsafe { *p.add(C * r + j) };
+        std::array::from_fn(|j| {
+            std::array::from_fn(|r| q.map_or(at(p, r, j), |q| at(p, r, j) + at(q, r, j)))
+        })
     }
     #[inline(always)]
     unsafe fn store_columns<const C: usize>(self, p: *mut f32, v: &[[f32; 8]; C]) {
@@ -609,13 +621,20 @@ impl Simd for Avx2 {
     /// per 8 columns of the rows, the last loaded masked to the row's end (at 10 classes
     /// faster than the gathers before).
     #[inline(always)]
-    unsafe fn load_columns<const C: usize>(self, p: *const f32) -> [__m256; C] {
+    unsafe fn load_columns<const C: usize>(
+        self,
+        p: *const f32,
+        q: Option<*const f32>,
+    ) -> [__m256; C] {
         with_isa!({
             let mut out = [_mm256_setzero_ps(); C];
             if C <= AVX2_PERMUTE_MAX {
                 let mut regs = [_mm256_setzero_ps(); C];
                 for (k, r) in regs.iter_mut().enumerate() {
                     *r = _mm256_loadu_ps(p.add(8 * k));
+                    if let Some(q) = q {
+                        *r = _mm256_add_ps(*r, _mm256_loadu_ps(q.add(8 * k)));
+                    }
                 }
                 for (j, o) in out.iter_mut().enumerate() {
                     let q = _mm256_loadu_si256(Columns::<8, C>::POS[j].as_ptr().cast());
@@ -636,6 +655,9 @@ impl Simd for Avx2 {
                     let mut rows = [_mm256_setzero_ps(); 8];
                     for (r, v) in rows.iter_mut().enumerate() {
                         *v = _mm256_maskload_ps(p.add(C * r + j0), mask);
+                        if let Some(q) = q {
+                            *v = _mm256_add_ps(*v, _mm256_maskload_ps(q.add(C * r + j0), mask));
+                        }
                     }
                     out[j0..j0 + w].copy_from_slice(&transpose8(rows)[..w]);
                 }
@@ -880,7 +902,11 @@ impl Simd for Avx512 {
     /// above that one 16 × 16 transpose (at 10 classes 18 % faster, at 16 1.9×; at 5 and 6
     /// the permutes were faster).
     #[inline(always)]
-    unsafe fn load_columns<const C: usize>(self, p: *const f32) -> [__m512; C] {
+    unsafe fn load_columns<const C: usize>(
+        self,
+        p: *const f32,
+        q: Option<*const f32>,
+    ) -> [__m512; C] {
         if C > 6 {
             // One 16 × 16 transpose of the rows loaded masked to their C floats.
             return with_isa!({
@@ -888,6 +914,9 @@ impl Simd for Avx512 {
                 let mut rows = [_mm512_setzero_ps(); 16];
                 for (r, v) in rows.iter_mut().enumerate() {
                     *v = _mm512_maskz_loadu_ps(mask, p.add(C * r));
+                    if let Some(q) = q {
+                        *v = _mm512_add_ps(*v, _mm512_maskz_loadu_ps(mask, q.add(C * r)));
+                    }
                 }
                 let cols = transpose16(rows);
                 let mut out = [_mm512_setzero_ps(); C];
@@ -899,6 +928,9 @@ impl Simd for Avx512 {
             let mut regs = [_mm512_setzero_ps(); C];
             for (k, r) in regs.iter_mut().enumerate() {
                 *r = _mm512_loadu_ps(p.add(16 * k));
+                if let Some(q) = q {
+                    *r = _mm512_add_ps(*r, _mm512_loadu_ps(q.add(16 * k)));
+                }
             }
             let mut out = [_mm512_setzero_ps(); C];
             for (j, o) in out.iter_mut().enumerate() {

@@ -799,13 +799,8 @@ fn block<S: Simd, const C: usize, const G: usize>(
         let (u, m, y, u_y, sum) = (&mut u[g], &mut m[g], &mut y[g], &mut u_y[g], &mut sum[g]);
         // u[j] = z + s of class j, one row per lane (`math::load_max`'s first loop).
         // SAFETY (every load and store in this function): the lengths were checked above.
-        *u = unsafe { s.load_columns::<C>(z.as_ptr().add(g * n * C)) };
-        if let Some(shift) = shift {
-            let v = unsafe { s.load_columns::<C>(shift.as_ptr().add(g * n * C)) };
-            for (uj, vj) in u.iter_mut().zip(v) {
-                *uj = s.add(*uj, vj);
-            }
-        }
+        let q = shift.map(|v| v[g * n * C..].as_ptr());
+        *u = unsafe { s.load_columns::<C>(z.as_ptr().add(g * n * C), q) };
         *m = max_in_order(s, u);
         // u at the label, before the exponentials.
         *y = unsafe { s.load_u32(labels.as_ptr().add(g * n)) };
