@@ -439,9 +439,15 @@ impl Simd for Lanes8 {
     ) -> [[f32; 8]; C] {
         // SAFETY: the caller's promise.
         let at = |p: *const f32, r: usize, j: usize| unsafe { *p.add(C * r + j) };
-        std::array::from_fn(|j| {
-            std::array::from_fn(|r| q.map_or(at(p, r, j), |q| at(p, r, j) + at(q, r, j)))
-        })
+        let mut v: [[f32; 8]; C] = std::array::from_fn(|j| std::array::from_fn(|r| at(p, r, j)));
+        if let Some(q) = q {
+            for (j, col) in v.iter_mut().enumerate() {
+                for (r, x) in col.iter_mut().enumerate() {
+                    *x += at(q, r, j);
+                }
+            }
+        }
+        v
     }
     #[inline(always)]
     unsafe fn store_columns<const C: usize>(self, p: *mut f32, v: &[[f32; 8]; C]) {
