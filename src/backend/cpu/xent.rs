@@ -32,8 +32,8 @@
 //!   class by permutes (up to 6 classes on AVX-512, 4 on AVX2) or above that by 16 × 16 or
 //!   8 × 8 transposes, and the gradient interleaved back the same way. Four blocks go
 //!   together, each phase (exponentials and sums, then `ln`, then the gradient) over all four
-//!   before the next, so their dependency chains overlap; the next group's inputs are
-//!   prefetched during the exponentials, as in the per-row kernel. Each lane repeats the per-row
+//!   before the next, so their dependency chains overlap; the next group's inputs and
+//!   gradient rows are prefetched during the exponentials, as in the per-row kernel. Each lane repeats the per-row
 //!   kernel's arithmetic exactly — the same 8 running maxima and partial sums for the first
 //!   `⌊C/8⌋·8` classes, the same fixed tree, the rest in order ([`max_in_order`],
 //!   [`exp_sum_in_order`]), the same [`math::exp`](super::math::exp),
@@ -558,12 +558,15 @@ fn wide<S: Simd>(
             w[r] = input.weights.map_or(1.0, |w| w[i0 + r]);
         }
         let m = max_in_order(s, &t[..c]);
+        // The next block's logits, shift and gradient rows, prefetched beside the exponentials.
         let ahead = ((i0 + n) * c).min(input.z.len())..((i0 + 2 * n) * c).min(input.z.len());
+        let ahead_g = ((b + n) * c).min(rows * c)..((b + 2 * n) * c).min(rows * c);
         let next = [
             &input.z[ahead.clone()],
             input.shift.map_or(&[][..], |s| &s[ahead]),
+            grad.as_deref().map_or(&[][..], |g| &g[ahead_g]),
         ];
-        let sum = exp_sum_in_order(s, &mut t[..c], m, next);
+        let sum = exp_sum_in_order(s, &mut t[..c], m, &next);
         let wv = unsafe { s.load(w.as_ptr()) };
         let lse = s.add(m, simd::ln(s, sum));
         let mut l = [0.0f32; LANES];
@@ -644,10 +647,11 @@ fn max_in_order<S: Simd>(s: S, u: &[S::F]) -> S::F {
 
 /// `u = exp(u - m)` in place and its sum as `math::exp_shifted_sum` adds: 8 partial sums from
 /// 0 over the first `⌊C/8⌋·8` classes, the fixed tree, then the rest in order. Beside the
-/// exponential of class `j` it prefetches `next` at `j · LANES` (the next block's rows: one
-/// line of each per class on AVX-512).
+/// exponential of class `j` it prefetches each slice of `next` at `j · LANES` (the next
+/// block's logits, shift and gradient rows: one line of each per class on AVX-512; the
+/// gradient's lines are read ahead too, so that their stores find them in L1).
 #[inline(always)]
-fn exp_sum_in_order<S: Simd>(s: S, u: &mut [S::F], m: S::F, next: [&[f32]; 2]) -> S::F {
+fn exp_sum_in_order<S: Simd>(s: S, u: &mut [S::F], m: S::F, next: &[&[f32]]) -> S::F {
     let body = u.len() / 8 * 8;
     let mut acc = [s.splat(0.0); 8];
     for (c, chunk) in u[..body].chunks_exact_mut(8).enumerate() {
@@ -705,9 +709,21 @@ fn across<S: Simd, const C: usize>(
             lanes
         };
         let e = b * C..(b + rows) * C;
-        // The next group's inputs, prefetched while this group's exponentials run.
+        // The next group's logits, shift and gradient rows, prefetched while this group's
+        // exponentials run.
         let ahead = ((b + rows) * C).min(z.len())..((b + 2 * rows) * C).min(z.len());
-        let next = (&z[ahead.clone()], shift.map_or(&[][..], |s| &s[ahead]));
+        let (g, next_g) = match grad.as_deref_mut() {
+            Some(g) => {
+                let (cur, rest) = g[e.start..].split_at_mut(e.len());
+                (Some(cur), &rest[..ahead.len()])
+            }
+            None => (None, &[][..]),
+        };
+        let next = [
+            &z[ahead.clone()],
+            shift.map_or(&[][..], |s| &s[ahead]),
+            next_g,
+        ];
         let args = (
             &z[e.clone()],
             shift.map(|s| &s[e.clone()]),
@@ -715,7 +731,6 @@ fn across<S: Simd, const C: usize>(
             weights.map(|w| &w[b..b + rows]),
         );
         let l = &mut losses[b..b + rows];
-        let g = grad.as_deref_mut().map(|g| &mut g[e]);
         ok &= if b < grouped {
             block::<S, C, GROUP_BLOCKS>(s, args, next, input.grad_scale, l, g)
         } else {
@@ -748,7 +763,7 @@ fn across<S: Simd, const C: usize>(
                 &yp[..lanes],
                 weights.map(|_| &wp[..lanes]),
             ),
-            (&[], &[]),
+            [&[]; 3],
             input.grad_scale,
             &mut lp[..lanes],
             grad.is_some()
@@ -769,13 +784,14 @@ type BlockIn<'a> = (&'a [f32], Option<&'a [f32]>, &'a [u32], Option<&'a [f32]>);
 /// `G` blocks of `S::LANES` rows of `C` classes, one row per lane. `losses` holds
 /// `G · LANES` values and `grad` `G · LANES · C`. Each lane repeats the per-row kernel on
 /// its row operation for operation (see the module docs); each phase runs over the `G`
-/// blocks before the next. `next` (logits and shift of the rows after these, or empty) is
-/// prefetched during the exponentials. Returns whether every label was below `C`.
+/// blocks before the next. `next` (logits, shift and gradient rows of the rows after these,
+/// each possibly empty) is prefetched during the exponentials. Returns whether every label
+/// was below `C`.
 #[inline(always)]
 fn block<S: Simd, const C: usize, const G: usize>(
     s: S,
     (z, shift, labels, weights): BlockIn<'_>,
-    next: (&[f32], &[f32]),
+    next: [&[f32]; 3],
     grad_scale: f32,
     losses: &mut [f32],
     grad: Option<&mut [f32]>,
@@ -808,9 +824,8 @@ fn block<S: Simd, const C: usize, const G: usize>(
         for (j, &uj) in u.iter().enumerate() {
             *u_y = s.select(s.eq_i(*y, j as i32), uj, *u_y);
         }
-        let e = (g * n * C).min(next.0.len())..;
-        let next = [&next.0[e.clone()], next.1.get(e).unwrap_or(&[])];
-        *sum = exp_sum_in_order(s, u, *m, next);
+        let next = next.map(|v| v.get(g * n * C..).unwrap_or(&[]));
+        *sum = exp_sum_in_order(s, u, *m, &next);
     }
     let w: [S::F; G] = std::array::from_fn(|g| match weights {
         Some(w) => unsafe { s.load(w.as_ptr().add(g * n)) },
