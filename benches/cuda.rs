@@ -204,15 +204,18 @@ fn run(dev: &CudaDevice, sizes: &Sizes) -> Result<Value> {
         let counts = || XENT_KERNELS.map(|k| dev.kernel_launches(k).unwrap_or(0));
         let before = counts();
         let kernel_ms = time_ms(dev, calls, sizes.repeats, || {
-            z.xent(XentArgs {
-                shift: Some(&s),
-                labels: &y,
-                weights: None,
-                rows,
-                cols,
-                grad_scale: scale,
-                write_grad: true,
-            })
+            z.xent(
+                XentArgs {
+                    shift: Some(&s),
+                    labels: &y,
+                    weights: None,
+                    rows,
+                    cols,
+                    grad_scale: scale,
+                    write_grad: true,
+                },
+                false,
+            )
             .map(drop)
         })?;
         let kernel_name = XENT_KERNELS
@@ -222,15 +225,18 @@ fn run(dev: &CudaDevice, sizes: &Sizes) -> Result<Value> {
             .map_or("?", |(k, _)| *k);
         dev.set_xent_fallback_kernels(true);
         let fallback = time_ms(dev, calls, sizes.repeats, || {
-            z.xent(XentArgs {
-                shift: Some(&s),
-                labels: &y,
-                weights: None,
-                rows,
-                cols,
-                grad_scale: scale,
-                write_grad: true,
-            })
+            z.xent(
+                XentArgs {
+                    shift: Some(&s),
+                    labels: &y,
+                    weights: None,
+                    rows,
+                    cols,
+                    grad_scale: scale,
+                    write_grad: true,
+                },
+                false,
+            )
             .map(drop)
         });
         dev.set_xent_fallback_kernels(false);

@@ -292,6 +292,14 @@ pub trait BackendStorage: Sized {
     /// Fused shifted softmax-cross-entropy: per-row weighted losses and, when asked,
     /// `dz = grad_scale * w_i * (softmax(z_i + s_i) - onehot(y_i))`.
     fn xent(&self, args: XentArgs<'_, Self, Self::Index>) -> Result<(Self, Option<Self>)>;
+    /// [`Self::xent`] with the per-row losses summed as [`Self::sum_all`] would sum them (the
+    /// same bits): a one-element total. The default sums what [`Self::xent`] returns; a
+    /// backend overrides it where it can add the losses while they are still in registers
+    /// or cache instead of writing them out and reading them back.
+    fn xent_total(&self, args: XentArgs<'_, Self, Self::Index>) -> Result<(Self, Option<Self>)> {
+        let (losses, grad) = self.xent(args)?;
+        Ok((losses.sum_all()?, grad))
+    }
     /// Fused linear layer + shifted softmax-cross-entropy (see [`LinearXentArgs`]). The
     /// default is [`linear_xent_composite`]; a backend overrides it with a kernel that reads
     /// `x` once, for the shapes where it has one.
@@ -684,10 +692,12 @@ impl Storage {
         unary_dispatch!(self, s => s.sum_all())
     }
 
-    /// Fused shifted softmax-CE; see [`BackendStorage::xent`].
+    /// Fused shifted softmax-CE; see [`BackendStorage::xent`], or with `total`
+    /// [`BackendStorage::xent_total`].
     pub fn xent(
         &self,
         args: XentArgs<'_, Storage, IndexStorage>,
+        total: bool,
     ) -> Result<(Storage, Option<Storage>)> {
         const OP: &str = "shifted_cross_entropy";
         match (self, args.labels) {
@@ -695,7 +705,11 @@ impl Storage {
                 let args = args
                     .cast(Storage::as_cpu, y)
                     .ok_or_else(|| device_mismatch(OP))?;
-                let (l, g) = z.xent(args)?;
+                let (l, g) = if total {
+                    z.xent_total(args)?
+                } else {
+                    z.xent(args)?
+                };
                 Ok((Storage::Cpu(l), g.map(Storage::Cpu)))
             }
             #[cfg(feature = "cuda")]
@@ -703,7 +717,11 @@ impl Storage {
                 let args = args
                     .cast(Storage::as_cuda, y)
                     .ok_or_else(|| device_mismatch(OP))?;
-                let (l, g) = z.xent(args)?;
+                let (l, g) = if total {
+                    z.xent_total(args)?
+                } else {
+                    z.xent(args)?
+                };
                 Ok((Storage::Cuda(l), g.map(Storage::Cuda)))
             }
             #[cfg(feature = "cuda")]

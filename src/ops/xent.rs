@@ -96,35 +96,37 @@ impl Tensor {
             }
         };
         let write_grad = grad_enabled() && self.tracks_grad();
-        let (row_losses, unit_grad) = {
+        // A reduced loss asks the backend for the sum of the row losses (the bits of
+        // `sum_all` over them), which it can add as it computes them.
+        let reduced = reduction != Reduction::None;
+        let (losses, unit_grad) = {
             let z = self.storage();
             let s = shift.map(|s| s.storage());
             let w = weights.map(|w| w.storage());
-            z.xent(XentArgs {
-                shift: s.as_deref(),
-                labels: &labels.storage,
-                weights: w.as_deref(),
-                rows,
-                cols,
-                grad_scale,
-                write_grad,
-            })?
+            z.xent(
+                XentArgs {
+                    shift: s.as_deref(),
+                    labels: &labels.storage,
+                    weights: w.as_deref(),
+                    rows,
+                    cols,
+                    grad_scale,
+                    write_grad,
+                },
+                reduced,
+            )?
         };
         let device = self.device();
-        let (storage, shape) = match reduction {
-            Reduction::None => (row_losses, Shape::from(rows)),
-            _ => {
-                let total = row_losses.sum_all()?;
-                let scaled = if grad_scale == 1.0 {
-                    total
-                } else {
-                    total.unary(crate::backend::UnaryOp::Affine {
-                        mul: grad_scale,
-                        add: 0.0,
-                    })?
-                };
-                (scaled, Shape::from(()))
-            }
+        let (storage, shape) = if !reduced {
+            (losses, Shape::from(rows))
+        } else if grad_scale == 1.0 {
+            (losses, Shape::from(()))
+        } else {
+            let scaled = losses.unary(crate::backend::UnaryOp::Affine {
+                mul: grad_scale,
+                add: 0.0,
+            })?;
+            (scaled, Shape::from(()))
         };
         let unit_grad =
             unit_grad.map(|g| Tensor::from_storage(g, self.shape().clone(), device.clone()));

@@ -32,7 +32,7 @@ use crate::shape::Shape;
 /// Elementwise work below this many elements runs on the calling thread.
 pub(crate) const PAR_MIN_ELEMS: usize = 1 << 15;
 /// Fixed chunk for parallel elementwise loops (independent of the thread count).
-const CHUNK: usize = 1 << 13;
+pub(crate) const CHUNK: usize = 1 << 13;
 
 /// The most columns that an `m × k` by `(n × k)ᵀ` product stacks with each column keeping
 /// the bits of its own product (the dot-product path of `gemm`); see
@@ -517,6 +517,10 @@ impl BackendStorage for CpuStorage {
         xent::shifted_xent(self, args)
     }
 
+    fn xent_total(&self, args: XentArgs<'_, Self, Vec<u32>>) -> Result<(Self, Option<Self>)> {
+        xent::shifted_xent_total(self, args)
+    }
+
     fn linear_xent(&self, a: LinearXentArgs<'_, Self, Vec<u32>>) -> Result<LinearXentOut<Self>> {
         if a.xent.cols > linear_xent::MAX_CLASSES {
             return super::linear_xent_composite(self, a);
@@ -562,26 +566,34 @@ impl BackendStorage for CpuStorage {
 /// (then a fixed tree), then the block sums left to right. Independent of the thread count;
 /// the lanes also cut the rounding error of a long sequential sum by about 8×.
 pub(crate) fn sum_fixed_order(x: &[f32]) -> f32 {
-    fn block_sum(c: &[f32]) -> f32 {
-        let mut lanes = [0.0f32; 8];
-        let body = c.len() / 8 * 8;
-        for chunk in c[..body].chunks_exact(8) {
-            for l in 0..8 {
-                lanes[l] += chunk[l];
-            }
-        }
-        let mut s = math::tree8(lanes);
-        for &v in &c[body..] {
-            s += v;
-        }
-        s
-    }
-    if x.len() >= PAR_MIN_ELEMS {
-        let partial: Vec<f32> = x.par_chunks(CHUNK).map(block_sum).collect();
-        partial.iter().sum()
+    let partial: Vec<f32> = if x.len() >= PAR_MIN_ELEMS {
+        x.par_chunks(CHUNK).map(block_sum).collect()
     } else {
-        x.chunks(CHUNK).map(block_sum).sum()
+        x.chunks(CHUNK).map(block_sum).collect()
+    };
+    sum_blocks(&partial)
+}
+
+/// One block of [`sum_fixed_order`] (at most [`CHUNK`] values): 8 interleaved lanes, the
+/// fixed tree, then the tail in order.
+pub(crate) fn block_sum(c: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let body = c.len() / 8 * 8;
+    for chunk in c[..body].chunks_exact(8) {
+        for l in 0..8 {
+            lanes[l] += chunk[l];
+        }
     }
+    let mut s = math::tree8(lanes);
+    for &v in &c[body..] {
+        s += v;
+    }
+    s
+}
+
+/// The block sums of [`sum_fixed_order`], added left to right.
+pub(crate) fn sum_blocks(blocks: &[f32]) -> f32 {
+    blocks.iter().sum()
 }
 
 #[cfg(test)]

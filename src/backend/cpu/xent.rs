@@ -78,6 +78,20 @@ pub(super) struct Rows<'a> {
     pub grad_scale: f32,
 }
 
+impl<'a> Rows<'a> {
+    /// The rows from `r0` on.
+    fn starting_at(self, r0: usize) -> Rows<'a> {
+        let c = self.cols;
+        Rows {
+            z: &self.z[r0 * c..],
+            shift: self.shift.map(|s| &s[r0 * c..]),
+            labels: &self.labels[r0..],
+            weights: self.weights.map(|w| &w[r0..]),
+            ..self
+        }
+    }
+}
+
 /// Which instruction set runs the across-rows kernel.
 #[derive(Clone, Copy, Debug)]
 enum Isa {
@@ -124,6 +138,32 @@ pub(super) fn shifted_xent(
     z: &CpuStorage,
     args: XentArgs<'_, CpuStorage, Vec<u32>>,
 ) -> Result<(CpuStorage, Option<CpuStorage>)> {
+    fused(z, args, false)
+}
+
+/// [`shifted_xent`] with the row losses summed as `sum_all` sums them (blocks of its
+/// `CHUNK` rows, each in 8 lanes and a fixed tree, then the blocks in order): each parallel
+/// task is one such block, whose losses go to a task-local buffer and are added while in
+/// L1, so no row-loss buffer is written to memory and read back. Below
+/// [`SUMMED_MIN_TASKS_PER_THREAD`] tasks per thread the rows run as in [`shifted_xent`]
+/// (tasks of [`TASK_ROWS`]) and are then summed: the same bits either way.
+pub(super) fn shifted_xent_total(
+    z: &CpuStorage,
+    args: XentArgs<'_, CpuStorage, Vec<u32>>,
+) -> Result<(CpuStorage, Option<CpuStorage>)> {
+    fused(z, args, true)
+}
+
+/// Blocks of `sum_all` per thread below which the summed CE keeps the finer row split (a
+/// block is `CHUNK` = 8192 rows; fewer blocks than this per thread would leave threads idle
+/// or unevenly loaded).
+const SUMMED_MIN_TASKS_PER_THREAD: usize = 4;
+
+fn fused(
+    z: &CpuStorage,
+    args: XentArgs<'_, CpuStorage, Vec<u32>>,
+    total: bool,
+) -> Result<(CpuStorage, Option<CpuStorage>)> {
     let XentArgs {
         shift,
         labels,
@@ -161,31 +201,83 @@ pub(super) fn shifted_xent(
         grad_scale,
     };
     // Every element of both outputs is written below.
-    let mut losses = super::pool::take_for_overwrite(rows);
     let mut grad = if write_grad {
         super::pool::take_for_overwrite(rows * cols)
     } else {
         Vec::new()
     };
     let grad_out = write_grad.then_some(&mut grad[..]);
-    if across {
-        if !across_rows(Isa::best(), input, &mut losses, grad_out) {
-            if let Some(e) = label_error() {
-                return Err(e);
-            }
-        }
-    } else {
-        let isa = Isa::best();
-        if cols <= isa.wide_max_classes() {
-            wide_rows(isa, input, &mut losses, grad_out);
+    let isa = Isa::best();
+    let blocks = rows.div_ceil(SUM_BLOCK);
+    let (losses, labels_ok) =
+        if total && blocks >= SUMMED_MIN_TASKS_PER_THREAD * rayon::current_num_threads() {
+            let (sum, ok) = summed_rows(isa, input, grad_out);
+            (vec![sum], ok)
         } else {
-            per_row(input, &mut losses, grad_out);
+            let mut losses = super::pool::take_for_overwrite(rows);
+            let ok = if across {
+                across_rows(isa, input, &mut losses, grad_out)
+            } else if cols <= isa.wide_max_classes() {
+                wide_rows(isa, input, &mut losses, grad_out);
+                true
+            } else {
+                per_row(input, &mut losses, grad_out, rows * cols >= PAR_MIN_ELEMS);
+                true
+            };
+            if total {
+                let sum = super::sum_fixed_order(&losses);
+                super::pool::give(losses);
+                (vec![sum], ok)
+            } else {
+                (losses, ok)
+            }
+        };
+    if !labels_ok {
+        if let Some(e) = label_error() {
+            return Err(e);
         }
     }
     Ok((
         CpuStorage::new(losses),
         write_grad.then_some(CpuStorage::new(grad)),
     ))
+}
+
+/// Rows per block of `sum_all`'s fixed order.
+const SUM_BLOCK: usize = super::CHUNK;
+
+/// The rows in tasks of one `sum_all` block each, on the calling thread per task: returns
+/// the sum of the row losses in `sum_all`'s order and whether every label was below `C`.
+fn summed_rows(isa: Isa, input: Rows<'_>, grad: Option<&mut [f32]>) -> (f32, bool) {
+    let (rows, cols) = (input.labels.len(), input.cols);
+    let task = |l: &mut Vec<f32>, t: usize, g: Option<&mut [f32]>| {
+        let r0 = t * SUM_BLOCK;
+        let l = &mut l[..SUM_BLOCK.min(rows - r0)];
+        let ok = if cols <= ACROSS_MAX_CLASSES {
+            across_dispatch(isa, input, r0, l, g)
+        } else if cols <= isa.wide_max_classes() {
+            wide_dispatch(isa, input, r0, l, g);
+            true
+        } else {
+            per_row(input.starting_at(r0), l, g, false);
+            true
+        };
+        (super::block_sum(l), ok)
+    };
+    let scratch = || vec![0.0f32; SUM_BLOCK];
+    let blocks: Vec<(f32, bool)> = match grad {
+        Some(grad) => grad
+            .par_chunks_mut(SUM_BLOCK * cols)
+            .enumerate()
+            .map_init(scratch, |l, (t, g)| task(l, t, Some(g)))
+            .collect(),
+        None => (0..rows.div_ceil(SUM_BLOCK))
+            .into_par_iter()
+            .map_init(scratch, |l, t| task(l, t, None))
+            .collect(),
+    };
+    let sums: Vec<f32> = blocks.iter().map(|b| b.0).collect();
+    (super::sum_blocks(&sums), blocks.iter().all(|b| b.1))
 }
 
 /// The across-rows kernel on the calling thread, for callers that split the rows themselves
@@ -205,7 +297,7 @@ pub(super) fn across_rows_here(
 const GROUP_ROWS: usize = 4;
 
 /// The per-row kernel: losses of all rows, and the gradient into `grad` when given.
-fn per_row(input: Rows<'_>, losses: &mut [f32], grad: Option<&mut [f32]>) {
+fn per_row(input: Rows<'_>, losses: &mut [f32], grad: Option<&mut [f32]>, parallel: bool) {
     let Rows {
         z,
         shift,
@@ -214,7 +306,6 @@ fn per_row(input: Rows<'_>, losses: &mut [f32], grad: Option<&mut [f32]>) {
         cols,
         grad_scale,
     } = input;
-    let rows = losses.len();
     let write_grad = grad.is_some();
     // Rows `g·GROUP_ROWS ..`: `u` is scratch for z + s (the gradient rows when they are written).
     let group_op = |g: usize, l: &mut [f32], u: &mut [f32]| {
@@ -252,7 +343,6 @@ fn per_row(input: Rows<'_>, losses: &mut [f32], grad: Option<&mut [f32]>) {
             }
         }
     };
-    let parallel = rows * cols >= PAR_MIN_ELEMS;
     if let Some(grad) = grad {
         let body = |(g, (l, u)): (usize, (&mut [f32], &mut [f32]))| group_op(g, l, u);
         let u_rows = GROUP_ROWS * cols;
@@ -935,7 +1025,8 @@ mod tests {
                         };
                         let mut want_l = vec![0.0f32; rows];
                         let mut want_g = vec![0.0f32; rows * cols];
-                        per_row(input, &mut want_l, write_grad.then_some(&mut want_g[..]));
+                        let want_grad = write_grad.then_some(&mut want_g[..]);
+                        per_row(input, &mut want_l, want_grad, true);
                         for isa in isas() {
                             let what = format!(
                                 "{isa:?} C={cols} N={rows} poison={poison} shift={with_shift} \
@@ -968,6 +1059,105 @@ mod tests {
     fn wide_rows_match_per_row_bit_for_bit_on_every_path() {
         let classes = [17, 23, 31, 32, 33, 48, 49, 100, 127, 128, 257, 1000];
         matches_per_row(23, &classes, &[1, 15, 16, 17, 100, 300], wide_rows);
+    }
+
+    #[test]
+    fn summed_rows_give_sum_all_of_the_row_losses_on_every_path() {
+        // Every kernel (across rows, wide, per row), whole and partial last blocks; the
+        // gradient against the per-row kernel's.
+        let mut rng = crate::rng::Rng::new(29);
+        for (cols, rows) in [
+            (2, 3 * SUM_BLOCK + 37),
+            (3, 2 * SUM_BLOCK),
+            (10, SUM_BLOCK + 1),
+        ]
+        .into_iter()
+        .chain([(24, SUM_BLOCK + 9), (100, 2 * SUM_BLOCK - 3), (200, 5)])
+        {
+            let z = logits(&mut rng, rows * cols, true);
+            let s = logits(&mut rng, rows * cols, false);
+            let y: Vec<u32> = (0..rows).map(|_| rng.below(cols as u64) as u32).collect();
+            let w = rng.uniform_vec(rows, 0.0, 3.0);
+            for (with_shift, with_weights) in [(false, false), (true, true)] {
+                let input = Rows {
+                    z: &z,
+                    shift: with_shift.then_some(&s[..]),
+                    labels: &y,
+                    weights: with_weights.then_some(&w[..]),
+                    cols,
+                    grad_scale: 0.37,
+                };
+                let mut want_l = vec![0.0f32; rows];
+                let mut want_g = vec![0.0f32; rows * cols];
+                per_row(input, &mut want_l, Some(&mut want_g), true);
+                let want = super::super::sum_fixed_order(&want_l);
+                for isa in isas() {
+                    let what = format!("{isa:?} C={cols} N={rows} shift={with_shift}");
+                    let mut g = vec![7.0f32; rows * cols];
+                    let (sum, ok) = summed_rows(isa, input, Some(&mut g));
+                    assert!(ok, "labels in range, {what}");
+                    assert_eq!(sum.to_bits(), want.to_bits(), "sum, {what}");
+                    assert_eq!(bits(&g), bits(&want_g), "gradient, {what}");
+                    let (sum, _) = summed_rows(isa, input, None);
+                    assert_eq!(
+                        sum.to_bits(),
+                        want.to_bits(),
+                        "sum without gradient, {what}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_summed_loss_has_the_bits_of_the_summed_rows_for_any_thread_count() {
+        // Through the backend entry points, so both the fused blocks (enough rows per thread)
+        // and the rows-then-sum fallback run; and a label out of range is an error on both.
+        let mut rng = crate::rng::Rng::new(31);
+        for cols in [2, 10, 100] {
+            let rows = 9 * SUM_BLOCK + 5;
+            let z = CpuStorage::new(logits(&mut rng, rows * cols, false));
+            let mut y: Vec<u32> = (0..rows).map(|_| rng.below(cols as u64) as u32).collect();
+            fn args(y: &Vec<u32>, rows: usize, cols: usize) -> XentArgs<'_, CpuStorage, Vec<u32>> {
+                XentArgs {
+                    shift: None,
+                    labels: y,
+                    weights: None,
+                    rows,
+                    cols,
+                    grad_scale: 0.5,
+                    write_grad: true,
+                }
+            }
+            let (rows_l, rows_g) = shifted_xent(&z, args(&y, rows, cols)).expect("row losses");
+            let want = super::super::sum_fixed_order(rows_l.as_slice());
+            let rows_g = bits(rows_g.expect("gradient").as_slice());
+            for threads in [1, 2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .expect("thread pool");
+                let (l, g) = pool
+                    .install(|| shifted_xent_total(&z, args(&y, rows, cols)))
+                    .expect("summed loss");
+                assert_eq!(l.as_slice().len(), 1);
+                let what = format!("C={cols}, {threads} threads");
+                assert_eq!(l.as_slice()[0].to_bits(), want.to_bits(), "{what}");
+                assert_eq!(bits(g.expect("gradient").as_slice()), rows_g, "{what}");
+            }
+            y[rows - 2] = cols as u32;
+            for threads in [1, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .expect("thread pool");
+                let got = pool.install(|| shifted_xent_total(&z, args(&y, rows, cols)));
+                assert!(
+                    matches!(got, Err(Error::LabelOutOfRange { row, .. }) if row == rows - 2),
+                    "C={cols}, {threads} threads"
+                );
+            }
+        }
     }
 
     #[test]
