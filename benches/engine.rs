@@ -19,9 +19,11 @@
 //!   working set (the linear step's input) and peak FMA throughput (1 and 2
 //!   threads, the widest FMA the CPU has) — and each kernel's speed as a fraction of the limit
 //!   that binds it: fused CE rows (C = 2, 3, 10, 100, 1000, `N·C ≥ 2^20`) against copy
-//!   bandwidth, the fused linear + CE step (the bytes of `x` it reads once; called from outside
-//!   rayon's pool and from a pool thread, as the CLI runs) against the read bandwidth of an
-//!   8 MiB working set, GEMM against the FMA peak. With
+//!   bandwidth, the fused linear + CE step (the bytes of `x` it reads once) against the read
+//!   bandwidth of an 8 MiB working set, GEMM against the FMA peak. The CE rows and the linear
+//!   step are timed twice: called from outside rayon's pool (each parallel op is handed to
+//!   the pool and back) and from a pool thread, as the CLI runs and as the copy and read
+//!   limits are measured. With
 //!   `PYTORCH_REFERENCE=path.json` (benches/pytorch_reference.py's output, default
 //!   `results/pytorch_reference.json`) PyTorch's figures for the same workloads are printed
 //!   beside ours. `cargo bench --bench engine -- roofline` runs the table alone;
@@ -519,23 +521,28 @@ fn roofline(_c: &mut Criterion) {
         let z = randn(&mut rng, (n, classes)).variable();
         let s = randn(&mut rng, (n, classes));
         let y = random_labels(&mut rng, n, classes);
-        let t = time_calls(|| {
+        let mut call = || {
             let loss = z
                 .shifted_cross_entropy(&y, Some(&s), None, Reduction::Mean)
                 .expect("fused loss");
             black_box(loss.backward().expect("backward"));
-        });
+        };
+        let t = time_calls(&mut call);
+        // On a pool thread, as the copy above and the CLI run (no hand-over per parallel op).
+        let t_pool = rayon::scope(|_| time_calls(&mut call));
         let bytes = (12 * n * classes + 4 * n) as f64;
         let torch = pytorch(&reference, &format!("xent_fwd_bwd_N{n}_C{classes}"))
             .map(|(ms, b)| (ms, b.unwrap_or((12 * n * classes + 8 * n) as f64)));
-        row(
-            format!("fused CE fwd+bwd N={n} C={classes}"),
-            t,
-            bytes,
-            "GB/s",
-            bw,
-            torch,
-        );
+        for (t, caller) in [(t, "outside the pool"), (t_pool, "on a pool thread")] {
+            row(
+                format!("fused CE fwd+bwd N={n} C={classes}, caller {caller}"),
+                t,
+                bytes,
+                "GB/s",
+                bw,
+                torch,
+            );
+        }
     }
     for size in [1024, 2048] {
         let a = randn(&mut rng, (size, size));
