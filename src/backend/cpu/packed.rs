@@ -403,7 +403,27 @@ unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
             }
         }
         let (mut ap, mut bp) = (a.as_ptr(), b.as_ptr());
-        for p in 0..kc {
+        // One step of `p`: a macro, not a closure (a closure would not inherit the caller's
+        // target features).
+        macro_rules! step {
+            () => {
+                let mut bv = [s.splat(0.0); NV];
+                for (v, x) in bv.iter_mut().enumerate() {
+                    *x = s.load(bp.add(v * l));
+                }
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let ai = s.splat(*ap.add(i));
+                    for (acc, &bv) in row.iter_mut().zip(&bv) {
+                        *acc = s.mul_add(ai, bv, *acc);
+                    }
+                }
+                ap = ap.add(MR);
+                bp = bp.add(NV * l);
+            };
+        }
+        // The steps that prefetch, then the rest two at a time without the prefetch tests.
+        let prefetching = ahead.b.1.max(c_steps).min(kc);
+        for p in 0..prefetching {
             if p < ahead.b.1 {
                 prefetch(ahead.b.0.wrapping_add(16 * p));
             }
@@ -415,19 +435,18 @@ unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
                         .wrapping_add(p / per_row * ahead.c.1 + p % per_row * 16),
                 );
             }
-            let mut bv = [s.splat(0.0); NV];
-            for (v, x) in bv.iter_mut().enumerate() {
-                *x = s.load(bp.add(v * l));
-            }
-            for (i, row) in acc.iter_mut().enumerate() {
-                let ai = s.splat(*ap.add(i));
-                for (acc, &bv) in row.iter_mut().zip(&bv) {
-                    *acc = s.mul_add(ai, bv, *acc);
-                }
-            }
-            ap = ap.add(MR);
-            bp = bp.add(NV * l);
+            step!();
         }
+        let mut p = prefetching;
+        while p + 2 <= kc {
+            step!();
+            step!();
+            p += 2;
+        }
+        if p < kc {
+            step!();
+        }
+        let _ = (ap, bp);
         for (i, row) in acc.iter().enumerate() {
             for (v, &x) in row.iter().enumerate() {
                 s.store(c.add(i * ldc + v * l), x);
