@@ -204,18 +204,15 @@ fn run(dev: &CudaDevice, sizes: &Sizes) -> Result<Value> {
         let counts = || XENT_KERNELS.map(|k| dev.kernel_launches(k).unwrap_or(0));
         let before = counts();
         let kernel_ms = time_ms(dev, calls, sizes.repeats, || {
-            z.xent(
-                XentArgs {
-                    shift: Some(&s),
-                    labels: &y,
-                    weights: None,
-                    rows,
-                    cols,
-                    grad_scale: scale,
-                    write_grad: true,
-                },
-                false,
-            )
+            z.xent(XentArgs {
+                shift: Some(&s),
+                labels: &y,
+                weights: None,
+                rows,
+                cols,
+                grad_scale: scale,
+                write_grad: true,
+            })
             .map(drop)
         })?;
         let kernel_name = XENT_KERNELS
@@ -225,18 +222,15 @@ fn run(dev: &CudaDevice, sizes: &Sizes) -> Result<Value> {
             .map_or("?", |(k, _)| *k);
         dev.set_xent_fallback_kernels(true);
         let fallback = time_ms(dev, calls, sizes.repeats, || {
-            z.xent(
-                XentArgs {
-                    shift: Some(&s),
-                    labels: &y,
-                    weights: None,
-                    rows,
-                    cols,
-                    grad_scale: scale,
-                    write_grad: true,
-                },
-                false,
-            )
+            z.xent(XentArgs {
+                shift: Some(&s),
+                labels: &y,
+                weights: None,
+                rows,
+                cols,
+                grad_scale: scale,
+                write_grad: true,
+            })
             .map(drop)
         });
         dev.set_xent_fallback_kernels(false);

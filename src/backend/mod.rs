@@ -692,9 +692,23 @@ impl Storage {
         unary_dispatch!(self, s => s.sum_all())
     }
 
-    /// Fused shifted softmax-CE; see [`BackendStorage::xent`], or with `total`
-    /// [`BackendStorage::xent_total`].
+    /// Fused shifted softmax-CE; see [`BackendStorage::xent`].
     pub fn xent(
+        &self,
+        args: XentArgs<'_, Storage, IndexStorage>,
+    ) -> Result<(Storage, Option<Storage>)> {
+        self.xent_with(args, false)
+    }
+
+    /// The fused CE with the row losses summed; see [`BackendStorage::xent_total`].
+    pub fn xent_total(
+        &self,
+        args: XentArgs<'_, Storage, IndexStorage>,
+    ) -> Result<(Storage, Option<Storage>)> {
+        self.xent_with(args, true)
+    }
+
+    fn xent_with(
         &self,
         args: XentArgs<'_, Storage, IndexStorage>,
         total: bool,

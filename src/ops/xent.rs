@@ -103,18 +103,20 @@ impl Tensor {
             let z = self.storage();
             let s = shift.map(|s| s.storage());
             let w = weights.map(|w| w.storage());
-            z.xent(
-                XentArgs {
-                    shift: s.as_deref(),
-                    labels: &labels.storage,
-                    weights: w.as_deref(),
-                    rows,
-                    cols,
-                    grad_scale,
-                    write_grad,
-                },
-                reduced,
-            )?
+            let args = XentArgs {
+                shift: s.as_deref(),
+                labels: &*labels.storage,
+                weights: w.as_deref(),
+                rows,
+                cols,
+                grad_scale,
+                write_grad,
+            };
+            if reduced {
+                z.xent_total(args)?
+            } else {
+                z.xent(args)?
+            }
         };
         let device = self.device();
         let (storage, shape) = if !reduced {

@@ -1,7 +1,7 @@
-//! Branch-free elementwise math for f32 slices that the compiler vectorizes: `exp` and `ln`
-//! (the scalar instantiations of [`simd::exp`](super::simd::exp) and
-//! [`simd::ln`](super::simd::ln), which state their accuracy), `tanh`, and the row passes of
-//! softmax and cross-entropy.
+//! Elementwise math for f32 slices that the compiler vectorizes: `exp` and `ln` (the scalar
+//! instantiations of [`simd::exp`](super::simd::exp) and [`simd::ln`](super::simd::ln), which
+//! state their accuracy; branch-free), `tanh`, and the row passes of softmax and
+//! cross-entropy (whose only branches are the prefetches' bounds and the masked tails).
 //!
 //! The same arithmetic runs on every path (no fused multiply-add, no reassociation), so the
 //! scalar and vector versions give the same bits. libm's `expf` and `logf` are a function
@@ -187,18 +187,25 @@ pub(crate) fn exp_shifted_sum(v: &mut [f32], shift: f32, next: [&[f32]; 2]) -> f
     exp_shifted_sum_generic(v, shift, next)
 }
 
-/// Hints the line holding `v[at]` into L1, where `at` is inside `v` (a hint: it changes no
-/// value, and elsewhere than x86-64 it does nothing).
+/// Hints the line holding `v[at]` into L1 where `at` is inside `v` (past the end, nothing).
 #[inline(always)]
 pub(super) fn prefetch(v: &[f32], at: usize) {
-    #[cfg(target_arch = "x86_64")]
     if at < v.len() {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        // SAFETY: the address is inside `v`, and a prefetch reads nothing architecturally.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(v.as_ptr().add(at).cast()) }
+        prefetch_line(v[at..].as_ptr());
     }
+}
+
+/// A hint to bring the line at `p` into L1: it changes no value, never faults, and elsewhere
+/// than x86-64 does nothing.
+#[inline(always)]
+pub(super) fn prefetch_line(p: *const f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch does not access memory architecturally and cannot fault.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast())
+    };
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (v, at);
+    let _ = p;
 }
 
 /// `u[i] = z[i] + s[i]` (or `z[i]`) and `max u`, in one pass with 8 running maxima.

@@ -344,18 +344,6 @@ fn pack_panel(
     }
 }
 
-/// A hint to bring the line at `p` into L1 (never faults; no effect on results).
-#[inline(always)]
-fn prefetch(p: *const f32) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch does not access memory architecturally and cannot fault.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast())
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
-
 /// Lines a tile prefetches while it runs, one per step of `p`: `b.1` consecutive lines from
 /// `b.0` (a share of the next B panel), then the rows of the next tile of C from `c.0` at
 /// row stride `c.1` (none when `c.1` is 0).
@@ -425,10 +413,10 @@ unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
         let prefetching = ahead.b.1.max(c_steps).min(kc);
         for p in 0..prefetching {
             if p < ahead.b.1 {
-                prefetch(ahead.b.0.wrapping_add(16 * p));
+                super::math::prefetch_line(ahead.b.0.wrapping_add(16 * p));
             }
             if p < c_steps {
-                prefetch(
+                super::math::prefetch_line(
                     ahead
                         .c
                         .0
@@ -446,6 +434,7 @@ unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
         if p < kc {
             step!();
         }
+        // The last step's advance is never read.
         let _ = (ap, bp);
         for (i, row) in acc.iter().enumerate() {
             for (v, &x) in row.iter().enumerate() {

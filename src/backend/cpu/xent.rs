@@ -33,7 +33,8 @@
 //!   8 × 8 transposes, and the gradient interleaved back the same way. Four blocks go
 //!   together, each phase (exponentials and sums, then `ln`, then the gradient) over all four
 //!   before the next, so their dependency chains overlap; the next group's inputs and
-//!   gradient rows are prefetched during the exponentials, as in the per-row kernel. Each lane repeats the per-row
+//!   gradient rows are prefetched during the exponentials (the per-row kernel prefetches the
+//!   inputs only: its gradient rows are another task's). Each lane repeats the per-row
 //!   kernel's arithmetic exactly — the same 8 running maxima and partial sums for the first
 //!   `⌊C/8⌋·8` classes, the same fixed tree, the rest in order ([`max_in_order`],
 //!   [`exp_sum_in_order`]), the same [`math::exp`](super::math::exp),
@@ -145,8 +146,8 @@ pub(super) fn shifted_xent(
 /// `CHUNK` rows, each in 8 lanes and a fixed tree, then the blocks in order): each parallel
 /// task is one such block, whose losses go to a task-local buffer and are added while in
 /// L1, so no row-loss buffer is written to memory and read back. Below
-/// [`SUMMED_MIN_TASKS_PER_THREAD`] tasks per thread the rows run as in [`shifted_xent`]
-/// (tasks of [`TASK_ROWS`]) and are then summed: the same bits either way.
+/// [`SUMMED_MIN_BLOCKS_PER_THREAD`] blocks per thread the rows run as in [`shifted_xent`]
+/// (in finer tasks) and are then summed: the same bits either way.
 pub(super) fn shifted_xent_total(
     z: &CpuStorage,
     args: XentArgs<'_, CpuStorage, Vec<u32>>,
@@ -157,7 +158,7 @@ pub(super) fn shifted_xent_total(
 /// Blocks of `sum_all` per thread below which the summed CE keeps the finer row split (a
 /// block is `CHUNK` = 8192 rows; fewer blocks than this per thread would leave threads idle
 /// or unevenly loaded).
-const SUMMED_MIN_TASKS_PER_THREAD: usize = 4;
+const SUMMED_MIN_BLOCKS_PER_THREAD: usize = 4;
 
 fn fused(
     z: &CpuStorage,
@@ -210,7 +211,7 @@ fn fused(
     let isa = Isa::best();
     let blocks = rows.div_ceil(SUM_BLOCK);
     let (losses, labels_ok) =
-        if total && blocks >= SUMMED_MIN_TASKS_PER_THREAD * rayon::current_num_threads() {
+        if total && blocks >= SUMMED_MIN_BLOCKS_PER_THREAD * rayon::current_num_threads() {
             let (sum, ok) = summed_rows(isa, input, grad_out);
             (vec![sum], ok)
         } else {
@@ -246,8 +247,9 @@ fn fused(
 /// Rows per block of `sum_all`'s fixed order.
 const SUM_BLOCK: usize = super::CHUNK;
 
-/// The rows in tasks of one `sum_all` block each, on the calling thread per task: returns
-/// the sum of the row losses in `sum_all`'s order and whether every label was below `C`.
+/// The rows in parallel tasks of one `sum_all` block each (each task runs its kernel on its
+/// own thread, without splitting further): returns the sum of the row losses in `sum_all`'s
+/// order and whether every label was below `C`.
 fn summed_rows(isa: Isa, input: Rows<'_>, grad: Option<&mut [f32]>) -> (f32, bool) {
     let (rows, cols) = (input.labels.len(), input.cols);
     let task = |l: &mut Vec<f32>, t: usize, g: Option<&mut [f32]>| {
@@ -737,9 +739,10 @@ fn max_in_order<S: Simd>(s: S, u: &[S::F]) -> S::F {
 
 /// `u = exp(u - m)` in place and its sum as `math::exp_shifted_sum` adds: 8 partial sums from
 /// 0 over the first `⌊C/8⌋·8` classes, the fixed tree, then the rest in order. Beside the
-/// exponential of class `j` it prefetches each slice of `next` at `j · LANES` (the next
-/// block's logits, shift and gradient rows: one line of each per class on AVX-512; the
-/// gradient's lines are read ahead too, so that their stores find them in L1).
+/// exponential of class `j` it prefetches each slice of `next` at `j · S::LANES` (the next
+/// block's logits, shift and gradient rows: one line of each per class on AVX-512, each line
+/// twice on AVX2's 8 lanes; the gradient's lines are read ahead too, so that their stores
+/// find them in L1).
 #[inline(always)]
 fn exp_sum_in_order<S: Simd>(s: S, u: &mut [S::F], m: S::F, next: &[&[f32]]) -> S::F {
     let body = u.len() / 8 * 8;
