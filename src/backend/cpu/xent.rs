@@ -994,6 +994,33 @@ mod tests {
             .collect()
     }
 
+    /// A test case's rows (logits, shift, labels, weights), with the shift and the weights
+    /// where asked.
+    fn rows_of<'a>(
+        (z, s, y, w): (&'a [f32], &'a [f32], &'a [u32], &'a [f32]),
+        cols: usize,
+        with_shift: bool,
+        with_weights: bool,
+    ) -> Rows<'a> {
+        Rows {
+            z,
+            shift: with_shift.then_some(s),
+            labels: y,
+            weights: with_weights.then_some(w),
+            cols,
+            grad_scale: 0.37,
+        }
+    }
+
+    /// The per-row kernel's losses and gradient (zeros when not written).
+    fn reference(input: Rows<'_>, write_grad: bool) -> (Vec<f32>, Vec<f32>) {
+        let rows = input.labels.len();
+        let mut l = vec![0.0f32; rows];
+        let mut g = vec![0.0f32; rows * input.cols];
+        per_row(input, &mut l, write_grad.then_some(&mut g[..]), true);
+        (l, g)
+    }
+
     /// `run` gives the per-row kernel's bits on every instruction set, for each class count
     /// and row count, with poisoned logits, with and without shift, weights and gradient.
     fn matches_per_row(
@@ -1018,18 +1045,9 @@ mod tests {
                         (true, true, false),
                         (false, false, false),
                     ] {
-                        let input = Rows {
-                            z: &z,
-                            shift: with_shift.then_some(&s[..]),
-                            labels: &y,
-                            weights: with_weights.then_some(&w[..]),
-                            cols,
-                            grad_scale: 0.37,
-                        };
-                        let mut want_l = vec![0.0f32; rows];
-                        let mut want_g = vec![0.0f32; rows * cols];
-                        let want_grad = write_grad.then_some(&mut want_g[..]);
-                        per_row(input, &mut want_l, want_grad, true);
+                        let case = (&z[..], &s[..], &y[..], &w[..]);
+                        let input = rows_of(case, cols, with_shift, with_weights);
+                        let (want_l, want_g) = reference(input, write_grad);
                         for isa in isas() {
                             let what = format!(
                                 "{isa:?} C={cols} N={rows} poison={poison} shift={with_shift} \
@@ -1082,17 +1100,9 @@ mod tests {
             let y: Vec<u32> = (0..rows).map(|_| rng.below(cols as u64) as u32).collect();
             let w = rng.uniform_vec(rows, 0.0, 3.0);
             for (with_shift, with_weights) in [(false, false), (true, true)] {
-                let input = Rows {
-                    z: &z,
-                    shift: with_shift.then_some(&s[..]),
-                    labels: &y,
-                    weights: with_weights.then_some(&w[..]),
-                    cols,
-                    grad_scale: 0.37,
-                };
-                let mut want_l = vec![0.0f32; rows];
-                let mut want_g = vec![0.0f32; rows * cols];
-                per_row(input, &mut want_l, Some(&mut want_g), true);
+                let case = (&z[..], &s[..], &y[..], &w[..]);
+                let input = rows_of(case, cols, with_shift, with_weights);
+                let (want_l, want_g) = reference(input, true);
                 let want = super::super::sum_fixed_order(&want_l);
                 for isa in isas() {
                     let what = format!("{isa:?} C={cols} N={rows} shift={with_shift}");
