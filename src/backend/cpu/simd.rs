@@ -81,16 +81,18 @@ pub(super) trait Simd: Copy {
     /// Whether any lane, read as u32, is at least `v`.
     fn any_at_least(self, a: Self::I, v: u32) -> bool;
     /// `q · 2^k` for `q ∈ [½, 2]` and integer `k ∈ [-150, 128]` (`kf` as f32, `k` as i32),
-    /// rounded once: as two normal powers of two, so that neither multiply wraps the
-    /// exponent field, underflow rounds once into a denormal or 0 and overflow gives ∞.
+    /// rounded once ([`scale_pow2_twice`]). Where every lane's `k` is in `[-125, 127]` (in
+    /// the cross-entropy, unless a row holds a logit some 87 below its maximum) the product
+    /// is normal or overflows, so one multiply by the exact power has the same bits and the
+    /// vector skips the second multiply and its exponent arithmetic. The scalar path keeps
+    /// the branch-free form, which the compiler vectorizes.
     #[inline(always)]
     fn scale_pow2(self, q: Self::F, kf: Self::F, k: Self::I) -> Self::F {
         let _ = kf;
-        let half = self.shr_i(k, 1);
-        self.mul(
-            self.mul(q, pow2(self, half)),
-            pow2(self, self.sub_i(k, half)),
-        )
+        if !self.any_at_least(self.add_i(k, self.splat_i(125)), 253) {
+            return self.mul(q, pow2(self, k));
+        }
+        scale_pow2_twice(self, q, k)
     }
 
     /// The [`Self::LANES`] rows of `C ≤ 16` floats at `p` (row-major) as `C` vectors, one per
@@ -297,6 +299,10 @@ impl Simd for Scalar {
     #[inline(always)]
     fn any_at_least(self, a: i32, v: u32) -> bool {
         a as u32 >= v
+    }
+    #[inline(always)]
+    fn scale_pow2(self, q: f32, _kf: f32, k: i32) -> f32 {
+        scale_pow2_twice(self, q, k)
     }
     #[inline(always)]
     unsafe fn load_columns<const C: usize>(
@@ -1082,6 +1088,14 @@ pub(super) fn exp<S: Simd>(s: S, x: S::F) -> S::F {
         q = s.add(s.splat(c), s.mul(r, q));
     }
     s.scale_pow2(q, kf, k)
+}
+
+/// `q · 2^k` as two normal powers of two, so that neither multiply wraps the exponent field,
+/// underflow rounds once into a denormal or 0 and overflow gives ∞.
+#[inline(always)]
+fn scale_pow2_twice<S: Simd>(s: S, q: S::F, k: S::I) -> S::F {
+    let half = s.shr_i(k, 1);
+    s.mul(s.mul(q, pow2(s, half)), pow2(s, s.sub_i(k, half)))
 }
 
 /// `2^e` for `e ∈ [-126, 127]`, written into the exponent field.
