@@ -1063,9 +1063,10 @@ const LN2_LO: f32 = 1.428_606_8e-6;
 /// `e^x`: `x = k·ln 2 + r` with `k = round(x / ln 2)` (ln 2 split in a high and a low part,
 /// Cody–Waite), `|r| ≤ ln 2 / 2`, and `e^r` from a degree-6 Taylor polynomial in Horner
 /// form: relative error below 3 ulp over the normal range. Inputs are clamped to
-/// `[-104, 89]` (where `e^x` is already 0 or infinite in f32), and `2^k` is applied as two
-/// normal powers of two, so underflow gives 0 (through denormals) and overflow infinity, as
-/// `expf` does. NaN propagates.
+/// `[-104, 89]` (where `e^x` is already 0 or infinite in f32), and `2^k` is applied rounding
+/// once ([`Simd::scale_pow2`]: `scalef` on AVX-512, else two normal powers of two, or one
+/// where every lane's product is normal), so underflow gives 0 (through denormals) and
+/// overflow infinity, as `expf` does. NaN propagates.
 #[inline(always)]
 pub(super) fn exp<S: Simd>(s: S, x: S::F) -> S::F {
     // Clamps that let NaN through.
