@@ -566,12 +566,12 @@ impl BackendStorage for CpuStorage {
 /// (then a fixed tree), then the block sums left to right. Independent of the thread count;
 /// the lanes also cut the rounding error of a long sequential sum by about 8×.
 pub(crate) fn sum_fixed_order(x: &[f32]) -> f32 {
-    let partial: Vec<f32> = if x.len() >= PAR_MIN_ELEMS {
-        x.par_chunks(CHUNK).map(block_sum).collect()
+    if x.len() >= PAR_MIN_ELEMS {
+        let partial: Vec<f32> = x.par_chunks(CHUNK).map(block_sum).collect();
+        sum_blocks(partial)
     } else {
-        x.chunks(CHUNK).map(block_sum).collect()
-    };
-    sum_blocks(&partial)
+        sum_blocks(x.chunks(CHUNK).map(block_sum))
+    }
 }
 
 /// One block of [`sum_fixed_order`] (at most [`CHUNK`] values): 8 interleaved lanes, the
@@ -592,8 +592,8 @@ pub(crate) fn block_sum(c: &[f32]) -> f32 {
 }
 
 /// The block sums of [`sum_fixed_order`], added left to right.
-pub(crate) fn sum_blocks(blocks: &[f32]) -> f32 {
-    blocks.iter().sum()
+pub(crate) fn sum_blocks(blocks: impl IntoIterator<Item = f32>) -> f32 {
+    blocks.into_iter().sum()
 }
 
 #[cfg(test)]

@@ -93,6 +93,26 @@ impl<'a> Rows<'a> {
     }
 }
 
+/// Which kernel takes rows of a given class count (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kernel {
+    Across,
+    Wide,
+    PerRow,
+}
+
+impl Kernel {
+    fn for_classes(isa: Isa, cols: usize) -> Kernel {
+        if (1..=ACROSS_MAX_CLASSES).contains(&cols) {
+            Kernel::Across
+        } else if cols <= isa.wide_max_classes() {
+            Kernel::Wide
+        } else {
+            Kernel::PerRow
+        }
+    }
+}
+
 /// Which instruction set runs the across-rows kernel.
 #[derive(Clone, Copy, Debug)]
 enum Isa {
@@ -186,9 +206,10 @@ fn fused(
             classes: cols,
         })
     };
-    let across = (1..=ACROSS_MAX_CLASSES).contains(&cols);
-    // The across-rows kernel checks labels as it reads them; the per-row one indexes by them.
-    if !across {
+    let isa = Isa::best();
+    let kernel = Kernel::for_classes(isa, cols);
+    // The across-rows kernel checks labels as it reads them; the others index by them.
+    if kernel != Kernel::Across {
         if let Some(e) = label_error() {
             return Err(e);
         }
@@ -208,22 +229,23 @@ fn fused(
         Vec::new()
     };
     let grad_out = write_grad.then_some(&mut grad[..]);
-    let isa = Isa::best();
     let blocks = rows.div_ceil(SUM_BLOCK);
     let (losses, labels_ok) =
         if total && blocks >= SUMMED_MIN_BLOCKS_PER_THREAD * rayon::current_num_threads() {
-            let (sum, ok) = summed_rows(isa, input, grad_out);
+            let (sum, ok) = summed_rows(isa, kernel, input, grad_out);
             (vec![sum], ok)
         } else {
             let mut losses = super::pool::take_for_overwrite(rows);
-            let ok = if across {
-                across_rows(isa, input, &mut losses, grad_out)
-            } else if cols <= isa.wide_max_classes() {
-                wide_rows(isa, input, &mut losses, grad_out);
-                true
-            } else {
-                per_row(input, &mut losses, grad_out, rows * cols >= PAR_MIN_ELEMS);
-                true
+            let ok = match kernel {
+                Kernel::Across => across_rows(isa, input, &mut losses, grad_out),
+                Kernel::Wide => {
+                    wide_rows(isa, input, &mut losses, grad_out);
+                    true
+                }
+                Kernel::PerRow => {
+                    per_row(input, &mut losses, grad_out, rows * cols >= PAR_MIN_ELEMS);
+                    true
+                }
             };
             if total {
                 let sum = super::sum_fixed_order(&losses);
@@ -250,19 +272,21 @@ const SUM_BLOCK: usize = super::CHUNK;
 /// The rows in parallel tasks of one `sum_all` block each (each task runs its kernel on its
 /// own thread, without splitting further): returns the sum of the row losses in `sum_all`'s
 /// order and whether every label was below `C`.
-fn summed_rows(isa: Isa, input: Rows<'_>, grad: Option<&mut [f32]>) -> (f32, bool) {
+fn summed_rows(isa: Isa, kernel: Kernel, input: Rows<'_>, grad: Option<&mut [f32]>) -> (f32, bool) {
     let (rows, cols) = (input.labels.len(), input.cols);
     let task = |l: &mut Vec<f32>, t: usize, g: Option<&mut [f32]>| {
         let r0 = t * SUM_BLOCK;
         let l = &mut l[..SUM_BLOCK.min(rows - r0)];
-        let ok = if cols <= ACROSS_MAX_CLASSES {
-            across_dispatch(isa, input, r0, l, g)
-        } else if cols <= isa.wide_max_classes() {
-            wide_dispatch(isa, input, r0, l, g);
-            true
-        } else {
-            per_row(input.starting_at(r0), l, g, false);
-            true
+        let ok = match kernel {
+            Kernel::Across => across_dispatch(isa, input, r0, l, g),
+            Kernel::Wide => {
+                wide_dispatch(isa, input, r0, l, g);
+                true
+            }
+            Kernel::PerRow => {
+                per_row(input.starting_at(r0), l, g, false);
+                true
+            }
         };
         (super::block_sum(l), ok)
     };
@@ -278,8 +302,8 @@ fn summed_rows(isa: Isa, input: Rows<'_>, grad: Option<&mut [f32]>) -> (f32, boo
             .map_init(scratch, |l, t| task(l, t, None))
             .collect(),
     };
-    let sums: Vec<f32> = blocks.iter().map(|b| b.0).collect();
-    (super::sum_blocks(&sums), blocks.iter().all(|b| b.1))
+    let sum = super::sum_blocks(blocks.iter().map(|b| b.0));
+    (sum, blocks.iter().all(|b| b.1))
 }
 
 /// The across-rows kernel on the calling thread, for callers that split the rows themselves
@@ -1107,11 +1131,12 @@ mod tests {
                 for isa in isas() {
                     let what = format!("{isa:?} C={cols} N={rows} shift={with_shift}");
                     let mut g = vec![7.0f32; rows * cols];
-                    let (sum, ok) = summed_rows(isa, input, Some(&mut g));
+                    let (sum, ok) =
+                        summed_rows(isa, Kernel::for_classes(isa, cols), input, Some(&mut g));
                     assert!(ok, "labels in range, {what}");
                     assert_eq!(sum.to_bits(), want.to_bits(), "sum, {what}");
                     assert_eq!(bits(&g), bits(&want_g), "gradient, {what}");
-                    let (sum, _) = summed_rows(isa, input, None);
+                    let (sum, _) = summed_rows(isa, Kernel::for_classes(isa, cols), input, None);
                     assert_eq!(
                         sum.to_bits(),
                         want.to_bits(),
