@@ -164,20 +164,8 @@ impl BackendStorage for CudaStorage {
     fn unary(&self, op: UnaryOp) -> Result<Self> {
         let n = self.len;
         let out = self.dev.output(n)?;
-        let (kernel, scalars) = match op {
-            UnaryOp::Neg => (Kernel::Neg, vec![]),
-            UnaryOp::Exp => (Kernel::Exp, vec![]),
-            UnaryOp::Log => (Kernel::Log, vec![]),
-            UnaryOp::Tanh => (Kernel::Tanh, vec![]),
-            UnaryOp::Relu => (Kernel::Relu, vec![]),
-            UnaryOp::Sigmoid => (Kernel::Sigmoid, vec![]),
-            UnaryOp::Sqrt => (Kernel::Sqrt, vec![]),
-            UnaryOp::Square => (Kernel::Square, vec![]),
-            UnaryOp::Recip => (Kernel::Recip, vec![]),
-            UnaryOp::Step => (Kernel::Step, vec![]),
-            UnaryOp::Affine { mul, add } => (Kernel::Affine, vec![Arg::F(mul), Arg::F(add)]),
-            UnaryOp::Powf(p) => (Kernel::Powf, vec![Arg::F(p)]),
-        };
+        let (kernel, params) = Kernel::unary(op);
+        let scalars: Vec<Arg> = params.into_iter().map(Arg::F).collect();
         let bufs = [self.region(), out.region()];
         launch::elementwise(self.inner(), kernel, &bufs, n, &scalars)?;
         Ok(out)
@@ -197,14 +185,7 @@ impl BackendStorage for CudaStorage {
         if n == 0 {
             return Ok(out);
         }
-        let (same, bcast) = match op {
-            BinaryOp::Add => (Kernel::Add, Kernel::AddBcast),
-            BinaryOp::Sub => (Kernel::Sub, Kernel::SubBcast),
-            BinaryOp::Mul => (Kernel::Mul, Kernel::MulBcast),
-            BinaryOp::Div => (Kernel::Div, Kernel::DivBcast),
-            BinaryOp::Maximum => (Kernel::Maximum, Kernel::MaximumBcast),
-            BinaryOp::Eq => (Kernel::Eq, Kernel::EqBcast),
-        };
+        let [same, bcast] = Kernel::binary(op);
         let (a, b, o) = (self.region(), rhs.region(), out.region());
         if lhs_shape.elem_count() == n && rhs_shape.elem_count() == n {
             launch::elementwise(self.inner(), same, &[a, b, o], n, &[])?;

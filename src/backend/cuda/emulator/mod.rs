@@ -24,7 +24,7 @@ use super::kernels::{Kernel, PtxModule};
 use super::launch::Value;
 use super::plan::{extent, Dim3};
 use crate::backend::cpu::CpuStorage;
-use crate::backend::{AdamStep, BackendStorage, BinaryOp, ReduceOp, SgdStep, UnaryOp};
+use crate::backend::{AdamStep, BackendStorage, BinaryOp, ReduceOp, SgdStep};
 use crate::error::{Error, Result};
 use crate::shape::Shape;
 use memory::screen;
@@ -51,9 +51,10 @@ impl Args<'_> {
     fn at(self, i: usize, elems: usize) -> u64 {
         self.p(i) + 4 * elems as u64
     }
+    /// Argument `i` as a float (NaN where there is none).
     fn f(self, i: usize) -> f32 {
-        match self.0[i] {
-            Value::F32(v) => v,
+        match self.0.get(i) {
+            Some(&Value::F32(v)) => v,
             _ => f32::NAN,
         }
     }
@@ -156,42 +157,25 @@ fn store(
 
 /// The maps, same-shape and broadcast (`n`, dims 1..4 and each operand's strides).
 fn elementwise(k: Kernel, a: Args) -> Result<()> {
-    use {BinaryOp as B, Kernel as K, UnaryOp as U};
-    let unary = match k {
-        K::Neg => U::Neg,
-        K::Exp => U::Exp,
-        K::Log => U::Log,
-        K::Tanh => U::Tanh,
-        K::Relu => U::Relu,
-        K::Sigmoid => U::Sigmoid,
-        K::Sqrt => U::Sqrt,
-        K::Square => U::Square,
-        K::Recip => U::Recip,
-        K::Step => U::Step,
-        K::Affine => U::Affine {
-            mul: a.f(3),
-            add: a.f(4),
-        },
-        K::Powf => U::Powf(a.f(3)),
-        K::Fill => return write(a.p(0), &vec![a.f(2); a.u(1)]),
-        K::WhereCond => {
+    if let Some(op) = k.binary_op() {
+        return binary(k, op, a);
+    }
+    match k {
+        Kernel::Fill => write(a.p(0), &vec![a.f(2); a.u(1)]),
+        Kernel::WhereCond => {
             let (c, t, e) = (a.cpu(0, a.u(4))?, a.cpu(1, a.u(4))?, a.cpu(2, a.u(4))?);
-            return write(a.p(3), &c.where_cond(&t, &e)?.0);
+            write(a.p(3), &c.where_cond(&t, &e)?.0)
         }
-        K::Add | K::AddBcast => return binary(k, B::Add, a),
-        K::Sub | K::SubBcast => return binary(k, B::Sub, a),
-        K::Mul | K::MulBcast => return binary(k, B::Mul, a),
-        K::Div | K::DivBcast => return binary(k, B::Div, a),
-        K::Maximum | K::MaximumBcast => return binary(k, B::Maximum, a),
-        K::Eq | K::EqBcast => return binary(k, B::Eq, a),
         _ => {
-            return Err(Error::Cuda(format!(
-                "emulator: {} is not an elementwise kernel",
-                k.name()
-            )))
+            let op = k.unary_op([a.f(3), a.f(4)]).ok_or_else(|| {
+                Error::Cuda(format!(
+                    "emulator: {} is not an elementwise kernel",
+                    k.name()
+                ))
+            })?;
+            write(a.p(1), &a.cpu(0, a.u(2))?.unary(op)?.0)
         }
-    };
-    write(a.p(1), &a.cpu(0, a.u(2))?.unary(unary)?.0)
+    }
 }
 
 fn binary(k: Kernel, op: BinaryOp, a: Args) -> Result<()> {
