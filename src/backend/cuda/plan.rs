@@ -178,14 +178,19 @@ pub(super) fn row_variant(cols: usize) -> RowVariant {
     }
 }
 
-/// Blocks for a softmax launch (kernels/README.md, softmax.cu).
-pub(super) fn softmax_blocks(rows: usize, cols: usize) -> u32 {
+/// Blocks for a row kernel of [`row_variant`]`(cols)` (softmax.cu, xent.cu's fallbacks):
+/// 8 warps a block, each taking a row, or for small C `32 / next_pow2(C)` rows `sets` times
+/// over (softmax: [`SOFTMAX_BATCH`]; cross-entropy: 1); a block a row over 1024 columns.
+pub(super) fn row_blocks(rows: usize, cols: usize, sets: usize) -> u32 {
     match row_variant(cols) {
-        RowVariant::SmallC => grid_stride_blocks(rows, 8 * 4 * (32 / next_pow2(cols))),
+        RowVariant::SmallC => grid_stride_blocks(rows, 8 * sets * (32 / next_pow2(cols))),
         RowVariant::WarpRow => grid_stride_blocks(rows, 8),
         RowVariant::BlockRow => grid_stride_blocks(rows, 1),
     }
 }
+
+/// Row sets per warp of the small-C softmax kernels (`SOFTMAX_BATCH` in softmax.cu).
+pub(super) const SOFTMAX_BATCH: usize = 4;
 
 /// `sum_all` reads up to this many elements in one block; longer inputs go through 512
 /// fixed partial sums first.
@@ -361,8 +366,8 @@ mod tests {
         assert_eq!(row_variant(33), RowVariant::WarpRow);
         assert_eq!(row_variant(1024), RowVariant::WarpRow);
         assert_eq!(row_variant(1025), RowVariant::BlockRow);
-        assert_eq!(softmax_blocks(1000, 3), 4); // 4 lanes: 8 rows per warp × 4 sets × 8 warps
-        assert_eq!(softmax_blocks(1, 32768), 1);
+        assert_eq!(row_blocks(1000, 3, SOFTMAX_BATCH), 4); // 4 lanes: 8 rows per warp × 4 sets × 8 warps
+        assert_eq!(row_blocks(1, 32768, SOFTMAX_BATCH), 1);
         assert_eq!(grid_stride_blocks(0, 256), 1);
         assert_eq!(grid_stride_blocks(257, 256), 2);
         assert_eq!(grid_stride_blocks(usize::MAX / 2, 256), 65535);

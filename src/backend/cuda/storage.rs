@@ -338,7 +338,7 @@ impl BackendStorage for CudaStorage {
         };
         let (bufs, blocks) = (
             [self.region(), out.region()],
-            plan::softmax_blocks(rows, cols),
+            plan::row_blocks(rows, cols, plan::SOFTMAX_BATCH),
         );
         launch::softmax(self.inner(), kernel, bufs, (rows, cols), blocks)?;
         Ok(out)

@@ -41,7 +41,7 @@ use std::sync::atomic::Ordering;
 use super::index::with_index_check;
 use super::kernels::Kernel;
 use super::launch::{self, Region};
-use super::plan::{grid_stride_blocks, next_pow2, row_variant, RowVariant};
+use super::plan::{grid_stride_blocks, next_pow2, row_blocks, row_variant, RowVariant};
 use super::storage::{mul, CudaStorage};
 use super::CudaIndex;
 use crate::backend::XentArgs;
@@ -78,15 +78,6 @@ pub(super) const XENT_BLOCK_VS_LONG: usize = 12;
 const XENT_BLOCK_PER_THREAD: usize = 4 * (XENT_BLOCK_VR + XENT_BLOCK_VS);
 /// Dynamic shared memory of the block kernels at 512 threads over 16384 columns.
 pub(super) const XENT_BLOCK_MAX_SMEM: u32 = (512 * XENT_BLOCK_VS_LONG * 16) as u32;
-
-/// Blocks for the scalar fallback kernels (rows per block by [`row_variant`]).
-pub(super) fn fallback_blocks(rows: usize, cols: usize) -> u32 {
-    match row_variant(cols) {
-        RowVariant::SmallC => grid_stride_blocks(rows, 8 * (32 / next_pow2(cols))),
-        RowVariant::WarpRow => grid_stride_blocks(rows, 8),
-        RowVariant::BlockRow => grid_stride_blocks(rows, 1),
-    }
-}
 
 /// The launch for `rows × cols` (the table above); `vectorizable`: `z`, `s`, `dz` 16-byte
 /// aligned; `fallback_only`: keep to the last three kernels.
@@ -134,7 +125,7 @@ pub(super) fn xent_plan(
         RowVariant::WarpRow => Kernel::XentWarpRow,
         RowVariant::BlockRow => Kernel::XentBlockRow,
     };
-    plan(kernel, fallback_blocks(rows, cols), 256, 0)
+    plan(kernel, row_blocks(rows, cols, 1), 256, 0)
 }
 
 /// [`BackendStorage::xent`](crate::backend::BackendStorage::xent) on the device: one launch
@@ -218,7 +209,7 @@ mod tests {
             let vec = cols % 4 == 0 && cols != 16 && cols != 1000 && cols != 32768;
             assert_eq!(pick(31, cols, vec).kernel, kernel, "cols {cols}");
         }
-        assert_eq!(pick(31, 10, false).blocks, fallback_blocks(31, 10));
+        assert_eq!(pick(31, 10, false).blocks, row_blocks(31, 10, 1));
         // Longer rows than the single-pass kernels hold: two passes.
         assert_eq!(pick(3, 32772, true).kernel, XentBlockRow);
         assert_eq!(pick(3, 40000, true).blocks, 3);
@@ -243,11 +234,11 @@ mod tests {
     #[test]
     fn fallback_grids_match_the_kernel_readme() {
         // small C: 8 warps × 32/next_pow2(C) rows per block.
-        assert_eq!(fallback_blocks(256, 10), 16); // 16 lanes per row: 2 rows per warp
-        assert_eq!(fallback_blocks(256, 2), 2); // 2 lanes per row: 128 rows per block
-        assert_eq!(fallback_blocks(1 << 22, 16), 65535);
-        assert_eq!(fallback_blocks(65537, 1000), 8193);
-        assert_eq!(fallback_blocks(2048, 32768), 2048);
+        assert_eq!(row_blocks(256, 10, 1), 16); // 16 lanes per row: 2 rows per warp
+        assert_eq!(row_blocks(256, 2, 1), 2); // 2 lanes per row: 128 rows per block
+        assert_eq!(row_blocks(1 << 22, 16, 1), 65535);
+        assert_eq!(row_blocks(65537, 1000, 1), 8193);
+        assert_eq!(row_blocks(2048, 32768, 1), 2048);
     }
 
     #[test]
