@@ -499,11 +499,7 @@ impl CudaDevice {
     }
 
     pub(super) fn zeros_u32(&self, len: usize) -> Result<CudaIndex> {
-        let bound = IndexBound::Max {
-            value: 0,
-            position: 0,
-        };
-        let idx = self.index(len, self.inner.obtain(len, false)?, bound);
+        let idx = self.index(len, self.inner.obtain(len, false)?, IndexBound::AtMost(0));
         memset(&self.inner, idx.region(), 0)?;
         Ok(idx)
     }

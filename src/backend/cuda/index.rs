@@ -28,7 +28,7 @@ pub(super) enum IndexBound {
         value: u32,
         position: usize,
     },
-    /// Every value is at most this (device results).
+    /// Every value is at most this (device results, zeroed buffers).
     AtMost(u32),
 }
 

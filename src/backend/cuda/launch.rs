@@ -204,10 +204,10 @@ pub(super) fn elementwise(
     n: usize,
     scalars: &[Arg],
 ) -> Result<()> {
-    let mut args: Vec<Arg> = bufs.iter().map(|&r| Opt(r, n)).collect();
-    if k != Kernel::SgdStep && bufs.iter().any(|r| r.addr == 0) {
-        return Err(internal(format!("{}: a null buffer", k.name())));
-    }
+    // Only SGD's momentum buffer (its third) may be null.
+    let optional = |i| k == Kernel::SgdStep && i == 2;
+    let buf = |(i, &r)| if optional(i) { Opt(r, n) } else { Buf(r, n) };
+    let mut args: Vec<Arg> = bufs.iter().enumerate().map(buf).collect();
     args.push(N(n));
     args.extend_from_slice(scalars);
     // SAFETY: the elementwise family above.
