@@ -15,7 +15,9 @@
 //!
 //! - `roofline` (a table, not a criterion benchmark): this machine's limits measured in the
 //!   same run — copy bandwidth with 1 and 2 threads (read + write bytes, a 32 MiB working set
-//!   like the CE rows' and a 1 GiB one that no cache holds), read bandwidth of an 8 MiB
+//!   like the CE rows' and a 1 GiB one that no cache holds), the bandwidth of `g = z + s` over
+//!   2^21 elements (the fused CE's memory traffic without its arithmetic, printed beside the
+//!   limits for reference), read bandwidth of an 8 MiB
 //!   working set (the linear step's input) and peak FMA throughput (1 and 2
 //!   threads, the widest FMA the CPU has) — and each kernel's speed as a fraction of the limit
 //!   that binds it: fused CE rows (C = 2, 3, 10, 100, 1000, `N·C ≥ 2^20`) against copy
@@ -289,6 +291,29 @@ fn on_threads(threads: usize, f: impl FnMut() + Send) -> [f64; 3] {
     pool.install(|| time_calls(f))
 }
 
+/// Bandwidth of `g = z + s` over `elems` floats each (the fused CE's traffic without its
+/// arithmetic: two streams read, one written, counted 12 bytes per element as the CE rows
+/// count theirs), on `threads` threads in contiguous parts: median, min, max in GB/s.
+fn add_stream_bandwidth(elems: usize, threads: usize) -> [f64; 3] {
+    use rayon::prelude::*;
+    let z: Vec<f32> = (0..elems).map(|i| i as f32).collect();
+    let s: Vec<f32> = (0..elems).map(|i| (i % 7) as f32).collect();
+    let mut g = vec![0.0f32; elems];
+    let part = elems.div_ceil(threads);
+    let t = on_threads(threads, || {
+        g.par_chunks_mut(part)
+            .zip(z.par_chunks(part).zip(s.par_chunks(part)))
+            .for_each(|(g, (z, s))| {
+                for ((g, &z), &s) in g.iter_mut().zip(z).zip(s) {
+                    *g = z + s;
+                }
+            });
+        black_box(&mut g);
+    });
+    let gbs = |t: f64| 12.0 * elems as f64 / t / 1e9;
+    [gbs(t[0]), gbs(t[2]), gbs(t[1])]
+}
+
 /// Read-only bandwidth of one pass over `bytes` (a sum with 64 independent partial sums per
 /// thread), in GB/s: median, min, max.
 fn read_bandwidth(bytes: usize, threads: usize) -> [f64; 3] {
@@ -462,6 +487,7 @@ fn roofline(_c: &mut Criterion) {
     let range = |v: [f64; 3]| format!("{:.1} ({:.1}–{:.1})", v[0], v[1], v[2]);
     let copy_l3 = [1, 2].map(|t| copy_bandwidth(16 << 20, t));
     let copy_dram = [1, 2].map(|t| copy_bandwidth(512 << 20, t));
+    let stream = [1, 2].map(|t| add_stream_bandwidth(1 << 21, t));
     let read_x = [1, 2].map(|t| read_bandwidth(8 << 20, t));
     let fma = [1, 2].map(fma_peak);
     println!("limits (median (min–max) of 7 batches):");
@@ -474,6 +500,12 @@ fn roofline(_c: &mut Criterion) {
         "  copy, 1 GiB working set    1 thread {} GB/s, 2 threads {} GB/s",
         range(copy_dram[0]),
         range(copy_dram[1])
+    );
+    println!(
+        "  z + s → g, 24 MiB (12 B/element, the CE's traffic without its arithmetic) 1 thread {} \
+         GB/s, 2 threads {} GB/s",
+        range(stream[0]),
+        range(stream[1])
     );
     println!(
         "  read, 8 MiB working set    1 thread {} GB/s, 2 threads {} GB/s",
