@@ -520,6 +520,19 @@ impl IndexStorage {
     }
 }
 
+/// The fused CE on one backend: row losses, or their total as `sum_all` adds them.
+fn xent_on<B: BackendStorage>(
+    z: &B,
+    args: XentArgs<'_, B, B::Index>,
+    total: bool,
+) -> Result<(B, Option<B>)> {
+    if total {
+        z.xent_total(args)
+    } else {
+        z.xent(args)
+    }
+}
+
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 fn device_mismatch(op: &'static str) -> Error {
     Error::Device(format!("{op}: operands live on different devices"))
@@ -719,11 +732,7 @@ impl Storage {
                 let args = args
                     .cast(Storage::as_cpu, y)
                     .ok_or_else(|| device_mismatch(OP))?;
-                let (l, g) = if total {
-                    z.xent_total(args)?
-                } else {
-                    z.xent(args)?
-                };
+                let (l, g) = xent_on(z, args, total)?;
                 Ok((Storage::Cpu(l), g.map(Storage::Cpu)))
             }
             #[cfg(feature = "cuda")]
@@ -731,11 +740,7 @@ impl Storage {
                 let args = args
                     .cast(Storage::as_cuda, y)
                     .ok_or_else(|| device_mismatch(OP))?;
-                let (l, g) = if total {
-                    z.xent_total(args)?
-                } else {
-                    z.xent(args)?
-                };
+                let (l, g) = xent_on(z, args, total)?;
                 Ok((Storage::Cuda(l), g.map(Storage::Cuda)))
             }
             #[cfg(feature = "cuda")]
