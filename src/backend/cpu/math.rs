@@ -3,8 +3,10 @@
 //! state their accuracy; branch-free), `tanh`, and the row passes of softmax and
 //! cross-entropy (whose only branches are the prefetches' bounds and the masked tails).
 //!
-//! The same arithmetic runs on every path (no fused multiply-add, no reassociation), so the
-//! scalar and vector versions give the same bits. libm's `expf` and `logf` are a function
+//! The same arithmetic runs on every path (no reassociation; `exp`'s fused multiply-adds
+//! are `mul_add`, rounded once everywhere), so the scalar and vector versions give the same
+//! bits. Where the build has no FMA instruction (x86-64 without AVX2, or
+//! `MEMAWARE_SIMD=portable`) a `mul_add` is a libm call, so those paths are much slower. libm's `expf` and `logf` are a function
 //! call per element; softmax and cross-entropy spent most of their time in them.
 
 use super::simd::{self, Scalar};
@@ -40,18 +42,18 @@ pub(crate) fn tanh(x: f32) -> f32 {
     f32::from_bits(t.to_bits() | (x.to_bits() & 0x8000_0000))
 }
 
-/// `out[i] = f(x[i])` compiled for AVX2 (the closure is inlined into this body).
+/// `out[i] = f(x[i])` compiled for AVX2 and FMA (the closure is inlined into this body).
 ///
 /// # Safety
-/// The CPU must support AVX2.
+/// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 unsafe fn map_avx2(x: &[f32], out: &mut [f32], f: &impl Fn(f32) -> f32) {
     out.iter_mut().zip(x).for_each(|(o, &v)| *o = f(v));
 }
 
-/// `out[i] = f(x[i])`, vectorized with AVX2 where the CPU has it (same bits either way: the
-/// maps used here contain no fused multiply-adds or reassociation).
+/// `out[i] = f(x[i])`, vectorized with AVX2 and FMA where the CPU has them (same bits either
+/// way: the maps used here fuse multiply-adds only through `mul_add` and never reassociate).
 #[inline(always)]
 pub(crate) fn map(x: &[f32], out: &mut [f32], f: &impl Fn(f32) -> f32) {
     #[cfg(target_arch = "x86_64")]
@@ -99,10 +101,38 @@ fn finish_exp_sum(lanes: [f32; 8], tail: &mut [f32], shift: f32) -> f32 {
     s
 }
 
+/// [`exp_shifted_sum_generic`] on 8 AVX2 lanes, one chunk per vector (the accumulator's
+/// lanes are the generic code's 8 partial sums); the tail runs scalar, in order. Written
+/// over the token rather than left to the vectorizer, which splits `exp`'s fused
+/// multiply-adds into 4-lane halves.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA (the token says so).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn exp_shifted_sum_avx2(v: &mut [f32], shift: f32, next: [&[f32]; 2]) -> f32 {
-    exp_shifted_sum_generic(v, shift, next)
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_shifted_sum_avx2(s: simd::Avx2, v: &mut [f32], shift: f32, next: [&[f32]; 2]) -> f32 {
+    use super::simd::Simd;
+    let body = v.len() / 8 * 8;
+    let sh = s.splat(shift);
+    let mut acc = s.splat(0.0);
+    for p in (0..body).step_by(8) {
+        if p % 16 == 0 {
+            for n in next {
+                prefetch(n, p);
+            }
+        }
+        // SAFETY: `p + 8 <= body <= v.len()`.
+        unsafe {
+            let at = v.as_mut_ptr().add(p);
+            let e = simd::exp(s, s.sub(s.load(at), sh));
+            s.store(at, e);
+            acc = s.add(acc, e);
+        }
+    }
+    let mut lanes = [0.0f32; 8];
+    // SAFETY: `lanes` holds 8 values.
+    unsafe { s.store(lanes.as_mut_ptr(), acc) };
+    finish_exp_sum(lanes, &mut v[body..], shift)
 }
 
 /// The lanes of a 16-lane block that hold elements `p ..` of a row of `len`.
@@ -180,9 +210,9 @@ pub(crate) fn exp_shifted_sum(v: &mut [f32], shift: f32, next: [&[f32]; 2]) -> f
         return unsafe { exp_shifted_sum_avx512(s, v, shift, next) };
     }
     #[cfg(target_arch = "x86_64")]
-    if super::has_avx2() {
-        // SAFETY: AVX2 support was detected at run time.
-        return unsafe { exp_shifted_sum_avx2(v, shift, next) };
+    if let Some(s) = simd::Avx2::new() {
+        // SAFETY: the token exists, so the CPU has AVX2 and FMA.
+        return unsafe { exp_shifted_sum_avx2(s, v, shift, next) };
     }
     exp_shifted_sum_generic(v, shift, next)
 }
@@ -238,7 +268,7 @@ fn load_max_generic(z: &[f32], s: Option<&[f32]>, u: &mut [f32]) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 unsafe fn load_max_avx2(z: &[f32], s: Option<&[f32]>, u: &mut [f32]) -> f32 {
     load_max_generic(z, s, u)
 }
@@ -321,7 +351,7 @@ unsafe fn scale_avx512(v: &mut [f32], factor: f32) {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 unsafe fn scale_avx2(v: &mut [f32], factor: f32) {
     v.iter_mut().for_each(|x| *x *= factor);
 }
@@ -415,10 +445,10 @@ mod tests {
             let mut want = x.clone();
             let sum = exp_shifted_sum_generic(&mut want, 0.5, NONE);
             let mut paths: Vec<(&str, f32, Vec<f32>)> = Vec::new();
-            if super::super::has_avx2() {
+            if let Some(t) = simd::Avx2::new() {
                 let mut v = x.clone();
-                // SAFETY: AVX2 was detected.
-                let s = unsafe { exp_shifted_sum_avx2(&mut v, 0.5, next) };
+                // SAFETY: the token exists, so the CPU has AVX2 and FMA.
+                let s = unsafe { exp_shifted_sum_avx2(t, &mut v, 0.5, next) };
                 paths.push(("AVX2", s, v));
             }
             if let Some(t) = simd::Avx512::new() {

@@ -1062,7 +1062,10 @@ const LN2_LO: f32 = 1.428_606_8e-6;
 
 /// `e^x`: `x = k·ln 2 + r` with `k = round(x / ln 2)` (ln 2 split in a high and a low part,
 /// Cody–Waite), `|r| ≤ ln 2 / 2`, and `e^r` from a degree-6 Taylor polynomial in Horner
-/// form: relative error below 3 ulp over the normal range. Inputs are clamped to
+/// form: relative error below 3 ulp over the normal range. The rounding of `x / ln 2`, the
+/// reduction and each Horner step are fused multiply-adds ([`Simd::mul_add`], rounded once
+/// on every path): 11 operations between the clamp and the scaling, where separate
+/// multiplies and adds took 20. Inputs are clamped to
 /// `[-104, 89]` (where `e^x` is already 0 or infinite in f32), and `2^k` is applied rounding
 /// once ([`Simd::scale_pow2`]: `scalef` on AVX-512, else two normal powers of two, or one
 /// where every lane's product is normal), so underflow gives 0 (through denormals) and
@@ -1074,19 +1077,14 @@ pub(super) fn exp<S: Simd>(s: S, x: S::F) -> S::F {
     // Round to nearest through the 1.5·2^23 trick: the integer k lands in the low mantissa
     // bits of `t`, read with integer arithmetic (no float→int conversion).
     const SHIFTER: f32 = 12_582_912.0;
-    let t = s.add(
-        s.mul(x, s.splat(std::f32::consts::LOG2_E)),
-        s.splat(SHIFTER),
-    );
+    let t = s.mul_add(x, s.splat(std::f32::consts::LOG2_E), s.splat(SHIFTER));
     let kf = s.sub(t, s.splat(SHIFTER));
     let k = s.sub_i(s.f32_to_bits(t), s.splat_i(SHIFTER.to_bits() as i32));
-    let r = s.sub(
-        s.sub(x, s.mul(kf, s.splat(LN2_HI))),
-        s.mul(kf, s.splat(LN2_LO)),
-    );
+    let r = s.mul_add(kf, s.splat(-LN2_HI), x);
+    let r = s.mul_add(kf, s.splat(-LN2_LO), r);
     let mut q = s.splat(1.0 / 720.0);
     for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
-        q = s.add(s.splat(c), s.mul(r, q));
+        q = s.mul_add(r, q, s.splat(c));
     }
     s.scale_pow2(q, kf, k)
 }

@@ -468,12 +468,12 @@ fn across_isa<const C: usize>(
     }
 }
 
-/// [`across`] compiled for AVX2.
+/// [`across`] compiled for AVX2 and FMA.
 ///
 /// # Safety
-/// The CPU must support AVX2.
+/// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 unsafe fn across_avx2<const C: usize>(
     s: Avx2,
     input: Rows<'_>,
@@ -551,12 +551,12 @@ fn wide_dispatch(
     }
 }
 
-/// [`wide`] compiled for AVX2.
+/// [`wide`] compiled for AVX2 and FMA.
 ///
 /// # Safety
-/// The CPU must support AVX2.
+/// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 unsafe fn wide_avx2(
     s: Avx2,
     input: Rows<'_>,
