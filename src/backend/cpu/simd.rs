@@ -112,24 +112,53 @@ pub(super) trait Simd: Copy {
     /// `p` is valid for `LANES · C` writes.
     unsafe fn store_columns<const C: usize>(self, p: *mut f32, v: &[Self::F; C]);
 
-    /// Transposes a tile of `LANES × LANES` floats: `dst[c·dst_stride + r] =
-    /// src[r·src_stride + c]` for `r, c < LANES`. Data movement only.
+    /// A block's rows into class vectors: row `r < LANES` holds `w ≤ LANES` floats at
+    /// `src + r·stride` (plus the floats at the same offsets from `add`, added before the
+    /// move), and vector `c` of the `LANES` written at `dst` is column `c` (lane `r` = row
+    /// `r`); vectors `w ..` are zero. Reads nothing past a row's `w` floats.
     ///
     /// # Safety
-    /// Both tiles are valid (for reads at `src`, writes at `dst`) at those offsets and do not
-    /// overlap.
+    /// `src` (and `add`) are valid for those reads, `dst` for `LANES · LANES` writes, and the
+    /// two do not overlap.
     #[inline(always)]
-    unsafe fn transpose(
+    unsafe fn transpose_in(
         self,
         src: *const f32,
-        src_stride: usize,
+        add: Option<*const f32>,
+        stride: usize,
+        w: usize,
         dst: *mut f32,
-        dst_stride: usize,
     ) {
-        for r in 0..Self::LANES {
-            for c in 0..Self::LANES {
+        let n = Self::LANES;
+        for c in 0..n {
+            for r in 0..n {
                 // SAFETY: the caller's contract.
-                unsafe { *dst.add(c * dst_stride + r) = *src.add(r * src_stride + c) };
+                unsafe {
+                    *dst.add(c * n + r) = if c < w {
+                        let v = *src.add(r * stride + c);
+                        add.map_or(v, |a| v + *a.add(r * stride + c))
+                    } else {
+                        0.0
+                    }
+                };
+            }
+        }
+    }
+
+    /// [`Self::transpose_in`] backwards: the `LANES` vectors at `src` are columns, and row
+    /// `r < LANES` gets its first `w ≤ LANES` floats at `dst + r·stride` (nothing else is
+    /// written).
+    ///
+    /// # Safety
+    /// `src` is valid for `LANES · LANES` reads, `dst` for those writes, and the two do not
+    /// overlap.
+    #[inline(always)]
+    unsafe fn transpose_out(self, src: *const f32, w: usize, dst: *mut f32, stride: usize) {
+        let n = Self::LANES;
+        for r in 0..n {
+            for c in 0..w {
+                // SAFETY: the caller's contract.
+                unsafe { *dst.add(r * stride + c) = *src.add(c * n + r) };
             }
         }
     }
@@ -628,22 +657,48 @@ impl Simd for Avx2 {
             _mm256_movemask_epi8(at_least) != 0
         })
     }
-    /// The 8 × 8 transpose ([`transpose8`]).
+    /// Rows loaded masked to `w` floats, then the 8 × 8 transpose ([`transpose8`]).
     #[inline(always)]
-    unsafe fn transpose(
+    unsafe fn transpose_in(
         self,
         src: *const f32,
-        src_stride: usize,
+        add: Option<*const f32>,
+        stride: usize,
+        w: usize,
         dst: *mut f32,
-        dst_stride: usize,
     ) {
         with_isa!({
+            let mask = lanes_below(w);
             let mut r = [_mm256_setzero_ps(); 8];
             for (i, v) in r.iter_mut().enumerate() {
-                *v = _mm256_loadu_ps(src.add(i * src_stride));
+                *v = _mm256_maskload_ps(src.add(i * stride), mask);
+                if let Some(a) = add {
+                    *v = _mm256_add_ps(*v, _mm256_maskload_ps(a.add(i * stride), mask));
+                }
             }
             for (c, v) in transpose8(r).into_iter().enumerate() {
-                _mm256_storeu_ps(dst.add(c * dst_stride), v);
+                _mm256_storeu_ps(dst.add(8 * c), v);
+            }
+        })
+    }
+    /// The 8 × 8 transpose, each row stored masked to `w` floats.
+    #[inline(always)]
+    unsafe fn transpose_out(self, src: *const f32, w: usize, dst: *mut f32, stride: usize) {
+        with_isa!({
+            let mut c = [_mm256_setzero_ps(); 8];
+            for (i, v) in c.iter_mut().enumerate() {
+                *v = _mm256_loadu_ps(src.add(8 * i));
+            }
+            let rows = transpose8(c);
+            if w == 8 {
+                for (r, v) in rows.into_iter().enumerate() {
+                    _mm256_storeu_ps(dst.add(r * stride), v);
+                }
+            } else {
+                let mask = lanes_below(w);
+                for (r, v) in rows.into_iter().enumerate() {
+                    _mm256_maskstore_ps(dst.add(r * stride), mask, v);
+                }
             }
         })
     }
@@ -909,22 +964,41 @@ impl Simd for Avx512 {
     fn scale_pow2(self, q: __m512, kf: __m512, _k: __m512i) -> __m512 {
         with_isa!(_mm512_scalef_ps(q, kf))
     }
-    /// The 16 × 16 transpose ([`transpose16`]).
+    /// Rows loaded masked to `w` floats, then the 16 × 16 transpose ([`transpose16`]).
     #[inline(always)]
-    unsafe fn transpose(
+    unsafe fn transpose_in(
         self,
         src: *const f32,
-        src_stride: usize,
+        add: Option<*const f32>,
+        stride: usize,
+        w: usize,
         dst: *mut f32,
-        dst_stride: usize,
     ) {
         with_isa!({
+            let mask = ((1u32 << w) - 1) as __mmask16;
             let mut r = [_mm512_setzero_ps(); 16];
             for (i, v) in r.iter_mut().enumerate() {
-                *v = _mm512_loadu_ps(src.add(i * src_stride));
+                *v = _mm512_maskz_loadu_ps(mask, src.add(i * stride));
+                if let Some(a) = add {
+                    *v = _mm512_add_ps(*v, _mm512_maskz_loadu_ps(mask, a.add(i * stride)));
+                }
             }
             for (c, v) in transpose16(r).into_iter().enumerate() {
-                _mm512_storeu_ps(dst.add(c * dst_stride), v);
+                _mm512_storeu_ps(dst.add(16 * c), v);
+            }
+        })
+    }
+    /// The 16 × 16 transpose, each row stored masked to `w` floats.
+    #[inline(always)]
+    unsafe fn transpose_out(self, src: *const f32, w: usize, dst: *mut f32, stride: usize) {
+        with_isa!({
+            let mask = ((1u32 << w) - 1) as __mmask16;
+            let mut c = [_mm512_setzero_ps(); 16];
+            for (i, v) in c.iter_mut().enumerate() {
+                *v = _mm512_loadu_ps(src.add(16 * i));
+            }
+            for (r, v) in transpose16(c).into_iter().enumerate() {
+                _mm512_mask_storeu_ps(dst.add(r * stride), mask, v);
             }
         })
     }
@@ -1229,19 +1303,39 @@ mod tests {
         }
     }
 
-    /// `transpose` on `isa` moves each float of a strided tile to its place and writes nothing
-    /// else.
+    /// `transpose_in` on `isa` gathers each row's first `w` floats (plus `add`'s) into its
+    /// column vectors and zeros the rest, reading nothing past them (the rows sit at the end
+    /// of their buffers); `transpose_out` puts them back, writing nothing else.
     fn check_transpose<S: Simd>(isa: S) {
         let n = S::LANES;
-        let (ss, ds) = (n + 5, n + 3);
-        let src: Vec<f32> = (0..n * ss).map(|i| i as f32).collect();
-        let mut dst = vec![-1.0f32; n * ds];
-        // SAFETY: both tiles fit their buffers at these strides.
-        unsafe { isa.transpose(src.as_ptr(), ss, dst.as_mut_ptr(), ds) };
-        for (i, &d) in dst.iter().enumerate() {
-            let (c, r) = (i / ds, i % ds);
-            let want = if r < n { src[r * ss + c] } else { -1.0 };
-            assert_eq!(d, want, "{} lanes: row {r}, column {c}", n);
+        let ss = n + 5;
+        for w in 1..=n {
+            let len = (n - 1) * ss + w;
+            let src: Vec<f32> = (0..len).map(|i| i as f32).collect();
+            let add: Vec<f32> = (0..len).map(|i| 0.5 * i as f32).collect();
+            for with_add in [false, true] {
+                let mut t = vec![-1.0f32; n * n];
+                let a = with_add.then_some(add.as_ptr());
+                // SAFETY: row r's w floats end inside the buffers; t holds n vectors.
+                unsafe { isa.transpose_in(src.as_ptr(), a, ss, w, t.as_mut_ptr()) };
+                for (i, &v) in t.iter().enumerate() {
+                    let (c, r) = (i / n, i % n);
+                    let want = match c < w {
+                        true if with_add => src[r * ss + c] + add[r * ss + c],
+                        true => src[r * ss + c],
+                        false => 0.0,
+                    };
+                    assert_eq!(v, want, "{n} lanes, width {w}: row {r}, column {c}");
+                }
+                let mut back = vec![-1.0f32; len];
+                // SAFETY: as above.
+                unsafe { isa.transpose_out(t.as_ptr(), w, back.as_mut_ptr(), ss) };
+                for (i, &v) in back.iter().enumerate() {
+                    let (r, c) = (i / ss, i % ss);
+                    let want = if c < w { t[c * n + r] } else { -1.0 };
+                    assert_eq!(v, want, "{n} lanes, width {w}: back to row {r}, column {c}");
+                }
+            }
         }
     }
 

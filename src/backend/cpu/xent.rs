@@ -41,13 +41,15 @@
 //!   [`math::ln`](super::math::ln) and scaling — so every path gives the same bits. Labels
 //!   are range-checked as the block reads them.
 //! - **wide** (`ACROSS_MAX_CLASSES < C ≤` 127 on AVX-512, 48 on AVX2): a block of rows side
-//!   by side as above, for any `C` at run time: the block's `u = z + s` is transposed tile
-//!   by tile ([`Simd::transpose`](super::simd::Simd::transpose), 8 × 8 or 16 × 16) into one
-//!   vector per class in an L1-sized buffer, the per-row kernel's passes run on those
-//!   vectors (the next block's rows prefetched beside the exponentials), and the gradient is
-//!   transposed back. Above that `C` the per-row kernel measured faster on rows streamed
-//!   from memory ([`Isa::wide_max_classes`]); so it is on CPUs without AVX2, where the
-//!   per-row kernel is the portable twin (the same bits, tested).
+//!   by side as above, for any `C` at run time: the block's `z` and `s` are loaded tile by
+//!   tile where they lie, added, and transposed ([`Simd::transpose_in`], 8 × 8 or 16 × 16,
+//!   the last tile masked to the row's end) into one vector per class in an L1-sized buffer,
+//!   the per-row kernel's passes run on those vectors (the next block's rows prefetched
+//!   beside the exponentials), and the gradient is transposed back into place
+//!   ([`Simd::transpose_out`]): `u` is never written row-major. Above that `C` the per-row
+//!   kernel measured faster on rows streamed from memory ([`Isa::wide_max_classes`]); so it
+//!   is on CPUs without AVX2, where the per-row kernel is the portable twin (the same bits,
+//!   tested).
 //!
 //! Rows run in parallel above a size threshold; each row is computed by one thread, so results
 //! do not depend on the thread count.
@@ -584,7 +586,7 @@ unsafe fn wide_avx512(
 }
 
 /// Rows `r0 .. r0 + losses.len()` of `C` classes, `S::LANES` at a time, one row per lane: the
-/// block's `u = z + s` (row-major) is transposed tile by tile into one vector per class, the
+/// block's `u = z + s` is added and transposed tile by tile into one vector per class, the
 /// per-row kernel's passes run on those vectors — the same 8 running maxima and partial sums
 /// over the first `⌊C/8⌋·8` classes, the fixed tree, the rest in order, the same `exp`, `ln`
 /// and scaling, so the same bits — and the gradient is transposed back. A last partial block
@@ -607,61 +609,41 @@ fn wide<S: Simd>(
             && grad.as_ref().is_none_or(|g| g.len() == rows * c)
     );
     // Class-major vectors, padded to whole tiles (the transposes write them as floats: a
-    // vector is its `n` lanes in order); row-major scratch for z + s and for padded blocks;
-    // one tile for a last partial column tile.
+    // vector is its `n` lanes in order), and row-major scratch for a last partial block.
     assert_eq!(std::mem::size_of::<S::F>(), 4 * n);
     let mut t = vec![s.splat(0.0); c.div_ceil(n) * n];
     let mut scratch = vec![0.0f32; n * c];
-    let mut tile = [0.0f32; LANES * LANES];
-    let full_cols = c / n * n;
     for b in (0..rows).step_by(n) {
         let k = (rows - b).min(n);
         let (i0, e) = (r0 + b, (r0 + b) * c..(r0 + b + k) * c);
         let z = &input.z[e.clone()];
-        // The block's u, row-major: the logits themselves, or z + s written where the gradient
-        // will go (or into the scratch).
-        let in_place = k == n && grad.is_some();
-        let u: &[f32] = if k == n && input.shift.is_none() {
-            z
+        // A whole block is read where it lies (z + s added as the tiles load); a last partial
+        // one is padded with zero rows in the scratch first.
+        let full = k == n;
+        let (src, add) = if full {
+            (z.as_ptr(), input.shift.map(|sh| sh[e.clone()].as_ptr()))
         } else {
-            let dst = match grad.as_deref_mut() {
-                Some(g) if in_place => &mut g[b * c..(b + n) * c],
-                _ => &mut scratch[..],
-            };
             match input.shift {
                 Some(sh) => {
-                    for ((d, &a), &v) in dst.iter_mut().zip(z).zip(&sh[e.clone()]) {
+                    for ((d, &a), &v) in scratch.iter_mut().zip(z).zip(&sh[e.clone()]) {
                         *d = a + v;
                     }
                 }
-                None => dst[..k * c].copy_from_slice(z),
+                None => scratch[..k * c].copy_from_slice(z),
             }
-            dst[k * c..].fill(0.0);
-            dst
+            scratch[k * c..].fill(0.0);
+            (scratch.as_ptr(), None)
         };
-        // SAFETY (every tile below): `u` holds `n` rows of `c`, `t` whole tiles of `n` vectors
-        // of `n` floats.
-        for j0 in (0..full_cols).step_by(n) {
+        let tp = t.as_mut_ptr().cast::<f32>();
+        for j0 in (0..c).step_by(n) {
+            // SAFETY: `n` rows of `c` floats from `src` (and `add`), column tile `j0` of `t`.
             unsafe {
-                s.transpose(
-                    u.as_ptr().add(j0),
+                s.transpose_in(
+                    src.add(j0),
+                    add.map(|a| a.add(j0)),
                     c,
-                    t.as_mut_ptr().cast::<f32>().add(j0 * n),
-                    n,
-                )
-            };
-        }
-        if full_cols < c {
-            let w = c - full_cols;
-            for r in 0..n {
-                tile[r * n..r * n + w].copy_from_slice(&u[r * c + full_cols..(r + 1) * c]);
-            }
-            unsafe {
-                s.transpose(
-                    tile.as_ptr(),
-                    n,
-                    t.as_mut_ptr().cast::<f32>().add(full_cols * n),
-                    n,
+                    (c - j0).min(n),
+                    tp.add(j0 * n),
                 )
             };
         }
@@ -670,7 +652,8 @@ fn wide<S: Simd>(
         let mut w = [1.0f32; LANES];
         for r in 0..k {
             y[r] = input.labels[i0 + r];
-            u_y[r] = u[r * c + y[r] as usize];
+            // SAFETY: `y < c` (checked before the kernel runs): lane r of vector y.
+            u_y[r] = unsafe { *tp.add(y[r] as usize * n + r) };
             w[r] = input.weights.map_or(1.0, |w| w[i0 + r]);
         }
         let m = max_in_order(s, &t[..c]);
@@ -696,41 +679,28 @@ fn wide<S: Simd>(
         for v in &mut t[..c] {
             *v = s.mul(*v, factor);
         }
-        let out = if in_place {
+        let out = if full {
             &mut g[b * c..(b + n) * c]
         } else {
             &mut scratch[..]
         };
-        for j0 in (0..full_cols).step_by(n) {
+        for j0 in (0..c).step_by(n) {
+            // SAFETY: column tile `j0` of `t`, `n` rows of `c` floats of `out`.
             unsafe {
-                s.transpose(
+                s.transpose_out(
                     t.as_ptr().cast::<f32>().add(j0 * n),
-                    n,
+                    (c - j0).min(n),
                     out.as_mut_ptr().add(j0),
                     c,
                 )
             };
-        }
-        if full_cols < c {
-            let w = c - full_cols;
-            unsafe {
-                s.transpose(
-                    t.as_ptr().cast::<f32>().add(full_cols * n),
-                    n,
-                    tile.as_mut_ptr(),
-                    n,
-                )
-            };
-            for r in 0..n {
-                out[r * c + full_cols..(r + 1) * c].copy_from_slice(&tile[r * n..r * n + w]);
-            }
         }
         let mut sc = [0.0f32; LANES];
         unsafe { s.store(sc.as_mut_ptr(), scale) };
         for r in 0..k {
             out[r * c + y[r] as usize] -= sc[r];
         }
-        if !in_place {
+        if !full {
             g[b * c..(b + k) * c].copy_from_slice(&scratch[..k * c]);
         }
     }
