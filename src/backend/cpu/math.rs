@@ -1,13 +1,15 @@
-//! Elementwise math for f32 slices that the compiler vectorizes: `exp` and `ln` (the scalar
-//! instantiations of [`simd::exp`](super::simd::exp) and [`simd::ln`](super::simd::ln), which
-//! state their accuracy; branch-free), `tanh`, and the row passes of softmax and
-//! cross-entropy (whose only branches are the prefetches' bounds and the masked tails).
+//! Elementwise math for f32 slices that the compiler vectorizes: `exp` and `ln_of_sum` (the
+//! scalar instantiations of [`simd::exp`](super::simd::exp) and
+//! [`simd::ln_of_sum`](super::simd::ln_of_sum), which state their accuracy; branch-free),
+//! `tanh`, and the row passes of softmax and cross-entropy (whose only branches are the
+//! prefetches' bounds and the masked tails).
 //!
-//! The same arithmetic runs on every path (no reassociation; `exp`'s fused multiply-adds
-//! are `mul_add`, rounded once everywhere), so the scalar and vector versions give the same
-//! bits. Where the build has no FMA instruction (x86-64 without AVX2, or
-//! `MEMAWARE_SIMD=portable`) a `mul_add` is a libm call, so those paths are much slower. libm's `expf` and `logf` are a function
-//! call per element; softmax and cross-entropy spent most of their time in them.
+//! The same arithmetic runs on every path (no reassociation; the fused multiply-adds of
+//! `exp` and `ln_of_sum` are `mul_add`, rounded once everywhere), so the scalar and vector
+//! versions give the same bits. Where the build has no FMA instruction (x86-64 without AVX2,
+//! or `MEMAWARE_SIMD=portable`) a `mul_add` is a libm call, so those paths are much slower.
+//! libm's `expf` and `logf` are a function call per element; softmax and cross-entropy spent
+//! most of their time in them.
 
 use super::simd::{self, Scalar};
 
@@ -17,10 +19,27 @@ pub(crate) fn exp(x: f32) -> f32 {
     simd::exp(Scalar, x)
 }
 
-/// `ln x` (see [`simd::ln`]).
+/// `ln` of a softmax's denominator, at least 1 (see [`simd::ln_of_sum`]), for one row at a
+/// time: compiled with FMA where the CPU has it, since elsewhere each of its `mul_add`s is a
+/// libm call.
 #[inline(always)]
-pub(crate) fn ln(x: f32) -> f32 {
-    simd::ln(Scalar, x)
+pub(crate) fn ln_of_sum(x: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if super::has_avx2() {
+        // SAFETY: AVX2 and FMA support was detected at run time.
+        return unsafe { ln_of_sum_fma(x) };
+    }
+    simd::ln_of_sum(Scalar, x)
+}
+
+/// [`ln_of_sum`] compiled for AVX2 and FMA.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn ln_of_sum_fma(x: f32) -> f32 {
+    simd::ln_of_sum(Scalar, x)
 }
 
 /// `tanh x = sign(x) · m / (m + 2)` with `m = e^{2|x|} - 1`; for `2|x| < 0.5`, `m` comes from

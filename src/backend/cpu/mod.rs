@@ -485,7 +485,7 @@ impl BackendStorage for CpuStorage {
             o.copy_from_slice(x);
             let sum = math::exp_shifted_sum(o, m, [&[], &[]]);
             if log {
-                let lse = m + math::ln(sum);
+                let lse = m + math::ln_of_sum(sum);
                 o.iter_mut().zip(x).for_each(|(o, &v)| *o = v - lse);
             } else {
                 let inv = 1.0 / sum;

@@ -6,8 +6,9 @@
 //! method is one IEEE operation per lane — no reassociation, no fused multiply-add except
 //! where asked for by name ([`Simd::mul_add`], rounded once on every path), and
 //! `scale_pow2`'s AVX-512 `vscalefps` is the same correctly rounded product — so each lane of
-//! a vector instantiation computes the bits of the scalar one. [`exp`] and [`ln`] are written here
-//! once, in these operations; `math::exp` and `math::ln` are their scalar instantiations.
+//! a vector instantiation computes the bits of the scalar one. [`exp`] and [`ln_of_sum`] are written
+//! here once, in these operations; `math::exp` and `math::ln_of_sum` are their scalar
+//! instantiations.
 //!
 //! The vector types are tokens: a value exists only where the CPU has the instruction set
 //! and `MEMAWARE_SIMD` allows it ([`Avx2::new`], [`Avx512::new`] probe both), which is what
@@ -51,7 +52,6 @@ pub(super) trait Simd: Copy {
     /// `a < b`, `a > b`, `a == b` (false where either is NaN).
     fn lt(self, a: Self::F, b: Self::F) -> Self::M;
     fn gt(self, a: Self::F, b: Self::F) -> Self::M;
-    fn eq(self, a: Self::F, b: Self::F) -> Self::M;
     /// `m ? a : b` per lane.
     fn select(self, m: Self::M, a: Self::F, b: Self::F) -> Self::F;
     /// `x < lo ? lo : x` per lane, so NaN passes (one instruction on x86: `max(lo, x)`
@@ -212,7 +212,8 @@ impl<const N: usize, const C: usize> Columns<N, C> {
     };
 }
 
-/// One lane: the reference every vector path is tested against, and the scalar `exp` / `ln`.
+/// One lane: the reference every vector path is tested against, and the scalar `exp` and
+/// `ln_of_sum`.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Scalar;
 
@@ -276,10 +277,6 @@ impl Simd for Scalar {
     #[inline(always)]
     fn gt(self, a: f32, b: f32) -> bool {
         a > b
-    }
-    #[inline(always)]
-    fn eq(self, a: f32, b: f32) -> bool {
-        a == b
     }
     #[inline(always)]
     fn select(self, m: bool, a: f32, b: f32) -> f32 {
@@ -430,10 +427,6 @@ impl Simd for Lanes8 {
     #[inline(always)]
     fn gt(self, a: [f32; 8], b: [f32; 8]) -> [bool; 8] {
         zip8(a, b, |x, y| x > y)
-    }
-    #[inline(always)]
-    fn eq(self, a: [f32; 8], b: [f32; 8]) -> [bool; 8] {
-        zip8(a, b, |x, y| x == y)
     }
     #[inline(always)]
     fn select(self, m: [bool; 8], a: [f32; 8], b: [f32; 8]) -> [f32; 8] {
@@ -594,10 +587,6 @@ impl Simd for Avx2 {
     #[inline(always)]
     fn gt(self, a: __m256, b: __m256) -> __m256 {
         with_isa!(_mm256_cmp_ps::<_CMP_GT_OQ>(a, b))
-    }
-    #[inline(always)]
-    fn eq(self, a: __m256, b: __m256) -> __m256 {
-        with_isa!(_mm256_cmp_ps::<_CMP_EQ_OQ>(a, b))
     }
     #[inline(always)]
     fn select(self, m: __m256, a: __m256, b: __m256) -> __m256 {
@@ -904,10 +893,6 @@ impl Simd for Avx512 {
         with_isa!(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(a, b))
     }
     #[inline(always)]
-    fn eq(self, a: __m512, b: __m512) -> __mmask16 {
-        with_isa!(_mm512_cmp_ps_mask::<_CMP_EQ_OQ>(a, b))
-    }
-    #[inline(always)]
     fn select(self, m: __mmask16, a: __m512, b: __m512) -> __m512 {
         with_isa!(_mm512_mask_blend_ps(m, b, a))
     }
@@ -1180,26 +1165,27 @@ fn pow2<S: Simd>(s: S, e: S::I) -> S::F {
 /// The bits of `√½` in f32: mantissas are reduced to `[√½, √2)`.
 const SQRT_HALF_BITS: i32 = 0x3f35_04f3;
 
-/// `ln x`: `x = 2^k · m` with `m ∈ [√½, √2)`, `f = m - 1`, `s = f / (2 + f)`, and
+/// `ln x` of a softmax's denominator `x = Σ_j e^{u_j - max u}`, which is at least 1 (its
+/// largest term is `e^0`), or `+∞` or NaN (both returned as they are).
+///
+/// `x = 2^k · m` with `m ∈ [√½, √2)`, `f = m - 1`, `s = f / (2 + f)`, and
 /// `ln(1 + f) = 2·atanh(s) = f - (f²/2 - s·(f²/2 + R))` with `R = Σ_{n=1..5} 2s^{2n}/(2n+1)`
 /// (`|s| ≤ 0.172`: truncation below 2^-28), plus `k·ln 2` in a high part that `k` multiplies
 /// exactly and a low part. The large term `f` is exact, the rest a small correction: error
-/// below 1 ulp (tested against f64 over every 4099th f32). Denormals are scaled by `2^23`
-/// first. `ln 0 = -∞`, `ln x = NaN` for `x < 0`, `ln ∞ = ∞`, NaN propagates. One division,
-/// no table: libm's `logf` is a call per value, and at 2 or 3 classes the cross-entropy spent
-/// most of its time there.
+/// below 1 ulp (tested against f64 over every 4099th f32 from 1 up). The Horner steps and the
+/// two `k·ln 2` terms are fused multiply-adds ([`Simd::mul_add`], rounded once on every
+/// path). One division, no table: libm's `logf` is a call per value, and at 2 or 3 classes
+/// the cross-entropy spent most of its time there. Without denormals, zero or negative
+/// numbers to handle, a row's `ln` costs about one exponential.
 #[inline(always)]
-pub(super) fn ln<S: Simd>(s: S, x: S::F) -> S::F {
-    let tiny = s.lt(x, s.splat(f32::MIN_POSITIVE));
-    let x_normal = s.select(tiny, s.mul(x, s.splat(8_388_608.0)), x);
-    let k_bias = s.select(tiny, s.splat(23.0), s.splat(0.0));
+pub(super) fn ln_of_sum<S: Simd>(s: S, x: S::F) -> S::F {
     // Adding 1 - √½ to the bits carries into the exponent field exactly when the mantissa is
     // at least √2; the field is then k + 127.
     let u = s.add_i(
-        s.f32_to_bits(x_normal),
+        s.f32_to_bits(x),
         s.splat_i(1.0f32.to_bits() as i32 - SQRT_HALF_BITS),
     );
-    let k = s.sub(s.to_f32(s.sub_i(s.shr_i(u, 23), s.splat_i(127))), k_bias);
+    let k = s.to_f32(s.sub_i(s.shr_i(u, 23), s.splat_i(127)));
     let m = s.bits_to_f32(s.add_i(
         s.and_i(u, s.splat_i(0x007f_ffff)),
         s.splat_i(SQRT_HALF_BITS),
@@ -1209,15 +1195,12 @@ pub(super) fn ln<S: Simd>(s: S, x: S::F) -> S::F {
     let z = s.mul(q, q);
     let mut r = s.splat(2.0 / 11.0);
     for c in [2.0 / 9.0, 2.0 / 7.0, 2.0 / 5.0, 2.0 / 3.0] {
-        r = s.add(s.splat(c), s.mul(z, r));
+        r = s.mul_add(z, r, s.splat(c));
     }
     let r = s.mul(z, r);
     let hfsq = s.mul(s.splat(0.5), s.mul(f, f));
-    let tail = s.add(s.mul(q, s.add(hfsq, r)), s.mul(k, s.splat(LN2_LO)));
-    let y = s.add(s.mul(k, s.splat(LN2_HI)), s.sub(f, s.sub(hfsq, tail)));
-    let zero = s.splat(0.0);
-    let y = s.select(s.eq(x, zero), s.splat(f32::NEG_INFINITY), y);
-    let y = s.select(s.lt(x, zero), s.splat(f32::NAN), y);
+    let tail = s.mul_add(q, s.add(hfsq, r), s.mul(k, s.splat(LN2_LO)));
+    let y = s.mul_add(k, s.splat(LN2_HI), s.sub(f, s.sub(hfsq, tail)));
     s.select(s.lt(x, s.splat(f32::INFINITY)), y, x)
 }
 
@@ -1365,26 +1348,35 @@ mod tests {
             exp,
         );
         vector_paths_match(
-            &inputs(997, 1.0, 1000.0),
-            |x| ln(Scalar, x),
-            ln,
+            &from_one_up(inputs(997, 1.0, 1000.0)),
+            |x| ln_of_sum(Scalar, x),
+            ln_of_sum,
             #[cfg(target_arch = "x86_64")]
-            ln,
+            ln_of_sum,
             #[cfg(target_arch = "x86_64")]
-            ln,
+            ln_of_sum,
         );
+    }
+
+    /// The inputs `ln_of_sum` takes: from 1 up, `+∞` and NaN (the specials first, then whole
+    /// vectors of the rest).
+    fn from_one_up(xs: Vec<f32>) -> Vec<f32> {
+        let mut xs: Vec<f32> = [f32::INFINITY, f32::NAN, 1.0]
+            .into_iter()
+            .chain(xs.into_iter().filter(|&x| x >= 1.0 || x.is_nan()))
+            .collect();
+        xs.truncate(xs.len() / 16 * 16);
+        xs
     }
 
     #[test]
     fn ln_is_within_one_ulp() {
         let mut rounded = 0usize;
         let mut finite = 0usize;
-        for x in inputs(4099, 0.5, 1000.0) {
-            let got = ln(Scalar, x);
-            if x.is_nan() || x < 0.0 {
+        for x in from_one_up(inputs(4099, 1.0, 1000.0)) {
+            let got = ln_of_sum(Scalar, x);
+            if x.is_nan() {
                 assert!(got.is_nan(), "ln({x:e}) = {got:e}");
-            } else if x == 0.0 {
-                assert_eq!(got, f32::NEG_INFINITY);
             } else if x == f32::INFINITY {
                 assert_eq!(got, f32::INFINITY);
             } else {

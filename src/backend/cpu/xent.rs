@@ -38,8 +38,8 @@
 //!   kernel's arithmetic exactly — the same 8 running maxima and partial sums for the first
 //!   `⌊C/8⌋·8` classes, the same fixed tree, the rest in order ([`max_in_order`],
 //!   [`exp_sum_in_order`]), the same [`math::exp`](super::math::exp),
-//!   [`math::ln`](super::math::ln) and scaling — so every path gives the same bits. Labels
-//!   are range-checked as the block reads them.
+//!   [`math::ln_of_sum`](super::math::ln_of_sum) and scaling — so every path gives the same
+//!   bits. Labels are range-checked as the block reads them.
 //! - **wide** (`ACROSS_MAX_CLASSES < C ≤` 127 on AVX-512, 48 on AVX2): a block of rows side
 //!   by side as above, for any `C` at run time: the block's `z` and `s` are loaded tile by
 //!   tile where they lie, added, and transposed ([`Simd::transpose_in`], 8 × 8 or 16 × 16,
@@ -361,7 +361,7 @@ fn per_row(input: Rows<'_>, losses: &mut [f32], grad: Option<&mut [f32]>, parall
         }
         for (r, ur) in u.chunks_exact_mut(cols).enumerate().take(l.len()) {
             let i = i0 + r;
-            let lse = m[r] + math::ln(sum[r]);
+            let lse = m[r] + math::ln_of_sum(sum[r]);
             let w = weights.map_or(1.0, |w| w[i]);
             l[r] = w * (lse - u_y[r]);
             if write_grad {
@@ -667,7 +667,7 @@ fn wide<S: Simd>(
         ];
         let sum = exp_sum_in_order(s, &mut t[..c], m, &next);
         let wv = unsafe { s.load(w.as_ptr()) };
-        let lse = s.add(m, simd::ln(s, sum));
+        let lse = s.add(m, simd::ln_of_sum(s, sum));
         let mut l = [0.0f32; LANES];
         unsafe { s.store(l.as_mut_ptr(), s.mul(wv, s.sub(lse, s.load(u_y.as_ptr())))) };
         losses[b..b + k].copy_from_slice(&l[..k]);
@@ -919,7 +919,7 @@ fn block<S: Simd, const C: usize, const G: usize>(
         None => s.splat(1.0),
     });
     for g in 0..G {
-        let lse = s.add(m[g], simd::ln(s, sum[g]));
+        let lse = s.add(m[g], simd::ln_of_sum(s, sum[g]));
         let loss = s.mul(w[g], s.sub(lse, u_y[g]));
         unsafe { s.store(losses.as_mut_ptr().add(g * n), loss) };
     }
