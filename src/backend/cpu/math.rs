@@ -287,7 +287,7 @@ fn load_max_generic(z: &[f32], s: Option<&[f32]>, u: &mut [f32]) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2")]
 unsafe fn load_max_avx2(z: &[f32], s: Option<&[f32]>, u: &mut [f32]) -> f32 {
     load_max_generic(z, s, u)
 }
@@ -370,7 +370,7 @@ unsafe fn scale_avx512(v: &mut [f32], factor: f32) {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2")]
 unsafe fn scale_avx2(v: &mut [f32], factor: f32) {
     v.iter_mut().for_each(|x| *x *= factor);
 }

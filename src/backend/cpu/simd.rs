@@ -6,9 +6,9 @@
 //! method is one IEEE operation per lane — no reassociation, no fused multiply-add except
 //! where asked for by name ([`Simd::mul_add`], rounded once on every path), and
 //! `scale_pow2`'s AVX-512 `vscalefps` is the same correctly rounded product — so each lane of
-//! a vector instantiation computes the bits of the scalar one. [`exp`] and [`ln_of_sum`] are written
-//! here once, in these operations; `math::exp` and `math::ln_of_sum` are their scalar
-//! instantiations.
+//! a vector instantiation computes the bits of the scalar one. [`exp`] and [`ln_of_sum`] are
+//! written here once, in these operations; `math::exp` and `math::ln_of_sum` are their
+//! scalar instantiations.
 //!
 //! The vector types are tokens: a value exists only where the CPU has the instruction set
 //! and `MEMAWARE_SIMD` allows it ([`Avx2::new`], [`Avx512::new`] probe both), which is what
@@ -1124,11 +1124,11 @@ const LN2_LO: f32 = 1.428_606_8e-6;
 /// form: relative error below 3 ulp over the normal range. The rounding of `x / ln 2`, the
 /// reduction and each Horner step are fused multiply-adds ([`Simd::mul_add`], rounded once
 /// on every path): 11 operations between the clamp and the scaling, where separate
-/// multiplies and adds took 20. Inputs are clamped to
-/// `[-104, 89]` (where `e^x` is already 0 or infinite in f32), and `2^k` is applied rounding
-/// once ([`Simd::scale_pow2`]: `scalef` on AVX-512, else two normal powers of two, or one
-/// where every lane's product is normal), so underflow gives 0 (through denormals) and
-/// overflow infinity, as `expf` does. NaN propagates.
+/// multiplies and adds took 20. Inputs are clamped to `[-104, 89]` (where `e^x` is already 0
+/// or infinite in f32), and `2^k` is applied rounding once ([`Simd::scale_pow2`]: `scalef` on
+/// AVX-512, else two normal powers of two, or one where every lane's product is normal), so
+/// underflow gives 0 (through denormals) and overflow infinity, as `expf` does. NaN
+/// propagates.
 #[inline(always)]
 pub(super) fn exp<S: Simd>(s: S, x: S::F) -> S::F {
     // Clamps that let NaN through.

@@ -588,9 +588,9 @@ unsafe fn wide_avx512(
 /// Rows `r0 .. r0 + losses.len()` of `C` classes, `S::LANES` at a time, one row per lane: the
 /// block's `u = z + s` is added and transposed tile by tile into one vector per class, the
 /// per-row kernel's passes run on those vectors — the same 8 running maxima and partial sums
-/// over the first `⌊C/8⌋·8` classes, the fixed tree, the rest in order, the same `exp`, `ln`
-/// and scaling, so the same bits — and the gradient is transposed back. A last partial block
-/// runs padded (zero logits, label 0, weight 1; its results are dropped).
+/// over the first `⌊C/8⌋·8` classes, the fixed tree, the rest in order, the same `exp`,
+/// `ln_of_sum` and scaling, so the same bits — and the gradient is transposed back. A last
+/// partial block runs padded (zero logits, label 0, weight 1; its results are dropped).
 #[inline(always)]
 fn wide<S: Simd>(
     s: S,
