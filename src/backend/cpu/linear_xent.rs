@@ -85,11 +85,18 @@ pub(super) fn linear_xent(
         1
     };
     let run_rows = blocks.div_ceil(2 * threads).max(1) * ROWS;
-    let run = |(ri, (z, l)): (usize, (&mut [f32], &mut [f32]))| pass.run(ri * run_rows, z, l);
+    // Every block's share of dW, one buffer for the call (each run zeroes its blocks).
+    let mut block_gw = PARTIALS.take();
+    block_gw.resize(blocks * c * d, 0.0);
+    /// A run's logits, losses and blocks of partials.
+    type RunOut<'a> = ((&'a mut [f32], &'a mut [f32]), &'a mut [f32]);
+    let run = |(ri, ((z, l), gw)): (usize, RunOut)| pass.run(ri * run_rows, z, l, gw);
+    let run_gw = (run_rows / ROWS) * c * d;
     let partials: Vec<Partial> = if parallel {
         let runs: Vec<Vec<Partial>> = logits
             .par_chunks_mut(run_rows * c)
             .zip(row_losses.par_chunks_mut(run_rows))
+            .zip(block_gw.par_chunks_mut(run_gw))
             .enumerate()
             .map(run)
             .collect();
@@ -98,15 +105,19 @@ pub(super) fn linear_xent(
         logits
             .chunks_mut(run_rows * c)
             .zip(row_losses.chunks_mut(run_rows))
+            .zip(block_gw.chunks_mut(run_gw))
             .enumerate()
             .flat_map(run)
             .collect()
     };
     let mut grad_w = vec![0.0f32; c * d];
     let mut grad_b = vec![0.0f32; c];
-    for p in &partials {
-        grad_w.iter_mut().zip(&p.gw).for_each(|(o, &v)| *o += v);
+    for (p, gw) in partials.iter().zip(block_gw.chunks_exact(c * d)) {
+        grad_w.iter_mut().zip(gw).for_each(|(o, &v)| *o += v);
         grad_b.iter_mut().zip(&p.gb).for_each(|(o, &v)| *o += v);
+    }
+    if block_gw.len() <= KEEP_PARTIALS {
+        PARTIALS.set(block_gw);
     }
     for (dst, p) in also_logits.chunks_mut(ROWS * e.max(1)).zip(&partials) {
         dst.copy_from_slice(&p.also);
@@ -126,9 +137,18 @@ pub(super) fn linear_xent(
     })
 }
 
-/// One block's share of the gradients, and its rows' extra logits.
+/// Largest buffer of per-block `dW` partials (elements) a thread keeps between calls.
+const KEEP_PARTIALS: usize = 1 << 20;
+
+thread_local! {
+    /// The calling thread's buffer of per-block `dW` partials, reused: freed and allocated
+    /// again each step, its pages were faulted in (and zeroed by the kernel) every step.
+    static PARTIALS: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// One block's share of the bias gradient, and its rows' extra logits (its share of `dW`
+/// lies in the call's buffer of partials).
 struct Partial {
-    gw: Vec<f32>,
     gb: Vec<f32>,
     also: Vec<f32>,
 }
@@ -153,12 +173,14 @@ impl Pass<'_> {
     }
 
     /// Rows `r0 .. r0 + l.len()` (whole blocks, but for the last run): their logits into `z`,
-    /// losses into `l`, and one [`Partial`] per block.
-    fn run(&self, r0: usize, z: &mut [f32], l: &mut [f32]) -> Vec<Partial> {
+    /// losses into `l`, each block's share of `dW` into its `c × d` of `gw` (overwritten),
+    /// and one [`Partial`] per block.
+    fn run(&self, r0: usize, z: &mut [f32], l: &mut [f32], gw: &mut [f32]) -> Vec<Partial> {
         let (rows, c, d, width) = (l.len(), self.c, self.d, self.cols.len());
         let mut all = vec![0.0f32; rows * width];
         let mut dz = vec![0.0f32; rows * c];
-        let mut gw: Vec<Vec<f32>> = (0..rows.div_ceil(ROWS)).map(|_| vec![0.0; c * d]).collect();
+        gw.fill(0.0);
+        let mut gw: Vec<&mut [f32]> = gw.chunks_mut(c * d).collect();
         let groups: Vec<Range<usize>> = (0..rows)
             .step_by(GROUP)
             .map(|g0| g0..(g0 + GROUP).min(rows))
@@ -191,7 +213,7 @@ impl Pass<'_> {
             xent::across_rows_here(input, &mut l[cur.clone()], dz_cur);
             // The next group's logits, each run of 4 (2 above two columns) rows in one pass
             // with four of this group's rows' share of dW, while those are still in cache.
-            let gw = &mut gw[cur.start / ROWS];
+            let gw = &mut *gw[cur.start / ROWS];
             let next = groups.get(gi + 1).cloned().unwrap_or(cur.end..cur.end);
             let step = if width <= 2 { 4 } else { 2 };
             let mut done = cur.start;
@@ -225,16 +247,15 @@ impl Pass<'_> {
             let dz_at = |j: usize, p: usize| dz[(p - r0) * c + j];
             accumulate_rows(&dz_at, c, r0 + done..r0 + cur.end, self.x, d, 0, d, gw);
         }
-        let blocks = dz.chunks(ROWS * c).zip(all.chunks(ROWS * width)).zip(gw);
+        let blocks = dz.chunks(ROWS * c).zip(all.chunks(ROWS * width));
         blocks
-            .map(|((dz, all), gw)| {
+            .map(|(dz, all)| {
                 let mut gb = vec![0.0f32; c];
                 for row in dz.chunks_exact(c) {
                     gb.iter_mut().zip(row).for_each(|(o, &v)| *o += v);
                 }
                 let also = all.chunks_exact(width).flat_map(|row| &row[c..]);
                 Partial {
-                    gw,
                     gb,
                     also: also.copied().collect(),
                 }
