@@ -647,3 +647,37 @@ fn linear_predictions_have_the_bits_of_each_map_alone() {
         .linear_predictions(&[(&w[..], Some(&b[..])), (&w[..], None)], 2)
         .is_err());
 }
+
+/// Rows with no features (`d = 0`): the fused path gives the composite's loss and gradients
+/// (logits are the bias alone, `dW` is empty) instead of failing on its empty partials.
+#[test]
+fn fused_linear_cross_entropy_of_rows_without_features() {
+    let dev = Device::Cpu;
+    for n in [1usize, 3, 200] {
+        let x = Tensor::zeros((n, 0), &dev).unwrap();
+        let w = Tensor::zeros((2, 0), &dev).unwrap().variable();
+        let b = Tensor::from_vec(vec![0.5, -0.25], 2, &dev)
+            .unwrap()
+            .variable();
+        let y = Indices::new((0..n).map(|i| (i % 2) as u32).collect(), &dev).unwrap();
+        let (loss, logits) = x
+            .linear_shifted_cross_entropy(&w, Some(&b), &y, None, None, Reduction::Mean)
+            .unwrap();
+        let z = x.matmul_t(&w).unwrap().broadcast_add(&b).unwrap();
+        let reference = z
+            .shifted_cross_entropy(&y, None, None, Reduction::Mean)
+            .unwrap();
+        assert_eq!(logits.to_vec().unwrap(), z.to_vec().unwrap(), "n {n}");
+        let (l, r) = (loss.to_scalar().unwrap(), reference.to_scalar().unwrap());
+        assert!((l - r).abs() <= 1e-6 * r.abs(), "n {n}: {l} against {r}");
+        let (g, gr) = (loss.backward().unwrap(), reference.backward().unwrap());
+        assert_eq!(g.get(&w).unwrap().dims(), [2, 0]);
+        let (db, db_ref) = (
+            g.get(&b).unwrap().to_vec().unwrap(),
+            gr.get(&b).unwrap().to_vec().unwrap(),
+        );
+        for (a, r) in db.iter().zip(&db_ref) {
+            assert!((a - r).abs() <= 1e-6, "n {n}: db {db:?} against {db_ref:?}");
+        }
+    }
+}
