@@ -88,14 +88,13 @@ pub(super) fn linear_xent(
         1
     };
     let run_rows = blocks.div_ceil(2 * threads).max(1) * ROWS;
-    // Every block's share of dW, one buffer for the call (each run zeroes its blocks), at a
-    // stride of at least one float, so that rows without features still split into runs.
-    let stride = (c * d).max(1);
+    // Every block's share of dW, one buffer for the call (each run zeroes its blocks).
+    let stride = pass.partial_stride();
     let mut block_gw = PARTIALS.take();
     block_gw.resize(blocks * stride, 0.0);
     /// A run's logits, losses and blocks of partials.
     type RunOut<'a> = ((&'a mut [f32], &'a mut [f32]), &'a mut [f32]);
-    let run = |(ri, ((z, l), gw)): (usize, RunOut)| pass.run(ri * run_rows, z, l, gw, stride);
+    let run = |(ri, ((z, l), gw)): (usize, RunOut)| pass.run(ri * run_rows, z, l, gw);
     let run_gw = (run_rows / ROWS) * stride;
     let partials: Vec<Partial> = if parallel {
         let runs: Vec<Vec<Partial>> = logits
@@ -175,26 +174,29 @@ struct Pass<'a> {
 }
 
 impl Pass<'_> {
+    /// Floats per block in the buffer of `dW` partials: `c × d`, but at least one, so that
+    /// rows without features still split into runs.
+    fn partial_stride(&self) -> usize {
+        (self.c * self.d).max(1)
+    }
+
     fn row(&self, i: usize) -> &[f32] {
         &self.x[i * self.d..(i + 1) * self.d]
     }
 
     /// Rows `r0 .. r0 + l.len()` (whole blocks, but for the last run): their logits into `z`,
-    /// losses into `l`, each block's share of `dW` into the first `c × d` of its `stride`
-    /// floats of `gw` (overwritten), and one [`Partial`] per block.
-    fn run(
-        &self,
-        r0: usize,
-        z: &mut [f32],
-        l: &mut [f32],
-        gw: &mut [f32],
-        stride: usize,
-    ) -> Vec<Partial> {
+    /// losses into `l`, each block's share of `dW` into the first `c × d` of its
+    /// [`partial_stride`](Self::partial_stride) floats of `gw` (overwritten), and one
+    /// [`Partial`] per block.
+    fn run(&self, r0: usize, z: &mut [f32], l: &mut [f32], gw: &mut [f32]) -> Vec<Partial> {
         let (rows, c, d, width) = (l.len(), self.c, self.d, self.cols.len());
         let mut all = vec![0.0f32; rows * width];
         let mut dz = vec![0.0f32; rows * c];
         gw.fill(0.0);
-        let mut gw: Vec<&mut [f32]> = gw.chunks_mut(stride).map(|b| &mut b[..c * d]).collect();
+        let mut gw: Vec<&mut [f32]> = gw
+            .chunks_mut(self.partial_stride())
+            .map(|b| &mut b[..c * d])
+            .collect();
         let groups: Vec<Range<usize>> = (0..rows)
             .step_by(GROUP)
             .map(|g0| g0..(g0 + GROUP).min(rows))
