@@ -13,7 +13,8 @@
 //! - **thin left** (`m ≤ THIN`, e.g. that layer's weight gradient `dZᵀ·X`): `m` running
 //!   `axpy`s over the rows of B, again one pass over B;
 //! - **one small dimension** (`k ≤ 32` or `m ≤ 32`, below the parallel threshold, e.g. the
-//!   20-example batches of Figure 3): the unpacked kernels of `small_gemm`;
+//!   20-example batches of Figure 3): the unpacked kernels of `small_gemm`, with few rows
+//!   split by columns across threads from a million multiply-adds;
 //! - otherwise, for products at least 512 on every side on an AVX-512 CPU, the packed kernel
 //!   of `packed` (one fused chain per element); else `matrixmultiply::sgemm`; either split
 //!   across rayon threads when the product is large, into blocks of output rows (or, for
@@ -40,6 +41,10 @@ const DOTS_MAX_COLS: usize = 64;
 const DOTS_MIN_K: usize = 512;
 /// Products above this many multiply-adds are split across threads.
 const PAR_MIN_MACS: usize = 1 << 21;
+/// Products of few rows (`small_gemm::small_m`) above this many multiply-adds are split
+/// across threads by columns: at 20×300×300 (1.8 M) one thread takes about 40 µs, well above
+/// the cost of handing half to another.
+const SMALL_PAR_MIN_MACS: usize = 1 << 20;
 /// Rows per parallel block of the general path.
 const ROW_BLOCK: usize = 64;
 /// Fewest columns per parallel block of the general path when it has too few rows to split.
@@ -755,8 +760,26 @@ pub(super) fn matmul(
         // One small dimension: the unpacked kernels (a packed GEMM would copy the large
         // operand for every call, about as costly as the product itself).
         let mut c = zeros();
+        let threads = rayon::current_num_threads();
         if k <= small_gemm::SMALL_K_MAX {
             small_gemm::small_k(a, rsa, csa, b, rsb, csb, m, k, n, &mut c);
+        } else if macs >= SMALL_PAR_MIN_MACS && threads > 1 && n >= 2 * COL_BLOCK {
+            // A few rows against a wide B (a 20-example batch through a 300-wide layer): one
+            // block of columns of op(B) per thread, each into its own buffer. Every element's
+            // sum depends on `k` alone, not on its block (see `small_gemm`), so the split
+            // changes no bit.
+            let width = n.div_ceil(threads.min(n / COL_BLOCK)).next_multiple_of(8);
+            let blocks: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(width))
+                .into_par_iter()
+                .map(|bi| {
+                    let (c0, cols) = (bi * width, width.min(n - bi * width));
+                    let mut out = vec![0.0f32; m * cols];
+                    let b = &b[c0 * csb..];
+                    small_gemm::small_m(a, rsa, csa, b, rsb, csb, m, k, cols, &mut out);
+                    (c0, out)
+                })
+                .collect();
+            place_column_blocks(&mut c, n, blocks);
         } else {
             small_gemm::small_m(a, rsa, csa, b, rsb, csb, m, k, n, &mut c);
         }
@@ -1015,7 +1038,8 @@ mod tests {
     }
 
     /// A product with too few rows to split by rows is split by columns on several threads,
-    /// with the bits of the unsplit product (one thread).
+    /// with the bits of the unsplit product (one thread): on `matrixmultiply` (64 and 40 rows)
+    /// and on the small-`m` kernels (20 and 32 rows, 1–2 M multiply-adds, both layouts of B).
     #[test]
     fn column_blocks_give_the_bits_of_one_block() {
         let mut rng = crate::rng::Rng::new(5);
@@ -1023,6 +1047,9 @@ mod tests {
             (64, 390, 392, false),
             (64, 392, 390, true),
             (40, 300, 777, false),
+            (20, 300, 300, true),
+            (20, 300, 300, false),
+            (32, 200, 251, true),
         ] {
             let (a, b) = (rng.normal_vec(m * k), rng.normal_vec(k * n));
             let on = |threads: usize| {
