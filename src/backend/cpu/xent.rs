@@ -30,9 +30,10 @@
 //!   [`Simd`](super::simd::Simd) and runs as 8 lanes of arrays (portable), 8 AVX2 lanes or 16
 //!   AVX-512 lanes; the block's `C` contiguous vectors are deinterleaved into one vector per
 //!   class by permutes (up to 6 classes on AVX-512, 4 on AVX2) or above that by 16 × 16 or
-//!   8 × 8 transposes, and the gradient interleaved back the same way. Four blocks go
-//!   together, each phase (exponentials and sums, then `ln`, then the gradient) over all four
-//!   before the next, so their dependency chains overlap; the next group's inputs and
+//!   8 × 8 transposes, and the gradient interleaved back the same way. On 8 lanes four
+//!   blocks go together, each phase (exponentials and sums, then `ln`, then the gradient)
+//!   over all four before the next, so their dependency chains overlap (on 16 lanes one
+//!   block at a time measured faster, see [`GROUP_BLOCKS`]); the next group's inputs and
 //!   gradient rows are prefetched during the exponentials (the per-row kernel prefetches the
 //!   inputs only: its gradient rows are another task's). Each lane repeats the per-row
 //!   kernel's arithmetic exactly — the same 8 running maxima and partial sums for the first
@@ -764,13 +765,26 @@ fn exp_sum_in_order<S: Simd>(s: S, u: &mut [S::F], m: S::F, next: &[&[f32]]) -> 
     sum
 }
 
-/// Blocks of rows the across-rows kernel takes at once: each phase of [`block`] runs over all
-/// of them before the next, so the blocks' long dependency chains (exponentials, then `ln`
-/// and a division) overlap.
+/// Blocks of rows the across-rows kernel takes at once on 8 lanes: each phase of [`block`]
+/// runs over all of them before the next, so the blocks' long dependency chains
+/// (exponentials, then `ln` and a division) overlap. On 16 lanes one block at a time was
+/// faster (AMD EPYC, Zen 4: 2^20 × 2 rows 0.87–0.90 against 1.01–1.02 ms, × 3 1.25–1.28
+/// against 1.35–1.37, 131072 × 10 and 16, 131072 × 6 level): a group of four spills its
+/// state to the stack, where one block's stays in the 32 registers and the core overlaps
+/// consecutive blocks by itself. On AVX2's 16 registers the group of four was 8–20 % faster.
 const GROUP_BLOCKS: usize = 4;
 
-/// Rows `r0 .. r0 + losses.len()`, `S::LANES` at a time, in groups of [`GROUP_BLOCKS`]
-/// blocks; the last partial block runs padded. Returns whether every label was below `C`.
+/// [`GROUP_BLOCKS`] for `S`.
+const fn group_blocks<S: Simd>() -> usize {
+    if S::LANES >= 16 {
+        1
+    } else {
+        GROUP_BLOCKS
+    }
+}
+
+/// Rows `r0 .. r0 + losses.len()`, `S::LANES` at a time, in groups of
+/// [`group_blocks`] blocks; the last partial block runs padded. Returns whether every label was below `C`.
 #[inline(always)]
 fn across<S: Simd, const C: usize>(
     s: S,
@@ -786,12 +800,13 @@ fn across<S: Simd, const C: usize>(
     let labels = &input.labels[r0..r0 + n];
     let weights = input.weights.map(|w| &w[r0..r0 + n]);
     let full = n / lanes * lanes;
-    let grouped = n / (GROUP_BLOCKS * lanes) * (GROUP_BLOCKS * lanes);
+    let per_group = group_blocks::<S>();
+    let grouped = n / (per_group * lanes) * (per_group * lanes);
     let mut ok = true;
     let mut b = 0;
     while b < full {
         let rows = if b < grouped {
-            GROUP_BLOCKS * lanes
+            per_group * lanes
         } else {
             lanes
         };
@@ -818,7 +833,7 @@ fn across<S: Simd, const C: usize>(
             weights.map(|w| &w[b..b + rows]),
         );
         let l = &mut losses[b..b + rows];
-        ok &= if b < grouped {
+        ok &= if b < grouped && per_group > 1 {
             block::<S, C, GROUP_BLOCKS>(s, args, next, input.grad_scale, l, g)
         } else {
             block::<S, C, 1>(s, args, next, input.grad_scale, l, g)
