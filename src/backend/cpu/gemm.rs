@@ -470,18 +470,31 @@ fn dots_and_axpy4_n<S: Simd, const R: usize>(
     b: [&[f32]; 4],
     out: &mut [f32],
 ) {
+    // Both counts as constants: the loops over columns and gradient rows unroll, and the
+    // gradient rows' addresses stay in registers instead of being recomputed from a slice.
+    macro_rules! by_rows {
+        ($n:literal) => {
+            match coef.len() {
+                0 => dots_and_axpy4_simd::<S, R, $n, 0>(s, a, cols, dots, coef, b, out),
+                1 => dots_and_axpy4_simd::<S, R, $n, 1>(s, a, cols, dots, coef, b, out),
+                2 => dots_and_axpy4_simd::<S, R, $n, 2>(s, a, cols, dots, coef, b, out),
+                3 => dots_and_axpy4_simd::<S, R, $n, 3>(s, a, cols, dots, coef, b, out),
+                _ => dots_and_axpy4_simd::<S, R, $n, 4>(s, a, cols, dots, coef, b, out),
+            }
+        };
+    }
     match cols.len() {
-        1 => dots_and_axpy4_simd::<S, R, 1>(s, a, cols, dots, coef, b, out),
-        2 => dots_and_axpy4_simd::<S, R, 2>(s, a, cols, dots, coef, b, out),
-        3 => dots_and_axpy4_simd::<S, R, 3>(s, a, cols, dots, coef, b, out),
-        _ => dots_and_axpy4_simd::<S, R, 4>(s, a, cols, dots, coef, b, out),
+        1 => by_rows!(1),
+        2 => by_rows!(2),
+        3 => by_rows!(3),
+        _ => by_rows!(4),
     }
 }
 
-/// [`dots_and_axpy4`] with `N` columns: lane `l` of accumulator `v` is partial sum
-/// `v·S::LANES + l` of [`row_dots`]' 32; the gradient as [`axpy4_rows_simd`].
+/// [`dots_and_axpy4`] with `N` columns and `M` gradient rows: lane `l` of accumulator `v` is
+/// partial sum `v·S::LANES + l` of [`row_dots`]' 32; the gradient as [`axpy4_rows_simd`].
 #[inline(always)]
-fn dots_and_axpy4_simd<S: Simd, const R: usize, const N: usize>(
+fn dots_and_axpy4_simd<S: Simd, const R: usize, const N: usize, const M: usize>(
     s: S,
     a: [&[f32]; R],
     cols: &[Vec<f32>],
@@ -497,6 +510,14 @@ fn dots_and_axpy4_simd<S: Simd, const R: usize, const N: usize>(
     // acc[v][r][j]: vector `v` of the partial sums of row `r` and column `j`.
     let mut acc = [[[zero; N]; R]; 4];
     let c: [&[f32]; N] = std::array::from_fn(|j| &cols[j][..k]);
+    let coef: &[[f32; 4]; M] = coef.try_into().expect("M gradient rows");
+    let (ap, cp, bp) = (
+        a.map(<[f32]>::as_ptr),
+        c.map(<[f32]>::as_ptr),
+        b.map(<[f32]>::as_ptr),
+    );
+    // SAFETY: `out` holds M rows of k (checked by the caller).
+    let op: [*mut f32; M] = std::array::from_fn(|i| unsafe { out.as_mut_ptr().add(i * k) });
     let mut p = 0;
     while p < body {
         for (v, acc) in acc.iter_mut().enumerate().take(per) {
@@ -504,14 +525,19 @@ fn dots_and_axpy4_simd<S: Simd, const R: usize, const N: usize>(
             // SAFETY (loads and stores): q + S::LANES <= body <= k, the length of every row,
             // column and gradient row (checked by the caller).
             unsafe {
-                let x: [S::F; R] = std::array::from_fn(|r| s.load(a[r].as_ptr().add(q)));
-                for (j, col) in c.iter().enumerate() {
-                    let w = s.load(col.as_ptr().add(q));
+                let x: [S::F; R] = std::array::from_fn(|r| s.load(ap[r].add(q)));
+                for (j, col) in cp.iter().enumerate() {
+                    let w = s.load(col.add(q));
                     for (acc, &x) in acc.iter_mut().zip(&x) {
                         acc[j] = s.add(acc[j], s.mul(x, w));
                     }
                 }
-                axpy4_vector(s, coef, b, out, k, q);
+                let bv = bp.map(|row| s.load(row.add(q)));
+                for (c, &o) in coef.iter().zip(&op) {
+                    let t01 = s.add(s.mul(s.splat(c[0]), bv[0]), s.mul(s.splat(c[1]), bv[1]));
+                    let t23 = s.add(s.mul(s.splat(c[2]), bv[2]), s.mul(s.splat(c[3]), bv[3]));
+                    s.store(o.add(q), s.add(s.load(o.add(q)), s.add(t01, t23)));
+                }
             }
         }
         p += LANES;
