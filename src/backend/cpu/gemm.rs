@@ -794,18 +794,10 @@ pub(super) fn matmul(
             // block of columns of op(B) per thread, each into its own buffer. Every element's
             // sum depends on `k` alone, not on its block (see `small_gemm`), so the split
             // changes no bit.
-            let width = n.div_ceil(threads.min(n / COL_BLOCK)).next_multiple_of(8);
-            let blocks: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(width))
-                .into_par_iter()
-                .map(|bi| {
-                    let (c0, cols) = (bi * width, width.min(n - bi * width));
-                    let mut out = vec![0.0f32; m * cols];
-                    let b = &b[c0 * csb..];
-                    small_gemm::small_m(a, rsa, csa, b, rsb, csb, m, k, cols, &mut out);
-                    (c0, out)
-                })
-                .collect();
-            place_column_blocks(&mut c, n, blocks);
+            in_column_blocks(&mut c, m, n, threads, |c0, cols, out| {
+                let b = &b[c0 * csb..];
+                small_gemm::small_m(a, rsa, csa, b, rsb, csb, m, k, cols, out);
+            });
         } else {
             small_gemm::small_m(a, rsa, csa, b, rsb, csb, m, k, n, &mut c);
         }
@@ -871,21 +863,36 @@ pub(super) fn matmul(
     } else if parallel && threads > 1 && n >= 2 * COL_BLOCK {
         // Few rows (a batch of 64): blocks of columns instead, each packing its own part of
         // op(B), computed into its own buffer and copied into place.
-        let width = n.div_ceil(threads.min(n / COL_BLOCK)).next_multiple_of(8);
-        let blocks: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(width))
-            .into_par_iter()
-            .map(|bi| {
-                let (c0, cols) = (bi * width, width.min(n - bi * width));
-                let mut out = vec![0.0f32; m * cols];
-                sgemm_block((0, m), (c0, cols), &mut out, cols);
-                (c0, out)
-            })
-            .collect();
-        place_column_blocks(&mut c, n, blocks);
+        in_column_blocks(&mut c, m, n, threads, |c0, cols, out| {
+            sgemm_block((0, m), (c0, cols), out, cols)
+        });
     } else {
         sgemm_block((0, m), (0, n), &mut c, n);
     }
     c
+}
+
+/// `c` (`m × n`) by blocks of whole columns, one per thread and at least [`COL_BLOCK`] wide:
+/// `block(c0, cols, out)` writes columns `c0..c0 + cols` into its own `m × cols` buffer, which
+/// is then copied into place.
+fn in_column_blocks(
+    c: &mut [f32],
+    m: usize,
+    n: usize,
+    threads: usize,
+    block: impl Fn(usize, usize, &mut [f32]) + Sync,
+) {
+    let width = n.div_ceil(threads.min(n / COL_BLOCK)).next_multiple_of(8);
+    let blocks: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(width))
+        .into_par_iter()
+        .map(|bi| {
+            let (c0, cols) = (bi * width, width.min(n - bi * width));
+            let mut out = vec![0.0f32; m * cols];
+            block(c0, cols, &mut out);
+            (c0, out)
+        })
+        .collect();
+    place_column_blocks(c, n, blocks);
 }
 
 /// Copies blocks of whole columns, each given as its first column and its values row-major,
