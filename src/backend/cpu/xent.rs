@@ -769,9 +769,10 @@ fn exp_sum_in_order<S: Simd>(s: S, u: &mut [S::F], m: S::F, next: &[&[f32]]) -> 
 /// runs over all of them before the next, so the blocks' long dependency chains
 /// (exponentials, then `ln` and a division) overlap. On 16 lanes one block at a time was
 /// faster (AMD EPYC, Zen 4: 2^20 × 2 rows 0.87–0.90 against 1.01–1.02 ms, × 3 1.25–1.28
-/// against 1.35–1.37, 131072 × 10 and 16, 131072 × 6 level): a group of four spills its
-/// state to the stack, where one block's stays in the 32 registers and the core overlaps
-/// consecutive blocks by itself. On AVX2's 16 registers the group of four was 8–20 % faster.
+/// against 1.35–1.37, 131072 × 10 no slower; 65536 × 16 and 131072 × 6 level): a group of
+/// four spills its state to the stack, where one block's stays in the 32 registers and the
+/// core overlaps consecutive blocks by itself. On AVX2's 16 registers the group of four was
+/// 3–27 % faster.
 const GROUP_BLOCKS: usize = 4;
 
 /// [`GROUP_BLOCKS`] for `S`.
