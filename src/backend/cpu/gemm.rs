@@ -130,12 +130,22 @@ unsafe fn axpy4_vector<S: Simd>(
     unsafe {
         let bv = b.map(|row| s.load(row.as_ptr().add(q)));
         for (i, c) in coef.iter().enumerate() {
-            let t01 = s.add(s.mul(s.splat(c[0]), bv[0]), s.mul(s.splat(c[1]), bv[1]));
-            let t23 = s.add(s.mul(s.splat(c[2]), bv[2]), s.mul(s.splat(c[3]), bv[3]));
-            let o = out.as_mut_ptr().add(i * width + q);
-            s.store(o, s.add(s.load(o), s.add(t01, t23)));
+            axpy4_at(s, c, &bv, out.as_mut_ptr().add(i * width + q));
         }
     }
+}
+
+/// `o[..S::LANES] += (c[0]·b[0] + c[1]·b[1]) + (c[2]·b[2] + c[3]·b[3])`, the association of
+/// [`axpy4_rows_generic`], with the four rows of B already loaded.
+///
+/// # Safety
+/// `o` is valid for reads and writes of `S::LANES` floats.
+#[inline(always)]
+unsafe fn axpy4_at<S: Simd>(s: S, c: &[f32; 4], bv: &[S::F; 4], o: *mut f32) {
+    let t01 = s.add(s.mul(s.splat(c[0]), bv[0]), s.mul(s.splat(c[1]), bv[1]));
+    let t23 = s.add(s.mul(s.splat(c[2]), bv[2]), s.mul(s.splat(c[3]), bv[3]));
+    // SAFETY: the caller's promise.
+    unsafe { s.store(o, s.add(s.load(o), s.add(t01, t23))) };
 }
 
 #[inline(always)]
@@ -534,9 +544,7 @@ fn dots_and_axpy4_simd<S: Simd, const R: usize, const N: usize, const M: usize>(
                 }
                 let bv = bp.map(|row| s.load(row.add(q)));
                 for (c, &o) in coef.iter().zip(&op) {
-                    let t01 = s.add(s.mul(s.splat(c[0]), bv[0]), s.mul(s.splat(c[1]), bv[1]));
-                    let t23 = s.add(s.mul(s.splat(c[2]), bv[2]), s.mul(s.splat(c[3]), bv[3]));
-                    s.store(o.add(q), s.add(s.load(o.add(q)), s.add(t01, t23)));
+                    axpy4_at(s, c, &bv, o.add(q));
                 }
             }
         }
