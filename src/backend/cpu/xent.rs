@@ -775,17 +775,9 @@ fn exp_sum_in_order<S: Simd>(s: S, u: &mut [S::F], m: S::F, next: &[&[f32]]) -> 
 /// 3–27 % faster.
 const GROUP_BLOCKS: usize = 4;
 
-/// [`GROUP_BLOCKS`] for `S`.
-const fn group_blocks<S: Simd>() -> usize {
-    if S::LANES >= 16 {
-        1
-    } else {
-        GROUP_BLOCKS
-    }
-}
-
-/// Rows `r0 .. r0 + losses.len()`, `S::LANES` at a time, in groups of
-/// [`group_blocks`] blocks; the last partial block runs padded. Returns whether every label was below `C`.
+/// Rows `r0 .. r0 + losses.len()`, `S::LANES` at a time, in groups of [`GROUP_BLOCKS`]
+/// blocks on 8 lanes and one by one on 16; the last partial block runs padded. Returns
+/// whether every label was below `C`.
 #[inline(always)]
 fn across<S: Simd, const C: usize>(
     s: S,
@@ -801,16 +793,12 @@ fn across<S: Simd, const C: usize>(
     let labels = &input.labels[r0..r0 + n];
     let weights = input.weights.map(|w| &w[r0..r0 + n]);
     let full = n / lanes * lanes;
-    let per_group = group_blocks::<S>();
-    let grouped = n / (per_group * lanes) * (per_group * lanes);
+    let group = GROUP_BLOCKS * lanes;
+    let grouped = if lanes >= 16 { 0 } else { n / group * group };
     let mut ok = true;
     let mut b = 0;
     while b < full {
-        let rows = if b < grouped {
-            per_group * lanes
-        } else {
-            lanes
-        };
+        let rows = if b < grouped { group } else { lanes };
         let e = b * C..(b + rows) * C;
         // The next group's logits, shift and gradient rows, prefetched while this group's
         // exponentials run.
@@ -834,7 +822,7 @@ fn across<S: Simd, const C: usize>(
             weights.map(|w| &w[b..b + rows]),
         );
         let l = &mut losses[b..b + rows];
-        ok &= if b < grouped && per_group > 1 {
+        ok &= if b < grouped {
             block::<S, C, GROUP_BLOCKS>(s, args, next, input.grad_scale, l, g)
         } else {
             block::<S, C, 1>(s, args, next, input.grad_scale, l, g)
