@@ -22,8 +22,9 @@
 //!   threads, the widest FMA the CPU has) — and each kernel's speed as a fraction of the limit
 //!   that binds it: fused CE rows (C = 2, 3, 10, 100, 1000, `N·C ≥ 2^20`) against the
 //!   2-thread copy bandwidth of a working set of the row's own size (16–100 MB: in L3, in
-//!   DRAM or across both, depending on the machine), the fused linear + CE step (the bytes of `x` it reads once) against the read
-//!   bandwidth of an 8 MiB working set, GEMM against the FMA peak. The CE rows and the linear
+//!   DRAM or across both, depending on the machine), the fused linear + CE step (the bytes of
+//!   `x` it reads once) against the read bandwidth of an 8 MiB working set, GEMM against the
+//!   FMA peak. The CE rows and the linear
 //!   step are timed twice: called from outside rayon's pool (each parallel op is handed to
 //!   the pool and back) and from a pool thread, as the CLI runs and as the copy and read
 //!   limits are measured. With
@@ -565,8 +566,10 @@ fn roofline(_c: &mut Criterion) {
         let t = time_calls(&mut call);
         // On a pool thread, as the copy above and the CLI run (no hand-over per parallel op).
         let t_pool = rayon::scope(|_| time_calls(&mut call));
-        let bytes = (12 * n * classes + 4 * n) as f64;
-        let bw = copy_bandwidth((12 * n * classes + 4 * n) / 2, 2)[0];
+        let moved = 12 * n * classes + 4 * n;
+        let bytes = moved as f64;
+        // Half read, half written, as a copy of `moved / 2` bytes moves.
+        let bw = copy_bandwidth(moved / 2, 2)[0];
         ce_limits.push(format!("{:.0} MB {bw:.1} GB/s", bytes / 1e6));
         let torch = pytorch(&reference, &format!("xent_fwd_bwd_N{n}_C{classes}"))
             .map(|(ms, b)| (ms, b.unwrap_or((12 * n * classes + 8 * n) as f64)));
