@@ -15,8 +15,8 @@
 //! - **one small dimension** (`k ≤ 32` or `m ≤ 32`, below the parallel threshold, e.g. the
 //!   20-example batches of Figure 3): the unpacked kernels of `small_gemm`, with few rows
 //!   split by columns across threads from a million multiply-adds;
-//! - otherwise, for products at least 512 on every side on an AVX-512 or AVX2 CPU, the packed
-//!   kernel of `packed` (one fused chain per element); else `matrixmultiply::sgemm`; either split
+//! - otherwise, for products at least 512 on every side on an AVX-512 CPU, the packed kernel
+//!   of `packed` (one fused chain per element); else `matrixmultiply::sgemm`; either split
 //!   across rayon threads when the product is large, into blocks of output rows (or, for
 //!   `matrixmultiply` with 64 rows or fewer, of output columns).
 //!

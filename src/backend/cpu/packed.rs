@@ -1,6 +1,6 @@
 //! Large products `C (m×n) = op(A) · op(B)` from packed operands through a register-blocked
-//! kernel, on AVX-512 or AVX2 with FMA for products at least [`MIN_SIDE`] on every side
-//! (elsewhere `gemm` calls `matrixmultiply`).
+//! kernel, on AVX-512 for products at least [`MIN_SIDE`] on every side (elsewhere `gemm`
+//! calls `matrixmultiply`).
 //!
 //! Layout (the BLIS design). `op(B)` is packed once, whole, into slabs of [`KC`] rows, each
 //! cut into panels of `NR` columns stored row by row (`kc × NR`, zero past column `n`). The
@@ -9,9 +9,7 @@
 //! row `m`), then for each panel of B runs the kernel against every panel of its A block.
 //! The kernel is written once over `Simd` (tests run its portable instantiations against the
 //! same bits); on AVX-512 it holds a 12 × 32 tile of C in 24 registers and per step of `p`
-//! loads 2 vectors of B and broadcasts 12 values of A into 24 fused multiply-adds; on AVX2 a
-//! 6 × 16 tile in 12 of the 16 registers, 2 loads and 6 broadcasts for 12 (the tile of BLIS's
-//! Haswell kernel; `matrixmultiply`'s 8 × 8 takes 8 broadcasts for 8).
+//! loads 2 vectors of B and broadcasts 12 values of A into 24 fused multiply-adds.
 //!
 //! Memory traffic. `op(A)` and `op(B)` are each read once from where they lie and written
 //! once into the packs (reused buffers: B's from the buffer pool, which holds anything
@@ -45,8 +43,7 @@ const MC: usize = 240;
 /// rows, short slabs, edge tiles) outweigh the wider FMA, and `matrixmultiply`'s AVX2 kernel,
 /// which runs at the higher AVX2 clock, was as fast or faster (Xeon, model 167: a batch-64
 /// Adam step of the 392-390-390 MLP took 1.62–1.68 ms here against 1.37–1.40; 1024³ was
-/// 3–15 % faster here). The same bound on AVX2, so that no product's bits depend on which of
-/// the two a CPU has.
+/// 3–15 % faster here).
 const MIN_SIDE: usize = 512;
 /// Largest `MR·NR` of a kernel (the edge tiles' scratch).
 const MAX_TILE: usize = 512;
@@ -66,10 +63,8 @@ impl Strided<'_> {
     }
 }
 
-/// `op(A) · op(B)` (`m × n`, row-major) on the packed AVX-512 or AVX2 kernel, or `None` where
-/// the CPU has neither (or `MEMAWARE_SIMD=portable`) or the product is smaller than
-/// [`MIN_SIDE`] on a side. Both kernels give every element the bits of its chain, so a large
-/// product has the same bits on AVX2 and AVX-512 machines. The output comes
+/// `op(A) · op(B)` (`m × n`, row-major) on the packed AVX-512 kernel, or `None` where the CPU
+/// has no AVX-512 or the product is smaller than [`MIN_SIDE`] on a side. The output comes
 /// from the buffer pool: the first slab writes every element.
 pub(super) fn product(
     a: Strided,
@@ -94,30 +89,8 @@ pub(super) fn product(
             },
         ));
     }
-    #[cfg(target_arch = "x86_64")]
-    if let Some(s) = super::simd::Avx2::new() {
-        return Some(run::<_, 6, 2>(
-            s,
-            a,
-            b,
-            (m, k, n),
-            parallel,
-            |s, job, r0, out| {
-                // SAFETY: the token proves AVX2 and FMA.
-                unsafe { block_avx2(s, job, r0, out) }
-            },
-        ));
-    }
     let _ = (a, b, parallel);
     None
-}
-
-/// # Safety
-/// The CPU must support AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn block_avx2(s: super::simd::Avx2, job: &Job, r0: usize, out: &mut [f32]) {
-    block::<_, 6, 2>(s, job, r0, out)
 }
 
 /// # Safety
@@ -584,26 +557,6 @@ mod tests {
                 unsafe { block_avx512(s, job, r0, out) }
             });
             assert_eq!(bits(&got), bits(&chain(a, b, (m, k, n))));
-        }
-    }
-
-    /// The AVX2 kernel, where the CPU has it, at the same size.
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn the_avx2_kernel_gives_the_bits_of_the_chain() {
-        use crate::backend::cpu::simd::Avx2;
-        let (m, k, n) = (29, KC + 14, 45);
-        let mut rng = Rng::new(5);
-        let (a_store, b_store) = (rng.normal_vec(m * k), rng.normal_vec(k * n));
-        for (ta, tb) in [(false, false), (true, true)] {
-            let (a, b) = operands(&a_store, &b_store, (m, k, n), (ta, tb));
-            if let Some(s) = Avx2::new() {
-                let got = run::<_, 6, 2>(s, a, b, (m, k, n), false, |s, job, r0, out| {
-                    // SAFETY: the token proves AVX2 and FMA.
-                    unsafe { block_avx2(s, job, r0, out) }
-                });
-                assert_eq!(bits(&got), bits(&chain(a, b, (m, k, n))), "ta={ta} tb={tb}");
-            }
         }
     }
 
