@@ -771,8 +771,9 @@ fn exp_sum_in_order<S: Simd>(s: S, u: &mut [S::F], m: S::F, next: &[&[f32]]) -> 
 /// faster (AMD EPYC, Zen 4: 2^20 × 2 rows 0.87–0.90 against 1.01–1.02 ms, × 3 1.25–1.28
 /// against 1.35–1.37, 131072 × 10 no slower; 65536 × 16 and 131072 × 6 level): a group of
 /// four spills its state to the stack, where one block's stays in the 32 registers and the
-/// core overlaps consecutive blocks by itself. On AVX2's 16 registers the group of four was
-/// 3–27 % faster.
+/// core overlaps consecutive blocks by itself; a group of two (one thread) was 3–6 % faster
+/// at × 2 but 17–25 % slower at × 3 and 13–17 % at 131072 × 10. On AVX2's 16 registers the
+/// group of four was 3–27 % faster.
 const GROUP_BLOCKS: usize = 4;
 
 /// Rows `r0 .. r0 + losses.len()`, `S::LANES` at a time, in groups of [`GROUP_BLOCKS`]
