@@ -17,17 +17,16 @@
 //!   same run — copy bandwidth with 1 and 2 threads (read + write bytes, a 32 MiB working set
 //!   and a 1 GiB one that no cache holds), the bandwidth of `g = z + s` over
 //!   2^21 elements (the fused CE's memory traffic without its arithmetic, printed beside the
-//!   limits for reference), read bandwidth of an 8 MiB
-//!   working set (the linear step's input) and peak FMA throughput (1 and 2
-//!   threads, the widest FMA the CPU has) — and each kernel's speed as a fraction of the limit
-//!   that binds it: fused CE rows (C = 2, 3, 10, 100, 1000, `N·C ≥ 2^20`) against the
-//!   2-thread copy bandwidth of a working set of the row's own size (16–100 MB: in L3, in
-//!   DRAM or across both, depending on the machine), the fused linear + CE step (the bytes of
-//!   `x` it reads once) against the read bandwidth of an 8 MiB working set, GEMM against the
-//!   FMA peak. The CE rows and the linear
-//!   step are timed twice: called from outside rayon's pool (each parallel op is handed to
-//!   the pool and back) and from a pool thread, as the CLI runs and as the copy and read
-//!   limits are measured. With
+//!   limits for reference), read bandwidth of an 8 MiB working set (the linear step's input)
+//!   and peak FMA throughput (1 and 2 threads, the widest FMA the CPU has) — and each
+//!   kernel's speed as a fraction of the limit that binds it: fused CE rows (C = 2, 3, 10,
+//!   100, 1000, `N·C ≥ 2^20`) against the 2-thread copy bandwidth of a working set of the
+//!   row's own size (16–100 MB: in L3, in DRAM or across both, depending on the machine), the
+//!   fused linear + CE step (the bytes of `x` it reads once) against the read bandwidth of an
+//!   8 MiB working set, GEMM against the FMA peak. The CE rows and the linear step are timed
+//!   twice: called from outside rayon's pool (each parallel op is handed to the pool and
+//!   back) and from a pool thread, as the CLI runs and as the copy and read limits are
+//!   measured. With
 //!   `PYTORCH_REFERENCE=path.json` (benches/pytorch_reference.py's output, default
 //!   `results/pytorch_reference.json`) PyTorch's figures for the same workloads are printed
 //!   beside ours. `cargo bench --bench engine -- roofline` runs the table alone;
