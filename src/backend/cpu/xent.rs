@@ -30,17 +30,17 @@
 //!   [`Simd`](super::simd::Simd) and runs as 8 lanes of arrays (portable), 8 AVX2 lanes or 16
 //!   AVX-512 lanes; the block's `C` contiguous vectors are deinterleaved into one vector per
 //!   class by permutes (up to 6 classes on AVX-512, 4 on AVX2) or above that by 16 × 16 or
-//!   8 × 8 transposes, and the gradient interleaved back the same way. On 8 lanes four
-//!   blocks go together, each phase (exponentials and sums, then `ln`, then the gradient)
-//!   over all four before the next, so their dependency chains overlap (on 16 lanes one
-//!   block at a time measured faster, see [`GROUP_BLOCKS`]); the next group's inputs and
-//!   gradient rows are prefetched during the exponentials (the per-row kernel prefetches the
-//!   inputs only: its gradient rows are another task's). Each lane repeats the per-row
-//!   kernel's arithmetic exactly — the same 8 running maxima and partial sums for the first
-//!   `⌊C/8⌋·8` classes, the same fixed tree, the rest in order ([`max_in_order`],
-//!   [`exp_sum_in_order`]), the same [`math::exp`](super::math::exp),
-//!   [`math::ln_of_sum`](super::math::ln_of_sum) and scaling — so every path gives the same
-//!   bits. Labels are range-checked as the block reads them.
+//!   8 × 8 transposes, and the gradient interleaved back the same way. Four blocks go
+//!   together so that their dependency chains overlap: on 8 lanes each phase (exponentials
+//!   and sums, then `ln`, then the gradient) over all four before the next; on 16 lanes the
+//!   exponentials of all four, then the rest block by block, and above 7 classes one block
+//!   at a time (see [`GROUP_BLOCKS`]); the next group's inputs and gradient rows are
+//!   prefetched during the exponentials (the per-row kernel prefetches the inputs only: its
+//!   gradient rows are another task's). Each lane repeats the per-row kernel's arithmetic
+//!   exactly — the same 8 running maxima and partial sums for the first `⌊C/8⌋·8` classes,
+//!   the same fixed tree, the rest in order ([`max_in_order`], [`exp_sum_in_order`]), the
+//!   same [`math::exp`](super::math::exp), [`math::ln_of_sum`](super::math::ln_of_sum) and
+//!   scaling — so every path gives the same bits. Labels are range-checked as the block reads them.
 //! - **wide** (`ACROSS_MAX_CLASSES < C ≤` 127 on AVX-512, 48 on AVX2): a block of rows side
 //!   by side as above, for any `C` at run time: the block's `z` and `s` are loaded tile by
 //!   tile where they lie, added, and transposed ([`Simd::transpose_in`], 8 × 8 or 16 × 16,
@@ -765,19 +765,25 @@ fn exp_sum_in_order<S: Simd>(s: S, u: &mut [S::F], m: S::F, next: &[&[f32]]) -> 
     sum
 }
 
-/// Blocks of rows the across-rows kernel takes at once on 8 lanes: each phase of [`block`]
-/// runs over all of them before the next, so the blocks' long dependency chains
-/// (exponentials, then `ln` and a division) overlap. On 16 lanes one block at a time was
-/// faster (AMD EPYC, Zen 4: 2^20 × 2 rows 0.87–0.90 against 1.01–1.02 ms, × 3 1.25–1.28
-/// against 1.35–1.37, 131072 × 10 no slower; 65536 × 16 and 131072 × 6 level): a group of
-/// four spills its state to the stack, where one block's stays in the 32 registers and the
-/// core overlaps consecutive blocks by itself; a group of two (one thread) was 3–6 % faster
-/// at × 2 but 17–25 % slower at × 3 and 13–17 % at 131072 × 10. On AVX2's 16 registers the
-/// group of four was 3–27 % faster.
+/// Blocks of rows the across-rows kernel takes at once, so that the blocks' long dependency
+/// chains (exponentials, then `ln` and a division) overlap instead of each block's waiting
+/// on its own. On 8 lanes each phase of [`block`] (exponentials and sums, `ln` and losses,
+/// gradient) runs over all of them before the next (on AVX2's 16 registers 3–27 % faster
+/// than one block at a time). On 16 lanes, up to [`TWO_PHASE_MAX_CLASSES`] classes,
+/// [`block_two_phase`] runs the exponentials of all four, then the rest block by block; one
+/// block at a time kept up with neither (AMD EPYC, Zen 4, one thread, the two kernels
+/// alternated in one process: 32768 × 2 rows 48 against 62 µs, × 3 72 against 81, 16384 ×
+/// 5 56 against 74, 8192 × 7 54 against 58; 8192 × 8 and 4096 × 10 to × 16 level), and the
+/// three-phase order of [`block`] was no faster than one at a time there.
 const GROUP_BLOCKS: usize = 4;
+/// Most classes for which 16-lane blocks run in groups ([`block_two_phase`]); above it the
+/// 16 × 16 transposes' registers leave no room for a group's state, and blocks run one by
+/// one.
+const TWO_PHASE_MAX_CLASSES: usize = 7;
 
 /// Rows `r0 .. r0 + losses.len()`, `S::LANES` at a time, in groups of [`GROUP_BLOCKS`]
-/// blocks on 8 lanes and one by one on 16; the last partial block runs padded. Returns
+/// blocks (on 16 lanes only up to [`TWO_PHASE_MAX_CLASSES`] classes, above that one by
+/// one); the last partial block runs padded. Returns
 /// whether every label was below `C`.
 #[inline(always)]
 fn across<S: Simd, const C: usize>(
@@ -795,7 +801,12 @@ fn across<S: Simd, const C: usize>(
     let weights = input.weights.map(|w| &w[r0..r0 + n]);
     let full = n / lanes * lanes;
     let group = GROUP_BLOCKS * lanes;
-    let grouped = if lanes >= 16 { 0 } else { n / group * group };
+    let wide = lanes >= 16;
+    let grouped = if wide && C > TWO_PHASE_MAX_CLASSES {
+        0
+    } else {
+        n / group * group
+    };
     let mut ok = true;
     let mut b = 0;
     while b < full {
@@ -823,7 +834,9 @@ fn across<S: Simd, const C: usize>(
             weights.map(|w| &w[b..b + rows]),
         );
         let l = &mut losses[b..b + rows];
-        ok &= if b < grouped {
+        ok &= if b < grouped && wide {
+            block_two_phase::<S, C, GROUP_BLOCKS>(s, args, next, input.grad_scale, l, g)
+        } else if b < grouped {
             block::<S, C, GROUP_BLOCKS>(s, args, next, input.grad_scale, l, g)
         } else {
             block::<S, C, 1>(s, args, next, input.grad_scale, l, g)
@@ -940,6 +953,132 @@ fn block<S: Simd, const C: usize, const G: usize>(
         }
     }
     labels_ok
+}
+
+/// One block's state between its exponentials and the rest: `e_j = exp(u_j - m)`, the row
+/// maxima `m`, the labels, `u` at the label and `Σ_j e_j`.
+struct Exps<S: Simd, const C: usize> {
+    e: [S::F; C],
+    m: S::F,
+    y: S::I,
+    u_y: S::F,
+    sum: S::F,
+}
+
+/// The first phase of one block (`S::LANES` rows at `z`, `shift`, `labels`): `u = z + s`, its
+/// maxima, `u` at the label, and the exponentials with their sums, prefetching `next`
+/// beside the exponentials. Clears `ok` if a label is not below `C`.
+///
+/// # Safety
+/// `z` (and `shift`) must hold `S::LANES · C` floats and `labels` `S::LANES` values.
+#[inline(always)]
+unsafe fn exps<S: Simd, const C: usize>(
+    s: S,
+    z: *const f32,
+    shift: Option<*const f32>,
+    labels: *const u32,
+    next: &[&[f32]; 3],
+    ok: &mut bool,
+) -> Exps<S, C> {
+    // u[j] = z + s of class j, one row per lane (`math::load_max`'s first loop).
+    let mut e = unsafe { s.load_columns::<C>(z, shift) };
+    let m = max_in_order(s, &e);
+    // u at the label, before the exponentials.
+    let y = unsafe { s.load_u32(labels) };
+    *ok &= !s.any_at_least(y, C as u32);
+    let mut u_y = s.splat(0.0);
+    for (j, &uj) in e.iter().enumerate() {
+        u_y = s.select(s.eq_i(y, j as i32), uj, u_y);
+    }
+    let sum = exp_sum_in_order(s, &mut e, m, next);
+    Exps { e, m, y, u_y, sum }
+}
+
+/// The second phase of one block: the losses `w · (m + ln Σ - u_y)` into `losses` and, with
+/// `grad`, the gradient rows.
+///
+/// # Safety
+/// `losses` must hold `S::LANES` floats and `grad` `S::LANES · C`.
+#[inline(always)]
+unsafe fn finish<S: Simd, const C: usize>(
+    s: S,
+    b: &Exps<S, C>,
+    w: S::F,
+    grad_scale: f32,
+    losses: *mut f32,
+    grad: Option<*mut f32>,
+) {
+    let lse = s.add(b.m, simd::ln_of_sum(s, b.sum));
+    unsafe { s.store(losses, s.mul(w, s.sub(lse, b.u_y))) };
+    if let Some(grad) = grad {
+        let scale = s.mul(s.splat(grad_scale), w);
+        let factor = s.div(scale, b.sum);
+        let mut v = b.e;
+        for (j, vj) in v.iter_mut().enumerate() {
+            let p = s.mul(*vj, factor);
+            *vj = s.select(s.eq_i(b.y, j as i32), s.sub(p, scale), p);
+        }
+        unsafe { s.store_columns::<C>(grad, &v) };
+    }
+}
+
+/// [`block`] in two phases: the exponentials of all `G` blocks, then the rest of each block
+/// in turn.
+#[inline(always)]
+fn block_two_phase<S: Simd, const C: usize, const G: usize>(
+    s: S,
+    (z, shift, labels, weights): BlockIn<'_>,
+    next: [&[f32]; 3],
+    grad_scale: f32,
+    losses: &mut [f32],
+    grad: Option<&mut [f32]>,
+) -> bool {
+    let n = S::LANES;
+    assert!(
+        z.len() == G * n * C
+            && shift.is_none_or(|v| v.len() == G * n * C)
+            && labels.len() == G * n
+            && weights.is_none_or(|w| w.len() == G * n)
+            && losses.len() == G * n
+            && grad.as_ref().is_none_or(|g| g.len() == G * n * C)
+    );
+    let mut ok = true;
+    // A loop, not `array::from_fn`: a closure is not compiled for the caller's instruction
+    // set.
+    let mut blocks = [const { std::mem::MaybeUninit::<Exps<S, C>>::uninit() }; G];
+    for (g, b) in blocks.iter_mut().enumerate() {
+        let next = next.map(|v| v.get(g * n * C..).unwrap_or(&[]));
+        // SAFETY: the lengths were checked above.
+        b.write(unsafe {
+            exps::<S, C>(
+                s,
+                z.as_ptr().add(g * n * C),
+                shift.map(|v| v.as_ptr().add(g * n * C)),
+                labels.as_ptr().add(g * n),
+                &next,
+                &mut ok,
+            )
+        });
+    }
+    let grad = grad.map(|g| g.as_mut_ptr());
+    for (g, b) in blocks.iter().enumerate() {
+        // SAFETY: the loop above wrote every block; the lengths were checked above.
+        unsafe {
+            let w = match weights {
+                Some(w) => s.load(w.as_ptr().add(g * n)),
+                None => s.splat(1.0),
+            };
+            finish::<S, C>(
+                s,
+                b.assume_init_ref(),
+                w,
+                grad_scale,
+                losses.as_mut_ptr().add(g * n),
+                grad.map(|p| p.add(g * n * C)),
+            )
+        };
+    }
+    ok
 }
 
 #[cfg(test)]
