@@ -52,6 +52,7 @@ pub(super) trait Simd: Copy {
     /// `a < b`, `a > b`, `a == b` (false where either is NaN).
     fn lt(self, a: Self::F, b: Self::F) -> Self::M;
     fn gt(self, a: Self::F, b: Self::F) -> Self::M;
+    fn eq(self, a: Self::F, b: Self::F) -> Self::M;
     /// `m ? a : b` per lane.
     fn select(self, m: Self::M, a: Self::F, b: Self::F) -> Self::F;
     /// `x < lo ? lo : x` per lane, so NaN passes (one instruction on x86: `max(lo, x)`
@@ -279,6 +280,10 @@ impl Simd for Scalar {
         a > b
     }
     #[inline(always)]
+    fn eq(self, a: f32, b: f32) -> bool {
+        a == b
+    }
+    #[inline(always)]
     fn select(self, m: bool, a: f32, b: f32) -> f32 {
         if m {
             a
@@ -427,6 +432,10 @@ impl Simd for Lanes8 {
     #[inline(always)]
     fn gt(self, a: [f32; 8], b: [f32; 8]) -> [bool; 8] {
         zip8(a, b, |x, y| x > y)
+    }
+    #[inline(always)]
+    fn eq(self, a: [f32; 8], b: [f32; 8]) -> [bool; 8] {
+        zip8(a, b, |x, y| x == y)
     }
     #[inline(always)]
     fn select(self, m: [bool; 8], a: [f32; 8], b: [f32; 8]) -> [f32; 8] {
@@ -587,6 +596,10 @@ impl Simd for Avx2 {
     #[inline(always)]
     fn gt(self, a: __m256, b: __m256) -> __m256 {
         with_isa!(_mm256_cmp_ps::<_CMP_GT_OQ>(a, b))
+    }
+    #[inline(always)]
+    fn eq(self, a: __m256, b: __m256) -> __m256 {
+        with_isa!(_mm256_cmp_ps::<_CMP_EQ_OQ>(a, b))
     }
     #[inline(always)]
     fn select(self, m: __m256, a: __m256, b: __m256) -> __m256 {
@@ -891,6 +904,10 @@ impl Simd for Avx512 {
     #[inline(always)]
     fn gt(self, a: __m512, b: __m512) -> __mmask16 {
         with_isa!(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(a, b))
+    }
+    #[inline(always)]
+    fn eq(self, a: __m512, b: __m512) -> __mmask16 {
+        with_isa!(_mm512_cmp_ps_mask::<_CMP_EQ_OQ>(a, b))
     }
     #[inline(always)]
     fn select(self, m: __mmask16, a: __m512, b: __m512) -> __m512 {
