@@ -801,22 +801,20 @@ fn exp_sum_across<S: Simd, const C: usize>(
 /// chains (exponentials, then `ln` and a division) overlap instead of each block's waiting
 /// on its own. On 8 lanes each phase of [`block`] (exponentials and sums, `ln` and losses,
 /// gradient) runs over all of them before the next (on AVX2's 16 registers 3–27 % faster
-/// than one block at a time). On 16 lanes, up to [`TWO_PHASE_MAX_CLASSES`] classes,
-/// [`block_two_phase`] runs the exponentials of all four, then the rest block by block; one
-/// block at a time kept up with neither (AMD EPYC, Zen 4, one thread, the two kernels
-/// alternated in one process: 32768 × 2 rows 48 against 62 µs, × 3 72 against 81, 16384 ×
-/// 5 56 against 74, 8192 × 7 54 against 58; 8192 × 8 and 4096 × 10 to × 16 level), and the
-/// three-phase order of [`block`] was no faster than one at a time there.
+/// than one block at a time; two phases 1–12 % slower, groups of two 4–16 % slower, of
+/// eight within 3 %). On 16 lanes, up to [`TWO_PHASE_MAX_CLASSES`] classes,
+/// [`block_two_phase`] runs the exponentials of all four, then the rest block by block:
+/// faster than one block at a time (AMD EPYC, Zen 4, one thread, the two kernels alternated
+/// in one process: 32768 × 2 rows 48 against 62 µs, × 3 72 against 81, 16384 × 5 56
+/// against 74, 8192 × 7 54 against 58), where the three-phase order of [`block`] was not.
 const GROUP_BLOCKS: usize = 4;
-/// Most classes for which 16-lane blocks run in groups ([`block_two_phase`]); above it the
-/// 16 × 16 transposes' registers leave no room for a group's state, and blocks run one by
-/// one.
+/// Most classes for which 16-lane blocks run in groups ([`block_two_phase`]); from 8 to 16
+/// classes groups measured level with one block at a time (and groups of two no better).
 const TWO_PHASE_MAX_CLASSES: usize = 7;
 
 /// Rows `r0 .. r0 + losses.len()`, `S::LANES` at a time, in groups of [`GROUP_BLOCKS`]
 /// blocks (on 16 lanes only up to [`TWO_PHASE_MAX_CLASSES`] classes, above that one by
-/// one); the last partial block runs padded. Returns
-/// whether every label was below `C`.
+/// one); the last partial block runs padded. Returns whether every label was below `C`.
 #[inline(always)]
 fn across<S: Simd, const C: usize>(
     s: S,
