@@ -916,6 +916,25 @@ fn across<S: Simd, const C: usize>(
 /// (`G · LANES`).
 type BlockIn<'a> = (&'a [f32], Option<&'a [f32]>, &'a [u32], Option<&'a [f32]>);
 
+/// The lengths a group of `G` blocks of `n` rows takes: `G · n · C` logits, shift and
+/// gradient values, `G · n` labels, weights and losses.
+#[inline(always)]
+fn check_block<const C: usize, const G: usize>(
+    n: usize,
+    (z, shift, labels, weights): BlockIn<'_>,
+    losses: &[f32],
+    grad: Option<&[f32]>,
+) {
+    assert!(
+        z.len() == G * n * C
+            && shift.is_none_or(|v| v.len() == G * n * C)
+            && labels.len() == G * n
+            && weights.is_none_or(|w| w.len() == G * n)
+            && losses.len() == G * n
+            && grad.is_none_or(|g| g.len() == G * n * C)
+    );
+}
+
 /// `G` blocks of `S::LANES` rows of `C` classes, one row per lane. `losses` holds
 /// `G · LANES` values and `grad` `G · LANES · C`. Each lane repeats the per-row kernel on
 /// its row operation for operation (see the module docs); each phase runs over the `G`
@@ -932,14 +951,7 @@ fn block<S: Simd, const C: usize, const G: usize>(
     grad: Option<&mut [f32]>,
 ) -> bool {
     let n = S::LANES;
-    assert!(
-        z.len() == G * n * C
-            && shift.is_none_or(|v| v.len() == G * n * C)
-            && labels.len() == G * n
-            && weights.is_none_or(|w| w.len() == G * n)
-            && losses.len() == G * n
-            && grad.as_ref().is_none_or(|g| g.len() == G * n * C)
-    );
+    check_block::<C, G>(n, (z, shift, labels, weights), losses, grad.as_deref());
     let mut u = [[s.splat(0.0); C]; G];
     let mut m = [s.splat(0.0); G];
     let mut y = [s.splat_i(0); G];
@@ -1064,14 +1076,7 @@ fn block_two_phase<S: Simd, const C: usize, const G: usize>(
     grad: Option<&mut [f32]>,
 ) -> bool {
     let n = S::LANES;
-    assert!(
-        z.len() == G * n * C
-            && shift.is_none_or(|v| v.len() == G * n * C)
-            && labels.len() == G * n
-            && weights.is_none_or(|w| w.len() == G * n)
-            && losses.len() == G * n
-            && grad.as_ref().is_none_or(|g| g.len() == G * n * C)
-    );
+    check_block::<C, G>(n, (z, shift, labels, weights), losses, grad.as_deref());
     let mut ok = true;
     // A loop, not `array::from_fn`: a closure is not compiled for the caller's instruction
     // set.
