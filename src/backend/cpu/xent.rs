@@ -30,11 +30,11 @@
 //!   [`Simd`](super::simd::Simd) and runs as 8 lanes of arrays (portable), 8 AVX2 lanes or 16
 //!   AVX-512 lanes; the block's `C` contiguous vectors are deinterleaved into one vector per
 //!   class by permutes (up to 6 classes on AVX-512, 4 on AVX2) or above that by 16 × 16 or
-//!   8 × 8 transposes, and the gradient interleaved back the same way. Four blocks go
-//!   together so that their dependency chains overlap: on 8 lanes each phase (exponentials
-//!   and sums, then `ln`, then the gradient) over all four before the next; on 16 lanes the
-//!   exponentials of all four, then the rest block by block, and above 7 classes one block
-//!   at a time (see [`GROUP_BLOCKS`]); the next group's inputs and gradient rows are
+//!   8 × 8 transposes, and the gradient interleaved back the same way. Blocks go in groups
+//!   so that their dependency chains overlap: on 8 lanes four, each phase (exponentials and
+//!   sums, then `ln`, then the gradient) over all four before the next; on 16 lanes eight,
+//!   the exponentials of all eight, then the rest block by block, and above 7 classes one
+//!   block at a time (see [`GROUP_BLOCKS`]); the next group's inputs and gradient rows are
 //!   prefetched during the exponentials (the per-row kernel prefetches the inputs only: its
 //!   gradient rows are another task's). Each lane repeats the per-row kernel's arithmetic
 //!   exactly — the same 8 running maxima and partial sums for the first `⌊C/8⌋·8` classes,
@@ -797,24 +797,28 @@ fn exp_sum_across<S: Simd, const C: usize>(
     s.add(s.add(s.splat(0.0), u[0]), u[1])
 }
 
-/// Blocks of rows the across-rows kernel takes at once, so that the blocks' long dependency
-/// chains (exponentials, then `ln` and a division) overlap instead of each block's waiting
-/// on its own. On 8 lanes each phase of [`block`] (exponentials and sums, `ln` and losses,
-/// gradient) runs over all of them before the next (on AVX2's 16 registers 3–27 % faster
-/// than one block at a time; two phases 1–12 % slower, groups of two 4–16 % slower, of
-/// eight within 3 %). On 16 lanes, up to [`TWO_PHASE_MAX_CLASSES`] classes,
-/// [`block_two_phase`] runs the exponentials of all four, then the rest block by block:
-/// faster than one block at a time (AMD EPYC, Zen 4, one thread, the two kernels alternated
-/// in one process: 32768 × 2 rows 48 against 62 µs, × 3 72 against 81, 16384 × 5 56
-/// against 74, 8192 × 7 54 against 58), where the three-phase order of [`block`] was not.
+/// Blocks of rows the across-rows kernel takes at once on 8 lanes, so that the blocks' long
+/// dependency chains (exponentials, then `ln` and a division) overlap instead of each
+/// block's waiting on its own: each phase of [`block`] (exponentials and sums, `ln` and
+/// losses, gradient) runs over all of them before the next (on AVX2's 16 registers 3–27 %
+/// faster than one block at a time; two phases 1–12 % slower, groups of two 4–16 % slower,
+/// of eight within 3 %).
 const GROUP_BLOCKS: usize = 4;
+/// Blocks of rows taken at once on 16 lanes, up to [`TWO_PHASE_MAX_CLASSES`] classes:
+/// [`block_two_phase`] runs the exponentials of all of them, then the rest block by block.
+/// Four were faster than one block at a time (AMD EPYC, Zen 4, one thread, the kernels
+/// alternated in one process: 32768 × 2 rows 48 against 62 µs, × 3 72 against 81, 16384 × 5
+/// 56 against 74, 8192 × 7 54 against 58), where the three-phase order of [`block`] was
+/// not; eight were another 2.5–4.5 % faster than four at 2 to 7 classes.
+const TWO_PHASE_BLOCKS: usize = 8;
 /// Most classes for which 16-lane blocks run in groups ([`block_two_phase`]); from 8 to 16
 /// classes groups measured level with one block at a time (and groups of two no better).
 const TWO_PHASE_MAX_CLASSES: usize = 7;
 
 /// Rows `r0 .. r0 + losses.len()`, `S::LANES` at a time, in groups of [`GROUP_BLOCKS`]
-/// blocks (on 16 lanes only up to [`TWO_PHASE_MAX_CLASSES`] classes, above that one by
-/// one); the last partial block runs padded. Returns whether every label was below `C`.
+/// blocks on 8 lanes and of [`TWO_PHASE_BLOCKS`] on 16 (there only up to
+/// [`TWO_PHASE_MAX_CLASSES`] classes, above that one by one); the last partial block runs
+/// padded. Returns whether every label was below `C`.
 #[inline(always)]
 fn across<S: Simd, const C: usize>(
     s: S,
@@ -830,8 +834,8 @@ fn across<S: Simd, const C: usize>(
     let labels = &input.labels[r0..r0 + n];
     let weights = input.weights.map(|w| &w[r0..r0 + n]);
     let full = n / lanes * lanes;
-    let group = GROUP_BLOCKS * lanes;
     let wide = lanes >= 16;
+    let group = if wide { TWO_PHASE_BLOCKS } else { GROUP_BLOCKS } * lanes;
     let grouped = if wide && C > TWO_PHASE_MAX_CLASSES {
         0
     } else {
@@ -865,7 +869,7 @@ fn across<S: Simd, const C: usize>(
         );
         let l = &mut losses[b..b + rows];
         ok &= if b < grouped && wide {
-            block_two_phase::<S, C, GROUP_BLOCKS>(s, args, next, input.grad_scale, l, g)
+            block_two_phase::<S, C, TWO_PHASE_BLOCKS>(s, args, next, input.grad_scale, l, g)
         } else if b < grouped {
             block::<S, C, GROUP_BLOCKS>(s, args, next, input.grad_scale, l, g)
         } else {
