@@ -963,39 +963,40 @@ fn block<S: Simd, const C: usize, const G: usize>(
     let mut sum = [s.splat(0.0); G];
     let mut labels_ok = true;
     for g in 0..G {
-        let (u, m, y, u_y, sum) = (&mut u[g], &mut m[g], &mut y[g], &mut u_y[g], &mut sum[g]);
-        // u[j] = z + s of class j, one row per lane (`math::load_max`'s first loop).
-        // SAFETY (every load and store in this function): the lengths were checked above.
-        let q = shift.map(|v| v[g * n * C..].as_ptr());
-        *u = unsafe { s.load_columns::<C>(z.as_ptr().add(g * n * C), q) };
-        *m = max_in_order(s, u);
-        // u at the label, before the exponentials.
-        *y = unsafe { s.load_u32(labels.as_ptr().add(g * n)) };
-        labels_ok &= !s.any_at_least(*y, C as u32);
-        for (j, &uj) in u.iter().enumerate() {
-            *u_y = s.select(s.eq_i(*y, j as i32), uj, *u_y);
-        }
         let next = next.map(|v| v.get(g * n * C..).unwrap_or(&[]));
-        *sum = exp_sum_across(s, u, *m, &next);
+        // SAFETY (every load and store in this function): the lengths were checked above.
+        let e = unsafe {
+            exps::<S, C>(
+                s,
+                z.as_ptr().add(g * n * C),
+                shift.map(|v| v.as_ptr().add(g * n * C)),
+                labels.as_ptr().add(g * n),
+                &next,
+                &mut labels_ok,
+            )
+        };
+        (u[g], m[g], y[g], u_y[g], sum[g]) = (e.e, e.m, e.y, e.u_y, e.sum);
     }
     let w: [S::F; G] = std::array::from_fn(|g| match weights {
         Some(w) => unsafe { s.load(w.as_ptr().add(g * n)) },
         None => s.splat(1.0),
     });
     for g in 0..G {
-        let lse = s.add(m[g], simd::ln_of_sum(s, sum[g]));
-        let loss = s.mul(w[g], s.sub(lse, u_y[g]));
-        unsafe { s.store(losses.as_mut_ptr().add(g * n), loss) };
+        unsafe {
+            store_losses(
+                s,
+                m[g],
+                sum[g],
+                u_y[g],
+                w[g],
+                losses.as_mut_ptr().add(g * n),
+            )
+        };
     }
     if let Some(grad) = grad {
         for g in 0..G {
-            let scale = s.mul(s.splat(grad_scale), w[g]);
-            let factor = s.div(scale, sum[g]);
-            for (j, uj) in u[g].iter_mut().enumerate() {
-                let v = s.mul(*uj, factor);
-                *uj = s.select(s.eq_i(y[g], j as i32), s.sub(v, scale), v);
-            }
-            unsafe { s.store_columns::<C>(grad.as_mut_ptr().add(g * n * C), &u[g]) };
+            let at = unsafe { grad.as_mut_ptr().add(g * n * C) };
+            unsafe { store_gradient(s, &u[g], y[g], sum[g], w[g], grad_scale, at) };
         }
     }
     labels_ok
@@ -1040,32 +1041,39 @@ unsafe fn exps<S: Simd, const C: usize>(
     Exps { e, m, y, u_y, sum }
 }
 
-/// The second phase of one block: the losses `w · (m + ln Σ - u_y)` into `losses` and, with
-/// `grad`, the gradient rows.
+/// One block's losses `w · (m + ln Σ - u_y)` into `losses`.
 ///
 /// # Safety
-/// `losses` must hold `S::LANES` floats and `grad` `S::LANES · C`.
+/// `losses` must hold `S::LANES` floats.
 #[inline(always)]
-unsafe fn finish<S: Simd, const C: usize>(
+unsafe fn store_losses<S: Simd>(s: S, m: S::F, sum: S::F, u_y: S::F, w: S::F, losses: *mut f32) {
+    let lse = s.add(m, simd::ln_of_sum(s, sum));
+    unsafe { s.store(losses, s.mul(w, s.sub(lse, u_y))) };
+}
+
+/// One block's gradient rows from `e_j = exp(u_j - m)`: `scale · e_j / Σ`, less `scale` at
+/// the label (`scale = grad_scale · w`), interleaved back into `grad`.
+///
+/// # Safety
+/// `grad` must hold `S::LANES · C` floats.
+#[inline(always)]
+unsafe fn store_gradient<S: Simd, const C: usize>(
     s: S,
-    b: &Exps<S, C>,
+    e: &[S::F; C],
+    y: S::I,
+    sum: S::F,
     w: S::F,
     grad_scale: f32,
-    losses: *mut f32,
-    grad: Option<*mut f32>,
+    grad: *mut f32,
 ) {
-    let lse = s.add(b.m, simd::ln_of_sum(s, b.sum));
-    unsafe { s.store(losses, s.mul(w, s.sub(lse, b.u_y))) };
-    if let Some(grad) = grad {
-        let scale = s.mul(s.splat(grad_scale), w);
-        let factor = s.div(scale, b.sum);
-        let mut v = b.e;
-        for (j, vj) in v.iter_mut().enumerate() {
-            let p = s.mul(*vj, factor);
-            *vj = s.select(s.eq_i(b.y, j as i32), s.sub(p, scale), p);
-        }
-        unsafe { s.store_columns::<C>(grad, &v) };
+    let scale = s.mul(s.splat(grad_scale), w);
+    let factor = s.div(scale, sum);
+    let mut v = *e;
+    for (j, vj) in v.iter_mut().enumerate() {
+        let p = s.mul(*vj, factor);
+        *vj = s.select(s.eq_i(y, j as i32), s.sub(p, scale), p);
     }
+    unsafe { s.store_columns::<C>(grad, &v) };
 }
 
 /// [`block`] in two phases: the exponentials of all `G` blocks, then the rest of each block
@@ -1107,14 +1115,11 @@ fn block_two_phase<S: Simd, const C: usize, const G: usize>(
                 Some(w) => s.load(w.as_ptr().add(g * n)),
                 None => s.splat(1.0),
             };
-            finish::<S, C>(
-                s,
-                b.assume_init_ref(),
-                w,
-                grad_scale,
-                losses.as_mut_ptr().add(g * n),
-                grad.map(|p| p.add(g * n * C)),
-            )
+            let b = b.assume_init_ref();
+            store_losses(s, b.m, b.sum, b.u_y, w, losses.as_mut_ptr().add(g * n));
+            if let Some(p) = grad {
+                store_gradient(s, &b.e, b.y, b.sum, w, grad_scale, p.add(g * n * C));
+            }
         };
     }
     ok
