@@ -33,8 +33,8 @@
 //!   8 × 8 transposes, and the gradient interleaved back the same way. Blocks go in groups
 //!   so that their dependency chains overlap: on 8 lanes four, each phase (exponentials and
 //!   sums, then `ln`, then the gradient) over all four before the next; on 16 lanes eight,
-//!   the exponentials of all eight, then the rest block by block, and above 7 classes one
-//!   block at a time (see [`GROUP_BLOCKS`]); the next group's inputs and gradient rows are
+//!   the exponentials of all eight, then the rest block by block; above 8 classes on 8 lanes
+//!   and 7 on 16, one block at a time (see [`GROUP_BLOCKS`]); the next group's inputs and gradient rows are
 //!   prefetched during the exponentials (the per-row kernel prefetches the inputs only: its
 //!   gradient rows are another task's). Each lane repeats the per-row kernel's arithmetic
 //!   exactly — the same 8 running maxima and partial sums for the first `⌊C/8⌋·8` classes,
@@ -802,8 +802,14 @@ fn exp_sum_across<S: Simd, const C: usize>(
 /// block's waiting on its own: each phase of [`block`] (exponentials and sums, `ln` and
 /// losses, gradient) runs over all of them before the next (on AVX2's 16 registers 3–27 %
 /// faster than one block at a time; two phases 1–12 % slower, groups of two 4–16 % slower,
-/// of eight within 3 %).
+/// of eight within 3 %), up to [`GROUP_MAX_CLASSES`] classes.
 const GROUP_BLOCKS: usize = 4;
+/// Most classes for which 8-lane blocks run in groups: above that a group's class vectors
+/// (`4 · C`) no longer fit AVX2's 16 registers near enough, and one block at a time measured
+/// faster (AMD EPYC, Zen 4, `MEMAWARE_SIMD=avx2`, one thread, alternated in one process:
+/// 7281 × 9 rows 43.0 against 48.1 µs, 6553 × 10 58.4 against 64.2, 5461 × 12 47.1 against
+/// 51.0, 4096 × 16 level; at 8 classes groups stay 7 % faster).
+const GROUP_MAX_CLASSES: usize = 8;
 /// Blocks of rows taken at once on 16 lanes, up to [`TWO_PHASE_MAX_CLASSES`] classes:
 /// [`block_two_phase`] runs the exponentials of all of them, then the rest block by block.
 /// Four were faster than one block at a time (AMD EPYC, Zen 4, one thread, the kernels
@@ -816,8 +822,8 @@ const TWO_PHASE_BLOCKS: usize = 8;
 const TWO_PHASE_MAX_CLASSES: usize = 7;
 
 /// Rows `r0 .. r0 + losses.len()`, `S::LANES` at a time, in groups of [`GROUP_BLOCKS`]
-/// blocks on 8 lanes and of [`TWO_PHASE_BLOCKS`] on 16 (there only up to
-/// [`TWO_PHASE_MAX_CLASSES`] classes, above that one by one); the last partial block runs
+/// blocks on 8 lanes (up to [`GROUP_MAX_CLASSES`] classes) and of [`TWO_PHASE_BLOCKS`] on 16
+/// (up to [`TWO_PHASE_MAX_CLASSES`]), above that one by one; the last partial block runs
 /// padded. Returns whether every label was below `C`.
 #[inline(always)]
 fn across<S: Simd, const C: usize>(
@@ -835,8 +841,13 @@ fn across<S: Simd, const C: usize>(
     let weights = input.weights.map(|w| &w[r0..r0 + n]);
     let full = n / lanes * lanes;
     let wide = lanes >= 16;
-    let group = if wide { TWO_PHASE_BLOCKS } else { GROUP_BLOCKS } * lanes;
-    let grouped = if wide && C > TWO_PHASE_MAX_CLASSES {
+    let (blocks, max_classes) = if wide {
+        (TWO_PHASE_BLOCKS, TWO_PHASE_MAX_CLASSES)
+    } else {
+        (GROUP_BLOCKS, GROUP_MAX_CLASSES)
+    };
+    let group = blocks * lanes;
+    let grouped = if C > max_classes {
         0
     } else {
         n / group * group
