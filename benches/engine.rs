@@ -23,7 +23,7 @@
 //!   100, 1000, `N·C ≥ 2^20`) against the 2-thread copy bandwidth of a working set of the
 //!   row's own size (16–100 MB: in L3, in DRAM or across both, depending on the machine), the
 //!   fused linear + CE step (the bytes of `x` it reads once) against the read bandwidth of an
-//!   8 MiB working set, GEMM against the FMA peak. The CE rows and the linear step are timed
+//!   8 MiB working set and its FLOPs against the FMA peak, GEMM against the FMA peak. The CE rows and the linear step are timed
 //!   twice: called from outside rayon's pool (each parallel op is handed to the pool and
 //!   back) and from a pool thread, as the CLI runs and as the copy and read limits are
 //!   measured. With
@@ -606,10 +606,12 @@ fn roofline(_c: &mut Criterion) {
         let t = time_calls(&mut one_step);
         // On a thread of rayon's pool, as the CLI runs: no hand-over to the pool per op.
         let t_pool = rayon::scope(|_| time_calls(&mut one_step));
-        // The step is bound by one pass over x (7.2 MB, from L3 or memory): its figure is
-        // those bytes per second against the read bandwidth of an 8 MiB working set (14.4
-        // MFLOP would be 3% of peak).
+        // Two limits: one pass over x (7.2 MB, from L3 or memory) at the read bandwidth of an
+        // 8 MiB working set, the time if the arithmetic were free; and its 14.4 MFLOP (logits
+        // and dW, multiplies and adds apart as the bits require) at the FMA peak, which the
+        // loop's arithmetic reaches first on some CPUs (docs/performance.md).
         let bytes = 4.0 * 1000.0 * 1800.0;
+        let flops = 2.0 * (2.0 * 1000.0 * 1800.0 * 2.0);
         let torch = pytorch(&reference, "linear_1800x2_sgd").map(|(ms, _)| (ms, bytes));
         for (t, caller) in [
             (t, "caller outside the pool"),
@@ -624,11 +626,20 @@ fn roofline(_c: &mut Criterion) {
                 torch,
             );
         }
+        row(
+            "the same step on a pool thread, its FLOPs against the FMA peak".into(),
+            t_pool,
+            flops,
+            "GFLOP/s",
+            peak,
+            torch.map(|(ms, _)| (ms, flops)),
+        );
     }
     println!(
         "limits: CE rows against a 2-thread copy of their own working set ({}), the linear \
-         step (bytes of x) against {:.1} GB/s (2-thread read of 8 MiB), GEMM against {peak:.1} \
-         GFLOP/s (2-thread {fma_name}); PyTorch's CE bytes count int64 labels (8 B/row)",
+         step (bytes of x) against {:.1} GB/s (2-thread read of 8 MiB) and its FLOPs, and \
+         GEMM, against {peak:.1} GFLOP/s (2-thread {fma_name}); PyTorch's CE bytes count \
+         int64 labels (8 B/row)",
         ce_limits.join(", "),
         read_x[1][0]
     );
