@@ -4,9 +4,10 @@
 //! [`xent`](super::xent) and its gradients `dW = Σ_i dz_i x_iᵀ`, `db = Σ_i dz_i`, computed in
 //! one pass over `X`. Each thread takes a run of consecutive rows in groups of [`GROUP`]:
 //! while the cross-entropy of one group is done, the next group's logits are taken in the
-//! same pass over the columns as this group's share of `dW` ([`dots_and_axpy4`]), so `X` is
-//! read from memory once (`4·N·D` bytes) and the gradient's arithmetic runs while the next
-//! rows arrive. The unfused chain (`X · Wᵀ`, cross-entropy, `dZᵀ · X`) streams `X` twice.
+//! same passes over the columns as this group's share of `dW` ([`dots_and_axpy4`]: four
+//! rows' share beside the logits of as many rows as the registers hold, [`dot_rows`]), so
+//! `X` is read from memory once (`4·N·D` bytes) and the gradient's arithmetic runs while the
+//! next rows arrive. The unfused chain (`X · Wᵀ`, cross-entropy, `dZᵀ · X`) streams `X` twice.
 //!
 //! Optional extra weight rows (`also`, e.g. the other XRM twin) get their logits from the same
 //! pass, so a caller that needs `X · Wᵀ` for the loss and `X · Vᵀ` for something else reads
@@ -227,17 +228,33 @@ impl Pass<'_> {
             };
             let dz_cur = Some(&mut dz[cur.start * c..cur.end * c]);
             xent::across_rows_here(input, &mut l[cur.clone()], dz_cur);
-            // The next group's logits, each run of 4 (2 above two columns) rows in one pass
+            // The next group's logits; at every fourth row, `step` rows of them in one pass
             // with four of this group's rows' share of dW, while those are still in cache.
             let gw = &mut *gw[cur.start / ROWS];
             let next = groups.get(gi + 1).cloned().unwrap_or(cur.end..cur.end);
-            let step = if width <= 2 { 4 } else { 2 };
+            let step = dot_rows(width);
+            let first = &self.cols[..width.min(MAX_CLASSES)];
             let mut done = cur.start;
             let mut r = next.start;
             while r < next.end {
                 if r + step > next.end || done + 4 > cur.end || (r - next.start) % 4 != 0 {
-                    self.logits(r0 + r, r + 1 < next.end, &mut all[r * width..], 0);
-                    r += 2;
+                    if step == 1 {
+                        // One row by the same kernel, without dW: its portable twin runs
+                        // on vectors, `row_dots`' does not.
+                        let x = self.row(r0 + r);
+                        let out = &mut all[r * width..(r + 1) * width];
+                        dots_and_axpy4([x], first, [&mut *out], &[], [x; 4], gw);
+                        if width > MAX_CLASSES {
+                            self.logits(r0 + r, false, out, 1);
+                        }
+                        r += 1;
+                        continue;
+                    }
+                    // In pairs, but none reaching over a fourth row, where a pass with dW
+                    // starts.
+                    let pair = r + 1 < next.end && (r + 1 - next.start) % 4 != 0;
+                    self.logits(r0 + r, pair, &mut all[r * width..], 0);
+                    r += 1 + usize::from(pair);
                     continue;
                 }
                 let mut coef = [[0.0f32; 4]; MAX_CLASSES];
@@ -245,17 +262,22 @@ impl Pass<'_> {
                     *cf = std::array::from_fn(|t| dz[(done + t) * c + j]);
                 }
                 let b = std::array::from_fn(|t| self.row(r0 + done + t));
-                let first = &self.cols[..width.min(MAX_CLASSES)];
                 let out = &mut all[r * width..(r + step) * width];
-                if step == 4 {
-                    let xs = std::array::from_fn(|t| self.row(r0 + r + t));
-                    dots_and_axpy4(xs, first, rows4(out, width), &coef[..c], b, gw);
-                } else {
-                    let xs = [self.row(r0 + r), self.row(r0 + r + 1)];
-                    let (z0, z1) = out.split_at_mut(width);
-                    dots_and_axpy4(xs, first, [z0, z1], &coef[..c], b, gw);
-                    // Logit columns past the first four, as a separate product takes them.
-                    self.logits(r0 + r, true, out, 1);
+                match step {
+                    4 => {
+                        let xs = std::array::from_fn(|t| self.row(r0 + r + t));
+                        dots_and_axpy4(xs, first, rows4(out, width), &coef[..c], b, gw);
+                    }
+                    2 => {
+                        let xs = [self.row(r0 + r), self.row(r0 + r + 1)];
+                        let (z0, z1) = out.split_at_mut(width);
+                        dots_and_axpy4(xs, first, [z0, z1], &coef[..c], b, gw);
+                    }
+                    _ => dots_and_axpy4([self.row(r0 + r)], first, [out], &coef[..c], b, gw),
+                }
+                // Logit columns past the first four, as a separate product takes them.
+                if width > MAX_CLASSES {
+                    self.logits(r0 + r, step == 2, out, 1);
                 }
                 done += 4;
                 r += step;
@@ -296,6 +318,25 @@ impl Pass<'_> {
                 row_dots(self.row(i), group, z0);
             }
         }
+    }
+}
+
+/// Rows whose logits [`dots_and_axpy4`] takes in one pass beside a share of `dW`, for `width`
+/// logit columns: as many as keep its accumulators (`rows · min(width, 4)` sets of 32
+/// partial sums) in registers. On 16 lanes a set is two of 32 registers: four rows at up to
+/// two columns, else two. On 8 lanes (AVX2's 16 registers, or the portable arrays) a set is
+/// four, so one row: four rows there spilled (AMD EPYC, Zen 4, `MEMAWARE_SIMD=avx2`, one
+/// thread, 1000 × 1800 → 2: 327–331 µs a step with one row against 374–382 with four, two
+/// rows 344–346 in a probe; portable 554–568 against 583–589; level at 3 and 4 classes).
+fn dot_rows(width: usize) -> usize {
+    if super::has_avx512() {
+        if width <= 2 {
+            4
+        } else {
+            2
+        }
+    } else {
+        1
     }
 }
 
