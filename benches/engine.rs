@@ -23,10 +23,10 @@
 //!   100, 1000, `N·C ≥ 2^20`) against the 2-thread copy bandwidth of a working set of the
 //!   row's own size (16–100 MB: in L3, in DRAM or across both, depending on the machine), the
 //!   fused linear + CE step (the bytes of `x` it reads once) against the read bandwidth of an
-//!   8 MiB working set and its FLOPs against the FMA peak, GEMM against the FMA peak. The CE rows and the linear step are timed
-//!   twice: called from outside rayon's pool (each parallel op is handed to the pool and
-//!   back) and from a pool thread, as the CLI runs and as the copy and read limits are
-//!   measured. With
+//!   8 MiB working set and its FLOPs against the FMA peak, GEMM against the FMA peak. The CE
+//!   rows and the linear step are timed twice: called from outside rayon's pool (each
+//!   parallel op is handed to the pool and back) and from a pool thread, as the CLI runs and
+//!   as the copy and read limits are measured. With
 //!   `PYTORCH_REFERENCE=path.json` (benches/pytorch_reference.py's output, default
 //!   `results/pytorch_reference.json`) PyTorch's figures for the same workloads are printed
 //!   beside ours. `cargo bench --bench engine -- roofline` runs the table alone;

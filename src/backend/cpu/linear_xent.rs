@@ -205,6 +205,9 @@ impl Pass<'_> {
         for r in groups[0].clone().step_by(2) {
             self.logits(r0 + r, r + 1 < groups[0].end, &mut all[r * width..], 0);
         }
+        // Rows of logits per pass with dW, and the columns that pass takes.
+        let step = dot_rows(width);
+        let first = &self.cols[..width.min(MAX_CLASSES)];
         for (gi, cur) in groups.iter().enumerate() {
             // The group's logits, losses and dz (labels were checked), by the cross-entropy's
             // own kernel.
@@ -232,8 +235,6 @@ impl Pass<'_> {
             // with four of this group's rows' share of dW, while those are still in cache.
             let gw = &mut *gw[cur.start / ROWS];
             let next = groups.get(gi + 1).cloned().unwrap_or(cur.end..cur.end);
-            let step = dot_rows(width);
-            let first = &self.cols[..width.min(MAX_CLASSES)];
             let mut done = cur.start;
             let mut r = next.start;
             while r < next.end {
