@@ -146,20 +146,32 @@ pub(super) trait Simd: Copy {
         }
     }
 
-    /// [`Self::transpose_in`] backwards: the `LANES` vectors at `src` are columns, and row
-    /// `r < LANES` gets its first `w ≤ LANES` floats at `dst + r·stride` (nothing else is
-    /// written).
+    /// [`Self::transpose_in`] backwards, each vector multiplied by `scale` on the way (lane
+    /// `r`, row `r`'s factor: the multiply the caller would otherwise make in a pass of its
+    /// own): the `LANES` vectors at `src` are columns, and row `r < LANES` gets its first
+    /// `w ≤ LANES` floats at `dst + r·stride` (nothing else is written).
     ///
     /// # Safety
     /// `src` is valid for `LANES · LANES` reads, `dst` for those writes, and the two do not
     /// overlap.
     #[inline(always)]
-    unsafe fn transpose_out(self, src: *const f32, w: usize, dst: *mut f32, stride: usize) {
+    unsafe fn transpose_out(
+        self,
+        src: *const f32,
+        scale: Self::F,
+        w: usize,
+        dst: *mut f32,
+        stride: usize,
+    ) {
         let n = Self::LANES;
-        for r in 0..n {
-            for c in 0..w {
-                // SAFETY: the caller's contract.
-                unsafe { *dst.add(r * stride + c) = *src.add(c * n + r) };
+        for c in 0..w {
+            // SAFETY: the caller's contract; a vector is its `n` floats in order.
+            unsafe {
+                let v = self.mul(self.load(src.add(c * n)), scale);
+                let v: *const f32 = (&raw const v).cast();
+                for r in 0..n {
+                    *dst.add(r * stride + c) = *v.add(r);
+                }
             }
         }
     }
@@ -685,11 +697,18 @@ impl Simd for Avx2 {
     }
     /// The 8 × 8 transpose, each row stored masked to `w` floats.
     #[inline(always)]
-    unsafe fn transpose_out(self, src: *const f32, w: usize, dst: *mut f32, stride: usize) {
+    unsafe fn transpose_out(
+        self,
+        src: *const f32,
+        scale: __m256,
+        w: usize,
+        dst: *mut f32,
+        stride: usize,
+    ) {
         with_isa!({
             let mut c = [_mm256_setzero_ps(); 8];
             for (i, v) in c.iter_mut().enumerate() {
-                *v = _mm256_loadu_ps(src.add(8 * i));
+                *v = _mm256_mul_ps(_mm256_loadu_ps(src.add(8 * i)), scale);
             }
             let rows = transpose8(c);
             if w == 8 {
@@ -992,12 +1011,19 @@ impl Simd for Avx512 {
     }
     /// The 16 × 16 transpose, each row stored masked to `w` floats.
     #[inline(always)]
-    unsafe fn transpose_out(self, src: *const f32, w: usize, dst: *mut f32, stride: usize) {
+    unsafe fn transpose_out(
+        self,
+        src: *const f32,
+        scale: __m512,
+        w: usize,
+        dst: *mut f32,
+        stride: usize,
+    ) {
         with_isa!({
             let mask = ((1u32 << w) - 1) as __mmask16;
             let mut c = [_mm512_setzero_ps(); 16];
             for (i, v) in c.iter_mut().enumerate() {
-                *v = _mm512_loadu_ps(src.add(16 * i));
+                *v = _mm512_mul_ps(_mm512_loadu_ps(src.add(16 * i)), scale);
             }
             for (r, v) in transpose16(c).into_iter().enumerate() {
                 _mm512_mask_storeu_ps(dst.add(r * stride), mask, v);
@@ -1305,7 +1331,8 @@ mod tests {
 
     /// `transpose_in` on `isa` gathers each row's first `w` floats (plus `add`'s) into its
     /// column vectors and zeros the rest, reading nothing past them (the rows sit at the end
-    /// of their buffers); `transpose_out` puts them back, writing nothing else.
+    /// of their buffers); `transpose_out` puts them back, each row times its lane of the
+    /// scale, writing nothing else.
     fn check_transpose<S: Simd>(isa: S) {
         let n = S::LANES;
         let ss = n + 5;
@@ -1327,12 +1354,15 @@ mod tests {
                     };
                     assert_eq!(v, want, "{n} lanes, width {w}: row {r}, column {c}");
                 }
+                let lanes: Vec<f32> = (0..n).map(|r| 1.0 + 0.25 * r as f32).collect();
+                // SAFETY: `lanes` holds one vector.
+                let scale = unsafe { isa.load(lanes.as_ptr()) };
                 let mut back = vec![-1.0f32; len];
                 // SAFETY: as above.
-                unsafe { isa.transpose_out(t.as_ptr(), w, back.as_mut_ptr(), ss) };
+                unsafe { isa.transpose_out(t.as_ptr(), scale, w, back.as_mut_ptr(), ss) };
                 for (i, &v) in back.iter().enumerate() {
                     let (r, c) = (i / ss, i % ss);
-                    let want = if c < w { t[c * n + r] } else { -1.0 };
+                    let want = if c < w { t[c * n + r] * lanes[r] } else { -1.0 };
                     assert_eq!(v, want, "{n} lanes, width {w}: back to row {r}, column {c}");
                 }
             }
