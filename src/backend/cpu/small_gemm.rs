@@ -481,6 +481,7 @@ fn strided(prod: Product<'_>, c: &mut [f32]) {
 /// a tail block picks a smaller instance.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
+    use super::super::simd::store_lanes_below;
     use super::{DOT_COLS, DOT_ROWS, LANES, ROW_BLOCK, ROW_VECS};
     use std::arch::x86_64::*;
 
@@ -707,7 +708,7 @@ mod avx2 {
             let c_row = c.add(r * ldc);
             for (v, &x) in acc_r.iter().enumerate() {
                 if MASKED && v == V - 1 {
-                    _mm256_maskstore_ps(c_row.add(v * LANES), mask, x);
+                    store_lanes_below(c_row.add(v * LANES), x, last);
                 } else {
                     _mm256_storeu_ps(c_row.add(v * LANES), x);
                 }
