@@ -52,9 +52,10 @@
 //!   beside the exponentials), and the gradient is scaled as it is transposed back into
 //!   place ([`Simd::transpose_out`], saving a pass over the buffer: 16384 × 100 rows 12 %
 //!   faster, 8192 × 32 7 %): `u` is never written row-major. Above that `C` the per-row
-//!   kernel measured faster on rows streamed from memory ([`Isa::wide_max_classes`]); so it
-//!   is on CPUs without AVX2, where the per-row kernel is the portable twin (the same bits,
-//!   tested).
+//!   kernel measured faster on rows streamed from memory ([`Isa::wide_max_classes`]), and
+//!   so it is above 48 classes for calls larger than a last-level cache
+//!   ([`WIDE_CACHED_BYTES`]: 98 MB at 100 classes, 3.2 against 4.7 ms); so it is on CPUs
+//!   without AVX2, where the per-row kernel is the portable twin (the same bits, tested).
 //!
 //! Rows run in parallel above a size threshold; each row is computed by one thread, so results
 //! do not depend on the thread count.
@@ -109,16 +110,28 @@ enum Kernel {
 }
 
 impl Kernel {
-    fn for_classes(isa: Isa, cols: usize) -> Kernel {
+    /// The kernel for rows of `cols` classes, the call reading and writing `bytes` in all.
+    fn choose(isa: Isa, cols: usize, bytes: usize) -> Kernel {
         if (1..=ACROSS_MAX_CLASSES).contains(&cols) {
             Kernel::Across
-        } else if cols <= isa.wide_max_classes() {
+        } else if cols <= isa.wide_max_classes(bytes) {
             Kernel::Wide
         } else {
             Kernel::PerRow
         }
     }
 }
+
+/// The most bytes (logits, shift and gradient) for which the wide kernel takes rows of more
+/// than 48 classes on AVX-512. Beyond what the last-level cache holds the rows stream from
+/// memory, and there the per-row kernel, reading each row in order, kept the memory busier
+/// than the wide kernel's blocks of rows (AMD EPYC, Zen 4, 32 MiB L3, 2 threads, best of 3,
+/// wide against per row: 100 classes, 24576 rows (29 MB) 1.12 against 1.21 ms, 32768 rows
+/// (39 MB) 1.67 against 1.31, 81920 rows (98 MB) 4.66 against 3.24; 64 classes, 32768 rows
+/// (25 MB) 0.68 against 0.87, 65536 rows (50 MB) 2.47 against 1.70; 128 classes, 65536
+/// rows 4.74 against 2.66). Up to 48 classes the wide kernel stayed the faster from memory
+/// too (131072 × 48 rows, 75 MB, 2.59 against 3.02 ms; AVX2 3.38 against 3.63).
+const WIDE_CACHED_BYTES: usize = 32 << 20;
 
 /// Which instruction set runs the across-rows kernel.
 #[derive(Clone, Copy, Debug)]
@@ -137,14 +150,18 @@ impl Isa {
     /// 0.75 against 0.84–0.89, 8192 × 128 0.39–0.40 against 0.37–0.38, × 200 0.69 against
     /// 0.56; AVX2: 32768 × 48 0.78–0.81 against 0.91–0.94, 16384 × 100 0.94 against 0.81).
     /// Without AVX2 the wide kernel's portable instantiation was the slower (100 classes: 98
-    /// against 72 µs for 512 rows), so the per-row kernel is the portable twin.
-    fn wide_max_classes(self) -> usize {
+    /// against 72 µs for 512 rows), so the per-row kernel is the portable twin. On AVX-512
+    /// above 48 classes it also depends on `bytes`, what the call reads and writes: see
+    /// [`WIDE_CACHED_BYTES`].
+    fn wide_max_classes(self, bytes: usize) -> usize {
         match self {
             Isa::Portable => 0,
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2(_) => 48,
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512(_) => 127,
+            Isa::Avx512(_) if bytes <= WIDE_CACHED_BYTES => 127,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512(_) => 48,
         }
     }
 
@@ -214,7 +231,8 @@ fn fused(
         })
     };
     let isa = Isa::best();
-    let kernel = Kernel::for_classes(isa, cols);
+    let streams = 1 + usize::from(shift.is_some()) + usize::from(write_grad);
+    let kernel = Kernel::choose(isa, cols, (streams * 4).saturating_mul(rows * cols));
     // The across-rows kernel checks labels as it reads them; the others index by them.
     if kernel != Kernel::Across {
         if let Some(e) = label_error() {
@@ -1299,17 +1317,52 @@ mod tests {
                 let input = rows_of(case, cols, with_shift, with_weights);
                 let (want_l, want_g) = reference(input, true);
                 let want = super::super::sum_fixed_order(&want_l);
-                for isa in isas() {
-                    let what = format!("{isa:?} C={cols} N={rows} shift={with_shift}");
+                // Both choices by size: rows in cache and rows streamed from memory.
+                for (isa, bytes) in isas().into_iter().flat_map(|i| [(i, 0), (i, usize::MAX)]) {
+                    let kernel = Kernel::choose(isa, cols, bytes);
+                    let what = format!("{isa:?} {kernel:?} C={cols} N={rows} shift={with_shift}");
                     let mut g = vec![7.0f32; rows * cols];
-                    let (sum, ok) =
-                        summed_rows(isa, Kernel::for_classes(isa, cols), input, Some(&mut g));
+                    let (sum, ok) = summed_rows(isa, kernel, input, Some(&mut g));
                     assert!(ok, "labels in range, {what}");
                     assert_eq!(bits(&[sum]), bits(&[want]), "sum, {what}");
                     assert_eq!(bits(&g), bits(&want_g), "gradient, {what}");
-                    let (sum, _) = summed_rows(isa, Kernel::for_classes(isa, cols), input, None);
+                    let (sum, _) = summed_rows(isa, kernel, input, None);
                     assert_eq!(bits(&[sum]), bits(&[want]), "sum without gradient, {what}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn the_kernel_is_chosen_by_class_count_and_size() {
+        for isa in isas() {
+            let choose = |cols, bytes| Kernel::choose(isa, cols, bytes);
+            assert_eq!(choose(2, usize::MAX), Kernel::Across, "{isa:?}");
+            assert_eq!(choose(16, 0), Kernel::Across, "{isa:?}");
+            let (cached, streamed) = match isa {
+                Isa::Portable => ([Kernel::PerRow; 3], [Kernel::PerRow; 3]),
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2(_) => (
+                    [Kernel::Wide, Kernel::PerRow, Kernel::PerRow],
+                    [Kernel::Wide, Kernel::PerRow, Kernel::PerRow],
+                ),
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512(_) => (
+                    [Kernel::Wide, Kernel::Wide, Kernel::PerRow],
+                    [Kernel::Wide, Kernel::PerRow, Kernel::PerRow],
+                ),
+            };
+            for (i, cols) in [48, 100, 128].into_iter().enumerate() {
+                assert_eq!(
+                    choose(cols, WIDE_CACHED_BYTES),
+                    cached[i],
+                    "{isa:?} C={cols}"
+                );
+                assert_eq!(
+                    choose(cols, WIDE_CACHED_BYTES + 1),
+                    streamed[i],
+                    "{isa:?} C={cols}"
+                );
             }
         }
     }
