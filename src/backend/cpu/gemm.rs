@@ -712,7 +712,8 @@ pub(super) fn matmul(
     if m == 0 || n == 0 || k == 0 {
         return vec![0.0; m * n];
     }
-    // Every path but the packed one accumulates into zeros.
+    // The unpacked kernels accumulate into zeros; the packed one and `matrixmultiply` (with
+    // β = 0, which never reads C) overwrite every element, so they take a pooled buffer.
     let zeros = || vec![0.0f32; m * n];
     let macs = m * n * k;
     // Strides of op(A) (m×k) and op(B) (k×n) in their stored buffers.
@@ -826,7 +827,9 @@ pub(super) fn matmul(
     if let Some(c) = packed::product(a_op, b_op, (m, k, n), parallel) {
         return c;
     }
-    let mut c = zeros();
+    // Every branch below writes every element: a block of rows or the whole product through
+    // `sgemm` with β = 0, or blocks of columns copied into place.
+    let mut c = super::pool::take_for_overwrite(m * n);
     // C[r0.., c0..] (rows × cols, row stride ldc) of the product.
     let sgemm_block =
         |(r0, rows): (usize, usize), (c0, cols): (usize, usize), out: &mut [f32], ldc: usize| {
@@ -1110,6 +1113,41 @@ mod tests {
                 assert!(
                     (*got as f64 - want).abs() <= 1e-3 * (1.0 + want.abs()),
                     "{got} vs {want}"
+                );
+            }
+        }
+    }
+
+    /// The `matrixmultiply` path writes every element of a reused (pooled) output holding
+    /// old values, by blocks of rows and by blocks of columns, on 1 to 3 threads.
+    #[test]
+    fn matrixmultiply_products_overwrite_a_dirty_pooled_output() {
+        let mut rng = crate::rng::Rng::new(13);
+        // Below the packed kernel's side, outputs the pool keeps: 600 rows go by blocks of
+        // rows, 40 by blocks of columns.
+        for (m, k, n) in [(600, 300, 450), (40, 300, 7000)] {
+            assert!(m * n >= super::super::pool::MIN_LEN);
+            let (a, b) = (rng.normal_vec(m * k), rng.normal_vec(k * n));
+            let want = naive(&a, &b, m, k, n, false, true);
+            let mut first = None;
+            for threads in 1..=3 {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .expect("pool");
+                super::super::pool::give(vec![f32::NAN; m * n]);
+                let got = pool.install(|| matmul(&a, &b, m, k, n, false, true));
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(
+                        (*g as f64 - w).abs() <= 1e-4 * (1.0 + w.abs()) * (k as f64).sqrt(),
+                        "{m}x{k}x{n}, {threads} threads: {g} vs {w}"
+                    );
+                }
+                let bits: Vec<u32> = got.iter().map(|x| x.to_bits()).collect();
+                assert_eq!(
+                    *first.get_or_insert(bits.clone()),
+                    bits,
+                    "{m}x{k}x{n}, {threads}"
                 );
             }
         }
