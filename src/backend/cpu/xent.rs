@@ -50,12 +50,11 @@
 //!   the last tile masked to the row's end) into one vector per class in an L1-sized buffer,
 //!   the per-row kernel's passes run on those vectors (the next block's rows prefetched
 //!   beside the exponentials), and the gradient is scaled as it is transposed back into
-//!   place ([`Simd::transpose_out`], saving a pass over the buffer: 16384 × 100 rows 12 %
-//!   faster, 8192 × 32 7 %): `u` is never written row-major. Above that `C` the per-row
-//!   kernel measured faster on rows streamed from memory ([`Isa::wide_max_classes`]), and
-//!   so it is above 48 classes for calls larger than a last-level cache
-//!   ([`WIDE_CACHED_BYTES`]: 98 MB at 100 classes, 3.2 against 4.7 ms); so it is on CPUs
-//!   without AVX2, where the per-row kernel is the portable twin (the same bits, tested).
+//!   place ([`Simd::transpose_out`], which saves a pass over the buffer): `u` is never
+//!   written row-major. Above that `C` the per-row kernel measured faster on rows streamed
+//!   from memory ([`Isa::wide_max_classes`]), and so it is above 48 classes for calls larger
+//!   than a last-level cache ([`WIDE_CACHED_BYTES`]); so it is on CPUs without AVX2, where
+//!   the per-row kernel is the portable twin (the same bits, tested).
 //!
 //! Rows run in parallel above a size threshold; each row is computed by one thread, so results
 //! do not depend on the thread count.
