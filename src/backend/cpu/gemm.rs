@@ -1097,10 +1097,7 @@ mod tests {
         ] {
             let (a, b) = (rng.normal_vec(m * k), rng.normal_vec(k * n));
             let on = |threads: usize| {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .expect("pool");
+                let pool = super::super::test_pool(threads);
                 pool.install(|| matmul(&a, &b, m, k, n, false, rhs_t))
             };
             let one: Vec<u32> = on(1).iter().map(|x| x.to_bits()).collect();
@@ -1131,10 +1128,7 @@ mod tests {
             let want = naive(&a, &b, m, k, n, false, true);
             let mut first = None;
             for threads in 1..=3 {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .expect("pool");
+                let pool = super::super::test_pool(threads);
                 super::super::pool::give(vec![f32::NAN; m * n]);
                 let got = pool.install(|| matmul(&a, &b, m, k, n, false, true));
                 for (g, w) in got.iter().zip(&want) {

@@ -437,10 +437,7 @@ mod tests {
             );
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             for threads in [1, 2, 3] {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
+                let pool = super::super::test_pool(threads);
                 let out = pool
                     .install(|| {
                         linear_xent(

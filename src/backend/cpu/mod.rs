@@ -596,6 +596,15 @@ pub(crate) fn sum_blocks(blocks: impl IntoIterator<Item = f32>) -> f32 {
     blocks.into_iter().sum()
 }
 
+/// A rayon pool of `threads` threads, for the tests that compare thread counts.
+#[cfg(test)]
+fn test_pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("thread pool")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -504,10 +504,7 @@ mod tests {
                 let want = bits(&chain(a, b, (m, k, n)));
                 let what = format!("{m}x{k}x{n} ta={ta} tb={tb}");
                 for threads in 1..=3 {
-                    let pool = rayon::ThreadPoolBuilder::new()
-                        .num_threads(threads)
-                        .build()
-                        .expect("pool");
+                    let pool = super::super::test_pool(threads);
                     let got = pool.install(|| {
                         run::<_, 6, 2>(Lanes8, a, b, (m, k, n), true, |s, job, r0, out| {
                             block::<_, 6, 2>(s, job, r0, out)
@@ -577,10 +574,7 @@ mod tests {
             });
             assert_eq!(bits(&got), want, "portable, ta={ta} tb={tb}");
             for threads in 1..=3 {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .expect("pool");
+                let pool = super::super::test_pool(threads);
                 super::super::pool::give(vec![f32::NAN; m * n]);
                 if let Some(got) = pool.install(|| product(a, b, (m, k, n), true)) {
                     assert_eq!(bits(&got), want, "ta={ta} tb={tb}, {threads} threads");

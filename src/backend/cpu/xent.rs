@@ -1390,10 +1390,7 @@ mod tests {
             let want = super::super::sum_fixed_order(rows_l.as_slice());
             let rows_g = bits(rows_g.expect("gradient").as_slice());
             for threads in [1, 2, 3] {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .expect("thread pool");
+                let pool = super::super::test_pool(threads);
                 let (l, g) = pool
                     .install(|| shifted_xent_total(&z, args(&y, rows, cols)))
                     .expect("summed loss");
@@ -1404,10 +1401,7 @@ mod tests {
             }
             y[rows - 2] = cols as u32;
             for threads in [1, 3] {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .expect("thread pool");
+                let pool = super::super::test_pool(threads);
                 let got = pool.install(|| shifted_xent_total(&z, args(&y, rows, cols)));
                 assert!(
                     matches!(got, Err(Error::LabelOutOfRange { row, .. }) if row == rows - 2),
@@ -1465,10 +1459,7 @@ mod tests {
                 grad_scale: 1.0 / rows as f32,
             };
             let run = |threads: usize| {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .expect("thread pool");
+                let pool = super::super::test_pool(threads);
                 pool.install(|| {
                     let mut l = vec![0.0f32; rows];
                     let mut g = vec![0.0f32; rows * cols];
