@@ -577,9 +577,15 @@ pub(crate) fn sum_fixed_order(x: &[f32]) -> f32 {
 /// One block of [`sum_fixed_order`] (at most [`CHUNK`] values): 8 interleaved lanes, the
 /// fixed tree, then the tail in order.
 pub(crate) fn block_sum(c: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; 8];
+    block_sum_from([0.0; 8], 0, c)
+}
+
+/// [`block_sum`] of `c` where `lanes` already holds its lanes' sums over `c[..done]` (`done` a
+/// multiple of 8): for a kernel that added its outputs up as it wrote them.
+pub(crate) fn block_sum_from(mut lanes: [f32; 8], done: usize, c: &[f32]) -> f32 {
+    debug_assert!(done.is_multiple_of(8) && done <= c.len());
     let body = c.len() / 8 * 8;
-    for chunk in c[..body].chunks_exact(8) {
+    for chunk in c[done.min(body)..body].chunks_exact(8) {
         for l in 0..8 {
             lanes[l] += chunk[l];
         }

@@ -96,6 +96,16 @@ pub(super) trait Simd: Copy {
         scale_pow2_twice(self, q, k)
     }
 
+    /// Eight running sums, one per lane of `block_sum`'s order (the values at `i ≡ l mod 8`
+    /// into sum `l`, in order of `i`).
+    type H: Copy;
+    fn zero_h(self) -> Self::H;
+    /// The lanes of `v`, values `row ..` of the sequence (`row` a multiple of 8 where
+    /// `LANES ≥ 8`), added into their running sums in order: `(acc + lanes 0..8) + lanes
+    /// 8..16`.
+    fn add_in_sum_order(self, acc: Self::H, v: Self::F, row: usize) -> Self::H;
+    fn h_to_array(self, acc: Self::H) -> [f32; 8];
+
     /// The [`Self::LANES`] rows of `C ≤ 16` floats at `p` (row-major) as `C` vectors, one per
     /// column: lane `r` of vector `j` is `p[C·r + j]`, or `p[C·r + j] + add[C·r + j]` with
     /// `add` (added before the rows are rearranged, so the rearranging is done once).
@@ -235,6 +245,21 @@ impl Simd for Scalar {
     type F = f32;
     type I = i32;
     type M = bool;
+    type H = [f32; 8];
+
+    #[inline(always)]
+    fn zero_h(self) -> [f32; 8] {
+        [0.0; 8]
+    }
+    #[inline(always)]
+    fn add_in_sum_order(self, mut acc: [f32; 8], v: f32, row: usize) -> [f32; 8] {
+        acc[row % 8] += v;
+        acc
+    }
+    #[inline(always)]
+    fn h_to_array(self, acc: [f32; 8]) -> [f32; 8] {
+        acc
+    }
 
     #[inline(always)]
     fn splat(self, v: f32) -> f32 {
@@ -389,6 +414,21 @@ impl Simd for Lanes8 {
     type F = [f32; 8];
     type I = [i32; 8];
     type M = [bool; 8];
+    type H = [f32; 8];
+
+    #[inline(always)]
+    fn zero_h(self) -> [f32; 8] {
+        [0.0; 8]
+    }
+    #[inline(always)]
+    fn add_in_sum_order(self, acc: [f32; 8], v: [f32; 8], row: usize) -> [f32; 8] {
+        debug_assert_eq!(row % 8, 0);
+        zip8(acc, v, |a, b| a + b)
+    }
+    #[inline(always)]
+    fn h_to_array(self, acc: [f32; 8]) -> [f32; 8] {
+        acc
+    }
 
     #[inline(always)]
     fn splat(self, v: f32) -> [f32; 8] {
@@ -556,6 +596,23 @@ impl Simd for Avx2 {
     type F = __m256;
     type I = __m256i;
     type M = __m256;
+    type H = __m256;
+
+    #[inline(always)]
+    fn zero_h(self) -> __m256 {
+        with_isa!(_mm256_setzero_ps())
+    }
+    #[inline(always)]
+    fn add_in_sum_order(self, acc: __m256, v: __m256, row: usize) -> __m256 {
+        debug_assert_eq!(row % 8, 0);
+        with_isa!(_mm256_add_ps(acc, v))
+    }
+    #[inline(always)]
+    fn h_to_array(self, acc: __m256) -> [f32; 8] {
+        let mut out = [0.0f32; 8];
+        with_isa!(_mm256_storeu_ps(out.as_mut_ptr(), acc));
+        out
+    }
 
     #[inline(always)]
     fn splat(self, v: f32) -> __m256 {
@@ -900,6 +957,27 @@ impl Simd for Avx512 {
     type F = __m512;
     type I = __m512i;
     type M = __mmask16;
+    type H = __m256;
+
+    #[inline(always)]
+    fn zero_h(self) -> __m256 {
+        with_isa!(_mm256_setzero_ps())
+    }
+    /// The low 8 lanes, then the high 8.
+    #[inline(always)]
+    fn add_in_sum_order(self, acc: __m256, v: __m512, row: usize) -> __m256 {
+        debug_assert_eq!(row % 8, 0);
+        with_isa!({
+            let high = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+            _mm256_add_ps(_mm256_add_ps(acc, _mm512_castps512_ps256(v)), high)
+        })
+    }
+    #[inline(always)]
+    fn h_to_array(self, acc: __m256) -> [f32; 8] {
+        let mut out = [0.0f32; 8];
+        with_isa!(_mm256_storeu_ps(out.as_mut_ptr(), acc));
+        out
+    }
 
     #[inline(always)]
     fn splat(self, v: f32) -> __m512 {

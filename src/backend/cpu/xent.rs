@@ -301,18 +301,24 @@ fn summed_rows(isa: Isa, kernel: Kernel, input: Rows<'_>, grad: Option<&mut [f32
     let task = |l: &mut Vec<f32>, t: usize, g: Option<&mut [f32]>| {
         let r0 = t * SUM_BLOCK;
         let l = &mut l[..SUM_BLOCK.min(rows - r0)];
-        let ok = match kernel {
-            Kernel::Across => across_dispatch(isa, input, r0, l, g),
+        match kernel {
+            // The across-rows kernel adds its losses up as it writes them.
+            Kernel::Across => {
+                let done = across_dispatch(isa, input, r0, l, g);
+                (
+                    super::block_sum_from(done.lanes, done.summed, l),
+                    done.labels_ok,
+                )
+            }
             Kernel::Wide => {
                 wide_dispatch(isa, input, r0, l, g);
-                true
+                (super::block_sum(l), true)
             }
             Kernel::PerRow => {
                 per_row(input.starting_at(r0), l, g, false);
-                true
+                (super::block_sum(l), true)
             }
-        };
-        (super::block_sum(l), ok)
+        }
     };
     let scratch = || vec![0.0f32; SUM_BLOCK];
     let blocks: Vec<(f32, bool)> = match grad {
@@ -338,7 +344,7 @@ pub(super) fn across_rows_here(
     losses: &mut [f32],
     grad: Option<&mut [f32]>,
 ) -> bool {
-    across_dispatch(Isa::best(), input, 0, losses, grad)
+    across_dispatch(Isa::best(), input, 0, losses, grad).labels_ok
 }
 
 /// Rows per group of the per-row kernel: each pass runs over the group's rows before the next
@@ -429,7 +435,7 @@ fn per_row(input: Rows<'_>, losses: &mut [f32], grad: Option<&mut [f32]>, parall
 fn across_rows(isa: Isa, input: Rows<'_>, losses: &mut [f32], grad: Option<&mut [f32]>) -> bool {
     let cols = input.cols;
     let task = |(t, (l, g)): (usize, (&mut [f32], Option<&mut [f32]>))| {
-        across_dispatch(isa, input, t * TASK_ROWS, l, g)
+        across_dispatch(isa, input, t * TASK_ROWS, l, g).labels_ok
     };
     let parallel = losses.len() * cols >= PAR_MIN_ELEMS;
     match grad {
@@ -456,6 +462,17 @@ fn across_rows(isa: Isa, input: Rows<'_>, losses: &mut [f32], grad: Option<&mut 
     }
 }
 
+/// What the across-rows kernel gives besides its losses and gradient.
+#[derive(Clone, Copy, Debug)]
+struct AcrossDone {
+    /// Whether every label was below `C`.
+    labels_ok: bool,
+    /// `block_sum`'s 8 lane sums over the losses of the first `summed` rows (whole blocks,
+    /// a multiple of 8), added as the kernel wrote them.
+    lanes: [f32; 8],
+    summed: usize,
+}
+
 /// Rows `r0 .. r0 + losses.len()` with the kernel for `input.cols` classes on `isa`.
 fn across_dispatch(
     isa: Isa,
@@ -463,7 +480,7 @@ fn across_dispatch(
     r0: usize,
     losses: &mut [f32],
     grad: Option<&mut [f32]>,
-) -> bool {
+) -> AcrossDone {
     macro_rules! classes {
         ($($c:literal)*) => {
             match input.cols {
@@ -481,7 +498,7 @@ fn across_isa<const C: usize>(
     r0: usize,
     losses: &mut [f32],
     grad: Option<&mut [f32]>,
-) -> bool {
+) -> AcrossDone {
     match isa {
         Isa::Portable => across::<Lanes8, C>(Lanes8, input, r0, losses, grad),
         // SAFETY: the token exists, so the CPU has the instruction set.
@@ -504,7 +521,7 @@ unsafe fn across_avx2<const C: usize>(
     r0: usize,
     losses: &mut [f32],
     grad: Option<&mut [f32]>,
-) -> bool {
+) -> AcrossDone {
     across::<Avx2, C>(s, input, r0, losses, grad)
 }
 
@@ -520,7 +537,7 @@ unsafe fn across_avx512<const C: usize>(
     r0: usize,
     losses: &mut [f32],
     grad: Option<&mut [f32]>,
-) -> bool {
+) -> AcrossDone {
     across::<Avx512, C>(s, input, r0, losses, grad)
 }
 
@@ -849,7 +866,7 @@ fn across<S: Simd, const C: usize>(
     r0: usize,
     losses: &mut [f32],
     mut grad: Option<&mut [f32]>,
-) -> bool {
+) -> AcrossDone {
     let lanes = S::LANES;
     let n = losses.len();
     let z = &input.z[r0 * C..(r0 + n) * C];
@@ -870,6 +887,7 @@ fn across<S: Simd, const C: usize>(
         n / group * group
     };
     let mut ok = true;
+    let mut acc = s.zero_h();
     let mut b = 0;
     while b < full {
         let rows = if b < grouped { group } else { lanes };
@@ -896,12 +914,13 @@ fn across<S: Simd, const C: usize>(
             weights.map(|w| &w[b..b + rows]),
         );
         let l = &mut losses[b..b + rows];
+        let sum = (&mut acc, b);
         ok &= if b < grouped && wide {
-            block_two_phase::<S, C, TWO_PHASE_BLOCKS>(s, args, next, input.grad_scale, l, g)
+            block_two_phase::<S, C, TWO_PHASE_BLOCKS>(s, args, next, input.grad_scale, l, g, sum)
         } else if b < grouped {
-            block::<S, C, GROUP_BLOCKS>(s, args, next, input.grad_scale, l, g)
+            block::<S, C, GROUP_BLOCKS>(s, args, next, input.grad_scale, l, g, sum)
         } else {
-            block::<S, C, 1>(s, args, next, input.grad_scale, l, g)
+            block::<S, C, 1>(s, args, next, input.grad_scale, l, g, sum)
         };
         b += rows;
     }
@@ -935,13 +954,19 @@ fn across<S: Simd, const C: usize>(
             &mut lp[..lanes],
             grad.is_some()
                 .then_some(&mut gp.as_flattened_mut()[..lanes * C]),
+            // The padding rows' losses are dropped: the caller adds the last rows up.
+            (&mut s.zero_h(), 0),
         );
         losses[full..].copy_from_slice(&lp[..rest]);
         if let Some(g) = grad {
             g[full * C..].copy_from_slice(&gp.as_flattened()[..rest * C]);
         }
     }
-    ok
+    AcrossDone {
+        labels_ok: ok,
+        lanes: s.h_to_array(acc),
+        summed: full,
+    }
 }
 
 /// One group's inputs: logits, shift (`G · LANES · C` values, row-major), labels and weights
@@ -972,8 +997,10 @@ fn check_block<const C: usize, const G: usize>(
 /// its row operation for operation (see the module docs); each phase runs over the `G`
 /// blocks before the next. `next` (logits, shift and gradient rows of the rows after these,
 /// each possibly empty) is prefetched during the exponentials. Returns whether every label
-/// was below `C`.
+/// was below `C`. The losses are added into `sum.0`'s running sums as they are written, the
+/// first as value `sum.1` of the sequence.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn block<S: Simd, const C: usize, const G: usize>(
     s: S,
     (z, shift, labels, weights): BlockIn<'_>,
@@ -981,6 +1008,7 @@ fn block<S: Simd, const C: usize, const G: usize>(
     grad_scale: f32,
     losses: &mut [f32],
     grad: Option<&mut [f32]>,
+    (acc, row): (&mut S::H, usize),
 ) -> bool {
     let n = S::LANES;
     check_block::<C, G>(n, (z, shift, labels, weights), losses, grad.as_deref());
@@ -1010,7 +1038,7 @@ fn block<S: Simd, const C: usize, const G: usize>(
         None => s.splat(1.0),
     });
     for g in 0..G {
-        unsafe {
+        let l = unsafe {
             store_losses(
                 s,
                 m[g],
@@ -1020,6 +1048,7 @@ fn block<S: Simd, const C: usize, const G: usize>(
                 losses.as_mut_ptr().add(g * n),
             )
         };
+        *acc = s.add_in_sum_order(*acc, l, row + g * n);
     }
     if let Some(grad) = grad {
         for g in 0..G {
@@ -1069,14 +1098,23 @@ unsafe fn exps<S: Simd, const C: usize>(
     Exps { e, m, y, u_y, sum }
 }
 
-/// One block's losses `w · (m + ln Σ - u_y)` into `losses`.
+/// One block's losses `w · (m + ln Σ - u_y)` into `losses`; returns them.
 ///
 /// # Safety
 /// `losses` must hold `S::LANES` floats.
 #[inline(always)]
-unsafe fn store_losses<S: Simd>(s: S, m: S::F, sum: S::F, u_y: S::F, w: S::F, losses: *mut f32) {
+unsafe fn store_losses<S: Simd>(
+    s: S,
+    m: S::F,
+    sum: S::F,
+    u_y: S::F,
+    w: S::F,
+    losses: *mut f32,
+) -> S::F {
     let lse = s.add(m, simd::ln_of_sum(s, sum));
-    unsafe { s.store(losses, s.mul(w, s.sub(lse, u_y))) };
+    let l = s.mul(w, s.sub(lse, u_y));
+    unsafe { s.store(losses, l) };
+    l
 }
 
 /// One block's gradient rows from `e_j = exp(u_j - m)`: `scale · e_j / Σ`, less `scale` at
@@ -1109,6 +1147,7 @@ unsafe fn store_gradient<S: Simd, const C: usize>(
 /// function with either order over `Exps` values was level on 16 lanes but 2–4 % slower on
 /// AVX2's 8 (AMD EPYC, Zen 4, 32768 × 2 and 6553 × 10 rows, one thread).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn block_two_phase<S: Simd, const C: usize, const G: usize>(
     s: S,
     (z, shift, labels, weights): BlockIn<'_>,
@@ -1116,6 +1155,7 @@ fn block_two_phase<S: Simd, const C: usize, const G: usize>(
     grad_scale: f32,
     losses: &mut [f32],
     grad: Option<&mut [f32]>,
+    (acc, row): (&mut S::H, usize),
 ) -> bool {
     let n = S::LANES;
     check_block::<C, G>(n, (z, shift, labels, weights), losses, grad.as_deref());
@@ -1146,7 +1186,8 @@ fn block_two_phase<S: Simd, const C: usize, const G: usize>(
                 None => s.splat(1.0),
             };
             let b = b.assume_init_ref();
-            store_losses(s, b.m, b.sum, b.u_y, w, losses.as_mut_ptr().add(g * n));
+            let l = store_losses(s, b.m, b.sum, b.u_y, w, losses.as_mut_ptr().add(g * n));
+            *acc = s.add_in_sum_order(*acc, l, row + g * n);
             if let Some(p) = grad {
                 store_gradient(s, &b.e, b.y, b.sum, w, grad_scale, p.add(g * n * C));
             }
