@@ -1019,18 +1019,8 @@ fn block<S: Simd, const C: usize, const G: usize>(
     let mut sum = [s.splat(0.0); G];
     let mut labels_ok = true;
     for g in 0..G {
-        let next = next.map(|v| v.get(g * n * C..).unwrap_or(&[]));
         // SAFETY (every load and store in this function): the lengths were checked above.
-        let e = unsafe {
-            exps::<S, C>(
-                s,
-                z.as_ptr().add(g * n * C),
-                shift.map(|v| v.as_ptr().add(g * n * C)),
-                labels.as_ptr().add(g * n),
-                &next,
-                &mut labels_ok,
-            )
-        };
+        let e = unsafe { exps::<S, C>(s, (z, shift, labels), next, g, &mut labels_ok) };
         (u[g], m[g], y[g], u_y[g], sum[g]) = (e.e, e.m, e.y, e.u_y, e.sum);
     }
     let w: [S::F; G] = std::array::from_fn(|g| match weights {
@@ -1069,21 +1059,32 @@ struct Exps<S: Simd, const C: usize> {
     sum: S::F,
 }
 
-/// The first phase of one block (`S::LANES` rows at `z`, `shift`, `labels`): `u = z + s`, its
-/// maxima, `u` at the label, and the exponentials with their sums, prefetching `next`
-/// beside the exponentials. Clears `ok` if a label is not below `C`.
+/// The first phase of block `g` of a group (`S::LANES` rows from row `g · S::LANES` of `z`,
+/// `shift`, `labels`): `u = z + s`, its maxima, `u` at the label, and the exponentials with
+/// their sums, prefetching the block's share of `next` (the rows after the group) beside the
+/// exponentials. Clears `ok` if a label is not below `C`.
 ///
 /// # Safety
-/// `z` (and `shift`) must hold `S::LANES · C` floats and `labels` `S::LANES` values.
+/// `z` (and `shift`) must hold `(g + 1) · S::LANES · C` floats and `labels`
+/// `(g + 1) · S::LANES` values.
 #[inline(always)]
 unsafe fn exps<S: Simd, const C: usize>(
     s: S,
-    z: *const f32,
-    shift: Option<*const f32>,
-    labels: *const u32,
-    next: &[&[f32]; 3],
+    (z, shift, labels): (&[f32], Option<&[f32]>, &[u32]),
+    next: [&[f32]; 3],
+    g: usize,
     ok: &mut bool,
 ) -> Exps<S, C> {
+    let n = S::LANES;
+    let next = next.map(|v| v.get(g * n * C..).unwrap_or(&[]));
+    // SAFETY: the caller's contract.
+    let (z, shift, labels) = unsafe {
+        (
+            z.as_ptr().add(g * n * C),
+            shift.map(|v| v.as_ptr().add(g * n * C)),
+            labels.as_ptr().add(g * n),
+        )
+    };
     // u[j] = z + s of class j, one row per lane (`math::load_max`'s first loop).
     let mut e = unsafe { s.load_columns::<C>(z, shift) };
     let m = max_in_order(s, &e);
@@ -1094,7 +1095,7 @@ unsafe fn exps<S: Simd, const C: usize>(
     for (j, &uj) in e.iter().enumerate() {
         u_y = s.select(s.eq_i(y, j as i32), uj, u_y);
     }
-    let sum = exp_sum_across(s, &mut e, m, next);
+    let sum = exp_sum_across(s, &mut e, m, &next);
     Exps { e, m, y, u_y, sum }
 }
 
@@ -1164,18 +1165,8 @@ fn block_two_phase<S: Simd, const C: usize, const G: usize>(
     // set.
     let mut blocks = [const { std::mem::MaybeUninit::<Exps<S, C>>::uninit() }; G];
     for (g, b) in blocks.iter_mut().enumerate() {
-        let next = next.map(|v| v.get(g * n * C..).unwrap_or(&[]));
         // SAFETY: the lengths were checked above.
-        b.write(unsafe {
-            exps::<S, C>(
-                s,
-                z.as_ptr().add(g * n * C),
-                shift.map(|v| v.as_ptr().add(g * n * C)),
-                labels.as_ptr().add(g * n),
-                &next,
-                &mut ok,
-            )
-        });
+        b.write(unsafe { exps::<S, C>(s, (z, shift, labels), next, g, &mut ok) });
     }
     let grad = grad.map(|g| g.as_mut_ptr());
     for (g, b) in blocks.iter().enumerate() {
