@@ -264,7 +264,8 @@ mod avx512 {
         let body = k / LANES * LANES;
         let mut acc = [[[_mm512_setzero_ps(); 2]; N]; R];
         let mut p = 0;
-        // Columns held: 2·N of them, 2·R·N accumulators and a row's two registers.
+        // Columns held: 2·N of them, 2·R·N accumulators and a row's two registers; else the
+        // rows' 2·R registers held and the columns streamed.
         let columns_held = 2 * N * (R + 1) + 2 <= 32;
         while columns_held && p < body {
             // SAFETY: p + 32 <= body <= k, the length of every row and of every column.
@@ -766,8 +767,8 @@ pub(super) fn matmul(
             .collect();
         // Blocks of rows: each column load serves every row of the block (see
         // `row_block_dots`). On AVX-512 as many rows as the columns leave registers for
-        // (a wide output, the snapshot evaluation, by groups of four columns: three rows);
-        // elsewhere pairs.
+        // (a wide output, the snapshot evaluation, goes by groups of four columns: three
+        // rows); elsewhere pairs for a thin output, three rows for a wide one.
         let mut c = zeros();
         let par = macs >= PAR_MIN_MACS;
         let wide_regs = super::has_avx512();
@@ -1064,19 +1065,16 @@ mod tests {
                 assert_eq!(got, portable(i, n), "n = {n}, row {i}");
             }
         }
-        fn block<const R: usize>(
-            row: impl Fn(usize) -> Vec<f32>,
-            cols: &[Vec<f32>],
-        ) -> Vec<Vec<u32>> {
-            let rows: [Vec<f32>; R] = std::array::from_fn(|r| row(3 * r + 1));
+        fn block<const R: usize>(rows: [&[f32]; R], cols: &[Vec<f32>]) -> Vec<Vec<u32>> {
             let mut out = [[0.0f32; THIN]; R];
             let outs = out.each_mut().map(|o| &mut o[..]);
-            row_block_dots(rows.each_ref().map(Vec::as_slice), cols, outs);
+            row_block_dots(rows, cols, outs);
             out.iter()
                 .map(|o| o[..cols.len()].iter().map(|v| v.to_bits()).collect())
                 .collect()
         }
-        let owned = |i: usize| row(i).to_vec();
+        // Rows 1, 4, 7, …: not adjacent in A.
+        let spread = |r: usize| row(3 * r + 1);
         for n in 1..=THIN {
             let want = |r: usize| portable(3 * r + 1, n);
             let check = |got: Vec<Vec<u32>>| {
@@ -1084,12 +1082,13 @@ mod tests {
                     assert_eq!(g, want(r), "{n} columns, block row {r}");
                 }
             };
-            check(block::<3>(owned, &cols[..n]));
-            check(block::<4>(owned, &cols[..n]));
-            check(block::<5>(owned, &cols[..n]));
-            check(block::<6>(owned, &cols[..n]));
-            check(block::<8>(owned, &cols[..n]));
-            check(block::<9>(owned, &cols[..n]));
+            let cols = &cols[..n];
+            check(block::<3>(std::array::from_fn(spread), cols));
+            check(block::<4>(std::array::from_fn(spread), cols));
+            check(block::<5>(std::array::from_fn(spread), cols));
+            check(block::<6>(std::array::from_fn(spread), cols));
+            check(block::<8>(std::array::from_fn(spread), cols));
+            check(block::<9>(std::array::from_fn(spread), cols));
         }
     }
 
